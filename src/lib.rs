@@ -1,0 +1,7 @@
+//! berth: a Kubernetes node provisioner for EC2.
+//!
+//! One controller does two jobs other systems split: the autoscaling loop (pending pods in, capacity decisions
+//! out) and the machine lifecycle (Machine, MachineSet and MachineDeployment reconciliation that launches and
+//! terminates instances itself). The folders mirror the architecture in DESIGN.md:
+//! pure planners (`model`, `scheduling`, `disruption`, `rollout`) over plain data, thin controllers around them.
+#![forbid(unsafe_code)]
