@@ -5,3 +5,5 @@
 //! terminates instances itself). The folders mirror the architecture in DESIGN.md:
 //! pure planners (`model`, `scheduling`, `disruption`, `rollout`) over plain data, thin controllers around them.
 #![forbid(unsafe_code)]
+
+pub mod model;
