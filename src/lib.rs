@@ -7,3 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod api;
+pub mod telemetry;
+pub mod operator;
+pub mod rollout;

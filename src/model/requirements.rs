@@ -197,14 +197,14 @@ impl Requirement {
             ValueSet::AllExcept(excluded) => match (self.greater_than, self.less_than) {
                 (None, None) => true,
                 (low, high) => {
-                    let low = low.map_or(i64::MIN, |g| g.saturating_add(1));
-                    let high = high.map_or(i64::MAX, |l| l.saturating_sub(1));
+                    // Exclusive bounds become inclusive ones; i128 so that Gt i64::MAX is empty, not saturated.
+                    let low = low.map_or(i64::MIN as i128, |g| g as i128 + 1);
+                    let high = high.map_or(i64::MAX as i128, |l| l as i128 - 1);
                     if low > high {
                         return false;
                     }
                     // Only finitely many integers are excluded, so a wide range always has a free one.
-                    let width = (high as i128 - low as i128 + 1) as u128;
-                    if width > excluded.len() as u128 {
+                    if (high - low + 1) as u128 > excluded.len() as u128 {
                         return true;
                     }
                     (low..=high).any(|n| !excluded.contains(&n.to_string()))
@@ -300,7 +300,7 @@ impl Requirements {
     }
 
     /// The first key whose combined requirement no node can satisfy, if any: the two sets are disjoint.
-    pub fn conflict_with(&self, other: &Requirements) -> Option<&str> {
+    pub fn conflict_with<'a>(&'a self, other: &'a Requirements) -> Option<&'a str> {
         for (key, mine) in &self.by_key {
             if let Some(theirs) = other.by_key.get(key) {
                 if !mine.intersect(theirs).is_satisfiable() {

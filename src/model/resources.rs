@@ -11,7 +11,7 @@ pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 pub const PODS: &str = "pods";
 pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,

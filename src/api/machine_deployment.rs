@@ -1,0 +1,223 @@
+//! `MachineDeployment`: a node group. Declares a machine template, replicas, autoscaling bounds and a rollout
+//! strategy; berth keeps one MachineSet per template revision and rolls between them like a Deployment.
+
+use super::common::{Condition, MachineTemplate, PERCENT_RULE, QUANTITY_PATTERN};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A node group: Machines from one template, rolled out across template changes.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "MachineDeployment",
+    plural = "machinedeployments",
+    shortname = "md",
+    category = "berth",
+    namespaced,
+    status = "MachineDeploymentStatus",
+    doc = "A node group: replicas of a machine template, autoscaling bounds and a rollout strategy.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updatedReplicas"),
+    printcolumn(name = "Available", type_ = "integer", json_path = ".status.availableReplicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.autoscaling) || !has(self.replicas) || !has(self.autoscaling.minReplicas) || self.replicas >= self.autoscaling.minReplicas", "message": "replicas must be at least autoscaling.minReplicas"},
+    {"rule": "!has(self.autoscaling) || !has(self.replicas) || !has(self.autoscaling.maxReplicas) || self.replicas <= self.autoscaling.maxReplicas", "message": "replicas must be at most autoscaling.maxReplicas"}
+]))]
+pub struct MachineDeploymentSpec {
+    /// How many Machines the group should have. The autoscaler changes it within spec.autoscaling; `kubectl scale`
+    /// changes it through the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Selects the Machines of this group; must match template.metadata.labels.
+    pub selector: LabelSelector,
+    /// The Machines' template. Changing it starts a rollout.
+    pub template: MachineTemplate,
+    /// Bounds and preferences for the autoscaler. Without it the autoscaler leaves this group alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// How a template change replaces Machines.
+    #[serde(default)]
+    pub strategy: DeploymentStrategy,
+    /// Seconds a Machine's Node must be Ready before the Machine counts as available (default 0).
+    #[serde(default)]
+    pub min_ready_seconds: u32,
+    /// How many old MachineSets (with zero replicas) are kept for rollback (default 1).
+    #[serde(default = "one")]
+    pub revision_history_limit: u32,
+    /// Pauses rollouts: template changes are not acted on until unpaused. Scaling still works.
+    #[serde(default)]
+    pub paused: bool,
+    /// Seconds a rollout may make no progress before the Progressing condition turns False (default 600).
+    #[serde(default = "six_hundred")]
+    pub progress_deadline_seconds: u32,
+    /// Limits on how many of this group's nodes voluntary disruption (scale-down, consolidation, drift) may take
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<DisruptionSpec>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn six_hundred() -> u32 {
+    600
+}
+
+/// Autoscaling bounds and preferences for a group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must be less than or equal to maxReplicas"}]))]
+pub struct AutoscalingSpec {
+    /// The fewest Machines the autoscaler leaves (default 0).
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// The most Machines the autoscaler creates.
+    pub max_replicas: u32,
+    /// Used by the priority expander: higher wins.
+    #[serde(default)]
+    pub priority: i32,
+    /// Spare capacity kept in this group: room for `count` pods of this size at all times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<HeadroomSpec>,
+}
+
+/// Room for `count` pods requesting `cpu` and `memory` each (Ocean-style headroom).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadroomSpec {
+    /// Cpu of one unit (a quantity, such as 500m).
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub cpu: String,
+    /// Memory of one unit (a quantity, such as 1Gi).
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub memory: String,
+    /// How many units.
+    pub count: u32,
+}
+
+/// How Machines are replaced when the template changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStrategy {
+    /// RollingUpdate (default) replaces Machines within maxSurge and maxUnavailable; OnDelete creates new ones
+    /// only as old ones are deleted by hand.
+    #[serde(default, rename = "type")]
+    pub type_: StrategyType,
+    /// Parameters of RollingUpdate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StrategyType {
+    #[default]
+    RollingUpdate,
+    OnDelete,
+}
+
+/// Bounds of a rolling update, as numbers or percentages of replicas (Cluster API rounding: surge up,
+/// unavailable down).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.maxSurge) && has(self.maxUnavailable) && (type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge == '0%') && (type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%'))",
+    "message": "maxSurge and maxUnavailable must not both be zero"
+}]))]
+pub struct RollingUpdate {
+    /// Machines that may exist above replicas during the rollout (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": PERCENT_RULE, "message": "must be a non-negative integer or a percentage from 0% to 100%"}]))]
+    pub max_surge: Option<IntOrString>,
+    /// Machines that may be unavailable below replicas during the rollout (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": PERCENT_RULE, "message": "must be a non-negative integer or a percentage from 0% to 100%"}]))]
+    pub max_unavailable: Option<IntOrString>,
+    /// Which Machines go first when scaling down: Random (default), Newest, Oldest. Machines annotated
+    /// berth.dev/delete-machine and unhealthy ones always go first.
+    #[serde(default)]
+    pub delete_policy: DeletePolicy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletePolicy {
+    #[default]
+    Random,
+    Newest,
+    Oldest,
+}
+
+/// Voluntary-disruption limits of a group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionSpec {
+    /// Budgets; the most restrictive active one applies. None: one node at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<DisruptionBudget>,
+}
+
+/// How many nodes may be disrupted at once, optionally only during a schedule window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.schedule) == has(self.duration)", "message": "schedule and duration go together"}]))]
+pub struct DisruptionBudget {
+    /// A number or a percentage of the group's nodes (for example 1 or 10%).
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": PERCENT_RULE, "message": "must be a non-negative integer or a percentage from 0% to 100%"}]))]
+    pub nodes: IntOrString,
+    /// A cron schedule (UTC, five fields) when the window opens; unset: always active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// How long the window stays open after each schedule time (a Go duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
+    pub duration: Option<String>,
+}
+
+/// The observed state of the group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineDeploymentStatus {
+    /// Machines of all revisions.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Machines of the current template revision.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// Machines whose Node is Ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Machines Ready for at least minReadySeconds.
+    #[serde(default)]
+    pub available_replicas: u32,
+    /// replicas minus availableReplicas.
+    #[serde(default)]
+    pub unavailable_replicas: u32,
+    /// The label selector in string form, for the scale subresource (and HPA-style tooling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Running, ScalingUp, ScalingDown, RollingOut, Paused or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The current template revision number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Available, Progressing, ScalingLimited, Valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,3 @@
+//! Operating berth: logging (and, as they land, metrics, health and leader election).
+
+pub mod logging;
