@@ -8,6 +8,8 @@
 
 pub mod model;
 pub mod api;
+pub mod cli;
+pub mod clock;
 pub mod telemetry;
 pub mod operator;
 pub mod rollout;
