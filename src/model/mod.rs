@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod instance_type;
+pub mod label_selector;
 pub mod quantity;
 pub mod requirements;
 pub mod resources;
