@@ -10,6 +10,7 @@ pub mod model;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod controllers;
 pub mod lifecycle;
 pub mod telemetry;
 pub mod operator;
