@@ -24,6 +24,20 @@ pub enum Command {
     Run(RunArgs),
     /// Print berth's CustomResourceDefinitions as YAML (apply them with `kubectl apply -f -`).
     Crds,
+    /// Manage MachineDeployment rollouts, like `kubectl rollout` does Deployments.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Path to a kubeconfig; default: $KUBECONFIG, then ~/.kube/config, then in-cluster configuration.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the MachineDeployment.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[command(subcommand)]
+    pub command: crate::rollout_cli::RolloutCommand,
 }
 
 #[derive(Debug, Clone, clap::Args)]

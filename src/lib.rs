@@ -15,3 +15,4 @@ pub mod lifecycle;
 pub mod telemetry;
 pub mod operator;
 pub mod rollout;
+pub mod rollout_cli;

@@ -13,6 +13,15 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Rollout(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let out = runtime.block_on(async {
+                let client = berth::operator::connect(args.kubeconfig.as_ref()).await?;
+                anyhow::Ok(berth::rollout_cli::run(client, &args.namespace, args.command).await?)
+            })?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -40,10 +40,10 @@ fn error_policy(_md: Arc<MachineDeployment>, error: &ControllerError, ctx: Arc<C
     Action::requeue(error_backoff(error))
 }
 
-/// The revision's template: the deployment's, with the hash label that keeps revisions' Machines apart.
+/// The revision's template: the deployment's exactly, plus the hash label that keeps revisions' Machines apart
+/// (so `berth rollout undo` restores the user's template by removing that one label).
 fn revision_template(md: &MachineDeployment, hash: &str) -> MachineTemplate {
     let mut template = md.spec.template.clone();
-    template.metadata.labels.insert(keys::MACHINE_DEPLOYMENT.into(), md.name_any());
     template.metadata.labels.insert(keys::TEMPLATE_HASH.into(), hash.into());
     template
 }

@@ -244,6 +244,11 @@ fn view(machine: &Machine, set: &MachineSet, now: chrono::DateTime<chrono::Utc>)
 fn new_machine(set: &MachineSet, shape: Option<&QueuedShape<MachineShape>>) -> Machine {
     let template = &set.spec.template;
     let mut annotations = template.metadata.annotations.clone();
+    let mut labels = template.metadata.labels.clone();
+    // Machines carry their group's name, so the autoscaler finds a Machine's group without walking owners.
+    if let Some(group) = set.labels().get(keys::MACHINE_DEPLOYMENT) {
+        labels.insert(keys::MACHINE_DEPLOYMENT.into(), group.clone());
+    }
     if let Some(s) = shape {
         annotations.insert(keys::SHAPE_ID.into(), s.id.clone());
     }
@@ -251,7 +256,7 @@ fn new_machine(set: &MachineSet, shape: Option<&QueuedShape<MachineShape>>) -> M
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", set.name_any())),
             namespace: set.namespace(),
-            labels: Some(template.metadata.labels.clone()),
+            labels: Some(labels),
             annotations: if annotations.is_empty() { None } else { Some(annotations) },
             owner_references: set.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
