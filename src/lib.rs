@@ -16,3 +16,4 @@ pub mod telemetry;
 pub mod operator;
 pub mod rollout;
 pub mod rollout_cli;
+pub mod state;
