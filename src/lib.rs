@@ -11,3 +11,4 @@ pub mod api;
 pub mod telemetry;
 pub mod operator;
 pub mod rollout;
+pub mod emulator;

@@ -1,78 +1,29 @@
 //! The `berth` command line.
 
 use anyhow::Context;
-use berth::telemetry::logging::{self, LogFormat};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
-/// berth: Kubernetes node provisioning for EC2. Autoscaling and machine lifecycle in one controller.
+/// berth: Kubernetes node provisioning for EC2.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, long_about = None)]
 struct Cli {
-    /// Log format: text for people, json for log pipelines.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "BERTH_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Log filter in RUST_LOG syntax (for example info, or berth=debug,kube=warn).
-    #[arg(long, global = true, default_value = "info", env = "BERTH_LOG")]
-    log: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the controller against a cluster.
-    Run(RunArgs),
-    /// Print berth's CustomResourceDefinitions as YAML (apply them with `kubectl apply -f -`).
-    Crds,
-}
-
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Path to a kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
-    #[arg(long, env = "BERTH_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
+    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
+    Emulate(berth::emulator::cli::EmulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => {
-            let yaml = berth::api::crds_yaml().context("rendering the CRDs as YAML")?;
-            print!("{yaml}");
+        Command::Emulate(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(berth::emulator::cli::run(args)).context("running the emulator")?;
             Ok(())
         }
-        Command::Run(args) => {
-            logging::init(cli.log_format, &cli.log)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
-                let client = berth::operator::connect(args.kubeconfig.as_ref()).await?;
-                berth::operator::run(client, shutdown_signal()).await?;
-                Ok(())
-            })
-        }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }
