@@ -26,6 +26,8 @@ pub enum Command {
     Crds,
     /// Manage MachineDeployment rollouts, like `kubectl rollout` does Deployments.
     Rollout(RolloutArgs),
+    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
+    Emulate(crate::emulator::cli::EmulateArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,4 +65,20 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (the pod name in Kubernetes).
     #[arg(long, env = "BERTH_POD_NAME")]
     pub identity: Option<String>,
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -13,6 +13,12 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Emulate(args) => {
+            logging::init(cli.log_format, &cli.log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(berth::emulator::cli::run(args)).context("running the emulator")?;
+            Ok(())
+        }
         Command::Rollout(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let out = runtime.block_on(async {
@@ -25,23 +31,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(berth::operator::run(args, shutdown_signal())).map_err(Into::into)
-        }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            runtime.block_on(berth::operator::run(args, berth::cli::shutdown_signal())).map_err(Into::into)
         }
     }
 }
