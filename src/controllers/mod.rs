@@ -59,6 +59,8 @@ pub enum ControllerError {
     MissingField(&'static str),
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
+    #[error("cloud: {0}")]
+    Cloud(String, &'static str),
 }
 
 impl ControllerError {
@@ -68,6 +70,7 @@ impl ControllerError {
             ControllerError::Kube(_) => "kube_api",
             ControllerError::MissingField(_) => "missing_field",
             ControllerError::Encode { .. } => "encode",
+            ControllerError::Cloud(_, category) => category,
         }
     }
 }
