@@ -192,7 +192,7 @@ fn get_watch_streams_changes() {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&kc)
-        .args(["get", "configmaps", "-w", "--output-watch-events", "-o", "name"])
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -207,14 +207,17 @@ fn get_watch_streams_changes() {
         }
     });
     let next = || rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a watch line within 20s");
-    // The initial list comes first (kubectl prints it without an event type), then the watch events.
-    assert!(next().ends_with("configmap/first"));
+    // Table output with an EVENT column: header, the initial list, then the watch events.
+    let header = next();
+    assert!(header.starts_with("EVENT") && header.contains("NAME"), "{header}");
+    let words = |l: String| l.split_whitespace().take(2).map(str::to_string).collect::<Vec<_>>().join(" ");
+    assert_eq!(words(next()), "ADDED first");
     kubectl_ok(&kc, &["apply", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: second\n"));
-    assert_eq!(next(), "ADDED configmap/second");
+    assert_eq!(words(next()), "ADDED second");
     kubectl_ok(&kc, &["label", "cm", "second", "x=1"], None);
-    assert_eq!(next(), "MODIFIED configmap/second");
+    assert_eq!(words(next()), "MODIFIED second");
     kubectl_ok(&kc, &["delete", "cm", "first"], None);
-    assert_eq!(next(), "DELETED configmap/first");
+    assert_eq!(words(next()), "DELETED first");
     let _ = child.kill();
     let _ = child.wait();
 }
