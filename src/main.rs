@@ -1,29 +1,37 @@
 //! The `berth` command line.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-
-/// berth: Kubernetes node provisioning for EC2.
-#[derive(Debug, Parser)]
-#[command(name = "berth", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
-    Emulate(berth::emulator::cli::EmulateArgs),
-}
+use berth::cli::{Cli, Command};
+use berth::telemetry::logging;
+use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Crds => {
+            let yaml = berth::api::crds_yaml().context("rendering the CRDs as YAML")?;
+            print!("{yaml}");
+            Ok(())
+        }
         Command::Emulate(args) => {
+            logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(berth::emulator::cli::run(args)).context("running the emulator")?;
             Ok(())
+        }
+        Command::Rollout(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let out = runtime.block_on(async {
+                let client = berth::operator::connect(args.kubeconfig.as_ref()).await?;
+                anyhow::Ok(berth::rollout_cli::run(client, &args.namespace, args.command).await?)
+            })?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::Run(args) => {
+            logging::init(cli.log_format, &cli.log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(berth::operator::run(args, berth::cli::shutdown_signal())).map_err(Into::into)
         }
     }
 }

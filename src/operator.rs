@@ -9,7 +9,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use crate::cli::RunArgs;
+use crate::clock::SystemClock;
+use crate::telemetry::leader::{LeaderElector, LeaderTiming};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::server::{self, OpsState};
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -50,16 +57,19 @@ pub async fn connect(kubeconfig: Option<&PathBuf>) -> Result<Client, OperatorErr
     Client::try_from(config).map_err(|e| OperatorError::Client(e.to_string()))
 }
 
-/// Fails with the names of any of berth's CRDs the API server does not have.
+/// Fails with the names of any of berth's CRDs the API server does not have. Reads each by name, so the
+/// ClusterRole needs `get` on those five names only.
 pub async fn verify_crds(client: &Client) -> Result<(), OperatorError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let installed = api.list(&ListParams::default()).await.map_err(|e| OperatorError::Unreachable(e.to_string()))?;
-    let names: Vec<String> = installed.items.iter().map(|c| c.name_any()).collect();
-    let missing: Vec<String> = crate::api::crds()
-        .iter()
-        .map(|c| c.name_any())
-        .filter(|wanted| !names.contains(wanted))
-        .collect();
+    let mut missing = Vec::new();
+    for crd in crate::api::crds() {
+        let name = crd.name_any();
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name),
+            Err(e) => return Err(OperatorError::Unreachable(e.to_string())),
+        }
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -108,8 +118,30 @@ pub async fn inventory(client: &Client) -> Result<Inventory, OperatorError> {
     })
 }
 
-/// Connects, verifies, logs the inventory, then logs changes to berth's objects and nodes until `shutdown`.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) -> Result<(), OperatorError> {
+/// `berth run`: serve the ops endpoint, connect, verify, log the inventory, join the leader election if asked,
+/// then follow berth's objects and the nodes until `shutdown`.
+pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), OperatorError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let metrics = Metrics::new().map_err(|e| OperatorError::Client(e.to_string()))?;
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let ops = OpsState { metrics: metrics.clone(), ready: ready_rx };
+    let (ops_addr, ops_task) = server::serve(&args.metrics_address, ops, stopped())
+        .await
+        .map_err(|e| OperatorError::Client(e.to_string()))?;
+    tracing::info!(address = %ops_addr, "serving /metrics, /healthz and /readyz");
+
+    let client = connect(args.kubeconfig.as_ref()).await?;
     verify_crds(&client).await?;
     let inv = inventory(&client).await?;
     tracing::info!(
@@ -123,18 +155,54 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
         pending_pods = inv.pending_pods,
         "connected; berth CRDs installed"
     );
-    let follow = futures::future::try_join3(
-        follow::<MachineDeployment>(&client),
-        follow::<Machine>(&client),
-        follow::<Node>(&client),
-    );
+    if let Some(name) = &args.cluster_name {
+        let clusters = Api::<Cluster>::all(client.clone()).list(&ListParams::default()).await.map_err(|e| OperatorError::Unreachable(e.to_string()))?;
+        if !clusters.items.iter().any(|c| &c.spec.cluster_name == name) {
+            tracing::warn!(cluster_name = %name, "no Cluster object has spec.clusterName {name}; berth will not act until one exists");
+        }
+    }
+    metrics.pods_pending.set(inv.pending_pods as i64);
+    ready_tx.send_replace(true);
+
+    if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
+        let (leading_tx, mut leading_rx) = watch::channel(false);
+        let election = tokio::spawn(elector.run(leading_tx, stopped()));
+        let leader_gauge = metrics.leader.clone();
+        tokio::spawn(async move {
+            while leading_rx.changed().await.is_ok() {
+                let leading = *leading_rx.borrow();
+                leader_gauge.set(leading as i64);
+                tracing::info!(leading, "leadership changed");
+            }
+        });
+        let outcome = follow_all(&client, stopped()).await;
+        // The election releases the Lease on shutdown; wait for it so a standby takes over at once.
+        let _ = election.await;
+        let _ = ops_task.await;
+        return outcome;
+    }
+    let outcome = follow_all(&client, stopped()).await;
+    let _ = ops_task.await;
+    outcome
+}
+
+async fn follow_all(client: &Client, stopped: impl std::future::Future<Output = ()>) -> Result<(), OperatorError> {
+    let follow = futures::future::try_join3(follow::<MachineDeployment>(client), follow::<Machine>(client), follow::<Node>(client));
     tokio::select! {
         result = follow => result.map(|_| ()),
-        _ = shutdown => {
+        _ = stopped => {
             tracing::info!("shutting down");
             Ok(())
         }
     }
+}
+
+/// Hostname plus process id: unique enough outside Kubernetes, where BERTH_POD_NAME is not set.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "berth".into());
+    format!("{host}-{}", std::process::id())
 }
 
 async fn follow<K>(client: &Client) -> Result<(), OperatorError>

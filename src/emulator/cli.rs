@@ -22,29 +22,7 @@ pub async fn run(args: EmulateArgs) -> Result<(), EmulatorError> {
     let url = running.url();
     std::fs::write(&args.kubeconfig, server::kubeconfig_yaml(&url)).map_err(|e| EmulatorError::Kubeconfig(args.kubeconfig.display().to_string(), e.to_string()))?;
     println!("berth emulator listening on {url}; kubeconfig written to {}", args.kubeconfig.display());
-    wait_for_signal().await;
+    crate::cli::shutdown_signal().await;
     running.stop();
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
