@@ -277,7 +277,8 @@ fn render_path(path: &[String]) -> String {
 
 /// Records an Update operation (create, update, patch) by `manager`: it takes the fields it changed.
 pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, time: &str, subresource: &str) {
-    let mut entries = old.map(read_managers).unwrap_or_default();
+    // A client that sends managedFields (kubectl's client-side to server-side apply migration) sets them.
+    let mut entries = if new.pointer("/metadata/managedFields").is_some() { read_managers(new) } else { old.map(read_managers).unwrap_or_default() };
     let new_set = field_set(new);
     let old_set = old.map(field_set).unwrap_or_default();
     let changed: FieldSet = new_set

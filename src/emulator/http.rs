@@ -157,7 +157,9 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         let v: Value = serde_yaml::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
         Ok(v)
     } else if content_type.contains("protobuf") {
-        Err(ApiError::UnsupportedMediaType("the emulator does not accept protobuf bodies; send JSON".into()))
+        super::proto::decode(body).ok_or_else(|| {
+            ApiError::UnsupportedMediaType("the emulator accepts protobuf only for DeleteOptions and Eviction; send JSON".into())
+        })
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}")))
     }

@@ -13,7 +13,9 @@
 //! # Deliberate differences from a real kube-apiserver
 //!
 //! - No authentication, authorization, admission webhooks, audit, priority and fairness, or TLS; plain HTTP only.
-//! - JSON (and YAML request bodies) only: protobuf and CBOR are refused (406/415). `/openapi/v2` is served as JSON
+//! - JSON (and YAML request bodies) only: protobuf request bodies are refused with 415 except DeleteOptions and
+//!   Eviction (what `kubectl drain` sends), so `kubectl create <kind>` generators, which send protobuf, fail (the
+//!   client falls back to JSON only for later requests); use `kubectl apply`. CBOR is refused. `/openapi/v2` is served as JSON
 //!   only, so clients that insist on the protobuf v2 document get 406 (kubectl 1.32 uses v3).
 //! - Only the kinds berth uses are built in (Pods with binding and eviction, Nodes, Namespaces, Events,
 //!   ConfigMaps, DaemonSets, Deployments, ReplicaSets, PodDisruptionBudgets, Leases, CRDs), plus every CRD.
@@ -48,6 +50,7 @@ pub mod error;
 pub mod http;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
 pub mod resources;
 pub mod schema;
 pub mod selector;
