@@ -3,14 +3,13 @@
 //! Controllers join this loop as they land; until then it observes and logs, and changes nothing.
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use crate::cli::RunArgs;
 use crate::clock::SystemClock;
+use crate::controllers::{machine_deployment, machine_set, Context};
 use crate::telemetry::leader::{LeaderElector, LeaderTiming};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::server::{self, OpsState};
@@ -28,8 +27,6 @@ pub enum OperatorError {
     Unreachable(String),
     #[error("berth's CRDs are not installed: missing {missing}. Install them with `berth crds | kubectl apply -f -` or the Helm chart")]
     CrdsMissing { missing: String },
-    #[error("watch of {kind} failed: {reason}")]
-    Watch { kind: String, reason: String },
 }
 
 impl OperatorError {
@@ -39,7 +36,6 @@ impl OperatorError {
             OperatorError::Client(_) => "client",
             OperatorError::Unreachable(_) => "unreachable",
             OperatorError::CrdsMissing { .. } => "crds_missing",
-            OperatorError::Watch { .. } => "watch",
         }
     }
 }
@@ -164,37 +160,57 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     metrics.pods_pending.set(inv.pending_pods as i64);
     ready_tx.send_replace(true);
 
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), metrics.clone()));
     if args.leader_elect {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
-        let (leading_tx, mut leading_rx) = watch::channel(false);
+        let (leading_tx, leading_rx) = watch::channel(false);
         let election = tokio::spawn(elector.run(leading_tx, stopped()));
-        let leader_gauge = metrics.leader.clone();
-        tokio::spawn(async move {
-            while leading_rx.changed().await.is_ok() {
-                let leading = *leading_rx.borrow();
-                leader_gauge.set(leading as i64);
-                tracing::info!(leading, "leadership changed");
-            }
-        });
-        let outcome = follow_all(&client, stopped()).await;
+        lead_while_elected(ctx, leading_rx, stopped()).await;
         // The election releases the Lease on shutdown; wait for it so a standby takes over at once.
         let _ = election.await;
-        let _ = ops_task.await;
-        return outcome;
+    } else {
+        metrics.leader.set(1);
+        run_controllers(ctx, stopped()).await;
     }
-    let outcome = follow_all(&client, stopped()).await;
+    tracing::info!("shut down");
     let _ = ops_task.await;
-    outcome
+    Ok(())
 }
 
-async fn follow_all(client: &Client, stopped: impl std::future::Future<Output = ()>) -> Result<(), OperatorError> {
-    let follow = futures::future::try_join3(follow::<MachineDeployment>(client), follow::<Machine>(client), follow::<Node>(client));
-    tokio::select! {
-        result = follow => result.map(|_| ()),
-        _ = stopped => {
-            tracing::info!("shutting down");
-            Ok(())
+/// The controllers, until `stop`.
+async fn run_controllers(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (tx, rx) = watch::channel(false);
+    let signal = |rx: watch::Receiver<bool>| async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let deployments = tokio::spawn(machine_deployment::run(ctx.clone(), signal(rx.clone())));
+    let sets = tokio::spawn(machine_set::run(ctx.clone(), signal(rx)));
+    stop.await;
+    tx.send_replace(true);
+    let _ = tokio::join!(deployments, sets);
+}
+
+/// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas
+/// never act at once) and start again if it is regained.
+async fn lead_while_elected(ctx: Arc<Context>, mut leading: watch::Receiver<bool>, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    loop {
+        ctx.metrics.leader.set(0);
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        tracing::info!("leading: starting controllers");
+        ctx.metrics.leader.set(1);
+        let mut lost = leading.clone();
+        let step_down = async move {
+            let _ = lost.wait_for(|l| !*l).await;
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = run_controllers(ctx.clone(), step_down) => tracing::warn!("leadership lost: controllers stopped"),
         }
     }
 }
@@ -203,27 +219,4 @@ async fn follow_all(client: &Client, stopped: impl std::future::Future<Output = 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "berth".into());
     format!("{host}-{}", std::process::id())
-}
-
-async fn follow<K>(client: &Client) -> Result<(), OperatorError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    let kind = K::kind(&Default::default()).to_string();
-    let api = Api::<K>::all(client.clone());
-    let mut events = watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = events
-        .try_next()
-        .await
-        .map_err(|e| OperatorError::Watch { kind: kind.clone(), reason: e.to_string() })?
-    {
-        match event {
-            watcher::Event::Apply(obj) => tracing::info!(kind = %kind, name = %obj.name_any(), "observed change"),
-            watcher::Event::Delete(obj) => tracing::info!(kind = %kind, name = %obj.name_any(), "observed deletion"),
-            watcher::Event::InitDone => tracing::debug!(kind = %kind, "watch synced"),
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-        }
-    }
-    Ok(())
 }
