@@ -963,15 +963,7 @@ impl Store {
         let mut queue: VecDeque<Work> = initial.into();
         while let Some(work) = queue.pop_front() {
             match work {
-                Work::Orphan(key, owner_uid) => {
-                    let Some(rt) = st.registry.get(&key.group, &key.resource) else { continue };
-                    let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else { continue };
-                    let mut v = s.value()?;
-                    if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid.as_str()));
-                    }
-                    st.put(&self.events, &rt, v, EventType::Modified)?;
-                }
+                Work::Orphan(key, owner_uid) => self.orphan(st, &key, &owner_uid)?,
                 Work::Delete(key, propagation) => {
                     let Some(rt) = st.registry.get(&key.group, &key.resource) else { continue };
                     let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else { continue };
@@ -980,10 +972,12 @@ impl Store {
                     let dependents: Vec<ObjectKey> = st.dependents.get(&s.uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
                     let is_container = rt.group.is_empty() && rt.resource == "namespaces";
                     let mut fins = finalizers(&v);
-                    if policy == "Orphan" && !dependents.is_empty() && !fins.contains(&"orphan".to_string()) {
+                    if policy == "Orphan" && !dependents.is_empty() {
+                        // Orphaning happens before the owner goes, so the collector never sees these dependents.
                         for d in &dependents {
-                            queue.push_back(Work::Orphan(d.clone(), s.uid.clone()));
+                            self.orphan(st, d, &s.uid)?;
                         }
+                        st.dependents.remove(&s.uid);
                     }
                     if policy == "Foreground" && !dependents.is_empty() && !fins.contains(&"foregroundDeletion".to_string()) {
                         fins.push("foregroundDeletion".into());
@@ -1034,6 +1028,18 @@ impl Store {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Removes the owner reference to `owner_uid` from an object.
+    fn orphan(&self, st: &mut State, key: &ObjectKey, owner_uid: &str) -> Result<(), ApiError> {
+        let Some(rt) = st.registry.get(&key.group, &key.resource) else { return Ok(()) };
+        let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else { return Ok(()) };
+        let mut v = s.value()?;
+        if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
+        }
+        st.put(&self.events, &rt, v, EventType::Modified)?;
         Ok(())
     }
 
@@ -1194,7 +1200,7 @@ impl Store {
                     .collection("", "pods")
                     .map(|c| c.range((ns.to_string(), String::new())..).take_while(|((n, _), _)| n == ns).filter(|(_, s)| sel.matches(&s.labels)).map(|(_, s)| s.clone()).collect())
                     .unwrap_or_default();
-                let expected = members.iter().filter(|s| !matches!(s.phase.as_str(), "Succeeded" | "Failed")).count() as i64;
+                let expected = expected_pods(&st, &members, &budget);
                 let healthy = members.iter().filter(|s| healthy_pod(s)).count() as i64;
                 let pod_healthy = healthy_pod(&pod);
                 let allowed = disruptions_allowed(&budget, expected, healthy)?;
@@ -1230,6 +1236,35 @@ impl Store {
         let st = self.lock();
         (st.history.len(), st.compacted_rv)
     }
+}
+
+/// The number of pods a budget expects: the replicas of the pods' controllers when every pod has one with a
+/// scale (as the disruption controller computes it), otherwise the live pod count, never less than the count
+/// recorded at the previous eviction (an evicted bare pod is still expected back).
+fn expected_pods(st: &State, members: &[Arc<Stored>], budget: &Value) -> i64 {
+    let live = members.iter().filter(|s| !matches!(s.phase.as_str(), "Succeeded" | "Failed")).count() as i64;
+    let mut controllers: BTreeMap<String, i64> = BTreeMap::new();
+    let mut all_controlled = !members.is_empty();
+    for m in members {
+        let replicas = m.owner_uids.iter().find_map(|u| {
+            let key = st.uids.get(u)?;
+            let rt = st.registry.get(&key.group, &key.resource)?;
+            let owner = st.lookup(&rt, &key.namespace, &key.name)?.value().ok()?;
+            let r = owner.pointer("/spec/replicas").and_then(Value::as_i64)?;
+            Some((u.clone(), r))
+        });
+        match replicas {
+            Some((u, r)) => {
+                controllers.insert(u, r);
+            }
+            None => all_controlled = false,
+        }
+    }
+    if all_controlled {
+        return controllers.values().sum();
+    }
+    let recorded = budget.pointer("/status/expectedPods").and_then(Value::as_i64).unwrap_or(0);
+    live.max(recorded)
 }
 
 /// `disruptionsAllowed` from minAvailable / maxUnavailable (integers or percentages).
