@@ -43,11 +43,13 @@
 //! - Timestamps come from the injectable [`clock::Clock`], never the system clock directly.
 
 pub mod apply;
+pub mod binder;
 pub mod cli;
 pub mod clock;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod kubelet;
 pub mod openapi;
 pub mod patch;
 pub mod proto;
