@@ -34,8 +34,30 @@ fn builtin_definitions(v3: bool) -> (Map<String, Value>, Vec<(String, String, St
         k8s_openapi::api::autoscaling::v1::Scale => ("autoscaling", "Scale"),
         meta::ObjectMeta => ("", ""), meta::Status => ("", ""), meta::Patch => ("", ""), meta::DeleteOptions => ("", ""),
     );
-    let defs = generator.take_definitions(true);
+    let mut defs = generator.take_definitions(true);
+    for d in defs.values_mut() {
+        annotate_patch_strategies(d);
+    }
     (defs, kinds)
+}
+
+/// Adds the strategic-merge extensions the real documents carry (`x-kubernetes-patch-merge-key`,
+/// `x-kubernetes-patch-strategy`) to list properties, from the same table the server's patch code uses, so that
+/// kubectl computes patches with the same list semantics the emulator applies.
+fn annotate_patch_strategies(schema: &mut Value) {
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    for (name, prop) in props.iter_mut() {
+        let Some(obj) = prop.as_object_mut() else { continue };
+        if obj.get("type").and_then(Value::as_str) != Some("array") {
+            continue;
+        }
+        if let Some(key) = super::patch::merge_key(name) {
+            obj.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            obj.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+        } else if super::patch::is_set_list(name) {
+            obj.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+        }
+    }
 }
 
 fn definition_name(t: &ResourceType, version: &str) -> String {
