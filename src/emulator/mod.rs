@@ -19,7 +19,8 @@
 //!   Eviction (what `kubectl drain` sends), so `kubectl create <kind>` generators, which send protobuf, fail (the
 //!   client falls back to JSON only for later requests); use `kubectl apply`. CBOR is refused. `/openapi/v2` is served as JSON
 //!   only, so clients that insist on the protobuf v2 document get 406 (kubectl 1.32 uses v3).
-//! - Only the kinds berth uses are built in (Pods with binding and eviction, Nodes, Namespaces, Events,
+//! - Only the kinds berth uses are built in (Pods with binding and eviction, Nodes, Namespaces, Events (core and
+//!   events.k8s.io),
 //!   ConfigMaps, DaemonSets, Deployments, ReplicaSets, PodDisruptionBudgets, Leases, CRDs), plus every CRD.
 //!   No controllers run: Deployments do not create ReplicaSets, ReplicaSets do not create Pods, DaemonSets do not
 //!   schedule. The garbage collector, namespace deletion and CRD establishment are emulated, synchronously

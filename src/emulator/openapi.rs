@@ -27,7 +27,7 @@ fn builtin_definitions(v3: bool) -> (Map<String, Value>, Vec<(String, String, St
     }
     let kinds = kinds!(
         core::Pod => ("", "Pod"), core::Node => ("", "Node"), core::Namespace => ("", "Namespace"), core::Event => ("", "Event"),
-        core::ConfigMap => ("", "ConfigMap"), core::Binding => ("", "Binding"), policy::Eviction => ("policy", "Eviction"),
+        core::ConfigMap => ("", "ConfigMap"), k8s_openapi::api::events::v1::Event => ("events.k8s.io", "Event"), core::Binding => ("", "Binding"), policy::Eviction => ("policy", "Eviction"),
         apps::DaemonSet => ("apps", "DaemonSet"), apps::Deployment => ("apps", "Deployment"), apps::ReplicaSet => ("apps", "ReplicaSet"),
         policy::PodDisruptionBudget => ("policy", "PodDisruptionBudget"), coord::Lease => ("coordination.k8s.io", "Lease"),
         apiext::CustomResourceDefinition => ("apiextensions.k8s.io", "CustomResourceDefinition"),
