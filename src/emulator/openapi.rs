@@ -12,7 +12,10 @@ use std::hash::{Hash, Hasher};
 
 /// The components.schemas (v3, `ref_prefix` "#/components/schemas/") or definitions (v2, "#/definitions/")
 /// of the built-in kinds, with their definition names.
-fn builtin_definitions(v3: bool) -> (Map<String, Value>, Vec<(String, String, String, String)>) {
+/// (definition name, group, version, kind) of each built-in definition.
+type KindIndex = Vec<(String, String, String, String)>;
+
+fn builtin_definitions(v3: bool) -> (Map<String, Value>, KindIndex) {
     let settings = if v3 { SchemaSettings::openapi3() } else { SchemaSettings::draft07().with(|s| s.definitions_path = "/definitions".into()) };
     let mut generator = settings.into_generator();
     macro_rules! kinds {

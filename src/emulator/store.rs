@@ -392,6 +392,9 @@ impl State {
     }
 }
 
+/// Events to replay, a subscription for what follows, and the latest resourceVersion.
+pub type HistoryResume = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>, u64);
+
 /// Query value helpers for the HTTP layer.
 pub fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
@@ -550,7 +553,7 @@ impl Store {
     }
 
     /// Events after `rv` (exclusive) from history, or 410 when history no longer reaches back that far.
-    pub fn history_since(&self, rv: u64) -> Result<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>, u64), ApiError> {
+    pub fn history_since(&self, rv: u64) -> Result<HistoryResume, ApiError> {
         let st = self.lock();
         if rv < st.compacted_rv {
             return Err(ApiError::Gone(format!("too old resource version: {rv} ({})", st.compacted_rv + 1)));
