@@ -14,8 +14,10 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::json;
 use std::time::Instant;
 
-const NODES: usize = 10_000;
-const PODS: usize = 200_000;
+/// Divides the sizes (BERTH_BENCH_DIVISOR=20 for a quick smoke run).
+fn divisor() -> usize {
+    std::env::var("BERTH_BENCH_DIVISOR").ok().and_then(|d| d.parse().ok()).filter(|d| *d > 0).unwrap_or(1)
+}
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -46,6 +48,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 async fn ten_thousand_nodes_two_hundred_thousand_pods() {
+    let nodes_total = 10_000 / divisor();
+    let pods_total = 200_000 / divisor();
     let rss_start = rss_mib();
     let emu = Emulator::new();
     let store = emu.store().clone();
@@ -53,7 +57,7 @@ async fn ten_thousand_nodes_two_hundred_thousand_pods() {
     let pods_rt = store.resource_type("", "pods").unwrap();
     let opts = WriteOptions { field_manager: "bench".into(), ..Default::default() };
     let load = Instant::now();
-    for i in 0..NODES {
+    for i in 0..nodes_total {
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i:05}"), "labels": {
             "kubernetes.io/hostname": format!("node-{i:05}"), "topology.kubernetes.io/zone": format!("us-west-2{}", ["a", "b", "c"][i % 3]),
             "node.kubernetes.io/instance-type": "m5.2xlarge", "karpenter.sh/capacity-type": "on-demand"}},
@@ -62,23 +66,23 @@ async fn ten_thousand_nodes_two_hundred_thousand_pods() {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}});
         store.create(&nodes_rt, "", node, &opts).unwrap();
     }
-    for i in 0..PODS {
+    for i in 0..pods_total {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("app-{}-{i:06}", i % 500), "labels": {"app": format!("app-{}", i % 500), "pod-template-hash": "5d8f7c9b4"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{}-5d8f7c9b4", i % 500), "uid": format!("rs-{}", i % 500), "controller": true}]},
-            "spec": {"nodeName": format!("node-{:05}", i % NODES), "containers": [{"name": "app", "image": "registry.example/app:1.2.3",
+            "spec": {"nodeName": format!("node-{:05}", i % nodes_total), "containers": [{"name": "app", "image": "registry.example/app:1.2.3",
                 "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}}]}});
         store.create(&pods_rt, "default", pod, &opts).unwrap();
     }
     let load_time = load.elapsed();
     let rss_loaded = rss_mib();
-    println!("loaded {NODES} nodes and {PODS} pods in {:.1}s; RSS {:.0} MiB -> {:.0} MiB (+{:.0} MiB)", load_time.as_secs_f64(), rss_start, rss_loaded, rss_loaded - rss_start);
+    println!("loaded {nodes_total} nodes and {pods_total} pods in {:.1}s; RSS {:.0} MiB -> {:.0} MiB (+{:.0} MiB)", load_time.as_secs_f64(), rss_start, rss_loaded, rss_loaded - rss_start);
 
     let client = emu.client();
     let (n, took) = reflect(Api::<Node>::all(client.clone())).await;
-    assert_eq!(n, NODES);
+    assert_eq!(n, nodes_total);
     println!("reflector (in-process, pages of 500): {n} nodes in {:.2}s", took.as_secs_f64());
     let (n, took) = reflect(Api::<Pod>::all(client.clone())).await;
-    assert_eq!(n, PODS);
+    assert_eq!(n, pods_total);
     println!("reflector (in-process, pages of 500): {n} pods in {:.2}s; RSS now {:.0} MiB", took.as_secs_f64(), rss_mib());
 
     let env_server = berth::emulator::server::serve(emu.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -86,10 +90,10 @@ async fn ten_thousand_nodes_two_hundred_thousand_pods() {
     let socket_client = kube::Client::try_from(config).unwrap();
     let start = Instant::now();
     let list = Api::<Pod>::all(socket_client.clone()).list(&ListParams::default()).await.unwrap();
-    assert_eq!(list.items.len(), PODS);
+    assert_eq!(list.items.len(), pods_total);
     println!("one unpaginated list over HTTP: {} pods in {:.2}s", list.items.len(), start.elapsed().as_secs_f64());
     drop(list);
     let (n, took) = reflect(Api::<Pod>::all(socket_client)).await;
-    assert_eq!(n, PODS);
+    assert_eq!(n, pods_total);
     println!("reflector (HTTP socket, pages of 500): {n} pods in {:.2}s; peak-ish RSS {:.0} MiB", took.as_secs_f64(), rss_mib());
 }
