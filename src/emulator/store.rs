@@ -35,8 +35,8 @@ pub struct Stored {
     pub node_name: String,
     /// status.phase
     pub phase: String,
-    /// spec.unschedulable (nodes), "true" or "false"
-    pub unschedulable: String,
+    /// spec.unschedulable (nodes)
+    pub unschedulable: bool,
     /// metadata.ownerReferences[*].uid
     pub owner_uids: Vec<String>,
 }
@@ -54,7 +54,7 @@ impl Stored {
             "metadata.namespace" => self.namespace.clone(),
             "spec.nodeName" => self.node_name.clone(),
             "status.phase" => self.phase.clone(),
-            "spec.unschedulable" => self.unschedulable.clone(),
+            "spec.unschedulable" => self.unschedulable.to_string(),
             _ => String::new(),
         }
     }
@@ -81,7 +81,7 @@ impl Stored {
             labels,
             node_name: s("/spec/nodeName"),
             phase: s("/status/phase"),
-            unschedulable: (v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true)).to_string(),
+            unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
             owner_uids,
         })
     }
