@@ -455,9 +455,6 @@ fn list_response(rt: &ResourceType, version: &str, page: &super::store::ListPage
     if let Some(c) = &page.continue_token {
         meta["continue"] = json!(c);
     }
-    if let Some(r) = page.remaining {
-        meta["remainingItemCount"] = json!(r);
-    }
     let head = format!(
         "{{\"apiVersion\":{},\"kind\":\"{}List\",\"metadata\":{},\"items\":[",
         json!(rt.api_version(version)),

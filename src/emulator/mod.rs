@@ -42,6 +42,7 @@
 //! - Namespace deletion has no `kubernetes` spec finalizer: the namespace is Terminating until its objects are gone.
 //!   Deleting a CRD deletes its objects at once, ignoring their finalizers.
 //! - Watches that fall behind the broadcast buffer are closed (clients resume from their last resourceVersion).
+//! - Paginated lists never carry `remainingItemCount` (optional in the API; counting would make paging quadratic).
 //! - A resourceVersion newer than the latest is served as the latest (the real server waits, then answers 504).
 //! - Field selectors: `metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase` and
 //!   `spec.unschedulable`, on every kind (the real server supports a per-kind set); others get 400.

@@ -224,8 +224,6 @@ pub struct ListPage {
     pub resource_version: u64,
     /// Token for the next page.
     pub continue_token: Option<String>,
-    /// Objects left after this page, when paginated.
-    pub remaining: Option<usize>,
 }
 
 pub(crate) struct State {
@@ -518,7 +516,6 @@ impl Store {
         }
         let mut items = Vec::new();
         let mut continue_token = None;
-        let mut remaining = None;
         if let Some(coll) = st.collection(&rt.group, &rt.resource) {
             let lower = match (&start, ns) {
                 (Some(s), _) => std::ops::Bound::Excluded(s.clone()),
@@ -541,15 +538,14 @@ impl Store {
                 }
             }
             if continue_token.is_some() {
-                let left = iter.take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons)).filter(|(_, s)| matches(s)).count();
-                if left == 0 {
+                // Only whether more follow is needed for the token; counting them all would make paging quadratic.
+                let more = iter.take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons)).any(|(_, s)| matches(s));
+                if !more {
                     continue_token = None;
-                } else {
-                    remaining = Some(left);
                 }
             }
         }
-        Ok(ListPage { items, resource_version: list_rv, continue_token, remaining })
+        Ok(ListPage { items, resource_version: list_rv, continue_token })
     }
 
     /// Events after `rv` (exclusive) from history, or 410 when history no longer reaches back that far.
