@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod scheduling;
 pub mod api;
 pub mod telemetry;
 pub mod operator;
