@@ -12,3 +12,4 @@ pub mod api;
 pub mod telemetry;
 pub mod operator;
 pub mod rollout;
+pub mod bench;

@@ -25,6 +25,38 @@ enum Command {
     Run(RunArgs),
     /// Print berth's CustomResourceDefinitions as YAML (apply them with `kubectl apply -f -`).
     Crds,
+    /// Run a benchmark (see BENCHMARKS.md): a table, then one JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// B1: the Karpenter-shaped scheduling benchmark.
+    Scheduling {
+        /// One diverse size (or, with --preference, the preference pod count) instead of all sizes.
+        #[arg(long)]
+        pods: Option<usize>,
+        /// Only the preference runs (respecting, then ignoring preferences).
+        #[arg(long)]
+        preference: bool,
+        /// Write pods.json, instance-types.json and plan.json here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// B2: plan cost against the fractional lower bound on the bundled us-east-1 catalog.
+    Packing {
+        /// A workload of Pod or Deployment objects (YAML or JSON) instead of the seeded mixes.
+        #[arg(long)]
+        pods: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write pods.json, instance-types.json and plan.json per workload under this directory.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +72,16 @@ fn main() -> anyhow::Result<()> {
         Command::Crds => {
             let yaml = berth::api::crds_yaml().context("rendering the CRDs as YAML")?;
             print!("{yaml}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Scheduling { pods, preference, dump, seed }) => {
+            let ok = berth::bench::scheduling::run(pods, preference, dump.as_deref(), seed)?;
+            anyhow::ensure!(ok, "some pods were left unscheduled");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Packing { pods, seed, dump }) => {
+            let ok = berth::bench::packing::run(pods.as_deref(), seed, dump.as_deref())?;
+            anyhow::ensure!(ok, "an unconstrained workload missed the cost or utilisation target");
             Ok(())
         }
         Command::Run(args) => {

@@ -1118,9 +1118,21 @@ impl<'a> Engine<'a> {
             price: f64,
             eff: f64,
             waste: f64,
+            n: f64,
         }
         let mut cands: Vec<Cand> = vec![];
         let avg: Vec<f64> = (0..4).map(|d| self.rem_sum[d] / self.rem_count.max(1.0)).collect();
+        let remaining = self.rem_count.max(1.0);
+        // How many average remaining pods a type holds besides this pod (no cap by what remains).
+        let holds = |cap: &[u64], req: &[u64]| -> f64 {
+            let mut n = f64::MAX;
+            for d in [CPU, MEM, PODS] {
+                if avg[d] > 0.0 {
+                    n = n.min(cap[d].saturating_sub(req[d]) as f64 / avg[d]);
+                }
+            }
+            1.0 + n.floor()
+        };
         for gi in 0..self.groups.len() {
             let c = &self.classes[ci];
             let g = &self.groups[gi];
@@ -1183,6 +1195,17 @@ impl<'a> Engine<'a> {
             let c = &self.classes[ci];
             let g = &self.groups[gi];
             let zeros = vec![0u64; c.req.len()];
+            // The best price per average pod any type offers, and the cheapest node for what remains: the
+            // estimated cost of finishing the remaining pods after a node of some type.
+            let mut unit = f64::MAX;
+            let mut smallest = f64::MAX;
+            for t in &g.types {
+                let Some(p) = t.offerings.iter().filter(|o| o.2).map(|o| o.1).min_by(f64::total_cmp) else { continue };
+                if fits(&zeros, &c.req, &t.cap) {
+                    unit = unit.min(p / holds(&t.cap, &c.req));
+                    smallest = smallest.min(p);
+                }
+            }
             let mut best: Option<Cand> = None;
             let mut resource_fit = false;
             let mut limit_hit = None;
@@ -1226,21 +1249,21 @@ impl<'a> Engine<'a> {
                     pick = Some((ls, oi, price));
                 }
                 let Some((ls, oi, price)) = pick else { continue };
-                let mut n = f64::MAX;
-                for d in [CPU, MEM, PODS] {
-                    if avg[d] > 0.0 {
-                        n = n.min((t.cap[d] - c.req[d]) as f64 / avg[d]);
-                    }
-                }
-                let n = (1.0 + n.floor()).min(self.rem_count.max(1.0)).max(1.0);
-                let eff = n / price.max(1e-9);
+                let n = holds(&t.cap, &c.req).min(remaining).max(1.0);
+                let left = remaining - n;
+                let rest = if left > 0.0 { (left * unit).max(smallest) } else { 0.0 };
+                // eff: minus the estimated cost of placing every remaining pod if this node opens now.
+                let eff = -(price + rest);
                 let waste = ((1.0 - n * avg[CPU] / t.cap[CPU].max(1) as f64).max(0.0) + (1.0 - n * avg[MEM] / t.cap[MEM].max(1) as f64).max(0.0)) / 2.0;
                 let better = match &best {
                     None => true,
-                    Some(b) => eff > b.eff * (1.0 + 1e-9) || (eff >= b.eff * (1.0 - 1e-9) && price < b.price),
+                    Some(b) => {
+                        let tol = 1e-6 * b.eff.abs().max(1e-9);
+                        eff > b.eff + tol || (eff >= b.eff - tol && (n > b.n || (n == b.n && price < b.price)))
+                    }
                 };
                 if better {
-                    best = Some(Cand { gi, lt, ls, oi, price, eff, waste });
+                    best = Some(Cand { gi, lt, ls, oi, price, eff, waste, n });
                 }
             }
             match best {
@@ -1381,7 +1404,12 @@ impl<'a> Engine<'a> {
         let mut order: Vec<usize> = (0..self.classes.len()).collect();
         order.sort_by(|&a, &b| {
             let (x, y) = (&self.classes[a], &self.classes[b]);
-            y.spec.priority.cmp(&x.spec.priority).then(y.size_key.total_cmp(&x.size_key)).then(a.cmp(&b))
+            // Pods with required pod affinity go after the pods they may follow, so they find them placed.
+            y.spec.priority
+                .cmp(&x.spec.priority)
+                .then(x.affinity.is_empty().cmp(&y.affinity.is_empty()).reverse())
+                .then(y.size_key.total_cmp(&x.size_key))
+                .then(a.cmp(&b))
         });
         let mut failed: Vec<(usize, usize)> = vec![];
         for &ci in &order {
