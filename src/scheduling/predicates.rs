@@ -158,7 +158,7 @@ mod tests {
             (spec_with_terms(&[("gpu", "DoesNotExist", &[])]), true),
             (spec_with_terms(&[(NODE_NAME_FIELD, "In", &["n1"])]), true),
             (spec_with_terms(&[(NODE_NAME_FIELD, "In", &["n2"])]), false),
-            (SchedulingSpec { node_selector: Requirements::from_labels(&[("disk".to_string(), "ssd".to_string())].into()), ..Default::default() }, false),
+            (SchedulingSpec { node_selector: Requirements::from_labels(&BTreeMap::from([("disk".to_string(), "ssd".to_string())])), ..Default::default() }, false),
         ];
         for (i, (spec, want)) in cases.iter().enumerate() {
             assert_eq!(node_affinity_matches(spec, "n1", &node), *want, "case {i}");
@@ -201,6 +201,7 @@ mod tests {
         let mut everywhere = Pod::new("kube-system", "cni", Resources::new(100, 100 << 20));
         everywhere.spec.tolerations = vec![Toleration::new("", "Exists", "", "").unwrap()];
         let mut big_only = Pod::new("kube-system", "big-agent", Resources::new(500, 0));
+        big_only.spec.tolerations = vec![Toleration::new("dedicated", "Exists", "", "").unwrap()];
         big_only.spec.required_node_affinity = spec_with_terms(&[("node.kubernetes.io/instance-type", "In", &["m7i.4xlarge"])]).required_node_affinity;
         let mut untolerating = Pod::new("kube-system", "x", Resources::new(1000, 0));
         untolerating.spec.tolerations = vec![];
