@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod controllers;
@@ -16,5 +17,6 @@ pub mod model;
 pub mod operator;
 pub mod rollout;
 pub mod rollout_cli;
+pub mod scheduling;
 pub mod state;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! The `berth` command line.
 
 use anyhow::Context;
-use berth::cli::{Cli, Command};
+use berth::cli::{BenchCommand, Cli, Command};
 use berth::telemetry::logging;
 use clap::Parser;
 
@@ -11,6 +11,16 @@ fn main() -> anyhow::Result<()> {
         Command::Crds => {
             let yaml = berth::api::crds_yaml().context("rendering the CRDs as YAML")?;
             print!("{yaml}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Scheduling { pods, preference, dump, seed }) => {
+            let ok = berth::bench::scheduling::run(pods, preference, dump.as_deref(), seed)?;
+            anyhow::ensure!(ok, "some pods were left unscheduled");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Packing { pods, seed, dump }) => {
+            let ok = berth::bench::packing::run(pods.as_deref(), seed, dump.as_deref())?;
+            anyhow::ensure!(ok, "an unconstrained workload missed the cost or utilisation target");
             Ok(())
         }
         Command::Emulate(args) => {
