@@ -6,6 +6,7 @@
 //! pure planners (`model`, `scheduling`, `disruption`, `rollout`) over plain data, thin controllers around them.
 #![forbid(unsafe_code)]
 
+pub mod cloud;
 pub mod model;
 pub mod api;
 pub mod telemetry;
