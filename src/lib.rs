@@ -6,9 +6,16 @@
 //! pure planners (`model`, `scheduling`, `disruption`, `rollout`) over plain data, thin controllers around them.
 #![forbid(unsafe_code)]
 
-pub mod cloud;
-pub mod model;
 pub mod api;
-pub mod telemetry;
+pub mod cloud;
+pub mod cli;
+pub mod clock;
+pub mod controllers;
+pub mod emulator;
+pub mod lifecycle;
+pub mod model;
 pub mod operator;
 pub mod rollout;
+pub mod rollout_cli;
+pub mod state;
+pub mod telemetry;

@@ -1,38 +1,9 @@
 //! The `berth` command line.
 
 use anyhow::Context;
-use berth::telemetry::logging::{self, LogFormat};
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-
-/// berth: Kubernetes node provisioning for EC2. Autoscaling and machine lifecycle in one controller.
-#[derive(Debug, Parser)]
-#[command(name = "berth", version, about, long_about = None)]
-struct Cli {
-    /// Log format: text for people, json for log pipelines.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "BERTH_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Log filter in RUST_LOG syntax (for example info, or berth=debug,kube=warn).
-    #[arg(long, global = true, default_value = "info", env = "BERTH_LOG")]
-    log: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the controller against a cluster.
-    Run(RunArgs),
-    /// Print berth's CustomResourceDefinitions as YAML (apply them with `kubectl apply -f -`).
-    Crds,
-}
-
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Path to a kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
-    #[arg(long, env = "BERTH_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-}
+use berth::cli::{Cli, Command};
+use berth::telemetry::logging;
+use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -42,37 +13,25 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Emulate(args) => {
+            logging::init(cli.log_format, &cli.log)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(berth::emulator::cli::run(args)).context("running the emulator")?;
+            Ok(())
+        }
+        Command::Rollout(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let out = runtime.block_on(async {
+                let client = berth::operator::connect(args.kubeconfig.as_ref()).await?;
+                anyhow::Ok(berth::rollout_cli::run(client, &args.namespace, args.command).await?)
+            })?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
-                let client = berth::operator::connect(args.kubeconfig.as_ref()).await?;
-                berth::operator::run(client, shutdown_signal()).await?;
-                Ok(())
-            })
+            runtime.block_on(berth::operator::run(args, berth::cli::shutdown_signal())).map_err(Into::into)
         }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

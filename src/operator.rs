@@ -3,13 +3,19 @@
 //! Controllers join this loop as they land; until then it observes and logs, and changes nothing.
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use crate::cli::RunArgs;
+use crate::clock::SystemClock;
+use crate::controllers::{machine_deployment, machine_set, Context};
+use crate::telemetry::leader::{LeaderElector, LeaderTiming};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::server::{self, OpsState};
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -21,8 +27,6 @@ pub enum OperatorError {
     Unreachable(String),
     #[error("berth's CRDs are not installed: missing {missing}. Install them with `berth crds | kubectl apply -f -` or the Helm chart")]
     CrdsMissing { missing: String },
-    #[error("watch of {kind} failed: {reason}")]
-    Watch { kind: String, reason: String },
 }
 
 impl OperatorError {
@@ -32,7 +36,6 @@ impl OperatorError {
             OperatorError::Client(_) => "client",
             OperatorError::Unreachable(_) => "unreachable",
             OperatorError::CrdsMissing { .. } => "crds_missing",
-            OperatorError::Watch { .. } => "watch",
         }
     }
 }
@@ -50,16 +53,19 @@ pub async fn connect(kubeconfig: Option<&PathBuf>) -> Result<Client, OperatorErr
     Client::try_from(config).map_err(|e| OperatorError::Client(e.to_string()))
 }
 
-/// Fails with the names of any of berth's CRDs the API server does not have.
+/// Fails with the names of any of berth's CRDs the API server does not have. Reads each by name, so the
+/// ClusterRole needs `get` on those five names only.
 pub async fn verify_crds(client: &Client) -> Result<(), OperatorError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let installed = api.list(&ListParams::default()).await.map_err(|e| OperatorError::Unreachable(e.to_string()))?;
-    let names: Vec<String> = installed.items.iter().map(|c| c.name_any()).collect();
-    let missing: Vec<String> = crate::api::crds()
-        .iter()
-        .map(|c| c.name_any())
-        .filter(|wanted| !names.contains(wanted))
-        .collect();
+    let mut missing = Vec::new();
+    for crd in crate::api::crds() {
+        let name = crd.name_any();
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(name),
+            Err(e) => return Err(OperatorError::Unreachable(e.to_string())),
+        }
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -108,8 +114,30 @@ pub async fn inventory(client: &Client) -> Result<Inventory, OperatorError> {
     })
 }
 
-/// Connects, verifies, logs the inventory, then logs changes to berth's objects and nodes until `shutdown`.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) -> Result<(), OperatorError> {
+/// `berth run`: serve the ops endpoint, connect, verify, log the inventory, join the leader election if asked,
+/// then follow berth's objects and the nodes until `shutdown`.
+pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), OperatorError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let metrics = Metrics::new().map_err(|e| OperatorError::Client(e.to_string()))?;
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let ops = OpsState { metrics: metrics.clone(), ready: ready_rx };
+    let (ops_addr, ops_task) = server::serve(&args.metrics_address, ops, stopped())
+        .await
+        .map_err(|e| OperatorError::Client(e.to_string()))?;
+    tracing::info!(address = %ops_addr, "serving /metrics, /healthz and /readyz");
+
+    let client = connect(args.kubeconfig.as_ref()).await?;
     verify_crds(&client).await?;
     let inv = inventory(&client).await?;
     tracing::info!(
@@ -123,39 +151,72 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
         pending_pods = inv.pending_pods,
         "connected; berth CRDs installed"
     );
-    let follow = futures::future::try_join3(
-        follow::<MachineDeployment>(&client),
-        follow::<Machine>(&client),
-        follow::<Node>(&client),
-    );
-    tokio::select! {
-        result = follow => result.map(|_| ()),
-        _ = shutdown => {
-            tracing::info!("shutting down");
-            Ok(())
+    if let Some(name) = &args.cluster_name {
+        let clusters = Api::<Cluster>::all(client.clone()).list(&ListParams::default()).await.map_err(|e| OperatorError::Unreachable(e.to_string()))?;
+        if !clusters.items.iter().any(|c| &c.spec.cluster_name == name) {
+            tracing::warn!(cluster_name = %name, "no Cluster object has spec.clusterName {name}; berth will not act until one exists");
+        }
+    }
+    metrics.pods_pending.set(inv.pending_pods as i64);
+    ready_tx.send_replace(true);
+
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), metrics.clone()));
+    if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
+        let (leading_tx, leading_rx) = watch::channel(false);
+        let election = tokio::spawn(elector.run(leading_tx, stopped()));
+        lead_while_elected(ctx, leading_rx, stopped()).await;
+        // The election releases the Lease on shutdown; wait for it so a standby takes over at once.
+        let _ = election.await;
+    } else {
+        metrics.leader.set(1);
+        run_controllers(ctx, stopped()).await;
+    }
+    tracing::info!("shut down");
+    let _ = ops_task.await;
+    Ok(())
+}
+
+/// The controllers, until `stop`.
+async fn run_controllers(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (tx, rx) = watch::channel(false);
+    let signal = |rx: watch::Receiver<bool>| async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let deployments = tokio::spawn(machine_deployment::run(ctx.clone(), signal(rx.clone())));
+    let sets = tokio::spawn(machine_set::run(ctx.clone(), signal(rx)));
+    stop.await;
+    tx.send_replace(true);
+    let _ = tokio::join!(deployments, sets);
+}
+
+/// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas
+/// never act at once) and start again if it is regained.
+async fn lead_while_elected(ctx: Arc<Context>, mut leading: watch::Receiver<bool>, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    loop {
+        ctx.metrics.leader.set(0);
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        tracing::info!("leading: starting controllers");
+        ctx.metrics.leader.set(1);
+        let mut lost = leading.clone();
+        let step_down = async move {
+            let _ = lost.wait_for(|l| !*l).await;
+        };
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = run_controllers(ctx.clone(), step_down) => tracing::warn!("leadership lost: controllers stopped"),
         }
     }
 }
 
-async fn follow<K>(client: &Client) -> Result<(), OperatorError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    let kind = K::kind(&Default::default()).to_string();
-    let api = Api::<K>::all(client.clone());
-    let mut events = watcher(api, watcher::Config::default()).boxed();
-    while let Some(event) = events
-        .try_next()
-        .await
-        .map_err(|e| OperatorError::Watch { kind: kind.clone(), reason: e.to_string() })?
-    {
-        match event {
-            watcher::Event::Apply(obj) => tracing::info!(kind = %kind, name = %obj.name_any(), "observed change"),
-            watcher::Event::Delete(obj) => tracing::info!(kind = %kind, name = %obj.name_any(), "observed deletion"),
-            watcher::Event::InitDone => tracing::debug!(kind = %kind, "watch synced"),
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-        }
-    }
-    Ok(())
+/// Hostname plus process id: unique enough outside Kubernetes, where BERTH_POD_NAME is not set.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "berth".into());
+    format!("{host}-{}", std::process::id())
 }

@@ -111,6 +111,10 @@ pub struct MachineStatus {
     /// The AMI launched.
     #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The launch attempt, part of the launch's idempotency token. It moves on only after a launch that certainly
+    /// started nothing, so a retry after a timeout or a controller restart can never launch a second instance.
+    #[serde(default)]
+    pub launch_attempt: u32,
     /// When the launch call succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_time: Option<Time>,

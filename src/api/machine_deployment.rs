@@ -2,7 +2,7 @@
 //! strategy; berth keeps one MachineSet per template revision and rolls between them like a Deployment.
 
 use super::common::{Condition, MachineTemplate, PERCENT_RULE, QUANTITY_PATTERN};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -214,6 +214,10 @@ pub struct MachineDeploymentStatus {
     /// The current template revision number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// When the rollout last made progress (a MachineSet's replica counts changed); measured against
+    /// progressDeadlineSeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_time: Option<Time>,
     /// Available, Progressing, ScalingLimited, Valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -1,0 +1,84 @@
+//! The command line, parsed by clap. In the library so tests can check that what the Helm chart passes parses.
+
+use crate::telemetry::logging::LogFormat;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// berth: Kubernetes node provisioning for EC2. Autoscaling and machine lifecycle in one controller.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: text for people, json for log pipelines.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "BERTH_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax (for example info, or berth=debug,kube=warn).
+    #[arg(long, global = true, default_value = "info", env = "BERTH_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller against a cluster.
+    Run(RunArgs),
+    /// Print berth's CustomResourceDefinitions as YAML (apply them with `kubectl apply -f -`).
+    Crds,
+    /// Manage MachineDeployment rollouts, like `kubectl rollout` does Deployments.
+    Rollout(RolloutArgs),
+    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
+    Emulate(crate::emulator::cli::EmulateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Path to a kubeconfig; default: $KUBECONFIG, then ~/.kube/config, then in-cluster configuration.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the MachineDeployment.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[command(subcommand)]
+    pub command: crate::rollout_cli::RolloutCommand,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Path to a kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster's name: berth acts on the Cluster object whose spec.clusterName is this.
+    #[arg(long, env = "BERTH_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// berth's own namespace (its leader Lease lives there).
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-system")]
+    pub namespace: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "BERTH_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
+    pub metrics_address: String,
+    /// Elect a leader among replicas with a Lease; only the leader acts.
+    #[arg(long, env = "BERTH_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "BERTH_LEASE_NAME", default_value = "berth-leader")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name in Kubernetes).
+    #[arg(long, env = "BERTH_POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Thin controllers: observe, ask a pure planner, apply the plan, write status once.
+//!
+//! Each controller is a kube-runtime `Controller` whose reconcile function is a named pipeline
+//! (observe → plan → apply → status). Requeue policy is explicit: an invalid spec waits for a change (and says
+//! why in a condition and an Event), a transient error backs off per object, success resyncs.
+
+pub mod events;
+pub mod machine_deployment;
+pub mod machine_set;
+
+use crate::clock::{to_k8s, SharedClock};
+use crate::telemetry::metrics::Metrics;
+use events::EventPublisher;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use std::time::Duration;
+
+/// Labels and annotations berth puts on the objects it creates.
+pub mod keys {
+    /// On MachineSets and Machines: the MachineDeployment they belong to.
+    pub const MACHINE_DEPLOYMENT: &str = crate::model::instance_type::labels::MACHINE_DEPLOYMENT;
+    /// On MachineSets and Machines: the hash of the template revision they were made from.
+    pub const TEMPLATE_HASH: &str = "berth.dev/template-hash";
+    /// On MachineSets: the revision number of their template.
+    pub const REVISION: &str = "berth.dev/revision";
+    /// On MachineDeployments and MachineSets: queued launch shapes (JSON), written by the autoscaler.
+    pub const LAUNCH_SHAPES: &str = "berth.dev/launch-shapes";
+    /// On Machines: the id of the launch shape the Machine was created for.
+    pub const SHAPE_ID: &str = "berth.dev/shape-id";
+    /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
+    pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
+}
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub clock: SharedClock,
+    pub metrics: Metrics,
+    pub events: EventPublisher,
+}
+
+impl Context {
+    pub fn new(client: Client, clock: SharedClock, metrics: Metrics) -> Context {
+        let events = EventPublisher::new(client.clone(), clock.clone(), "berth");
+        Context { client, clock, metrics, events }
+    }
+
+    pub fn now_k8s(&self) -> Time {
+        Time(to_k8s(self.clock.now()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    #[error("cloud: {0}")]
+    Cloud(String, &'static str),
+}
+
+impl ControllerError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ControllerError::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            ControllerError::Kube(_) => "kube_api",
+            ControllerError::MissingField(_) => "missing_field",
+            ControllerError::Encode { .. } => "encode",
+            ControllerError::Cloud(_, category) => category,
+        }
+    }
+}
+
+/// Back-off after a failed reconcile: conflicts retry quickly, other errors after a few seconds.
+pub fn error_backoff(error: &ControllerError) -> Duration {
+    match error.category() {
+        "conflict" => Duration::from_millis(200),
+        _ => Duration::from_secs(5),
+    }
+}
+
+/// A stable short hash (FNV-1a, hex) of a value's JSON form, for template revisions.
+pub fn stable_hash(value: &impl serde::Serialize) -> Result<String, ControllerError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| ControllerError::Encode { what: "template", reason: e.to_string() })?;
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3));
+    Ok(format!("{:08x}", (h ^ (h >> 32)) as u32))
+}

@@ -1,0 +1,329 @@
+//! Pure Machine lifecycle decisions: given what a Machine says, what the cloud and the cluster show, and the time,
+//! the next step.
+//!
+//! The Machine controller observes (the Machine, its instance found by the Machine's uid tag, its Node found by
+//! providerID, the pods left on that Node), calls [`next_step`], carries the step out, and writes status once. Every
+//! step is idempotent and derived from observation, never from memory, so a controller restarted at any point
+//! resumes where the world is:
+//!
+//! - an instance launched but not yet recorded (crash between the launch call and the status write) is found by
+//!   its tag and adopted, never launched twice (the launch's client token makes even a blind retry safe);
+//! - termination is requested only while the instance still runs, and the finalizer is removed only once the
+//!   instance is gone and the Node deleted, so no instance is leaked and none is terminated twice.
+//!
+//! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready) →
+//! Deleting; Failed when the Node never registers within the class's nodeStartupTimeout or the instance vanished.
+
+use chrono::{DateTime, Duration, Utc};
+
+/// The instance as the cloud reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceStatus {
+    Pending,
+    Running,
+    /// Shutting down or terminated; stopped instances count here too (berth never stops instances, so a stopped
+    /// one was stopped behind its back and will not serve pods).
+    Gone,
+}
+
+/// The Node as the cluster shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeObservation {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    /// Pods a drain must still evict (not DaemonSet pods, not mirror pods, not already terminating).
+    pub pods_to_evict: usize,
+}
+
+/// What the Machine says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineObservation {
+    pub created: DateTime<Utc>,
+    /// metadata.deletionTimestamp.
+    pub deleting_since: Option<DateTime<Utc>>,
+    pub has_finalizer: bool,
+    /// status.instanceID.
+    pub recorded_instance: Option<String>,
+    /// status.launchTime (when the launch call succeeded).
+    pub launched_at: Option<DateTime<Utc>>,
+    /// status.nodeRef.name.
+    pub recorded_node: Option<String>,
+    /// Already Failed (terminal until deleted).
+    pub failed: bool,
+    /// When the drain began (the Drained condition's first transition), if it has.
+    pub drain_started: Option<DateTime<Utc>>,
+    /// Termination was requested (the InstanceTerminated condition is set): the instance is shutting down.
+    pub termination_requested: bool,
+}
+
+/// The class's timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecyclePolicy {
+    pub node_startup_timeout: Duration,
+    pub drain_timeout: Option<Duration>,
+    pub terminate_after_drain_timeout: bool,
+}
+
+impl Default for LifecyclePolicy {
+    fn default() -> Self {
+        LifecyclePolicy { node_startup_timeout: Duration::minutes(15), drain_timeout: None, terminate_after_drain_timeout: false }
+    }
+}
+
+/// Everything [`next_step`] looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub machine: MachineObservation,
+    /// The instance with the recorded id or, when none is recorded, the one tagged with this Machine's uid.
+    pub instance: Option<(String, InstanceStatus)>,
+    pub node: Option<NodeObservation>,
+    pub policy: LifecyclePolicy,
+}
+
+/// The next thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Put berth's finalizer on the Machine before anything can be launched for it.
+    AddFinalizer,
+    /// Call the cloud's launch (idempotent by client token).
+    Launch,
+    /// An instance exists for this Machine that status does not record: record it (restart recovery).
+    AdoptInstance { instance_id: String },
+    /// The instance is starting; look again later.
+    WaitForInstance,
+    /// The instance runs; wait for its Node (phase Provisioned).
+    WaitForNode,
+    /// Record the Node and copy labels and taints onto it.
+    LinkNode { node: String },
+    /// The Node is Ready (phase Running). Nothing to do until something changes.
+    Running,
+    /// The Machine cannot become Running; its MachineSet replaces it.
+    Fail { reason: &'static str, message: String },
+    /// Stay Failed until deleted.
+    StayFailed,
+    /// Deleting: mark the Node unschedulable.
+    Cordon { node: String },
+    /// Deleting: evict the Node's pods through the eviction API (PDBs respected; retried).
+    Drain { node: String, remaining: usize },
+    /// Deleting: terminate the instance.
+    Terminate { instance_id: String },
+    /// Deleting: the instance is shutting down; look again later.
+    WaitForTermination,
+    /// Deleting: the instance is gone; delete the Node object.
+    DeleteNode { node: String },
+    /// Deleting: all done; remove the finalizer so the Machine goes.
+    RemoveFinalizer,
+    /// Deleting without a finalizer: nothing of ours to clean up.
+    Nothing,
+}
+
+/// Decides the next step.
+pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
+    if o.machine.deleting_since.is_some() {
+        return deletion_step(o, now);
+    }
+    if !o.machine.has_finalizer {
+        return Step::AddFinalizer;
+    }
+    if o.machine.failed {
+        return Step::StayFailed;
+    }
+    match (&o.instance, &o.machine.recorded_instance) {
+        // Nothing launched yet (or the launch never reached the cloud): launch.
+        (None, None) => Step::Launch,
+        // Recorded, but the cloud no longer has it: terminated behind our back.
+        (None, Some(id)) | (Some((id, InstanceStatus::Gone)), Some(_)) => Step::Fail {
+            reason: "InstanceTerminated",
+            message: format!("instance {id} was terminated outside berth"),
+        },
+        (Some((id, _)), None) => Step::AdoptInstance { instance_id: id.clone() },
+        (Some((_, InstanceStatus::Pending)), Some(_)) => Step::WaitForInstance,
+        (Some((_, InstanceStatus::Running)), Some(_)) => match &o.node {
+            Some(node) if o.machine.recorded_node.as_deref() != Some(node.name.as_str()) => Step::LinkNode { node: node.name.clone() },
+            Some(node) if node.ready => Step::Running,
+            _ => {
+                let since = o.machine.launched_at.unwrap_or(o.machine.created);
+                if now - since > o.policy.node_startup_timeout {
+                    Step::Fail {
+                        reason: "NodeStartupTimeout",
+                        message: format!(
+                            "no Ready Node registered within {}s of the launch",
+                            o.policy.node_startup_timeout.num_seconds()
+                        ),
+                    }
+                } else {
+                    Step::WaitForNode
+                }
+            }
+        },
+    }
+}
+
+fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
+    if !o.machine.has_finalizer {
+        return Step::Nothing;
+    }
+    let instance_alive = matches!(o.instance, Some((_, InstanceStatus::Pending | InstanceStatus::Running)));
+    // Drain only while the instance serves: once it is gone its pods are gone too.
+    if let (Some(node), true) = (&o.node, instance_alive) {
+        if !o.machine.termination_requested {
+            if !node.unschedulable {
+                return Step::Cordon { node: node.name.clone() };
+            }
+            if node.pods_to_evict > 0 {
+                let timed_out = match (o.policy.drain_timeout, o.machine.drain_started) {
+                    (Some(limit), Some(started)) => now - started > limit,
+                    _ => false,
+                };
+                if !(timed_out && o.policy.terminate_after_drain_timeout) {
+                    return Step::Drain { node: node.name.clone(), remaining: node.pods_to_evict };
+                }
+            }
+        }
+    }
+    match &o.instance {
+        Some((id, InstanceStatus::Pending | InstanceStatus::Running)) if !o.machine.termination_requested => {
+            Step::Terminate { instance_id: id.clone() }
+        }
+        Some((_, InstanceStatus::Pending | InstanceStatus::Running)) => Step::WaitForTermination,
+        _ => match &o.node {
+            Some(node) => Step::DeleteNode { node: node.name.clone() },
+            None => Step::RemoveFinalizer,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn fresh() -> Observation {
+        Observation {
+            machine: MachineObservation {
+                created: t(0),
+                deleting_since: None,
+                has_finalizer: true,
+                recorded_instance: None,
+                launched_at: None,
+                recorded_node: None,
+                failed: false,
+                drain_started: None,
+                termination_requested: false,
+            },
+            instance: None,
+            node: None,
+            policy: LifecyclePolicy::default(),
+        }
+    }
+
+    fn node(ready: bool, unschedulable: bool, pods: usize) -> Option<NodeObservation> {
+        Some(NodeObservation { name: "ip-10-0-0-1".into(), ready, unschedulable, pods_to_evict: pods })
+    }
+
+    #[test]
+    fn the_happy_path() {
+        let mut o = fresh();
+        o.machine.has_finalizer = false;
+        assert_eq!(next_step(&o, t(1)), Step::AddFinalizer);
+        o.machine.has_finalizer = true;
+        assert_eq!(next_step(&o, t(1)), Step::Launch);
+        o.instance = Some(("i-1".into(), InstanceStatus::Pending));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.machine.launched_at = Some(t(2));
+        assert_eq!(next_step(&o, t(3)), Step::WaitForInstance);
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        assert_eq!(next_step(&o, t(30)), Step::WaitForNode);
+        o.node = node(false, false, 0);
+        assert_eq!(next_step(&o, t(60)), Step::LinkNode { node: "ip-10-0-0-1".into() });
+        o.machine.recorded_node = Some("ip-10-0-0-1".into());
+        assert_eq!(next_step(&o, t(61)), Step::WaitForNode);
+        o.node = node(true, false, 0);
+        assert_eq!(next_step(&o, t(62)), Step::Running);
+    }
+
+    #[test]
+    fn a_restart_after_launch_adopts_instead_of_launching_again() {
+        let mut o = fresh();
+        o.instance = Some(("i-9".into(), InstanceStatus::Pending));
+        assert_eq!(next_step(&o, t(5)), Step::AdoptInstance { instance_id: "i-9".into() });
+    }
+
+    #[test]
+    fn node_that_never_registers_fails_after_the_timeout() {
+        let mut o = fresh();
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.machine.launched_at = Some(t(0));
+        assert_eq!(next_step(&o, t(15 * 60)), Step::WaitForNode);
+        assert!(matches!(next_step(&o, t(15 * 60 + 1)), Step::Fail { reason: "NodeStartupTimeout", .. }));
+        o.machine.failed = true;
+        assert_eq!(next_step(&o, t(20 * 60)), Step::StayFailed);
+    }
+
+    #[test]
+    fn instance_terminated_behind_our_back_fails_the_machine() {
+        let mut o = fresh();
+        o.machine.recorded_instance = Some("i-1".into());
+        assert!(matches!(next_step(&o, t(5)), Step::Fail { reason: "InstanceTerminated", .. }));
+        o.instance = Some(("i-1".into(), InstanceStatus::Gone));
+        assert!(matches!(next_step(&o, t(5)), Step::Fail { reason: "InstanceTerminated", .. }));
+    }
+
+    #[test]
+    fn deletion_cordons_drains_terminates_deletes_node_then_releases() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(100));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.node = node(true, false, 3);
+        assert_eq!(next_step(&o, t(101)), Step::Cordon { node: "ip-10-0-0-1".into() });
+        o.node = node(true, true, 3);
+        assert_eq!(next_step(&o, t(102)), Step::Drain { node: "ip-10-0-0-1".into(), remaining: 3 });
+        o.node = node(true, true, 0);
+        assert_eq!(next_step(&o, t(103)), Step::Terminate { instance_id: "i-1".into() });
+        o.machine.termination_requested = true;
+        assert_eq!(next_step(&o, t(104)), Step::WaitForTermination);
+        o.instance = Some(("i-1".into(), InstanceStatus::Gone));
+        assert_eq!(next_step(&o, t(130)), Step::DeleteNode { node: "ip-10-0-0-1".into() });
+        o.node = None;
+        assert_eq!(next_step(&o, t(131)), Step::RemoveFinalizer);
+        o.machine.has_finalizer = false;
+        assert_eq!(next_step(&o, t(132)), Step::Nothing);
+    }
+
+    #[test]
+    fn drain_timeout_terminates_only_when_the_class_says_so() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(0));
+        o.machine.drain_started = Some(t(0));
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.node = node(true, true, 2);
+        o.policy.drain_timeout = Some(Duration::minutes(5));
+        assert!(matches!(next_step(&o, t(600)), Step::Drain { .. }), "without terminateAfterDrainTimeout, keep draining");
+        o.policy.terminate_after_drain_timeout = true;
+        assert_eq!(next_step(&o, t(299)), Step::Drain { node: "ip-10-0-0-1".into(), remaining: 2 });
+        assert_eq!(next_step(&o, t(301)), Step::Terminate { instance_id: "i-1".into() });
+    }
+
+    #[test]
+    fn deleting_a_machine_that_never_launched_releases_at_once() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(0));
+        assert_eq!(next_step(&o, t(1)), Step::RemoveFinalizer);
+    }
+
+    #[test]
+    fn a_restart_mid_termination_does_not_terminate_twice() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(0));
+        o.machine.termination_requested = true;
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.node = node(true, true, 0);
+        assert_eq!(next_step(&o, t(5)), Step::WaitForTermination);
+    }
+}

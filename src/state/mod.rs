@@ -1,0 +1,3 @@
+//! Adapters from the API's objects to the planners' plain data.
+
+pub mod class;

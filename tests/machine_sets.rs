@@ -1,0 +1,152 @@
+//! MachineDeployment and MachineSet controllers end to end in the emulator: scaling, rollout of a template change,
+//! and invalid specs that must create or delete nothing. Machines here never launch (no Machine controller runs),
+//! which is what these controllers must cope with: they own counts, not instances.
+
+use berth::api::{crds, Machine, MachineClass, MachineDeployment, MachineSet};
+use berth::clock::SystemClock;
+use berth::controllers::{machine_deployment, machine_set, Context};
+use berth::emulator::Emulator;
+use berth::telemetry::metrics::Metrics;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
+    let emu = Emulator::new();
+    let client = emu.client();
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds() {
+        crd_api.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let class: MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
+        "spec": {"image": {"id": "ami-0123456789abcdef0"}, "subnets": {"ids": ["subnet-1"]}, "securityGroups": {"ids": ["sg-1"]}, "instanceProfile": "node"}
+    }))
+    .unwrap();
+    Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &class).await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for which in 0..2 {
+        let ctx = ctx.clone();
+        let mut rx = stop_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(async move {
+            if which == 0 {
+                machine_deployment::run(ctx, stop).await
+            } else {
+                machine_set::run(ctx, stop).await
+            }
+        });
+    }
+    (client, stop_tx)
+}
+
+fn deployment(name: &str, replicas: u32, class: &str, extra_label: &str) -> MachineDeployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"group": name}},
+            "template": {"metadata": {"labels": {"group": extra_label}}, "spec": {"classRef": {"name": class}}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}}
+        }
+    }))
+    .unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn live_machines(client: &Client) -> usize {
+    Api::<Machine>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .count()
+}
+
+#[tokio::test]
+async fn scale_up_and_down() {
+    let (client, _stop) = setup().await;
+    let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
+    mds.create(&PostParams::default(), &deployment("general", 0, "general", "general")).await.unwrap();
+    mds.patch("general", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 10}}))).await.unwrap();
+    eventually("10 machines", || async { live_machines(&client).await == 10 }).await;
+    let sets = Api::<MachineSet>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(sets.len(), 1);
+    let machines = Api::<Machine>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items;
+    for m in &machines {
+        let owner = &m.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "MachineSet");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(m.spec.class_ref.name, "general");
+        assert_eq!(m.metadata.labels.as_ref().unwrap()["berth.dev/machine-deployment"], "general");
+    }
+    mds.patch("general", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}}))).await.unwrap();
+    eventually("3 machines", || async { live_machines(&client).await == 3 }).await;
+    eventually("status replicas 3", || async {
+        mds.get("general").await.unwrap().status.is_some_and(|s| s.replicas == 3 && s.observed_generation == Some(3))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn template_change_creates_a_new_revision() {
+    let (client, _stop) = setup().await;
+    let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
+    mds.create(&PostParams::default(), &deployment("web", 2, "general", "web")).await.unwrap();
+    eventually("2 machines", || async { live_machines(&client).await == 2 }).await;
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
+    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let sets: Api<MachineSet> = Api::namespaced(client.clone(), "default");
+    eventually("a second MachineSet of revision 2", || async {
+        let items = sets.list(&ListParams::default()).await.unwrap().items;
+        items.len() == 2 && items.iter().any(|s| s.metadata.annotations.as_ref().is_some_and(|a| a["berth.dev/revision"] == "2"))
+    })
+    .await;
+    // maxSurge 1: at most 3 Machines exist at any time while the new ones never become available.
+    for _ in 0..20 {
+        assert!(live_machines(&client).await <= 3);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_specs_create_nothing_and_say_why() {
+    let (client, _stop) = setup().await;
+    let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
+    mds.create(&PostParams::default(), &deployment("nolass", 2, "missing-class", "nolass")).await.unwrap();
+    mds.create(&PostParams::default(), &deployment("mismatch", 2, "general", "other")).await.unwrap();
+    for (name, reason) in [("nolass", "ClassNotFound"), ("mismatch", "SelectorMismatch")] {
+        eventually(reason, || async {
+            mds.get(name).await.unwrap().status.is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == "Valid" && c.reason == reason && !c.message.is_empty())
+            })
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(Api::<MachineSet>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items.len(), 0);
+    assert_eq!(live_machines(&client).await, 0);
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap();
+    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("ClassNotFound")), "an Event says why");
+}
