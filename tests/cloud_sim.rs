@@ -66,6 +66,15 @@ async fn launch_picks_the_cheapest_spot_offering_tags_it_and_announces_it() {
     assert_eq!(e.boot_delay, Duration::from_secs(30));
     assert!(e.joins_cluster);
 
+    let Some(berth::emulator::kubelet::InstanceEvent::Launched(k)) =
+        berth::cloud::sim::kubelet_event(&SimInstanceEvent::Launched(e.clone()))
+    else {
+        panic!("a joining instance becomes a kubelet launch event")
+    };
+    assert_eq!(k.capacity_type, "spot");
+    assert_eq!(k.taints[0].key, "dedicated");
+    assert_eq!(k.taints[0].value.as_deref(), Some("web"));
+
     tokio::time::advance(Duration::from_secs(31)).await;
     assert_eq!(c.describe_instances().await.unwrap()[0].state.as_str(), "running");
 }

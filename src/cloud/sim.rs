@@ -131,6 +131,16 @@ impl SimConfig {
     }
 }
 
+impl SimConfig {
+    /// [`SimConfig::new`] with the catalog bundled in the binary (instance types, zones, on-demand prices and
+    /// deterministic synthetic spot prices of `region`).
+    pub fn bundled(region: &str, cluster_name: &str, clock: SharedClock, metrics: CloudMetrics) -> Result<SimConfig, CloudError> {
+        let catalog = crate::model::aws_catalog::bundled_catalog(region)
+            .map_err(|e| CloudError::invalid(format!("bundled catalog: {e}")))?;
+        Ok(SimConfig::new(region, cluster_name, catalog, clock, metrics))
+    }
+}
+
 /// A fault the next matching calls run into.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
@@ -1112,6 +1122,39 @@ pub mod fixtures {
             tags: BTreeMap::from([("team".to_string(), "platform".to_string())]),
             metadata_options: MetadataOptions::default(),
             attempt: 0,
+        }
+    }
+}
+
+/// The emulator's kubelet event for a simulated-cloud event; None for an instance that never joins the cluster.
+pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubelet::InstanceEvent> {
+    use crate::emulator::kubelet::{InstanceEvent, InstanceLaunched, InstanceTerminated};
+    match event {
+        SimInstanceEvent::Launched(l) if l.joins_cluster => Some(InstanceEvent::Launched(InstanceLaunched {
+            instance_id: l.instance_id.clone(),
+            instance_type: l.instance_type.clone(),
+            zone: l.zone.clone(),
+            region: l.region.clone(),
+            capacity_type: l.capacity_type.as_str().to_string(),
+            arch: l.arch.as_str().to_string(),
+            labels: l.labels.clone(),
+            taints: l
+                .taints
+                .iter()
+                .map(|t| k8s_openapi::api::core::v1::Taint {
+                    key: t.key.clone(),
+                    value: (!t.value.is_empty()).then(|| t.value.clone()),
+                    effect: t.effect.to_string(),
+                    time_added: None,
+                })
+                .collect(),
+            capacity: l.capacity.clone(),
+            allocatable: l.allocatable.clone(),
+            boot_delay: l.boot_delay,
+        })),
+        SimInstanceEvent::Launched(_) => None,
+        SimInstanceEvent::Terminated { instance_id, .. } => {
+            Some(InstanceEvent::Terminated(InstanceTerminated { instance_id: instance_id.clone() }))
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::cloud::launcher::{self, LaunchTemplateSpec};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::rate_limit::RateLimits;
 use crate::cloud::retry::{is_throttle_code, ApiCaller, Backoff, Failure};
-use crate::cloud::unavailable::{UnavailableOfferings, DEFAULT_TTL};
+use crate::cloud::unavailable::{is_capacity_error, UnavailableOfferings, DEFAULT_TTL};
 use crate::cloud::{
     ClassRevision, CloudProvider, Instance, LaunchOutcome, LaunchRequest, NodeGroup, TerminateOutcome,
 };
@@ -188,6 +188,9 @@ where
             let message = err.message().unwrap_or("").to_string();
             if is_throttle_code(&code) || status == 429 {
                 Failure::Throttled { code, message }
+            } else if is_capacity_error(&code) {
+                // EC2 sends InsufficientInstanceCapacity with a 5xx status; it is an answer, not an outage.
+                Failure::Client { status, code, message }
             } else if status >= 500 {
                 Failure::Server { status, code, message }
             } else {
