@@ -28,6 +28,22 @@ pub enum Command {
     Rollout(RolloutArgs),
     /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
     Emulate(crate::emulator::cli::EmulateArgs),
+    /// Run a benchmark (see BENCHMARKS.md): a table, then one JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// A burst of machine launches against the simulated cloud with EC2's real rate limits.
+    Launch {
+        /// Machines launched at once.
+        #[arg(long, default_value_t = 1000)]
+        machines: usize,
+        /// Wait on the wall clock instead of tokio's paused clock (takes as long as EC2's limits impose).
+        #[arg(long)]
+        real_time: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -1,7 +1,7 @@
 //! The `berth` command line.
 
 use anyhow::Context;
-use berth::cli::{Cli, Command};
+use berth::cli::{BenchCommand, Cli, Command};
 use berth::telemetry::logging;
 use clap::Parser;
 
@@ -26,6 +26,16 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(berth::rollout_cli::run(client, &args.namespace, args.command).await?)
             })?;
             println!("{out}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Launch { machines, real_time }) => {
+            let report = berth::bench::launch::main(machines, real_time)?;
+            anyhow::ensure!(
+                report.failed == 0 && report.server_throttles == 0,
+                "{} launches failed, {} calls throttled",
+                report.failed,
+                report.server_throttles
+            );
             Ok(())
         }
         Command::Run(args) => {
