@@ -158,6 +158,16 @@ async fn create_fleet_launches_tagged_instances_from_a_hardened_launch_template(
     let user_data = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap()).unwrap();
     assert!(user_data.contains("kind: NodeConfig") && user_data.contains(&cluster));
 
+    let vols = cloud
+        .ec2_client()
+        .describe_volumes()
+        .filters(t::Filter::builder().name("attachment.instance-id").values(&out.instance.instance_id).build())
+        .send()
+        .await
+        .unwrap();
+    let v = vols.volumes().first().expect("moto gives the instance its root volume");
+    assert_eq!(tag_map(v.tags()).get(tags::CLUSTER), Some(&cluster), "volumes carry the cluster tag");
+
     // Described by this cluster's tags, and terminated.
     let mine = cloud.describe_instances().await.unwrap();
     assert_eq!(mine.len(), 1);
@@ -198,9 +208,9 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
         .send()
         .await
         .unwrap();
-    if let Some(v) = vols.volumes().first() {
-        assert_eq!(tag_map(v.tags()).get(tags::CLUSTER), Some(&cluster), "volumes carry the cluster tag");
-    }
+    let v = vols.volumes().first().expect("moto gives the instance its root volume");
+    assert_eq!(tag_map(v.tags()).get(tags::CLUSTER), Some(&cluster), "volumes carry the cluster tag");
+    assert_eq!(tag_map(v.tags()).get(tags::MACHINE_NAME).map(String::as_str), Some("m-1"));
 }
 
 #[tokio::test]
