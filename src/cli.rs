@@ -47,6 +47,15 @@ pub struct RolloutArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// A burst of machine launches against the simulated cloud with EC2's real rate limits.
+    Launch {
+        /// Machines launched at once.
+        #[arg(long, default_value_t = 1000)]
+        machines: usize,
+        /// Wait on the wall clock instead of tokio's paused clock (takes as long as EC2's limits impose).
+        #[arg(long)]
+        real_time: bool,
+    },
     /// B1: the Karpenter-shaped scheduling benchmark.
     Scheduling {
         /// One diverse size (or, with --preference, the preference pod count) instead of all sizes.

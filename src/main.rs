@@ -38,6 +38,16 @@ fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Launch { machines, real_time }) => {
+            let report = berth::bench::launch::main(machines, real_time)?;
+            anyhow::ensure!(
+                report.failed == 0 && report.server_throttles == 0,
+                "{} launches failed, {} calls throttled",
+                report.failed,
+                report.server_throttles
+            );
+            Ok(())
+        }
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -1,8 +1,10 @@
 //! Benchmarks as commands (`berth bench NAME`): each prints a human table and, last, one JSON line.
 //!
 //! - [`scheduling`]: B1, the Karpenter-shaped scheduling benchmark on a synthetic 400-type catalog;
-//! - [`packing`]: B2, plan cost against the fractional lower bound on the bundled us-east-1 catalog.
+//! - [`packing`]: B2, plan cost against the fractional lower bound on the bundled us-east-1 catalog;
+//! - [`launch`]: a burst of machine launches against the simulated cloud with EC2's real rate limits.
 
+pub mod launch;
 pub mod packing;
 pub mod scheduling;
 

@@ -5,6 +5,7 @@
 //! why in a condition and an Event), a transient error backs off per object, success resyncs.
 
 pub mod events;
+pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
 

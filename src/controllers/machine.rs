@@ -1,0 +1,604 @@
+//! The Machine controller: one instance per Machine, from launch to termination, over the pure
+//! `lifecycle::next_step`.
+//!
+//! # Per-machine shapes without a race
+//!
+//! The autoscaler decides an instance shape (instance types, zones, capacity types) per new machine, yet replicas
+//! must stay the only control of how many machines exist. The design:
+//!
+//! 1. The provisioner raises a MachineDeployment's `spec.replicas` and, in the same patch, appends one launch
+//!    shape per new machine to the deployment's `berth.dev/launch-shapes` annotation, each with a unique id.
+//! 2. The MachineDeployment controller carries the queue to the current MachineSet together with the scale-up.
+//! 3. The MachineSet controller creates each missing Machine with the first shape no existing Machine already
+//!    took (the `berth.dev/shape-id` annotation): consumption is derived, not popped, so a restart between creating
+//!    a Machine and pruning the queue cannot hand a shape out twice.
+//! 4. A Machine without a shape (the queue ran dry, or a user scaled by hand) launches with every instance type its
+//!    class allows, cheapest first, and the cloud picks the cheapest available offering.
+//!
+//! A burst therefore never launches more machines than replicas ask for: shapes only steer sizes. A restart loses
+//! nothing that matters: shapes live in annotations, the launch attempt in status, and the instance is found by
+//! its Machine-uid tag if status never recorded it.
+
+use super::events::EventKind;
+use super::{error_backoff, keys, Context, ControllerError};
+use crate::api::common::{find_condition, set_condition, Condition, ConditionStatus, TaintEffectSpec, TaintSpec};
+use crate::api::machine_class::{CapacityTypeSpec, ImageFamily, MachineClassSpec};
+use crate::api::common::NodeReference;
+use crate::api::{Cluster, Machine, MachineClass, MachinePhase, MachineStatus};
+use crate::clock::{from_k8s, to_k8s};
+use crate::cloud::{
+    self, Bootstrap, BootstrapFormat, ClassRevision, CloudError, CloudProvider, Instance, InstanceState, InstanceTypeChoice, LaunchRequest,
+    MachineRef,
+};
+use crate::lifecycle::{next_step, InstanceStatus, LifecyclePolicy, MachineObservation, NodeObservation, Observation, Step};
+use crate::model::duration::parse_duration;
+use crate::model::instance_type::{labels, CapacityType};
+use crate::model::quantity::parse_units;
+use crate::model::taints::{Taint, TaintEffect};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{EvictParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource, ResourceExt};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CONTROLLER: &str = "machine";
+/// Most instance types offered to one launch (Karpenter sends at most 60 overrides).
+const MAX_LAUNCH_TYPES: usize = 60;
+
+/// The cluster's instances, described at most once per `max_age` however many Machines reconcile.
+pub struct InstanceInventory {
+    cached: Mutex<Option<(chrono::DateTime<chrono::Utc>, Arc<Vec<Instance>>)>>,
+    max_age: chrono::Duration,
+}
+
+impl InstanceInventory {
+    pub fn new(max_age: chrono::Duration) -> InstanceInventory {
+        InstanceInventory { cached: Mutex::new(None), max_age }
+    }
+
+    async fn get(&self, cloud: &dyn CloudProvider, now: chrono::DateTime<chrono::Utc>) -> Result<Arc<Vec<Instance>>, CloudError> {
+        if let Some((at, list)) = self.cached.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if now - *at < self.max_age {
+                return Ok(list.clone());
+            }
+        }
+        let fresh = Arc::new(cloud.describe_instances().await?);
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, fresh.clone()));
+        Ok(fresh)
+    }
+
+    /// Forgets the cache after a launch or a termination, so the next look is fresh.
+    fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// What the Machine controller needs beyond the shared context.
+pub struct MachineContext {
+    pub base: Arc<Context>,
+    pub cloud: Arc<dyn CloudProvider>,
+    /// This cluster's name (the Cluster object with this spec.clusterName gives the bootstrap endpoint and CA).
+    pub cluster_name: String,
+    pub inventory: InstanceInventory,
+    pub nodes: Store<Node>,
+}
+
+/// Runs the controller (and the Node reflector it reads) until `shutdown`.
+pub async fn run(
+    base: Arc<Context>,
+    cloud: Arc<dyn CloudProvider>,
+    cluster_name: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    // The Node cache the reconciler reads (by providerID).
+    let (nodes, writer) = reflector::store();
+    let node_cache = reflector::reflector(writer, watcher(Api::<Node>::all(base.client.clone()), watcher::Config::default()))
+        .applied_objects()
+        .for_each(|_| async {});
+    tokio::spawn(node_cache);
+    let ctx = Arc::new(MachineContext {
+        base: base.clone(),
+        cloud,
+        cluster_name,
+        inventory: InstanceInventory::new(chrono::Duration::seconds(5)),
+        nodes,
+    });
+    let machines: Api<Machine> = Api::all(base.client.clone());
+    let controller = Controller::new(machines, watcher::Config::default());
+    let machine_store = controller.store();
+    controller
+        // A Node's arrival or readiness change wakes the Machine whose providerID it carries.
+        .watches(Api::<Node>::all(base.client.clone()), watcher::Config::default(), move |node: Node| {
+            let provider = node.spec.as_ref().and_then(|s| s.provider_id.clone());
+            machine_store
+                .state()
+                .into_iter()
+                .filter(|m| provider.is_some() && m.status.as_ref().and_then(|s| s.provider_id.clone()) == provider)
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(_m: Arc<Machine>, error: &ControllerError, ctx: Arc<MachineContext>) -> Action {
+    ctx.base.metrics.reconcile_errors.with_label_values(&[CONTROLLER, error.category()]).inc();
+    tracing::warn!(error = %error, "machine reconcile failed");
+    Action::requeue(error_backoff(error))
+}
+
+fn node_view(node: &Node, pods_to_evict: usize) -> NodeObservation {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    NodeObservation {
+        name: node.name_any(),
+        ready,
+        unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+        pods_to_evict,
+    }
+}
+
+/// Pods a drain must evict: not DaemonSet pods, not mirror pods, not finished or already terminating.
+fn evictable(pod: &Pod) -> bool {
+    let daemon = pod.owner_references().iter().any(|o| o.kind == "DaemonSet");
+    let mirror = pod.annotations().contains_key("kubernetes.io/config.mirror");
+    let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    !daemon && !mirror && !finished && pod.metadata.deletion_timestamp.is_none()
+}
+
+pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Result<Action, ControllerError> {
+    let base = &ctx.base;
+    let _timer = base.metrics.reconcile_duration_seconds.with_label_values(&[CONTROLLER]).start_timer();
+    let name = machine.name_any();
+    let namespace = machine.namespace().ok_or(ControllerError::MissingField("metadata.namespace"))?;
+    let uid = machine.uid().ok_or(ControllerError::MissingField("metadata.uid"))?;
+    let machines: Api<Machine> = Api::namespaced(base.client.clone(), &namespace);
+    let now = base.clock.now();
+    let status = machine.status.clone().unwrap_or_default();
+
+    // Observe.
+    let class = Api::<MachineClass>::all(base.client.clone()).get_opt(&machine.spec.class_ref.name).await?;
+    let policy = class.as_ref().map(|c| policy_of(&c.spec)).unwrap_or_default();
+    let inventory = ctx.inventory.get(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?;
+    let instance = match &status.instance_id {
+        Some(id) => inventory.iter().find(|i| &i.instance_id == id),
+        None => inventory.iter().find(|i| i.machine().is_some_and(|m| m.uid == uid)),
+    };
+    let provider_id = instance.map(|i| i.provider_id()).or(status.provider_id.clone());
+    let node = provider_id.as_ref().and_then(|p| {
+        ctx.nodes.state().into_iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p))
+    });
+    let deleting = machine.metadata.deletion_timestamp.is_some();
+    let pods_to_evict: Vec<Pod> = match (&node, deleting) {
+        (Some(n), true) => Api::<Pod>::all(base.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", n.name_any())))
+            .await?
+            .items
+            .into_iter()
+            .filter(evictable)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let observation = Observation {
+        machine: MachineObservation {
+            created: machine.metadata.creation_timestamp.clone().map(|t| from_k8s(t.0)).unwrap_or(now),
+            deleting_since: machine.metadata.deletion_timestamp.clone().map(|t| from_k8s(t.0)),
+            has_finalizer: machine.finalizers().iter().any(|f| f == keys::MACHINE_FINALIZER),
+            recorded_instance: status.instance_id.clone(),
+            launched_at: status.launch_time.clone().map(|t| from_k8s(t.0)),
+            recorded_node: status.node_ref.as_ref().map(|n| n.name.clone()),
+            failed: status.phase == MachinePhase::Failed,
+            drain_started: find_condition(&status.conditions, "Drained").and_then(|c| c.last_transition_time.clone()).map(|t| from_k8s(t.0)),
+            termination_requested: find_condition(&status.conditions, "InstanceTerminated").is_some_and(|c| c.status == ConditionStatus::True),
+        },
+        instance: instance.map(|i| (i.instance_id.clone(), instance_status(i.state))),
+        node: node.as_ref().map(|n| node_view(n, pods_to_evict.len())),
+        policy,
+    };
+
+    // Plan.
+    let step = next_step(&observation, now);
+    tracing::debug!(machine = %name, ?step, "machine step");
+
+    // Apply, then write status once.
+    let mut new_status = status.clone();
+    let mut requeue = Duration::from_secs(60);
+    match step {
+        Step::AddFinalizer => {
+            let mut finalizers = machine.finalizers().to_vec();
+            finalizers.push(keys::MACHINE_FINALIZER.into());
+            machines
+                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})))
+                .await?;
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        Step::Launch => {
+            let Some(class) = class else {
+                let message = format!("MachineClass {} does not exist", machine.spec.class_ref.name);
+                return blocked(&machines, &machine, base, new_status, "ClassNotFound", &message).await;
+            };
+            let cluster = match find_cluster(base, &ctx.cluster_name).await? {
+                Some(c) => c,
+                None => {
+                    let message = format!("no Cluster object has spec.clusterName {}", ctx.cluster_name);
+                    return blocked(&machines, &machine, base, new_status, "ClusterNotFound", &message).await;
+                }
+            };
+            let request = match launch_request(&ctx, &machine, &uid, &class, &cluster, status.launch_attempt).await {
+                Ok(r) => r,
+                Err(message) => return blocked(&machines, &machine, base, new_status, "InvalidConfiguration", &message).await,
+            };
+            match ctx.cloud.launch(&request).await {
+                Ok(outcome) => {
+                    ctx.inventory.invalidate();
+                    let i = &outcome.instance;
+                    let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+                    base.metrics
+                        .machines_launched
+                        .with_label_values(&[&group, &i.instance_type, &i.zone, i.capacity_type.as_str()])
+                        .inc();
+                    let price = ctx
+                        .cloud
+                        .instance_types()
+                        .await
+                        .ok()
+                        .and_then(|c| c.get(&i.instance_type).and_then(|t| t.offerings.iter().find(|o| o.zone == i.zone && o.capacity_type == i.capacity_type).map(|o| o.price)));
+                    new_status.phase = MachinePhase::Provisioning;
+                    new_status.instance_id = Some(i.instance_id.clone());
+                    new_status.provider_id = Some(i.provider_id());
+                    new_status.instance_type = Some(i.instance_type.clone());
+                    new_status.zone = Some(i.zone.clone());
+                    new_status.capacity_type = Some(capacity_spec(i.capacity_type));
+                    new_status.price = price.map(|p| format!("{p:.4}"));
+                    new_status.image_id = Some(i.image_id.clone());
+                    new_status.launch_time = Some(Time(to_k8s(i.launch_time)));
+                    condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Launched", &format!("{} {} {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type));
+                    base.events
+                        .publish(&machine.object_ref(&()), EventKind::Normal, "Launched", &format!("launched {} as {} in {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type))
+                        .await;
+                    requeue = Duration::from_secs(5);
+                }
+                Err(e) => {
+                    let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+                    base.metrics.launch_failures.with_label_values(&[&group, e.category()]).inc();
+                    if !e.launch_may_have_happened() {
+                        new_status.launch_attempt += 1;
+                    }
+                    let (retry, kind) = match &e {
+                        CloudError::InvalidConfiguration { .. } | CloudError::Credentials { .. } => (Duration::from_secs(300), EventKind::Warning),
+                        CloudError::IdempotencyConflict { .. } => (Duration::ZERO, EventKind::Normal),
+                        CloudError::InsufficientCapacity { .. } => (Duration::from_secs(5), EventKind::Warning),
+                        _ => (Duration::from_secs(5), EventKind::Warning),
+                    };
+                    condition(base, &mut new_status, &machine, "InstanceLaunched", false, reason_of(&e), &e.to_string());
+                    base.events.publish(&machine.object_ref(&()), kind, reason_of(&e), &e.to_string()).await;
+                    requeue = retry;
+                }
+            }
+        }
+        Step::AdoptInstance { instance_id } => {
+            if let Some(i) = instance {
+                tracing::info!(machine = %name, instance = %instance_id, "adopting the instance launched for this machine");
+                new_status.phase = MachinePhase::Provisioning;
+                new_status.instance_id = Some(i.instance_id.clone());
+                new_status.provider_id = Some(i.provider_id());
+                new_status.instance_type = Some(i.instance_type.clone());
+                new_status.zone = Some(i.zone.clone());
+                new_status.capacity_type = Some(capacity_spec(i.capacity_type));
+                new_status.image_id = Some(i.image_id.clone());
+                new_status.launch_time = i.launch_time.map(|t| Time(to_k8s(t))).or(new_status.launch_time);
+                condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Adopted", &instance_id);
+            }
+            requeue = Duration::from_secs(5);
+        }
+        Step::WaitForInstance => requeue = Duration::from_secs(5),
+        Step::WaitForNode => {
+            new_status.phase = MachinePhase::Provisioned;
+            requeue = Duration::from_secs(10);
+        }
+        Step::LinkNode { node: node_name } => {
+            if let Some(n) = &node {
+                sync_node(base, n, &machine).await?;
+            }
+            new_status.node_ref = Some(NodeReference { name: node_name.clone(), uid: node.as_ref().and_then(|n| n.uid()) });
+            condition(base, &mut new_status, &machine, "NodeRegistered", true, "NodeRegistered", &node_name);
+            requeue = Duration::ZERO;
+        }
+        Step::Running => {
+            if new_status.phase != MachinePhase::Running {
+                base.events.publish(&machine.object_ref(&()), EventKind::Normal, "Running", "Node is Ready").await;
+            }
+            new_status.phase = MachinePhase::Running;
+            condition(base, &mut new_status, &machine, "Ready", true, "NodeReady", "");
+            requeue = Duration::from_secs(300);
+        }
+        Step::Fail { reason, message } => {
+            new_status.phase = MachinePhase::Failed;
+            new_status.failure_reason = Some(reason.into());
+            new_status.failure_message = Some(message.clone());
+            condition(base, &mut new_status, &machine, "Ready", false, reason, &message);
+            base.events.publish(&machine.object_ref(&()), EventKind::Warning, reason, &message).await;
+        }
+        Step::StayFailed => requeue = Duration::from_secs(300),
+        Step::Cordon { node: node_name } => {
+            new_status.phase = MachinePhase::Deleting;
+            Api::<Node>::all(base.client.clone())
+                .patch(&node_name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})))
+                .await?;
+            requeue = Duration::ZERO;
+        }
+        Step::Drain { node: node_name, remaining } => {
+            new_status.phase = MachinePhase::Deleting;
+            if find_condition(&new_status.conditions, "Drained").is_none() {
+                condition(base, &mut new_status, &machine, "Drained", false, "Draining", &format!("evicting {remaining} pods from {node_name}"));
+            }
+            for pod in &pods_to_evict {
+                let pods: Api<Pod> = Api::namespaced(base.client.clone(), &pod.namespace().unwrap_or_default());
+                match pods.evict(&pod.name_any(), &EvictParams::default()).await {
+                    Ok(_) => {}
+                    // A PodDisruptionBudget forbids it now: try again shortly.
+                    Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            requeue = Duration::from_secs(2);
+        }
+        Step::Terminate { instance_id } => {
+            new_status.phase = MachinePhase::Deleting;
+            if let Some(started) = find_condition(&new_status.conditions, "Drained").and_then(|c| c.last_transition_time.clone()) {
+                let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+                let seconds = (now - from_k8s(started.0)).num_milliseconds() as f64 / 1000.0;
+                base.metrics.drain_duration_seconds.with_label_values(&[&group]).observe(seconds.max(0.0));
+            }
+            condition(base, &mut new_status, &machine, "Drained", true, "Drained", "");
+            ctx.cloud.terminate(std::slice::from_ref(&instance_id)).await.map_err(cloud_error)?;
+            ctx.inventory.invalidate();
+            condition(base, &mut new_status, &machine, "InstanceTerminated", true, "Terminating", &instance_id);
+            base.events.publish(&machine.object_ref(&()), EventKind::Normal, "Terminating", &format!("terminating {instance_id}")).await;
+            requeue = Duration::from_secs(5);
+        }
+        Step::WaitForTermination => requeue = Duration::from_secs(5),
+        Step::DeleteNode { node: node_name } => {
+            match Api::<Node>::all(base.client.clone()).delete(&node_name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            requeue = Duration::ZERO;
+        }
+        Step::RemoveFinalizer => {
+            let finalizers: Vec<String> = machine.finalizers().iter().filter(|f| *f != keys::MACHINE_FINALIZER).cloned().collect();
+            machines
+                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})))
+                .await?;
+            return Ok(Action::await_change());
+        }
+        Step::Nothing => return Ok(Action::await_change()),
+    }
+    new_status.observed_generation = machine.metadata.generation;
+    if new_status != status || machine.status.is_none() {
+        write_status(&machines, &name, &new_status).await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+async fn write_status(machines: &Api<Machine>, name: &str, status: &MachineStatus) -> Result<(), ControllerError> {
+    match machines.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await {
+        Ok(_) => Ok(()),
+        // Gone while we worked (its finalizer was removed): nothing to record.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A launch that cannot happen as the objects stand: say why once and wait for a change.
+async fn blocked(machines: &Api<Machine>, machine: &Machine, base: &Context, mut status: MachineStatus, reason: &str, message: &str) -> Result<Action, ControllerError> {
+    let before = status.clone();
+    condition(base, &mut status, machine, "InstanceLaunched", false, reason, message);
+    if status != before {
+        base.events.publish(&machine.object_ref(&()), EventKind::Warning, reason, message).await;
+        write_status(machines, &machine.name_any(), &status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+fn condition(base: &Context, status: &mut MachineStatus, machine: &Machine, type_: &str, ok: bool, reason: &str, message: &str) {
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: type_.into(),
+            status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: machine.metadata.generation,
+            ..Default::default()
+        },
+        base.now_k8s(),
+    );
+}
+
+fn reason_of(e: &CloudError) -> &'static str {
+    match e {
+        CloudError::InsufficientCapacity { .. } => "InsufficientCapacity",
+        CloudError::RateLimited { .. } => "RateLimited",
+        CloudError::InvalidConfiguration { .. } => "InvalidConfiguration",
+        CloudError::Credentials { .. } => "CredentialsError",
+        CloudError::IdempotencyConflict { .. } => "IdempotencyConflict",
+        _ => "LaunchFailed",
+    }
+}
+
+fn cloud_error(e: CloudError) -> ControllerError {
+    ControllerError::Cloud(e.to_string(), e.category())
+}
+
+fn instance_status(state: InstanceState) -> InstanceStatus {
+    match state {
+        InstanceState::Pending => InstanceStatus::Pending,
+        InstanceState::Running => InstanceStatus::Running,
+        InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Stopping | InstanceState::Stopped => InstanceStatus::Gone,
+    }
+}
+
+fn capacity_spec(c: CapacityType) -> CapacityTypeSpec {
+    match c {
+        CapacityType::Spot => CapacityTypeSpec::Spot,
+        CapacityType::OnDemand => CapacityTypeSpec::OnDemand,
+    }
+}
+
+fn policy_of(spec: &MachineClassSpec) -> LifecyclePolicy {
+    let dur = |s: &str| parse_duration(s).ok().and_then(|d| chrono::Duration::from_std(d).ok());
+    LifecyclePolicy {
+        node_startup_timeout: dur(&spec.node_startup_timeout).unwrap_or(chrono::Duration::minutes(15)),
+        drain_timeout: spec.drain_timeout.as_deref().and_then(dur),
+        terminate_after_drain_timeout: spec.terminate_after_drain_timeout,
+    }
+}
+
+async fn find_cluster(base: &Context, cluster_name: &str) -> Result<Option<Cluster>, ControllerError> {
+    let clusters = Api::<Cluster>::all(base.client.clone()).list(&ListParams::default()).await?;
+    Ok(clusters.items.into_iter().find(|c| c.spec.cluster_name == cluster_name))
+}
+
+fn taint_of(t: &TaintSpec) -> Option<Taint> {
+    let effect = match t.effect {
+        TaintEffectSpec::NoSchedule => TaintEffect::NoSchedule,
+        TaintEffectSpec::PreferNoSchedule => TaintEffect::PreferNoSchedule,
+        TaintEffectSpec::NoExecute => TaintEffect::NoExecute,
+    };
+    Taint::new(&t.key, &t.value, effect).ok()
+}
+
+/// Maps the Machine, its class and the Cluster onto the cloud's launch request.
+async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, class: &MachineClass, cluster: &Cluster, attempt: u32) -> Result<LaunchRequest, String> {
+    let spec = &class.spec;
+    let image = match (&spec.image.id, &spec.image.selector) {
+        (Some(id), _) => cloud::ImageSpec::Id(id.clone()),
+        (None, Some(sel)) => cloud::ImageSpec::Selector(cloud::ImageSelector { owners: sel.owner.iter().cloned().collect(), name: sel.name.clone(), tags: sel.tags.clone() }),
+        (None, None) => return Err("MachineClass image names neither id nor selector".into()),
+    };
+    let selector = |s: &crate::api::machine_class::ResourceSelector| {
+        if s.ids.is_empty() {
+            cloud::ResourceSelector::Tags(s.tags.clone())
+        } else {
+            cloud::ResourceSelector::Ids(s.ids.clone())
+        }
+    };
+    let instance_types: Vec<InstanceTypeChoice> = match &machine.spec.shape {
+        Some(shape) => shape.instance_types.iter().map(|t| InstanceTypeChoice { name: t.clone(), zones: shape.zones.clone() }).collect(),
+        None => {
+            let catalog = ctx.cloud.instance_types().await.map_err(|e| e.to_string())?;
+            crate::state::class::allowed_instance_types(spec, &catalog, &[])?
+                .into_iter()
+                .take(MAX_LAUNCH_TYPES)
+                .map(|t| InstanceTypeChoice::new(t.name))
+                .collect()
+        }
+    };
+    let capacity_types = match machine.spec.shape.as_ref().filter(|s| !s.capacity_types.is_empty()) {
+        Some(shape) => shape.capacity_types.iter().map(|c| match c {
+            CapacityTypeSpec::Spot => CapacityType::Spot,
+            CapacityTypeSpec::OnDemand => CapacityType::OnDemand,
+        }).collect(),
+        None => crate::state::class::capacity_types(spec),
+    };
+    let mut node_labels = machine.spec.node_labels.clone();
+    if let Some(group) = machine.labels().get(keys::MACHINE_DEPLOYMENT) {
+        node_labels.insert(labels::MACHINE_DEPLOYMENT.into(), group.clone());
+    }
+    let taints: Vec<Taint> = machine.spec.taints.iter().chain(&machine.spec.startup_taints).filter_map(taint_of).collect();
+    let block_devices = spec
+        .block_devices
+        .iter()
+        .map(|b| {
+            let bytes = parse_units(&b.volume_size).map_err(|e| format!("blockDevices {}: {e}", b.device_name))?;
+            Ok(cloud::BlockDevice {
+                device_name: b.device_name.clone(),
+                volume_size_gib: bytes.div_ceil(1 << 30) as u32,
+                volume_type: b.volume_type.clone(),
+                iops: b.iops,
+                throughput: b.throughput,
+                encrypted: b.encrypted,
+                kms_key_id: b.kms_key_id.clone(),
+                delete_on_termination: b.delete_on_termination,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(LaunchRequest {
+        machine: MachineRef { uid: uid.to_string(), namespace: machine.namespace().unwrap_or_default(), name: machine.name_any() },
+        deployment: machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned(),
+        cluster_name: ctx.cluster_name.clone(),
+        class: ClassRevision { name: class.name_any(), revision: class.metadata.generation.unwrap_or(0).to_string() },
+        instance_types,
+        capacity_types,
+        fallback_to_on_demand: spec.spot_fallback_to_on_demand,
+        image,
+        subnets: selector(&spec.subnets),
+        security_groups: selector(&spec.security_groups),
+        instance_profile: Some(spec.instance_profile.clone()),
+        bootstrap: Bootstrap {
+            format: match spec.image.family {
+                ImageFamily::AL2023 => BootstrapFormat::Al2023,
+                ImageFamily::Bottlerocket => BootstrapFormat::Bottlerocket,
+                ImageFamily::Custom => BootstrapFormat::Custom { template: spec.user_data.clone().unwrap_or_default() },
+            },
+            cluster_name: cluster.spec.cluster_name.clone(),
+            api_server_endpoint: cluster.spec.api_server_endpoint.clone(),
+            certificate_authority: cluster.spec.certificate_authority.clone(),
+            cluster_cidr: cluster.spec.service_cidr.clone().unwrap_or_else(|| "10.100.0.0/16".into()),
+            labels: node_labels,
+            taints,
+            class_user_data: match spec.image.family {
+                ImageFamily::Custom => None,
+                _ => spec.user_data.clone(),
+            },
+        },
+        block_devices,
+        tags: spec.tags.clone(),
+        metadata_options: cloud::MetadataOptions {
+            http_endpoint_enabled: spec.metadata_options.http_endpoint_enabled,
+            http_tokens_required: spec.metadata_options.http_tokens == "required",
+            http_put_response_hop_limit: spec.metadata_options.http_put_response_hop_limit,
+        },
+        attempt,
+    })
+}
+
+/// Puts the Machine's labels and taints on its Node (the kubelet registered with them; this repairs drift).
+async fn sync_node(base: &Context, node: &Node, machine: &Machine) -> Result<(), ControllerError> {
+    let mut want_labels = machine.spec.node_labels.clone();
+    if let Some(group) = machine.labels().get(keys::MACHINE_DEPLOYMENT) {
+        want_labels.insert(labels::MACHINE_DEPLOYMENT.into(), group.clone());
+    }
+    let have = node.labels();
+    let missing_labels: std::collections::BTreeMap<&String, &String> = want_labels.iter().filter(|(k, v)| have.get(*k) != Some(*v)).collect();
+    let mut taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let before = taints.len();
+    for t in &machine.spec.taints {
+        if !taints.iter().any(|x| x.key == t.key && x.effect == format!("{:?}", t.effect)) {
+            taints.push(k8s_openapi::api::core::v1::Taint {
+                key: t.key.clone(),
+                value: if t.value.is_empty() { None } else { Some(t.value.clone()) },
+                effect: format!("{:?}", t.effect),
+                time_added: None,
+            });
+        }
+    }
+    if missing_labels.is_empty() && taints.len() == before {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"labels": missing_labels}, "spec": {"taints": taints}});
+    Api::<Node>::all(base.client.clone()).patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! The simulated data plane: instances the simulated cloud starts become Nodes in the emulator (after their boot
+//! delay), and terminated ones disappear, through the emulator's simulated kubelets.
+
+use crate::cloud::sim::{kubelet_event, SimulatedCloud};
+use crate::emulator::kubelet::KubeletSimulator;
+use crate::emulator::Emulator;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Follows the cloud's instance events until the cloud is dropped. Must be called inside a tokio runtime.
+pub fn connect(cloud: &SimulatedCloud, emulator: Emulator) -> tokio::task::JoinHandle<()> {
+    let mut events = cloud.subscribe();
+    let kubelets = KubeletSimulator::new(emulator);
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(e) = kubelet_event(&event) {
+                        if let Err(err) = kubelets.handle(e) {
+                            tracing::warn!(error = %err, "simulated kubelet event failed");
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => tracing::warn!(missed, "simulated kubelets fell behind the cloud's events"),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}

@@ -1,0 +1,3 @@
+//! Simulation: berth, unchanged, against the emulator and the simulated cloud.
+
+pub mod dataplane;
