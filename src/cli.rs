@@ -90,9 +90,16 @@ pub struct RunArgs {
     /// Path to a kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
     #[arg(long, env = "BERTH_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// The cluster's name: berth acts on the Cluster object whose spec.clusterName is this.
+    /// The cluster's name: berth acts on the Cluster object whose spec.clusterName is this, tags instances with it,
+    /// and launches and terminates instances only when it is given.
     #[arg(long, env = "BERTH_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// AWS region; default: AWS_REGION, the profile, then the instance's own region (IMDS).
+    #[arg(long, env = "BERTH_REGION")]
+    pub region: Option<String>,
+    /// A custom EC2 and Auto Scaling endpoint (a proxy, or moto in tests); default: AWS.
+    #[arg(long, env = "BERTH_AWS_ENDPOINT")]
+    pub aws_endpoint: Option<String>,
     /// berth's own namespace (its leader Lease lives there).
     #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-system")]
     pub namespace: String,

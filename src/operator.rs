@@ -9,7 +9,10 @@ use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use crate::cli::RunArgs;
 use crate::clock::SystemClock;
-use crate::controllers::{machine_deployment, machine_set, Context};
+use crate::cloud::aws::{AwsCloud, AwsConfig};
+use crate::cloud::metrics::CloudMetrics;
+use crate::cloud::CloudProvider;
+use crate::controllers::{machine, machine_deployment, machine_set, Context};
 use crate::telemetry::leader::{LeaderElector, LeaderTiming};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::server::{self, OpsState};
@@ -23,6 +26,8 @@ pub enum OperatorError {
     Kubeconfig { path: String, reason: String },
     #[error("cannot build a Kubernetes client: {0}")]
     Client(String),
+    #[error("cannot use the cloud: {0}")]
+    Cloud(String),
     #[error("cannot reach the Kubernetes API server: {0}")]
     Unreachable(String),
     #[error("berth's CRDs are not installed: missing {missing}. Install them with `berth crds | kubectl apply -f -` or the Helm chart")]
@@ -34,6 +39,7 @@ impl OperatorError {
         match self {
             OperatorError::Kubeconfig { .. } => "kubeconfig",
             OperatorError::Client(_) => "client",
+            OperatorError::Cloud(_) => "cloud",
             OperatorError::Unreachable(_) => "unreachable",
             OperatorError::CrdsMissing { .. } => "crds_missing",
         }
@@ -161,6 +167,22 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     ready_tx.send_replace(true);
 
     let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), metrics.clone()));
+    let cloud = match &args.cluster_name {
+        Some(name) => {
+            let mut config = AwsConfig::new(name);
+            config.region = args.region.clone();
+            config.endpoint_url = args.aws_endpoint.clone();
+            let cloud_metrics = CloudMetrics::register(&metrics.registry).map_err(|e| OperatorError::Client(e.to_string()))?;
+            // Missing credentials or region: one clear error at start, not a crash loop of stack traces.
+            let aws = AwsCloud::connect(config, Arc::new(SystemClock), cloud_metrics).await.map_err(|e| OperatorError::Cloud(e.to_string()))?;
+            Some(Arc::new(aws) as Arc<dyn CloudProvider>)
+        }
+        None => {
+            tracing::warn!("no --cluster-name: Machines are not launched or terminated (MachineDeployments and MachineSets are still reconciled)");
+            None
+        }
+    };
+    let ctx = Arc::new(Controllers { base: ctx, cloud, cluster_name: args.cluster_name.clone().unwrap_or_default() });
     if args.leader_elect {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
@@ -170,7 +192,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
         // The election releases the Lease on shutdown; wait for it so a standby takes over at once.
         let _ = election.await;
     } else {
-        metrics.leader.set(1);
+        ctx.base.metrics.leader.set(1);
         run_controllers(ctx, stopped()).await;
     }
     tracing::info!("shut down");
@@ -178,32 +200,43 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     Ok(())
 }
 
+/// What the controllers share: the context, and the cloud when berth may launch.
+struct Controllers {
+    base: Arc<Context>,
+    cloud: Option<Arc<dyn CloudProvider>>,
+    cluster_name: String,
+}
+
 /// The controllers, until `stop`.
-async fn run_controllers(ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let (tx, rx) = watch::channel(false);
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let deployments = tokio::spawn(machine_deployment::run(ctx.clone(), signal(rx.clone())));
-    let sets = tokio::spawn(machine_set::run(ctx.clone(), signal(rx)));
+    let deployments = tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone())));
+    let sets = tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone())));
+    let machines = ctx.cloud.clone().map(|cloud| tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx))));
     stop.await;
     tx.send_replace(true);
     let _ = tokio::join!(deployments, sets);
+    if let Some(m) = machines {
+        let _ = m.await;
+    }
 }
 
 /// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas
 /// never act at once) and start again if it is regained.
-async fn lead_while_elected(ctx: Arc<Context>, mut leading: watch::Receiver<bool>, stopped: impl std::future::Future<Output = ()>) {
+async fn lead_while_elected(ctx: Arc<Controllers>, mut leading: watch::Receiver<bool>, stopped: impl std::future::Future<Output = ()>) {
     tokio::pin!(stopped);
     loop {
-        ctx.metrics.leader.set(0);
+        ctx.base.metrics.leader.set(0);
         tokio::select! {
             _ = &mut stopped => return,
             r = leading.wait_for(|l| *l) => if r.is_err() { return },
         }
         tracing::info!("leading: starting controllers");
-        ctx.metrics.leader.set(1);
+        ctx.base.metrics.leader.set(1);
         let mut lost = leading.clone();
         let step_down = async move {
             let _ = lost.wait_for(|l| !*l).await;

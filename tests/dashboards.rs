@@ -70,8 +70,9 @@ fn structure() {
 #[test]
 fn queries_name_only_exported_metrics() {
     let metrics = berth::telemetry::metrics::Metrics::new().unwrap();
-    berth::cloud::metrics::CloudMetrics::register(&metrics.registry).unwrap();
-    let exported: BTreeSet<String> = metrics.registry.gather().iter().map(|f| f.name().to_string()).collect();
+    let cloud = berth::cloud::metrics::CloudMetrics::register(&metrics.registry).unwrap();
+    let exported: BTreeSet<String> = metrics.names().iter().cloned().chain(cloud.names()).collect();
+    assert!(exported.len() > 25, "{exported:?}");
     for (file, d) in dashboards() {
         for expr in expressions(&d) {
             for name in metric_names(&expr) {

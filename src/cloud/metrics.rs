@@ -75,6 +75,16 @@ impl CloudMetrics {
         })
     }
 
+    /// The names of the metric families these counters export.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        [self.calls.desc(), self.retries.desc(), self.limiter_waits.desc(), self.limiter_wait_seconds.desc()]
+            .into_iter()
+            .flatten()
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     pub fn record_call(&self, action: Action, outcome: Outcome) {
         self.calls.with_label_values(&[action.name(), outcome.as_str()]).inc();
     }

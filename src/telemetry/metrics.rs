@@ -31,6 +31,8 @@ impl MetricsError {
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family name registered, including vectors that have no series yet (which `gather` leaves out).
+    names: Vec<String>,
     pub build_info: IntGaugeVec,
     pub leader: IntGauge,
     pub pods_pending: IntGauge,
@@ -63,11 +65,13 @@ impl Metrics {
     /// Creates every metric in a fresh registry.
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
+        let mut names = Vec::new();
         let latency = || exponential_buckets(0.05, 2.0, 16).expect("static buckets are valid"); // 50ms .. ~27min
         let fast = || exponential_buckets(0.0005, 2.0, 16).expect("static buckets are valid"); // 0.5ms .. ~16s
         macro_rules! reg {
             ($metric:expr) => {{
                 let m = $metric;
+                names.extend(prometheus::core::Collector::desc(&m).iter().map(|d| d.fq_name.clone()));
                 registry.register(Box::new(m.clone()))?;
                 m
             }};
@@ -139,9 +143,17 @@ impl Metrics {
                 &["kind"]
             )?),
             registry: registry.clone(),
+            names: Vec::new(),
         };
+        let mut m = m;
+        m.names = names;
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(m)
+    }
+
+    /// The names of every metric family berth's core exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format, as /metrics serves it.
