@@ -2,9 +2,10 @@
 //! nodes where they fit, marks bound pods Running, and marks pods that fit nowhere `PodScheduled=False` with reason
 //! `Unschedulable`, as kube-scheduler does.
 //!
-//! Feasibility uses the pure predicates of `crate::model` (resources, nodeSelector and required node affinity,
-//! taints and tolerations, host ports, required pod affinity and anti-affinity, topology spread with
-//! `DoNotSchedule`). Among feasible nodes it picks the least allocated (CPU then memory fraction), ties by name.
+//! Feasibility uses the pure predicates of `crate::scheduling::predicates` (nodeSelector and required node
+//! affinity, taints and tolerations, host ports, volume zones) and `crate::model` (resources); required pod affinity
+//! and anti-affinity and topology spread with `DoNotSchedule` are checked here over the placed pods, because the
+//! scheduling module exposes those only inside its solver's indexed engine. Among feasible nodes it picks the least allocated (CPU then memory fraction), ties by name.
 //! Not modelled: preferred (soft) terms, the symmetric anti-affinity of already running pods, preemption,
 //! scheduling gates, volumes.
 
@@ -15,7 +16,9 @@ use super::Emulator;
 use crate::model::node::Node;
 use crate::model::pod::{HostPort, Pod, WhenUnsatisfiable};
 use crate::model::resources::Resources;
+use crate::model::instance_type::labels::ZONE;
 use crate::model::taints::first_blocking_taint;
+use crate::scheduling::predicates::{host_ports_free, node_affinity_matches, taints_tolerated, volume_zone_ok};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -280,19 +283,23 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
     if n.node.unschedulable {
         return Err("node(s) were unschedulable".into());
     }
-    if !pod.spec.node_terms().iter().any(|t| t.matches_labels(&n.node.labels)) {
+    if !node_affinity_matches(&pod.spec, &n.node.name, &n.node.labels) {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
-    if let Some(t) = first_blocking_taint(&n.node.taints, &pod.spec.tolerations) {
-        return Err(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value));
+    if !taints_tolerated(&pod.spec, &n.node.taints) {
+        let t = first_blocking_taint(&n.node.taints, &pod.spec.tolerations);
+        return Err(t.map(|t| format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value)).unwrap_or_else(|| "node(s) had untolerated taint".into()));
+    }
+    if !volume_zone_ok(&pod.spec, n.node.labels.get(ZONE).map(String::as_str)) {
+        return Err("node(s) had volume node affinity conflict".into());
     }
     let free = n.node.allocatable.saturating_sub(&n.used);
     if let Some(r) = pod.spec.requests.first_exceeding(&free) {
         return Err(format!("Insufficient {r}"));
     }
     let domain_of = |node: &str, key: &str| nodes.get(node).and_then(|ns| ns.node.labels.get(key).cloned());
-    let port_taken = pod.spec.host_ports.iter().any(|hp| placed.iter().filter(|p| p.node == n.node.name).any(|p| p.host_ports.iter().any(|q| q.conflicts(hp))));
-    if port_taken {
+    let used_ports = || -> Vec<HostPort> { placed.iter().filter(|p| p.node == n.node.name).flat_map(|p| p.host_ports.iter().cloned()).collect() };
+    if !pod.spec.host_ports.is_empty() && !host_ports_free(&pod.spec.host_ports, &used_ports()) {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     for term in &pod.spec.pod_anti_affinity {
@@ -317,7 +324,7 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
         };
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         for (name, other) in nodes {
-            if !pod.spec.node_terms().iter().any(|t| t.matches_labels(&other.node.labels)) {
+            if !node_affinity_matches(&pod.spec, name, &other.node.labels) {
                 continue;
             }
             if let Some(d) = other.node.labels.get(&c.topology_key) {
