@@ -245,7 +245,12 @@ struct Engine<'a> {
     totals: (u64, u64, u64),
     rng: u64,
     existing_pods: Vec<(usize, &'a Pod)>,
+    /// Request sums and count of the next pods in packing order.
+    window: (Vec<f64>, f64),
 }
+
+/// How many upcoming pods the type choice looks at.
+const WINDOW: usize = 64;
 
 fn to_vec(r: &Resources, ext: &[String]) -> Vec<u64> {
     let mut v = vec![r.cpu_millis, r.memory_bytes, r.ephemeral_bytes, r.pods];
@@ -300,6 +305,7 @@ impl<'a> Engine<'a> {
             totals: (0, 0, 0),
             rng,
             existing_pods: vec![],
+            window: (vec![0.0; 4], 0.0),
         };
         e.intern_key(labels::HOSTNAME);
         e.build_groups();
@@ -1121,7 +1127,9 @@ impl<'a> Engine<'a> {
             n: f64,
         }
         let mut cands: Vec<Cand> = vec![];
-        let avg: Vec<f64> = (0..4).map(|d| self.rem_sum[d] / self.rem_count.max(1.0)).collect();
+        // The shape of the pods about to be packed (the next WINDOW in order), so a node's type matches the pods
+        // that will fill it rather than the average of everything left.
+        let avg: Vec<f64> = (0..4).map(|d| if self.window.1 > 0.0 { self.window.0[d] / self.window.1 } else { self.rem_sum[d] / self.rem_count.max(1.0) }).collect();
         let remaining = self.rem_count.max(1.0);
         // How many average remaining pods a type holds besides this pod (no cap by what remains).
         let holds = |cap: &[u64], req: &[u64]| -> f64 {
@@ -1412,9 +1420,30 @@ impl<'a> Engine<'a> {
                 .then(a.cmp(&b))
         });
         let mut failed: Vec<(usize, usize)> = vec![];
-        for &ci in &order {
+        for (pos, &ci) in order.iter().enumerate() {
             for k in 0..self.classes[ci].pods.len() {
                 let pod = self.classes[ci].pods[k];
+                // The window: what is left of this class, then the classes after it, up to WINDOW pods.
+                let mut sum = vec![0.0; 4];
+                let mut count = 0.0;
+                let mut take = |c: &Class, n: usize| {
+                    for d in 0..4 {
+                        sum[d] += c.req[d] as f64 * n as f64;
+                    }
+                    count += n as f64;
+                };
+                let here = (self.classes[ci].pods.len() - k).min(WINDOW);
+                take(&self.classes[ci], here);
+                let mut have = here;
+                for &next in &order[pos + 1..] {
+                    if have >= WINDOW {
+                        break;
+                    }
+                    let n = self.classes[next].pods.len().min(WINDOW - have);
+                    take(&self.classes[next], n);
+                    have += n;
+                }
+                self.window = (sum, count);
                 if !self.schedule(ci, pod) {
                     failed.push((ci, pod));
                 }
