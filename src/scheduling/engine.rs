@@ -1509,7 +1509,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Re-packs the new nodes that carry only interchangeable pods, per (group, node terms) over every zone and
-    /// capacity type the group offers,, with
+    /// capacity type the group offers, with
     /// [`super::repack::pack`], and keeps the result where it is strictly cheaper than what first-fit built.
     fn repack(&mut self) {
         let limits = &self.snap.limits;
