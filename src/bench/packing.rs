@@ -143,9 +143,11 @@ fn to_pods(objects: &[Value], path: &str) -> Result<Vec<Pod>, BenchError> {
         .collect()
 }
 
-/// The B2 catalog: bundled us-east-1, current generation, no metal, GPU only if asked.
+/// The B2 catalog: bundled us-east-1, current generation, no metal, GPU only if asked, and no burstable (t*)
+/// types: their nominal vCPUs are not sustained capacity, and the fractional bound would otherwise buy cpu from
+/// t4g.nano (2 vCPU, 15 MiB allocatable) at a tenth of any real node's price per vCPU.
 pub fn catalog(include_gpu: bool) -> Result<Catalog, BenchError> {
-    Ok(CatalogFilter { include_gpu, ..Default::default() }.apply(&bundled_catalog("us-east-1")?))
+    Ok(CatalogFilter { include_gpu, include_burstable: false, ..Default::default() }.apply(&bundled_catalog("us-east-1")?))
 }
 
 /// One on-demand node group over the whole catalog.

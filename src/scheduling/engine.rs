@@ -212,6 +212,7 @@ pub fn solve(snapshot: &Snapshot, catalog: &Catalog, now: DateTime<Utc>) -> Resu
     validate(snapshot, catalog)?;
     let mut e = Engine::new(snapshot, catalog, now);
     e.run();
+    e.repack();
     Ok(e.into_plan())
 }
 
@@ -245,7 +246,12 @@ struct Engine<'a> {
     totals: (u64, u64, u64),
     rng: u64,
     existing_pods: Vec<(usize, &'a Pod)>,
+    /// Request sums and count of the next pods in packing order.
+    window: (Vec<f64>, f64),
 }
+
+/// How many upcoming pods the type choice looks at.
+const WINDOW: usize = 64;
 
 fn to_vec(r: &Resources, ext: &[String]) -> Vec<u64> {
     let mut v = vec![r.cpu_millis, r.memory_bytes, r.ephemeral_bytes, r.pods];
@@ -300,6 +306,7 @@ impl<'a> Engine<'a> {
             totals: (0, 0, 0),
             rng,
             existing_pods: vec![],
+            window: (vec![0.0; 4], 0.0),
         };
         e.intern_key(labels::HOSTNAME);
         e.build_groups();
@@ -1121,7 +1128,9 @@ impl<'a> Engine<'a> {
             n: f64,
         }
         let mut cands: Vec<Cand> = vec![];
-        let avg: Vec<f64> = (0..4).map(|d| self.rem_sum[d] / self.rem_count.max(1.0)).collect();
+        // The shape of the pods about to be packed (the next WINDOW in order), so a node's type matches the pods
+        // that will fill it rather than the average of everything left.
+        let avg: Vec<f64> = (0..4).map(|d| if self.window.1 > 0.0 { self.window.0[d] / self.window.1 } else { self.rem_sum[d] / self.rem_count.max(1.0) }).collect();
         let remaining = self.rem_count.max(1.0);
         // How many average remaining pods a type holds besides this pod (no cap by what remains).
         let holds = |cap: &[u64], req: &[u64]| -> f64 {
@@ -1298,6 +1307,12 @@ impl<'a> Engine<'a> {
         }?;
         let cand = &cands[pick];
         let (gi, lt, ls, oi) = (cand.gi, cand.lt, cand.ls, cand.oi);
+        let compat = self.compat[&(self.classes[ci].terms_id, gi)][ls].clone();
+        Some(self.push_new_bin(gi, lt, ls, oi, compat))
+    }
+
+    /// Adds an empty new node of type `lt` with offering `oi` in local slot `ls` of group `gi`.
+    fn push_new_bin(&mut self, gi: usize, lt: usize, ls: usize, oi: usize, compat: Bits) -> usize {
         let g = &self.groups[gi];
         let t = &g.types[lt];
         let it = &self.catalog.instance_types[t.catalog_index];
@@ -1306,7 +1321,6 @@ impl<'a> Engine<'a> {
         let zone = it.offerings[oi].zone.clone();
         let cap = t.cap.clone();
         let (vcpu, mem) = (t.vcpu, t.memory_bytes);
-        let compat = self.compat[&(self.classes[ci].terms_id, gi)][ls].clone();
         let blocking = g.blocking_taints.clone();
         let prefer = g.prefer_taints.clone();
         let host_ports = g.daemon_ports.clone();
@@ -1332,7 +1346,7 @@ impl<'a> Engine<'a> {
             pods: vec![],
             closed: false,
         });
-        Some(self.bins.len() - 1)
+        self.bins.len() - 1
     }
 
     fn affinity_reason(&self, ci: usize, gi: usize) -> String {
@@ -1412,9 +1426,30 @@ impl<'a> Engine<'a> {
                 .then(a.cmp(&b))
         });
         let mut failed: Vec<(usize, usize)> = vec![];
-        for &ci in &order {
+        for (pos, &ci) in order.iter().enumerate() {
             for k in 0..self.classes[ci].pods.len() {
                 let pod = self.classes[ci].pods[k];
+                // The window: what is left of this class, then the classes after it, up to WINDOW pods.
+                let mut sum = vec![0.0; 4];
+                let mut count = 0.0;
+                let mut take = |c: &Class, n: usize| {
+                    for d in 0..4 {
+                        sum[d] += c.req[d] as f64 * n as f64;
+                    }
+                    count += n as f64;
+                };
+                let here = (self.classes[ci].pods.len() - k).min(WINDOW);
+                take(&self.classes[ci], here);
+                let mut have = here;
+                for &next in &order[pos + 1..] {
+                    if have >= WINDOW {
+                        break;
+                    }
+                    let n = self.classes[next].pods.len().min(WINDOW - have);
+                    take(&self.classes[next], n);
+                    have += n;
+                }
+                self.window = (sum, count);
                 if !self.schedule(ci, pod) {
                     failed.push((ci, pod));
                 }
@@ -1457,6 +1492,152 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Whether a class's pods are interchangeable across new nodes of one group and zone: no placement rule of
+    /// theirs or of any other pod looks at which node they are on, and nothing depends on the node's type.
+    fn free_class(&self, ci: usize) -> bool {
+        let c = &self.classes[ci];
+        c.anti.is_empty()
+            && c.owns.is_empty()
+            && c.targeted_by.is_empty()
+            && c.matched.is_empty()
+            && c.affinity.is_empty()
+            && c.spreads.is_empty()
+            && !c.type_dependent
+            && c.spec.host_ports.is_empty()
+            && c.spec.volume_zones.is_none()
+            && c.prefs.iter().all(|p| matches!(p, Pref::PreferNoSchedule))
+    }
+
+    /// Re-packs the new nodes that carry only interchangeable pods, per (group, node terms) over every zone and
+    /// capacity type the group offers, with
+    /// [`super::repack::pack`], and keeps the result where it is strictly cheaper than what first-fit built.
+    fn repack(&mut self) {
+        let limits = &self.snap.limits;
+        if self.snap.expander != Expander::Cheapest || limits.max_nodes.is_some() || limits.max_cores.is_some() || limits.max_memory_bytes.is_some() {
+            return;
+        }
+        let free: Vec<bool> = (0..self.classes.len()).map(|ci| self.free_class(ci)).collect();
+        let mut class_of = vec![usize::MAX; self.snap.pending.len()];
+        for (ci, c) in self.classes.iter().enumerate() {
+            for &p in &c.pods {
+                class_of[p] = ci;
+            }
+        }
+        let mut pools: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for bi in self.fixed_count..self.bins.len() {
+            let b = &self.bins[bi];
+            let Origin::New { group, .. } = b.origin else { continue };
+            if b.pinned || b.pods.is_empty() || !b.pods.iter().all(|&p| free[class_of[p]]) {
+                continue;
+            }
+            let terms = self.classes[class_of[b.pods[0]]].terms_id;
+            if b.pods.iter().any(|&p| self.classes[class_of[p]].terms_id != terms) {
+                continue;
+            }
+            pools.entry((group, terms)).or_default().push(bi);
+        }
+        for ((gi, terms), bins) in pools {
+            self.repack_pool(gi, terms, &bins, &class_of);
+        }
+    }
+
+    fn repack_pool(&mut self, gi: usize, terms: usize, bins: &[usize], class_of: &[usize]) {
+        let g = &self.groups[gi];
+        let compat = self.compat[&(terms, gi)].clone();
+        // Candidates: (type, slot) pairs the pods' node terms allow, with an available offering there. The pods
+        // are in no topology rule, so any zone and capacity type the group offers will do.
+        let mut lts = vec![];
+        let mut types = vec![];
+        for ls in 0..g.slots.len() {
+            for &lt in &g.by_price[ls] {
+                if !compat[ls].get(lt) {
+                    continue;
+                }
+                let Some(&(_, price, _, oi)) = g.types[lt].offerings.iter().find(|o| o.0 == ls && o.2) else { continue };
+                lts.push((lt, ls, oi));
+                types.push(super::repack::NodeType { cap: g.types[lt].cap.clone(), price });
+            }
+        }
+        let mut old_cost = 0.0;
+        for &bi in bins {
+            let Origin::New { slot, .. } = self.bins[bi].origin else { return };
+            let used = &self.bins[bi].used;
+            let price = lts
+                .iter()
+                .zip(&types)
+                .filter(|((_, ls, _), t)| *ls == slot && used.iter().zip(&t.cap).all(|(u, c)| u <= c))
+                .map(|(_, t)| t.price)
+                .min_by(f64::total_cmp);
+            match price {
+                Some(p) => old_cost += p,
+                None => return,
+            }
+        }
+        let mut shapes: Vec<usize> = bins.iter().flat_map(|&bi| self.bins[bi].pods.iter().map(|&p| class_of[p])).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        let mut pods_of: Vec<Vec<usize>> = vec![vec![]; shapes.len()];
+        for &bi in bins {
+            for &p in &self.bins[bi].pods {
+                let k = shapes.binary_search(&class_of[p]).unwrap_or(0);
+                pods_of[k].push(p);
+            }
+        }
+        let reqs: Vec<Vec<u64>> = shapes.iter().map(|&ci| self.classes[ci].req.clone()).collect();
+        let counts: Vec<u64> = pods_of.iter().map(|v| v.len() as u64).collect();
+        let all: Vec<usize> = (0..types.len()).collect();
+        let Some(nodes) = super::repack::pack(&types, &all, &reqs, &counts) else { return };
+        let new_cost: f64 = nodes.iter().map(|n| types[n.ty].price).sum();
+        let bounded = g.spec.max_replicas != u32::MAX;
+        if new_cost >= old_cost - 1e-9 || (bounded && nodes.len() > bins.len()) {
+            return;
+        }
+        // Apply: reuse the pool's nodes (names, zone), add nodes if the re-pack needs more, empty the rest.
+        for &bi in bins {
+            let b = &mut self.bins[bi];
+            b.pods.clear();
+            b.used.iter_mut().for_each(|u| *u = 0);
+        }
+        let mut next: Vec<usize> = vec![0; shapes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            let (lt, ls, oi) = lts[n.ty];
+            let bi = match bins.get(i) {
+                Some(&bi) => {
+                    let it = &self.catalog.instance_types[self.groups[gi].types[lt].catalog_index];
+                    let labels = new_node_labels(self.groups[gi].spec, it, &it.offerings[oi], &self.bins[bi].name);
+                    let name = self.bins[bi].name.clone();
+                    let doms = self.bin_doms(&name, &labels);
+                    let b = &mut self.bins[bi];
+                    b.origin = Origin::New { group: gi, ty: lt, slot: ls };
+                    b.cap = self.groups[gi].types[lt].cap.clone();
+                    b.labels = labels;
+                    b.doms = doms;
+                    b.zone = Some(it.offerings[oi].zone.clone());
+                    b.compat = Some(compat[ls].clone());
+                    bi
+                }
+                None => self.push_new_bin(gi, lt, ls, oi, compat[ls].clone()),
+            };
+            for (k, &count) in n.take.iter().enumerate() {
+                for _ in 0..count {
+                    let p = pods_of[k][next[k]];
+                    next[k] += 1;
+                    let b = &mut self.bins[bi];
+                    for (u, r) in b.used.iter_mut().zip(&reqs[k]) {
+                        *u += r;
+                    }
+                    b.pods.push(p);
+                    self.placed_on[p] = Some(bi);
+                }
+            }
+        }
+        for &bi in bins.iter().skip(nodes.len()) {
+            self.groups[gi].launched = self.groups[gi].launched.saturating_sub(1);
+            self.totals.0 = self.totals.0.saturating_sub(1);
+            let _ = bi;
+        }
+    }
+
     fn into_plan(mut self) -> Plan {
         let key = |i: usize| self.snap.pending[i].key();
         let mut plan = Plan::default();
@@ -1469,6 +1650,9 @@ impl<'a> Engine<'a> {
         for bi in self.fixed_count..self.bins.len() {
             let b = &mut self.bins[bi];
             let Origin::New { group, ty, slot } = b.origin else { continue };
+            if b.pods.is_empty() {
+                continue; // emptied by the re-pack
+            }
             let g = &self.groups[group];
             let compat = b.compat.as_ref().expect("new bins carry a compat set");
             let price_at = |lt: usize| g.types[lt].offerings.iter().find(|o| o.0 == slot && o.2).map(|o| o.1);

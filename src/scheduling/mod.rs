@@ -15,6 +15,7 @@
 
 mod engine;
 pub mod predicates;
+mod repack;
 pub mod verify;
 
 use crate::model::instance_type::{CapacityType, Catalog};
