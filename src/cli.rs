@@ -26,11 +26,23 @@ pub enum Command {
     Crds,
     /// Manage MachineDeployment rollouts, like `kubectl rollout` does Deployments.
     Rollout(RolloutArgs),
-    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
-    Emulate(crate::emulator::cli::EmulateArgs),
     /// Run a benchmark (see BENCHMARKS.md): a table, then one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
+    Emulate(crate::emulator::cli::EmulateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// Path to a kubeconfig; default: $KUBECONFIG, then ~/.kube/config, then in-cluster configuration.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the MachineDeployment.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    #[command(subcommand)]
+    pub command: crate::rollout_cli::RolloutCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,18 +56,33 @@ pub enum BenchCommand {
         #[arg(long)]
         real_time: bool,
     },
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct RolloutArgs {
-    /// Path to a kubeconfig; default: $KUBECONFIG, then ~/.kube/config, then in-cluster configuration.
-    #[arg(long, env = "BERTH_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the MachineDeployment.
-    #[arg(long, short = 'n', default_value = "default")]
-    pub namespace: String,
-    #[command(subcommand)]
-    pub command: crate::rollout_cli::RolloutCommand,
+    /// B1: the Karpenter-shaped scheduling benchmark.
+    Scheduling {
+        /// One diverse size (or, with --preference, the preference pod count) instead of all sizes.
+        #[arg(long)]
+        pods: Option<usize>,
+        /// Only the preference runs (respecting, then ignoring preferences).
+        #[arg(long)]
+        preference: bool,
+        /// Write pods.json, instance-types.json and plan.json here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Seed of the generated pods.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// B2: plan cost against the fractional lower bound on the bundled us-east-1 catalog.
+    Packing {
+        /// A workload of Pod or Deployment objects (YAML or JSON) instead of the seeded mixes.
+        #[arg(long)]
+        pods: Option<PathBuf>,
+        /// Seed of the generated workload mixes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write pods.json, instance-types.json and plan.json per workload under this directory.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

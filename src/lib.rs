@@ -18,5 +18,6 @@ pub mod model;
 pub mod operator;
 pub mod rollout;
 pub mod rollout_cli;
+pub mod scheduling;
 pub mod state;
 pub mod telemetry;

@@ -13,6 +13,16 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Scheduling { pods, preference, dump, seed }) => {
+            let ok = berth::bench::scheduling::run(pods, preference, dump.as_deref(), seed)?;
+            anyhow::ensure!(ok, "some pods were left unscheduled");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Packing { pods, seed, dump }) => {
+            let ok = berth::bench::packing::run(pods.as_deref(), seed, dump.as_deref())?;
+            anyhow::ensure!(ok, "an unconstrained workload missed the cost or utilisation target");
+            Ok(())
+        }
         Command::Emulate(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -353,3 +353,28 @@ async fn namespace_deletion_takes_its_objects() {
     let (s, _) = call(&client, "GET", "/api/v1/namespaces/team", "application/json", "").await;
     assert_eq!(s, 404, "the namespace goes with its last object");
 }
+
+#[tokio::test]
+async fn kube_runtime_event_recorder_publishes_and_patches_series() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let emu = Emulator::new();
+    let client = emu.client();
+    let reporter = Reporter { controller: "berth".into(), instance: Some("berth-0".into()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some("web".into()),
+        namespace: Some("default".into()),
+        uid: Some("u-1".into()),
+        ..Default::default()
+    };
+    let ev = Event { type_: EventType::Normal, reason: "Launched".into(), note: Some("launched i-0abc".into()), action: "Launch".into(), secondary: None };
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, "default");
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "the repeat becomes a series on the same event");
+    assert_eq!(list.items[0].reason.as_deref(), Some("Launched"));
+    assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+}

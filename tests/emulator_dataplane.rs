@@ -44,7 +44,7 @@ async fn kubelet_registers_after_boot_delay_and_leaves_on_termination() {
     let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
     let kubelet = KubeletSimulator::new(emu.clone());
     let taint: Taint = serde_json::from_value(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})).unwrap();
-    kubelet.handle(InstanceEvent::Launched(instance("i-0abc", "us-west-2a", "2", vec![taint], Duration::from_millis(500)))).unwrap();
+    kubelet.handle(InstanceEvent::Launched(Box::new(instance("i-0abc", "us-west-2a", "2", vec![taint], Duration::from_millis(500))))).unwrap();
     assert!(nodes.list(&ListParams::default()).await.unwrap().items.is_empty(), "not before the boot delay");
     assert_eq!(kubelet.booting(), vec!["i-0abc".to_string()]);
     let mut node = None;
@@ -83,7 +83,7 @@ async fn kubelet_registers_after_boot_delay_and_leaves_on_termination() {
     assert!(nodes.get_opt("i-0abc").await.unwrap().is_none());
     assert!(pods.get_opt("web").await.unwrap().is_none());
     // A termination during boot cancels the registration.
-    kubelet.handle(InstanceEvent::Launched(instance("i-0def", "us-west-2b", "2", vec![], Duration::from_millis(200)))).unwrap();
+    kubelet.handle(InstanceEvent::Launched(Box::new(instance("i-0def", "us-west-2b", "2", vec![], Duration::from_millis(200))))).unwrap();
     kubelet.handle(InstanceEvent::Terminated(InstanceTerminated { instance_id: "i-0def".into() })).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(nodes.get_opt("i-0def").await.unwrap().is_none());

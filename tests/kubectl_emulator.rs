@@ -36,6 +36,10 @@ fn apply_get_yaml_and_reapply() {
     assert_eq!(image, "nginx:2 envoy:1 2");
     // Unchanged re-apply is a no-op.
     assert!(kubectl_ok(kc, &["apply", "-f", "-"], Some(&changed)).contains("unchanged"));
+    // Dropping the sidecar from the manifest removes it: kubectl's patch deletes it by merge key.
+    let without_sidecar = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  containers:\n  - name: c\n    image: nginx:2\n";
+    kubectl_ok(kc, &["apply", "-f", "-"], Some(without_sidecar));
+    assert_eq!(kubectl_ok(kc, &["get", "pod", "web", "-o", "jsonpath={.spec.containers[*].name}"], None), "c");
     // Table output.
     let table = kubectl_ok(kc, &["get", "pods"], None);
     assert!(table.contains("NAME") && table.contains("STATUS") && table.contains("web"), "{table}");

@@ -1130,7 +1130,7 @@ pub mod fixtures {
 pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubelet::InstanceEvent> {
     use crate::emulator::kubelet::{InstanceEvent, InstanceLaunched, InstanceTerminated};
     match event {
-        SimInstanceEvent::Launched(l) if l.joins_cluster => Some(InstanceEvent::Launched(InstanceLaunched {
+        SimInstanceEvent::Launched(l) if l.joins_cluster => Some(InstanceEvent::Launched(Box::new(InstanceLaunched {
             instance_id: l.instance_id.clone(),
             instance_type: l.instance_type.clone(),
             zone: l.zone.clone(),
@@ -1151,7 +1151,7 @@ pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubele
             capacity: l.capacity.clone(),
             allocatable: l.allocatable.clone(),
             boot_delay: l.boot_delay,
-        })),
+        }))),
         SimInstanceEvent::Launched(_) => None,
         SimInstanceEvent::Terminated { instance_id, .. } => {
             Some(InstanceEvent::Terminated(InstanceTerminated { instance_id: instance_id.clone() }))

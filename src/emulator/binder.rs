@@ -17,8 +17,8 @@ use crate::model::pod::{HostPort, Pod, WhenUnsatisfiable};
 use crate::model::resources::Resources;
 use crate::model::taints::first_blocking_taint;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What one pass did.
@@ -45,10 +45,21 @@ struct Placed {
     host_ports: Vec<HostPort>,
 }
 
+/// A pod as the binder needs it, parsed once per resourceVersion.
+struct Parsed {
+    pod: Result<Pod, String>,
+    default_scheduler: bool,
+    deleting: bool,
+}
+
+/// Parsed pods by uid, with the resourceVersion they were parsed at: a pass re-parses only what changed.
+type PodCache = HashMap<String, (u64, Arc<Parsed>)>;
+
 /// Binds pods of one emulator.
 #[derive(Clone)]
 pub struct Binder {
     emu: Emulator,
+    cache: Arc<Mutex<PodCache>>,
 }
 
 fn is_ready(node: &Value) -> bool {
@@ -64,7 +75,7 @@ fn decode<T: serde::de::DeserializeOwned>(s: &Stored) -> Option<T> {
 impl Binder {
     /// A binder for this emulator.
     pub fn new(emu: Emulator) -> Self {
-        Binder { emu }
+        Binder { emu, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// One scheduling pass over all pods.
@@ -81,18 +92,31 @@ impl Binder {
             nodes.insert(node.name.clone(), NodeState { node, ready, used: Resources::default() });
         }
         let pods = store.list(&pods_rt, None, &ListQuery::default())?.items;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh: PodCache = HashMap::with_capacity(pods.len());
         let mut placed: Vec<Placed> = Vec::new();
         let mut to_start: Vec<Arc<Stored>> = Vec::new();
-        let mut pending: Vec<(Arc<Stored>, Result<Pod, String>)> = Vec::new();
+        let mut pending: Vec<(Arc<Stored>, Arc<Parsed>)> = Vec::new();
         for s in pods {
             if matches!(s.phase.as_str(), "Succeeded" | "Failed") {
                 continue;
             }
-            let Ok(raw) = s.value() else { continue };
-            let deleting = raw.pointer("/metadata/deletionTimestamp").is_some();
-            let parsed = decode::<k8s_openapi::api::core::v1::Pod>(&s).ok_or_else(|| "pod does not decode".to_string()).and_then(|p| Pod::from_k8s(&p).map_err(|e| e.to_string()));
+            let parsed = match cache.get(&s.uid) {
+                Some((rv, p)) if *rv == s.rv => p.clone(),
+                _ => {
+                    let k8s = decode::<k8s_openapi::api::core::v1::Pod>(&s);
+                    let spec = k8s.as_ref().and_then(|p| p.spec.as_ref());
+                    Arc::new(Parsed {
+                        pod: k8s.as_ref().ok_or_else(|| "pod does not decode".to_string()).and_then(|p| Pod::from_k8s(p).map_err(|e| e.to_string())),
+                        default_scheduler: spec.and_then(|sp| sp.scheduler_name.as_deref()).is_none_or(|n| n == "default-scheduler"),
+                        deleting: k8s.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+                    })
+                }
+            };
+            fresh.insert(s.uid.clone(), (s.rv, parsed.clone()));
+            let deleting = parsed.deleting;
             if !s.node_name.is_empty() {
-                if let (Some(n), Ok(p)) = (nodes.get_mut(&s.node_name), &parsed) {
+                if let (Some(n), Ok(p)) = (nodes.get_mut(&s.node_name), &parsed.pod) {
                     n.used.add(&p.spec.requests);
                     placed.push(Placed { node: s.node_name.clone(), namespace: s.namespace.clone(), labels: p.spec.labels.clone(), host_ports: p.spec.host_ports.clone() });
                     if s.phase == "Pending" && n.ready && !deleting {
@@ -101,15 +125,16 @@ impl Binder {
                 }
                 continue;
             }
-            let scheduler = raw.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or("default-scheduler");
-            if deleting || scheduler != "default-scheduler" {
+            if deleting || !parsed.default_scheduler {
                 continue;
             }
             pending.push((s, parsed));
         }
+        *cache = fresh;
+        drop(cache);
         // Higher priority first, then oldest (lowest resourceVersion at creation is not kept; name is stable).
         pending.sort_by(|(a, pa), (b, pb)| {
-            let prio = |p: &Result<Pod, String>| p.as_ref().map(|p| p.spec.priority).unwrap_or(0);
+            let prio = |p: &Arc<Parsed>| p.pod.as_ref().map(|p| p.spec.priority).unwrap_or(0);
             prio(pb).cmp(&prio(pa)).then_with(|| a.namespace.cmp(&b.namespace)).then_with(|| a.name.cmp(&b.name))
         });
         let mut report = BindReport::default();
@@ -120,7 +145,7 @@ impl Binder {
         }
         for (s, parsed) in pending {
             let key = format!("{}/{}", s.namespace, s.name);
-            let pod = match parsed {
+            let pod = match &parsed.pod {
                 Ok(p) => p,
                 Err(e) => {
                     if self.mark_unschedulable(&s, &format!("0/{} nodes are available: pod spec is invalid: {e}.", nodes.len()))? {
@@ -132,7 +157,7 @@ impl Binder {
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             let mut best: Option<(String, (u64, u64))> = None;
             for (name, n) in &nodes {
-                match feasible(&pod, n, &nodes, &placed) {
+                match feasible(pod, n, &nodes, &placed) {
                     Ok(()) => {
                         let free = n.node.allocatable.saturating_sub(&n.used).saturating_sub(&pod.spec.requests);
                         let score = (

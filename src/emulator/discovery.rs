@@ -88,7 +88,7 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
 
 fn aggregated_group(reg: &Registry, group: &str) -> Value {
     let mut versions: Vec<String> = reg.group_versions(group);
-    versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+    versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {

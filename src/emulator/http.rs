@@ -130,7 +130,7 @@ pub fn parse_resource_path(path: &str) -> Option<ResourcePath> {
         _ => return None,
     };
     let (namespace, rest) = match rest {
-        ["namespaces", ns, tail @ ..] if !tail.is_empty() && !(tail.len() == 1 && matches!(tail[0], "status" | "finalize")) => {
+        ["namespaces", ns, tail @ ..] if !(tail.is_empty() || tail.len() == 1 && matches!(tail[0], "status" | "finalize")) => {
             (Some(ns.to_string()), tail)
         }
         other => (None, other),
@@ -144,7 +144,7 @@ pub fn parse_resource_path(path: &str) -> Option<ResourcePath> {
     Some(ResourcePath { group, version, namespace, resource, name, subresource: sub })
 }
 
-fn header<'a>(req: &'a Request<Bytes>, name: http::header::HeaderName) -> &'a str {
+fn header(req: &Request<Bytes>, name: http::header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
@@ -455,9 +455,6 @@ fn list_response(rt: &ResourceType, version: &str, page: &super::store::ListPage
     if let Some(c) = &page.continue_token {
         meta["continue"] = json!(c);
     }
-    if let Some(r) = page.remaining {
-        meta["remainingItemCount"] = json!(r);
-    }
     let head = format!(
         "{{\"apiVersion\":{},\"kind\":\"{}List\",\"metadata\":{},\"items\":[",
         json!(rt.api_version(version)),
@@ -730,8 +727,7 @@ fn watch(
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = ticker.tick(), if bookmarks => {
-                    let rv = seen.max(0);
-                    if tx.send(filter.bookmark(rv, false)).await.is_err() {
+                    if tx.send(filter.bookmark(seen, false)).await.is_err() {
                         return;
                     }
                 }

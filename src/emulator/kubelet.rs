@@ -54,7 +54,7 @@ pub struct InstanceTerminated {
 #[derive(Debug, Clone, PartialEq)]
 pub enum InstanceEvent {
     /// An instance is running.
-    Launched(InstanceLaunched),
+    Launched(Box<InstanceLaunched>),
     /// An instance is gone.
     Terminated(InstanceTerminated),
 }
@@ -159,6 +159,7 @@ impl KubeletSimulator {
     pub fn handle(&self, event: InstanceEvent) -> Result<(), ApiError> {
         match event {
             InstanceEvent::Launched(i) => {
+                let i = *i;
                 if i.boot_delay.is_zero() {
                     return self.register(&i);
                 }

@@ -8,7 +8,9 @@
 //! Layout: [`store`] keeps every object as JSON bytes keyed by (group, resource, namespace, name) with one
 //! monotonic resourceVersion and a bounded event history; [`http`] routes requests; [`resources`] is the registry of
 //! kinds (built-ins plus one per CRD); [`patch`] and [`apply`] implement the patch formats and server-side apply;
-//! [`schema`] enforces CRD schemas; [`discovery`], [`openapi`] and [`table`] serve what kubectl reads.
+//! [`schema`] enforces CRD schemas; [`discovery`], [`openapi`] and [`table`] serve what kubectl reads; [`proto`]
+//! reads the two protobuf bodies kubectl drain sends. The simulated data plane is opt-in per test or simulation:
+//! [`kubelet::KubeletSimulator`] turns instance events into Nodes, [`binder::Binder`] schedules pods.
 //!
 //! # Deliberate differences from a real kube-apiserver
 //!
@@ -17,7 +19,8 @@
 //!   Eviction (what `kubectl drain` sends), so `kubectl create <kind>` generators, which send protobuf, fail (the
 //!   client falls back to JSON only for later requests); use `kubectl apply`. CBOR is refused. `/openapi/v2` is served as JSON
 //!   only, so clients that insist on the protobuf v2 document get 406 (kubectl 1.32 uses v3).
-//! - Only the kinds berth uses are built in (Pods with binding and eviction, Nodes, Namespaces, Events,
+//! - Only the kinds berth uses are built in (Pods with binding and eviction, Nodes, Namespaces, Events (core and
+//!   events.k8s.io),
 //!   ConfigMaps, DaemonSets, Deployments, ReplicaSets, PodDisruptionBudgets, Leases, CRDs), plus every CRD.
 //!   No controllers run: Deployments do not create ReplicaSets, ReplicaSets do not create Pods, DaemonSets do not
 //!   schedule. The garbage collector, namespace deletion and CRD establishment are emulated, synchronously
@@ -39,6 +42,16 @@
 //! - Namespace deletion has no `kubernetes` spec finalizer: the namespace is Terminating until its objects are gone.
 //!   Deleting a CRD deletes its objects at once, ignoring their finalizers.
 //! - Watches that fall behind the broadcast buffer are closed (clients resume from their last resourceVersion).
+//! - Paginated lists never carry `remainingItemCount` (optional in the API; counting would make paging quadratic).
+//! - A resourceVersion newer than the latest is served as the latest (the real server waits, then answers 504).
+//! - Field selectors: `metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase` and
+//!   `spec.unschedulable`, on every kind (the real server supports a per-kind set); others get 400.
+//! - Server-side printing (Tables) has Name and Age for every kind, kubectl's usual columns for pods and nodes, and
+//!   CRD additionalPrinterColumns with simple `.a.b` JSONPaths.
+//! - The simulated data plane ([`kubelet`], [`binder`]) replaces kubelets and kube-scheduler: Nodes are named after
+//!   their instance ids; a terminated instance's pods are deleted at once (the pod garbage collector waits);
+//!   the binder ignores preferred terms, the symmetric anti-affinity of running pods, preemption and volumes, and
+//!   marks bound pods Running immediately (no image pulls, no probes).
 //! - Generated names and uids are deterministic (a counter through a mixing function), not random.
 //! - Timestamps come from the injectable [`clock::Clock`], never the system clock directly.
 

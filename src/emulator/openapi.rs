@@ -12,7 +12,10 @@ use std::hash::{Hash, Hasher};
 
 /// The components.schemas (v3, `ref_prefix` "#/components/schemas/") or definitions (v2, "#/definitions/")
 /// of the built-in kinds, with their definition names.
-fn builtin_definitions(v3: bool) -> (Map<String, Value>, Vec<(String, String, String, String)>) {
+/// (definition name, group, version, kind) of each built-in definition.
+type KindIndex = Vec<(String, String, String, String)>;
+
+fn builtin_definitions(v3: bool) -> (Map<String, Value>, KindIndex) {
     let settings = if v3 { SchemaSettings::openapi3() } else { SchemaSettings::draft07().with(|s| s.definitions_path = "/definitions".into()) };
     let mut generator = settings.into_generator();
     macro_rules! kinds {
@@ -27,15 +30,37 @@ fn builtin_definitions(v3: bool) -> (Map<String, Value>, Vec<(String, String, St
     }
     let kinds = kinds!(
         core::Pod => ("", "Pod"), core::Node => ("", "Node"), core::Namespace => ("", "Namespace"), core::Event => ("", "Event"),
-        core::ConfigMap => ("", "ConfigMap"), core::Binding => ("", "Binding"), policy::Eviction => ("policy", "Eviction"),
+        core::ConfigMap => ("", "ConfigMap"), k8s_openapi::api::events::v1::Event => ("events.k8s.io", "Event"), core::Binding => ("", "Binding"), policy::Eviction => ("policy", "Eviction"),
         apps::DaemonSet => ("apps", "DaemonSet"), apps::Deployment => ("apps", "Deployment"), apps::ReplicaSet => ("apps", "ReplicaSet"),
         policy::PodDisruptionBudget => ("policy", "PodDisruptionBudget"), coord::Lease => ("coordination.k8s.io", "Lease"),
         apiext::CustomResourceDefinition => ("apiextensions.k8s.io", "CustomResourceDefinition"),
         k8s_openapi::api::autoscaling::v1::Scale => ("autoscaling", "Scale"),
         meta::ObjectMeta => ("", ""), meta::Status => ("", ""), meta::Patch => ("", ""), meta::DeleteOptions => ("", ""),
     );
-    let defs = generator.take_definitions(true);
+    let mut defs = generator.take_definitions(true);
+    for d in defs.values_mut() {
+        annotate_patch_strategies(d);
+    }
     (defs, kinds)
+}
+
+/// Adds the strategic-merge extensions the real documents carry (`x-kubernetes-patch-merge-key`,
+/// `x-kubernetes-patch-strategy`) to list properties, from the same table the server's patch code uses, so that
+/// kubectl computes patches with the same list semantics the emulator applies.
+fn annotate_patch_strategies(schema: &mut Value) {
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    for (name, prop) in props.iter_mut() {
+        let Some(obj) = prop.as_object_mut() else { continue };
+        if obj.get("type").and_then(Value::as_str) != Some("array") {
+            continue;
+        }
+        if let Some(key) = super::patch::merge_key(name) {
+            obj.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            obj.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+        } else if super::patch::is_set_list(name) {
+            obj.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+        }
+    }
 }
 
 fn definition_name(t: &ResourceType, version: &str) -> String {

@@ -255,7 +255,7 @@ fn merge_keyed_list(original: &[Value], patch: &[Value], key: &str) -> Result<Ve
     Ok(out)
 }
 
-fn apply_order(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
+fn apply_order(list: &mut [Value], order: &[Value], key: Option<&str>) {
     let rank = |item: &Value| -> usize {
         let probe = match key {
             Some(k) => item.get(k).map(|v| serde_json::json!({ k: v })),

@@ -80,8 +80,8 @@ impl ResourceType {
 
     /// True when kube-apiserver bumps metadata.generation for spec changes of this kind.
     pub fn tracks_generation(&self) -> bool {
-        !(self.group.is_empty() && matches!(self.resource.as_str(), "nodes" | "namespaces" | "events" | "configmaps"))
-            && !(self.group == "coordination.k8s.io")
+        let untracked_core = self.group.is_empty() && matches!(self.resource.as_str(), "nodes" | "namespaces" | "events" | "configmaps");
+        !(untracked_core || matches!(self.group.as_str(), "coordination.k8s.io" | "events.k8s.io"))
     }
 }
 
@@ -140,6 +140,7 @@ impl Registry {
             builtin("", "v1", "nodes", "node", "Node", false, &["no"], &[], true, false, check::<core::Node>),
             builtin("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], &[], true, false, check::<core::Namespace>),
             builtin("", "v1", "events", "event", "Event", true, &["ev"], &[], false, false, check::<core::Event>),
+            builtin("events.k8s.io", "v1", "events", "event", "Event", true, &[], &[], false, false, check::<k8s_openapi::api::events::v1::Event>),
             builtin("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], false, false, check::<core::ConfigMap>),
             builtin("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], all, true, false, check::<apps::DaemonSet>),
             builtin("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], all, true, true, check::<apps::Deployment>),
@@ -201,7 +202,7 @@ impl Registry {
                 }
             }
         }
-        versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         versions
     }
 }
@@ -316,7 +317,7 @@ mod tests {
     #[test]
     fn version_order() {
         let mut v = vec!["v1alpha1", "v2", "v1beta2", "v1", "v1beta1"];
-        v.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
         assert_eq!(v, vec!["v2", "v1", "v1beta2", "v1beta1", "v1alpha1"]);
     }
 

@@ -72,11 +72,8 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
 /// Validates `value` (at `path`) against `schema`, pruning unknown fields and applying defaults.
 pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validation) {
     let display = if path.is_empty() { "<root>".to_string() } else { path.to_string() };
-    if value.is_null() {
-        if schema.get("nullable").and_then(Value::as_bool) == Some(true) {
-            return;
-        }
-        // A null in a request means "unset" for optional fields; the caller removes nulls it accepts.
+    if value.is_null() && schema.get("nullable").and_then(Value::as_bool) == Some(true) {
+        return;
     }
     let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
     if int_or_string {

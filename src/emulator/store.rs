@@ -35,8 +35,8 @@ pub struct Stored {
     pub node_name: String,
     /// status.phase
     pub phase: String,
-    /// spec.unschedulable (nodes), "true" or "false"
-    pub unschedulable: String,
+    /// spec.unschedulable (nodes)
+    pub unschedulable: bool,
     /// metadata.ownerReferences[*].uid
     pub owner_uids: Vec<String>,
 }
@@ -54,7 +54,7 @@ impl Stored {
             "metadata.namespace" => self.namespace.clone(),
             "spec.nodeName" => self.node_name.clone(),
             "status.phase" => self.phase.clone(),
-            "spec.unschedulable" => self.unschedulable.clone(),
+            "spec.unschedulable" => self.unschedulable.to_string(),
             _ => String::new(),
         }
     }
@@ -81,7 +81,7 @@ impl Stored {
             labels,
             node_name: s("/spec/nodeName"),
             phase: s("/status/phase"),
-            unschedulable: (v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true)).to_string(),
+            unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
             owner_uids,
         })
     }
@@ -224,8 +224,6 @@ pub struct ListPage {
     pub resource_version: u64,
     /// Token for the next page.
     pub continue_token: Option<String>,
-    /// Objects left after this page, when paginated.
-    pub remaining: Option<usize>,
 }
 
 pub(crate) struct State {
@@ -392,6 +390,9 @@ impl State {
     }
 }
 
+/// Events to replay, a subscription for what follows, and the latest resourceVersion.
+pub type HistoryResume = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>, u64);
+
 /// Query value helpers for the HTTP layer.
 pub fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
@@ -515,7 +516,6 @@ impl Store {
         }
         let mut items = Vec::new();
         let mut continue_token = None;
-        let mut remaining = None;
         if let Some(coll) = st.collection(&rt.group, &rt.resource) {
             let lower = match (&start, ns) {
                 (Some(s), _) => std::ops::Bound::Excluded(s.clone()),
@@ -538,19 +538,18 @@ impl Store {
                 }
             }
             if continue_token.is_some() {
-                let left = iter.take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons)).filter(|(_, s)| matches(s)).count();
-                if left == 0 {
+                // Only whether more follow is needed for the token; counting them all would make paging quadratic.
+                let more = iter.take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons)).any(|(_, s)| matches(s));
+                if !more {
                     continue_token = None;
-                } else {
-                    remaining = Some(left);
                 }
             }
         }
-        Ok(ListPage { items, resource_version: list_rv, continue_token, remaining })
+        Ok(ListPage { items, resource_version: list_rv, continue_token })
     }
 
     /// Events after `rv` (exclusive) from history, or 410 when history no longer reaches back that far.
-    pub fn history_since(&self, rv: u64) -> Result<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>, u64), ApiError> {
+    pub fn history_since(&self, rv: u64) -> Result<HistoryResume, ApiError> {
         let st = self.lock();
         if rv < st.compacted_rv {
             return Err(ApiError::Gone(format!("too old resource version: {rv} ({})", st.compacted_rv + 1)));

@@ -47,11 +47,14 @@ fn path_value(v: &Value, path: &str) -> Value {
     v.pointer(&pointer).cloned().unwrap_or(Value::Null)
 }
 
+/// Computes one cell of a row.
+type Extractor = Box<dyn Fn(&Value) -> Value>;
+
 /// Builds a meta.k8s.io/v1 Table of `items`.
 pub fn table(rt: &ResourceType, version: &str, items: &[Value], now: &str, rv: Option<u64>, continue_token: Option<&str>) -> Value {
     let col = |name: &str, ty: &str, priority: i64| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": priority});
     let mut columns = vec![col("Name", "string", 0)];
-    let mut extractors: Vec<Box<dyn Fn(&Value) -> Value>> = Vec::new();
+    let mut extractors: Vec<Extractor> = Vec::new();
     match (rt.group.as_str(), rt.resource.as_str()) {
         ("", "pods") => {
             columns.extend([col("Ready", "string", 0), col("Status", "string", 0), col("Restarts", "string", 0), col("Age", "string", 0), col("Node", "string", 1)]);

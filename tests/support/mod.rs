@@ -13,6 +13,8 @@ pub struct EmulatorProcess {
     pub url: String,
     /// The kubeconfig it wrote.
     pub kubeconfig: PathBuf,
+    // Kept open so that later output of the process never hits a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
     _dir: tempfile::TempDir,
 }
 
@@ -36,13 +38,14 @@ pub fn start_emulator() -> EmulatorProcess {
         .expect("spawn berth emulate");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line).expect("read the listening line");
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
         .map(|w| w.trim_end_matches(';').to_string())
         .unwrap_or_else(|| panic!("unexpected first line of berth emulate: {line:?}"));
-    EmulatorProcess { child, url, kubeconfig, _dir: dir }
+    EmulatorProcess { child, url, kubeconfig, _stdout: reader, _dir: dir }
 }
 
 /// An emulator served in-process on 127.0.0.1:0, with a kubeconfig file for it.
