@@ -231,7 +231,8 @@ async fn slow_launches_take_their_time_and_boot_failures_never_join() {
 #[tokio::test(start_paused = true)]
 async fn bad_classes_are_invalid_configuration_without_a_launch_call() {
     let c = cloud();
-    let cases: Vec<(Box<dyn Fn(&mut berth::cloud::LaunchRequest)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut berth::cloud::LaunchRequest)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|r| r.image = ImageSpec::Id("ami-missing".into())), "AMI ami-missing does not exist"),
         (Box::new(|r| r.subnets = ResourceSelector::Ids(vec!["subnet-nope".into()])), "subnet subnet-nope does not exist"),
         (Box::new(|r| r.security_groups = ResourceSelector::Ids(vec!["sg-nope".into()])), "security group sg-nope does not exist"),
@@ -268,7 +269,7 @@ async fn changed_parameters_under_the_same_token_adopt_the_machines_instance() {
     assert_eq!(again.instance.instance_id, first.instance.instance_id);
     assert_eq!(c.live_instance_count(), 1);
     // With the instance gone, the conflict is reported so the controller moves to the next attempt.
-    c.terminate(&[first.instance.instance_id.clone()]).await.unwrap();
+    c.terminate(std::slice::from_ref(&first.instance.instance_id)).await.unwrap();
     c.unavailable_offerings().mark(offering("m5.xlarge", "us-east-1b", CapacityType::Spot));
     let e = c.launch(&request("m-1")).await.unwrap_err();
     assert_eq!(e.category(), "idempotency-conflict");
@@ -288,7 +289,7 @@ async fn terminate_touches_only_this_clusters_instances() {
     assert_eq!(c.live_instance_count(), 1, "the foreign instance lives on");
     assert!(matches!(events.recv().await.unwrap(), SimInstanceEvent::Terminated { instance_id, .. } if instance_id == ours));
     assert!(c.describe_instances().await.unwrap().is_empty());
-    let again = c.terminate(&[ours.clone()]).await.unwrap();
+    let again = c.terminate(std::slice::from_ref(&ours)).await.unwrap();
     assert_eq!(again.already_terminated, vec![ours]);
 }
 

@@ -153,7 +153,7 @@ async fn create_fleet_launches_tagged_instances_from_a_hardened_launch_template(
     assert_eq!(data.metadata_options().unwrap().http_tokens(), Some(&t::LaunchTemplateHttpTokensState::Required));
     let ebs = data.block_device_mappings()[0].ebs().unwrap();
     assert_eq!(ebs.encrypted(), Some(true));
-    assert_eq!(data.security_group_ids(), &[f.security_group.clone()]);
+    assert_eq!(data.security_group_ids(), std::slice::from_ref(&f.security_group));
     use base64::Engine;
     let user_data = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap()).unwrap();
     assert!(user_data.contains("kind: NodeConfig") && user_data.contains(&cluster));
@@ -172,7 +172,7 @@ async fn create_fleet_launches_tagged_instances_from_a_hardened_launch_template(
     let mine = cloud.describe_instances().await.unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].machine().unwrap().name, "m-1");
-    let t = cloud.terminate(&[out.instance.instance_id.clone()]).await.unwrap();
+    let t = cloud.terminate(std::slice::from_ref(&out.instance.instance_id)).await.unwrap();
     assert_eq!(t.terminating, vec![out.instance.instance_id.clone()]);
     let state = instance(&cloud, &out.instance.instance_id).await.state().unwrap().name().unwrap().as_str().to_string();
     assert!(state == "shutting-down" || state == "terminated", "{state}");
@@ -232,7 +232,7 @@ async fn only_this_clusters_instances_are_terminated() {
         .instance_id()
         .unwrap()
         .to_string();
-    let out = cloud.terminate(&[foreign.clone()]).await.unwrap();
+    let out = cloud.terminate(std::slice::from_ref(&foreign)).await.unwrap();
     assert_eq!(out.not_owned_or_missing, vec![foreign.clone()]);
     assert!(out.terminating.is_empty());
     assert_eq!(instance(&cloud, &foreign).await.state().unwrap().name().unwrap().as_str(), "running");

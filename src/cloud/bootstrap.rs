@@ -288,8 +288,11 @@ fn toml_string(s: &str) -> String {
 
 /// The class's TOML as (table header, lines) in order: a line-level reading that keeps the class's text as is.
 /// Supports what Bottlerocket settings use: `[table]` headers and single-line `key = value` pairs.
-fn toml_sections(text: &str) -> Result<Vec<(String, Vec<(String, String)>)>, BootstrapError> {
-    let mut sections: Vec<(String, Vec<(String, String)>)> = vec![(String::new(), Vec::new())];
+/// (table header, key = value pairs) in document order.
+type TomlSections = Vec<(String, Vec<(String, String)>)>;
+
+fn toml_sections(text: &str) -> Result<TomlSections, BootstrapError> {
+    let mut sections: TomlSections = vec![(String::new(), Vec::new())];
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
