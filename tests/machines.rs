@@ -204,3 +204,40 @@ async fn a_restart_in_the_middle_never_launches_twice() {
     assert_eq!(uids.len(), 6);
     let _ = &h.emulator;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_change_rolls_out_within_surge_and_availability() {
+    let h = Harness::new("15m").await;
+    h.create_deployment("general", 3).await;
+    eventually("3 running machines", 60, || async { h.running().await == 3 }).await;
+    let old: std::collections::BTreeSet<String> = h.machines().await.iter().map(|m| m.metadata.name.clone().unwrap()).collect();
+    Api::<MachineDeployment>::namespaced(h.client.clone(), "default")
+        .patch("general", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"team": "b"}}}}})))
+        .await
+        .unwrap();
+    // maxSurge 2, maxUnavailable 0: never more than 5 instances, never fewer than 3 running, until all are new.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let machines = h.machines().await;
+        let live = h.cloud.live_instance_count();
+        assert!(live <= 5, "{live} instances exceed replicas 3 + maxSurge 2");
+        let running = machines.iter().filter(|m| m.status.as_ref().is_some_and(|s| s.phase == MachinePhase::Running)).count();
+        assert!(running >= 3, "only {running} machines running: availability fell below replicas 3 - maxUnavailable 0");
+        let all_new = machines.len() == 3
+            && machines.iter().all(|m| !old.contains(m.metadata.name.as_ref().unwrap()) && m.status.as_ref().is_some_and(|s| s.phase == MachinePhase::Running));
+        if all_new && live == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout did not finish: {} machines, {live} instances", machines.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes = h.nodes().await;
+    assert!(nodes.iter().all(|n| n.metadata.labels.as_ref().unwrap()["team"] == "b"), "every node is of the new template");
+    let md = Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap();
+    eventually("status shows the rollout complete", 30, || async {
+        let md = Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap();
+        md.status.is_some_and(|s| s.updated_replicas == 3 && s.available_replicas == 3 && s.phase.as_deref() == Some("Running"))
+    })
+    .await;
+    assert_eq!(md.status.unwrap().revision, Some(2));
+}
