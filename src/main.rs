@@ -5,8 +5,16 @@ use berth::cli::{BenchCommand, Cli, Command};
 use berth::telemetry::logging;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One clear line, never a backtrace: these are operator-facing errors (bad flags, missing credentials, an
+    // unreachable API server), not bugs.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds => {
             let yaml = berth::api::crds_yaml().context("rendering the CRDs as YAML")?;
