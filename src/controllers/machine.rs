@@ -247,21 +247,8 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
                         .machines_launched
                         .with_label_values(&[&group, &i.instance_type, &i.zone, i.capacity_type.as_str()])
                         .inc();
-                    let price = ctx
-                        .cloud
-                        .instance_types()
-                        .await
-                        .ok()
-                        .and_then(|c| c.get(&i.instance_type).and_then(|t| t.offerings.iter().find(|o| o.zone == i.zone && o.capacity_type == i.capacity_type).map(|o| o.price)));
-                    new_status.phase = MachinePhase::Provisioning;
-                    new_status.instance_id = Some(i.instance_id.clone());
-                    new_status.provider_id = Some(i.provider_id());
-                    new_status.instance_type = Some(i.instance_type.clone());
-                    new_status.zone = Some(i.zone.clone());
-                    new_status.capacity_type = Some(capacity_spec(i.capacity_type));
-                    new_status.price = price.map(|p| format!("{p:.4}"));
-                    new_status.image_id = Some(i.image_id.clone());
-                    new_status.launch_time = Some(Time(to_k8s(i.launch_time)));
+                    let price = price_of(&ctx, &i.instance_type, &i.zone, i.capacity_type).await;
+                    record_instance(&mut new_status, &i.instance_id, &i.provider_id(), &i.instance_type, &i.zone, i.capacity_type, &i.image_id, Some(i.launch_time), price);
                     condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Launched", &format!("{} {} {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type));
                     base.events
                         .publish(&machine.object_ref(&()), EventKind::Normal, "Launched", &format!("launched {} as {} in {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type))
@@ -274,10 +261,11 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
                     if !e.launch_may_have_happened() {
                         new_status.launch_attempt += 1;
                     }
+                    // A class that cannot work waits for a change; a token clash moves to the next attempt at once;
+                    // capacity and transient failures retry soon (the capacity cache steers the retry elsewhere).
                     let (retry, kind) = match &e {
                         CloudError::InvalidConfiguration { .. } | CloudError::Credentials { .. } => (Duration::from_secs(300), EventKind::Warning),
                         CloudError::IdempotencyConflict { .. } => (Duration::ZERO, EventKind::Normal),
-                        CloudError::InsufficientCapacity { .. } => (Duration::from_secs(5), EventKind::Warning),
                         _ => (Duration::from_secs(5), EventKind::Warning),
                     };
                     condition(base, &mut new_status, &machine, "InstanceLaunched", false, reason_of(&e), &e.to_string());
@@ -289,14 +277,8 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
         Step::AdoptInstance { instance_id } => {
             if let Some(i) = instance {
                 tracing::info!(machine = %name, instance = %instance_id, "adopting the instance launched for this machine");
-                new_status.phase = MachinePhase::Provisioning;
-                new_status.instance_id = Some(i.instance_id.clone());
-                new_status.provider_id = Some(i.provider_id());
-                new_status.instance_type = Some(i.instance_type.clone());
-                new_status.zone = Some(i.zone.clone());
-                new_status.capacity_type = Some(capacity_spec(i.capacity_type));
-                new_status.image_id = Some(i.image_id.clone());
-                new_status.launch_time = i.launch_time.map(|t| Time(to_k8s(t))).or(new_status.launch_time);
+                let price = price_of(&ctx, &i.instance_type, &i.zone, i.capacity_type).await;
+                record_instance(&mut new_status, &i.instance_id, &i.provider_id(), &i.instance_type, &i.zone, i.capacity_type, &i.image_id, i.launch_time, price);
                 condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Adopted", &instance_id);
             }
             requeue = Duration::from_secs(5);
@@ -425,6 +407,39 @@ fn condition(base: &Context, status: &mut MachineStatus, machine: &Machine, type
         },
         base.now_k8s(),
     );
+}
+
+/// The hourly price of an offering, from the cloud's catalog.
+async fn price_of(ctx: &MachineContext, instance_type: &str, zone: &str, capacity: CapacityType) -> Option<f64> {
+    let catalog = ctx.cloud.instance_types().await.ok()?;
+    let t = catalog.get(instance_type)?;
+    t.offerings.iter().find(|o| o.zone == zone && o.capacity_type == capacity).map(|o| o.price)
+}
+
+/// Records the instance a Machine became (after a launch, or adopted after a restart).
+#[allow(clippy::too_many_arguments)]
+fn record_instance(
+    status: &mut MachineStatus,
+    instance_id: &str,
+    provider_id: &str,
+    instance_type: &str,
+    zone: &str,
+    capacity: CapacityType,
+    image_id: &str,
+    launched: Option<chrono::DateTime<chrono::Utc>>,
+    price: Option<f64>,
+) {
+    status.phase = MachinePhase::Provisioning;
+    status.instance_id = Some(instance_id.to_string());
+    status.provider_id = Some(provider_id.to_string());
+    status.instance_type = Some(instance_type.to_string());
+    status.zone = Some(zone.to_string());
+    status.capacity_type = Some(capacity_spec(capacity));
+    status.image_id = Some(image_id.to_string());
+    status.price = price.map(|p| format!("{p:.4}"));
+    if let Some(t) = launched {
+        status.launch_time = Some(Time(to_k8s(t)));
+    }
 }
 
 fn reason_of(e: &CloudError) -> &'static str {
