@@ -4,7 +4,7 @@ use crate::api::common::{find_condition, ConditionStatus, MachineTemplate};
 use crate::api::{MachineDeployment, MachineSet};
 use crate::clock::{Clock, SystemClock};
 use crate::controllers::keys;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use std::fmt::Write;
 
@@ -99,8 +99,11 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
                 None => revisions.iter().find(|(rev, _)| *rev != current).ok_or_else(|| RolloutCliError::NoPreviousRevision(name.clone()))?,
             };
             let template = strip_revision_labels(target.1.spec.template.clone());
-            let patch = serde_json::json!({"spec": {"template": template}});
-            mds.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            // Replace the whole template (a merge patch would keep fields the old revision did not have); the
+            // update carries the resourceVersion read above, so a concurrent change makes it fail, not mix.
+            let mut updated = md.clone();
+            updated.spec.template = template;
+            mds.replace(&name, &PostParams::default(), &updated).await?;
             Ok(format!("machinedeployment.berth.dev/{name} rolled back to revision {}", target.0))
         }
         RolloutCommand::Pause { name } => {

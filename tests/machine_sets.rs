@@ -150,3 +150,39 @@ async fn invalid_specs_create_nothing_and_say_why() {
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap();
     assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("ClassNotFound")), "an Event says why");
 }
+
+#[tokio::test]
+async fn rollout_commands_pause_history_undo() {
+    use berth::rollout_cli::{run, RolloutCommand};
+    let (client, _stop) = setup().await;
+    let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
+    mds.create(&PostParams::default(), &deployment("web", 2, "general", "web")).await.unwrap();
+    eventually("2 machines", || async { live_machines(&client).await == 2 }).await;
+
+    let out = run(client.clone(), "default", RolloutCommand::Pause { name: "web".into() }).await.unwrap();
+    assert!(out.contains("paused"), "{out}");
+    assert!(mds.get("web").await.unwrap().spec.paused);
+    run(client.clone(), "default", RolloutCommand::Resume { name: "web".into() }).await.unwrap();
+    assert!(!mds.get("web").await.unwrap().spec.paused);
+
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
+    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    eventually("revision 2 observed", || async { mds.get("web").await.unwrap().status.is_some_and(|s| s.revision == Some(2)) }).await;
+    let history = run(client.clone(), "default", RolloutCommand::History { name: "web".into() }).await.unwrap();
+    assert!(history.lines().filter(|l| l.starts_with('1') || l.starts_with('2')).count() == 2, "{history}");
+
+    let out = run(client.clone(), "default", RolloutCommand::Undo { name: "web".into(), to_revision: None }).await.unwrap();
+    assert!(out.contains("rolled back to revision 1"), "{out}");
+    let md = mds.get("web").await.unwrap();
+    assert!(md.spec.template.spec.node_labels.is_empty(), "the revision-1 template is back");
+    assert!(!md.spec.template.metadata.labels.contains_key("berth.dev/template-hash"));
+    eventually("the revision-1 MachineSet is current again", || async {
+        mds.get("web").await.unwrap().status.is_some_and(|s| s.revision == Some(1))
+    })
+    .await;
+
+    let err = run(client.clone(), "default", RolloutCommand::Undo { name: "web".into(), to_revision: Some(9) }).await.unwrap_err();
+    assert!(err.to_string().contains("no revision 9"), "{err}");
+    let err = run(client.clone(), "default", RolloutCommand::Status { name: "missing".into(), watch: false }).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}
