@@ -181,7 +181,7 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
     let (cpu, mem): (u64, u64) = pods.iter().fold((0, 0), |(c, m), p| (c + p.spec.requests.cpu_millis, m + p.spec.requests.memory_bytes));
     let snap = Snapshot { pending: pods, groups: vec![g.clone()], ..Default::default() };
     let start = std::time::Instant::now();
-    let plan: Plan = solve(&snap, &catalog, chrono::Utc::now())?;
+    let plan: Plan = solve(&snap, &catalog, crate::clock::Clock::now(&crate::clock::SystemClock))?;
     let seconds = start.elapsed().as_secs_f64();
     let lp: Vec<(f64, f64, f64)> = catalog
         .instance_types

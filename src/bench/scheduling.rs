@@ -162,7 +162,7 @@ fn measure(kind: &'static str, catalog: &Catalog, objects: &[Value], respect: bo
     let pods = to_pods(objects)?;
     let n = pods.len();
     let snap = snapshot(catalog, pods, respect);
-    let now = chrono::Utc::now();
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let mut times = vec![];
     let mut plan = Plan::default();
     for _ in 0..runs.max(1) {
