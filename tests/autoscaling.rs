@@ -34,6 +34,10 @@ struct Harness {
 impl Harness {
     /// An empty cluster with one autoscaled group of up to `max` machines; berth not started yet.
     async fn new(max: u32, cluster_limits: serde_json::Value) -> Harness {
+        Harness::with_cloud(max, cluster_limits, |_| {}).await
+    }
+
+    async fn with_cloud(max: u32, cluster_limits: serde_json::Value, configure: impl FnOnce(&mut SimConfig)) -> Harness {
         let emulator = Emulator::new();
         let client = emulator.client();
         let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -43,6 +47,7 @@ impl Harness {
         let clock: SharedClock = Arc::new(SystemClock);
         let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock, CloudMetrics::unregistered().unwrap()).unwrap();
         config.boot_delay = Duration::from_millis(200);
+        configure(&mut config);
         let cloud = Arc::new(SimulatedCloud::new(config));
         berth::sim::dataplane::connect(&cloud, emulator.clone());
         Binder::new(emulator.clone()).spawn(Duration::from_millis(100));
@@ -162,7 +167,8 @@ impl Harness {
         objects.machine_deployments = Api::<MachineDeployment>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
         objects.machine_classes = Api::<MachineClass>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
         objects.clusters = Api::<Cluster>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
-        let catalog = berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
+        // The catalog the provisioner plans with: the cloud's.
+        let catalog = self.cloud.instance_types().await.unwrap();
         let settings = ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() };
         let now = chrono::Utc::now();
         let observation = observe(&objects, &catalog, &settings, &Default::default(), now);
@@ -218,8 +224,12 @@ async fn all_unschedulable(h: &Harness, count: usize) {
     .await;
 }
 
-/// A burst of mixed pods into an empty cluster: every pod runs, on exactly the machines (count and $/h) that the
-/// planner chose for the whole burst, and no machine is left empty.
+/// A burst of mixed pods into an empty cluster: berth's scale-up for the burst is exactly the planner's plan for
+/// the whole burst (machine count and $/h), every pod runs, and no machine is left empty.
+///
+/// The emulator's binder scores nodes as kube-scheduler's default (LeastAllocated) does and places pods on nodes
+/// as they turn Ready, so its arrangement is not the plan's; pods it leaves over after their machines' grace
+/// period are a real reason for a later, small scale-up, bounded here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_mixed_pods_gets_the_planned_machines() {
     let mut h = Harness::new(200, serde_json::json!({})).await;
@@ -232,12 +242,26 @@ async fn a_burst_of_mixed_pods_gets_the_planned_machines() {
     assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable.first());
 
     h.start_berth();
-    eventually("every pod running", 90, || async { h.running_pods().await == 500 }).await;
+    eventually("every pod running", 120, || async { h.running_pods().await == 500 }).await;
     let machines = h.machines().await;
+    // Machines by the provisioner pass that queued their shapes (shape ids are GROUP-MILLIS-INDEX).
+    let mut by_pass: std::collections::BTreeMap<String, Vec<&Machine>> = Default::default();
+    for m in &machines {
+        let shape = m.metadata.annotations.as_ref().and_then(|a| a.get("berth.dev/shape-id")).cloned().unwrap_or_default();
+        let pass = shape.rsplit_once('-').map(|(p, _)| p.to_string()).unwrap_or_default();
+        by_pass.entry(pass).or_default().push(m);
+    }
+    let first = by_pass.values().next().unwrap();
+    assert_eq!(first.len(), plan.new_machines.len(), "the burst's machines vs the plan's");
+    let price = |m: &Machine| m.status.as_ref().and_then(|s| s.price.as_deref()).and_then(|p| p.parse::<f64>().ok()).unwrap_or(0.0);
+    let cost: f64 = first.iter().map(|m| price(m)).sum();
+    let mut planned: Vec<String> = plan.new_machines.iter().map(|m| format!("{} {} {}", m.instance_type, m.zone, m.price)).collect();
+    let mut launched: Vec<String> = first.iter().map(|m| { let s = m.status.clone().unwrap(); format!("{} {} {} shape={:?}", s.instance_type.unwrap_or_default(), s.zone.unwrap_or_default(), s.price.unwrap_or_default(), m.spec.shape.as_ref().map(|x| x.instance_types.iter().take(3).cloned().collect::<Vec<_>>())) }).collect();
+    planned.sort();
+    launched.sort();
+    assert!((cost - plan.new_cost_per_hour()).abs() < 1e-6, "cost {cost} vs plan {}: {planned:#?} {launched:#?}", plan.new_cost_per_hour());
     let scaled: Vec<String> = h.events("ScaledUp").await.into_iter().filter_map(|e| e.message).collect();
-    assert_eq!(machines.len(), plan.new_machines.len(), "machines launched vs planned; scale-ups: {scaled:#?}");
-    let cost: f64 = machines.iter().filter_map(|m| m.status.as_ref()?.price.as_deref()?.parse::<f64>().ok()).sum();
-    assert!((cost - plan.new_cost_per_hour()).abs() < 1e-6, "cost {cost} vs plan {}", plan.new_cost_per_hour());
+    assert!(machines.len() <= plan.new_machines.len() * 115 / 100 + 1, "{} machines for a plan of {}: {scaled:#?}", machines.len(), plan.new_machines.len());
     let pods = h.pods().await;
     for node in h.nodes().await {
         let name = node.metadata.name.unwrap();
@@ -327,5 +351,37 @@ async fn a_restart_in_the_middle_never_launches_twice_for_the_same_pods() {
     assert_eq!(h.machines().await.len(), plan.new_machines.len(), "machines vs one plan");
     h.assert_no_duplicate_or_leak().await;
     let _ = &h.emulator;
+    h.kill_berth();
+}
+
+/// An Auto Scaling group discovered by its tags grows through its desired capacity when no MachineDeployment
+/// may grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_scaling_group_grows_through_desired_capacity() {
+    let mut h = Harness::with_cloud(0, serde_json::json!({}), |config| {
+        config.node_groups.push(berth::cloud::sim::SimNodeGroup {
+            name: "legacy-workers".into(),
+            min_size: 0,
+            max_size: 10,
+            desired_capacity: 0,
+            instance_type: "m7i.xlarge".into(),
+            zones: vec!["us-east-1a".into()],
+            tags: [
+                ("berth.dev/enabled".to_string(), "true".to_string()),
+                ("berth.dev/cluster".to_string(), CLUSTER.to_string()),
+                ("k8s.io/cluster-autoscaler/node-template/label/pool".to_string(), "legacy".to_string()),
+            ]
+            .into(),
+        });
+    })
+    .await;
+    h.create_pods("legacy", 6, "1", "2Gi").await;
+    all_unschedulable(&h, 6).await;
+    h.start_berth();
+    eventually("every pod running", 60, || async { h.running_pods().await == 6 }).await;
+    let groups = h.cloud.node_groups().await.unwrap();
+    assert!(groups[0].desired_capacity >= 2, "desired capacity {}", groups[0].desired_capacity);
+    assert!(h.machines().await.is_empty(), "the MachineDeployment at max 0 launched");
+    assert!(h.cloud.calls().iter().any(|c| format!("{:?}", c.action) == "SetDesiredCapacity" && c.result == "ok"));
     h.kill_berth();
 }

@@ -20,7 +20,7 @@ use crate::cloud::CloudProvider;
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::scheduling::{solve, NewMachine, Plan};
 use crate::state::cluster::ClusterCache;
-use crate::state::snapshot::{observe, GroupTarget, ObserveSettings, Observation, HEADROOM_NAMESPACE};
+use crate::state::snapshot::{add_auto_scaling_groups, observe, GroupTarget, ObserveSettings, Observation, HEADROOM_NAMESPACE};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -41,6 +41,8 @@ pub enum ProvisionerError {
     Scale { namespace: String, name: String, source: kube::Error },
     #[error("cannot encode the launch shapes: {0}")]
     Encode(String),
+    #[error("cannot raise the desired capacity of Auto Scaling group {group}: {reason}")]
+    AutoScaling { group: String, reason: String },
 }
 
 impl ProvisionerError {
@@ -50,6 +52,7 @@ impl ProvisionerError {
             ProvisionerError::Conflict { .. } => "conflict",
             ProvisionerError::Scale { .. } => "kube_api",
             ProvisionerError::Encode(_) => "encode",
+            ProvisionerError::AutoScaling { .. } => "auto_scaling",
         }
     }
 }
@@ -209,7 +212,13 @@ async fn pass(
     }
     let catalog = &catalog;
     let objects = cache.objects();
-    let observation = observe(&objects, catalog, &config.observe, &announced.nominations, now);
+    let mut observation = observe(&objects, catalog, &config.observe, &announced.nominations, now);
+    if let Some(c) = cloud {
+        match c.node_groups().await {
+            Ok(groups) => add_auto_scaling_groups(&mut observation, &groups, catalog, now),
+            Err(e) => tracing::warn!(error = %e, "cannot read the Auto Scaling groups; planning without them"),
+        }
+    }
     for (namespace, name, why) in &observation.invalid_groups {
         announce_invalid_group(ctx, announced, namespace, name, why).await;
     }
@@ -231,6 +240,21 @@ async fn pass(
 
     let by_group = machines_by_group(&plan);
     for (group, machines) in &by_group {
+        if let Some((asg, desired)) = observation.auto_scaling_groups.get(group) {
+            let message = scale_up_message(group, machines, config.dry_run);
+            if !config.dry_run {
+                let cloud = cloud.ok_or_else(|| ProvisionerError::AutoScaling { group: asg.clone(), reason: "no cloud".into() })?;
+                cloud
+                    .set_node_group_desired_capacity(asg, desired + machines.len() as u32)
+                    .await
+                    .map_err(|e| ProvisionerError::AutoScaling { group: asg.clone(), reason: e.to_string() })?;
+            }
+            ctx.metrics.scale_up_decisions.with_label_values(&[group]).inc();
+            report.scaled.insert(group.clone(), machines.len() as u32);
+            tracing::info!(group = %group, machines = machines.len(), dry_run = config.dry_run, "{message}");
+            announce_triggered(ctx, announced, machines, &message).await;
+            continue;
+        }
         let Some(target) = observation.groups.get(group) else { continue };
         let shapes = launch_shapes(target, machines, now);
         if !config.dry_run {
@@ -253,12 +277,7 @@ async fn pass(
             ..Default::default()
         };
         ctx.events.publish(&md_ref, EventKind::Normal, "ScaledUp", &format!("{message} for {} pending pods", machines.iter().map(|m| m.pods.len()).sum::<usize>())).await;
-        for pod in machines.iter().flat_map(|m| m.pods.iter()) {
-            if !is_headroom(pod) && announced.triggered.insert(pod.clone()) {
-                announced.not_triggered.remove(pod);
-                publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", &message).await;
-            }
-        }
+        announce_triggered(ctx, announced, machines, &message).await;
     }
     let in_flight: HashSet<&str> = observation.snapshot.in_flight.iter().map(|m| m.name.as_str()).collect();
     for a in plan.assignments.iter().filter(|a| in_flight.contains(a.node.as_str())) {
@@ -331,6 +350,16 @@ fn scale_up_message(group: &str, machines: &[&NewMachine], dry_run: bool) -> Str
     types.dedup();
     let verb = if dry_run { "would scale" } else { "group" };
     format!("{verb} {group} +{} ({})", machines.len(), types.join(", "))
+}
+
+/// TriggeredScaleUp on each pod the new machines are for, once.
+async fn announce_triggered(ctx: &Context, announced: &mut Memory, machines: &[&NewMachine], message: &str) {
+    for pod in machines.iter().flat_map(|m| m.pods.iter()) {
+        if !is_headroom(pod) && announced.triggered.insert(pod.clone()) {
+            announced.not_triggered.remove(pod);
+            publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", message).await;
+        }
+    }
 }
 
 async fn publish_on_pod(ctx: &Context, key: &str, kind: EventKind, reason: &str, message: &str) {

@@ -89,6 +89,12 @@ pub struct GroupTarget {
     pub open_shapes: Vec<LaunchShapeEntry>,
 }
 
+/// Prefix of the scheduling group names of Auto Scaling groups (MachineDeployments keep their plain names).
+pub const ASG_GROUP_PREFIX: &str = "asg:";
+/// Cluster Autoscaler's node-template tags, which describe an empty group's nodes; berth reads the same ones.
+const ASG_LABEL_TAG: &str = "k8s.io/cluster-autoscaler/node-template/label/";
+const ASG_TAINT_TAG: &str = "k8s.io/cluster-autoscaler/node-template/taint/";
+
 /// A pod berth will not plan for, and why (becomes a NotTriggerScaleUp Event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedPod {
@@ -113,6 +119,8 @@ pub struct Observation {
     pub riding: HashSet<String>,
     /// The Cluster followed, if any.
     pub cluster: Option<Cluster>,
+    /// Auto Scaling groups planned for, by scheduling group name: (ASG name, desired capacity).
+    pub auto_scaling_groups: BTreeMap<String, (String, u32)>,
 }
 
 /// Reads the objects into a scheduling snapshot; `nominations` maps pending pods (`namespace/name`) to the
@@ -319,7 +327,17 @@ pub fn observe(
         }
         pending = still_pending;
     }
+    // Caches hand objects out in no particular order; the plan must not depend on it.
+    let by_key = |a: &Pod, b: &Pod| (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name));
     nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+    pending.sort_by(by_key);
+    in_flight.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in &mut in_flight {
+        m.pods.sort_by(by_key);
+    }
+    for n in &mut nodes {
+        n.pods.sort_by(by_key);
+    }
 
     let (limits, expander) = match &cluster {
         Some(c) => (cluster_limits(c), expander_of(c)),
@@ -336,7 +354,74 @@ pub fn observe(
         ..Snapshot::default()
     };
     add_headroom(&mut snapshot, objects, cluster.as_ref());
-    Observation { snapshot, groups: targets, skipped, invalid_groups, pending_since, riding, cluster }
+    Observation { snapshot, groups: targets, skipped, invalid_groups, pending_since, riding, cluster, auto_scaling_groups: BTreeMap::new() }
+}
+
+/// Adds the cloud's discovered Auto Scaling groups as node groups: their instance types and zones, their bounds,
+/// their nodes' labels and taints from Cluster Autoscaler's node-template tags, and their instances that have no
+/// node yet (plus desired capacity not yet started) as in-flight capacity.
+pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::cloud::NodeGroup], catalog: &Catalog, now: DateTime<Utc>) {
+    let registered: BTreeSet<&str> = observation.snapshot.nodes.iter().filter_map(|n| n.node.provider_id.as_deref()).collect();
+    let mut in_flight = Vec::new();
+    for asg in groups {
+        let types: Vec<String> = asg.instance_types.iter().filter(|t| catalog.get(t).is_some()).cloned().collect();
+        let Some(first_type) = types.first().cloned() else { continue };
+        let name = format!("{ASG_GROUP_PREFIX}{}", asg.name);
+        let mut group = NodeGroup::new(&name, types);
+        if !asg.zones.is_empty() {
+            if let Ok(zones) = Requirement::new(labels::ZONE, Operator::In, &asg.zones) {
+                group.requirements.add(labels::ZONE, zones);
+            }
+        }
+        for (key, value) in &asg.tags {
+            if let Some(label) = key.strip_prefix(ASG_LABEL_TAG) {
+                group.labels.insert(label.to_string(), value.clone());
+            } else if let Some(taint_key) = key.strip_prefix(ASG_TAINT_TAG) {
+                // "value:Effect", as Cluster Autoscaler reads it.
+                let (v, effect) = value.rsplit_once(':').unwrap_or(("", value));
+                if let Ok(t) = TaintEffect::parse(effect).and_then(|e| Taint::new(taint_key, v, e)) {
+                    group.taints.push(t);
+                }
+            }
+        }
+        group.min_replicas = asg.min_size;
+        group.max_replicas = asg.max_size;
+        group.current_replicas = asg.desired_capacity;
+        group.daemon_pods = observation.snapshot.groups.first().map(|g| g.daemon_pods.clone()).unwrap_or_default();
+        let live: Vec<_> = asg.instances.iter().filter(|i| !i.lifecycle_state.starts_with("Terminat")).collect();
+        for i in &live {
+            let provider = crate::cloud::provider_id(&i.zone, &i.instance_id);
+            if registered.contains(provider.as_str()) {
+                continue;
+            }
+            let instance_type = i.instance_type.clone().unwrap_or_else(|| first_type.clone());
+            in_flight.push(InFlightMachine {
+                name: i.instance_id.clone(),
+                pods: vec![],
+                group: name.clone(),
+                instance_type,
+                zone: i.zone.clone(),
+                capacity_type: CapacityType::OnDemand,
+                launched_at: now,
+            });
+        }
+        // Desired capacity the group has not started yet is capacity on its way too.
+        let zone = asg.zones.first().cloned().unwrap_or_default();
+        for k in live.len() as u32..asg.desired_capacity {
+            in_flight.push(InFlightMachine {
+                name: format!("{}-pending-{k}", asg.name),
+                pods: vec![],
+                group: name.clone(),
+                instance_type: first_type.clone(),
+                zone: zone.clone(),
+                capacity_type: CapacityType::OnDemand,
+                launched_at: now,
+            });
+        }
+        observation.auto_scaling_groups.insert(name, (asg.name.clone(), asg.desired_capacity));
+        observation.snapshot.groups.push(group);
+    }
+    observation.snapshot.in_flight.extend(in_flight);
 }
 
 /// When the node last turned Ready (None: not Ready).
@@ -616,6 +701,21 @@ mod tests {
         // b's machine is no longer coming: b is planned again.
         assert!(o.snapshot.pending.iter().any(|p| p.key() == "default/b"));
         assert!(!o.snapshot.pending.iter().any(|p| p.key() == "default/a"));
+    }
+
+    #[test]
+    fn the_snapshot_does_not_depend_on_the_order_the_cache_lists_objects() {
+        let pods: Vec<_> = (0..20).map(|i| pod(&format!("p{i}"), true, "ReplicaSet")).collect();
+        let mut objects = ClusterObjects {
+            pods: pods.clone(),
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 0, json!({}))],
+            ..Default::default()
+        };
+        let forward = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        objects.pods.reverse();
+        let backward = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        assert_eq!(forward.snapshot, backward.snapshot);
     }
 
     #[test]
