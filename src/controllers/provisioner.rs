@@ -98,8 +98,9 @@ pub struct PassReport {
 struct Memory {
     /// Pending pods (`namespace/name`) → the in-flight machine (shape id) planned for them.
     nominations: HashMap<String, String>,
-    /// Pods (uid-less key) already told they triggered a scale-up, by shape ids.
-    triggered: HashSet<String>,
+    /// Pods told they triggered a scale-up: the group, and when they became unschedulable (for the
+    /// pending-to-scheduled histogram once they are bound).
+    triggered: HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
     /// Pods told why they did not, with the reason told.
     not_triggered: HashMap<String, String>,
     /// Limits and invalid groups reported, with the message told (bounded by groups and limits, never pruned).
@@ -252,7 +253,7 @@ async fn pass(
             ctx.metrics.scale_up_decisions.with_label_values(&[group]).inc();
             report.scaled.insert(group.clone(), machines.len() as u32);
             tracing::info!(group = %group, machines = machines.len(), dry_run = config.dry_run, "{message}");
-            announce_triggered(ctx, announced, machines, &message).await;
+            announce_triggered(ctx, announced, &observation, machines, &message).await;
             continue;
         }
         let Some(target) = observation.groups.get(group) else { continue };
@@ -277,7 +278,7 @@ async fn pass(
             ..Default::default()
         };
         ctx.events.publish(&md_ref, EventKind::Normal, "ScaledUp", &format!("{message} for {} pending pods", machines.iter().map(|m| m.pods.len()).sum::<usize>())).await;
-        announce_triggered(ctx, announced, machines, &message).await;
+        announce_triggered(ctx, announced, &observation, machines, &message).await;
     }
     let in_flight: HashSet<&str> = observation.snapshot.in_flight.iter().map(|m| m.name.as_str()).collect();
     for a in plan.assignments.iter().filter(|a| in_flight.contains(a.node.as_str())) {
@@ -288,7 +289,15 @@ async fn pass(
     // Pods no longer pending need no memory.
     let pending: HashSet<String> = observation.snapshot.pending.iter().map(|p| p.key()).collect();
     announced.nominations.retain(|p, _| pending.contains(p) || observation.riding.contains(p));
-    announced.triggered.retain(|p| pending.contains(p) || observation.riding.contains(p));
+    let mut gone = Vec::new();
+    announced.triggered.retain(|p, v| {
+        let keep = pending.contains(p) || observation.riding.contains(p);
+        if !keep {
+            gone.push((p.clone(), v.clone()));
+        }
+        keep
+    });
+    record_scheduled(ctx, &objects, gone, now);
     announced.not_triggered.retain(|p, _| pending.contains(p));
     Ok(report)
 }
@@ -353,11 +362,33 @@ fn scale_up_message(group: &str, machines: &[&NewMachine], dry_run: bool) -> Str
 }
 
 /// TriggeredScaleUp on each pod the new machines are for, once.
-async fn announce_triggered(ctx: &Context, announced: &mut Memory, machines: &[&NewMachine], message: &str) {
-    for pod in machines.iter().flat_map(|m| m.pods.iter()) {
-        if !is_headroom(pod) && announced.triggered.insert(pod.clone()) {
+async fn announce_triggered(ctx: &Context, announced: &mut Memory, observation: &Observation, machines: &[&NewMachine], message: &str) {
+    for m in machines {
+        for pod in &m.pods {
+            if is_headroom(pod) || announced.triggered.contains_key(pod) {
+                continue;
+            }
+            let since = observation.pending_since.get(pod).copied().unwrap_or_else(|| ctx.clock.now());
+            announced.triggered.insert(pod.clone(), (m.group.clone(), since));
             announced.not_triggered.remove(pod);
             publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", message).await;
+        }
+    }
+}
+
+/// Pods that triggered a scale-up and are no longer pending: those now bound count into the
+/// pending-to-scheduled histogram of their group (deleted ones do not).
+fn record_scheduled(ctx: &Context, objects: &crate::state::cluster::ClusterObjects, gone: Vec<(String, (String, chrono::DateTime<chrono::Utc>))>, now: chrono::DateTime<chrono::Utc>) {
+    if gone.is_empty() {
+        return;
+    }
+    let gone: HashMap<String, (String, chrono::DateTime<chrono::Utc>)> = gone.into_iter().collect();
+    for pod in &objects.pods {
+        let key = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default());
+        let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        if let (true, Some((group, since))) = (bound, gone.get(&key)) {
+            let seconds = (now - *since).num_milliseconds().max(0) as f64 / 1000.0;
+            ctx.metrics.pod_pending_to_scheduled_seconds.with_label_values(&[group]).observe(seconds);
         }
     }
 }
