@@ -28,6 +28,9 @@ pub mod keys {
     pub const LAUNCH_SHAPES: &str = "berth.dev/launch-shapes";
     /// On Machines: the id of the launch shape the Machine was created for.
     pub const SHAPE_ID: &str = "berth.dev/shape-id";
+    /// On MachineSets: "false" when Machines that go are not to be replaced (an old revision under OnDelete, whose
+    /// places the current revision takes). Set and cleared by the MachineDeployment controller.
+    pub const REPLACE_MACHINES: &str = "berth.dev/replace-machines";
     /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
     pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
 }
