@@ -124,6 +124,11 @@ pub async fn run(
         .applied_objects()
         .for_each(|_| async {});
     let _node_cache = AbortOnDrop(tokio::spawn(node_cache));
+    // Until the cache has listed every Node, a Machine's Node looks absent, and a Machine being deleted would be
+    // terminated without its drain: a restarted controller must not reconcile before then.
+    if nodes.wait_until_ready().await.is_err() {
+        return;
+    }
     let ctx = Arc::new(MachineContext {
         base: base.clone(),
         cloud,
@@ -234,9 +239,13 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
         instance = find(&ctx.inventory.refresh(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?);
     }
     let provider_id = instance.as_ref().map(|i| i.provider_id()).or(status.provider_id.clone());
-    let node = provider_id.as_ref().and_then(|p| {
-        ctx.nodes.state().into_iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p))
-    });
+    let carries = |n: &Node, p: &String| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p);
+    let mut node = provider_id.as_ref().and_then(|p| ctx.nodes.state().into_iter().find(|n| carries(n, p)));
+    // The cache may lag behind the API: a recorded Node it does not show is asked for directly, since taking it for
+    // gone would skip the drain.
+    if let (None, Some(recorded), Some(p)) = (&node, &status.node_ref, &provider_id) {
+        node = Api::<Node>::all(base.client.clone()).get_opt(&recorded.name).await?.filter(|n| carries(n, p)).map(Arc::new);
+    }
     let pods_to_evict: Vec<Pod> = match (&node, deleting) {
         (Some(n), true) => Api::<Pod>::all(base.client.clone())
             .list(&ListParams::default().fields(&format!("spec.nodeName={}", n.name_any())))
