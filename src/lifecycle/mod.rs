@@ -11,8 +11,9 @@
 //! - termination is requested only while the instance still runs, and the finalizer is removed only once the
 //!   instance is gone and the Node deleted, so no instance is leaked and none is terminated twice.
 //!
-//! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready) →
-//! Deleting; Failed when the Node never registers within the class's nodeStartupTimeout or the instance vanished.
+//! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready, and
+//! its startup taints removed when the class tells berth to remove them) → Deleting; Failed when the Node never
+//! registers within the class's nodeStartupTimeout or the instance vanished.
 
 use chrono::{DateTime, Duration, Utc};
 
