@@ -90,21 +90,30 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
             Ok(out)
         }
         RolloutCommand::Undo { name, to_revision } => {
-            let md = get(&name).await?;
-            let mut revisions = revisions(&sets, &md).await?;
-            revisions.sort_by_key(|(r, _)| std::cmp::Reverse(*r));
-            let current = md.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
-            let target = match to_revision {
-                Some(r) => revisions.iter().find(|(rev, _)| *rev == r).ok_or(RolloutCliError::NoSuchRevision { name: name.clone(), revision: r })?,
-                None => revisions.iter().find(|(rev, _)| *rev != current).ok_or_else(|| RolloutCliError::NoPreviousRevision(name.clone()))?,
-            };
-            let template = strip_revision_labels(target.1.spec.template.clone());
-            // Replace the whole template (a merge patch would keep fields the old revision did not have); the
-            // update carries the resourceVersion read above, so a concurrent change makes it fail, not mix.
-            let mut updated = md.clone();
-            updated.spec.template = template;
-            mds.replace(&name, &PostParams::default(), &updated).await?;
-            Ok(format!("machinedeployment.berth.dev/{name} rolled back to revision {}", target.0))
+            // The controller writes status all the time, so the update below may meet a newer resourceVersion:
+            // read and decide again (a few times) rather than fail.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let md = get(&name).await?;
+                let mut revisions = revisions(&sets, &md).await?;
+                revisions.sort_by_key(|(r, _)| std::cmp::Reverse(*r));
+                let current = md.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
+                let target = match to_revision {
+                    Some(r) => revisions.iter().find(|(rev, _)| *rev == r).ok_or(RolloutCliError::NoSuchRevision { name: name.clone(), revision: r })?,
+                    None => revisions.iter().find(|(rev, _)| *rev != current).ok_or_else(|| RolloutCliError::NoPreviousRevision(name.clone()))?,
+                };
+                let template = strip_revision_labels(target.1.spec.template.clone());
+                // Replace the whole template (a merge patch would keep fields the old revision did not have); the
+                // update carries the resourceVersion read above, so a concurrent change makes it fail, not mix.
+                let mut updated = md.clone();
+                updated.spec.template = template;
+                match mds.replace(&name, &PostParams::default(), &updated).await {
+                    Ok(_) => return Ok(format!("machinedeployment.berth.dev/{name} rolled back to revision {}", target.0)),
+                    Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         RolloutCommand::Pause { name } => {
             get(&name).await?;

@@ -103,7 +103,8 @@ pub struct MachineTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<TaintSpec>,
     /// Taints the Node registers with that a node agent removes once it is ready (for example a CNI or a GPU
-    /// driver). The planner ignores them when deciding whether pods fit.
+    /// driver), or berth itself when the class sets removeStartupTaintsWhenReady. The planner ignores them when
+    /// deciding whether pods fit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub startup_taints: Vec<TaintSpec>,
 }

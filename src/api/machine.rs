@@ -37,7 +37,8 @@ pub struct MachineSpec {
     /// Taints the Node registers with and keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<TaintSpec>,
-    /// Taints the Node registers with that a node agent removes once ready.
+    /// Taints the Node registers with that a node agent removes once ready (or berth, when the class sets
+    /// removeStartupTaintsWhenReady).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub startup_taints: Vec<TaintSpec>,
     /// The shape the autoscaler chose for this Machine. Unset: the cheapest shape the class allows that fits the

@@ -71,6 +71,11 @@ pub struct MachineClassSpec {
     /// honoured). Default false: keep waiting.
     #[serde(default)]
     pub terminate_after_drain_timeout: bool,
+    /// berth removes a Machine's startupTaints from its Node once the Node is Ready, and only then counts the
+    /// Machine Running. Set it when nothing on the node removes them. Default false: a node agent (a CNI, a GPU
+    /// driver installer) removes them when it has done its work.
+    #[serde(default)]
+    pub remove_startup_taints_when_ready: bool,
 }
 
 fn default_capacity_types() -> Vec<CapacityTypeSpec> {

@@ -190,7 +190,7 @@ pub struct DisruptionBudget {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineDeploymentStatus {
-    /// Machines of all revisions.
+    /// Machines of all revisions, those being deleted included.
     #[serde(default)]
     pub replicas: u32,
     /// Machines of the current template revision.

@@ -56,7 +56,7 @@ fn one() -> u32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineSetStatus {
-    /// Machines the set owns.
+    /// Machines the set owns, those being deleted included (they still run until drained and terminated).
     #[serde(default)]
     pub replicas: u32,
     /// Machines whose labels match the template's labels.

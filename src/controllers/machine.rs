@@ -52,29 +52,52 @@ const MAX_LAUNCH_TYPES: usize = 60;
 
 /// The cluster's instances, described at most once per `max_age` however many Machines reconcile.
 pub struct InstanceInventory {
-    cached: Mutex<Option<(chrono::DateTime<chrono::Utc>, Arc<Vec<Instance>>)>>,
+    cached: Mutex<InventoryCache>,
     max_age: chrono::Duration,
+}
+
+#[derive(Default)]
+struct InventoryCache {
+    list: Option<(chrono::DateTime<chrono::Utc>, Arc<Vec<Instance>>)>,
+    /// Bumped by every launch and termination. A describe that overlapped one may predate it, so its answer is
+    /// used once but not kept (otherwise a Machine that just recorded its instance could find it missing).
+    generation: u64,
 }
 
 impl InstanceInventory {
     pub fn new(max_age: chrono::Duration) -> InstanceInventory {
-        InstanceInventory { cached: Mutex::new(None), max_age }
+        InstanceInventory { cached: Mutex::new(InventoryCache::default()), max_age }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InventoryCache> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn get(&self, cloud: &dyn CloudProvider, now: chrono::DateTime<chrono::Utc>) -> Result<Arc<Vec<Instance>>, CloudError> {
-        if let Some((at, list)) = self.cached.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((at, list)) = self.lock().list.as_ref() {
             if now - *at < self.max_age {
                 return Ok(list.clone());
             }
         }
+        self.refresh(cloud, now).await
+    }
+
+    /// Describes afresh, whatever the cache holds.
+    async fn refresh(&self, cloud: &dyn CloudProvider, now: chrono::DateTime<chrono::Utc>) -> Result<Arc<Vec<Instance>>, CloudError> {
+        let generation = self.lock().generation;
         let fresh = Arc::new(cloud.describe_instances().await?);
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, fresh.clone()));
+        let mut cache = self.lock();
+        if cache.generation == generation {
+            cache.list = Some((now, fresh.clone()));
+        }
         Ok(fresh)
     }
 
     /// Forgets the cache after a launch or a termination, so the next look is fresh.
     fn invalidate(&self) {
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut cache = self.lock();
+        cache.list = None;
+        cache.generation += 1;
     }
 }
 
@@ -95,12 +118,17 @@ pub async fn run(
     cluster_name: String,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // The Node cache the reconciler reads (by providerID).
+    // The Node cache the reconciler reads (by providerID); it stops with the controller, however that ends.
     let (nodes, writer) = reflector::store();
     let node_cache = reflector::reflector(writer, watcher(Api::<Node>::all(base.client.clone()), watcher::Config::default()))
         .applied_objects()
         .for_each(|_| async {});
-    tokio::spawn(node_cache);
+    let _node_cache = AbortOnDrop(tokio::spawn(node_cache));
+    // Until the cache has listed every Node, a Machine's Node looks absent, and a Machine being deleted would be
+    // terminated without its drain: a restarted controller must not reconcile before then.
+    if nodes.wait_until_ready().await.is_err() {
+        return;
+    }
     let ctx = Arc::new(MachineContext {
         base: base.clone(),
         cloud,
@@ -128,13 +156,22 @@ pub async fn run(
         .await;
 }
 
+/// Aborts a spawned task when dropped (the controller's future may be dropped mid-flight, as in a crash).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn error_policy(_m: Arc<Machine>, error: &ControllerError, ctx: Arc<MachineContext>) -> Action {
     ctx.base.metrics.reconcile_errors.with_label_values(&[CONTROLLER, error.category()]).inc();
     tracing::warn!(error = %error, "machine reconcile failed");
     Action::requeue(error_backoff(error))
 }
 
-fn node_view(node: &Node, pods_to_evict: usize) -> NodeObservation {
+fn node_view(node: &Node, machine: &Machine, pods_to_evict: usize) -> NodeObservation {
     let ready = node
         .status
         .as_ref()
@@ -145,6 +182,24 @@ fn node_view(node: &Node, pods_to_evict: usize) -> NodeObservation {
         ready,
         unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
         pods_to_evict,
+        startup_taints_left: machine.spec.startup_taints.iter().filter(|t| node_has_taint(node, t)).count(),
+    }
+}
+
+fn node_has_taint(node: &Node, taint: &TaintSpec) -> bool {
+    node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|x| same_taint(x, taint)))
+}
+
+/// Taints are identified by key and effect (as `kubectl taint` does).
+fn same_taint(node_taint: &k8s_openapi::api::core::v1::Taint, taint: &TaintSpec) -> bool {
+    node_taint.key == taint.key && node_taint.effect == effect_name(taint.effect)
+}
+
+fn effect_name(effect: TaintEffectSpec) -> &'static str {
+    match effect {
+        TaintEffectSpec::NoSchedule => "NoSchedule",
+        TaintEffectSpec::PreferNoSchedule => "PreferNoSchedule",
+        TaintEffectSpec::NoExecute => "NoExecute",
     }
 }
 
@@ -169,16 +224,28 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
     // Observe.
     let class = Api::<MachineClass>::all(base.client.clone()).get_opt(&machine.spec.class_ref.name).await?;
     let policy = class.as_ref().map(|c| policy_of(&c.spec)).unwrap_or_default();
-    let inventory = ctx.inventory.get(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?;
-    let instance = match &status.instance_id {
-        Some(id) => inventory.iter().find(|i| &i.instance_id == id),
-        None => inventory.iter().find(|i| i.machine().is_some_and(|m| m.uid == uid)),
-    };
-    let provider_id = instance.map(|i| i.provider_id()).or(status.provider_id.clone());
-    let node = provider_id.as_ref().and_then(|p| {
-        ctx.nodes.state().into_iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p))
-    });
     let deleting = machine.metadata.deletion_timestamp.is_some();
+    let find = |inventory: &[Instance]| -> Option<Instance> {
+        match &status.instance_id {
+            Some(id) => inventory.iter().find(|i| &i.instance_id == id).cloned(),
+            None => inventory.iter().find(|i| i.machine().is_some_and(|m| m.uid == uid)).cloned(),
+        }
+    };
+    let mut instance = find(&ctx.inventory.get(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?);
+    // Before concluding that a recorded instance is gone, or that a Machine being deleted has none to terminate
+    // (a previous process may have launched it and died before recording it), look afresh: a wrong answer here
+    // fails a healthy Machine or leaks an instance.
+    if instance.is_none() && (status.instance_id.is_some() || deleting) {
+        instance = find(&ctx.inventory.refresh(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?);
+    }
+    let provider_id = instance.as_ref().map(|i| i.provider_id()).or(status.provider_id.clone());
+    let carries = |n: &Node, p: &String| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p);
+    let mut node = provider_id.as_ref().and_then(|p| ctx.nodes.state().into_iter().find(|n| carries(n, p)));
+    // The cache may lag behind the API: a recorded Node it does not show is asked for directly, since taking it for
+    // gone would skip the drain.
+    if let (None, Some(recorded), Some(p)) = (&node, &status.node_ref, &provider_id) {
+        node = Api::<Node>::all(base.client.clone()).get_opt(&recorded.name).await?.filter(|n| carries(n, p)).map(Arc::new);
+    }
     let pods_to_evict: Vec<Pod> = match (&node, deleting) {
         (Some(n), true) => Api::<Pod>::all(base.client.clone())
             .list(&ListParams::default().fields(&format!("spec.nodeName={}", n.name_any())))
@@ -201,8 +268,8 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             drain_started: find_condition(&status.conditions, "Drained").and_then(|c| c.last_transition_time.clone()).map(|t| from_k8s(t.0)),
             termination_requested: find_condition(&status.conditions, "InstanceTerminated").is_some_and(|c| c.status == ConditionStatus::True),
         },
-        instance: instance.map(|i| (i.instance_id.clone(), instance_status(i.state))),
-        node: node.as_ref().map(|n| node_view(n, pods_to_evict.len())),
+        instance: instance.as_ref().map(|i| (i.instance_id.clone(), instance_status(i.state))),
+        node: node.as_ref().map(|n| node_view(n, &machine, pods_to_evict.len())),
         policy,
     };
 
@@ -275,7 +342,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             }
         }
         Step::AdoptInstance { instance_id } => {
-            if let Some(i) = instance {
+            if let Some(i) = &instance {
                 tracing::info!(machine = %name, instance = %instance_id, "adopting the instance launched for this machine");
                 let price = price_of(&ctx, &i.instance_type, &i.zone, i.capacity_type).await;
                 record_instance(&mut new_status, &i.instance_id, &i.provider_id(), &i.instance_type, &i.zone, i.capacity_type, &i.image_id, i.launch_time, price);
@@ -294,6 +361,21 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             }
             new_status.node_ref = Some(NodeReference { name: node_name.clone(), uid: node.as_ref().and_then(|n| n.uid()) });
             condition(base, &mut new_status, &machine, "NodeRegistered", true, "NodeRegistered", &node_name);
+            requeue = Duration::ZERO;
+        }
+        Step::RemoveStartupTaints { node: node_name } => {
+            if let Some(n) = &node {
+                let keep: Vec<&k8s_openapi::api::core::v1::Taint> = n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .map(|ts| ts.iter().filter(|x| !machine.spec.startup_taints.iter().any(|t| same_taint(x, t))).collect())
+                    .unwrap_or_default();
+                // Optimistic concurrency: a taint added meanwhile by someone else must not be lost to this write.
+                let patch = serde_json::json!({"metadata": {"resourceVersion": n.resource_version()}, "spec": {"taints": keep}});
+                Api::<Node>::all(base.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+                base.events.publish(&machine.object_ref(&()), EventKind::Normal, "StartupTaintsRemoved", &format!("removed startup taints from {node_name}")).await;
+            }
             requeue = Duration::ZERO;
         }
         Step::Running => {
@@ -333,7 +415,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
                     Err(e) => return Err(e.into()),
                 }
             }
-            requeue = Duration::from_secs(2);
+            requeue = Duration::from_secs(1);
         }
         Step::Terminate { instance_id } => {
             new_status.phase = MachinePhase::Deleting;
@@ -478,6 +560,7 @@ fn policy_of(spec: &MachineClassSpec) -> LifecyclePolicy {
         node_startup_timeout: dur(&spec.node_startup_timeout).unwrap_or(chrono::Duration::minutes(15)),
         drain_timeout: spec.drain_timeout.as_deref().and_then(dur),
         terminate_after_drain_timeout: spec.terminate_after_drain_timeout,
+        remove_startup_taints: spec.remove_startup_taints_when_ready,
     }
 }
 

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -26,8 +27,22 @@ const CONTROLLER: &str = "machine_deployment";
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let deployments: Api<MachineDeployment> = Api::all(ctx.client.clone());
     let sets: Api<MachineSet> = Api::all(ctx.client.clone());
-    Controller::new(deployments, watcher::Config::default())
+    let classes: Api<MachineClass> = Api::all(ctx.client.clone());
+    let controller = Controller::new(deployments, watcher::Config::default());
+    let deployment_store = controller.store();
+    controller
         .owns(sets, watcher::Config::default())
+        // A MachineClass that appears (or changes) wakes the deployments that name it, so one that waited for a
+        // missing class proceeds at once.
+        .watches(classes, watcher::Config::default(), move |class: MachineClass| {
+            let name = class.name_any();
+            deployment_store
+                .state()
+                .into_iter()
+                .filter(|md| md.spec.template.spec.class_ref.name == name)
+                .map(|md| ObjectRef::from_obj(&*md))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -89,9 +104,15 @@ pub async fn reconcile(md: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<
     }
     let replicas = md.spec.replicas.unwrap_or(1);
     if let Some(bounds) = &md.spec.autoscaling {
-        if replicas < bounds.min_replicas || replicas > bounds.max_replicas {
-            let message = format!("replicas {replicas} is outside autoscaling bounds [{}, {}]", bounds.min_replicas, bounds.max_replicas);
-            return invalid(&md, &mds, &ctx, "ReplicasOutOfBounds", &message).await;
+        let out_of_bounds = if replicas < bounds.min_replicas {
+            Some(format!("spec.replicas {replicas} is below spec.autoscaling.minReplicas {}", bounds.min_replicas))
+        } else if replicas > bounds.max_replicas {
+            Some(format!("spec.replicas {replicas} is above spec.autoscaling.maxReplicas {}", bounds.max_replicas))
+        } else {
+            None
+        };
+        if let Some(message) = out_of_bounds {
+            return invalid(&md, &mds, &ctx, "ReplicasOutOfBounds", &format!("{message}; no Machine is created or deleted until it is fixed")).await;
         }
     }
     let strategy = match md.spec.strategy.type_ {
@@ -154,7 +175,19 @@ pub async fn reconcile(md: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<
     // Plan.
     let intents = plan(&view, now);
 
-    // Apply.
+    // Apply. Under OnDelete an old revision's set must not replace the Machines deleted by hand (the current
+    // revision takes their places); mark it before anything else moves, so the MachineSet controller never races
+    // this controller to a deletion.
+    for set in &owned {
+        let is_old = set.labels().get(keys::TEMPLATE_HASH) != Some(&hash);
+        let want_frozen = is_old && strategy == Strategy::OnDelete;
+        let frozen = set.annotations().get(keys::REPLACE_MACHINES).map(String::as_str) == Some("false");
+        if want_frozen != frozen {
+            let value = if want_frozen { serde_json::json!("false") } else { serde_json::Value::Null };
+            let patch = serde_json::json!({"metadata": {"annotations": {keys::REPLACE_MACHINES: value}}});
+            sets_api.patch(&set.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
     let shapes = md.annotations().get(keys::LAUNCH_SHAPES).cloned();
     if let Some(initial) = intents.create_current {
         let set = new_set(&md, &hash, current_revision, initial, shapes.as_deref())?;
@@ -207,7 +240,9 @@ pub async fn reconcile(md: Arc<MachineDeployment>, ctx: Arc<Context>) -> Result<
     status.available_replicas = totals.available_replicas;
     status.unavailable_replicas = totals.replicas.saturating_sub(totals.available_replicas);
     status.selector = Some(selector.to_query());
-    status.revision = Some(current_revision);
+    // A template change waiting for resume is not a revision yet.
+    let set_exists = current.is_some() || intents.create_current.is_some();
+    status.revision = Some(if set_exists || max_revision == 0 { current_revision } else { max_revision });
     status.observed_generation = md.metadata.generation;
     if counts_changed || !intents.scale.is_empty() || intents.create_current.is_some() || status.progress_time.is_none() {
         status.progress_time = Some(ctx.now_k8s());
@@ -345,7 +380,7 @@ async fn invalid(md: &MachineDeployment, api: &Api<MachineDeployment>, ctx: &Con
     if status != before || md.status.is_none() {
         api.patch_status(&md.name_any(), &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status}))).await?;
     }
-    // Waits for a change to the spec (or to the MachineClass, which the next resync notices).
+    // Waits for a change to the spec or to the MachineClass (watched); the resync is a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 

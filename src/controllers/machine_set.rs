@@ -103,7 +103,8 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         crate::api::machine_deployment::DeletePolicy::Newest => DeleteOrder::Newest,
         crate::api::machine_deployment::DeletePolicy::Oldest => DeleteOrder::Oldest,
     };
-    let plan = plan_machine_set(set.spec.replicas, &views, &queue, order);
+    let replace_machines = set.annotations().get(keys::REPLACE_MACHINES).map(String::as_str) != Some("false");
+    let plan = plan_machine_set(set.spec.replicas, &views, &queue, order, replace_machines);
 
     // Apply.
     for shape in &plan.create {

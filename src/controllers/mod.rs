@@ -31,6 +31,9 @@ pub mod keys {
     pub const SHAPE_ID: &str = "berth.dev/shape-id";
     /// On MachineDeployments: when the provisioner last raised replicas (RFC 3339); scale-down waits after it.
     pub const LAST_SCALE_UP: &str = "berth.dev/last-scale-up";
+    /// On MachineSets: "false" when Machines that go are not to be replaced (an old revision under OnDelete, whose
+    /// places the current revision takes). Set and cleared by the MachineDeployment controller.
+    pub const REPLACE_MACHINES: &str = "berth.dev/replace-machines";
     /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
     pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
 }

@@ -11,8 +11,9 @@
 //! - termination is requested only while the instance still runs, and the finalizer is removed only once the
 //!   instance is gone and the Node deleted, so no instance is leaked and none is terminated twice.
 //!
-//! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready) →
-//! Deleting; Failed when the Node never registers within the class's nodeStartupTimeout or the instance vanished.
+//! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready, and
+//! its startup taints removed when the class tells berth to remove them) → Deleting; Failed when the Node never
+//! registers within the class's nodeStartupTimeout or the instance vanished.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -34,6 +35,8 @@ pub struct NodeObservation {
     pub unschedulable: bool,
     /// Pods a drain must still evict (not DaemonSet pods, not mirror pods, not already terminating).
     pub pods_to_evict: usize,
+    /// How many of the Machine's startupTaints the Node still carries.
+    pub startup_taints_left: usize,
 }
 
 /// What the Machine says about itself.
@@ -57,17 +60,19 @@ pub struct MachineObservation {
     pub termination_requested: bool,
 }
 
-/// The class's timeouts.
+/// The class's timeouts and duties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LifecyclePolicy {
     pub node_startup_timeout: Duration,
     pub drain_timeout: Option<Duration>,
     pub terminate_after_drain_timeout: bool,
+    /// berth, not a node agent, removes the startup taints once the Node is Ready.
+    pub remove_startup_taints: bool,
 }
 
 impl Default for LifecyclePolicy {
     fn default() -> Self {
-        LifecyclePolicy { node_startup_timeout: Duration::minutes(15), drain_timeout: None, terminate_after_drain_timeout: false }
+        LifecyclePolicy { node_startup_timeout: Duration::minutes(15), drain_timeout: None, terminate_after_drain_timeout: false, remove_startup_taints: false }
     }
 }
 
@@ -96,6 +101,8 @@ pub enum Step {
     WaitForNode,
     /// Record the Node and copy labels and taints onto it.
     LinkNode { node: String },
+    /// The Node is Ready but still carries startup taints berth is to remove: remove them (then Running).
+    RemoveStartupTaints { node: String },
     /// The Node is Ready (phase Running). Nothing to do until something changes.
     Running,
     /// The Machine cannot become Running; its MachineSet replaces it.
@@ -141,6 +148,9 @@ pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
         (Some((_, InstanceStatus::Pending)), Some(_)) => Step::WaitForInstance,
         (Some((_, InstanceStatus::Running)), Some(_)) => match &o.node {
             Some(node) if o.machine.recorded_node.as_deref() != Some(node.name.as_str()) => Step::LinkNode { node: node.name.clone() },
+            Some(node) if node.ready && o.policy.remove_startup_taints && node.startup_taints_left > 0 => {
+                Step::RemoveStartupTaints { node: node.name.clone() }
+            }
             Some(node) if node.ready => Step::Running,
             _ => {
                 let since = o.machine.launched_at.unwrap_or(o.machine.created);
@@ -222,7 +232,7 @@ mod tests {
     }
 
     fn node(ready: bool, unschedulable: bool, pods: usize) -> Option<NodeObservation> {
-        Some(NodeObservation { name: "ip-10-0-0-1".into(), ready, unschedulable, pods_to_evict: pods })
+        Some(NodeObservation { name: "ip-10-0-0-1".into(), ready, unschedulable, pods_to_evict: pods, startup_taints_left: 0 })
     }
 
     #[test]
@@ -244,6 +254,25 @@ mod tests {
         assert_eq!(next_step(&o, t(61)), Step::WaitForNode);
         o.node = node(true, false, 0);
         assert_eq!(next_step(&o, t(62)), Step::Running);
+    }
+
+    #[test]
+    fn startup_taints_are_removed_once_ready_only_when_berth_is_told_to() {
+        let mut o = fresh();
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.machine.recorded_node = Some("ip-10-0-0-1".into());
+        o.node = node(false, false, 0);
+        o.node.as_mut().unwrap().startup_taints_left = 1;
+        o.policy.remove_startup_taints = true;
+        assert_eq!(next_step(&o, t(10)), Step::WaitForNode, "not before the Node is Ready");
+        o.node.as_mut().unwrap().ready = true;
+        assert_eq!(next_step(&o, t(11)), Step::RemoveStartupTaints { node: "ip-10-0-0-1".into() });
+        o.node.as_mut().unwrap().startup_taints_left = 0;
+        assert_eq!(next_step(&o, t(12)), Step::Running);
+        o.node.as_mut().unwrap().startup_taints_left = 1;
+        o.policy.remove_startup_taints = false;
+        assert_eq!(next_step(&o, t(13)), Step::Running, "a node agent's job: berth leaves them");
     }
 
     #[test]

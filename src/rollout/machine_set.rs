@@ -7,6 +7,12 @@
 //! carries that id, so the queue's unconsumed entries are *derived* (queue minus ids already used) rather than
 //! popped: a restart between creating a Machine and pruning the queue never hands the same shape out twice, and
 //! a Machine without a shape is still created (replicas are the only control; shapes only steer its size).
+//!
+//! Counting follows Cluster API: a Machine being deleted still counts in `status.replicas` until it is gone (its
+//! instance still runs and costs), so a rollout's surge limit bounds instances, not just Machine objects. It does
+//! not count as healthy: a Machine deleted by someone else is replaced at once, so the pods its drain evicts have
+//! somewhere to go; except in a set that must not replace Machines (an old revision under OnDelete, whose places
+//! the current revision takes).
 
 use super::deletion::{machines_to_delete, DeleteOrder, DeletionCandidate};
 use chrono::{DateTime, Utc};
@@ -17,7 +23,7 @@ use std::collections::BTreeSet;
 pub struct OwnedMachine {
     pub name: String,
     pub created: DateTime<Utc>,
-    /// Being deleted already (deletionTimestamp set): neither counted nor deleted again.
+    /// Being deleted already (deletionTimestamp set): not healthy, not deleted again, still in `replicas`.
     pub deleting: bool,
     pub failed: bool,
     /// Running with a Ready Node.
@@ -59,7 +65,16 @@ pub struct SetCounts {
 }
 
 /// Plans one reconcile of a MachineSet.
-pub fn plan_machine_set<S: Clone>(replicas: u32, machines: &[OwnedMachine], queue: &[QueuedShape<S>], order: DeleteOrder) -> SetPlan<S> {
+///
+/// `replace_machines` false: create nothing (Machines that go, failed or deleted by hand, are not replaced); surplus
+/// Machines are still deleted.
+pub fn plan_machine_set<S: Clone>(
+    replicas: u32,
+    machines: &[OwnedMachine],
+    queue: &[QueuedShape<S>],
+    order: DeleteOrder,
+    replace_machines: bool,
+) -> SetPlan<S> {
     let live: Vec<&OwnedMachine> = machines.iter().filter(|m| !m.deleting).collect();
     let mut delete: Vec<String> = Vec::new();
 
@@ -72,7 +87,7 @@ pub fn plan_machine_set<S: Clone>(replicas: u32, machines: &[OwnedMachine], queu
     let mut create = Vec::new();
     let used: BTreeSet<&str> = machines.iter().filter_map(|m| m.shape_id.as_deref()).collect();
     let consumed_shapes: Vec<String> = queue.iter().filter(|q| used.contains(q.id.as_str())).map(|q| q.id.clone()).collect();
-    if current < replicas {
+    if current < replicas && replace_machines {
         let mut free = queue.iter().filter(|q| !used.contains(q.id.as_str()));
         for _ in current..replicas {
             create.push(free.next().cloned());
@@ -87,7 +102,7 @@ pub fn plan_machine_set<S: Clone>(replicas: u32, machines: &[OwnedMachine], queu
 
     let counted = |f: fn(&OwnedMachine) -> bool| live.iter().filter(|m| f(m)).count() as u32;
     let status = SetCounts {
-        replicas: live.len() as u32,
+        replicas: machines.len() as u32,
         fully_labeled: counted(|m| m.fully_labeled),
         ready: counted(|m| m.ready),
         available: counted(|m| m.available),
@@ -121,7 +136,7 @@ mod tests {
     fn creates_missing_machines_with_unconsumed_shapes() {
         let mut a = m("a", 10);
         a.shape_id = Some("s1".into());
-        let plan = plan_machine_set(4, &[a], &[q("s1"), q("s2"), q("s3")], DeleteOrder::Random);
+        let plan = plan_machine_set(4, &[a], &[q("s1"), q("s2"), q("s3")], DeleteOrder::Random, true);
         let ids: Vec<Option<String>> = plan.create.iter().map(|c| c.as_ref().map(|s| s.id.clone())).collect();
         assert_eq!(ids, [Some("s2".to_string()), Some("s3".to_string()), None]);
         assert_eq!(plan.consumed_shapes, ["s1"]);
@@ -133,7 +148,7 @@ mod tests {
         bad.failed = true;
         bad.ready = false;
         bad.available = false;
-        let plan = plan_machine_set(2, &[m("ok", 10), bad], &[] as &[QueuedShape<()>], DeleteOrder::Random);
+        let plan = plan_machine_set(2, &[m("ok", 10), bad], &[] as &[QueuedShape<()>], DeleteOrder::Random, true);
         assert_eq!(plan.delete, ["bad"]);
         assert_eq!(plan.create.len(), 1);
     }
@@ -144,9 +159,25 @@ mod tests {
         marked.marked_for_deletion = true;
         let mut going = m("going", 2);
         going.deleting = true;
-        let plan = plan_machine_set(1, &[m("old", 100), m("new", 3), marked, going], &[] as &[QueuedShape<()>], DeleteOrder::Newest);
+        let plan = plan_machine_set(1, &[m("old", 100), m("new", 3), marked, going], &[] as &[QueuedShape<()>], DeleteOrder::Newest, true);
         assert_eq!(plan.delete, ["marked", "new"]);
         assert!(plan.create.is_empty());
-        assert_eq!(plan.status.replicas, 3);
+        assert_eq!(plan.status.replicas, 4, "a Machine being deleted still counts until it is gone");
+        assert_eq!(plan.status.ready, 3);
+    }
+
+    #[test]
+    fn a_machine_deleted_by_hand_is_replaced_at_once_unless_the_set_must_not_replace() {
+        let mut going = m("going", 2);
+        going.deleting = true;
+        let machines = [m("a", 10), going];
+        let plan = plan_machine_set(2, &machines, &[] as &[QueuedShape<()>], DeleteOrder::Random, true);
+        assert_eq!(plan.create.len(), 1, "replaced while it drains");
+        assert_eq!(plan.status.replicas, 2);
+        let plan = plan_machine_set(2, &machines, &[] as &[QueuedShape<()>], DeleteOrder::Random, false);
+        assert!(plan.create.is_empty() && plan.delete.is_empty(), "{plan:?}");
+        // Surplus still goes in a set that does not replace.
+        let plan = plan_machine_set(0, &[m("a", 10)], &[] as &[QueuedShape<()>], DeleteOrder::Random, false);
+        assert_eq!(plan.delete, ["a"]);
     }
 }

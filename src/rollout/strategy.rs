@@ -83,7 +83,7 @@ pub struct SetView {
     pub exists: bool,
     /// spec.replicas.
     pub spec_replicas: u32,
-    /// Machines it owns now (status.replicas).
+    /// Machines it owns now, those being deleted included (status.replicas).
     pub replicas: u32,
     /// Machines Ready for minReadySeconds (status.availableReplicas).
     pub available: u32,
@@ -174,7 +174,12 @@ pub fn plan(view: &DeploymentView, now: DateTime<Utc>) -> ScaleIntents {
     let mut create_current = None;
     for (set, to) in &targets {
         if !set.exists {
-            create_current = Some(*to);
+            // Paused, a template change waits for resume: no empty set of the new revision appears meanwhile.
+            if view.paused && *to == 0 {
+                notes.push(format!("paused: MachineSet {} of the new template waits for resume", set.name));
+            } else {
+                create_current = Some(*to);
+            }
             continue;
         }
         if set.spec_replicas != *to {
@@ -456,6 +461,17 @@ mod tests {
         let p = plan(&v, now());
         assert_eq!(p.scale.iter().map(|s| (s.set.as_str(), s.to)).collect::<Vec<_>>(), vec![("old", 5)]);
         assert_eq!(p.progress, Progress::Paused);
+    }
+
+    #[test]
+    fn paused_template_change_creates_no_set_until_resumed() {
+        let mut current = set("new", 2, 0, 0);
+        current.exists = false;
+        let mut v = DeploymentView { paused: true, ..view(3, IntOrPercent::Int(2), IntOrPercent::Int(0), current, vec![set("old", 1, 3, 3)]) };
+        let p = plan(&v, now());
+        assert_eq!((p.create_current, p.scale.len(), p.progress), (None, 0, Progress::Paused));
+        v.paused = false;
+        assert_eq!(plan(&v, now()).create_current, Some(2));
     }
 
     #[test]
