@@ -1,3 +1,4 @@
 //! Adapters from the API's objects to the planners' plain data.
 
 pub mod class;
+pub mod disruption;
