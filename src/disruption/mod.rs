@@ -918,9 +918,8 @@ impl<'a> Planner<'a> {
             };
             kept.push(Kept { node: self.cand(i).name().to_string(), blocker });
         }
-        // Nodes leaving no longer need a clock; the others keep theirs.
-        let leaving: BTreeSet<String> = self.commands.iter().flat_map(|c| c.nodes()).collect();
-        self.since.retain(|n, _| !leaving.contains(n));
+        // Nodes chosen keep their clock: the confirming plan must see them as unneeded as this one did. A clock
+        // goes when its node stops being a candidate.
         DisruptionPlan { commands: self.commands, kept, underutilized_since: self.since, simulations: self.simulations }
     }
 }

@@ -158,7 +158,9 @@ fn underutilized_only_after_unneeded_time() {
     assert!(plan(&i, &catalog(), now() + minutes(9)).commands.is_empty());
     let later = plan(&i, &catalog(), now() + minutes(11));
     assert_eq!(deleted(&later), [("small".to_string(), Reason::Underutilized)]);
-    assert!(later.underutilized_since.is_empty(), "a node leaving needs no clock");
+    assert_eq!(later.underutilized_since.get("small"), Some(&now()), "the clock stays, so a confirming plan agrees");
+    i.underutilized_since = later.underutilized_since.clone();
+    assert_eq!(deleted(&plan(&i, &catalog(), now() + minutes(11))), [("small".to_string(), Reason::Underutilized)], "the confirming plan");
 }
 
 #[test]
