@@ -111,13 +111,16 @@ async fn observe(ctx: &Context, config: &DisruptionConfig) -> Result<ClusterObje
     })
 }
 
+/// What one observation gave: the objects, each group's namespace, and the plan.
+type Planned = (ClusterObjects, BTreeMap<String, String>, DisruptionPlan);
+
 /// Observes and plans; None when there is no Cluster to take a policy from or the policy is invalid.
 async fn observe_and_plan(
     ctx: &Context,
     catalog: &Catalog,
     config: &DisruptionConfig,
     since: &BTreeMap<String, DateTime<Utc>>,
-) -> Result<Option<(ClusterObjects, BTreeMap<String, String>, DisruptionPlan)>, ControllerError> {
+) -> Result<Option<Planned>, ControllerError> {
     let objects = observe(ctx, config).await?;
     let Some(cluster) = objects.cluster.clone() else {
         tracing::debug!("no Cluster object: nothing to scale down");
@@ -160,7 +163,7 @@ async fn round(ctx: &Context, catalog: &Catalog, config: &DisruptionConfig, sinc
             Command::Delete { node, machine, group, reason, .. } => {
                 let Some(namespace) = namespaces.get(group) else { continue };
                 delete_machines(ctx, namespace, group, std::slice::from_ref(machine), *reason).await?;
-                publish(ctx, &objects, std::slice::from_ref(node), &[group.clone()], namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
+                publish(ctx, &objects, std::slice::from_ref(node), std::slice::from_ref(group), namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
             }
             Command::Replace { nodes, machines, groups, replacement, reason, .. } => {
                 let Some(namespace) = namespaces.get(&replacement.group) else { continue };

@@ -415,16 +415,15 @@ fn the_same_input_gives_the_same_plan_whatever_the_order() {
 
 #[test]
 fn simulations_stay_bounded_on_a_large_cluster() {
-    // 300 nodes at 45%, every one underutilized long enough and able to shed its pod: each deletion costs a
+    // 1,000 nodes at 45%, every one underutilized long enough and able to shed its pod: each deletion costs a
     // simulation, and the planner stops at its bound; the rest wait for a later round.
-    let mut candidates = vec![];
-    for n in 0..300 {
-        candidates.push(candidate(&format!("n{n:03}"), "s.xlarge", vec![pod(&format!("p{n}"), 1800, 7)]));
-    }
+    let candidates = (0..1000).map(|n| candidate(&format!("n{n:04}"), "s.xlarge", vec![pod(&format!("p{n}"), 1800, 7)])).collect();
     let mut i = input(candidates);
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Percent(100))];
-    i.max_simulations = 20;
+    let started = std::time::Instant::now();
     let p = run(&i);
-    assert!(p.simulations <= 20, "{}", p.simulations);
+    eprintln!("1,000 nodes: {} simulations, {} deletions, {:?} (debug build)", p.simulations, p.commands.len(), started.elapsed());
+    assert!(p.simulations <= DEFAULT_MAX_SIMULATIONS, "{}", p.simulations);
+    assert_eq!(p.commands.len(), DEFAULT_MAX_SIMULATIONS, "each simulation found a node to remove");
     assert!(p.kept.iter().any(|k| k.blocker.as_str() == "simulation_limit"));
 }

@@ -255,12 +255,12 @@ pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &
                 vec![Budget::always(NodeLimit::Count(0))]
             }
         };
-        let last_scale_up = md.annotations().get(keys::LAST_SCALE_UP).and_then(|t| match DateTime::parse_from_rfc3339(t) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
+        let last_scale_up = md.annotations().get(keys::LAST_SCALE_UP).map(|t| match DateTime::parse_from_rfc3339(t) {
+            Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
                 problems.push(Problem { object: format!("MachineDeployment {namespace}/{name}"), message: format!("annotation {}: {e}", keys::LAST_SCALE_UP) });
                 // Unreadable: act as if it had just scaled up.
-                Some(now)
+                now
             }
         });
         let replicas = md.spec.replicas.unwrap_or(1);
@@ -303,7 +303,7 @@ pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &
         // A new node carries the DaemonSet pods its group's nodes carry now (the largest such set).
         group.daemon_overhead = members
             .iter()
-            .filter_map(|m| node_of(*m))
+            .filter_map(|m| node_of(m))
             .map(|n| {
                 let mut sum = Resources::default();
                 for p in pods_on.get(n.name_any().as_str()).into_iter().flatten() {
