@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cloud;
 pub mod controllers;
+pub mod disruption;
 pub mod emulator;
 pub mod lifecycle;
 pub mod model;

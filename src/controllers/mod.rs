@@ -4,6 +4,7 @@
 //! (observe → plan → apply → status). Requeue policy is explicit: an invalid spec waits for a change (and says
 //! why in a condition and an Event), a transient error backs off per object, success resyncs.
 
+pub mod disruption;
 pub mod events;
 pub mod machine;
 pub mod machine_deployment;
@@ -36,6 +37,11 @@ pub mod keys {
     pub const REPLACE_MACHINES: &str = "berth.dev/replace-machines";
     /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
     pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
+    /// On Machines being consolidated: the launch-shape id of the Machine that replaces them; they are removed once
+    /// that Machine's Node is Ready.
+    pub const REPLACED_BY: &str = "berth.dev/replaced-by";
+    /// On Machines berth chose to remove: the disruption reason (empty, underutilized, consolidation_...).
+    pub const DISRUPTION_REASON: &str = "berth.dev/disruption-reason";
 }
 
 /// What every controller shares.

@@ -2,4 +2,5 @@
 
 pub mod class;
 pub mod cluster;
+pub mod disruption;
 pub mod snapshot;

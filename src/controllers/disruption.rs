@@ -1,0 +1,364 @@
+//! The disruption controller: scale-down and consolidation, over the pure `disruption::plan`.
+//!
+//! Every `interval` it observes the cluster (plain lists), finishes consolidations whose replacement is Ready,
+//! plans, waits `validation_delay`, observes and plans again, and applies only the decisions both plans made (a pod
+//! scheduled or a node added in between cancels a decision rather than racing it).
+//!
+//! Applying a deletion: the Machine is annotated `berth.dev/delete-machine` (the MachineSet's deletion order takes
+//! it first), then its MachineDeployment's `spec.replicas` goes down by one (never below
+//! `autoscaling.minReplicas`); the Machine controller then cordons, drains through evictions (PDBs apply) and
+//! terminates. Annotating first is what makes a crash safe: a lost decrement leaves a marked Machine that the next
+//! scale-down removes, never a random one.
+//!
+//! Applying a replacement: the replacement's group gets `replicas + 1`, a launch shape (only instance types that
+//! keep it cheaper) and `berth.dev/last-scale-up` in one patch (it is a scale-up: the delay after it keeps the new,
+//! still empty node from being taken for an empty one before the old nodes' pods arrive), then the old Machines are annotated `berth.dev/replaced-by` with the shape id and
+//! the time. A later round, reading only objects, deletes them once the Machine created for that shape is Running
+//! (its Node Ready), or gives up (removes the annotation) when that Machine failed or never came within
+//! `replacement_timeout`; the surplus node, if any, is then empty and goes the ordinary way.
+//!
+//! The underutilization clock (`node → first seen underutilized`) lives in memory only: a restart starts it again,
+//! which can delay a scale-down but never cause one.
+
+use super::events::EventKind;
+use super::machine_set::{read_shape_queue, LaunchShapeEntry};
+use super::{keys, stable_hash, Context, ControllerError};
+use crate::api::machine_class::CapacityTypeSpec;
+use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION};
+use crate::disruption::{plan, Command, DisruptionPlan, Reason};
+use crate::model::instance_type::{CapacityType, Catalog};
+use crate::state::disruption::{build, ClusterObjects};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONTROLLER: &str = "disruption";
+
+#[derive(Debug, Clone)]
+pub struct DisruptionConfig {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Time between the first plan and the confirming one.
+    pub validation_delay: Duration,
+    /// How long old nodes wait for their replacement before the consolidation is abandoned.
+    pub replacement_timeout: chrono::Duration,
+    /// The Cluster object whose `spec.clusterName` this is supplies the policy (empty: the first Cluster).
+    pub cluster_name: String,
+}
+
+impl Default for DisruptionConfig {
+    fn default() -> Self {
+        DisruptionConfig {
+            interval: Duration::from_secs(10),
+            validation_delay: Duration::from_secs(5),
+            replacement_timeout: chrono::Duration::minutes(15),
+            cluster_name: String::new(),
+        }
+    }
+}
+
+/// The value of `berth.dev/replaced-by`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingReplacement {
+    /// The launch-shape id the replacement Machine carries (`berth.dev/shape-id`).
+    pub shape: String,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Runs rounds until `shutdown`.
+pub async fn run(ctx: Arc<Context>, catalog: Arc<Catalog>, config: DisruptionConfig, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let mut since: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(config.interval) => {}
+        }
+        let _timer = ctx.metrics.reconcile_duration_seconds.with_label_values(&[CONTROLLER]).start_timer();
+        let round = round(&ctx, &catalog, &config, &mut since);
+        tokio::select! {
+            _ = &mut shutdown => return,
+            result = round => if let Err(e) = result {
+                ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, e.category()]).inc();
+                tracing::warn!(error = %e, "disruption round failed");
+            }
+        }
+    }
+}
+
+async fn observe(ctx: &Context, config: &DisruptionConfig) -> Result<ClusterObjects, ControllerError> {
+    let lp = ListParams::default();
+    let c = &ctx.client;
+    let clusters = Api::<Cluster>::all(c.clone()).list(&lp).await?.items;
+    let cluster = clusters.into_iter().find(|cl| config.cluster_name.is_empty() || cl.spec.cluster_name == config.cluster_name);
+    Ok(ClusterObjects {
+        pods: Api::<Pod>::all(c.clone()).list(&lp).await?.items,
+        nodes: Api::<Node>::all(c.clone()).list(&lp).await?.items,
+        machines: Api::<Machine>::all(c.clone()).list(&lp).await?.items,
+        deployments: Api::<MachineDeployment>::all(c.clone()).list(&lp).await?.items,
+        classes: Api::<MachineClass>::all(c.clone()).list(&lp).await?.items,
+        pdbs: Api::<PodDisruptionBudget>::all(c.clone()).list(&lp).await?.items,
+        cluster,
+    })
+}
+
+/// What one observation gave: the objects, each group's namespace, and the plan.
+type Planned = (ClusterObjects, BTreeMap<String, String>, DisruptionPlan);
+
+/// Observes and plans; None when there is no Cluster to take a policy from or the policy is invalid.
+async fn observe_and_plan(
+    ctx: &Context,
+    catalog: &Catalog,
+    config: &DisruptionConfig,
+    since: &BTreeMap<String, DateTime<Utc>>,
+) -> Result<Option<Planned>, ControllerError> {
+    let objects = observe(ctx, config).await?;
+    let Some(cluster) = objects.cluster.clone() else {
+        tracing::debug!("no Cluster object: nothing to scale down");
+        return Ok(None);
+    };
+    let now = ctx.clock.now();
+    let built = match build(&objects, catalog, since, now) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.events.publish(&cluster.object_ref(&()), EventKind::Warning, "InvalidScaleDownPolicy", &e.to_string()).await;
+            return Ok(None);
+        }
+    };
+    for p in &built.problems {
+        tracing::warn!(object = %p.object, problem = %p.message, "disruption input");
+    }
+    let plan = plan(&built.input, catalog, now);
+    Ok(Some((objects, built.namespaces, plan)))
+}
+
+async fn round(ctx: &Context, catalog: &Catalog, config: &DisruptionConfig, since: &mut BTreeMap<String, DateTime<Utc>>) -> Result<(), ControllerError> {
+    let objects = observe(ctx, config).await?;
+    finish_replacements(ctx, &objects, config).await?;
+
+    let Some((_, _, first)) = observe_and_plan(ctx, catalog, config, since).await? else { return Ok(()) };
+    *since = first.underutilized_since.clone();
+    for k in &first.kept {
+        tracing::debug!(node = %k.node, kept = k.blocker.as_str(), why = %k.blocker, "node kept");
+    }
+    if first.commands.is_empty() {
+        return Ok(());
+    }
+    tokio::time::sleep(config.validation_delay).await;
+    let Some((objects, namespaces, second)) = observe_and_plan(ctx, catalog, config, since).await? else { return Ok(()) };
+    *since = second.underutilized_since.clone();
+    for command in second.commands.iter().filter(|c| first.commands.iter().any(|f| f.same_decision(c))) {
+        ctx.metrics.disruption_decisions.with_label_values(&[command.reason().as_str()]).inc();
+        tracing::info!(reason = command.reason().as_str(), nodes = ?command.nodes(), "{}", command.message());
+        match command {
+            Command::Delete { node, machine, group, reason, .. } => {
+                let Some(namespace) = namespaces.get(group) else { continue };
+                delete_machines(ctx, namespace, group, std::slice::from_ref(machine), *reason).await?;
+                publish(ctx, &objects, std::slice::from_ref(node), std::slice::from_ref(group), namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
+            }
+            Command::Replace { nodes, machines, groups, replacement, reason, .. } => {
+                let Some(namespace) = namespaces.get(&replacement.group) else { continue };
+                start_replacement(ctx, &objects, namespace, replacement, machines, *reason).await?;
+                let mut all_groups = groups.clone();
+                all_groups.push(replacement.group.clone());
+                all_groups.sort();
+                all_groups.dedup();
+                publish(ctx, &objects, nodes, &all_groups, namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn event_reason(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Empty => "NodeEmpty",
+        Reason::Underutilized => "NodeUnderutilized",
+        Reason::ConsolidationSingle | Reason::ConsolidationMulti => "Consolidation",
+    }
+}
+
+/// The decision's Event on each Node and each MachineDeployment concerned.
+#[allow(clippy::too_many_arguments)]
+async fn publish(ctx: &Context, objects: &ClusterObjects, nodes: &[String], groups: &[String], namespace: &str, kind: EventKind, reason: &str, message: &str) {
+    for n in objects.nodes.iter().filter(|n| nodes.contains(&n.name_any())) {
+        ctx.events.publish(&n.object_ref(&()), kind, reason, message).await;
+    }
+    for md in objects.deployments.iter().filter(|d| groups.contains(&d.name_any()) && d.namespace().as_deref() == Some(namespace)) {
+        ctx.events.publish(&md.object_ref(&()), kind, reason, message).await;
+    }
+}
+
+/// Marks the Machines for deletion, then lowers their group's replicas by as many (never below its minimum).
+async fn delete_machines(ctx: &Context, namespace: &str, group: &str, machines: &[String], reason: Reason) -> Result<(), ControllerError> {
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), namespace);
+    for m in machines {
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            DELETE_MACHINE_ANNOTATION: "true",
+            keys::DISRUPTION_REASON: reason.as_str(),
+            keys::REPLACED_BY: null,
+        }}});
+        match api.patch(m, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mds: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), namespace);
+    // Optimistic concurrency: the provisioner may be raising the same replicas; a conflict re-reads once.
+    for attempt in 0..2 {
+        let Some(md) = mds.get_opt(group).await? else { return Ok(()) };
+        let min = md.spec.autoscaling.as_ref().map_or(0, |a| a.min_replicas);
+        let current = md.spec.replicas.unwrap_or(1);
+        let to = current.saturating_sub(machines.len() as u32).max(min);
+        if to == current {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"metadata": {"resourceVersion": md.resource_version()}, "spec": {"replicas": to}});
+        match mds.patch(group, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                for _ in machines {
+                    ctx.metrics.nodes_disrupted.with_label_values(&[group, reason.as_str()]).inc();
+                }
+                tracing::info!(group, from = current, to, "scaled down");
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn capacity_spec(c: CapacityType) -> CapacityTypeSpec {
+    match c {
+        CapacityType::Spot => CapacityTypeSpec::Spot,
+        CapacityType::OnDemand => CapacityTypeSpec::OnDemand,
+    }
+}
+
+/// Raises the replacement's group by one with its launch shape, then marks the old Machines as waiting for it.
+async fn start_replacement(
+    ctx: &Context,
+    objects: &ClusterObjects,
+    namespace: &str,
+    replacement: &crate::scheduling::NewMachine,
+    old_machines: &[String],
+    reason: Reason,
+) -> Result<(), ControllerError> {
+    let now = ctx.clock.now();
+    let shape_id = format!("consolidation-{}", stable_hash(&(old_machines, now.timestamp_millis()))?);
+    let mds: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(md) = mds.get_opt(&replacement.group).await? else { return Ok(()) };
+    let current = md.spec.replicas.unwrap_or(1);
+    if md.spec.autoscaling.as_ref().is_some_and(|a| current >= a.max_replicas) {
+        tracing::info!(group = %replacement.group, "consolidation skipped: the group is at its maximum");
+        return Ok(());
+    }
+    // Drop entries some Machine already took, then queue ours.
+    let used: Vec<String> = objects.machines.iter().filter_map(|m| m.annotations().get(keys::SHAPE_ID).cloned()).collect();
+    let mut queue: Vec<LaunchShapeEntry> = read_shape_queue(md.annotations()).unwrap_or_default().into_iter().filter(|e| !used.contains(&e.id)).collect();
+    queue.push(LaunchShapeEntry {
+        id: shape_id.clone(),
+        shape: MachineShape {
+            instance_types: replacement.instance_types.clone(),
+            zones: vec![replacement.zone.clone()],
+            capacity_types: vec![capacity_spec(replacement.capacity_type)],
+        },
+    });
+    let text = serde_json::to_string(&queue).map_err(|e| ControllerError::Encode { what: "launch shapes", reason: e.to_string() })?;
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": md.resource_version(), "annotations": {keys::LAUNCH_SHAPES: text, keys::LAST_SCALE_UP: now.to_rfc3339()}},
+        "spec": {"replicas": current + 1}
+    });
+    match mds.patch(&replacement.group, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        // Someone else changed the group meanwhile: decide again next round.
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let pending = PendingReplacement { shape: shape_id, since: now, reason: reason.as_str().to_string() };
+    let value = serde_json::to_string(&pending).map_err(|e| ControllerError::Encode { what: "replacement", reason: e.to_string() })?;
+    for m in old_machines {
+        let Some(machine) = objects.machines.iter().find(|x| &x.name_any() == m) else { continue };
+        let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"annotations": {keys::REPLACED_BY: value}}});
+        match api.patch(m, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Old Machines whose replacement is Running go; those whose replacement failed or never came stay.
+async fn finish_replacements(ctx: &Context, objects: &ClusterObjects, config: &DisruptionConfig) -> Result<(), ControllerError> {
+    let now = ctx.clock.now();
+    // (namespace, group, shape) → old machines.
+    let mut waiting: BTreeMap<(String, String, String), (PendingReplacement, Vec<String>)> = BTreeMap::new();
+    for m in &objects.machines {
+        if m.metadata.deletion_timestamp.is_some() || m.annotations().contains_key(DELETE_MACHINE_ANNOTATION) {
+            continue;
+        }
+        let Some(text) = m.annotations().get(keys::REPLACED_BY) else { continue };
+        let namespace = m.namespace().unwrap_or_default();
+        let group = m.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+        let pending: PendingReplacement = match serde_json::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(machine = %m.name_any(), error = %e, "unreadable {} annotation: removing it", keys::REPLACED_BY);
+                clear_replaced_by(ctx, &namespace, &m.name_any()).await?;
+                continue;
+            }
+        };
+        waiting.entry((namespace, group, pending.shape.clone())).or_insert_with(|| (pending, vec![])).1.push(m.name_any());
+    }
+    for ((namespace, group, shape), (pending, old)) in waiting {
+        let replacement = objects.machines.iter().find(|m| m.annotations().get(keys::SHAPE_ID) == Some(&shape));
+        let phase = replacement.and_then(|m| m.status.as_ref()).map(|s| s.phase);
+        let reason = match pending.reason.as_str() {
+            "consolidation_multi" => Reason::ConsolidationMulti,
+            _ => Reason::ConsolidationSingle,
+        };
+        if phase == Some(MachinePhase::Running) {
+            let message = format!("Consolidating: replacement {} is Running; removing {}", replacement.map(|m| m.name_any()).unwrap_or_default(), old.join(", "));
+            tracing::info!(group = %group, "{message}");
+            delete_machines(ctx, &namespace, &group, &old, reason).await?;
+            let nodes: Vec<String> = objects
+                .machines
+                .iter()
+                .filter(|m| old.contains(&m.name_any()))
+                .filter_map(|m| m.status.as_ref().and_then(|s| s.node_ref.as_ref()).map(|r| r.name.clone()))
+                .collect();
+            publish(ctx, objects, &nodes, std::slice::from_ref(&group), &namespace, EventKind::Normal, event_reason(reason), &message).await;
+        } else if phase == Some(MachinePhase::Failed) || (replacement.is_none() && now - pending.since > config.replacement_timeout) {
+            let message = format!("Consolidation abandoned: the replacement for {} did not become Running", old.join(", "));
+            tracing::warn!(group = %group, "{message}");
+            for m in &old {
+                clear_replaced_by(ctx, &namespace, m).await?;
+            }
+            publish(ctx, objects, &[], std::slice::from_ref(&group), &namespace, EventKind::Warning, "ConsolidationAbandoned", &message).await;
+        }
+    }
+    Ok(())
+}
+
+async fn clear_replaced_by(ctx: &Context, namespace: &str, machine: &str) -> Result<(), ControllerError> {
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {keys::REPLACED_BY: null}}});
+    match api.patch(machine, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,925 @@
+//! Scale-down and consolidation: which nodes to remove, and which to replace with one cheaper node.
+//!
+//! [`plan`] is a pure, deterministic function of plain data ([`DisruptionInput`]), the instance-type [`Catalog`]
+//! and `now`. It imports nothing from kube or tokio, so every rule is a table test, a decision can be re-checked
+//! by planning again on a fresh snapshot (the controller's validation step), and a simulation can replay it on
+//! virtual time. The controller (`controllers::disruption`) only observes, calls it twice, and applies.
+//!
+//! # Candidates, in order
+//!
+//! 1. **Empty** nodes (no pods but DaemonSet and mirror pods) are deleted at once, most expensive first.
+//! 2. **Underutilized** nodes (requested cpu and memory both below `utilization_threshold_percent` of
+//!    allocatable, DaemonSet pods included as the cluster autoscaler counts them) for at least `unneeded_time`,
+//!    whose pods fit on the remaining nodes without any new node, are deleted, least utilized first.
+//! 3. **Multi-node consolidation**: the least utilized nodes (at most [`MAX_MULTI_NODE`]) are replaced by one
+//!    cheaper node: the whole list first, then prefixes by binary search for the largest whose pods fit on the
+//!    remaining nodes plus one new node, as Karpenter does. A handful of simulations, whatever the cluster's size.
+//! 4. **Single-node consolidation**: one node replaced by one strictly cheaper node. A spot node is replaced by a
+//!    spot node only when at least [`MIN_SPOT_TO_SPOT_TYPES`] cheaper instance types could hold its pods, and the
+//!    launch is then limited to the cheapest of them (Karpenter's guard against churning through spot
+//!    interruptions towards ever cheaper, ever less available pools). Multi-node consolidation lowers the node
+//!    count, so it is not held to that guard.
+//!
+//! Consolidation never turns into a plain deletion: when a set of nodes' pods fit without a new node, removing them
+//! is left to the underutilized rule and its `unneeded_time`. Cost is the objective: a replacement happens only if
+//! its hourly price is strictly below the sum of the nodes it replaces, and the launch is restricted to instance
+//! types that keep it so.
+//!
+//! Whether pods fit is decided by `scheduling::solve`, the same simulation that decides scale-up: a snapshot whose
+//! pending pods are the candidates' reschedulable pods and whose nodes exclude the candidates (and, for a
+//! replacement, the node groups a new node may come from). Accepted deletions move their pods onto the nodes the
+//! simulation chose, so later decisions in the same plan see those nodes fuller. At most
+//! [`DisruptionInput::max_simulations`] simulations run per plan (a cheap resource-sum check rules out hopeless ones
+//! first), so a plan stays bounded on 1,000 nodes; candidates left over are examined in a later round.
+//!
+//! # Never disrupted
+//!
+//! Nodes (or nodes running pods) annotated `berth.dev/do-not-disrupt: "true"`; nodes with pods no controller owns
+//! (unless `skip_nodes_with_unowned_pods` is off); nodes with kube-system pods no PodDisruptionBudget covers (unless
+//! `skip_nodes_with_system_pods` is off); nodes with pods whose PDB allows no disruption (each evicted pod uses one
+//! of its PDB's allowed disruptions, shared across the plan's decisions); nodes of a group at its minimum; nodes
+//! younger than `min_node_age`; nodes of a group that scaled up less than `delay_after_scale_up` ago; and beyond
+//! the group's disruption budget (see [`budget`]), counting nodes already being removed.
+//!
+//! # Underutilized since when
+//!
+//! "Underutilized for ten minutes" needs memory, and the planner has none: the caller passes the map of nodes to the
+//! time they were first seen underutilized ([`DisruptionInput::underutilized_since`]) and keeps the updated map the
+//! plan returns ([`DisruptionPlan::underutilized_since`]). The controller holds it in memory only: after a restart
+//! the clock starts again, which delays a scale-down by at most `unneeded_time` and never causes one.
+
+pub mod budget;
+pub mod cron;
+#[cfg(test)]
+mod tests;
+
+use crate::model::instance_type::{CapacityType, Catalog};
+use crate::model::label_selector::Selector;
+use crate::model::pod::Pod;
+use crate::model::resources::Resources;
+use crate::scheduling::{self, ExistingNode, NewMachine, NodeGroup, Snapshot};
+use budget::{allowed_disruptions, Budget};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The most nodes one multi-node consolidation replaces (Karpenter's practice is to keep such commands small).
+pub const MAX_MULTI_NODE: usize = 10;
+/// Cheaper instance types a single spot node's replacement must be able to use (Karpenter's figure).
+pub const MIN_SPOT_TO_SPOT_TYPES: usize = 15;
+/// Default bound on scheduling simulations per plan.
+pub const DEFAULT_MAX_SIMULATIONS: usize = 64;
+/// The namespace whose pods need a PDB before their node may go (when `skip_nodes_with_system_pods`).
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisruptionError {
+    #[error("disruption budget schedule {schedule:?}: {reason}")]
+    InvalidSchedule { schedule: String, reason: String },
+    #[error("disruption budget nodes {value:?}: {reason}")]
+    InvalidBudget { value: String, reason: String },
+    #[error("scale-down policy {field}: {reason}")]
+    InvalidPolicy { field: &'static str, reason: String },
+}
+
+impl DisruptionError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            DisruptionError::InvalidSchedule { .. } => "invalid_schedule",
+            DisruptionError::InvalidBudget { .. } => "invalid_budget",
+            DisruptionError::InvalidPolicy { .. } => "invalid_policy",
+        }
+    }
+}
+
+/// The scale-down policy (the Cluster's `spec.scaleDown`, durations parsed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub enabled: bool,
+    pub consolidation: bool,
+    pub delay_after_scale_up: chrono::Duration,
+    pub unneeded_time: chrono::Duration,
+    pub utilization_threshold_percent: u32,
+    pub min_node_age: chrono::Duration,
+    pub skip_nodes_with_system_pods: bool,
+    pub skip_nodes_with_unowned_pods: bool,
+}
+
+impl Default for Policy {
+    /// The API's defaults.
+    fn default() -> Self {
+        Policy {
+            enabled: true,
+            consolidation: true,
+            delay_after_scale_up: chrono::Duration::minutes(10),
+            unneeded_time: chrono::Duration::minutes(10),
+            utilization_threshold_percent: 50,
+            min_node_age: chrono::Duration::minutes(5),
+            skip_nodes_with_system_pods: true,
+            skip_nodes_with_unowned_pods: true,
+        }
+    }
+}
+
+/// A node berth may remove: a Machine's node in an autoscaled group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The node and every pod bound to it (DaemonSet pods included; mirror and finished pods left out).
+    pub node: ExistingNode,
+    pub group: String,
+    /// The Machine's name (in the group's namespace).
+    pub machine: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub capacity_type: CapacityType,
+    /// USD per hour.
+    pub price: f64,
+    pub created_at: DateTime<Utc>,
+    /// The node itself carries `berth.dev/do-not-disrupt: "true"`.
+    pub do_not_disrupt: bool,
+    /// `namespace/name` of its pods annotated `berth.dev/do-not-disrupt: "true"`.
+    pub do_not_disrupt_pods: BTreeSet<String>,
+}
+
+impl Candidate {
+    pub fn name(&self) -> &str {
+        &self.node.node.name
+    }
+}
+
+/// A node group as far as disruption is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupState {
+    pub name: String,
+    pub min_replicas: u32,
+    /// spec.replicas.
+    pub replicas: u32,
+    /// Nodes the group has (what budget percentages are of).
+    pub nodes: u32,
+    pub budgets: Vec<Budget>,
+    /// Nodes of the group already being removed: they use budget.
+    pub disrupting: u32,
+    pub last_scale_up: Option<DateTime<Utc>>,
+}
+
+/// A PodDisruptionBudget's view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdbView {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Selector,
+    pub disruptions_allowed: u32,
+}
+
+impl PdbView {
+    pub fn covers(&self, pod: &Pod) -> bool {
+        pod.spec.namespace == self.namespace && self.selector.matches(&pod.spec.labels)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisruptionInput {
+    pub candidates: Vec<Candidate>,
+    pub groups: Vec<GroupState>,
+    pub pdbs: Vec<PdbView>,
+    pub policy: Policy,
+    /// Schedulable nodes that are not candidates (other groups, unmanaged nodes), with their pods: where pods may go.
+    pub others: Vec<ExistingNode>,
+    /// Groups a replacement node may come from (`current_replicas` as now).
+    pub node_groups: Vec<NodeGroup>,
+    /// Node name → when it was first seen underutilized (the previous plan's map).
+    pub underutilized_since: BTreeMap<String, DateTime<Utc>>,
+    pub max_simulations: usize,
+}
+
+impl Default for DisruptionInput {
+    fn default() -> Self {
+        DisruptionInput {
+            candidates: vec![],
+            groups: vec![],
+            pdbs: vec![],
+            policy: Policy::default(),
+            others: vec![],
+            node_groups: vec![],
+            underutilized_since: BTreeMap::new(),
+            max_simulations: DEFAULT_MAX_SIMULATIONS,
+        }
+    }
+}
+
+/// Why a node is disrupted; `as_str` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    Empty,
+    Underutilized,
+    ConsolidationSingle,
+    ConsolidationMulti,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::Underutilized => "underutilized",
+            Reason::ConsolidationSingle => "consolidation_single",
+            Reason::ConsolidationMulti => "consolidation_multi",
+        }
+    }
+}
+
+/// One node to remove or several to replace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Delete {
+        node: String,
+        machine: String,
+        group: String,
+        reason: Reason,
+        /// What the node costs, for the Event.
+        instance_type: String,
+        price: f64,
+    },
+    Replace {
+        nodes: Vec<String>,
+        machines: Vec<String>,
+        groups: Vec<String>,
+        reason: Reason,
+        /// The node to launch first; its `instance_types` are only those that keep the replacement cheaper.
+        replacement: NewMachine,
+        /// USD per hour saved at the replacement's price.
+        savings: f64,
+        /// What the replaced nodes cost together.
+        replaced_price: f64,
+    },
+}
+
+impl Command {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Command::Delete { reason, .. } | Command::Replace { reason, .. } => *reason,
+        }
+    }
+
+    /// The nodes it disrupts.
+    pub fn nodes(&self) -> Vec<String> {
+        match self {
+            Command::Delete { node, .. } => vec![node.clone()],
+            Command::Replace { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    /// Same kind, reason and nodes: the validation step keeps a command only if the second plan has its twin.
+    pub fn same_decision(&self, other: &Command) -> bool {
+        let mut a = self.nodes();
+        let mut b = other.nodes();
+        a.sort();
+        b.sort();
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.reason() == other.reason() && a == b
+    }
+
+    /// A one-line explanation for an Event.
+    pub fn message(&self) -> String {
+        match self {
+            Command::Delete { node, instance_type, price, reason, .. } => {
+                let why = match reason {
+                    Reason::Empty => "is empty".to_string(),
+                    _ => "is underutilized and its pods fit on other nodes".to_string(),
+                };
+                format!("Consolidating: node {node} ({instance_type}, ${price:.3}/h) {why}")
+            }
+            Command::Replace { nodes, replacement, savings, replaced_price, .. } => format!(
+                "Consolidating: replacing {} (${replaced_price:.3}/h) with one {} in {} ({}, ${:.3}/h), saving ${savings:.3}/h",
+                nodes.join(", "),
+                replacement.instance_type,
+                replacement.zone,
+                replacement.capacity_type,
+                replacement.price
+            ),
+        }
+    }
+}
+
+/// Why a candidate stays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Blocker {
+    Disabled,
+    UnknownGroup { group: String },
+    NodeDoNotDisrupt,
+    PodDoNotDisrupt { pod: String },
+    UnownedPod { pod: String },
+    SystemPodWithoutPdb { pod: String },
+    PdbExhausted { pdb: String, pod: String },
+    GroupAtMinimum { group: String, min: u32 },
+    TooYoung { age_seconds: i64 },
+    RecentScaleUp { group: String, seconds_ago: i64 },
+    BudgetExhausted { group: String },
+    /// Underutilized, waiting out `unneeded_time`.
+    NotUnneededYet { since: DateTime<Utc> },
+    PodsDoNotFit { detail: String },
+    NotCheaper { detail: String },
+    SpotToSpotTooFewTypes { cheaper: usize },
+    SimulationLimit,
+    /// Nothing to gain: not empty, not underutilized, and no cheaper replacement.
+    Utilized,
+}
+
+impl Blocker {
+    /// A short label for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Blocker::Disabled => "disabled",
+            Blocker::UnknownGroup { .. } => "unknown_group",
+            Blocker::NodeDoNotDisrupt => "node_do_not_disrupt",
+            Blocker::PodDoNotDisrupt { .. } => "pod_do_not_disrupt",
+            Blocker::UnownedPod { .. } => "unowned_pod",
+            Blocker::SystemPodWithoutPdb { .. } => "system_pod_without_pdb",
+            Blocker::PdbExhausted { .. } => "pdb_exhausted",
+            Blocker::GroupAtMinimum { .. } => "group_at_minimum",
+            Blocker::TooYoung { .. } => "too_young",
+            Blocker::RecentScaleUp { .. } => "recent_scale_up",
+            Blocker::BudgetExhausted { .. } => "budget_exhausted",
+            Blocker::NotUnneededYet { .. } => "not_unneeded_yet",
+            Blocker::PodsDoNotFit { .. } => "pods_do_not_fit",
+            Blocker::NotCheaper { .. } => "not_cheaper",
+            Blocker::SpotToSpotTooFewTypes { .. } => "spot_to_spot_too_few_types",
+            Blocker::SimulationLimit => "simulation_limit",
+            Blocker::Utilized => "utilized",
+        }
+    }
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocker::Disabled => write!(f, "scale-down is disabled"),
+            Blocker::UnknownGroup { group } => write!(f, "group {group} is not autoscaled"),
+            Blocker::NodeDoNotDisrupt => write!(f, "node is annotated berth.dev/do-not-disrupt"),
+            Blocker::PodDoNotDisrupt { pod } => write!(f, "pod {pod} is annotated berth.dev/do-not-disrupt"),
+            Blocker::UnownedPod { pod } => write!(f, "pod {pod} has no controller"),
+            Blocker::SystemPodWithoutPdb { pod } => write!(f, "kube-system pod {pod} has no PodDisruptionBudget"),
+            Blocker::PdbExhausted { pdb, pod } => write!(f, "PodDisruptionBudget {pdb} allows no disruption of pod {pod}"),
+            Blocker::GroupAtMinimum { group, min } => write!(f, "group {group} is at its minimum of {min}"),
+            Blocker::TooYoung { age_seconds } => write!(f, "node is only {age_seconds}s old"),
+            Blocker::RecentScaleUp { group, seconds_ago } => write!(f, "group {group} scaled up {seconds_ago}s ago"),
+            Blocker::BudgetExhausted { group } => write!(f, "group {group}'s disruption budget is used up"),
+            Blocker::NotUnneededYet { since } => write!(f, "underutilized since {}", since.to_rfc3339()),
+            Blocker::PodsDoNotFit { detail } => write!(f, "its pods do not fit elsewhere: {detail}"),
+            Blocker::NotCheaper { detail } => write!(f, "no cheaper replacement: {detail}"),
+            Blocker::SpotToSpotTooFewTypes { cheaper } => {
+                write!(f, "spot-to-spot replacement needs {MIN_SPOT_TO_SPOT_TYPES} cheaper instance types, found {cheaper}")
+            }
+            Blocker::SimulationLimit => write!(f, "not examined this round (simulation limit)"),
+            Blocker::Utilized => write!(f, "utilized and no cheaper replacement"),
+        }
+    }
+}
+
+/// A candidate kept, and why (log fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub node: String,
+    pub blocker: Blocker,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DisruptionPlan {
+    pub commands: Vec<Command>,
+    pub kept: Vec<Kept>,
+    /// The updated underutilization clock, for the next plan.
+    pub underutilized_since: BTreeMap<String, DateTime<Utc>>,
+    /// Scheduling simulations run.
+    pub simulations: usize,
+}
+
+/// Plans one round of scale-down and consolidation.
+pub fn plan(input: &DisruptionInput, catalog: &Catalog, now: DateTime<Utc>) -> DisruptionPlan {
+    let mut planner = Planner::new(input, catalog, now);
+    if !input.policy.enabled {
+        for i in planner.order.clone() {
+            planner.kept.insert(i, Blocker::Disabled);
+        }
+        return planner.finish();
+    }
+    planner.delete_empty();
+    planner.delete_underutilized();
+    if input.policy.consolidation {
+        planner.consolidate_multi();
+        planner.consolidate_single();
+    }
+    planner.finish()
+}
+
+/// What the planner works out once per candidate.
+struct Facts {
+    /// Pods that must move (everything but DaemonSet pods).
+    movable: Vec<Pod>,
+    utilization_percent: f64,
+    underutilized: bool,
+    /// A rule that keeps the node whatever the others do.
+    blocker: Option<Blocker>,
+}
+
+struct Planner<'a> {
+    input: &'a DisruptionInput,
+    catalog: &'a Catalog,
+    now: DateTime<Utc>,
+    /// Candidate indices by name.
+    order: Vec<usize>,
+    facts: Vec<Facts>,
+    /// Where pods may go: others first, then the candidates (same index offset).
+    pool: Vec<ExistingNode>,
+    pool_index: BTreeMap<String, usize>,
+    /// Pool entries leaving (chosen for disruption).
+    leaving: Vec<bool>,
+    groups: BTreeMap<&'a str, &'a GroupState>,
+    /// Per group: nodes it may still lose this round.
+    allowance: BTreeMap<String, u32>,
+    /// Per group: replicas it will have after this plan's commands.
+    replicas: BTreeMap<String, u32>,
+    pdb_left: Vec<u32>,
+    commands: Vec<Command>,
+    kept: BTreeMap<usize, Blocker>,
+    /// Why a node could not simply be deleted; consolidation may still replace it.
+    soft: BTreeMap<usize, Blocker>,
+    since: BTreeMap<String, DateTime<Utc>>,
+    simulations: usize,
+}
+
+fn utilization(node: &ExistingNode) -> f64 {
+    let mut used = Resources::default();
+    for p in &node.pods {
+        used.add(&p.spec.requests);
+    }
+    let a = &node.node.allocatable;
+    let share = |u: u64, c: u64| if c == 0 { 100.0 } else { u as f64 * 100.0 / c as f64 };
+    share(used.cpu_millis, a.cpu_millis).max(share(used.memory_bytes, a.memory_bytes))
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: &'a DisruptionInput, catalog: &'a Catalog, now: DateTime<Utc>) -> Planner<'a> {
+        let mut order: Vec<usize> = (0..input.candidates.len()).collect();
+        order.sort_by(|a, b| input.candidates[*a].name().cmp(input.candidates[*b].name()));
+        let groups: BTreeMap<&str, &GroupState> = input.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let mut pool: Vec<ExistingNode> = input.others.clone();
+        pool.extend(input.candidates.iter().map(|c| c.node.clone()));
+        let pool_index = pool.iter().enumerate().map(|(i, n)| (n.node.name.clone(), i)).collect();
+        let allowance = input
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), allowed_disruptions(&g.budgets, g.nodes, now).saturating_sub(g.disrupting)))
+            .collect();
+        let replicas = input.groups.iter().map(|g| (g.name.clone(), g.replicas)).collect();
+        let mut planner = Planner {
+            input,
+            catalog,
+            now,
+            order,
+            facts: vec![],
+            leaving: vec![false; pool.len()],
+            pool,
+            pool_index,
+            groups,
+            allowance,
+            replicas,
+            pdb_left: input.pdbs.iter().map(|p| p.disruptions_allowed).collect(),
+            commands: vec![],
+            kept: BTreeMap::new(),
+            soft: BTreeMap::new(),
+            since: BTreeMap::new(),
+            simulations: 0,
+        };
+        planner.facts = input.candidates.iter().map(|c| planner.facts_of(c)).collect();
+        for (i, c) in input.candidates.iter().enumerate() {
+            if planner.facts[i].underutilized {
+                let since = input.underutilized_since.get(c.name()).copied().filter(|s| *s <= now).unwrap_or(now);
+                planner.since.insert(c.name().to_string(), since);
+            }
+        }
+        planner
+    }
+
+    fn facts_of(&self, c: &Candidate) -> Facts {
+        let p = &self.input.policy;
+        let movable: Vec<Pod> = c.node.pods.iter().filter(|p| !p.is_daemon()).cloned().collect();
+        let utilization_percent = utilization(&c.node);
+        let underutilized = movable.is_empty() || utilization_percent < p.utilization_threshold_percent as f64;
+        let blocker = self.static_blocker(c, &movable);
+        Facts { movable, utilization_percent, underutilized, blocker }
+    }
+
+    /// Rules that depend on the candidate alone, most fundamental first.
+    fn static_blocker(&self, c: &Candidate, movable: &[Pod]) -> Option<Blocker> {
+        let p = &self.input.policy;
+        let Some(group) = self.groups.get(c.group.as_str()) else {
+            return Some(Blocker::UnknownGroup { group: c.group.clone() });
+        };
+        if c.do_not_disrupt {
+            return Some(Blocker::NodeDoNotDisrupt);
+        }
+        if let Some(pod) = movable.iter().find(|pod| c.do_not_disrupt_pods.contains(&pod.key())) {
+            return Some(Blocker::PodDoNotDisrupt { pod: pod.key() });
+        }
+        let age = self.now - c.created_at;
+        if age < p.min_node_age {
+            return Some(Blocker::TooYoung { age_seconds: age.num_seconds() });
+        }
+        if let Some(at) = group.last_scale_up {
+            let ago = self.now - at;
+            if ago < p.delay_after_scale_up {
+                return Some(Blocker::RecentScaleUp { group: group.name.clone(), seconds_ago: ago.num_seconds() });
+            }
+        }
+        for pod in movable {
+            if p.skip_nodes_with_unowned_pods && pod.owner.is_none() {
+                return Some(Blocker::UnownedPod { pod: pod.key() });
+            }
+            let covered: Vec<usize> = (0..self.input.pdbs.len()).filter(|i| self.input.pdbs[*i].covers(pod)).collect();
+            if p.skip_nodes_with_system_pods && pod.spec.namespace == SYSTEM_NAMESPACE && covered.is_empty() {
+                return Some(Blocker::SystemPodWithoutPdb { pod: pod.key() });
+            }
+            if let Some(i) = covered.iter().find(|i| self.input.pdbs[**i].disruptions_allowed == 0) {
+                let pdb = &self.input.pdbs[*i];
+                return Some(Blocker::PdbExhausted { pdb: format!("{}/{}", pdb.namespace, pdb.name), pod: pod.key() });
+            }
+        }
+        None
+    }
+
+    fn cand(&self, i: usize) -> &'a Candidate {
+        &self.input.candidates[i]
+    }
+
+    fn pool_of(&self, i: usize) -> usize {
+        self.input.others.len() + i
+    }
+
+    fn open(&self, i: usize) -> bool {
+        !self.leaving[self.pool_of(i)] && !self.kept.contains_key(&i)
+    }
+
+    /// Group minimum and budget for removing `nodes` (candidate indices), with `added` replacement nodes in a
+    /// group. Returns the blocker of the first group that refuses.
+    fn group_check(&self, nodes: &[usize], added: Option<&str>) -> Result<(), Blocker> {
+        let mut removed: BTreeMap<&str, u32> = BTreeMap::new();
+        for &i in nodes {
+            *removed.entry(self.cand(i).group.as_str()).or_default() += 1;
+        }
+        for (group, n) in &removed {
+            let Some(g) = self.groups.get(group) else { return Err(Blocker::UnknownGroup { group: group.to_string() }) };
+            if self.allowance.get(*group).copied().unwrap_or(0) < *n {
+                return Err(Blocker::BudgetExhausted { group: group.to_string() });
+            }
+            let back = u32::from(added == Some(*group));
+            let replicas = self.replicas.get(*group).copied().unwrap_or(g.replicas);
+            if (replicas + back).saturating_sub(*n) < g.min_replicas || replicas + back < *n {
+                return Err(Blocker::GroupAtMinimum { group: group.to_string(), min: g.min_replicas });
+            }
+        }
+        Ok(())
+    }
+
+    /// The PDB disruptions the nodes' pods would use, or the first PDB that cannot afford them.
+    fn pdb_take(&self, nodes: &[usize]) -> Result<Vec<u32>, Blocker> {
+        let mut left = self.pdb_left.clone();
+        for &i in nodes {
+            for pod in &self.facts[i].movable {
+                for (k, pdb) in self.input.pdbs.iter().enumerate() {
+                    if pdb.covers(pod) {
+                        if left[k] == 0 {
+                            return Err(Blocker::PdbExhausted { pdb: format!("{}/{}", pdb.namespace, pdb.name), pod: pod.key() });
+                        }
+                        left[k] -= 1;
+                    }
+                }
+            }
+        }
+        Ok(left)
+    }
+
+    /// Books a decision: the nodes leave, budgets and replicas shrink, pods land where the simulation put them.
+    fn commit(&mut self, nodes: &[usize], pdb_left: Vec<u32>, assignments: &[scheduling::Assignment], added: Option<&str>, command: Command) {
+        for &i in nodes {
+            let c = self.cand(i);
+            let p = self.pool_of(i);
+            self.leaving[p] = true;
+            if let Some(a) = self.allowance.get_mut(&c.group) {
+                *a = a.saturating_sub(1);
+            }
+            if let Some(r) = self.replicas.get_mut(&c.group) {
+                *r = r.saturating_sub(1);
+            }
+        }
+        if let Some(g) = added {
+            if let Some(r) = self.replicas.get_mut(g) {
+                *r += 1;
+            }
+        }
+        self.pdb_left = pdb_left;
+        let moving: BTreeMap<String, &Pod> = nodes.iter().flat_map(|i| self.facts[*i].movable.iter()).map(|p| (p.key(), p)).collect();
+        for a in assignments {
+            if let (Some(pod), Some(&target)) = (moving.get(&a.pod), self.pool_index.get(&a.node)) {
+                let mut pod = (*pod).clone();
+                pod.node_name = Some(a.node.clone());
+                self.pool[target].pods.push(pod);
+            }
+        }
+        self.commands.push(command);
+    }
+
+    /// Free cpu and memory on the nodes pods could still go to: a quick necessary condition before a simulation.
+    fn room_for(&self, nodes: &[usize]) -> bool {
+        let mut need = Resources::default();
+        for &i in nodes {
+            for p in &self.facts[i].movable {
+                need.add(&p.spec.requests);
+            }
+        }
+        let mut free = Resources::default();
+        for (k, n) in self.pool.iter().enumerate() {
+            if self.leaving[k] || n.node.unschedulable || nodes.iter().any(|i| self.pool_of(*i) == k) {
+                continue;
+            }
+            let mut used = Resources::default();
+            for p in &n.pods {
+                used.add(&p.spec.requests);
+            }
+            free.add(&n.node.allocatable.saturating_sub(&used));
+        }
+        need.cpu_millis <= free.cpu_millis && need.memory_bytes <= free.memory_bytes
+    }
+
+    /// Simulates moving the nodes' pods to the remaining nodes, plus the node groups when `allow_new`.
+    fn simulate(&mut self, nodes: &[usize], allow_new: bool) -> Result<scheduling::Plan, Blocker> {
+        if self.simulations >= self.input.max_simulations {
+            return Err(Blocker::SimulationLimit);
+        }
+        self.simulations += 1;
+        let excluded: BTreeSet<usize> = nodes.iter().map(|i| self.pool_of(*i)).collect();
+        let pending: Vec<Pod> = nodes
+            .iter()
+            .flat_map(|i| self.facts[*i].movable.iter())
+            .map(|p| Pod { node_name: None, ..p.clone() })
+            .collect();
+        let destinations: Vec<ExistingNode> =
+            self.pool.iter().enumerate().filter(|(k, _)| !self.leaving[*k] && !excluded.contains(k)).map(|(_, n)| n.clone()).collect();
+        let groups = if allow_new {
+            self.input
+                .node_groups
+                .iter()
+                .map(|g| {
+                    let mut g = g.clone();
+                    if let Some(r) = self.replicas.get(&g.name) {
+                        g.current_replicas = g.current_replicas.max(*r);
+                    }
+                    g
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        let snapshot = Snapshot { pending, nodes: destinations, groups, ..Default::default() };
+        let result = scheduling::solve(&snapshot, self.catalog, self.now).map_err(|e| Blocker::PodsDoNotFit { detail: e.to_string() })?;
+        if let Some(u) = result.unschedulable.first() {
+            return Err(Blocker::PodsDoNotFit { detail: format!("{}: {}", u.pod, u.reason) });
+        }
+        Ok(result)
+    }
+
+    fn delete_empty(&mut self) {
+        let mut empty: Vec<usize> = self.order.iter().copied().filter(|i| self.facts[*i].movable.is_empty()).collect();
+        // The most expensive first: the budget goes where it saves most.
+        empty.sort_by(|a, b| self.cand(*b).price.total_cmp(&self.cand(*a).price).then(self.cand(*a).name().cmp(self.cand(*b).name())));
+        for i in empty {
+            if let Some(b) = self.facts[i].blocker.clone() {
+                self.kept.insert(i, b);
+                continue;
+            }
+            if let Err(b) = self.group_check(&[i], None) {
+                self.kept.insert(i, b);
+                continue;
+            }
+            let c = self.cand(i);
+            let command = Command::Delete {
+                node: c.name().to_string(),
+                machine: c.machine.clone(),
+                group: c.group.clone(),
+                reason: Reason::Empty,
+                instance_type: c.instance_type.clone(),
+                price: c.price,
+            };
+            let left = self.pdb_left.clone();
+            self.commit(&[i], left, &[], None, command);
+        }
+    }
+
+    fn by_utilization(&self, list: &mut [usize]) {
+        list.sort_by(|a, b| {
+            self.facts[*a]
+                .utilization_percent
+                .total_cmp(&self.facts[*b].utilization_percent)
+                .then(self.cand(*b).price.total_cmp(&self.cand(*a).price))
+                .then(self.cand(*a).name().cmp(self.cand(*b).name()))
+        });
+    }
+
+    fn delete_underutilized(&mut self) {
+        let unneeded = self.input.policy.unneeded_time;
+        let mut list: Vec<usize> = self.order.iter().copied().filter(|i| self.open(*i) && self.facts[*i].underutilized).collect();
+        self.by_utilization(&mut list);
+        for i in list {
+            if let Some(b) = self.facts[i].blocker.clone() {
+                self.kept.insert(i, b);
+                continue;
+            }
+            let since = self.since.get(self.cand(i).name()).copied().unwrap_or(self.now);
+            if self.now - since < unneeded {
+                // Not yet; consolidation may still replace it.
+                continue;
+            }
+            let left = match self.group_check(&[i], None).and_then(|_| self.pdb_take(&[i])) {
+                Ok(left) => left,
+                Err(b) => {
+                    self.kept.insert(i, b);
+                    continue;
+                }
+            };
+            if !self.room_for(&[i]) {
+                self.soft.insert(i, Blocker::PodsDoNotFit { detail: "the remaining nodes lack the free cpu or memory".into() });
+                continue;
+            }
+            match self.simulate(&[i], false) {
+                Ok(result) if result.new_machines.is_empty() => {
+                    let c = self.cand(i);
+                    let command = Command::Delete {
+                        node: c.name().to_string(),
+                        machine: c.machine.clone(),
+                        group: c.group.clone(),
+                        reason: Reason::Underutilized,
+                        instance_type: c.instance_type.clone(),
+                        price: c.price,
+                    };
+                    self.commit(&[i], left, &result.assignments, None, command);
+                }
+                Ok(_) => {
+                    self.soft.insert(i, Blocker::PodsDoNotFit { detail: "they would need a new node".into() });
+                }
+                Err(Blocker::SimulationLimit) => {
+                    self.kept.insert(i, Blocker::SimulationLimit);
+                }
+                Err(b) => {
+                    self.soft.insert(i, b);
+                }
+            }
+        }
+    }
+
+    /// Nodes consolidation may look at: open, not statically blocked, with pods to move.
+    fn consolidation_candidates(&mut self) -> Vec<usize> {
+        let mut list = vec![];
+        for i in self.order.clone() {
+            if !self.open(i) || self.facts[i].movable.is_empty() {
+                continue;
+            }
+            if let Some(b) = self.facts[i].blocker.clone() {
+                self.kept.insert(i, b);
+                continue;
+            }
+            list.push(i);
+        }
+        self.by_utilization(&mut list);
+        list
+    }
+
+    /// Tries to replace `nodes` with one new node; the command if it fits and is strictly cheaper.
+    fn try_replace(&mut self, nodes: &[usize], reason: Reason) -> Result<(Command, Vec<u32>, Vec<scheduling::Assignment>, String), Blocker> {
+        let left = self.group_check(nodes, None).and_then(|_| self.pdb_take(nodes))?;
+        let result = self.simulate(nodes, true)?;
+        let mut replacement = match result.new_machines.as_slice() {
+            [] => return Err(Blocker::NotCheaper { detail: "the pods fit without a new node (left to the underutilized rule)".into() }),
+            [one] => one.clone(),
+            more => return Err(Blocker::NotCheaper { detail: format!("the pods need {} new nodes", more.len()) }),
+        };
+        self.group_check(nodes, Some(&replacement.group))?;
+        let replaced_price: f64 = nodes.iter().map(|i| self.cand(*i).price).sum();
+        if replacement.price >= replaced_price {
+            return Err(Blocker::NotCheaper {
+                detail: format!("{} at ${:.4}/h is not below ${replaced_price:.4}/h", replacement.instance_type, replacement.price),
+            });
+        }
+        // Launch only types that keep the replacement cheaper, whichever the cloud picks.
+        let price_of = |t: &str| {
+            self.catalog
+                .get(t)
+                .and_then(|it| it.offerings.iter().find(|o| o.zone == replacement.zone && o.capacity_type == replacement.capacity_type))
+                .map(|o| o.price)
+        };
+        let mut cheaper: Vec<(f64, String)> =
+            replacement.instance_types.iter().filter_map(|t| price_of(t).filter(|p| *p < replaced_price).map(|p| (p, t.clone()))).collect();
+        cheaper.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let all_spot = nodes.iter().all(|i| self.cand(*i).capacity_type == CapacityType::Spot);
+        if nodes.len() == 1 && all_spot && replacement.capacity_type == CapacityType::Spot {
+            if cheaper.len() < MIN_SPOT_TO_SPOT_TYPES {
+                return Err(Blocker::SpotToSpotTooFewTypes { cheaper: cheaper.len() });
+            }
+            cheaper.truncate(MIN_SPOT_TO_SPOT_TYPES);
+        }
+        replacement.instance_types = cheaper.into_iter().map(|(_, t)| t).collect();
+        if !replacement.instance_types.contains(&replacement.instance_type) {
+            replacement.instance_types.insert(0, replacement.instance_type.clone());
+        }
+        let group = replacement.group.clone();
+        let command = Command::Replace {
+            nodes: nodes.iter().map(|i| self.cand(*i).name().to_string()).collect(),
+            machines: nodes.iter().map(|i| self.cand(*i).machine.clone()).collect(),
+            groups: nodes.iter().map(|i| self.cand(*i).group.clone()).collect(),
+            reason,
+            savings: replaced_price - replacement.price,
+            replaced_price,
+            replacement,
+        };
+        Ok((command, left, result.assignments, group))
+    }
+
+    fn consolidate_multi(&mut self) {
+        let list = self.consolidation_candidates();
+        // The prefix respects budgets and minimums as a whole.
+        let mut prefix: Vec<usize> = vec![];
+        for i in list {
+            if prefix.len() >= MAX_MULTI_NODE {
+                break;
+            }
+            let mut with = prefix.clone();
+            with.push(i);
+            if self.group_check(&with, None).is_ok() && self.pdb_take(&with).is_ok() {
+                prefix = with;
+            }
+        }
+        if prefix.len() < 2 {
+            return;
+        }
+        // All of them first (the common case: several idle nodes into one), then a binary search below, which
+        // assumes that a set that fits has fitting prefixes (not always true, but cheap and usually right).
+        let mut best = None;
+        let (mut lo, mut hi) = (2, prefix.len() - 1);
+        match self.try_replace(&prefix, Reason::ConsolidationMulti) {
+            Ok(found) => {
+                best = Some((prefix.len(), found));
+                hi = 0;
+            }
+            Err(Blocker::SimulationLimit) => hi = 0,
+            Err(_) => {}
+        }
+        while lo <= hi {
+            let mid = (lo + hi) / 2;
+            match self.try_replace(&prefix[..mid], Reason::ConsolidationMulti) {
+                Ok(found) => {
+                    best = Some((mid, found));
+                    lo = mid + 1;
+                }
+                Err(Blocker::SimulationLimit) => break,
+                Err(_) => hi = mid - 1,
+            }
+        }
+        if let Some((n, (command, left, assignments, group))) = best {
+            self.commit(&prefix[..n], left, &assignments, Some(&group), command);
+        }
+    }
+
+    fn consolidate_single(&mut self) {
+        for i in self.consolidation_candidates() {
+            match self.try_replace(&[i], Reason::ConsolidationSingle) {
+                Ok((command, left, assignments, group)) => self.commit(&[i], left, &assignments, Some(&group), command),
+                Err(b) => {
+                    // "No cheaper replacement" says little: say what the node is waiting for instead.
+                    let b = match (b, self.soft.remove(&i), self.since.get(self.cand(i).name())) {
+                        (Blocker::NotCheaper { .. }, Some(soft), _) => soft,
+                        (Blocker::NotCheaper { .. }, None, Some(since)) if self.facts[i].underutilized => Blocker::NotUnneededYet { since: *since },
+                        (Blocker::NotCheaper { .. }, None, _) => Blocker::Utilized,
+                        (other, _, _) => other,
+                    };
+                    self.kept.insert(i, b);
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> DisruptionPlan {
+        let mut kept = vec![];
+        for &i in &self.order {
+            if self.leaving[self.pool_of(i)] {
+                continue;
+            }
+            let blocker = match self.kept.remove(&i).or_else(|| self.soft.remove(&i)) {
+                Some(b) => b,
+                None => match self.since.get(self.cand(i).name()) {
+                    Some(since) if self.facts[i].underutilized => Blocker::NotUnneededYet { since: *since },
+                    _ => Blocker::Utilized,
+                },
+            };
+            kept.push(Kept { node: self.cand(i).name().to_string(), blocker });
+        }
+        // Nodes chosen keep their clock: the confirming plan must see them as unneeded as this one did. A clock
+        // goes when its node stops being a candidate.
+        DisruptionPlan { commands: self.commands, kept, underutilized_since: self.since, simulations: self.simulations }
+    }
+}
