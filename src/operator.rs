@@ -1,6 +1,6 @@
 //! `berth run`: the controller process. It connects to the cluster, refuses to act until berth's CRDs are
 //! installed, reports what it finds, and then runs the controllers (only while it leads, when elected): the
-//! provisioner (scale-up), MachineDeployment, MachineSet and Machine. `berth simulate` starts the same
+//! provisioner (scale-up), disruption (scale-down and consolidation), MachineDeployment, MachineSet and Machine. `berth simulate` starts the same
 //! controllers through [`run_controllers`].
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
@@ -13,6 +13,7 @@ use crate::clock::SystemClock;
 use crate::cloud::aws::{AwsCloud, AwsConfig};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::CloudProvider;
+use crate::controllers::disruption::{self, DisruptionConfig};
 use crate::controllers::provisioner::{self, ProvisionerConfig};
 use crate::controllers::{machine, machine_deployment, machine_set, Context};
 use crate::model::instance_type::Catalog;
@@ -216,6 +217,7 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
         cluster_name: args.cluster_name.clone().unwrap_or_default(),
         catalog: Arc::new(catalog),
         provisioner,
+        disruption: DisruptionConfig { cluster_name: args.cluster_name.clone().unwrap_or_default(), ..DisruptionConfig::default() },
         dry_run: args.dry_run,
     });
     if args.leader_elect {
@@ -243,6 +245,7 @@ pub struct Controllers {
     pub cluster_name: String,
     pub catalog: Arc<Catalog>,
     pub provisioner: ProvisionerConfig,
+    pub disruption: DisruptionConfig,
     /// Only the provisioner runs, and it writes nothing.
     pub dry_run: bool,
 }
@@ -266,6 +269,7 @@ pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Futu
     if !ctx.dry_run {
         tasks.push(tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone()))));
         tasks.push(tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone()))));
+        tasks.push(tokio::spawn(disruption::run(ctx.base.clone(), ctx.catalog.clone(), ctx.disruption.clone(), signal(rx.clone()))));
         if let Some(cloud) = ctx.cloud.clone() {
             tasks.push(tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx.clone()))));
         }

@@ -98,6 +98,7 @@ impl Harness {
                 observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() },
                 ..ProvisionerConfig::default()
             },
+            disruption: Default::default(),
             dry_run: false,
         });
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -92,6 +92,7 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
         cluster_name: CLUSTER.into(),
         catalog: Arc::new(catalog),
         provisioner: ProvisionerConfig { observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() }, ..Default::default() },
+        disruption: Default::default(),
         dry_run: false,
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
