@@ -194,7 +194,7 @@ mod tests {
     fn charts_have_one_path_per_series_with_every_point() {
         let svg = line_chart("c", "T", "u", &[0, 10, 20], &[("a".into(), vec![0.0, 5.0, 3.0]), ("b".into(), vec![1.0, 1.0, 1.0])], &[(10, "x".into())]);
         assert_eq!(svg.matches("<path class=\"series\"").count(), 2);
-        let d = svg.split("d=\"").nth(1).unwrap().split('"').next().unwrap();
+        let d = svg.split(" d=\"").nth(1).unwrap().split('"').next().unwrap();
         assert_eq!(d.matches('L').count(), 2, "{d}");
         assert!(svg.contains("class=\"marker\""));
     }

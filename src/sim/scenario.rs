@@ -689,7 +689,7 @@ timeline:
     #[test]
     fn an_unknown_field_names_file_line_and_field() {
         let (line, field, message) = err(&GOOD.replace("      replicas: 3\n", "      replicas: 3\n      replica: 4\n"));
-        assert_eq!(line, 21);
+        assert_eq!(line, 20);
         assert!(field.contains("timeline[0].deployment"), "{field}");
         assert!(message.contains("unknown field `replica`"), "{message}");
     }
