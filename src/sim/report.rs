@@ -56,13 +56,14 @@ pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(Stri
             fmt_value(v)
         ));
     }
-    for i in 0..=6 {
-        let t = x_max * i as f64 / 6.0;
+    // Whole minutes at a round step, at most eight ticks.
+    let step = [60u64, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 14_400].into_iter().find(|s| x_max / *s as f64 <= 8.0).unwrap_or(28_800);
+    for t in (0..=x_max as u64).step_by(step as usize) {
         svg.push_str(&format!(
             "<text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}m</text>\n",
-            px(t),
+            px(t as f64),
             HEIGHT - BOTTOM + 16.0,
-            fmt_value(t / 60.0)
+            t / 60
         ));
     }
     svg.push_str(&format!("<text class=\"unit\" x=\"{LEFT:.1}\" y=\"{:.1}\">{}</text>\n", HEIGHT - 4.0, escape(unit)));
