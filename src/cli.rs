@@ -58,6 +58,21 @@ pub enum BenchCommand {
         #[arg(long)]
         real_time: bool,
     },
+    /// B3: pending pod to launch call, with berth's controllers, the emulator and the simulated cloud.
+    Reaction {
+        /// Full nodes in the cluster before the burst.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Running pods on each of them.
+        #[arg(long, default_value_t = 30)]
+        pods_per_node: usize,
+        /// Pods created at once.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Seed of the pod shapes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// B1: the Karpenter-shaped scheduling benchmark.
     Scheduling {
         /// One diverse size (or, with --preference, the preference pod count) instead of all sizes.
@@ -117,6 +132,33 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (the pod name in Kubernetes).
     #[arg(long, env = "BERTH_POD_NAME")]
     pub identity: Option<String>,
+    /// The scale-up batch window closes after this long without a new unschedulable pod (a Go duration).
+    #[arg(long, env = "BERTH_BATCH_IDLE", default_value = "200ms", value_parser = parse_flag_duration)]
+    pub batch_idle: std::time::Duration,
+    /// ... or after this long at most.
+    #[arg(long, env = "BERTH_BATCH_MAX", default_value = "2s", value_parser = parse_flag_duration)]
+    pub batch_max: std::time::Duration,
+    /// Plan and log (and publish Events) but never call the cloud or change Machines, MachineSets or
+    /// MachineDeployments.
+    #[arg(long, env = "BERTH_DRY_RUN")]
+    pub dry_run: bool,
+    /// The share of EC2's documented API rate limits berth uses (0 < share <= 1), leaving the rest of the
+    /// account's budget to other tools.
+    #[arg(long, env = "BERTH_RATE_LIMIT_SHARE", default_value_t = 1.0, value_parser = parse_share)]
+    pub rate_limit_share: f64,
+}
+
+/// A Go-style duration flag (200ms, 2s, 1m30s).
+fn parse_flag_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::model::duration::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not in (0, 1]")),
+        Err(e) => Err(format!("{text:?} is not a number: {e}")),
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.

@@ -64,6 +64,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Reaction { nodes, pods_per_node, pods, seed }) => {
+            berth::bench::reaction::main(nodes, pods_per_node, pods, seed)?;
+            Ok(())
+        }
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

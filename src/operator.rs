@@ -1,6 +1,7 @@
 //! `berth run`: the controller process. It connects to the cluster, refuses to act until berth's CRDs are
-//! installed, reports what it finds, and then follows changes to berth's objects and the cluster's nodes.
-//! Controllers join this loop as they land; until then it observes and logs, and changes nothing.
+//! installed, reports what it finds, and then runs the controllers (only while it leads, when elected): the
+//! provisioner (scale-up), MachineDeployment, MachineSet and Machine. `berth simulate` starts the same
+//! controllers through [`run_controllers`].
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -12,7 +13,11 @@ use crate::clock::SystemClock;
 use crate::cloud::aws::{AwsCloud, AwsConfig};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::CloudProvider;
+use crate::controllers::provisioner::{self, ProvisionerConfig};
 use crate::controllers::{machine, machine_deployment, machine_set, Context};
+use crate::model::instance_type::Catalog;
+use crate::state::cluster::ClusterCache;
+use crate::state::snapshot::ObserveSettings;
 use crate::telemetry::leader::{LeaderElector, LeaderTiming};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::server::{self, OpsState};
@@ -32,6 +37,8 @@ pub enum OperatorError {
     Unreachable(String),
     #[error("berth's CRDs are not installed: missing {missing}. Install them with `berth crds | kubectl apply -f -` or the Helm chart")]
     CrdsMissing { missing: String },
+    #[error("cannot read the instance-type catalog: {0}")]
+    Catalog(String),
 }
 
 impl OperatorError {
@@ -42,6 +49,7 @@ impl OperatorError {
             OperatorError::Cloud(_) => "cloud",
             OperatorError::Unreachable(_) => "unreachable",
             OperatorError::CrdsMissing { .. } => "crds_missing",
+            OperatorError::Catalog(_) => "catalog",
         }
     }
 }
@@ -167,22 +175,49 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     ready_tx.send_replace(true);
 
     let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), metrics.clone()));
-    let cloud = match &args.cluster_name {
-        Some(name) => {
+    // Dry-run never calls the cloud: it plans against the bundled catalog and launches nothing.
+    let cloud = match (&args.cluster_name, args.dry_run) {
+        (Some(name), false) => {
             let mut config = AwsConfig::new(name);
             config.region = args.region.clone();
             config.endpoint_url = args.aws_endpoint.clone();
+            config.rate_limit_share = args.rate_limit_share;
             let cloud_metrics = CloudMetrics::register(&metrics.registry).map_err(|e| OperatorError::Client(e.to_string()))?;
             // Missing credentials or region: one clear error at start, not a crash loop of stack traces.
             let aws = AwsCloud::connect(config, Arc::new(SystemClock), cloud_metrics).await.map_err(|e| OperatorError::Cloud(e.to_string()))?;
             Some(Arc::new(aws) as Arc<dyn CloudProvider>)
         }
-        None => {
+        (None, false) => {
             tracing::warn!("no --cluster-name: Machines are not launched or terminated (MachineDeployments and MachineSets are still reconciled)");
             None
         }
+        (_, true) => {
+            tracing::warn!("--dry-run: berth plans and logs, and changes nothing");
+            None
+        }
     };
-    let ctx = Arc::new(Controllers { base: ctx, cloud, cluster_name: args.cluster_name.clone().unwrap_or_default() });
+    let catalog = match &cloud {
+        Some(c) => c.instance_types().await.map_err(|e| OperatorError::Catalog(e.to_string()))?,
+        None => {
+            let region = args.region.clone().unwrap_or_else(|| "us-east-1".into());
+            crate::model::aws_catalog::bundled_catalog(&region).map_err(|e| OperatorError::Catalog(e.to_string()))?
+        }
+    };
+    let provisioner = ProvisionerConfig {
+        batch_idle: args.batch_idle,
+        batch_max: args.batch_max,
+        dry_run: args.dry_run,
+        observe: ObserveSettings { cluster_name: args.cluster_name.clone(), ..ObserveSettings::default() },
+        ..ProvisionerConfig::default()
+    };
+    let ctx = Arc::new(Controllers {
+        base: ctx,
+        cloud,
+        cluster_name: args.cluster_name.clone().unwrap_or_default(),
+        catalog: Arc::new(catalog),
+        provisioner,
+        dry_run: args.dry_run,
+    });
     if args.leader_elect {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
@@ -200,29 +235,47 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     Ok(())
 }
 
-/// What the controllers share: the context, and the cloud when berth may launch.
-struct Controllers {
-    base: Arc<Context>,
-    cloud: Option<Arc<dyn CloudProvider>>,
-    cluster_name: String,
+/// What the controllers share: the context, the cloud when berth may launch, the catalog it plans with.
+pub struct Controllers {
+    pub base: Arc<Context>,
+    pub cloud: Option<Arc<dyn CloudProvider>>,
+    /// This cluster's name (empty: none given).
+    pub cluster_name: String,
+    pub catalog: Arc<Catalog>,
+    pub provisioner: ProvisionerConfig,
+    /// Only the provisioner runs, and it writes nothing.
+    pub dry_run: bool,
 }
 
-/// The controllers, until `stop`.
-async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// berth's controllers, until `stop`: exactly what `berth run` runs while it leads.
+pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let (tx, rx) = watch::channel(false);
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let deployments = tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone())));
-    let sets = tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone())));
-    let machines = ctx.cloud.clone().map(|cloud| tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx))));
+    let cache = ClusterCache::start(&ctx.base.client);
+    let mut tasks = vec![tokio::spawn(provisioner::run(
+        ctx.base.clone(),
+        cache.clone(),
+        ctx.catalog.clone(),
+        ctx.cloud.clone(),
+        ctx.provisioner.clone(),
+        signal(rx.clone()),
+    ))];
+    if !ctx.dry_run {
+        tasks.push(tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone()))));
+        tasks.push(tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone()))));
+        if let Some(cloud) = ctx.cloud.clone() {
+            tasks.push(tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx.clone()))));
+        }
+    }
     stop.await;
     tx.send_replace(true);
-    let _ = tokio::join!(deployments, sets);
-    if let Some(m) = machines {
-        let _ = m.await;
+    for t in tasks {
+        let _ = t.await;
     }
+    cache.stop();
 }
 
 /// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas

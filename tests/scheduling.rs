@@ -155,6 +155,7 @@ fn in_flight_capacity_prevents_a_second_launch() {
         .iter()
         .map(|m| InFlightMachine {
             name: m.name.clone(),
+            pods: vec![],
             group: m.group.clone(),
             instance_type: m.instance_type.clone(),
             zone: m.zone.clone(),

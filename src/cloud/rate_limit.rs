@@ -232,6 +232,16 @@ impl RateLimits {
         RateLimits::with_sizes(metrics, |a| a.request_bucket(), |a| a.resource_bucket())
     }
 
+    /// A share of EC2's documented buckets (at least one token and one per second each).
+    pub fn ec2_share(metrics: CloudMetrics, share: f64) -> RateLimits {
+        let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
+        let scale = move |b: BucketSize| BucketSize {
+            max: ((b.max as f64 * share).round() as u32).max(1),
+            refill_per_second: ((b.refill_per_second as f64 * share).round() as u32).max(1),
+        };
+        RateLimits::with_sizes(metrics, move |a| scale(a.request_bucket()), move |a| a.resource_bucket().map(scale))
+    }
+
     /// Buckets of any size (tests use tiny ones).
     pub fn with_sizes(
         metrics: CloudMetrics,

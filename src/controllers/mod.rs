@@ -8,6 +8,7 @@ pub mod events;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
+pub mod provisioner;
 
 use crate::clock::{to_k8s, SharedClock};
 use crate::telemetry::metrics::Metrics;
@@ -28,6 +29,8 @@ pub mod keys {
     pub const LAUNCH_SHAPES: &str = "berth.dev/launch-shapes";
     /// On Machines: the id of the launch shape the Machine was created for.
     pub const SHAPE_ID: &str = "berth.dev/shape-id";
+    /// On MachineDeployments: when the provisioner last raised replicas (RFC 3339); scale-down waits after it.
+    pub const LAST_SCALE_UP: &str = "berth.dev/last-scale-up";
     /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
     pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
 }

@@ -494,6 +494,14 @@ impl<'a> Engine<'a> {
             self.totals.2 += it.memory_mib << 20;
             let mut host_ports = vec![];
             host_ports.extend(g.daemon_pods.iter().flat_map(|d| d.spec.host_ports.iter().cloned()));
+            let mut used = vec![0; 4 + self.ext.len()];
+            for p in &m.pods {
+                for (u, r) in used.iter_mut().zip(to_vec(&p.spec.requests, &self.ext)) {
+                    *u += r;
+                }
+                host_ports.extend(p.spec.host_ports.iter().cloned());
+                pod_list.push((self.bins.len(), p));
+            }
             self.bins.push(Bin {
                 name: m.name.clone(),
                 origin: Origin::Fixed,
@@ -502,7 +510,7 @@ impl<'a> Engine<'a> {
                 blocking_taints: split_taints(&g.taints).0,
                 prefer_taints: split_taints(&g.taints).1,
                 cap: to_vec(&new_node_allocatable(g, it), &self.ext),
-                used: vec![0; 4 + self.ext.len()],
+                used,
                 host_ports,
                 doms,
                 compat: None,

@@ -114,6 +114,9 @@ pub struct ExistingNode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InFlightMachine {
     pub name: String,
+    /// Pods already nominated to it (the pods it was launched for): they occupy it as bound pods occupy a node,
+    /// so no other pod is planned into their room and they are not planned again.
+    pub pods: Vec<Pod>,
     pub group: String,
     pub instance_type: String,
     pub zone: String,

@@ -47,8 +47,8 @@ pub fn verify(snapshot: &Snapshot, catalog: &Catalog, plan: &Plan, now: DateTime
             labels: new_node_labels(g, it, &o, &m.name),
             taints: g.taints.clone(),
             allocatable: new_node_allocatable(g, it),
-            pods: vec![],
-            existing: 0,
+            pods: m.pods.iter().collect(),
+            existing: m.pods.len(),
         });
     }
     let mut take = |key: &str, errors: &mut Vec<String>| -> Option<&Pod> {

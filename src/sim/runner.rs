@@ -79,20 +79,17 @@ impl Berth {
     }
 }
 
-/// Starts berth against this client and cloud. The one place a simulation starts berth.
-pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, cloud: Arc<dyn CloudProvider>, cluster_name: &str) -> Berth {
-    use crate::controllers::{machine, machine_deployment, machine_set, Context};
-    let ctx = Arc::new(Context::new(client, clock, metrics));
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let signal = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    tokio::spawn(machine_deployment::run(ctx.clone(), signal()));
-    tokio::spawn(machine_set::run(ctx.clone(), signal()));
-    tokio::spawn(machine::run(ctx, cloud, cluster_name.to_string(), signal()));
+/// Starts berth against this client and cloud exactly as `berth run` starts it while it leads. The one place a
+/// simulation starts berth.
+pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, cloud: Arc<dyn CloudProvider>, cluster_name: &str, catalog: Arc<Catalog>) -> Berth {
+    use crate::controllers::provisioner::ProvisionerConfig;
+    use crate::operator::{run_controllers, Controllers};
+    let base = Arc::new(crate::controllers::Context::new(client, clock, metrics));
+    let ctx = Arc::new(Controllers { base, cloud: Some(cloud), cluster_name: cluster_name.to_string(), catalog, provisioner: ProvisionerConfig::default(), dry_run: false });
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(run_controllers(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
     Berth { stop: tx }
 }
 
@@ -175,7 +172,9 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
 
     let metrics = Metrics::new().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
     let provider: Arc<dyn CloudProvider> = cloud.clone();
-    let mut berth = Some(start_berth(client.clone(), clock.clone(), metrics.clone(), provider.clone(), &scenario.cluster_name));
+    let berth_catalog = Arc::new(catalog.clone());
+    let launch_berth = || start_berth(client.clone(), clock.clone(), metrics.clone(), provider.clone(), &scenario.cluster_name, berth_catalog.clone());
+    let mut berth = Some(launch_berth());
     let mut berth_restart_at: Option<Duration> = None;
 
     let binder = Binder::new(emulator.clone());
@@ -250,7 +249,7 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
             }
         }
         if berth.is_none() && berth_restart_at.is_some_and(|t| t <= now) {
-            berth = Some(start_berth(client.clone(), clock.clone(), metrics.clone(), provider.clone(), &scenario.cluster_name));
+            berth = Some(launch_berth());
             berth_restart_at = None;
         }
         let before = shortages.len();

@@ -1,6 +1,7 @@
-//! Operating berth: logging (and, as they land, metrics, health and leader election).
+//! Operating berth: logging, metrics (and the fleet's gauges), health endpoints and leader election.
 
+pub mod fleet;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
-pub mod leader;
 pub mod server;

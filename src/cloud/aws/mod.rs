@@ -48,6 +48,9 @@ pub struct AwsConfig {
     pub backoff: Backoff,
     /// Per-call timeout.
     pub call_timeout: Duration,
+    /// The share (0 < share <= 1) of EC2's documented API buckets berth allows itself, so tools sharing the
+    /// account's budget are not throttled by berth's bursts.
+    pub rate_limit_share: f64,
 }
 
 impl AwsConfig {
@@ -61,6 +64,7 @@ impl AwsConfig {
             unavailable_ttl: DEFAULT_TTL,
             backoff: Backoff::default(),
             call_timeout: Duration::from_secs(30),
+            rate_limit_share: 1.0,
         }
     }
 }
@@ -127,7 +131,7 @@ impl AwsCloud {
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let asg = aws_sdk_autoscaling::Client::new(&sdk);
         let caller = ApiCaller::new(
-            RateLimits::ec2_defaults(metrics.clone()),
+            RateLimits::ec2_share(metrics.clone(), config.rate_limit_share),
             metrics,
             config.backoff,
             clock.now().timestamp_nanos_opt().unwrap_or_default() as u64,

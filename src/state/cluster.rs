@@ -1,0 +1,170 @@
+//! The cluster as the autoscaler reads it: one reflector cache per kind, read together as [`ClusterObjects`].
+//!
+//! The provisioner and the disruption controller plan over the same caches, so one solve never sees a Machine
+//! without the MachineDeployment replicas that asked for it from a different moment than the other. Objects are
+//! trimmed before they are stored (managed fields, container statuses), which is most of a Pod's bytes at scale.
+
+use crate::api::{Cluster, Machine, MachineClass, MachineDeployment};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::sync::watch as signal;
+
+/// Everything the planners read, as of one moment (each list is a cheap copy of `Arc`s).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterObjects {
+    pub pods: Vec<Arc<Pod>>,
+    pub nodes: Vec<Arc<Node>>,
+    pub machines: Vec<Arc<Machine>>,
+    pub machine_deployments: Vec<Arc<MachineDeployment>>,
+    pub machine_classes: Vec<Arc<MachineClass>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub daemon_sets: Vec<Arc<DaemonSet>>,
+    pub pdbs: Vec<Arc<PodDisruptionBudget>>,
+}
+
+/// Reflector caches of every kind the autoscaler reads, and a signal raised when a pod may need capacity or a
+/// Machine may have failed (the provisioner's reasons to solve again).
+#[derive(Clone)]
+pub struct ClusterCache {
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    machines: Store<Machine>,
+    machine_deployments: Store<MachineDeployment>,
+    machine_classes: Store<MachineClass>,
+    clusters: Store<Cluster>,
+    daemon_sets: Store<DaemonSet>,
+    pdbs: Store<PodDisruptionBudget>,
+    changed: signal::Sender<u64>,
+    tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl ClusterCache {
+    /// Starts one watch per kind. The caches fill in the background; [`ClusterCache::wait_synced`] waits for the
+    /// first full list of each.
+    pub fn start(client: &Client) -> ClusterCache {
+        let (changed, _) = signal::channel(0u64);
+        let mut tasks = Vec::new();
+        let on_pod = {
+            let changed = changed.clone();
+            move |pod: &Pod| {
+                if crate::state::snapshot::is_unschedulable(pod) {
+                    changed.send_modify(|generation| *generation += 1);
+                }
+            }
+        };
+        let on_machine = {
+            let changed = changed.clone();
+            move |m: &Machine| {
+                // A failed or vanishing Machine no longer counts as capacity: its pods may need another launch.
+                if m.metadata.deletion_timestamp.is_some() || m.status.as_ref().is_some_and(|s| s.phase == crate::api::MachinePhase::Failed) {
+                    changed.send_modify(|generation| *generation += 1);
+                }
+            }
+        };
+        let pods = watch(Api::all(client.clone()), trim_pod, on_pod, &mut tasks);
+        let nodes = watch(Api::all(client.clone()), trim_meta::<Node>, |_: &Node| {}, &mut tasks);
+        let machines = watch(Api::all(client.clone()), trim_meta::<Machine>, on_machine, &mut tasks);
+        let machine_deployments = watch(Api::all(client.clone()), trim_meta::<MachineDeployment>, |_: &MachineDeployment| {}, &mut tasks);
+        let machine_classes = watch(Api::all(client.clone()), trim_meta::<MachineClass>, |_: &MachineClass| {}, &mut tasks);
+        let clusters = watch(Api::all(client.clone()), trim_meta::<Cluster>, |_: &Cluster| {}, &mut tasks);
+        let daemon_sets = watch(Api::all(client.clone()), trim_meta::<DaemonSet>, |_: &DaemonSet| {}, &mut tasks);
+        let pdbs = watch(Api::all(client.clone()), trim_meta::<PodDisruptionBudget>, |_: &PodDisruptionBudget| {}, &mut tasks);
+        ClusterCache {
+            pods,
+            nodes,
+            machines,
+            machine_deployments,
+            machine_classes,
+            clusters,
+            daemon_sets,
+            pdbs,
+            changed,
+            tasks: Arc::new(tasks),
+        }
+    }
+
+    /// Waits until every kind has been listed once.
+    pub async fn wait_synced(&self) {
+        let _ = tokio::join!(
+            self.pods.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+            self.machines.wait_until_ready(),
+            self.machine_deployments.wait_until_ready(),
+            self.machine_classes.wait_until_ready(),
+            self.clusters.wait_until_ready(),
+            self.daemon_sets.wait_until_ready(),
+            self.pdbs.wait_until_ready(),
+        );
+    }
+
+    /// The objects as cached now.
+    pub fn objects(&self) -> ClusterObjects {
+        ClusterObjects {
+            pods: self.pods.state(),
+            nodes: self.nodes.state(),
+            machines: self.machines.state(),
+            machine_deployments: self.machine_deployments.state(),
+            machine_classes: self.machine_classes.state(),
+            clusters: self.clusters.state(),
+            daemon_sets: self.daemon_sets.state(),
+            pdbs: self.pdbs.state(),
+        }
+    }
+
+    /// A counter that moves when an unschedulable pod appears or changes, or a Machine fails or goes.
+    pub fn changes(&self) -> signal::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Stops the watches.
+    pub fn stop(&self) {
+        for t in self.tasks.iter() {
+            t.abort();
+        }
+    }
+}
+
+fn watch<K>(
+    api: Api<K>,
+    trim: fn(&mut K),
+    on_applied: impl Fn(&K) + Send + Sync + 'static,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<K>
+where
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| event.modify(trim));
+    let task = reflector::reflector(writer, stream).applied_objects().for_each(move |r| {
+        if let Ok(o) = r {
+            on_applied(&o);
+        }
+        async {}
+    });
+    tasks.push(tokio::spawn(task));
+    store
+}
+
+fn trim_meta<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// Keeps what scheduling reads: metadata (without managed fields), spec, phase and conditions.
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+    }
+}

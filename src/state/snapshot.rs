@@ -1,0 +1,661 @@
+//! From the cluster's objects to the scheduling [`Snapshot`]: which pods need capacity, what capacity exists or is
+//! coming, and which node groups may grow. Pure over [`ClusterObjects`], so the provisioner's reading of the
+//! cluster is tested without a cluster.
+//!
+//! Capacity that is coming counts as capacity, so one burst never launches twice:
+//! - a Machine launched (or about to be) whose Node has not registered is in flight, with the instance type it
+//!   launched as, or the first of its shape's types before the launch answered;
+//! - replicas the provisioner added whose Machines the MachineSet has not created yet are in flight too, as the
+//!   deployment's queued launch shapes that no Machine has taken.
+//! Both stop counting after the registration timeout, when the Machine controller fails them anyway.
+//!
+//! An in-flight machine is named by its launch shape's id (the Machine's name when it has none), so the
+//! provisioner's nominations (pod → the shape planned for it) follow a shape from the queue to its Machine. A
+//! nominated pod rides on its machine until the machine's node registers: the kube-scheduler may then spread
+//! pods differently than planned, and a pod is no reason to launch again while its machine is still coming.
+//! It stays on the registered node until that node has been Ready for [`NOMINATION_GRACE`], the time the
+//! scheduler needs to bind it there; a pod still unschedulable after that has a real reason to launch.
+
+use super::cluster::ClusterObjects;
+use crate::api::common::{TaintEffectSpec, TaintSpec};
+use crate::api::machine_class::CapacityTypeSpec;
+use crate::api::{Cluster, Machine, MachineDeployment, MachinePhase};
+use crate::clock::from_k8s;
+use crate::controllers::keys;
+use crate::controllers::machine_set::{read_shape_queue, LaunchShapeEntry};
+use crate::model::instance_type::{labels, CapacityType, Catalog};
+use crate::model::node::Node;
+use crate::model::pod::{OwnerRef, Pod};
+use crate::model::quantity::{parse_cpu_millis, parse_units};
+use crate::model::requirements::{Operator, Requirement, Requirements};
+use crate::model::resources::Resources;
+use crate::model::taints::{Taint, TaintEffect, Toleration, TolerationOperator};
+use crate::scheduling::{ClusterLimits, ExistingNode, Expander, InFlightMachine, NodeGroup, Snapshot};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1 as core;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// How long a nominated pod is held on its new node after the node turns Ready, before it may ask for more.
+pub const NOMINATION_GRACE: chrono::Duration = chrono::Duration::seconds(15);
+
+/// Namespace of the placeholder pods that stand for headroom; they never exist in the cluster.
+pub const HEADROOM_NAMESPACE: &str = "berth-headroom";
+
+/// Whether kube-scheduler gave up on this pod (PodScheduled=False, reason Unschedulable) and berth may help:
+/// not bound, not being deleted, not a DaemonSet's (a new node brings its own daemon pods).
+pub fn is_unschedulable(pod: &core::Pod) -> bool {
+    let spec_ok = pod.spec.as_ref().is_some_and(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
+    let daemon = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    let status = pod.status.as_ref();
+    let pending = status.and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+    let marked = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")));
+    spec_ok && !daemon && pending && marked && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// When the pod became unschedulable (the condition's transition time, else its creation).
+pub fn unschedulable_since(pod: &core::Pod) -> Option<DateTime<Utc>> {
+    let condition = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+    condition
+        .and_then(|c| c.last_transition_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(|t| from_k8s(t.0))
+}
+
+/// How the autoscaler reads the cluster.
+#[derive(Debug, Clone)]
+pub struct ObserveSettings {
+    /// The Cluster object to follow (by spec.clusterName); None: the only Cluster, if there is exactly one.
+    pub cluster_name: Option<String>,
+    pub registration_timeout: std::time::Duration,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        ObserveSettings { cluster_name: None, registration_timeout: crate::scheduling::DEFAULT_REGISTRATION_TIMEOUT }
+    }
+}
+
+/// A node group as the provisioner writes it back: which MachineDeployment, and what it has queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupTarget {
+    pub namespace: String,
+    pub name: String,
+    pub resource_version: Option<String>,
+    pub replicas: u32,
+    pub max_replicas: u32,
+    /// Queued shapes no Machine has taken yet (those taken are pruned when the provisioner writes the queue).
+    pub open_shapes: Vec<LaunchShapeEntry>,
+}
+
+/// A pod berth will not plan for, and why (becomes a NotTriggerScaleUp Event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedPod {
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// What the provisioner plans from, and what it needs to apply the plan.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub snapshot: Snapshot,
+    /// By group name (the MachineDeployment's name, which its nodes carry in berth.dev/machine-deployment).
+    pub groups: BTreeMap<String, GroupTarget>,
+    /// Unschedulable pods that cannot be planned for.
+    pub skipped: Vec<SkippedPod>,
+    /// MachineDeployments left out of planning, and why (becomes a Warning Event on them).
+    pub invalid_groups: Vec<(String, String, String)>,
+    /// When each pending pod (by `namespace/name`) became unschedulable.
+    pub pending_since: HashMap<String, DateTime<Utc>>,
+    /// Unschedulable pods held on the machine nominated for them (in flight, or a node within its grace).
+    pub riding: HashSet<String>,
+    /// The Cluster followed, if any.
+    pub cluster: Option<Cluster>,
+}
+
+/// Reads the objects into a scheduling snapshot; `nominations` maps pending pods (`namespace/name`) to the
+/// in-flight machine (shape id) planned for them.
+pub fn observe(
+    objects: &ClusterObjects,
+    catalog: &Catalog,
+    settings: &ObserveSettings,
+    nominations: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Observation {
+    let cluster = pick_cluster(objects, settings.cluster_name.as_deref());
+    let mut skipped = Vec::new();
+    let mut invalid_groups = Vec::new();
+
+    // Node groups: MachineDeployments with autoscaling bounds and a class that allows something.
+    let classes: HashMap<&str, &crate::api::MachineClass> =
+        objects.machine_classes.iter().map(|c| (c.metadata.name.as_deref().unwrap_or_default(), c.as_ref())).collect();
+    let daemon_pods = daemon_pods(objects);
+    let taken_shapes: BTreeSet<&str> = objects.machines.iter().filter_map(|m| annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID)).collect();
+    let mut groups = Vec::new();
+    let mut targets = BTreeMap::new();
+    let mut seen_names = BTreeSet::new();
+    let mut sorted_deployments: Vec<&MachineDeployment> = objects.machine_deployments.iter().map(|d| d.as_ref()).collect();
+    sorted_deployments.sort_by_key(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()));
+    for md in sorted_deployments {
+        let Some(autoscaling) = &md.spec.autoscaling else { continue };
+        if md.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = md.metadata.name.clone().unwrap_or_default();
+        let namespace = md.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let mut reject = |why: String| invalid_groups.push((namespace.clone(), name.clone(), why));
+        if !seen_names.insert(name.clone()) {
+            reject(format!("another autoscaled MachineDeployment is also named {name}; its nodes could not be told apart"));
+            continue;
+        }
+        let class_name = &md.spec.template.spec.class_ref.name;
+        let Some(class) = classes.get(class_name.as_str()) else {
+            reject(format!("MachineClass {class_name} does not exist"));
+            continue;
+        };
+        let allowed = match crate::state::class::allowed_instance_types(&class.spec, catalog, &[]) {
+            Ok(a) => a,
+            Err(why) => {
+                reject(format!("MachineClass {class_name}: {why}"));
+                continue;
+            }
+        };
+        let mut group = NodeGroup::new(&name, allowed.iter().map(|t| t.name.clone()).collect());
+        group.requirements = capacity_requirement(&class.spec);
+        group.labels = md.spec.template.spec.node_labels.clone();
+        group.labels.insert(labels::MACHINE_DEPLOYMENT.into(), name.clone());
+        group.taints = md.spec.template.spec.taints.iter().filter_map(taint_of).collect();
+        group.startup_taints = md.spec.template.spec.startup_taints.iter().filter_map(taint_of).collect();
+        group.min_replicas = autoscaling.min_replicas;
+        group.max_replicas = autoscaling.max_replicas;
+        let replicas = md.spec.replicas.unwrap_or(0);
+        group.current_replicas = replicas;
+        group.priority = autoscaling.priority;
+        group.daemon_pods = daemon_pods.clone();
+        let queue = read_shape_queue(md.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new())).unwrap_or_default();
+        let open_shapes = queue.into_iter().filter(|e| !taken_shapes.contains(e.id.as_str())).collect();
+        targets.insert(
+            name.clone(),
+            GroupTarget { namespace, name, resource_version: md.metadata.resource_version.clone(), replicas, max_replicas: autoscaling.max_replicas, open_shapes },
+        );
+        groups.push(group);
+    }
+
+    // Pods: bound ones by node, unschedulable ones pending.
+    let mut bound: HashMap<&str, Vec<Pod>> = HashMap::new();
+    let mut pending = Vec::new();
+    let mut pending_since = HashMap::new();
+    for k8s_pod in &objects.pods {
+        let node_name = k8s_pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
+        let phase = k8s_pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let done = phase == "Succeeded" || phase == "Failed";
+        if !node_name.is_empty() {
+            if !done {
+                if let Ok(p) = Pod::from_k8s(k8s_pod) {
+                    bound.entry(node_name).or_default().push(p);
+                }
+            }
+            continue;
+        }
+        if !is_unschedulable(k8s_pod) {
+            continue;
+        }
+        match Pod::from_k8s(k8s_pod) {
+            Ok(p) => {
+                if let Some(since) = unschedulable_since(k8s_pod) {
+                    pending_since.insert(p.key(), since);
+                }
+                pending.push(p);
+            }
+            Err(e) => skipped.push(SkippedPod {
+                namespace: k8s_pod.metadata.namespace.clone().unwrap_or_default(),
+                name: k8s_pod.metadata.name.clone().unwrap_or_default(),
+                reason: format!("cannot read the pod: {e}"),
+            }),
+        }
+    }
+
+    // Registered nodes, with the group's startup taints set apart.
+    let startup: HashMap<&str, &[Taint]> = groups.iter().map(|g| (g.name.as_str(), g.startup_taints.as_slice())).collect();
+    let mut nodes = Vec::new();
+    let mut registered_providers = BTreeSet::new();
+    // Nodes new enough that pods nominated to their machine still ride on them, by providerID.
+    let mut fresh_nodes: HashMap<String, usize> = HashMap::new();
+    for k8s_node in &objects.nodes {
+        if k8s_node.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Ok(mut node) = Node::from_k8s(k8s_node) else { continue };
+        if let Some(p) = &node.provider_id {
+            registered_providers.insert(p.clone());
+            if ready_since(k8s_node).is_none_or(|t| now - t < NOMINATION_GRACE) {
+                fresh_nodes.insert(p.clone(), nodes.len());
+            }
+        }
+        if let Some(t) = node.labels.get(labels::MACHINE_DEPLOYMENT).and_then(|g| startup.get(g.as_str())) {
+            node.mark_startup_taints(t);
+        }
+        let pods = bound.remove(node.name.as_str()).unwrap_or_default();
+        nodes.push(ExistingNode { node, pods });
+    }
+
+    // In-flight machines, then replicas whose Machines do not exist yet.
+    let timeout = chrono::Duration::from_std(settings.registration_timeout).unwrap_or(chrono::Duration::MAX);
+    let mut in_flight = Vec::new();
+    let mut live_machines: HashMap<&str, u32> = HashMap::new();
+    for m in &objects.machines {
+        let Some(group) = annotation(m.metadata.labels.as_ref(), keys::MACHINE_DEPLOYMENT) else { continue };
+        if m.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        *live_machines.entry(group).or_default() += 1;
+        if !targets.contains_key(group) {
+            continue;
+        }
+        if let Some(f) = in_flight_machine(m, group, &registered_providers, now, timeout) {
+            in_flight.push(f);
+        }
+    }
+    for (name, target) in &targets {
+        let missing = target.replicas.saturating_sub(live_machines.get(name.as_str()).copied().unwrap_or(0));
+        let since = objects
+            .machine_deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(name) && d.metadata.namespace.as_deref() == Some(&target.namespace))
+            .and_then(|d| annotation(d.metadata.annotations.as_ref(), keys::LAST_SCALE_UP))
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now);
+        for entry in target.open_shapes.iter().take(missing as usize) {
+            let (Some(instance_type), Some(zone)) = (entry.shape.instance_types.first(), entry.shape.zones.first()) else { continue };
+            if now - since > timeout {
+                continue;
+            }
+            in_flight.push(InFlightMachine {
+                name: entry.id.clone(),
+                pods: vec![],
+                group: name.clone(),
+                instance_type: instance_type.clone(),
+                zone: zone.clone(),
+                capacity_type: entry.shape.capacity_types.first().map(capacity_of).unwrap_or(CapacityType::OnDemand),
+                launched_at: since,
+            });
+        }
+    }
+    in_flight.retain(|m| catalog.get(&m.instance_type).is_some());
+    let mut riding = HashSet::new();
+    if !nominations.is_empty() {
+        // A shape's machine: still in flight, or registered as a node still within its grace.
+        enum Ride {
+            InFlight(usize),
+            Node(usize),
+        }
+        let mut ride: HashMap<&str, Ride> = in_flight.iter().enumerate().map(|(i, m)| (m.name.as_str(), Ride::InFlight(i))).collect();
+        for m in &objects.machines {
+            let (Some(shape), Some(provider)) = (annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID), m.status.as_ref().and_then(|s| s.provider_id.as_ref())) else { continue };
+            if let Some(&n) = fresh_nodes.get(provider) {
+                ride.insert(shape, Ride::Node(n));
+            }
+        }
+        let mut still_pending = Vec::with_capacity(pending.len());
+        riding.reserve(nominations.len());
+        let mut on_machines = vec![Vec::new(); in_flight.len()];
+        for pod in pending {
+            let key = pod.key();
+            match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
+                Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
+                Some(Ride::Node(n)) => nodes[*n].pods.push(pod),
+                None => {
+                    still_pending.push(pod);
+                    continue;
+                }
+            }
+            riding.insert(key);
+        }
+        for (m, pods) in in_flight.iter_mut().zip(on_machines) {
+            m.pods = pods;
+        }
+        pending = still_pending;
+    }
+    nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+
+    let (limits, expander) = match &cluster {
+        Some(c) => (cluster_limits(c), expander_of(c)),
+        None => (ClusterLimits::default(), Expander::Cheapest),
+    };
+    let mut snapshot = Snapshot {
+        pending,
+        nodes,
+        in_flight,
+        groups,
+        limits,
+        expander,
+        registration_timeout: settings.registration_timeout,
+        ..Snapshot::default()
+    };
+    add_headroom(&mut snapshot, objects, cluster.as_ref());
+    Observation { snapshot, groups: targets, skipped, invalid_groups, pending_since, riding, cluster }
+}
+
+/// When the node last turned Ready (None: not Ready).
+fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
+    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(ready.last_transition_time.as_ref().map(|t| from_k8s(t.0)).unwrap_or(DateTime::<Utc>::MIN_UTC))
+}
+
+fn pick_cluster(objects: &ClusterObjects, name: Option<&str>) -> Option<Cluster> {
+    match name {
+        Some(n) => objects.clusters.iter().find(|c| c.spec.cluster_name == n).map(|c| c.as_ref().clone()),
+        None if objects.clusters.len() == 1 => Some(objects.clusters[0].as_ref().clone()),
+        None => None,
+    }
+}
+
+fn annotation<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+    map.and_then(|m| m.get(key)).map(String::as_str)
+}
+
+fn capacity_of(c: &CapacityTypeSpec) -> CapacityType {
+    match c {
+        CapacityTypeSpec::Spot => CapacityType::Spot,
+        CapacityTypeSpec::OnDemand => CapacityType::OnDemand,
+    }
+}
+
+/// The class's capacity types as a requirement on offerings (spot with fallback admits on-demand too).
+fn capacity_requirement(spec: &crate::api::machine_class::MachineClassSpec) -> Requirements {
+    let mut allowed: BTreeSet<String> = crate::state::class::capacity_types(spec).iter().map(|c| c.as_str().to_string()).collect();
+    if spec.spot_fallback_to_on_demand {
+        allowed.insert(CapacityType::OnDemand.as_str().to_string());
+    }
+    let values: Vec<String> = allowed.into_iter().collect();
+    let mut r = Requirements::new();
+    if let Ok(req) = Requirement::new(labels::CAPACITY_TYPE, Operator::In, &values) {
+        r.add(labels::CAPACITY_TYPE, req);
+    }
+    r
+}
+
+pub fn taint_of(t: &TaintSpec) -> Option<Taint> {
+    let effect = match t.effect {
+        TaintEffectSpec::NoSchedule => TaintEffect::NoSchedule,
+        TaintEffectSpec::PreferNoSchedule => TaintEffect::PreferNoSchedule,
+        TaintEffectSpec::NoExecute => TaintEffect::NoExecute,
+    };
+    Taint::new(&t.key, &t.value, effect).ok()
+}
+
+/// Every DaemonSet's pod template as a pod: the engine counts those whose affinity and tolerations admit a new
+/// node against that node's allocatable.
+fn daemon_pods(objects: &ClusterObjects) -> Vec<Pod> {
+    let mut out = Vec::new();
+    for ds in &objects.daemon_sets {
+        let Some(spec) = ds.spec.as_ref() else { continue };
+        let name = ds.metadata.name.clone().unwrap_or_default();
+        let pod = core::Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(format!("{name}-daemon")),
+                namespace: ds.metadata.namespace.clone(),
+                labels: spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                ..Default::default()
+            },
+            spec: spec.template.spec.clone(),
+            status: None,
+        };
+        if let Ok(mut p) = Pod::from_k8s(&pod) {
+            p.owner = Some(OwnerRef { kind: "DaemonSet".into(), name, uid: ds.metadata.uid.clone().unwrap_or_default() });
+            out.push(p);
+        }
+    }
+    out.sort_by_key(|p| p.key());
+    out
+}
+
+fn in_flight_machine(m: &Machine, group: &str, registered: &BTreeSet<String>, now: DateTime<Utc>, timeout: chrono::Duration) -> Option<InFlightMachine> {
+    let status = m.status.clone().unwrap_or_default();
+    if matches!(status.phase, MachinePhase::Running | MachinePhase::Deleting | MachinePhase::Failed) {
+        return None;
+    }
+    if status.provider_id.as_ref().is_some_and(|p| registered.contains(p)) {
+        return None; // its Node is in the snapshot already
+    }
+    let shape = m.spec.shape.as_ref();
+    let instance_type = status.instance_type.clone().or_else(|| shape.and_then(|s| s.instance_types.first().cloned()))?;
+    let zone = status.zone.clone().or_else(|| shape.and_then(|s| s.zones.first().cloned()))?;
+    let capacity_type = status.capacity_type.as_ref().or_else(|| shape.and_then(|s| s.capacity_types.first())).map(capacity_of).unwrap_or(CapacityType::OnDemand);
+    let created = m.metadata.creation_timestamp.as_ref().map(|t| from_k8s(t.0)).unwrap_or(now);
+    if now - created > timeout {
+        return None;
+    }
+    let name = annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID).map(str::to_string).or_else(|| m.metadata.name.clone()).unwrap_or_default();
+    Some(InFlightMachine { name, pods: vec![], group: group.to_string(), instance_type, zone, capacity_type, launched_at: created })
+}
+
+fn cluster_limits(c: &Cluster) -> ClusterLimits {
+    let l = &c.spec.limits;
+    ClusterLimits {
+        max_nodes: l.max_nodes.map(u64::from),
+        // The CRD schema checks these are quantities; an unparsable one is no limit rather than no scaling.
+        max_cores: l.max_cpu.as_deref().and_then(|q| parse_cpu_millis(q).ok()).map(|m| m / 1000),
+        max_memory_bytes: l.max_memory.as_deref().and_then(|q| parse_units(q).ok()),
+    }
+}
+
+fn expander_of(c: &Cluster) -> Expander {
+    use crate::api::cluster::Expander as Api;
+    match c.spec.expander {
+        Api::Cheapest => Expander::Cheapest,
+        Api::LeastWaste => Expander::LeastWaste,
+        Api::Priority => Expander::Priority,
+        Api::Random => Expander::Random { seed: 0 },
+    }
+}
+
+/// Headroom as placeholder pods: per group, `count` pods of the unit size that only that group's nodes take; for
+/// the Cluster's percentage, enough 1-cpu pods (memory in proportion) to keep that share of berth's nodes'
+/// allocatable free. Existing free space absorbs them first, so headroom launches only what is missing.
+fn add_headroom(snapshot: &mut Snapshot, objects: &ClusterObjects, cluster: Option<&Cluster>) {
+    let tolerate_all = Toleration { key: String::new(), operator: TolerationOperator::Exists, value: String::new(), effect: None };
+    let placeholder = |name: String, requests: Resources, group: Option<&str>| {
+        let mut pod = Pod::new(HEADROOM_NAMESPACE, &name, requests);
+        pod.spec.tolerations = vec![tolerate_all.clone()];
+        if let Some(g) = group {
+            let label = (labels::MACHINE_DEPLOYMENT.to_string(), g.to_string());
+            pod.spec.node_selector = Requirements::from_labels([(&label.0, &label.1)]);
+        }
+        pod
+    };
+    for md in &objects.machine_deployments {
+        let Some(h) = md.spec.autoscaling.as_ref().and_then(|a| a.headroom.as_ref()) else { continue };
+        let name = md.metadata.name.clone().unwrap_or_default();
+        if !snapshot.groups.iter().any(|g| g.name == name) {
+            continue;
+        }
+        let (Ok(cpu), Ok(memory)) = (parse_cpu_millis(&h.cpu), parse_units(&h.memory)) else { continue };
+        for i in 0..h.count {
+            let requests = Resources { cpu_millis: cpu, memory_bytes: memory, pods: 1, ..Resources::default() };
+            snapshot.pending.push(placeholder(format!("{name}-{i}"), requests, Some(&name)));
+        }
+    }
+    let Some(percent) = cluster.and_then(|c| c.spec.headroom.as_ref()).map(|h| h.percent).filter(|p| *p > 0) else { return };
+    let (cpu, memory) = snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.node.labels.contains_key(labels::MACHINE_DEPLOYMENT))
+        .fold((0u64, 0u64), |(c, m), n| (c + n.node.allocatable.cpu_millis, m + n.node.allocatable.memory_bytes));
+    let spare_cpu = cpu * percent as u64 / 100;
+    let spare_memory = memory * percent as u64 / 100;
+    let units = spare_cpu.div_ceil(1000);
+    for i in 0..units {
+        let requests = Resources { cpu_millis: spare_cpu / units, memory_bytes: spare_memory / units, pods: 1, ..Resources::default() };
+        snapshot.pending.push(placeholder(format!("cluster-{i}"), requests, None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn catalog() -> Catalog {
+        crate::model::aws_catalog::bundled_catalog("us-east-1").unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn class() -> Arc<crate::api::MachineClass> {
+        from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
+            "spec": {"image": {"id": "ami-1"}, "instanceRequirements": {"families": ["m7i"]}, "capacityTypes": ["on-demand"],
+                     "subnets": {"ids": ["subnet-1"]}, "securityGroups": {"ids": ["sg-1"]}, "instanceProfile": "node"}
+        }))
+    }
+
+    fn deployment(name: &str, class: &str, replicas: u32, annotations: serde_json::Value) -> Arc<MachineDeployment> {
+        from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "7", "annotations": annotations},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"g": name}},
+                     "template": {"metadata": {"labels": {"g": name}}, "spec": {"classRef": {"name": class}, "nodeLabels": {"team": "a"}}},
+                     "autoscaling": {"minReplicas": 0, "maxReplicas": 10, "headroom": {"cpu": "1", "memory": "1Gi", "count": 2}}}
+        }))
+    }
+
+    fn pod(name: &str, unschedulable: bool, owner_kind: &str) -> Arc<core::Pod> {
+        let conditions = if unschedulable {
+            json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": "2026-12-01T11:59:00Z"}])
+        } else {
+            json!([])
+        };
+        from(json!({
+            "metadata": {"name": name, "namespace": "default",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": "o", "uid": "u", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]},
+            "status": {"phase": "Pending", "conditions": conditions}
+        }))
+    }
+
+    fn machine(name: &str, shape_id: Option<&str>, phase: &str, instance_type: &str) -> Arc<Machine> {
+        let annotations = shape_id.map(|id| json!({keys::SHAPE_ID: id})).unwrap_or(json!({}));
+        from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Machine",
+            "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-12-01T11:58:00Z",
+                         "labels": {keys::MACHINE_DEPLOYMENT: "general"}, "annotations": annotations},
+            "spec": {"classRef": {"name": "general"}},
+            "status": {"phase": phase, "instanceType": instance_type, "zone": "us-east-1a", "capacityType": "on-demand"}
+        }))
+    }
+
+    fn shapes(ids: &[&str]) -> serde_json::Value {
+        let entries: Vec<_> = ids.iter().map(|id| json!({"id": id, "instanceTypes": ["m7i.large"], "zones": ["us-east-1b"], "capacityTypes": ["on-demand"]})).collect();
+        json!({keys::LAUNCH_SHAPES: serde_json::to_string(&entries).unwrap(), keys::LAST_SCALE_UP: "2026-12-01T11:59:30Z"})
+    }
+
+    #[test]
+    fn unschedulable_pods_are_pending_and_daemons_and_scheduled_pods_are_not() {
+        let objects = ClusterObjects {
+            pods: vec![pod("a", true, "ReplicaSet"), pod("b", false, "ReplicaSet"), pod("d", true, "DaemonSet")],
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 0, json!({}))],
+            ..Default::default()
+        };
+        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        assert!(o.invalid_groups.is_empty(), "{:?}", o.invalid_groups);
+        assert_eq!(o.snapshot.groups.len(), 1);
+        let real: Vec<String> = o.snapshot.pending.iter().filter(|p| p.spec.namespace != HEADROOM_NAMESPACE).map(|p| p.key()).collect();
+        assert_eq!(real, vec!["default/a".to_string()]);
+        assert_eq!(o.pending_since["default/a"].to_rfc3339(), "2026-12-01T11:59:00+00:00");
+        let group = &o.snapshot.groups[0];
+        assert_eq!(group.name, "general");
+        assert!(group.instance_types.iter().all(|t| t.starts_with("m7i.")));
+        assert_eq!(group.labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!(group.labels.get(labels::MACHINE_DEPLOYMENT).map(String::as_str), Some("general"));
+    }
+
+    #[test]
+    fn machines_on_their_way_and_queued_replicas_are_capacity() {
+        // replicas 3: one Machine launched (shape s1 taken), one Machine not launched yet with a shape, one replica
+        // without a Machine whose shape s3 is still queued. s1 is pruned from the open queue.
+        let objects = ClusterObjects {
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 3, shapes(&["s1", "s2", "s3"]))],
+            machines: vec![machine("m1", Some("s1"), "Provisioned", "m7i.xlarge"), machine("m2", Some("s2"), "Pending", "m7i.large")],
+            ..Default::default()
+        };
+        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let names: Vec<&str> = o.snapshot.in_flight.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, vec!["s1", "s2", "s3"]);
+        assert_eq!(o.snapshot.in_flight[0].instance_type, "m7i.xlarge");
+        assert_eq!(o.snapshot.in_flight[2].zone, "us-east-1b");
+        let open: Vec<&str> = o.groups["general"].open_shapes.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(open, vec!["s3"]);
+        assert_eq!(o.groups["general"].resource_version.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn a_nominated_pod_rides_on_its_machine_until_the_node_registers() {
+        let objects = ClusterObjects {
+            pods: vec![pod("a", true, "ReplicaSet"), pod("b", true, "ReplicaSet")],
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 1, shapes(&["s1"]))],
+            machines: vec![machine("m1", Some("s1"), "Provisioning", "m7i.large")],
+            ..Default::default()
+        };
+        let nominations = HashMap::from([("default/a".to_string(), "s1".to_string()), ("default/b".to_string(), "gone".to_string())]);
+        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &nominations, now());
+        assert_eq!(o.snapshot.in_flight[0].pods.iter().map(|p| p.key()).collect::<Vec<_>>(), vec!["default/a"]);
+        // b's machine is no longer coming: b is planned again.
+        assert!(o.snapshot.pending.iter().any(|p| p.key() == "default/b"));
+        assert!(!o.snapshot.pending.iter().any(|p| p.key() == "default/a"));
+    }
+
+    #[test]
+    fn machines_past_the_registration_timeout_no_longer_count() {
+        let objects = ClusterObjects {
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 1, json!({}))],
+            machines: vec![machine("m1", None, "Provisioned", "m7i.xlarge")],
+            ..Default::default()
+        };
+        let settings = ObserveSettings { registration_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+        let o = observe(&objects, &catalog(), &settings, &HashMap::new(), now());
+        assert!(o.snapshot.in_flight.is_empty(), "{:?}", o.snapshot.in_flight);
+    }
+
+    #[test]
+    fn a_group_whose_class_is_missing_is_left_out_with_the_reason() {
+        let objects = ClusterObjects {
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("gpu", "accelerated", 0, json!({}))],
+            ..Default::default()
+        };
+        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        assert!(o.snapshot.groups.is_empty());
+        assert_eq!(o.invalid_groups, vec![("default".into(), "gpu".into(), "MachineClass accelerated does not exist".into())]);
+    }
+
+    #[test]
+    fn headroom_becomes_placeholder_pods_that_only_the_group_takes() {
+        let objects = ClusterObjects {
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 0, json!({}))],
+            ..Default::default()
+        };
+        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let headroom: Vec<&Pod> = o.snapshot.pending.iter().filter(|p| p.spec.namespace == HEADROOM_NAMESPACE).collect();
+        assert_eq!(headroom.len(), 2);
+        assert_eq!(headroom[0].spec.requests.cpu_millis, 1000);
+        let plan = crate::scheduling::solve(&o.snapshot, &catalog(), now()).unwrap();
+        assert!(plan.unschedulable.is_empty());
+        assert!(plan.new_machines.iter().all(|m| m.group == "general"));
+    }
+}

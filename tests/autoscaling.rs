@@ -1,0 +1,331 @@
+//! The autoscaling loop end to end: the emulator (with its binder standing in for kube-scheduler), the simulated
+//! cloud (bundled us-east-1 catalog, EC2's rate limits), simulated kubelets, and berth's controllers exactly as
+//! `berth run` starts them. Pending pods become machines, every pod is scheduled, nothing is launched twice.
+
+use berth::api::{crds, Cluster, Machine, MachineClass, MachineDeployment};
+use berth::clock::{SharedClock, SystemClock};
+use berth::cloud::metrics::CloudMetrics;
+use berth::cloud::sim::{Fault, SimConfig, SimulatedCloud};
+use berth::cloud::CloudProvider;
+use berth::controllers::provisioner::ProvisionerConfig;
+use berth::controllers::Context;
+use berth::emulator::binder::Binder;
+use berth::emulator::Emulator;
+use berth::model::instance_type::CapacityType;
+use berth::operator::{run_controllers, Controllers};
+use berth::state::snapshot::{observe, ObserveSettings};
+use berth::telemetry::metrics::Metrics;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLUSTER: &str = "test-cluster";
+
+struct Harness {
+    client: Client,
+    cloud: Arc<SimulatedCloud>,
+    emulator: Emulator,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Harness {
+    /// An empty cluster with one autoscaled group of up to `max` machines; berth not started yet.
+    async fn new(max: u32, cluster_limits: serde_json::Value) -> Harness {
+        let emulator = Emulator::new();
+        let client = emulator.client();
+        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crds() {
+            crd_api.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let clock: SharedClock = Arc::new(SystemClock);
+        let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock, CloudMetrics::unregistered().unwrap()).unwrap();
+        config.boot_delay = Duration::from_millis(200);
+        let cloud = Arc::new(SimulatedCloud::new(config));
+        berth::sim::dataplane::connect(&cloud, emulator.clone());
+        Binder::new(emulator.clone()).spawn(Duration::from_millis(100));
+        create(&client, serde_json::json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": CLUSTER},
+            "spec": {"clusterName": CLUSTER, "apiServerEndpoint": "https://example.invalid", "certificateAuthority": "Q0E=",
+                     "serviceCidr": "10.100.0.0/16", "limits": cluster_limits}
+        }))
+        .await;
+        create(&client, serde_json::json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
+            "spec": {
+                "image": {"selector": {"owner": "amazon", "name": "amazon-eks-node-al2023-x86_64-*"}},
+                "instanceRequirements": {"families": ["m7i", "c7i", "r7i"], "vcpu": {"min": 2, "max": 16}},
+                "capacityTypes": ["on-demand"],
+                "subnets": {"tags": {"berth.dev/discovery": CLUSTER}},
+                "securityGroups": {"tags": {"berth.dev/discovery": CLUSTER}},
+                "instanceProfile": "node"
+            }
+        }))
+        .await;
+        create(&client, serde_json::json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
+            "metadata": {"name": "general", "namespace": "default"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"group": "general"}},
+                "template": {"metadata": {"labels": {"group": "general"}}, "spec": {"classRef": {"name": "general"}}},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": max}
+            }
+        }))
+        .await;
+        Harness { client, cloud, emulator, stop: None }
+    }
+
+    fn start_berth(&mut self) {
+        let base = Arc::new(Context::new(self.client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+        let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
+        let catalog = berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
+        let controllers = Arc::new(Controllers {
+            base,
+            cloud: Some(cloud),
+            cluster_name: CLUSTER.into(),
+            catalog: Arc::new(catalog),
+            provisioner: ProvisionerConfig {
+                batch_idle: Duration::from_millis(200),
+                batch_max: Duration::from_secs(2),
+                observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() },
+                ..ProvisionerConfig::default()
+            },
+            dry_run: false,
+        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut rx2 = rx.clone();
+        tokio::spawn(run_controllers(controllers, async move {
+            let _ = rx2.wait_for(|s| *s).await;
+        }));
+        drop(rx);
+        self.stop = Some(tx);
+    }
+
+    /// Stops berth as a crash would.
+    fn kill_berth(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            tx.send_replace(true);
+        }
+    }
+
+    /// `count` pods of a Deployment-like owner with these requests.
+    async fn create_pods(&self, prefix: &str, count: usize, cpu: &str, memory: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        for i in 0..count {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{prefix}-{i}"), "namespace": "default", "labels": {"app": prefix},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": prefix, "uid": format!("uid-{prefix}"), "controller": true}]},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}
+            }))
+            .unwrap();
+            api.create(&PostParams::default(), &pod).await.unwrap();
+        }
+    }
+
+    async fn pods(&self) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+    }
+
+    async fn running_pods(&self) -> usize {
+        self.pods().await.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count()
+    }
+
+    async fn machines(&self) -> Vec<Machine> {
+        Api::<Machine>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+    }
+
+    async fn nodes(&self) -> Vec<Node> {
+        Api::<Node>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
+    }
+
+    async fn events(&self, reason: &str) -> Vec<Event> {
+        Api::<Event>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+
+    /// What berth's planner makes of the cluster as it is now (the same reading the provisioner does).
+    async fn offline_plan(&self) -> berth::scheduling::Plan {
+        let mut objects = berth::state::cluster::ClusterObjects::default();
+        objects.pods = self.pods().await.into_iter().map(Arc::new).collect();
+        objects.nodes = self.nodes().await.into_iter().map(Arc::new).collect();
+        objects.machines = self.machines().await.into_iter().map(Arc::new).collect();
+        objects.machine_deployments = Api::<MachineDeployment>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
+        objects.machine_classes = Api::<MachineClass>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
+        objects.clusters = Api::<Cluster>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
+        let catalog = berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
+        let settings = ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() };
+        let now = chrono::Utc::now();
+        let observation = observe(&objects, &catalog, &settings, &Default::default(), now);
+        berth::scheduling::solve(&observation.snapshot, &catalog, now).unwrap()
+    }
+
+    /// Every instance the cloud runs belongs to a live Machine, and no Machine has two.
+    async fn assert_no_duplicate_or_leak(&self) {
+        let machines = self.machines().await;
+        let instances = self.cloud.describe_instances().await.unwrap();
+        let live: Vec<_> = instances.iter().filter(|i| !i.state.is_terminal()).collect();
+        let mut owners = std::collections::BTreeMap::new();
+        for i in &live {
+            let owner = i.machine().map(|m| m.name).unwrap_or_default();
+            assert!(machines.iter().any(|m| m.metadata.name.as_deref() == Some(owner.as_str())), "instance {} has no Machine", i.instance_id);
+            *owners.entry(owner).or_insert(0) += 1;
+        }
+        assert!(owners.values().all(|n| *n == 1), "a Machine owns two instances: {owners:?}");
+    }
+}
+
+async fn create(client: &Client, object: serde_json::Value) {
+    let kind = object["kind"].as_str().unwrap().to_string();
+    match kind.as_str() {
+        "Cluster" => drop(Api::<Cluster>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap()),
+        "MachineClass" => drop(Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap()),
+        "MachineDeployment" => drop(
+            Api::<MachineDeployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap(),
+        ),
+        other => panic!("no creator for {other}"),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn all_unschedulable(h: &Harness, count: usize) {
+    eventually("the scheduler to give up on every pod", 20, || async {
+        h.pods().await.iter().filter(|p| berth::state::snapshot::is_unschedulable(p)).count() == count
+    })
+    .await;
+}
+
+/// A burst of mixed pods into an empty cluster: every pod runs, on exactly the machines (count and $/h) that the
+/// planner chose for the whole burst, and no machine is left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mixed_pods_gets_the_planned_machines() {
+    let mut h = Harness::new(200, serde_json::json!({})).await;
+    h.create_pods("web", 300, "250m", "512Mi").await;
+    h.create_pods("api", 120, "1", "2Gi").await;
+    h.create_pods("cache", 50, "500m", "6Gi").await;
+    h.create_pods("batch", 30, "3", "4Gi").await;
+    all_unschedulable(&h, 500).await;
+    let plan = h.offline_plan().await;
+    assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable.first());
+
+    h.start_berth();
+    eventually("every pod running", 90, || async { h.running_pods().await == 500 }).await;
+    let machines = h.machines().await;
+    let scaled: Vec<String> = h.events("ScaledUp").await.into_iter().filter_map(|e| e.message).collect();
+    assert_eq!(machines.len(), plan.new_machines.len(), "machines launched vs planned; scale-ups: {scaled:#?}");
+    let cost: f64 = machines.iter().filter_map(|m| m.status.as_ref()?.price.as_deref()?.parse::<f64>().ok()).sum();
+    assert!((cost - plan.new_cost_per_hour()).abs() < 1e-6, "cost {cost} vs plan {}", plan.new_cost_per_hour());
+    let pods = h.pods().await;
+    for node in h.nodes().await {
+        let name = node.metadata.name.unwrap();
+        assert!(pods.iter().any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)), "node {name} is empty");
+    }
+    assert!(!h.events("TriggeredScaleUp").await.is_empty());
+    h.assert_no_duplicate_or_leak().await;
+    h.kill_berth();
+}
+
+/// Pods that keep arriving while berth runs: every one is scheduled, and no launched node is left empty (a
+/// machine on its way is capacity, never a reason to launch again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_arriving_in_waves_never_launch_twice() {
+    let mut h = Harness::new(200, serde_json::json!({})).await;
+    h.start_berth();
+    for wave in 0..4 {
+        h.create_pods(&format!("wave{wave}"), 40, "500m", "1Gi").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually("every pod running", 90, || async { h.running_pods().await == 160 }).await;
+    // Let any late pass act before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = h.pods().await;
+    for node in h.nodes().await {
+        let name = node.metadata.name.unwrap();
+        assert!(pods.iter().any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)), "node {name} is empty: launched twice");
+    }
+    h.assert_no_duplicate_or_leak().await;
+    h.kill_berth();
+}
+
+/// The cheapest offering has no capacity: the launch falls back and the planner avoids it, and every pod runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_capacity_on_the_cheapest_offering_still_schedules_every_pod() {
+    let mut h = Harness::new(200, serde_json::json!({})).await;
+    h.create_pods("web", 60, "500m", "1Gi").await;
+    all_unschedulable(&h, 60).await;
+    let plan = h.offline_plan().await;
+    let cheapest = plan.new_machines.iter().min_by(|a, b| a.price.total_cmp(&b.price)).unwrap().instance_type.clone();
+    h.cloud.inject(Fault::InsufficientCapacity { instance_type: Some(cheapest.clone()), zone: None, capacity_type: Some(CapacityType::OnDemand) }, None);
+    h.start_berth();
+    eventually("every pod running", 90, || async { h.running_pods().await == 60 }).await;
+    for m in h.machines().await {
+        let launched = m.status.and_then(|s| s.instance_type).unwrap_or_default();
+        assert_ne!(launched, cheapest, "launched the offering that has no capacity");
+    }
+    h.assert_no_duplicate_or_leak().await;
+    h.kill_berth();
+}
+
+/// The Cluster's node limit stops the scale-up, with an Event on the Cluster and on the pods left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_limits_stop_the_scale_up_with_an_event() {
+    let mut h = Harness::new(200, serde_json::json!({"maxNodes": 2})).await;
+    h.create_pods("big", 12, "3", "8Gi").await;
+    all_unschedulable(&h, 12).await;
+    h.start_berth();
+    eventually("a ScaleUpLimited Event", 30, || async { !h.events("ScaleUpLimited").await.is_empty() }).await;
+    eventually("two machines", 30, || async { h.machines().await.len() == 2 }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.machines().await.len(), 2, "the limit of 2 nodes was crossed");
+    let limited = h.events("ScaleUpLimited").await;
+    assert!(limited[0].message.as_deref().unwrap_or_default().contains("cluster limit of 2 nodes"), "{:?}", limited[0].message);
+    assert_eq!(limited[0].involved_object.kind.as_deref(), Some("Cluster"));
+    assert!(!h.events("NotTriggerScaleUp").await.is_empty());
+    h.kill_berth();
+}
+
+/// berth killed right after it raised replicas and started again: the machines are those of one plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_middle_never_launches_twice_for_the_same_pods() {
+    let mut h = Harness::new(200, serde_json::json!({})).await;
+    h.create_pods("web", 80, "500m", "1Gi").await;
+    all_unschedulable(&h, 80).await;
+    let plan = h.offline_plan().await;
+    h.start_berth();
+    eventually("a scale-up", 30, || async {
+        Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap().spec.replicas.unwrap_or(0) > 0
+    })
+    .await;
+    h.kill_berth();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.start_berth();
+    eventually("every pod running", 90, || async { h.running_pods().await == 80 }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.machines().await.len(), plan.new_machines.len(), "machines vs one plan");
+    h.assert_no_duplicate_or_leak().await;
+    let _ = &h.emulator;
+    h.kill_berth();
+}
