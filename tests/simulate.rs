@@ -55,10 +55,10 @@ fn check_properties(s: &Scenario, o: &Outcome, catalog: &Catalog) {
     for r in &o.rollouts {
         assert!(r.finished_s.is_some(), "{name}: the rollout of {} did not finish", r.machine_deployment);
     }
-    // Cost: the peak within 4x the cheapest on-demand price of the peak cpu requested (bin-packing waste,
-    // memory-heavy pods and minimum sizes stay well inside it; a runaway scale-up does not).
+    // Cost: the peak within 8x the cheapest on-demand price of the peak cpu requested, plus $2/h for the fixed part
+    // of a small run (daemonsets, rollout surge, a node per group); a runaway scale-up does not stay inside it.
     let peak_requested = o.samples.iter().map(|s| s.requested_cpu_cores).fold(0.0, f64::max);
-    let bound = 4.0 * peak_requested * cheapest_on_demand_vcpu_hour(catalog) + 0.5;
+    let bound = 8.0 * peak_requested * cheapest_on_demand_vcpu_hour(catalog) + 2.0;
     assert!(sum.peak_hourly_cost <= bound, "{name}: peak hourly cost ${:.2} above the bound ${bound:.2}", sum.peak_hourly_cost);
     assert!(sum.final_nodes > 0, "{name}: no nodes at the end");
 }

@@ -626,6 +626,7 @@ impl Scenario {
                     job.parallelism = f(job.parallelism);
                 }
                 Action::SpotInterruption(s) => s.count = f(s.count),
+                Action::ScaleMachineDeployment(s) => s.replicas = f(s.replicas),
                 _ => {}
             }
         }
