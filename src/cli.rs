@@ -31,6 +31,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve an in-memory Kubernetes API (the test and simulation cluster) and write a kubeconfig for it.
     Emulate(crate::emulator::cli::EmulateArgs),
+    /// Play a scenario: berth against the emulator and a simulated EC2 on virtual time, then a summary (and a report).
+    Simulate(crate::sim::SimulateArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -56,6 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Simulate(args) => {
+            // Quiet by default: berth's own logs would bury the progress bar and the table.
+            let filter = if cli.log == "info" { "error".to_string() } else { cli.log.clone() };
+            logging::init(cli.log_format, &filter)?;
+            let out = berth::sim::main(&args, true)?;
+            print!("{out}");
+            Ok(())
+        }
         Command::Bench(BenchCommand::Reaction { nodes, pods_per_node, pods, seed }) => {
             berth::bench::reaction::main(nodes, pods_per_node, pods, seed)?;
             Ok(())

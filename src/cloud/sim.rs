@@ -360,6 +360,25 @@ impl SimulatedCloud {
         self.lock().launch_templates.keys().cloned().collect()
     }
 
+    /// Every instance ever started, terminated ones included, without an API call (for simulation reports).
+    pub fn all_instances(&self) -> Vec<Instance> {
+        self.lock().instances.values().map(|i| i.instance.clone()).collect()
+    }
+
+    /// EC2 reclaims a spot instance (a spot interruption): it terminates without any call from berth. Answers
+    /// whether a live spot instance was reclaimed.
+    pub fn interrupt(&self, instance_id: &str) -> bool {
+        let mut st = self.lock();
+        let live_spot = st
+            .instances
+            .get(instance_id)
+            .is_some_and(|i| i.instance.capacity_type == CapacityType::Spot && !i.instance.state.is_terminal());
+        if live_spot {
+            self.terminate_locked(&mut st, instance_id);
+        }
+        live_spot
+    }
+
     /// Adds an instance that is not berth's (another cluster's or hand-made), for ownership tests.
     pub fn add_foreign_instance(&self, instance_type: &str, zone: &str, tags: BTreeMap<String, String>) -> String {
         let now = self.config.clock.now();

@@ -2,12 +2,22 @@
 //! delay), and terminated ones disappear, through the emulator's simulated kubelets.
 
 use crate::cloud::sim::{kubelet_event, SimulatedCloud};
-use crate::emulator::kubelet::KubeletSimulator;
+use crate::emulator::kubelet::{InstanceEvent, KubeletSimulator};
 use crate::emulator::Emulator;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Follows the cloud's instance events until the cloud is dropped. Must be called inside a tokio runtime.
 pub fn connect(cloud: &SimulatedCloud, emulator: Emulator) -> tokio::task::JoinHandle<()> {
+    connect_observed(cloud, emulator, |_| {})
+}
+
+/// [`connect`], with `observe` seeing each event just before the kubelets act on it (a simulation counts what a
+/// termination takes down while the Node and its pods still exist).
+pub fn connect_observed(
+    cloud: &SimulatedCloud,
+    emulator: Emulator,
+    observe: impl Fn(&InstanceEvent) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let mut events = cloud.subscribe();
     let kubelets = KubeletSimulator::new(emulator);
     tokio::spawn(async move {
@@ -15,6 +25,7 @@ pub fn connect(cloud: &SimulatedCloud, emulator: Emulator) -> tokio::task::JoinH
             match events.recv().await {
                 Ok(event) => {
                     if let Some(e) = kubelet_event(&event) {
+                        observe(&e);
                         if let Err(err) = kubelets.handle(e) {
                             tracing::warn!(error = %err, "simulated kubelet event failed");
                         }

@@ -1,0 +1,507 @@
+//! Plays a scenario: the emulator, the simulated cloud and berth (unchanged) on one virtual clock, the timeline's
+//! events at their times, the workload controllers and the binder each virtual second, and a sample of the
+//! cluster every `sampleInterval`.
+//!
+//! Virtual time is tokio's paused clock on a current-thread runtime: whenever every task waits, tokio jumps to the
+//! next timer, so an hour of cluster time costs only the work done in it. Every timestamp berth, the emulator and
+//! the cloud write comes from one [`TokioClock`] that follows it.
+
+use super::scenario::{Action, Scenario, ScenarioError};
+use super::summary::{Outcome, RolloutRecord, Sample};
+use super::workload::{Workloads, NAMESPACE, WORKLOAD_LABEL};
+use crate::api::crds;
+use crate::clock::{SharedClock, TokioClock};
+use crate::cloud::metrics::CloudMetrics;
+use crate::cloud::sim::{Fault, SimConfig, SimulatedCloud};
+use crate::cloud::{tags, CloudProvider};
+use crate::emulator::binder::Binder;
+use crate::emulator::error::ApiError;
+use crate::emulator::kubelet::InstanceEvent;
+use crate::emulator::store::{ListQuery, PatchKind, Store, WriteOptions};
+use crate::emulator::{Config, Emulator};
+use crate::model::instance_type::{labels, CapacityType, Catalog};
+use crate::model::resources::Resources;
+use crate::telemetry::metrics::Metrics;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("emulator: {0}")]
+    Emulator(#[from] ApiError),
+    #[error("simulated cloud: {0}")]
+    Cloud(String),
+    #[error("setting up the simulation: {0}")]
+    Setup(String),
+    #[error("{file}: event at {at}s: {message}")]
+    Event { file: String, at: u64, message: String },
+}
+
+impl SimError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            SimError::Scenario(e) => e.category(),
+            SimError::Emulator(e) => e.category(),
+            SimError::Cloud(_) => "cloud",
+            SimError::Setup(_) => "setup",
+            SimError::Event { .. } => "event",
+        }
+    }
+}
+
+/// How to play.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// A one-line progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+    /// A name for this configuration in comparisons.
+    pub label: String,
+}
+
+/// The wall-clock start of every simulation (fixed, so reports do not depend on when they were made).
+pub fn epoch() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default() // 2026-01-01T00:00:00Z
+}
+
+/// berth's controllers, started the way `berth run` starts them, and a way to stop them as a crash would.
+pub struct Berth {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Berth {
+    pub fn stop(self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Starts berth against this client and cloud exactly as `berth run` starts it while it leads. The one place a
+/// simulation starts berth.
+pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, cloud: Arc<dyn CloudProvider>, cluster_name: &str, catalog: Arc<Catalog>) -> Berth {
+    use crate::controllers::provisioner::ProvisionerConfig;
+    use crate::operator::{run_controllers, Controllers};
+    let base = Arc::new(crate::controllers::Context::new(client, clock, metrics));
+    let ctx = Arc::new(Controllers { base, cloud: Some(cloud), cluster_name: cluster_name.to_string(), catalog, provisioner: ProvisionerConfig::default(), dry_run: false });
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(run_controllers(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Berth { stop: tx }
+}
+
+/// Runs a scenario to its end on a fresh paused current-thread runtime (blocking).
+pub fn run_blocking(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> Result<Outcome, SimError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| SimError::Setup(format!("tokio runtime: {e}")))?;
+    let out = runtime.block_on(play(scenario, catalog, options));
+    // Controllers still wind down; dropping the runtime cancels them.
+    runtime.shutdown_background();
+    out
+}
+
+/// What terminations took down with them, counted before the kubelets delete the Node's pods.
+#[derive(Default)]
+struct Terminations {
+    /// Instances EC2 reclaimed (spot interruptions): their pods are lost, not disrupted by berth.
+    interrupted: BTreeSet<String>,
+    /// Workloads a PodDisruptionBudget protects.
+    protected: BTreeSet<String>,
+    /// Protected running pods berth's terminations removed without an eviction.
+    pdb_bypassed: u64,
+    /// Pods lost to spot interruptions.
+    pods_lost_to_interruptions: u64,
+}
+
+struct Shortage {
+    fault: Fault,
+    until: Duration,
+}
+
+fn seeded(seed: u64) -> impl FnMut() -> u64 {
+    // splitmix64: a seeded choice, the same on every machine.
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> Result<Outcome, SimError> {
+    let clock: SharedClock = Arc::new(TokioClock::new(epoch()));
+    let start = tokio::time::Instant::now();
+    let emulator = Emulator::with_clock(clock.clone(), Config::default());
+    let store = emulator.store().clone();
+    let client = emulator.client();
+    apply_objects(&store, scenario)?;
+
+    let cloud_metrics = CloudMetrics::unregistered().map_err(|e| SimError::Setup(format!("cloud metrics: {e}")))?;
+    let mut config = SimConfig::new(&scenario.region, &scenario.cluster_name, catalog.clone(), clock.clone(), cloud_metrics);
+    config.boot_delay = scenario.boot_delay;
+    config.jitter_seed = scenario.seed;
+    let cloud = Arc::new(SimulatedCloud::new(config));
+
+    let terminations = Arc::new(Mutex::new(Terminations::default()));
+    let observer = {
+        let terminations = terminations.clone();
+        let store = store.clone();
+        move |e: &InstanceEvent| {
+            if let InstanceEvent::Terminated(t) = e {
+                let on_node = pods_on_node(&store, &t.instance_id);
+                let mut st = terminations.lock().unwrap_or_else(|p| p.into_inner());
+                let running: Vec<&(String, String)> = on_node.iter().filter(|(_, phase)| phase == "Running").collect();
+                if st.interrupted.contains(&t.instance_id) {
+                    st.pods_lost_to_interruptions += running.len() as u64;
+                } else {
+                    let bypassed = running.iter().filter(|(w, _)| st.protected.contains(w)).count() as u64;
+                    st.pdb_bypassed += bypassed;
+                }
+            }
+        }
+    };
+    crate::sim::dataplane::connect_observed(&cloud, emulator.clone(), observer);
+
+    let metrics = Metrics::new().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
+    let provider: Arc<dyn CloudProvider> = cloud.clone();
+    let berth_catalog = Arc::new(catalog.clone());
+    let launch_berth = || start_berth(client.clone(), clock.clone(), metrics.clone(), provider.clone(), &scenario.cluster_name, berth_catalog.clone());
+    let mut berth = Some(launch_berth());
+    let mut berth_restart_at: Option<Duration> = None;
+
+    let binder = Binder::new(emulator.clone());
+    let mut workloads = Workloads::new();
+    let prices = price_index(catalog);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut rollouts: Vec<RolloutRecord> = Vec::new();
+    let mut shortages: Vec<Shortage> = Vec::new();
+    let mut spot_interruptions = 0u64;
+    let mut events_log: Vec<(u64, String)> = Vec::new();
+    let mut next_event = 0usize;
+    let mut last_bound_rv = 0u64;
+    let progress = Progress::new(options.progress, scenario.duration);
+    let total = scenario.duration.as_secs();
+
+    for second in 0..=total {
+        tokio::time::sleep_until(start + Duration::from_secs(second)).await;
+        let now = Duration::from_secs(second);
+        while let Some(e) = scenario.timeline.get(next_event).filter(|e| e.at <= now) {
+            next_event += 1;
+            events_log.push((second, e.action.label()));
+            let err = |message: String| SimError::Event { file: scenario.file.clone(), at: second, message };
+            match &e.action {
+                Action::Deployment(d) => workloads.add_deployment(&store, d)?,
+                Action::Scale(s) => {
+                    if !workloads.scale(&store, &s.deployment, s.replicas)? {
+                        return Err(err(format!("no deployment {:?} to scale", s.deployment)));
+                    }
+                }
+                Action::Job { job, run_for } => workloads.add_job(job, *run_for),
+                Action::DaemonSet(d) => workloads.add_daemonset(&store, d)?,
+                Action::Pdb(p) => {
+                    workloads.add_pdb(&store, p)?;
+                    terminations.lock().unwrap_or_else(|p| p.into_inner()).protected.insert(p.deployment.clone());
+                }
+                Action::TemplateChange { machine_deployment, patch } => {
+                    let generation = patch_md(&store, machine_deployment, &json!({"spec": {"template": patch}}))?;
+                    rollouts.push(RolloutRecord { machine_deployment: machine_deployment.clone(), generation, started_s: second, finished_s: None });
+                }
+                Action::ScaleMachineDeployment(s) => {
+                    patch_md(&store, &s.machine_deployment, &json!({"spec": {"replicas": s.replicas}}))?;
+                }
+                Action::SpotInterruption(s) => {
+                    let mut victims: Vec<String> = cloud
+                        .all_instances()
+                        .into_iter()
+                        .filter(|i| i.capacity_type == CapacityType::Spot && !i.state.is_terminal())
+                        .filter(|i| s.machine_deployment.as_ref().is_none_or(|g| i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g)))
+                        .map(|i| i.instance_id)
+                        .collect();
+                    victims.sort();
+                    let mut rng = seeded(scenario.seed ^ (second << 20) ^ next_event as u64);
+                    for _ in 0..(s.count as usize).min(victims.len()) {
+                        let id = victims.remove((rng() % victims.len() as u64) as usize);
+                        terminations.lock().unwrap_or_else(|p| p.into_inner()).interrupted.insert(id.clone());
+                        if cloud.interrupt(&id) {
+                            spot_interruptions += 1;
+                        }
+                    }
+                }
+                Action::InsufficientCapacity { instance_type, zone, capacity_type, duration } => {
+                    let fault = Fault::InsufficientCapacity { instance_type: instance_type.clone(), zone: zone.clone(), capacity_type: *capacity_type };
+                    cloud.inject(fault.clone(), None);
+                    shortages.push(Shortage { fault, until: now + *duration });
+                }
+                Action::RestartBerth { down_for } => {
+                    if let Some(b) = berth.take() {
+                        b.stop();
+                    }
+                    berth_restart_at = Some(now + *down_for);
+                }
+            }
+        }
+        if berth.is_none() && berth_restart_at.is_some_and(|t| t <= now) {
+            berth = Some(launch_berth());
+            berth_restart_at = None;
+        }
+        let before = shortages.len();
+        shortages.retain(|s| s.until > now);
+        if shortages.len() != before {
+            // Faults cannot be withdrawn one by one: clear them and script the windows still open again.
+            cloud.clear_faults();
+            for s in &shortages {
+                cloud.inject(s.fault.clone(), None);
+            }
+        }
+
+        workloads.reconcile(&store, now)?;
+        // kube-scheduler's pace: one pass a second, and only when something changed.
+        let rv = store.resource_version();
+        if rv != last_bound_rv {
+            binder.run_once()?;
+            last_bound_rv = store.resource_version();
+        }
+        for r in rollouts.iter_mut().filter(|r| r.finished_s.is_none()) {
+            if rollout_complete(&store, &r.machine_deployment, r.generation)? {
+                r.finished_s = Some(second);
+            }
+        }
+        if second % scenario.sample_interval.as_secs().max(1) == 0 || second == total {
+            samples.push(sample(&store, &workloads, &prices, second)?);
+            progress.show(now, samples.last());
+        }
+    }
+    progress.finish();
+    if let Some(b) = berth.take() {
+        b.stop();
+    }
+
+    let instances = cloud.all_instances();
+    let mut machines_launched: BTreeMap<String, u32> = BTreeMap::new();
+    for i in &instances {
+        if let Some(uid) = i.tags.get(tags::MACHINE_UID) {
+            *machines_launched.entry(uid.clone()).or_default() += 1;
+        }
+    }
+    let mut api_calls: BTreeMap<String, u64> = BTreeMap::new();
+    for c in cloud.calls() {
+        *api_calls.entry(c.action.name().to_string()).or_default() += 1;
+    }
+    let exposition = metrics.encode().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
+    let mut disruptions = counter_by_label(&exposition, "berth_nodes_disrupted_total", "reason");
+    let launch_failures = counter_by_label(&exposition, "berth_launch_failures_total", "reason").values().sum();
+    disruptions.retain(|_, v| *v > 0);
+    if spot_interruptions > 0 {
+        disruptions.insert("spot interruption".into(), spot_interruptions);
+    }
+    let warnings = warning_events(&store)?;
+    let t = terminations.lock().unwrap_or_else(|p| p.into_inner());
+    let end = Duration::from_secs(total);
+    Ok(Outcome {
+        scenario: scenario.name.clone(),
+        label: options.label.clone(),
+        seed: scenario.seed,
+        duration_s: total,
+        samples,
+        pending_seconds: workloads.pending_seconds.clone(),
+        still_waiting_seconds: workloads.still_waiting(end),
+        pods_created: workloads.pods_created,
+        launch_failures,
+        warnings,
+        nodes_launched: instances.iter().filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name)).count() as u64,
+        nodes_removed: instances.iter().filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name) && i.state.is_terminal()).count() as u64,
+        duplicate_launches: machines_launched.values().map(|n| u64::from(n.saturating_sub(1))).sum(),
+        api_calls,
+        server_throttles: cloud.server_throttles(),
+        disruptions,
+        rollouts,
+        pdbs: workloads.pdbs.clone(),
+        pdb_bypassed: t.pdb_bypassed,
+        pods_lost_to_interruptions: t.pods_lost_to_interruptions,
+        jobs: workloads.job_progress(),
+        events: events_log,
+    })
+}
+
+/// Warning Events (berth's and the emulator's) by reason, with their repeat counts: why something did not happen.
+fn warning_events(store: &Store) -> Result<BTreeMap<String, u64>, SimError> {
+    let mut out = BTreeMap::new();
+    let Some(rt) = store.resource_type("", "events") else { return Ok(out) };
+    for e in store.list(&rt, None, &ListQuery::default())?.items {
+        let v = e.value()?;
+        if v["type"] == "Warning" {
+            let reason = v["reason"].as_str().unwrap_or("unknown").to_string();
+            *out.entry(reason).or_default() += v["count"].as_u64().unwrap_or(1);
+        }
+    }
+    Ok(out)
+}
+
+/// A counter of berth's summed by one label, read from the text exposition as Prometheus would read it.
+fn counter_by_label(exposition: &str, metric: &str, label: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let (prefix, key) = (format!("{metric}{{"), format!("{label}=\""));
+    for line in exposition.lines().filter(|l| l.starts_with(&prefix)) {
+        let reason = line.split(key.as_str()).nth(1).and_then(|r| r.split('"').next()).unwrap_or("unknown");
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry(reason.to_string()).or_default() += value as u64;
+    }
+    out
+}
+
+/// Creates berth's CRDs and the scenario's Cluster, MachineClasses and MachineDeployments, as `kubectl apply` would.
+fn apply_objects(store: &Store, scenario: &Scenario) -> Result<(), SimError> {
+    let opts = WriteOptions { field_manager: "kubectl".into(), ..Default::default() };
+    let crd_rt = store.resource_type("apiextensions.k8s.io", "customresourcedefinitions").ok_or_else(|| SimError::Setup("no CRD kind in the emulator".into()))?;
+    for crd in crds() {
+        let v = serde_json::to_value(&crd).map_err(|e| SimError::Setup(e.to_string()))?;
+        store.create(&crd_rt, "", v, &opts)?;
+    }
+    let rt = |resource: &str| store.resource_type("berth.dev", resource).ok_or_else(|| SimError::Setup(format!("CRD {resource} not established")));
+    store.create(&*rt("clusters")?, "", scenario.cluster.clone(), &opts)?;
+    for c in &scenario.machine_classes {
+        store.create(&*rt("machineclasses")?, "", c.clone(), &opts)?;
+    }
+    for d in &scenario.machine_deployments {
+        store.create(&*rt("machinedeployments")?, NAMESPACE, d.clone(), &opts)?;
+    }
+    Ok(())
+}
+
+/// Merge-patches a MachineDeployment; answers its new generation.
+fn patch_md(store: &Store, name: &str, patch: &Value) -> Result<i64, SimError> {
+    let rt = store.resource_type("berth.dev", "machinedeployments").ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
+    let opts = WriteOptions { field_manager: "kubectl".into(), ..Default::default() };
+    let out = store.patch(&rt, NAMESPACE, name, PatchKind::Merge, patch, &opts)?;
+    Ok(out.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0))
+}
+
+/// Whether a MachineDeployment has rolled out `generation` completely: every replica updated and available, no
+/// old ones left.
+fn rollout_complete(store: &Store, name: &str, generation: i64) -> Result<bool, SimError> {
+    let rt = store.resource_type("berth.dev", "machinedeployments").ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
+    let md = store.get(&rt, NAMESPACE, name)?.value()?;
+    let n = |p: &str| md.pointer(p).and_then(Value::as_i64).unwrap_or(-1);
+    let want = n("/spec/replicas");
+    Ok(n("/status/observedGeneration") >= generation
+        && n("/status/updatedReplicas") == want
+        && n("/status/availableReplicas") == want
+        && n("/status/replicas") == want)
+}
+
+/// Workload name and phase of each pod bound to a node.
+fn pods_on_node(store: &Store, node: &str) -> Vec<(String, String)> {
+    let Some(rt) = store.resource_type("", "pods") else { return Vec::new() };
+    let Ok(page) = store.list(&rt, None, &ListQuery::default()) else { return Vec::new() };
+    page.items
+        .iter()
+        .filter(|p| p.node_name == node)
+        .map(|p| (p.labels.iter().find(|(k, _)| k == WORKLOAD_LABEL).map(|(_, v)| v.clone()).unwrap_or_default(), p.phase.clone()))
+        .collect()
+}
+
+type PriceIndex = HashMap<(String, String, CapacityType), f64>;
+
+fn price_index(catalog: &Catalog) -> PriceIndex {
+    let mut m = HashMap::new();
+    for t in &catalog.instance_types {
+        for o in &t.offerings {
+            m.insert((t.name.clone(), o.zone.clone(), o.capacity_type), o.price);
+        }
+    }
+    m
+}
+
+/// One look at the cluster.
+fn sample(store: &Store, workloads: &Workloads, prices: &PriceIndex, second: u64) -> Result<Sample, SimError> {
+    let nodes_rt = store.resource_type("", "nodes").ok_or_else(|| SimError::Setup("no Node kind".into()))?;
+    let pods_rt = store.resource_type("", "pods").ok_or_else(|| SimError::Setup("no Pod kind".into()))?;
+    let mut s = Sample { t_s: second, ..Default::default() };
+    let mut allocatable = Resources::default();
+    for stored in store.list(&nodes_rt, None, &ListQuery::default())?.items {
+        let Ok(k8s) = serde_json::from_slice::<k8s_openapi::api::core::v1::Node>(&stored.bytes) else { continue };
+        let Ok(node) = crate::model::node::Node::from_k8s(&k8s) else { continue };
+        let label = |k: &str| node.labels.get(k).cloned().unwrap_or_default();
+        let capacity = CapacityType::parse(&label(labels::CAPACITY_TYPE)).unwrap_or(CapacityType::OnDemand);
+        let group = node.labels.get(labels::MACHINE_DEPLOYMENT).cloned().unwrap_or_else(|| "(none)".into());
+        *s.nodes.entry(format!("{group} {}", capacity.as_str())).or_default() += 1;
+        s.hourly_cost += prices.get(&(label(labels::INSTANCE_TYPE), label(labels::ZONE), capacity)).copied().unwrap_or(0.0);
+        allocatable.add(&node.allocatable);
+    }
+    let mut requested = Resources::default();
+    for p in store.list(&pods_rt, None, &ListQuery::default())?.items {
+        match (p.phase.as_str(), p.node_name.is_empty()) {
+            ("Running", false) => {
+                s.pods_running += 1;
+                if let Some(r) = workloads.requests_of(&p) {
+                    requested.add(r);
+                }
+            }
+            ("Pending", true) => s.pods_pending += 1,
+            _ => {}
+        }
+    }
+    s.requested_cpu_cores = requested.cpu_millis as f64 / 1000.0;
+    s.cpu_utilization = ratio(requested.cpu_millis, allocatable.cpu_millis);
+    s.memory_utilization = ratio(requested.memory_bytes, allocatable.memory_bytes);
+    Ok(s)
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// A one-line `\r` progress bar on stderr, only when stderr is a terminal.
+struct Progress {
+    on: bool,
+    total: Duration,
+    wall: std::time::Instant,
+}
+
+impl Progress {
+    fn new(wanted: bool, total: Duration) -> Progress {
+        Progress { on: wanted && std::io::stderr().is_terminal(), total, wall: std::time::Instant::now() }
+    }
+
+    fn show(&self, now: Duration, last: Option<&Sample>) {
+        if !self.on {
+            return;
+        }
+        let frac = now.as_secs_f64() / self.total.as_secs_f64().max(1.0);
+        let width = 30usize;
+        let filled = ((frac * width as f64) as usize).min(width);
+        let (pending, nodes, cost) = last.map_or((0, 0, 0.0), |s| (s.pods_pending, s.nodes.values().sum::<u32>(), s.hourly_cost));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {:>3.0}%  t={:>5}s  pending {:>5}  nodes {:>4}  ${:>8.2}/h  wall {:>5.1}s ",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            frac * 100.0,
+            now.as_secs(),
+            pending,
+            nodes,
+            cost,
+            self.wall.elapsed().as_secs_f64()
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.on {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}

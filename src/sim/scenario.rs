@@ -1,0 +1,734 @@
+//! Scenario files: what `berth simulate` plays. A scenario declares berth's own objects (the Cluster, MachineClasses
+//! and MachineDeployments, with the fields of the CRDs), the instance catalog, boot delays and a timeline of workload
+//! and cloud events. Every error names the file, the line and the field: serde's own errors carry a location, and
+//! the checks made after parsing (quantities, durations, time order, the CRD schemas) find their line with
+//! [`locate`](super::locate).
+
+use super::locate::{locate, parse_path};
+use crate::model::duration::parse_duration;
+use crate::model::instance_type::{CapacityType, Catalog, InstanceType};
+use crate::model::quantity::{parse_cpu_millis, parse_units};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The scenario played when none is named: a burst into an empty cluster, a rollout, a scale-down, a spot
+/// interruption and a capacity shortage.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.yaml");
+/// The label a scenario's MachineDeployments select their Machines by, unless the file gives a selector.
+pub const GROUP_LABEL: &str = "sim.berth.dev/group";
+/// The file name errors in the built-in scenario are reported against.
+pub const DEFAULT_SCENARIO_NAME: &str = "scenarios/default.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid { file: String, line: usize, field: String, message: String },
+    #[error("{file}: catalog: {message}")]
+    Catalog { file: String, message: String },
+}
+
+impl ScenarioError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ScenarioError::Read { .. } => "read",
+            ScenarioError::Invalid { .. } => "invalid",
+            ScenarioError::Catalog { .. } => "catalog",
+        }
+    }
+}
+
+// ---- the file's schema (serde) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "one")]
+    seed: u64,
+    duration: String,
+    #[serde(default)]
+    sample_interval: Option<String>,
+    #[serde(default)]
+    boot_delay: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    catalog: Option<String>,
+    berth: BerthFile,
+    #[serde(default)]
+    timeline: Vec<EntryFile>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BerthFile {
+    #[serde(default)]
+    cluster: Option<serde_yaml::Value>,
+    #[serde(default)]
+    machine_classes: Vec<NamedSpec>,
+    #[serde(default)]
+    machine_deployments: Vec<NamedSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedSpec {
+    name: String,
+    spec: serde_yaml::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EntryFile {
+    at: String,
+    deployment: Option<DeploymentEvent>,
+    scale: Option<ScaleEvent>,
+    job: Option<JobEvent>,
+    daemon_set: Option<DaemonSetEvent>,
+    pdb: Option<PdbEvent>,
+    template_change: Option<TemplateChangeEvent>,
+    scale_machine_deployment: Option<ScaleGroupEvent>,
+    spot_interruption: Option<SpotInterruptionEvent>,
+    insufficient_capacity: Option<ShortageEvent>,
+    restart_berth: Option<RestartEvent>,
+}
+
+/// A pod template: what each pod of a workload asks for.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodTemplate {
+    pub cpu: String,
+    pub memory: String,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// Spread the pods over zones with this maximum skew (DoNotSchedule).
+    #[serde(default)]
+    pub zone_spread: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    pub key: String,
+    #[serde(default = "exists")]
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+fn exists() -> String {
+    "Exists".into()
+}
+
+/// A Deployment's pods appear (the simulation plays the Deployment controller: it keeps `replicas` pods).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentEvent {
+    pub name: String,
+    pub replicas: u32,
+    pub pod: PodTemplate,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleEvent {
+    pub deployment: String,
+    pub replicas: u32,
+}
+
+/// A Job: `completions` pods, at most `parallelism` at once, each running `runFor` once started.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobEvent {
+    pub name: String,
+    pub completions: u32,
+    pub parallelism: u32,
+    pub run_for: String,
+    pub pod: PodTemplate,
+}
+
+/// A DaemonSet: one pod per node, bound by the simulation as the DaemonSet controller binds them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DaemonSetEvent {
+    pub name: String,
+    pub pod: PodTemplate,
+}
+
+/// A PodDisruptionBudget over a deployment's pods.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PdbEvent {
+    pub name: String,
+    pub deployment: String,
+    #[serde(default)]
+    pub min_available: Option<IntOrPercent>,
+    #[serde(default)]
+    pub max_unavailable: Option<IntOrPercent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    Int(u32),
+    Percent(String),
+}
+
+impl IntOrPercent {
+    pub fn to_json(&self) -> Value {
+        match self {
+            IntOrPercent::Int(n) => json!(n),
+            IntOrPercent::Percent(s) => json!(s),
+        }
+    }
+}
+
+/// A change to a MachineDeployment's template (a merge patch of `spec.template`): berth rolls it out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateChangeEvent {
+    pub machine_deployment: String,
+    pub template: serde_yaml::Value,
+}
+
+/// An operator scales a MachineDeployment by hand (`kubectl scale`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleGroupEvent {
+    pub machine_deployment: String,
+    pub replicas: u32,
+}
+
+/// EC2 reclaims `count` spot instances (of one group, or any), chosen by the scenario's seed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpotInterruptionEvent {
+    pub count: u32,
+    #[serde(default)]
+    pub machine_deployment: Option<String>,
+}
+
+/// A window in which matching offerings have no capacity (launches get InsufficientInstanceCapacity).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShortageEvent {
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub capacity_type: Option<String>,
+    #[serde(rename = "for")]
+    pub duration: String,
+}
+
+/// berth's process restarts: its controllers stop (as in a crash) and start again after `downFor`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartEvent {
+    #[serde(default)]
+    pub down_for: Option<String>,
+}
+
+// ---- the validated scenario ----
+
+/// Where the instance types come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogSource {
+    Bundled,
+    File(PathBuf),
+}
+
+/// One timeline action, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Deployment(DeploymentEvent),
+    Scale(ScaleEvent),
+    Job { job: JobEvent, run_for: Duration },
+    DaemonSet(DaemonSetEvent),
+    Pdb(PdbEvent),
+    /// The MachineDeployment's name and the merge patch of its `spec.template`.
+    TemplateChange { machine_deployment: String, patch: Value },
+    ScaleMachineDeployment(ScaleGroupEvent),
+    SpotInterruption(SpotInterruptionEvent),
+    InsufficientCapacity { instance_type: Option<String>, zone: Option<String>, capacity_type: Option<CapacityType>, duration: Duration },
+    RestartBerth { down_for: Duration },
+}
+
+impl Action {
+    /// A short name for logs and the report.
+    pub fn label(&self) -> String {
+        match self {
+            Action::Deployment(d) => format!("deployment {} ({} pods)", d.name, d.replicas),
+            Action::Scale(s) => format!("scale {} to {}", s.deployment, s.replicas),
+            Action::Job { job, .. } => format!("job {} ({} pods)", job.name, job.completions),
+            Action::DaemonSet(d) => format!("daemonset {}", d.name),
+            Action::Pdb(p) => format!("pdb {}", p.name),
+            Action::TemplateChange { machine_deployment, .. } => format!("template change of {machine_deployment}"),
+            Action::ScaleMachineDeployment(s) => format!("scale group {} to {}", s.machine_deployment, s.replicas),
+            Action::SpotInterruption(s) => format!("spot interruption of {}", s.count),
+            Action::InsufficientCapacity { duration, .. } => format!("capacity shortage for {}s", duration.as_secs()),
+            Action::RestartBerth { .. } => "berth restart".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub at: Duration,
+    pub action: Action,
+}
+
+/// A validated scenario, ready to play.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The file it came from (for messages).
+    pub file: String,
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration: Duration,
+    pub sample_interval: Duration,
+    pub boot_delay: Duration,
+    pub region: String,
+    pub catalog: CatalogSource,
+    /// The cluster's name (instance tags, the Cluster object).
+    pub cluster_name: String,
+    /// Full objects, as `kubectl apply` would take them.
+    pub cluster: Value,
+    pub machine_classes: Vec<Value>,
+    pub machine_deployments: Vec<Value>,
+    /// In time order.
+    pub timeline: Vec<Event>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &str, message: impl Into<String>) -> ScenarioError {
+        ScenarioError::Invalid {
+            file: self.file.to_string(),
+            line: locate(self.text, &parse_path(path)).unwrap_or(1),
+            field: path.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, path: &str, s: &str) -> Result<Duration, ScenarioError> {
+        parse_duration(s).map_err(|e| self.err(path, e.to_string()))
+    }
+
+    fn pod(&self, path: &str, p: &PodTemplate) -> Result<(), ScenarioError> {
+        parse_cpu_millis(&p.cpu).map_err(|e| self.err(&format!("{path}.cpu"), e.to_string()))?;
+        parse_units(&p.memory).map_err(|e| self.err(&format!("{path}.memory"), e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read { file: file.clone(), reason: e.to_string() })?;
+    parse(&file, &text, path.parent())
+}
+
+/// The built-in default scenario.
+pub fn default_scenario() -> Result<Scenario, ScenarioError> {
+    parse(DEFAULT_SCENARIO_NAME, DEFAULT_SCENARIO, None)
+}
+
+/// Parses and validates scenario text; `base` resolves a relative catalog path.
+pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, ScenarioError> {
+    let cx = Ctx { file, text };
+    let raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let duration = cx.duration("duration", &raw.duration)?;
+    if duration.is_zero() {
+        return Err(cx.err("duration", "must be more than 0s"));
+    }
+    let sample_interval = raw.sample_interval.as_deref().map(|s| cx.duration("sampleInterval", s)).transpose()?.unwrap_or(Duration::from_secs(10));
+    if sample_interval < Duration::from_secs(1) {
+        return Err(cx.err("sampleInterval", "must be at least 1s"));
+    }
+    let boot_delay = raw.boot_delay.as_deref().map(|s| cx.duration("bootDelay", s)).transpose()?.unwrap_or(Duration::from_secs(30));
+    let region = raw.region.clone().unwrap_or_else(|| "us-east-1".to_string());
+    let catalog = match raw.catalog.as_deref() {
+        None | Some("bundled") => CatalogSource::Bundled,
+        Some(p) => CatalogSource::File(base.map(|b| b.join(p)).unwrap_or_else(|| PathBuf::from(p))),
+    };
+
+    let schemas = crd_schemas();
+    let cluster_spec = to_json(&cx, "berth.cluster", raw.berth.cluster.as_ref().unwrap_or(&serde_yaml::Value::Null))?;
+    let cluster_name = cluster_spec.get("clusterName").and_then(Value::as_str).unwrap_or("sim").to_string();
+    let mut cluster = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": cluster_name},
+        "spec": {"clusterName": cluster_name, "region": region, "apiServerEndpoint": "https://sim.invalid", "certificateAuthority": "Q0E="}});
+    merge(&mut cluster["spec"], &cluster_spec);
+    check_schema(&cx, &schemas, "Cluster", &mut cluster.clone(), "berth.cluster")?;
+
+    let mut machine_classes = Vec::new();
+    for (i, c) in raw.berth.machine_classes.iter().enumerate() {
+        let path = format!("berth.machineClasses[{i}]");
+        let spec = to_json(&cx, &format!("{path}.spec"), &c.spec)?;
+        let mut obj = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": c.name},
+            "spec": {
+                "image": {"selector": {"owner": "amazon", "name": "amazon-eks-node-al2023-x86_64-*"}},
+                "subnets": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
+                "securityGroups": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
+                "instanceProfile": "node"
+            }});
+        merge(&mut obj["spec"], &spec);
+        check_schema(&cx, &schemas, "MachineClass", &mut obj.clone(), &path)?;
+        machine_classes.push(obj);
+    }
+    let mut machine_deployments = Vec::new();
+    for (i, d) in raw.berth.machine_deployments.iter().enumerate() {
+        let path = format!("berth.machineDeployments[{i}]");
+        let spec = to_json(&cx, &format!("{path}.spec"), &d.spec)?;
+        let mut obj = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment", "metadata": {"name": d.name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {GROUP_LABEL: d.name}},
+                     "template": {"metadata": {"labels": {GROUP_LABEL: d.name}}}}});
+        merge(&mut obj["spec"], &spec);
+        check_schema(&cx, &schemas, "MachineDeployment", &mut obj.clone(), &path)?;
+        machine_deployments.push(obj);
+    }
+
+    let mut timeline = Vec::new();
+    let mut last = Duration::ZERO;
+    for (i, e) in raw.timeline.into_iter().enumerate() {
+        let path = format!("timeline[{i}]");
+        let at = cx.duration(&format!("{path}.at"), &e.at)?;
+        if at < last {
+            return Err(cx.err(&format!("{path}.at"), format!("{} is before the previous event's time; the timeline must be in time order", e.at)));
+        }
+        if at > duration {
+            return Err(cx.err(&format!("{path}.at"), format!("{} is after the scenario's duration {}", e.at, raw.duration)));
+        }
+        last = at;
+        let action = entry_action(&cx, &path, e, &machine_deployments, &schemas)?;
+        timeline.push(Event { at, action });
+    }
+    Ok(Scenario {
+        file: file.to_string(),
+        name: raw.name,
+        description: raw.description,
+        seed: raw.seed,
+        duration,
+        sample_interval,
+        boot_delay,
+        region,
+        catalog,
+        cluster_name,
+        cluster,
+        machine_classes,
+        machine_deployments,
+        timeline,
+    })
+}
+
+fn entry_action(cx: &Ctx, path: &str, e: EntryFile, mds: &[Value], schemas: &BTreeMap<String, Value>) -> Result<Action, ScenarioError> {
+    let mut actions = Vec::new();
+    if let Some(d) = e.deployment {
+        cx.pod(&format!("{path}.deployment.pod"), &d.pod)?;
+        actions.push(Action::Deployment(d));
+    }
+    if let Some(s) = e.scale {
+        actions.push(Action::Scale(s));
+    }
+    if let Some(j) = e.job {
+        cx.pod(&format!("{path}.job.pod"), &j.pod)?;
+        let run_for = cx.duration(&format!("{path}.job.runFor"), &j.run_for)?;
+        if j.parallelism == 0 {
+            return Err(cx.err(&format!("{path}.job.parallelism"), "must be at least 1"));
+        }
+        actions.push(Action::Job { job: j, run_for });
+    }
+    if let Some(d) = e.daemon_set {
+        cx.pod(&format!("{path}.daemonSet.pod"), &d.pod)?;
+        actions.push(Action::DaemonSet(d));
+    }
+    if let Some(p) = e.pdb {
+        if p.min_available.is_some() == p.max_unavailable.is_some() {
+            return Err(cx.err(&format!("{path}.pdb"), "give exactly one of minAvailable and maxUnavailable"));
+        }
+        for (field, v) in [("minAvailable", &p.min_available), ("maxUnavailable", &p.max_unavailable)] {
+            if let Some(IntOrPercent::Percent(s)) = v {
+                if s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_none_or(|n| n > 100) {
+                    return Err(cx.err(&format!("{path}.pdb.{field}"), format!("{s:?} is neither a count nor a percentage such as 50%")));
+                }
+            }
+        }
+        actions.push(Action::Pdb(p));
+    }
+    if let Some(t) = e.template_change {
+        let field = format!("{path}.templateChange.template");
+        let patch = to_json(cx, &field, &t.template)?;
+        let Some(md) = mds.iter().find(|m| m["metadata"]["name"] == t.machine_deployment.as_str()) else {
+            return Err(cx.err(&format!("{path}.templateChange.machineDeployment"), format!("no MachineDeployment {:?} in berth.machineDeployments", t.machine_deployment)));
+        };
+        let mut changed = md.clone();
+        merge(&mut changed["spec"]["template"], &patch);
+        check_schema(cx, schemas, "MachineDeployment", &mut changed, &field)?;
+        actions.push(Action::TemplateChange { machine_deployment: t.machine_deployment, patch });
+    }
+    if let Some(s) = e.scale_machine_deployment {
+        if !mds.iter().any(|m| m["metadata"]["name"] == s.machine_deployment.as_str()) {
+            return Err(cx.err(&format!("{path}.scaleMachineDeployment.machineDeployment"), format!("no MachineDeployment {:?}", s.machine_deployment)));
+        }
+        actions.push(Action::ScaleMachineDeployment(s));
+    }
+    if let Some(s) = e.spot_interruption {
+        actions.push(Action::SpotInterruption(s));
+    }
+    if let Some(s) = e.insufficient_capacity {
+        let duration = cx.duration(&format!("{path}.insufficientCapacity.for"), &s.duration)?;
+        let capacity_type = match s.capacity_type.as_deref() {
+            None => None,
+            Some(c) => Some(CapacityType::parse(c).ok_or_else(|| cx.err(&format!("{path}.insufficientCapacity.capacityType"), format!("{c:?} is neither spot nor on-demand")))?),
+        };
+        actions.push(Action::InsufficientCapacity { instance_type: s.instance_type, zone: s.zone, capacity_type, duration });
+    }
+    if let Some(r) = e.restart_berth {
+        let down_for = r.down_for.as_deref().map(|d| cx.duration(&format!("{path}.restartBerth.downFor"), d)).transpose()?.unwrap_or(Duration::ZERO);
+        actions.push(Action::RestartBerth { down_for });
+    }
+    match actions.len() {
+        1 => Ok(actions.remove(0)),
+        0 => Err(cx.err(path, "an event needs one action (deployment, scale, job, daemonSet, pdb, templateChange, scaleMachineDeployment, spotInterruption, insufficientCapacity or restartBerth)")),
+        _ => Err(cx.err(path, "an event has exactly one action; split it into several events at the same time")),
+    }
+}
+
+/// serde_yaml's message already names the field path (`timeline[2].scale: unknown field ...`); add file and line.
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
+    let mut message = e.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    let (field, message) = match message.split_once(": ") {
+        Some((f, m)) if !f.contains(' ') => (f.to_string(), m.to_string()),
+        _ => ("<document>".to_string(), message),
+    };
+    ScenarioError::Invalid { file: file.to_string(), line: e.location().map(|l| l.line()).unwrap_or(1), field, message }
+}
+
+fn to_json(cx: &Ctx, path: &str, v: &serde_yaml::Value) -> Result<Value, ScenarioError> {
+    match v {
+        serde_yaml::Value::Null => Ok(json!({})),
+        v => serde_json::to_value(v).map_err(|e| cx.err(path, e.to_string())),
+    }
+}
+
+/// JSON merge patch (RFC 7386) of `patch` into `target`.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn crd_schemas() -> BTreeMap<String, Value> {
+    crate::api::crds()
+        .into_iter()
+        .filter_map(|crd| {
+            let schema = crd.spec.versions.first()?.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+            Some((crd.spec.names.kind.clone(), serde_json::to_value(schema).ok()?))
+        })
+        .collect()
+}
+
+/// Checks an object against its CRD's schema, as the API server would with strict field validation; errors point
+/// at the scenario line of the offending field (`spec.x` of the object lives at `<path>.spec.x` in the file).
+fn check_schema(cx: &Ctx, schemas: &BTreeMap<String, Value>, kind: &str, obj: &mut Value, path: &str) -> Result<(), ScenarioError> {
+    let Some(schema) = schemas.get(kind) else { return Ok(()) };
+    let v = crate::emulator::schema::validate_object_root(obj, schema);
+    let field_path = |p: &str| -> String {
+        let p = p.trim_start_matches('.');
+        // A template change is a patch of spec.template: its fields live under `<path>`.
+        match path.ends_with(".template") {
+            true => format!("{path}{}", p.strip_prefix("spec.template").unwrap_or(p)),
+            false if kind == "Cluster" => format!("{path}{}", p.strip_prefix("spec").unwrap_or(p)),
+            false => format!("{path}.{p}"),
+        }
+    };
+    if let Some(u) = v.unknown.first() {
+        return Err(cx.err(&field_path(u), format!("unknown field (not in the {kind} schema)")));
+    }
+    if let Some(msg) = v.invalid.first() {
+        let (p, m) = msg.split_once(": ").unwrap_or(("", msg.as_str()));
+        return Err(cx.err(&field_path(p), m.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a whole Cluster object against the Cluster CRD's schema; the error is the first violation.
+pub fn check_cluster(cluster: &Value) -> Result<(), String> {
+    let schemas = crd_schemas();
+    let Some(schema) = schemas.get("Cluster") else { return Ok(()) };
+    let v = crate::emulator::schema::validate_object_root(&mut cluster.clone(), schema);
+    match (v.unknown.first(), v.invalid.first()) {
+        (Some(u), _) => Err(format!("{u}: unknown field (not in the Cluster schema)")),
+        (None, Some(i)) => Err(i.clone()),
+        (None, None) => Ok(()),
+    }
+}
+
+/// The instance types a scenario launches from.
+pub fn load_catalog(s: &Scenario) -> Result<Catalog, ScenarioError> {
+    match &s.catalog {
+        CatalogSource::Bundled => crate::model::aws_catalog::bundled_catalog(&s.region)
+            .map_err(|e| ScenarioError::Catalog { file: s.file.clone(), message: e.to_string() }),
+        CatalogSource::File(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ScenarioError::Read { file: p.display().to_string(), reason: e.to_string() })?;
+            let types: Vec<InstanceType> = serde_yaml::from_str(&text).map_err(|e| yaml_error(&p.display().to_string(), &e))?;
+            Ok(Catalog { instance_types: types })
+        }
+    }
+}
+
+impl Scenario {
+    /// The same scenario with every workload size multiplied by `factor` (at least one pod each): tests run the
+    /// scenarios' shapes at a fraction of their size.
+    pub fn scaled(mut self, factor: f64) -> Scenario {
+        let f = |n: u32| if n == 0 { 0 } else { ((n as f64 * factor).round() as u32).max(1) };
+        for e in &mut self.timeline {
+            match &mut e.action {
+                Action::Deployment(d) => d.replicas = f(d.replicas),
+                Action::Scale(s) => s.replicas = f(s.replicas),
+                Action::Job { job, .. } => {
+                    job.completions = f(job.completions);
+                    job.parallelism = f(job.parallelism);
+                }
+                Action::SpotInterruption(s) => s.count = f(s.count),
+                Action::ScaleMachineDeployment(s) => s.replicas = f(s.replicas),
+                _ => {}
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+name: t
+duration: 10m
+berth:
+  machineClasses:
+    - name: general
+      spec:
+        instanceRequirements: {families: [m6i]}
+  machineDeployments:
+    - name: general
+      spec:
+        replicas: 0
+        template:
+          spec:
+            classRef: {name: general}
+timeline:
+  - at: 0s
+    deployment:
+      name: web
+      replicas: 3
+      pod: {cpu: 500m, memory: 1Gi}
+  - at: 5m
+    scale: {deployment: web, replicas: 1}
+";
+
+    fn err(text: &str) -> (usize, String, String) {
+        match parse("s.yaml", text, None) {
+            Err(ScenarioError::Invalid { line, field, message, file }) => {
+                assert_eq!(file, "s.yaml");
+                (line, field, message)
+            }
+            other => panic!("expected an invalid scenario, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let s = parse("s.yaml", GOOD, None).unwrap();
+        assert_eq!(s.timeline.len(), 2);
+        assert_eq!(s.machine_deployments[0]["spec"]["template"]["spec"]["classRef"]["name"], "general");
+        assert_eq!(s.machine_classes[0]["spec"]["instanceProfile"], "node", "sim defaults fill what the file leaves out");
+    }
+
+    #[test]
+    fn the_default_scenario_parses() {
+        let s = default_scenario().unwrap();
+        assert!(s.timeline.len() >= 5);
+    }
+
+    #[test]
+    fn an_unknown_field_names_file_line_and_field() {
+        let (line, field, message) = err(&GOOD.replace("      replicas: 3\n", "      replicas: 3\n      replica: 4\n"));
+        assert_eq!(line, 20);
+        assert!(field.contains("timeline[0].deployment"), "{field}");
+        assert!(message.contains("unknown field `replica`"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_crd_field_names_its_line() {
+        let (line, field, message) = err(&GOOD.replace("            classRef: {name: general}\n", "            classRef: {name: general}\n            colour: blue\n"));
+        assert_eq!(line, 15);
+        assert_eq!(field, "berth.machineDeployments[0].spec.template.spec.colour");
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_quantity_names_its_line() {
+        let (line, field, message) = err(&GOOD.replace("cpu: 500m", "cpu: 5x"));
+        assert_eq!(line, 20);
+        assert_eq!(field, "timeline[0].deployment.pod.cpu");
+        assert!(message.contains("5x"), "{message}");
+    }
+
+    #[test]
+    fn a_time_out_of_order_names_its_line() {
+        let (line, field, _) = err(&format!("{GOOD}  - at: 1m\n    scale: {{deployment: web, replicas: 2}}\n"));
+        assert_eq!(line, 23);
+        assert_eq!(field, "timeline[2].at");
+    }
+
+    #[test]
+    fn an_event_needs_exactly_one_action() {
+        let (_, field, message) = err(&format!("{GOOD}  - at: 6m\n"));
+        assert_eq!(field, "timeline[2]");
+        assert!(message.contains("needs one action"));
+    }
+
+    #[test]
+    fn scaling_shrinks_workloads() {
+        let s = parse("s.yaml", GOOD, None).unwrap().scaled(0.1);
+        assert_eq!(s.timeline[0].action, Action::Deployment(DeploymentEvent { name: "web".into(), replicas: 1, pod: PodTemplate {
+            cpu: "500m".into(), memory: "1Gi".into(), node_selector: BTreeMap::new(), tolerations: vec![], zone_spread: None, priority: None } }));
+    }
+}

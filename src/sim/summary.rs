@@ -1,0 +1,304 @@
+//! What a simulation measured, and the figures drawn from it: pure functions over plain data, so the table, the
+//! comparison and the report are the same for the same samples.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One look at the cluster, every `sampleInterval` of virtual time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Sample {
+    /// Seconds since the scenario began.
+    pub t_s: u64,
+    /// Pods not yet bound to a node.
+    pub pods_pending: u32,
+    pub pods_running: u32,
+    /// Nodes by "group capacity-type" (e.g. `general spot`).
+    pub nodes: BTreeMap<String, u32>,
+    /// Summed hourly price of the nodes, USD.
+    pub hourly_cost: f64,
+    /// Requested over allocatable, across nodes.
+    pub cpu_utilization: f64,
+    pub memory_utilization: f64,
+    /// Cores requested by running pods.
+    pub requested_cpu_cores: f64,
+}
+
+/// A template change berth rolled out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutRecord {
+    pub machine_deployment: String,
+    /// The MachineDeployment's generation after the change.
+    pub generation: i64,
+    pub started_s: u64,
+    /// When every replica was updated and available with no old ones left; None if it never finished.
+    pub finished_s: Option<u64>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    pub scenario: String,
+    /// The configuration's name in a comparison.
+    pub label: String,
+    pub seed: u64,
+    pub duration_s: u64,
+    pub samples: Vec<Sample>,
+    /// Seconds each pod waited from creation to running.
+    pub pending_seconds: Vec<u64>,
+    /// Pods still waiting at the end, with how long each had waited.
+    pub still_waiting_seconds: Vec<u64>,
+    pub pods_created: u64,
+    pub nodes_launched: u64,
+    pub nodes_removed: u64,
+    /// Launches berth gave up on or that failed (berth_launch_failures_total).
+    pub launch_failures: u64,
+    /// Warning Events by reason (with repeats): why something did not happen.
+    pub warnings: BTreeMap<String, u64>,
+    /// Instances beyond the first launched for the same Machine.
+    pub duplicate_launches: u64,
+    /// Cloud API calls by action.
+    pub api_calls: BTreeMap<String, u64>,
+    /// Calls EC2 answered RequestLimitExceeded because its bucket was empty.
+    pub server_throttles: u64,
+    /// Nodes disrupted, by reason.
+    pub disruptions: BTreeMap<String, u64>,
+    pub rollouts: Vec<RolloutRecord>,
+    /// PodDisruptionBudgets: name -> "deployment rule".
+    pub pdbs: BTreeMap<String, String>,
+    /// Running pods a PodDisruptionBudget protects that berth's terminations took down without an eviction.
+    pub pdb_bypassed: u64,
+    pub pods_lost_to_interruptions: u64,
+    /// Per job: (completions done, completions wanted).
+    pub jobs: BTreeMap<String, (u32, u32)>,
+    /// The timeline as played: (second, what).
+    pub events: Vec<(u64, String)>,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub pods_created: u64,
+    pub pods_scheduled: u64,
+    pub pods_unscheduled_at_end: u64,
+    pub pending_p50_s: u64,
+    pub pending_p99_s: u64,
+    pub pending_max_s: u64,
+    pub nodes_launched: u64,
+    pub nodes_removed: u64,
+    pub launch_failures: u64,
+    pub warnings: BTreeMap<String, u64>,
+    pub peak_nodes: u32,
+    pub final_nodes: u32,
+    pub peak_hourly_cost: f64,
+    pub final_hourly_cost: f64,
+    /// Integral of the hourly cost over the run, USD.
+    pub total_cost: f64,
+    /// Time-weighted means over samples with nodes.
+    pub mean_cpu_utilization: f64,
+    pub mean_memory_utilization: f64,
+    pub final_cpu_utilization: f64,
+    pub final_memory_utilization: f64,
+    pub api_calls: u64,
+    pub server_throttles: u64,
+    pub disruptions: BTreeMap<String, u64>,
+    /// Seconds per rollout, None for one that did not finish.
+    pub rollout_seconds: Vec<Option<u64>>,
+    pub pdb_bypassed: u64,
+    pub duplicate_launches: u64,
+    pub jobs_complete: bool,
+}
+
+/// The `q`-quantile (nearest rank) of sorted values.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn summarize(o: &Outcome) -> Summary {
+    // Pods still waiting count with the wait they had so far: a pod never scheduled must not flatter the tail.
+    let mut waits: Vec<u64> = o.pending_seconds.iter().chain(o.still_waiting_seconds.iter()).copied().collect();
+    waits.sort_unstable();
+    let nodes = |s: &Sample| s.nodes.values().sum::<u32>();
+    let last = o.samples.last();
+    let with_nodes: Vec<&Sample> = o.samples.iter().filter(|s| nodes(s) > 0).collect();
+    let mean = |f: &dyn Fn(&Sample) -> f64| if with_nodes.is_empty() { 0.0 } else { with_nodes.iter().map(|s| f(s)).sum::<f64>() / with_nodes.len() as f64 };
+    let total_cost = o.samples.windows(2).map(|w| w[0].hourly_cost * (w[1].t_s - w[0].t_s) as f64 / 3600.0).sum();
+    Summary {
+        pods_created: o.pods_created,
+        pods_scheduled: o.pending_seconds.len() as u64,
+        pods_unscheduled_at_end: o.still_waiting_seconds.len() as u64,
+        pending_p50_s: quantile(&waits, 0.50),
+        pending_p99_s: quantile(&waits, 0.99),
+        pending_max_s: waits.last().copied().unwrap_or(0),
+        nodes_launched: o.nodes_launched,
+        nodes_removed: o.nodes_removed,
+        launch_failures: o.launch_failures,
+        warnings: o.warnings.clone(),
+        peak_nodes: o.samples.iter().map(nodes).max().unwrap_or(0),
+        final_nodes: last.map(nodes).unwrap_or(0),
+        peak_hourly_cost: o.samples.iter().map(|s| s.hourly_cost).fold(0.0, f64::max),
+        final_hourly_cost: last.map(|s| s.hourly_cost).unwrap_or(0.0),
+        total_cost,
+        mean_cpu_utilization: mean(&|s| s.cpu_utilization),
+        mean_memory_utilization: mean(&|s| s.memory_utilization),
+        final_cpu_utilization: last.map(|s| s.cpu_utilization).unwrap_or(0.0),
+        final_memory_utilization: last.map(|s| s.memory_utilization).unwrap_or(0.0),
+        api_calls: o.api_calls.values().sum(),
+        server_throttles: o.server_throttles,
+        disruptions: o.disruptions.clone(),
+        rollout_seconds: o.rollouts.iter().map(|r| r.finished_s.map(|f| f - r.started_s)).collect(),
+        pdb_bypassed: o.pdb_bypassed,
+        duplicate_launches: o.duplicate_launches,
+        jobs_complete: o.jobs.values().all(|(done, want)| done >= want),
+    }
+}
+
+/// The rows of the summary table: (figure, value).
+pub fn rows(s: &Summary) -> Vec<(String, String)> {
+    let pct = |f: f64| format!("{:.1}%", f * 100.0);
+    let mut r: Vec<(String, String)> = vec![
+        ("pods created".into(), s.pods_created.to_string()),
+        ("pods scheduled".into(), s.pods_scheduled.to_string()),
+        ("pods still pending at the end".into(), s.pods_unscheduled_at_end.to_string()),
+        ("time pending p50".into(), format!("{}s", s.pending_p50_s)),
+        ("time pending p99".into(), format!("{}s", s.pending_p99_s)),
+        ("time pending max".into(), format!("{}s", s.pending_max_s)),
+        ("nodes launched".into(), s.nodes_launched.to_string()),
+        ("nodes removed".into(), s.nodes_removed.to_string()),
+        ("launch failures".into(), s.launch_failures.to_string()),
+        ("nodes peak / final".into(), format!("{} / {}", s.peak_nodes, s.final_nodes)),
+        ("hourly cost peak".into(), format!("${:.2}", s.peak_hourly_cost)),
+        ("hourly cost final".into(), format!("${:.2}", s.final_hourly_cost)),
+        ("cost of the run".into(), format!("${:.2}", s.total_cost)),
+        ("cpu utilization mean / final".into(), format!("{} / {}", pct(s.mean_cpu_utilization), pct(s.final_cpu_utilization))),
+        ("memory utilization mean / final".into(), format!("{} / {}", pct(s.mean_memory_utilization), pct(s.final_memory_utilization))),
+        ("EC2 API calls".into(), s.api_calls.to_string()),
+        ("EC2 throttling errors".into(), s.server_throttles.to_string()),
+    ];
+    if s.disruptions.is_empty() {
+        r.push(("disruptions".into(), "none".into()));
+    }
+    for (reason, n) in &s.disruptions {
+        r.push((format!("disruptions: {reason}"), n.to_string()));
+    }
+    for (reason, n) in &s.warnings {
+        r.push((format!("warning events: {reason}"), n.to_string()));
+    }
+    for (i, d) in s.rollout_seconds.iter().enumerate() {
+        r.push((format!("rollout {} duration", i + 1), d.map_or_else(|| "did not finish".into(), |d| format!("{d}s"))));
+    }
+    r.push(("PDB-protected pods removed without eviction".into(), s.pdb_bypassed.to_string()));
+    r.push(("duplicate launches".into(), s.duplicate_launches.to_string()));
+    r
+}
+
+/// The summary as an aligned text table.
+pub fn table(o: &Outcome) -> String {
+    let s = summarize(o);
+    let mut out = format!("scenario {} (seed {}, {}s simulated)\n", o.scenario, o.seed, o.duration_s);
+    for (k, v) in rows(&s) {
+        out.push_str(&format!("  {k:<44} {v:>14}\n"));
+    }
+    out
+}
+
+/// Two runs side by side.
+pub fn compare_table(a: &Outcome, b: &Outcome) -> String {
+    let (ra, rb) = (rows(&summarize(a)), rows(&summarize(b)));
+    let mut keys: Vec<String> = ra.iter().map(|(k, _)| k.clone()).collect();
+    for (k, _) in &rb {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    let get = |r: &[(String, String)], k: &str| r.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_else(|| "-".into());
+    let mut out = format!("scenario {} (seed {}, {}s simulated)\n", a.scenario, a.seed, a.duration_s);
+    out.push_str(&format!("  {:<44} {:>18} {:>18}\n", "", a.label, b.label));
+    for k in keys {
+        out.push_str(&format!("  {k:<44} {:>18} {:>18}\n", get(&ra, &k), get(&rb, &k)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        let sample = |t, pending, nodes: u32, cost, cpu| Sample {
+            t_s: t,
+            pods_pending: pending,
+            pods_running: 0,
+            nodes: if nodes > 0 { BTreeMap::from([("general spot".to_string(), nodes)]) } else { BTreeMap::new() },
+            hourly_cost: cost,
+            cpu_utilization: cpu,
+            memory_utilization: cpu / 2.0,
+            requested_cpu_cores: 0.0,
+        };
+        Outcome {
+            scenario: "t".into(),
+            label: "a".into(),
+            seed: 1,
+            duration_s: 7200,
+            samples: vec![sample(0, 10, 0, 0.0, 0.0), sample(3600, 0, 4, 2.0, 0.8), sample(7200, 0, 2, 1.0, 0.6)],
+            pending_seconds: vec![40, 50, 60, 300],
+            still_waiting_seconds: vec![],
+            pods_created: 4,
+            nodes_launched: 4,
+            nodes_removed: 2,
+            launch_failures: 0,
+            warnings: BTreeMap::new(),
+            duplicate_launches: 0,
+            api_calls: BTreeMap::from([("CreateFleet".into(), 4), ("TerminateInstances".into(), 1)]),
+            server_throttles: 0,
+            disruptions: BTreeMap::from([("empty".into(), 2)]),
+            rollouts: vec![RolloutRecord { machine_deployment: "g".into(), generation: 2, started_s: 100, finished_s: Some(400) }],
+            pdbs: BTreeMap::new(),
+            pdb_bypassed: 0,
+            pods_lost_to_interruptions: 0,
+            jobs: BTreeMap::new(),
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn figures_from_samples() {
+        let s = summarize(&outcome());
+        assert_eq!((s.pending_p50_s, s.pending_p99_s, s.pending_max_s), (50, 300, 300));
+        assert_eq!((s.peak_nodes, s.final_nodes), (4, 2));
+        assert_eq!(s.peak_hourly_cost, 2.0);
+        assert!((s.total_cost - 2.0).abs() < 1e-9, "0 for the first hour, then $2/h for an hour: {}", s.total_cost);
+        assert!((s.mean_cpu_utilization - 0.7).abs() < 1e-9, "samples without nodes are left out");
+        assert_eq!(s.api_calls, 5);
+        assert_eq!(s.rollout_seconds, vec![Some(300)]);
+    }
+
+    #[test]
+    fn pods_never_scheduled_count_in_the_tail() {
+        let mut o = outcome();
+        o.still_waiting_seconds = vec![5000];
+        let s = summarize(&o);
+        assert_eq!(s.pending_max_s, 5000);
+        assert_eq!(s.pods_unscheduled_at_end, 1);
+    }
+
+    #[test]
+    fn comparison_has_both_columns() {
+        let mut b = outcome();
+        b.label = "b".into();
+        b.nodes_launched = 9;
+        let t = compare_table(&outcome(), &b);
+        let line = t.lines().find(|l| l.contains("nodes launched")).unwrap();
+        assert!(line.contains('4') && line.contains('9'), "{line}");
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.5), 2);
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.99), 4);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+}
