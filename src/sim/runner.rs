@@ -85,7 +85,15 @@ pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, c
     use crate::controllers::provisioner::ProvisionerConfig;
     use crate::operator::{run_controllers, Controllers};
     let base = Arc::new(crate::controllers::Context::new(client, clock, metrics));
-    let ctx = Arc::new(Controllers { base, cloud: Some(cloud), cluster_name: cluster_name.to_string(), catalog, provisioner: ProvisionerConfig::default(), dry_run: false });
+    let ctx = Arc::new(Controllers {
+        base,
+        cloud: Some(cloud),
+        cluster_name: cluster_name.to_string(),
+        catalog,
+        provisioner: ProvisionerConfig::default(),
+        disruption: crate::controllers::disruption::DisruptionConfig { cluster_name: cluster_name.to_string(), ..Default::default() },
+        dry_run: false,
+    });
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(run_controllers(ctx, async move {
         let _ = rx.wait_for(|s| *s).await;
