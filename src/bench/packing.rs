@@ -36,6 +36,120 @@ pub fn lower_bound(types: &[(f64, f64, f64)], cpu: f64, mem: f64) -> f64 {
     best
 }
 
+/// A pod size class for the whole-pod bound: `count` pods each need at least `cpu` millis and `mem` bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeClass {
+    pub cpu: f64,
+    pub mem: f64,
+    pub count: f64,
+}
+
+/// A node type for the whole-pod bound: allocatable cpu millis, memory bytes, pod slots, and $/h.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoundType {
+    pub cpu: f64,
+    pub mem: f64,
+    pub pods: f64,
+    pub price: f64,
+}
+
+/// A lower bound on the cost of any plan that places whole pods: the fractional LP above plus, for every size
+/// class, Σ k_t · x_t ≥ count, where k_t is how many pods of at least that size fit on one node of type t
+/// (⌊cpu_t / cpu⌋, ⌊mem_t / mem⌋ and the pod slots, whichever is least). Every integral plan satisfies each of
+/// these rows (its node counts are an x), so the LP optimum is a valid bound; unlike the fractional one it knows
+/// that three 16-vCPU pods, not four, fit on a 64-vCPU node. Infinite when some class fits no type.
+pub fn integral_bound(types: &[BoundType], cpu: f64, mem: f64, classes: &[SizeClass]) -> f64 {
+    // The LP's dual, max Σ demand_j · y_j s.t. Σ_j coeff_tj · y_j ≤ price_t, y ≥ 0, starts feasible at y = 0 (prices
+    // are non-negative), so one simplex phase solves it; its optimum equals the primal minimum. Units are cores
+    // and GiB so the tableau stays well scaled.
+    const GIB: f64 = (1u64 << 30) as f64;
+    let mut demand = vec![cpu / 1000.0, mem / GIB];
+    let mut rows: Vec<Vec<f64>> = types.iter().map(|t| vec![t.cpu / 1000.0, t.mem / GIB]).collect();
+    for c in classes {
+        if c.count <= 0.0 {
+            continue;
+        }
+        demand.push(c.count);
+        for (row, t) in rows.iter_mut().zip(types) {
+            let mut k = t.pods;
+            if c.cpu > 0.0 {
+                k = k.min((t.cpu / c.cpu).floor());
+            }
+            if c.mem > 0.0 {
+                k = k.min((t.mem / c.mem).floor());
+            }
+            row.push(k.max(0.0));
+        }
+    }
+    let prices: Vec<f64> = types.iter().map(|t| t.price).collect();
+    max_packing_lp(&rows, &prices, &demand)
+}
+
+/// max c·y s.t. A y ≤ b, y ≥ 0 with b ≥ 0, by the simplex method on a dense dictionary with Bland's rule (no
+/// cycling). Infinite when unbounded.
+fn max_packing_lp(a: &[Vec<f64>], b: &[f64], c: &[f64]) -> f64 {
+    const EPS: f64 = 1e-9;
+    let (m, n) = (a.len(), c.len());
+    // d[i][0..n] holds the coefficients of the non-basic variables in row i, d[i][n] its right-hand side; row m is
+    // the objective (negated reduced costs, value in d[m][n]).
+    let mut d = vec![vec![0.0; n + 1]; m + 1];
+    for i in 0..m {
+        d[i][..n].copy_from_slice(&a[i][..n]);
+        d[i][n] = b[i].max(0.0);
+    }
+    for j in 0..n {
+        d[m][j] = -c[j];
+    }
+    let mut basic: Vec<usize> = (n..n + m).collect();
+    let mut nonbasic: Vec<usize> = (0..n).collect();
+    loop {
+        let mut s = None;
+        for j in 0..n {
+            if d[m][j] < -EPS && s.is_none_or(|s: usize| nonbasic[j] < nonbasic[s]) {
+                s = Some(j);
+            }
+        }
+        let Some(s) = s else { return d[m][n] };
+        let mut r: Option<usize> = None;
+        for i in 0..m {
+            if d[i][s] <= EPS {
+                continue;
+            }
+            let better = match r {
+                None => true,
+                Some(r) => {
+                    let (q, qr) = (d[i][n] / d[i][s], d[r][n] / d[r][s]);
+                    q < qr - EPS || (q <= qr + EPS && basic[i] < basic[r])
+                }
+            };
+            if better {
+                r = Some(i);
+            }
+        }
+        let Some(r) = r else { return f64::INFINITY };
+        let inv = 1.0 / d[r][s];
+        for i in 0..=m {
+            if i == r || d[i][s] == 0.0 {
+                continue;
+            }
+            let f = d[i][s] * inv;
+            for j in 0..=n {
+                if j != s {
+                    d[i][j] -= d[r][j] * f;
+                }
+            }
+            d[i][s] = -f;
+        }
+        for j in 0..=n {
+            if j != s {
+                d[r][j] *= inv;
+            }
+        }
+        d[r][s] = inv;
+        std::mem::swap(&mut basic[r], &mut nonbasic[s]);
+    }
+}
+
 /// A seeded workload: deployments as (name, replicas, cpu millis, memory MiB) with an optional constraint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Constraint {
@@ -167,10 +281,28 @@ pub struct Row {
     pub nodes: usize,
     pub cost: f64,
     pub bound: f64,
+    /// The whole-pod bound ([`integral_bound`]): at least `bound`; no plan of whole pods costs less.
+    pub integral_bound: f64,
     pub cpu_util: f64,
     pub mem_util: f64,
     pub unscheduled: usize,
     pub seconds: f64,
+}
+
+/// One size class per distinct (cpu, memory) request, counting every pod at least that large in both.
+pub fn size_classes(pods: &[Pod]) -> Vec<SizeClass> {
+    let mut shapes: std::collections::BTreeMap<(u64, u64), u64> = std::collections::BTreeMap::new();
+    for p in pods {
+        *shapes.entry((p.spec.requests.cpu_millis, p.spec.requests.memory_bytes)).or_default() += 1;
+    }
+    shapes
+        .keys()
+        .map(|&(c, m)| SizeClass {
+            cpu: c as f64,
+            mem: m as f64,
+            count: shapes.iter().filter(|((c2, m2), _)| *c2 >= c && *m2 >= m).map(|(_, n)| *n as f64).sum(),
+        })
+        .collect()
 }
 
 pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&Path>) -> Result<Row, BenchError> {
@@ -193,6 +325,16 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
         })
         .collect();
     let bound = lower_bound(&lp, cpu as f64, mem as f64);
+    let whole: Vec<BoundType> = catalog
+        .instance_types
+        .iter()
+        .filter_map(|t| {
+            let a = t.allocatable(DEFAULT_ROOT_VOLUME_BYTES);
+            let p = t.cheapest_offering(|o| o.capacity_type == crate::model::instance_type::CapacityType::OnDemand)?.price;
+            Some(BoundType { cpu: a.cpu_millis as f64, mem: a.memory_bytes as f64, pods: a.pods as f64, price: p })
+        })
+        .collect();
+    let integral = integral_bound(&whole, cpu as f64, mem as f64, &size_classes(&snap.pending));
     let (mut used_c, mut used_m, mut alloc_c, mut alloc_m) = (0f64, 0f64, 0f64, 0f64);
     let by_key: std::collections::HashMap<String, &Pod> = snap.pending.iter().map(|p| (p.key(), p)).collect();
     for m in &plan.new_machines {
@@ -221,6 +363,7 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
         nodes: plan.new_machines.len(),
         cost: plan.new_cost_per_hour(),
         bound,
+        integral_bound: integral,
         cpu_util: used_c / alloc_c.max(1.0),
         mem_util: used_m / alloc_m.max(1.0),
         unscheduled: plan.unschedulable.len(),
@@ -245,15 +388,15 @@ pub fn run(pods_file: Option<&Path>, seed: u64, dump: Option<&Path>) -> Result<b
         rows.push(evaluate(name, *constrained, objects, dump)?);
     }
     println!(
-        "{:<24} {:>5} {:>6} {:>6} {:>10} {:>10} {:>6} {:>6} {:>6} {:>7} {:>8}",
-        "workload", "cons", "pods", "nodes", "$/h", "bound", "ratio", "cpu", "mem", "unsched", "seconds"
+        "{:<24} {:>5} {:>6} {:>6} {:>10} {:>10} {:>6} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8}",
+        "workload", "cons", "pods", "nodes", "$/h", "bound", "ratio", "int.bnd", "i.ratio", "cpu", "mem", "unsched", "seconds"
     );
     let mut ok = true;
     for r in &rows {
         let ratio = r.cost / r.bound;
         println!(
-            "{:<24} {:>5} {:>6} {:>6} {:>10.3} {:>10.3} {:>6.3} {:>6.3} {:>6.3} {:>7} {:>8.4}",
-            r.workload, r.constrained, r.pods, r.nodes, r.cost, r.bound, ratio, r.cpu_util, r.mem_util, r.unscheduled, r.seconds
+            "{:<24} {:>5} {:>6} {:>6} {:>10.3} {:>10.3} {:>6.3} {:>10.3} {:>7.3} {:>6.3} {:>6.3} {:>7} {:>8.4}",
+            r.workload, r.constrained, r.pods, r.nodes, r.cost, r.bound, ratio, r.integral_bound, r.cost / r.integral_bound, r.cpu_util, r.mem_util, r.unscheduled, r.seconds
         );
         if !r.constrained && (ratio > 1.10 || r.cpu_util.max(r.mem_util) < 0.85 || r.unscheduled > 0) {
             ok = false;
@@ -263,6 +406,7 @@ pub fn run(pods_file: Option<&Path>, seed: u64, dump: Option<&Path>) -> Result<b
         .iter()
         .map(|r| json!({"workload": r.workload, "constrained": r.constrained, "pods": r.pods, "nodes": r.nodes,
             "cost_per_hour": r.cost, "lower_bound": r.bound, "ratio": r.cost / r.bound,
+            "integral_bound": r.integral_bound, "integral_ratio": r.cost / r.integral_bound,
             "cpu_utilization": r.cpu_util, "memory_utilization": r.mem_util, "unscheduled": r.unscheduled}))
         .collect();
     println!("{}", json!({"bench": "packing", "results": results}));
@@ -280,6 +424,48 @@ mod tests {
         assert!((lower_bound(&types, 5.0, 5.0) - 2.0).abs() < 1e-9);
         // Only cpu: 1.25 of the cpu type.
         assert!((lower_bound(&types, 5.0, 0.0) - 1.25).abs() < 1e-9);
+    }
+
+    fn bt(cpu: f64, mem: f64, price: f64) -> BoundType {
+        BoundType { cpu, mem, pods: 110.0, price }
+    }
+
+    #[test]
+    fn integral_bound_without_classes_is_the_fractional_bound() {
+        let types = [(4000.0, 1.0e9, 1.0), (1000.0, 4.0e9, 1.0), (4000.0, 4.0e9, 3.0), (8000.0, 3.0e9, 1.7)];
+        let whole: Vec<BoundType> = types.iter().map(|&(c, m, p)| bt(c, m, p)).collect();
+        for (cpu, mem) in [(5000.0, 5.0e9), (5000.0, 0.0), (0.0, 7.0e9), (123_000.0, 17.0e9)] {
+            let (f, i) = (lower_bound(&types, cpu, mem), integral_bound(&whole, cpu, mem, &[]));
+            assert!((f - i).abs() < 1e-6 * f.max(1.0), "{cpu} {mem}: {f} vs {i}");
+        }
+    }
+
+    #[test]
+    fn integral_bound_counts_whole_pods_per_node() {
+        // 63.77 allocatable cores: four 16-core pods need two nodes, not the 1.004 the fractional bound buys.
+        let types = [bt(63_770.0, 120.0e9, 1.0)];
+        let classes = [SizeClass { cpu: 16_000.0, mem: 30.0e9, count: 4.0 }];
+        let frac = lower_bound(&[(63_770.0, 120.0e9, 1.0)], 64_000.0, 120.0e9);
+        let whole = integral_bound(&types, 64_000.0, 120.0e9, &classes);
+        assert!((frac - 64_000.0 / 63_770.0).abs() < 1e-9);
+        // The LP allows 4/3 nodes: a bound, not the integral optimum (2), but far tighter than 1.004.
+        assert!((whole - 4.0 / 3.0).abs() < 1e-9, "{whole}");
+        // A class no type holds makes every plan infeasible.
+        let too_big = [SizeClass { cpu: 70_000.0, mem: 1.0, count: 1.0 }];
+        assert!(integral_bound(&types, 70_000.0, 1.0, &too_big).is_infinite());
+    }
+
+    #[test]
+    fn size_classes_count_every_pod_at_least_as_large() {
+        let pod = |cpu: u64, mem: u64| {
+            Pod::new("bench", "p", crate::model::resources::Resources { cpu_millis: cpu, memory_bytes: mem, ..Default::default() })
+        };
+        let classes = size_classes(&[pod(1000, 10), pod(1000, 10), pod(2000, 5), pod(2000, 20)]);
+        let count = |c: f64, m: f64| classes.iter().find(|k| k.cpu == c && k.mem == m).map(|k| k.count);
+        assert_eq!(classes.len(), 3);
+        assert_eq!(count(1000.0, 10.0), Some(3.0));
+        assert_eq!(count(2000.0, 5.0), Some(2.0));
+        assert_eq!(count(2000.0, 20.0), Some(1.0));
     }
 
     #[test]
