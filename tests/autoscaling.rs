@@ -84,22 +84,28 @@ impl Harness {
     }
 
     fn start_berth(&mut self) {
+        self.start_berth_with(false);
+    }
+
+    /// Starts berth as `berth run` would; with `dry_run`, as `berth run --dry-run` (no cloud, nothing written).
+    fn start_berth_with(&mut self, dry_run: bool) {
         let base = Arc::new(Context::new(self.client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
         let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
         let catalog = berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
         let controllers = Arc::new(Controllers {
             base,
-            cloud: Some(cloud),
+            cloud: (!dry_run).then_some(cloud),
             cluster_name: CLUSTER.into(),
             catalog: Arc::new(catalog),
             provisioner: ProvisionerConfig {
                 batch_idle: Duration::from_millis(200),
                 batch_max: Duration::from_secs(2),
                 observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() },
+                dry_run,
                 ..ProvisionerConfig::default()
             },
             disruption: Default::default(),
-            dry_run: false,
+            dry_run,
         });
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut rx2 = rx.clone();
@@ -384,5 +390,24 @@ async fn an_auto_scaling_group_grows_through_desired_capacity() {
     assert!(groups[0].desired_capacity >= 2, "desired capacity {}", groups[0].desired_capacity);
     assert!(h.machines().await.is_empty(), "the MachineDeployment at max 0 launched");
     assert!(h.cloud.calls().iter().any(|c| format!("{:?}", c.action) == "SetDesiredCapacity" && c.result == "ok"));
+    h.kill_berth();
+}
+
+/// `--dry-run`: berth plans and says what it would do (an Event on the MachineDeployment), and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_plans_and_tells_but_changes_nothing() {
+    let mut h = Harness::new(200, serde_json::json!({})).await;
+    h.create_pods("web", 20, "500m", "1Gi").await;
+    all_unschedulable(&h, 20).await;
+    h.start_berth_with(true);
+    eventually("a ScaledUp Event saying what berth would do", 30, || async {
+        h.events("ScaledUp").await.iter().any(|e| e.message.as_deref().unwrap_or_default().starts_with("would scale general +"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let md = Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap();
+    assert_eq!(md.spec.replicas, Some(0), "a dry run raised replicas");
+    assert!(h.machines().await.is_empty());
+    assert!(h.cloud.calls().is_empty(), "a dry run called the cloud: {:?}", h.cloud.calls().first());
     h.kill_berth();
 }
