@@ -34,7 +34,7 @@ use crate::lifecycle::{next_step, InstanceStatus, LifecyclePolicy, MachineObserv
 use crate::model::duration::parse_duration;
 use crate::model::instance_type::{labels, CapacityType};
 use crate::model::quantity::parse_units;
-use crate::model::taints::{Taint, TaintEffect};
+use crate::model::taints::Taint;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -569,14 +569,7 @@ async fn find_cluster(base: &Context, cluster_name: &str) -> Result<Option<Clust
     Ok(clusters.items.into_iter().find(|c| c.spec.cluster_name == cluster_name))
 }
 
-fn taint_of(t: &TaintSpec) -> Option<Taint> {
-    let effect = match t.effect {
-        TaintEffectSpec::NoSchedule => TaintEffect::NoSchedule,
-        TaintEffectSpec::PreferNoSchedule => TaintEffect::PreferNoSchedule,
-        TaintEffectSpec::NoExecute => TaintEffect::NoExecute,
-    };
-    Taint::new(&t.key, &t.value, effect).ok()
-}
+use crate::state::snapshot::taint_of;
 
 /// Maps the Machine, its class and the Cluster onto the cloud's launch request.
 async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, class: &MachineClass, cluster: &Cluster, attempt: u32) -> Result<LaunchRequest, String> {

@@ -195,16 +195,7 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[core::Pod]) -> Result<PdbView
     })
 }
 
-fn taint_of(t: &crate::api::TaintSpec) -> Option<crate::model::taints::Taint> {
-    use crate::api::common::TaintEffectSpec;
-    use crate::model::taints::{Taint, TaintEffect};
-    let effect = match t.effect {
-        TaintEffectSpec::NoSchedule => TaintEffect::NoSchedule,
-        TaintEffectSpec::PreferNoSchedule => TaintEffect::PreferNoSchedule,
-        TaintEffectSpec::NoExecute => TaintEffect::NoExecute,
-    };
-    Taint::new(&t.key, &t.value, effect).ok()
-}
+use super::snapshot::taint_of;
 
 fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
     match spec {

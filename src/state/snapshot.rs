@@ -463,6 +463,7 @@ fn capacity_requirement(spec: &crate::api::machine_class::MachineClassSpec) -> R
     r
 }
 
+/// A template's taint as the model's (the CRD schema has checked key and effect; an invalid one is left out).
 pub fn taint_of(t: &TaintSpec) -> Option<Taint> {
     let effect = match t.effect {
         TaintEffectSpec::NoSchedule => TaintEffect::NoSchedule,
