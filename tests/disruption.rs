@@ -90,7 +90,8 @@ impl Harness {
             cluster_name: CLUSTER.into(),
             ..Default::default()
         };
-        tokio::spawn(disruption::run(self.ctx.clone(), catalog, config, self.signal()));
+        let cache = berth::state::cluster::ClusterCache::start(&self.ctx.client);
+        tokio::spawn(disruption::run(self.ctx.clone(), cache, catalog, config, self.signal()));
     }
 
     async fn create_deployment(&self, name: &str, replicas: u32, budgets: serde_json::Value) {

@@ -29,6 +29,18 @@ pub struct ClusterObjects {
     pub pdbs: Vec<Arc<PodDisruptionBudget>>,
 }
 
+impl ClusterObjects {
+    /// The Cluster whose `spec.clusterName` is `name`; without a name, the only Cluster (none when there are several:
+    /// which policy applies would be a guess).
+    pub fn cluster(&self, name: Option<&str>) -> Option<&Cluster> {
+        match name {
+            Some(n) => self.clusters.iter().find(|c| c.spec.cluster_name == n).map(|c| c.as_ref()),
+            None if self.clusters.len() == 1 => Some(self.clusters[0].as_ref()),
+            None => None,
+        }
+    }
+}
+
 /// Reflector caches of every kind the autoscaler reads, and a signal raised when a pod may need capacity or a
 /// Machine may have failed (the provisioner's reasons to solve again).
 #[derive(Clone)]

@@ -12,7 +12,7 @@
 use crate::api::cluster::ScaleDownPolicy;
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::machine_deployment::DisruptionBudget;
-use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION};
+use crate::api::{Cluster, Machine, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION};
 use crate::clock::from_k8s;
 use crate::controllers::keys;
 use crate::disruption::budget::{Budget, NodeLimit, Window};
@@ -30,20 +30,10 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use super::cluster::ClusterObjects;
 use kube::ResourceExt;
+use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Everything one disruption round reads.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterObjects {
-    pub pods: Vec<core::Pod>,
-    pub nodes: Vec<core::Node>,
-    pub machines: Vec<Machine>,
-    pub deployments: Vec<MachineDeployment>,
-    pub classes: Vec<MachineClass>,
-    pub pdbs: Vec<PodDisruptionBudget>,
-    pub cluster: Option<Cluster>,
-}
 
 /// Something that could not be read, for an Event or a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +140,7 @@ pub fn leaving(machine: &Machine) -> bool {
 
 /// A PDB's view: `status.disruptionsAllowed` when the disruption controller has seen the current spec, else
 /// computed from the spec and the pods' readiness as that controller would.
-pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[core::Pod]) -> Result<PdbView, String> {
+pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<PdbView, String> {
     let namespace = pdb.namespace().unwrap_or_else(|| "default".into());
     let spec = pdb.spec.clone().unwrap_or_default();
     // policy/v1: a missing selector selects nothing, an empty one everything.
@@ -164,6 +154,7 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[core::Pod]) -> Result<PdbView
         None => {
             let matching: Vec<&core::Pod> = pods
                 .iter()
+                .map(|p| p.as_ref())
                 .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && occupies(p))
                 .filter(|p| selector.as_ref().is_some_and(|s| s.matches(p.labels())))
                 .collect();
@@ -205,9 +196,15 @@ fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
 }
 
 /// Builds the planner's input. An error only for an invalid scale-down policy (nothing can be decided then).
-pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &BTreeMap<String, DateTime<Utc>>, now: DateTime<Utc>) -> Result<Built, DisruptionError> {
+pub fn build(
+    objects: &ClusterObjects,
+    cluster: Option<&Cluster>,
+    catalog: &Catalog,
+    underutilized_since: &BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Built, DisruptionError> {
     let mut problems = vec![];
-    let policy = policy_from_api(&objects.cluster.as_ref().map(|c| c.spec.scale_down.clone()).unwrap_or_default())?;
+    let policy = policy_from_api(&cluster.map(|c| c.spec.scale_down.clone()).unwrap_or_default())?;
 
     // Pods per node.
     let mut pods_on: BTreeMap<&str, Vec<&core::Pod>> = BTreeMap::new();
@@ -218,14 +215,14 @@ pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &
             }
         }
     }
-    let nodes_by_name: BTreeMap<String, &core::Node> = objects.nodes.iter().map(|n| (n.name_any(), n)).collect();
+    let nodes_by_name: BTreeMap<String, &core::Node> = objects.nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
     let node_of = |m: &Machine| -> Option<&core::Node> {
         let status = m.status.as_ref()?;
         if let Some(r) = &status.node_ref {
             return nodes_by_name.get(&r.name).copied();
         }
         let provider = status.provider_id.as_ref()?;
-        objects.nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(provider))
+        objects.nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(provider)).map(|n| n.as_ref())
     };
     let group_of = |m: &Machine| m.labels().get(keys::MACHINE_DEPLOYMENT).cloned();
 
@@ -233,12 +230,12 @@ pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &
     let mut groups = vec![];
     let mut node_groups = vec![];
     let mut namespaces = BTreeMap::new();
-    for md in &objects.deployments {
+    for md in &objects.machine_deployments {
         let Some(bounds) = &md.spec.autoscaling else { continue };
         let name = md.name_any();
         let namespace = md.namespace().unwrap_or_default();
         let members: Vec<&Machine> =
-            objects.machines.iter().filter(|m| group_of(m).as_deref() == Some(name.as_str()) && m.namespace() == md.namespace()).collect();
+            objects.machines.iter().map(|m| m.as_ref()).filter(|m| group_of(m).as_deref() == Some(name.as_str()) && m.namespace() == md.namespace()).collect();
         let budgets = match budgets_from_api(md.spec.disruption.as_ref().map(|d| d.budgets.as_slice()).unwrap_or(&[])) {
             Ok(b) => b,
             Err(e) => {
@@ -266,7 +263,7 @@ pub fn build(objects: &ClusterObjects, catalog: &Catalog, underutilized_since: &
         });
         namespaces.insert(name.clone(), namespace.clone());
         let class_name = &md.spec.template.spec.class_ref.name;
-        let Some(class) = objects.classes.iter().find(|c| &c.name_any() == class_name) else { continue };
+        let Some(class) = objects.machine_classes.iter().find(|c| &c.name_any() == class_name) else { continue };
         let allowed = match crate::state::class::allowed_instance_types(&class.spec, catalog, &[]) {
             Ok(a) => a,
             Err(message) => {
@@ -461,7 +458,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let pods = vec![pod("a", true), pod("b", true), pod("c", false)];
+        let pods = vec![Arc::new(pod("a", true)), Arc::new(pod("b", true)), Arc::new(pod("c", false))];
         let pdb = |spec: serde_json::Value, status: Option<serde_json::Value>| -> PodDisruptionBudget {
             let mut v = json!({"metadata": {"name": "web", "namespace": "default", "generation": 1}, "spec": spec});
             if let Some(s) = status {

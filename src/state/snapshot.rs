@@ -132,7 +132,7 @@ pub fn observe(
     nominations: &HashMap<String, String>,
     now: DateTime<Utc>,
 ) -> Observation {
-    let cluster = pick_cluster(objects, settings.cluster_name.as_deref());
+    let cluster = objects.cluster(settings.cluster_name.as_deref()).cloned();
     let mut skipped = Vec::new();
     let mut invalid_groups = Vec::new();
 
@@ -428,14 +428,6 @@ pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::c
 fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
     let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
     Some(ready.last_transition_time.as_ref().map(|t| from_k8s(t.0)).unwrap_or(DateTime::<Utc>::MIN_UTC))
-}
-
-fn pick_cluster(objects: &ClusterObjects, name: Option<&str>) -> Option<Cluster> {
-    match name {
-        Some(n) => objects.clusters.iter().find(|c| c.spec.cluster_name == n).map(|c| c.as_ref().clone()),
-        None if objects.clusters.len() == 1 => Some(objects.clusters[0].as_ref().clone()),
-        None => None,
-    }
 }
 
 fn annotation<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
