@@ -65,6 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Reaction { nodes, pods_per_node, pods, seed }) => {
+            // berth's own logs go to stderr (--log info shows each pass and launch); the table to stdout.
+            let filter = if cli.log == "info" { "warn".to_string() } else { cli.log.clone() };
+            logging::init(cli.log_format, &filter)?;
             berth::bench::reaction::main(nodes, pods_per_node, pods, seed)?;
             Ok(())
         }

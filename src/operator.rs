@@ -269,6 +269,13 @@ pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Futu
     if !ctx.dry_run {
         tasks.push(tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone()))));
         tasks.push(tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone()))));
+        tasks.push(tokio::spawn(crate::controllers::cluster::run(
+            ctx.base.clone(),
+            cache.clone(),
+            ctx.catalog.clone(),
+            ctx.cluster_name.clone(),
+            signal(rx.clone()),
+        )));
         tasks.push(tokio::spawn(disruption::run(ctx.base.clone(), cache.clone(), ctx.catalog.clone(), ctx.disruption.clone(), signal(rx.clone()))));
         if let Some(cloud) = ctx.cloud.clone() {
             tasks.push(tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx.clone()))));

@@ -338,6 +338,37 @@ async fn cluster_limits_stop_the_scale_up_with_an_event() {
     h.kill_berth();
 }
 
+/// An invalid Cluster (an unreadable cpu limit, which must not read as "no limit") keeps berth running and not
+/// launching, with the reason in the Cluster's Ready condition, an Event on it and on the pods; fixed, berth acts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_cluster_stops_berth_acting_until_it_is_fixed() {
+    let mut h = Harness::new(200, serde_json::json!({"maxCpu": "lots"})).await;
+    h.create_pods("web", 6, "1", "2Gi").await;
+    all_unschedulable(&h, 6).await;
+    h.start_berth();
+    let clusters: Api<Cluster> = Api::all(h.client.clone());
+    let ready = |c: &Cluster| c.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+    eventually("Ready=False on the Cluster", 30, || async { ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "InvalidSpec") }).await;
+    let condition = ready(&clusters.get(CLUSTER).await.unwrap()).unwrap();
+    assert!(condition.message.contains("spec.limits.maxCpu"), "{}", condition.message);
+    eventually("an InvalidSpec Event", 30, || async { !h.events("InvalidSpec").await.is_empty() }).await;
+    eventually("the pods told why", 30, || async {
+        h.events("NotTriggerScaleUp").await.iter().any(|e| e.message.as_deref().unwrap_or_default().contains("is invalid"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h.machines().await.is_empty(), "berth launched for an invalid Cluster");
+
+    let fix = serde_json::json!({"spec": {"limits": {"maxCpu": "1000"}}});
+    clusters.patch(CLUSTER, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fix)).await.unwrap();
+    eventually("every pod running once the Cluster is fixed", 60, || async { h.running_pods().await == 6 }).await;
+    eventually("Ready=True", 30, || async { ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "Valid") }).await;
+    let status = clusters.get(CLUSTER).await.unwrap().status.unwrap();
+    eventually("the Cluster counts its nodes", 30, || async { clusters.get(CLUSTER).await.unwrap().status.unwrap().nodes as usize == h.machines().await.len() }).await;
+    assert!(status.hourly_cost.is_some());
+    h.kill_berth();
+}
+
 /// berth killed right after it raised replicas and started again: the machines are those of one plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_in_the_middle_never_launches_twice_for_the_same_pods() {

@@ -136,3 +136,35 @@ fn manifests_and_crds_validate_strictly() {
         assert!(text.contains("passed"), "{text}");
     }
 }
+
+mod support;
+
+/// The rendered chart, its CRDs and the chart's example objects, applied to the emulator by a real kubectl (client-side
+/// OpenAPI, server-side field validation, the CRD schemas): what `helm install` would send is accepted, and the
+/// examples are valid against berth's CRDs.
+#[test]
+fn installs_into_the_emulator_with_kubectl() {
+    if !support::kubectl_available("installs_into_the_emulator_with_kubectl") {
+        return;
+    }
+    let emu = support::start_emulator();
+    let kc = emu.kubeconfig.clone();
+    let out = helm(&["template", "berth", "charts/berth", "-n", "berth-system", "--kube-version", "1.33.0", "--set", "clusterName=production"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let crds = root().join("charts/berth/crds/berth-crds.yaml");
+    support::kubectl_ok(&kc, &["apply", "--server-side", "-f", crds.to_str().unwrap()], None);
+    support::kubectl_ok(&kc, &["create", "namespace", "berth-system"], None);
+    let applied = support::kubectl_ok(&kc, &["apply", "--validate=strict", "-f", "-"], Some(&rendered));
+    for kind in ["serviceaccount/berth", "clusterrole.rbac.authorization.k8s.io/berth", "deployment.apps/berth", "service/berth", "poddisruptionbudget.policy/berth"] {
+        assert!(applied.contains(&format!("{kind} created")), "{kind} not created: {applied}");
+    }
+    let deployment = support::kubectl_ok(&kc, &["get", "deployment", "berth", "-n", "berth-system", "-o", "jsonpath={.spec.replicas}"], None);
+    assert_eq!(deployment.trim(), "2");
+    for example in ["cluster.yaml", "machineclass.yaml", "machinedeployment.yaml"] {
+        let path = root().join("charts/berth/examples").join(example);
+        support::kubectl_ok(&kc, &["apply", "--validate=strict", "-f", path.to_str().unwrap()], None);
+    }
+    let clusters = support::kubectl_ok(&kc, &["get", "clusters.berth.dev", "-o", "name"], None);
+    assert!(clusters.contains("cluster.berth.dev/production"), "{clusters}");
+}

@@ -47,6 +47,13 @@ impl CloudMetrics {
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.limiter_waits.clone()))?;
         registry.register(Box::new(m.limiter_wait_seconds.clone()))?;
+        // Every action's retry and wait counters exist from the start, at zero: a dashboard then shows "no waits"
+        // instead of "no data", and rate() over a counter's first increase is not lost.
+        for action in Action::ALL {
+            m.retries.with_label_values(&[action.name()]);
+            m.limiter_waits.with_label_values(&[action.name()]);
+            m.limiter_wait_seconds.with_label_values(&[action.name()]);
+        }
         Ok(m)
     }
 

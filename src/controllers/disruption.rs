@@ -129,11 +129,16 @@ async fn observe_and_plan(
         tracing::debug!("no Cluster object: nothing to scale down");
         return Ok(None);
     };
+    // An invalid Cluster is reported by the Cluster controller (a condition and an Event); nothing is removed for it.
+    if !crate::state::cluster_check::problems(&cluster.spec).is_empty() {
+        tracing::debug!("the Cluster is invalid: nothing to scale down");
+        return Ok(None);
+    }
     let now = ctx.clock.now();
     let built = match build(&objects, Some(&cluster), catalog, since, now) {
         Ok(b) => b,
         Err(e) => {
-            ctx.events.publish(&cluster.object_ref(&()), EventKind::Warning, "InvalidScaleDownPolicy", &e.to_string()).await;
+            tracing::warn!(error = %e, "cannot read the scale-down policy");
             return Ok(None);
         }
     };

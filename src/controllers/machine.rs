@@ -310,6 +310,7 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
                     ctx.inventory.invalidate();
                     let i = &outcome.instance;
                     let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+                    tracing::info!(machine = %name, instance = %i.instance_id, instance_type = %i.instance_type, zone = %i.zone, capacity_type = i.capacity_type.as_str(), "launched");
                     base.metrics
                         .machines_launched
                         .with_label_values(&[&group, &i.instance_type, &i.zone, i.capacity_type.as_str()])

@@ -4,6 +4,7 @@
 //! (observe → plan → apply → status). Requeue policy is explicit: an invalid spec waits for a change (and says
 //! why in a condition and an Event), a transient error backs off per object, success resyncs.
 
+pub mod cluster;
 pub mod disruption;
 pub mod events;
 pub mod machine;

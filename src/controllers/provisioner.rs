@@ -20,7 +20,7 @@ use crate::cloud::CloudProvider;
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::scheduling::{solve, NewMachine, Plan};
 use crate::state::cluster::ClusterCache;
-use crate::state::snapshot::{add_auto_scaling_groups, observe, GroupTarget, ObserveSettings, Observation, HEADROOM_NAMESPACE};
+use crate::state::snapshot::{add_auto_scaling_groups, observe_with, GroupTarget, ObserveSettings, Observation, PodReadings, HEADROOM_NAMESPACE};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -105,6 +105,8 @@ struct Memory {
     not_triggered: HashMap<String, String>,
     /// Limits and invalid groups reported, with the message told (bounded by groups and limits, never pruned).
     notices: HashMap<String, String>,
+    /// Pods read in earlier passes.
+    readings: PodReadings,
 }
 
 fn is_headroom(pod_key: &str) -> bool {
@@ -199,6 +201,7 @@ async fn pass(
     announced: &mut Memory,
 ) -> Result<PassReport, ProvisionerError> {
     let now = ctx.clock.now();
+    let started = std::time::Instant::now();
     // The cloud's current catalog (it caches and refreshes prices itself), less the offerings EC2 just refused,
     // so the next launch goes elsewhere at once.
     let mut catalog = match cloud {
@@ -212,8 +215,10 @@ async fn pass(
         c.unavailable_offerings().apply(&mut catalog);
     }
     let catalog = &catalog;
+    tracing::debug!(millis = started.elapsed().as_millis() as u64, "provisioner pass: catalog read");
     let objects = cache.objects();
-    let mut observation = observe(&objects, catalog, &config.observe, &announced.nominations, now);
+    let mut observation = observe_with(&objects, catalog, &config.observe, &announced.nominations, now, &mut announced.readings);
+    tracing::debug!(millis = started.elapsed().as_millis() as u64, pods = objects.pods.len(), pending = observation.snapshot.pending.len(), "provisioner pass: observed");
     if let Some(c) = cloud {
         match c.node_groups().await {
             Ok(groups) => add_auto_scaling_groups(&mut observation, &groups, catalog, now),
@@ -229,6 +234,21 @@ async fn pass(
         objects.pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")).count() as i64,
     );
     let mut report = PassReport { pending: real_pending, ..Default::default() };
+    if let Some(why) = cluster_blocker(&observation, config.observe.cluster_name.as_deref()) {
+        // Without a valid Cluster there is no policy to act under (limits, bootstrap): the pods are told why.
+        if announced.notices.insert("cluster".into(), why.clone()).as_ref() != Some(&why) {
+            tracing::warn!("not scaling up: {why}");
+        }
+        for pod in observation.snapshot.pending.iter().map(|p| p.key()).chain(observation.riding.iter().cloned()) {
+            if !is_headroom(&pod) && announced.not_triggered.get(&pod) != Some(&why) {
+                publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &why).await;
+                announced.not_triggered.insert(pod, why.clone());
+            }
+        }
+        report.unschedulable = real_pending;
+        return Ok(report);
+    }
+    announced.notices.remove("cluster");
     if observation.snapshot.pending.is_empty() {
         announced.nominations.retain(|p, _| observation.riding.contains(p));
         return Ok(report);
@@ -237,6 +257,7 @@ async fn pass(
     let timer = ctx.metrics.solve_duration_seconds.with_label_values(&["scale_up"]).start_timer();
     let plan = solve(&observation.snapshot, catalog, now)?;
     timer.observe_duration();
+    tracing::debug!(millis = started.elapsed().as_millis() as u64, machines = plan.new_machines.len(), "provisioner pass: solved");
     ctx.metrics.solve_pods.with_label_values(&["scale_up"]).observe(observation.snapshot.pending.len() as f64);
 
     let by_group = machines_by_group(&plan);
@@ -300,6 +321,20 @@ async fn pass(
     record_scheduled(ctx, &objects, gone, now);
     announced.not_triggered.retain(|p, _| pending.contains(p));
     Ok(report)
+}
+
+/// Why berth may not scale up for this cluster at all: its Cluster object is missing or invalid.
+fn cluster_blocker(observation: &Observation, cluster_name: Option<&str>) -> Option<String> {
+    match &observation.cluster {
+        None => Some(match cluster_name {
+            Some(n) => format!("no Cluster object has spec.clusterName {n}; berth launches nothing without one"),
+            None => "no single Cluster object to act for (create one, or run berth with --cluster-name); berth launches nothing without it".into(),
+        }),
+        Some(c) => {
+            let problems = crate::state::cluster_check::problems(&c.spec);
+            (!problems.is_empty()).then(|| format!("Cluster {} is invalid: {}", c.metadata.name.as_deref().unwrap_or_default(), problems.join("; ")))
+        }
+    }
 }
 
 fn machines_by_group(plan: &Plan) -> BTreeMap<String, Vec<&NewMachine>> {
@@ -376,19 +411,40 @@ async fn announce_triggered(ctx: &Context, announced: &mut Memory, observation: 
     }
 }
 
-/// Pods that triggered a scale-up and are no longer pending: those now bound count into the
-/// pending-to-scheduled histogram of their group (deleted ones do not).
+/// Pods that triggered a scale-up and are no longer pending: those now bound count into the pending-to-scheduled
+/// histogram of their group (deleted ones do not), and, when the node they landed on was launched after they
+/// became unschedulable, into pending-to-launch and pending-to-node-Ready too (a pod that found room on an older
+/// node measures nothing about a launch).
 fn record_scheduled(ctx: &Context, objects: &crate::state::cluster::ClusterObjects, gone: Vec<(String, (String, chrono::DateTime<chrono::Utc>))>, now: chrono::DateTime<chrono::Utc>) {
+    use crate::clock::from_k8s;
     if gone.is_empty() {
         return;
     }
     let gone: HashMap<String, (String, chrono::DateTime<chrono::Utc>)> = gone.into_iter().collect();
+    let launched: HashMap<&str, chrono::DateTime<chrono::Utc>> = objects
+        .machines
+        .iter()
+        .filter_map(|m| {
+            let status = m.status.as_ref()?;
+            Some((status.node_ref.as_ref()?.name.as_str(), from_k8s(status.launch_time.as_ref()?.0)))
+        })
+        .collect();
+    let ready_since = |node: &str| -> Option<chrono::DateTime<chrono::Utc>> {
+        let n = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node))?;
+        let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+        Some(from_k8s(ready.last_transition_time.as_ref()?.0))
+    };
+    let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| (to - from).num_milliseconds().max(0) as f64 / 1000.0;
     for pod in &objects.pods {
         let key = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default());
-        let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
-        if let (true, Some((group, since))) = (bound, gone.get(&key)) {
-            let seconds = (now - *since).num_milliseconds().max(0) as f64 / 1000.0;
-            ctx.metrics.pod_pending_to_scheduled_seconds.with_label_values(&[group]).observe(seconds);
+        let Some((group, since)) = gone.get(&key) else { continue };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else { continue };
+        ctx.metrics.pod_pending_to_scheduled_seconds.with_label_values(&[group]).observe(seconds(*since, now));
+        if let Some(launch) = launched.get(node).filter(|t| **t >= *since) {
+            ctx.metrics.pod_pending_to_launch_seconds.with_label_values(&[group]).observe(seconds(*since, *launch));
+            if let Some(ready) = ready_since(node) {
+                ctx.metrics.pod_pending_to_node_ready_seconds.with_label_values(&[group]).observe(seconds(*since, ready));
+            }
         }
     }
 }

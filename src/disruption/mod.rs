@@ -217,6 +217,8 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 4] = [Reason::Empty, Reason::Underutilized, Reason::ConsolidationSingle, Reason::ConsolidationMulti];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Empty => "empty",

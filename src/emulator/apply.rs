@@ -37,6 +37,29 @@ fn item_key(item: &Value, key: &str) -> Option<String> {
 }
 
 /// The leaf paths of a value (what a manager owns when it sets this value).
+/// The field sets of `old` and `new` under the top-level fields whose values differ. Paths under equal fields are
+/// the same on both sides and can neither change nor be removed: a status write to a pod then walks its status,
+/// not its whole spec (a kube-scheduler's burst of status writes was mostly this walk).
+fn changed_subtrees(old: &Value, new: &Value) -> (FieldSet, FieldSet) {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return (field_set(new), field_set(old)) };
+    let (mut new_set, mut old_set) = (FieldSet::new(), FieldSet::new());
+    let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    for k in keys {
+        let (before, after) = (o.get(k), n.get(k));
+        if before == after {
+            continue;
+        }
+        let mut path = vec![format!("f:{k}")];
+        if let Some(v) = after {
+            collect(v, &mut path, &mut new_set);
+        }
+        if let Some(v) = before {
+            collect(v, &mut path, &mut old_set);
+        }
+    }
+    (new_set, old_set)
+}
+
 pub fn field_set(v: &Value) -> FieldSet {
     let mut out = FieldSet::new();
     collect(v, &mut Vec::new(), &mut out);
@@ -279,8 +302,10 @@ fn render_path(path: &[String]) -> String {
 pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, time: &str, subresource: &str) {
     // A client that sends managedFields (kubectl's client-side to server-side apply migration) sets them.
     let mut entries = if new.pointer("/metadata/managedFields").is_some() { read_managers(new) } else { old.map(read_managers).unwrap_or_default() };
-    let new_set = field_set(new);
-    let old_set = old.map(field_set).unwrap_or_default();
+    let (new_set, old_set) = match old {
+        Some(o) => changed_subtrees(o, new),
+        None => (field_set(new), FieldSet::new()),
+    };
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| old.is_none_or(|o| get_path(o, p) != get_path(new, p)))

@@ -20,6 +20,7 @@ use crate::model::instance_type::labels::ZONE;
 use crate::model::taints::first_blocking_taint;
 use crate::scheduling::predicates::{host_ports_free, node_affinity_matches, taints_tolerated, volume_zone_ok};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,11 +42,26 @@ struct NodeState {
     used: Resources,
 }
 
+/// A pod on a node, sharing the parse the pod cache holds (a full cluster has tens of thousands).
 struct Placed {
     node: String,
-    namespace: String,
-    labels: BTreeMap<String, String>,
-    host_ports: Vec<HostPort>,
+    parsed: Arc<Parsed>,
+}
+
+impl Placed {
+    fn spec(&self) -> Option<&crate::model::pod::SchedulingSpec> {
+        self.parsed.pod.as_ref().ok().map(|p| &p.spec)
+    }
+    fn namespace(&self) -> &str {
+        self.spec().map(|s| s.namespace.as_str()).unwrap_or_default()
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.spec().map(|s| &s.labels).unwrap_or(&NONE)
+    }
+    fn host_ports(&self) -> &[HostPort] {
+        self.spec().map(|s| s.host_ports.as_slice()).unwrap_or_default()
+    }
 }
 
 /// A pod as the binder needs it, parsed once per resourceVersion.
@@ -53,16 +69,21 @@ struct Parsed {
     pod: Result<Pod, String>,
     default_scheduler: bool,
     deleting: bool,
+    /// The message of its `PodScheduled=False/Unschedulable` condition, if it has one.
+    unschedulable_message: Option<String>,
 }
 
 /// Parsed pods by uid, with the resourceVersion they were parsed at: a pass re-parses only what changed.
 type PodCache = HashMap<String, (u64, Arc<Parsed>)>;
+/// Parsed nodes (and whether they are Ready and not deleting) by uid, the same way.
+type NodeCache = HashMap<String, (u64, Arc<(Node, bool)>)>;
 
 /// Binds pods of one emulator.
 #[derive(Clone)]
 pub struct Binder {
     emu: Emulator,
     cache: Arc<Mutex<PodCache>>,
+    nodes: Arc<Mutex<NodeCache>>,
 }
 
 fn is_ready(node: &Value) -> bool {
@@ -78,7 +99,7 @@ fn decode<T: serde::de::DeserializeOwned>(s: &Stored) -> Option<T> {
 impl Binder {
     /// A binder for this emulator.
     pub fn new(emu: Emulator) -> Self {
-        Binder { emu, cache: Arc::new(Mutex::new(HashMap::new())) }
+        Binder { emu, cache: Arc::default(), nodes: Arc::default() }
     }
 
     /// One scheduling pass over all pods.
@@ -87,12 +108,25 @@ impl Binder {
         let nodes_rt = store.resource_type("", "nodes").ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
         let pods_rt = store.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
         let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
-        for s in store.list(&nodes_rt, None, &ListQuery::default())?.items {
-            let Ok(raw) = s.value() else { continue };
-            let Some(k8s) = decode::<k8s_openapi::api::core::v1::Node>(&s) else { continue };
-            let Ok(node) = Node::from_k8s(&k8s) else { continue };
-            let ready = is_ready(&raw) && raw.pointer("/metadata/deletionTimestamp").is_none();
-            nodes.insert(node.name.clone(), NodeState { node, ready, used: Resources::default() });
+        {
+            let mut node_cache = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut fresh: NodeCache = HashMap::with_capacity(node_cache.len());
+            for s in store.list(&nodes_rt, None, &ListQuery::default())?.items {
+                let parsed = match node_cache.get(&s.uid) {
+                    Some((rv, p)) if *rv == s.rv => p.clone(),
+                    _ => {
+                        let Ok(raw) = s.value() else { continue };
+                        let Some(k8s) = decode::<k8s_openapi::api::core::v1::Node>(&s) else { continue };
+                        let Ok(node) = Node::from_k8s(&k8s) else { continue };
+                        let ready = is_ready(&raw) && raw.pointer("/metadata/deletionTimestamp").is_none();
+                        Arc::new((node, ready))
+                    }
+                };
+                fresh.insert(s.uid.clone(), (s.rv, parsed.clone()));
+                let (node, ready) = (parsed.0.clone(), parsed.1);
+                nodes.insert(node.name.clone(), NodeState { node, ready, used: Resources::default() });
+            }
+            *node_cache = fresh;
         }
         let pods = store.list(&pods_rt, None, &ListQuery::default())?.items;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,6 +147,11 @@ impl Binder {
                         pod: k8s.as_ref().ok_or_else(|| "pod does not decode".to_string()).and_then(|p| Pod::from_k8s(p).map_err(|e| e.to_string())),
                         default_scheduler: spec.and_then(|sp| sp.scheduler_name.as_deref()).is_none_or(|n| n == "default-scheduler"),
                         deleting: k8s.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+                        unschedulable_message: k8s
+                            .as_ref()
+                            .and_then(|p| p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned())
+                            .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+                            .map(|c| c.message.unwrap_or_default()),
                     })
                 }
             };
@@ -121,7 +160,7 @@ impl Binder {
             if !s.node_name.is_empty() {
                 if let (Some(n), Ok(p)) = (nodes.get_mut(&s.node_name), &parsed.pod) {
                     n.used.add(&p.spec.requests);
-                    placed.push(Placed { node: s.node_name.clone(), namespace: s.namespace.clone(), labels: p.spec.labels.clone(), host_ports: p.spec.host_ports.clone() });
+                    placed.push(Placed { node: s.node_name.clone(), parsed: parsed.clone() });
                     if s.phase == "Pending" && n.ready && !deleting {
                         to_start.push(s.clone());
                     }
@@ -146,18 +185,28 @@ impl Binder {
                 report.started.push(format!("{}/{}", s.namespace, s.name));
             }
         }
+        // Pods with equal scheduling specs are interchangeable, and a pod that fits nowhere changes nothing: until
+        // the next binding, a spec that failed fails again with the same message. (A burst of a few shapes into a
+        // full cluster is then a few scans, not one per pod and node.)
+        let mut failed: HashMap<crate::model::pod::SchedulingSpec, String> = HashMap::new();
         for (s, parsed) in pending {
             let key = format!("{}/{}", s.namespace, s.name);
             let pod = match &parsed.pod {
                 Ok(p) => p,
                 Err(e) => {
-                    if self.mark_unschedulable(&s, &format!("0/{} nodes are available: pod spec is invalid: {e}.", nodes.len()))? {
+                    if self.mark_unschedulable(&s, &parsed, &format!("0/{} nodes are available: pod spec is invalid: {e}.", nodes.len()))? {
                         report.unschedulable.push(key);
                     }
                     continue;
                 }
             };
-            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+            if let Some(msg) = failed.get(&pod.spec) {
+                if self.mark_unschedulable(&s, &parsed, msg)? {
+                    report.unschedulable.push(key);
+                }
+                continue;
+            }
+            let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
             let mut best: Option<(String, (u64, u64))> = None;
             for (name, n) in &nodes {
                 match feasible(pod, n, &nodes, &placed) {
@@ -186,7 +235,8 @@ impl Binder {
                     if let Some(n) = nodes.get_mut(&node) {
                         n.used.add(&pod.spec.requests);
                     }
-                    placed.push(Placed { node: node.clone(), namespace: s.namespace.clone(), labels: pod.spec.labels.clone(), host_ports: pod.spec.host_ports.clone() });
+                    failed.clear();
+                    placed.push(Placed { node: node.clone(), parsed: parsed.clone() });
                     report.bound.push((key.clone(), node));
                     if let Ok(bound) = store.get(&pods_rt, &s.namespace, &s.name) {
                         if self.mark_running(&bound)? {
@@ -201,9 +251,10 @@ impl Binder {
                     } else {
                         format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
                     };
-                    if self.mark_unschedulable(&s, &msg)? {
+                    if self.mark_unschedulable(&s, &parsed, &msg)? {
                         report.unschedulable.push(key);
                     }
+                    failed.insert(pod.spec.clone(), msg);
                 }
             }
         }
@@ -240,13 +291,8 @@ impl Binder {
         })
     }
 
-    fn mark_unschedulable(&self, s: &Stored, message: &str) -> Result<bool, ApiError> {
-        let current = s.value()?;
-        let same = current
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"] == message));
-        if same {
+    fn mark_unschedulable(&self, s: &Stored, parsed: &Parsed, message: &str) -> Result<bool, ApiError> {
+        if parsed.unschedulable_message.as_deref() == Some(message) {
             return Ok(false);
         }
         self.write_status(s, |v, now| set_condition(v, "PodScheduled", "False", Some("Unschedulable"), Some(message), now))
@@ -257,8 +303,13 @@ impl Binder {
         tokio::spawn(async move {
             let mut events = self.emu.store().subscribe();
             loop {
-                if let Err(e) = self.run_once() {
-                    tracing::warn!(error = %e, "emulator binder pass failed");
+                let started = std::time::Instant::now();
+                match self.run_once() {
+                    Ok(r) => tracing::debug!(
+                        bound = r.bound.len(), started = r.started.len(), unschedulable = r.unschedulable.len(),
+                        millis = started.elapsed().as_millis() as u64, "emulator binder pass"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "emulator binder pass failed"),
                 }
                 tokio::select! {
                     r = events.recv() => {
@@ -276,9 +327,12 @@ impl Binder {
 }
 
 /// Whether `pod` may go to node `n`; the error is the kube-scheduler style reason.
-fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, placed: &[Placed]) -> Result<(), String> {
+///
+/// Reasons are static where they can be: a pending pod in a full cluster is checked against every node on every
+/// pass, and allocating a message per node made the binder (kube-scheduler's stand-in) the slowest part of a burst.
+fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, placed: &[Placed]) -> Result<(), Cow<'static, str>> {
     if !n.ready {
-        return Err("node(s) were not ready".into());
+        return Err(Cow::Borrowed("node(s) were not ready"));
     }
     if n.node.unschedulable {
         return Err("node(s) were unschedulable".into());
@@ -288,30 +342,36 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
     }
     if !taints_tolerated(&pod.spec, &n.node.taints) {
         let t = first_blocking_taint(&n.node.taints, &pod.spec.tolerations);
-        return Err(t.map(|t| format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value)).unwrap_or_else(|| "node(s) had untolerated taint".into()));
+        return Err(t.map(|t| Cow::Owned(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value))).unwrap_or(Cow::Borrowed("node(s) had untolerated taint")));
     }
     if !volume_zone_ok(&pod.spec, n.node.labels.get(ZONE).map(String::as_str)) {
         return Err("node(s) had volume node affinity conflict".into());
     }
     let free = n.node.allocatable.saturating_sub(&n.used);
     if let Some(r) = pod.spec.requests.first_exceeding(&free) {
-        return Err(format!("Insufficient {r}"));
+        return Err(match r {
+            "cpu" => Cow::Borrowed("Insufficient cpu"),
+            "memory" => Cow::Borrowed("Insufficient memory"),
+            "pods" => Cow::Borrowed("Too many pods"),
+            "ephemeral-storage" => Cow::Borrowed("Insufficient ephemeral-storage"),
+            other => Cow::Owned(format!("Insufficient {other}")),
+        });
     }
     let domain_of = |node: &str, key: &str| nodes.get(node).and_then(|ns| ns.node.labels.get(key).cloned());
-    let used_ports = || -> Vec<HostPort> { placed.iter().filter(|p| p.node == n.node.name).flat_map(|p| p.host_ports.iter().cloned()).collect() };
+    let used_ports = || -> Vec<HostPort> { placed.iter().filter(|p| p.node == n.node.name).flat_map(|p| p.host_ports().iter().cloned()).collect() };
     if !pod.spec.host_ports.is_empty() && !host_ports_free(&pod.spec.host_ports, &used_ports()) {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     for term in &pod.spec.pod_anti_affinity {
         let mine = n.node.labels.get(&term.topology_key);
-        if mine.is_some() && placed.iter().any(|p| term.selects(&p.namespace, &p.labels, None) && domain_of(&p.node, &term.topology_key).as_ref() == mine) {
+        if mine.is_some() && placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None) && domain_of(&p.node, &term.topology_key).as_ref() == mine) {
             return Err("node(s) didn't match pod anti-affinity rules".into());
         }
     }
     for term in &pod.spec.pod_affinity {
         let mine = n.node.labels.get(&term.topology_key);
-        let any_match = placed.iter().any(|p| term.selects(&p.namespace, &p.labels, None));
-        let satisfied = mine.is_some() && placed.iter().any(|p| term.selects(&p.namespace, &p.labels, None) && domain_of(&p.node, &term.topology_key).as_ref() == mine);
+        let any_match = placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None));
+        let satisfied = mine.is_some() && placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None) && domain_of(&p.node, &term.topology_key).as_ref() == mine);
         // The first pod of a group may land anywhere if it matches its own affinity term.
         let self_match = !any_match && term.selects(&pod.spec.namespace, &pod.spec.labels, None);
         if !satisfied && !self_match {
@@ -328,7 +388,7 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
                 continue;
             }
             if let Some(d) = other.node.labels.get(&c.topology_key) {
-                let count = placed.iter().filter(|p| p.node == *name && p.namespace == pod.spec.namespace && c.selects(&p.labels)).count() as u32;
+                let count = placed.iter().filter(|p| p.node == *name && p.namespace() == pod.spec.namespace && c.selects(p.labels())).count() as u32;
                 *counts.entry(d.clone()).or_default() += count;
             }
         }

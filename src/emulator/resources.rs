@@ -132,7 +132,7 @@ fn builtin(
 impl Registry {
     /// The built-in kinds berth uses.
     pub fn builtins() -> Self {
-        use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy};
+        use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy, rbac::v1 as rbac};
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
         let all = &["all"][..];
         let list = vec![
@@ -147,6 +147,13 @@ impl Registry {
             builtin("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], all, true, true, check::<apps::ReplicaSet>),
             builtin("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", true, &["pdb"], &[], true, false, check::<policy::PodDisruptionBudget>),
             builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], false, false, check::<coord::Lease>),
+            // What berth's Helm chart installs, so the chart can be applied to the emulator with kubectl.
+            builtin("", "v1", "services", "service", "Service", true, &["svc"], all, true, false, check::<core::Service>),
+            builtin("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &[], false, false, check::<core::ServiceAccount>),
+            builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, &[], &[], false, false, check::<rbac::ClusterRole>),
+            builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, &[], &[], false, false, check::<rbac::ClusterRoleBinding>),
+            builtin("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], false, false, check::<rbac::Role>),
+            builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, &[], &[], false, false, check::<rbac::RoleBinding>),
             builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false, &["crd", "crds"], &[], true, false, check::<apiext::CustomResourceDefinition>),
         ];
         let mut r = Registry::default();

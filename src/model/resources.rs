@@ -123,23 +123,23 @@ impl Resources {
     }
 
     /// The first resource `self` asks more of than `available` has, by Kubernetes name.
-    pub fn first_exceeding(&self, available: &Resources) -> Option<String> {
+    pub fn first_exceeding(&self, available: &Resources) -> Option<&str> {
         if self.cpu_millis > available.cpu_millis {
-            return Some(CPU.into());
+            return Some(CPU);
         }
         if self.memory_bytes > available.memory_bytes {
-            return Some(MEMORY.into());
+            return Some(MEMORY);
         }
         if self.pods > available.pods {
-            return Some(PODS.into());
+            return Some(PODS);
         }
         if self.ephemeral_bytes > available.ephemeral_bytes {
-            return Some(EPHEMERAL_STORAGE.into());
+            return Some(EPHEMERAL_STORAGE);
         }
         self.extended
             .iter()
             .find(|(k, v)| **v > 0 && **v > available.extended(k))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.as_str())
     }
 }
 
@@ -172,9 +172,9 @@ mod tests {
     fn fit_checks_every_dimension() {
         let node = Resources::from_quantities([("cpu", "2"), ("memory", "4Gi"), ("pods", "10")]).unwrap();
         let gpu_pod = Resources::from_quantities([("cpu", "1"), ("nvidia.com/gpu", "1")]).unwrap();
-        assert_eq!(gpu_pod.first_exceeding(&node).as_deref(), Some(NVIDIA_GPU));
+        assert_eq!(gpu_pod.first_exceeding(&node), Some(NVIDIA_GPU));
         let big = Resources::from_quantities([("cpu", "3")]).unwrap();
-        assert_eq!(big.first_exceeding(&node).as_deref(), Some(CPU));
+        assert_eq!(big.first_exceeding(&node), Some(CPU));
         assert!(Resources::new(2000, 4 << 30).fits_in(&node));
     }
 

@@ -54,6 +54,10 @@ pub struct ClusterCache {
     daemon_sets: Store<DaemonSet>,
     pdbs: Store<PodDisruptionBudget>,
     changed: signal::Sender<u64>,
+    /// True once every kind has been listed. kube-runtime's `Store::wait_until_ready` wakes only the last task to
+    /// poll it (a oneshot receiver behind a shared lock), so one task waits there and every other reader waits here;
+    /// three controllers waiting on the stores directly left the provisioner asleep forever.
+    synced: signal::Sender<bool>,
     tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -88,6 +92,22 @@ impl ClusterCache {
         let clusters = watch(Api::all(client.clone()), trim_meta::<Cluster>, |_: &Cluster| {}, &mut tasks);
         let daemon_sets = watch(Api::all(client.clone()), trim_meta::<DaemonSet>, |_: &DaemonSet| {}, &mut tasks);
         let pdbs = watch(Api::all(client.clone()), trim_meta::<PodDisruptionBudget>, |_: &PodDisruptionBudget| {}, &mut tasks);
+        let (synced, _) = signal::channel(false);
+        let stores = (pods.clone(), nodes.clone(), machines.clone(), machine_deployments.clone(), machine_classes.clone(), clusters.clone(), daemon_sets.clone(), pdbs.clone());
+        let done = synced.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::join!(
+                stores.0.wait_until_ready(),
+                stores.1.wait_until_ready(),
+                stores.2.wait_until_ready(),
+                stores.3.wait_until_ready(),
+                stores.4.wait_until_ready(),
+                stores.5.wait_until_ready(),
+                stores.6.wait_until_ready(),
+                stores.7.wait_until_ready(),
+            );
+            done.send_replace(true);
+        }));
         ClusterCache {
             pods,
             nodes,
@@ -98,22 +118,14 @@ impl ClusterCache {
             daemon_sets,
             pdbs,
             changed,
+            synced,
             tasks: Arc::new(tasks),
         }
     }
 
-    /// Waits until every kind has been listed once.
+    /// Waits until every kind has been listed once. Any number of tasks may wait.
     pub async fn wait_synced(&self) {
-        let _ = tokio::join!(
-            self.pods.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.machines.wait_until_ready(),
-            self.machine_deployments.wait_until_ready(),
-            self.machine_classes.wait_until_ready(),
-            self.clusters.wait_until_ready(),
-            self.daemon_sets.wait_until_ready(),
-            self.pdbs.wait_until_ready(),
-        );
+        let _ = self.synced.subscribe().wait_for(|s| *s).await;
     }
 
     /// The objects as cached now.

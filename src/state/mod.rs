@@ -2,5 +2,6 @@
 
 pub mod class;
 pub mod cluster;
+pub mod cluster_check;
 pub mod disruption;
 pub mod snapshot;

@@ -123,6 +123,37 @@ pub struct Observation {
     pub auto_scaling_groups: BTreeMap<String, (String, u32)>,
 }
 
+/// Pods as the planner reads them, kept from one observation to the next by uid and resourceVersion: a cluster of
+/// 30,000 running pods changes a few of them between two passes, and reading every one again cost a second a pass.
+#[derive(Debug, Default)]
+pub struct PodReadings {
+    by_uid: HashMap<String, (String, Result<Pod, String>)>,
+    seen: HashSet<String>,
+}
+
+impl PodReadings {
+    fn read(&mut self, k8s: &core::Pod) -> Result<Pod, String> {
+        let (Some(uid), Some(rv)) = (k8s.metadata.uid.as_deref(), k8s.metadata.resource_version.as_deref()) else {
+            return Pod::from_k8s(k8s).map_err(|e| e.to_string());
+        };
+        self.seen.insert(uid.to_string());
+        match self.by_uid.get(uid) {
+            Some((at, reading)) if at == rv => reading.clone(),
+            _ => {
+                let reading = Pod::from_k8s(k8s).map_err(|e| e.to_string());
+                self.by_uid.insert(uid.to_string(), (rv.to_string(), reading.clone()));
+                reading
+            }
+        }
+    }
+
+    /// Forgets pods not read since the last call.
+    fn sweep(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        self.by_uid.retain(|uid, _| seen.contains(uid));
+    }
+}
+
 /// Reads the objects into a scheduling snapshot; `nominations` maps pending pods (`namespace/name`) to the
 /// in-flight machine (shape id) planned for them.
 pub fn observe(
@@ -131,6 +162,18 @@ pub fn observe(
     settings: &ObserveSettings,
     nominations: &HashMap<String, String>,
     now: DateTime<Utc>,
+) -> Observation {
+    observe_with(objects, catalog, settings, nominations, now, &mut PodReadings::default())
+}
+
+/// [`observe`], reusing the pod readings of earlier observations.
+pub fn observe_with(
+    objects: &ClusterObjects,
+    catalog: &Catalog,
+    settings: &ObserveSettings,
+    nominations: &HashMap<String, String>,
+    now: DateTime<Utc>,
+    readings: &mut PodReadings,
 ) -> Observation {
     let cluster = objects.cluster(settings.cluster_name.as_deref()).cloned();
     let mut skipped = Vec::new();
@@ -201,7 +244,7 @@ pub fn observe(
         let done = phase == "Succeeded" || phase == "Failed";
         if !node_name.is_empty() {
             if !done {
-                if let Ok(p) = Pod::from_k8s(k8s_pod) {
+                if let Ok(p) = readings.read(k8s_pod) {
                     bound.entry(node_name).or_default().push(p);
                 }
             }
@@ -210,7 +253,7 @@ pub fn observe(
         if !is_unschedulable(k8s_pod) {
             continue;
         }
-        match Pod::from_k8s(k8s_pod) {
+        match readings.read(k8s_pod) {
             Ok(p) => {
                 if let Some(since) = unschedulable_since(k8s_pod) {
                     pending_since.insert(p.key(), since);
@@ -224,6 +267,8 @@ pub fn observe(
             }),
         }
     }
+
+    readings.sweep();
 
     // Registered nodes, with the group's startup taints set apart.
     let startup: HashMap<&str, &[Taint]> = groups.iter().map(|g| (g.name.as_str(), g.startup_taints.as_slice())).collect();

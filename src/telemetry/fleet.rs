@@ -21,7 +21,9 @@ pub struct GroupFigures {
 
 /// Every group's figures.
 pub fn fleet_figures(objects: &ClusterObjects) -> BTreeMap<String, GroupFigures> {
-    let mut out: BTreeMap<String, GroupFigures> = BTreeMap::new();
+    // Every autoscaled group has figures, zero when it has no machines: a dashboard shows 0, not "no data".
+    let mut out: BTreeMap<String, GroupFigures> =
+        objects.machine_deployments.iter().filter_map(|d| d.metadata.name.clone()).map(|n| (n, GroupFigures::default())).collect();
     let mut price_by_provider: HashMap<&str, f64> = HashMap::new();
     for m in &objects.machines {
         let group = m.metadata.labels.as_ref().and_then(|l| l.get(labels::MACHINE_DEPLOYMENT)).cloned().unwrap_or_else(|| "none".into());
@@ -67,6 +69,8 @@ pub fn fleet_figures(objects: &ClusterObjects) -> BTreeMap<String, GroupFigures>
     out
 }
 
+const PHASES: [&str; 6] = ["Pending", "Provisioning", "Provisioned", "Running", "Deleting", "Failed"];
+
 fn phase_name(phase: crate::api::MachinePhase) -> &'static str {
     use crate::api::MachinePhase::*;
     match phase {
@@ -79,20 +83,20 @@ fn phase_name(phase: crate::api::MachinePhase) -> &'static str {
     }
 }
 
-/// Sets the gauges to `figures`, zeroing series of groups, phases and capacity types that went away.
+/// Sets the gauges to `figures`, dropping the series of groups that went away.
 pub fn record(metrics: &Metrics, figures: &BTreeMap<String, GroupFigures>) {
     metrics.machines.reset();
     metrics.nodes.reset();
     metrics.nodes_hourly_cost_dollars.reset();
     for (group, f) in figures {
-        for (phase, n) in &f.machines_by_phase {
-            metrics.machines.with_label_values(&[group.as_str(), phase]).set(*n);
+        // Every phase and the two capacity types are written, zeros included, so a series does not vanish when
+        // its count reaches zero.
+        for phase in PHASES.iter().copied().chain(f.machines_by_phase.keys().copied()) {
+            metrics.machines.with_label_values(&[group.as_str(), phase]).set(f.machines_by_phase.get(phase).copied().unwrap_or(0));
         }
-        for (capacity, n) in &f.nodes {
-            metrics.nodes.with_label_values(&[group.as_str(), capacity]).set(*n);
-        }
-        for (capacity, cost) in &f.hourly_cost {
-            metrics.nodes_hourly_cost_dollars.with_label_values(&[group.as_str(), capacity]).set(*cost);
+        for capacity in ["spot", "on-demand"].into_iter().chain(f.nodes.keys().copied()) {
+            metrics.nodes.with_label_values(&[group.as_str(), capacity]).set(f.nodes.get(capacity).copied().unwrap_or(0));
+            metrics.nodes_hourly_cost_dollars.with_label_values(&[group.as_str(), capacity]).set(f.hourly_cost.get(capacity).copied().unwrap_or(0.0));
         }
         metrics.allocatable_cpu_cores.with_label_values(&[group]).set(f.allocatable.cpu_millis as f64 / 1000.0);
         metrics.requested_cpu_cores.with_label_values(&[group]).set(f.requested.cpu_millis as f64 / 1000.0);

@@ -148,6 +148,10 @@ impl Metrics {
         let mut m = m;
         m.names = names;
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // The reasons are a fixed set: each exists from the start at zero, so "no decision yet" reads as 0.
+        for reason in crate::disruption::Reason::ALL {
+            m.disruption_decisions.with_label_values(&[reason.as_str()]);
+        }
         Ok(m)
     }
 
