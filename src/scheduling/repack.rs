@@ -10,7 +10,10 @@
 //! - every type is filled from the remaining pods in a few orders (value, value per bottleneck share, cpu-heavy
 //!   first, memory-heavy first) and the node whose packed value at dual prices per dollar is highest opens,
 //!   repeated while the same pattern still fits the counts;
-//! - finally pairs of the produced nodes are merged onto one cheaper node when one holds both.
+//! - finally pairs of the produced nodes are merged onto one cheaper node when one holds both;
+//! - the configuration LP over node patterns (per-shape dual prices, which see that a 16-vCPU pod leaves a gap
+//!   on a 64-vCPU node) is solved by column generation from both greedy results, its whole nodes taken and the
+//!   rest packed by the greedy; the cheapest of the three packs is returned.
 //!
 //! It works on plain vectors so it can be tested alone; the engine decides which pods are interchangeable and
 //! keeps a re-pack only when it is strictly cheaper.
@@ -147,10 +150,6 @@ fn fill_proportional(cap: &[u64], reqs: &[Vec<u64>], counts: &[u64], order: &[us
         take[k] += n;
     }
     take
-}
-
-fn holds(cap: &[u64], reqs: &[Vec<u64>], take: &[u64]) -> bool {
-    (0..cap.len()).all(|d| reqs.iter().zip(take).map(|(r, n)| r[d] * n).sum::<u64>() <= cap[d])
 }
 
 /// The cheapest candidate type holding `take`, if any.
@@ -553,6 +552,10 @@ fn merge_pairs(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], node
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holds(cap: &[u64], reqs: &[Vec<u64>], take: &[u64]) -> bool {
+        (0..cap.len()).all(|d| reqs.iter().zip(take).map(|(r, n)| r[d] * n).sum::<u64>() <= cap[d])
+    }
 
     fn ty(cpu: u64, mem: u64, price: f64) -> NodeType {
         NodeType { cap: vec![cpu, mem, 100], price }
