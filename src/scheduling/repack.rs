@@ -174,6 +174,14 @@ pub fn pack(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts:
     let by_duals = pack_with(types, candidates, reqs, counts, true)?;
     let by_size = pack_with(types, candidates, reqs, counts, false)?;
     let mut best = if cost(&by_size) < cost(&by_duals) - 1e-9 { by_size.clone() } else { by_duals.clone() };
+    // Nothing to gain when the greedy is already within the LP's stopping gap of the fractional bound.
+    let nd = non_dominated_among(types, candidates);
+    let cpu: f64 = reqs.iter().zip(counts).map(|(r, &n)| r[CPU] as f64 * n as f64).sum();
+    let mem: f64 = reqs.iter().zip(counts).map(|(r, &n)| r[MEM] as f64 * n as f64).sum();
+    let (lc, lm) = lp_duals(types, &nd, cpu, mem);
+    if cost(&best) <= (lc * cpu + lm * mem) * (1.0 + PATTERN_GAP) {
+        return Some(best);
+    }
     let seeds: Vec<&PackedNode> = by_duals.iter().chain(&by_size).collect();
     if let Some(by_patterns) = pack_by_patterns(types, candidates, reqs, counts, &seeds) {
         if cost(&by_patterns) < cost(&best) - 1e-9 {
