@@ -199,7 +199,8 @@ fn non_dominated_among(types: &[NodeType], candidates: &[usize]) -> Vec<usize> {
 /// Column-generation rounds per solve of the pattern LP, and how many new patterns one round may add.
 const PATTERN_ROUNDS: usize = 30;
 const PATTERNS_PER_ROUND: usize = 8;
-/// Column generation stops once the pattern LP is provably within this fraction of its optimum.
+/// Column generation stops when no pattern the pricing finds is worth more than this fraction above its price
+/// (by Farley's bound the LP is then within that fraction of its optimum over such patterns).
 const PATTERN_GAP: f64 = 0.005;
 /// How many times the pattern LP is re-solved over what is left after its whole nodes are taken.
 const ROUNDING_ROUNDS: usize = 6;
@@ -348,8 +349,9 @@ fn generate_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>]
                 found.push((value / price.max(1e-12), Pattern { ty, take, price }));
             }
         }
-        // Farley's bound: no pattern is worth more than `ratio` times its price at these duals, so the LP optimum
-        // is at least the current objective / ratio; close enough stops the generation (it tails off slowly).
+        // Farley's bound: no pattern found is worth more than `ratio` times its price at these duals, so the LP
+        // optimum is at least the current objective / ratio; close enough stops the generation (it tails off
+        // slowly). The pricing is a greedy fill, not an exact knapsack, so this is a stopping rule, not a proof.
         let ratio = found.iter().map(|f| f.0).fold(1.0, f64::max);
         if ratio <= 1.0 + PATTERN_GAP {
             return Some(x);
