@@ -1581,17 +1581,22 @@ impl<'a> Engine<'a> {
                 None => return,
             }
         }
-        let mut shapes: Vec<usize> = bins.iter().flat_map(|&bi| self.bins[bi].pods.iter().map(|&p| class_of[p])).collect();
-        shapes.sort_unstable();
-        shapes.dedup();
-        let mut pods_of: Vec<Vec<usize>> = vec![vec![]; shapes.len()];
+        // One shape per distinct request vector, not per class: deployments with equal requests are one shape to
+        // the packer (fewer, larger counts: a smaller LP and fuller patterns).
+        let mut shape_of: BTreeMap<&[u64], usize> = BTreeMap::new();
+        let mut reqs: Vec<Vec<u64>> = vec![];
+        let mut pods_of: Vec<Vec<usize>> = vec![];
         for &bi in bins {
             for &p in &self.bins[bi].pods {
-                let k = shapes.binary_search(&class_of[p]).unwrap_or(0);
+                let req = &self.classes[class_of[p]].req;
+                let k = *shape_of.entry(req.as_slice()).or_insert_with(|| {
+                    reqs.push(req.clone());
+                    pods_of.push(vec![]);
+                    reqs.len() - 1
+                });
                 pods_of[k].push(p);
             }
         }
-        let reqs: Vec<Vec<u64>> = shapes.iter().map(|&ci| self.classes[ci].req.clone()).collect();
         let counts: Vec<u64> = pods_of.iter().map(|v| v.len() as u64).collect();
         let all: Vec<usize> = (0..types.len()).collect();
         let Some(nodes) = super::repack::pack(&types, &all, &reqs, &counts) else { return };
@@ -1606,7 +1611,7 @@ impl<'a> Engine<'a> {
             b.pods.clear();
             b.used.iter_mut().for_each(|u| *u = 0);
         }
-        let mut next: Vec<usize> = vec![0; shapes.len()];
+        let mut next: Vec<usize> = vec![0; reqs.len()];
         for (i, n) in nodes.iter().enumerate() {
             let (lt, ls, oi) = lts[n.ty];
             let bi = match bins.get(i) {
