@@ -154,7 +154,7 @@ fn installs_into_the_emulator_with_kubectl() {
     let rendered = String::from_utf8(out.stdout).unwrap();
     let crds = root().join("charts/berth/crds/berth-crds.yaml");
     support::kubectl_ok(&kc, &["apply", "--server-side", "-f", crds.to_str().unwrap()], None);
-    support::kubectl_ok(&kc, &["create", "namespace", "berth-system"], None);
+    support::kubectl_ok(&kc, &["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: berth-system\n"));
     let applied = support::kubectl_ok(&kc, &["apply", "--validate=strict", "-f", "-"], Some(&rendered));
     for kind in ["serviceaccount/berth", "clusterrole.rbac.authorization.k8s.io/berth", "deployment.apps/berth", "service/berth", "poddisruptionbudget.policy/berth"] {
         assert!(applied.contains(&format!("{kind} created")), "{kind} not created: {applied}");

@@ -157,7 +157,7 @@ fn promtool_accepts_metrics_and_prometheus_evaluates_every_query() {
 
 /// Every dashboard panel, run by a real Prometheus that scraped berth through a burst: berth's controllers as
 /// `berth run` starts them, over the in-process emulator (its binder as kube-scheduler), simulated kubelets and the
-/// simulated cloud, with one throttled launch call and a spell of insufficient capacity. The burst is followed by a
+/// simulated cloud, with a throttled and a failing launch call. The burst is followed by a
 /// rollout (a new node label: every Machine replaced, every node drained) and a scale-down of the emptied nodes,
 /// so each panel has something real to show, and each must: an empty result is a panel a user would see blank.
 #[test]
@@ -186,9 +186,12 @@ fn every_dashboard_panel_shows_data_after_a_burst_a_rollout_and_a_scale_down() {
         let clock: berth::clock::SharedClock = Arc::new(berth::clock::SystemClock);
         let mut config = SimConfig::bundled("us-east-1", cluster, clock.clone(), cloud_metrics).unwrap();
         config.boot_delay = Duration::from_millis(300);
+        // Two tries a call, so the first launch's throttle and server error exhaust them: one failed launch (retried
+        // by the Machine controller), one throttled call, one server error, one retry.
+        config.backoff = berth::cloud::retry::Backoff { max_attempts: 2, base: Duration::from_millis(50), cap: Duration::from_millis(200) };
         let cloud = Arc::new(SimulatedCloud::new(config));
         cloud.inject(Fault::Throttle { action: Action::CreateFleet }, Some(1));
-        cloud.inject(Fault::InsufficientCapacity { instance_type: None, zone: None, capacity_type: None }, Some(40));
+        cloud.inject(Fault::ServerError { action: Action::CreateFleet }, Some(2));
         berth::sim::dataplane::connect(&cloud, emulator.clone());
         berth::emulator::binder::Binder::new(emulator.clone()).spawn(Duration::from_millis(100));
         let objects = serde_json::json!([
