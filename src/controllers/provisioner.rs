@@ -250,7 +250,7 @@ async fn pass(
     }
     announced.notices.remove("cluster");
     if observation.snapshot.pending.is_empty() {
-        announced.nominations.retain(|p, _| observation.riding.contains(p));
+        forget_settled(ctx, announced, &observation, &objects, now);
         return Ok(report);
     }
 
@@ -307,7 +307,13 @@ async fn pass(
     }
     report.unschedulable = plan.unschedulable.iter().filter(|u| !is_headroom(&u.pod)).count() + observation.skipped.len();
     announce_unschedulable(ctx, announced, &observation, &plan).await;
-    // Pods no longer pending need no memory.
+    forget_settled(ctx, announced, &observation, &objects, now);
+    Ok(report)
+}
+
+/// Pods no longer pending need no memory; those that triggered a scale-up and are now bound are timed (the last
+/// pass of a burst usually has no pending pod left, so this runs on that path too).
+fn forget_settled(ctx: &Context, announced: &mut Memory, observation: &Observation, objects: &crate::state::cluster::ClusterObjects, now: chrono::DateTime<chrono::Utc>) {
     let pending: HashSet<String> = observation.snapshot.pending.iter().map(|p| p.key()).collect();
     announced.nominations.retain(|p, _| pending.contains(p) || observation.riding.contains(p));
     let mut gone = Vec::new();
@@ -318,9 +324,8 @@ async fn pass(
         }
         keep
     });
-    record_scheduled(ctx, &objects, gone, now);
+    record_scheduled(ctx, objects, gone, now);
     announced.not_triggered.retain(|p, _| pending.contains(p));
-    Ok(report)
 }
 
 /// Why berth may not scale up for this cluster at all: its Cluster object is missing or invalid.
