@@ -9,7 +9,13 @@ use std::path::PathBuf;
 #[command(name = "berth", version, about, long_about = None)]
 pub struct Cli {
     /// Log format: text for people, json for log pipelines.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "BERTH_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "BERTH_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// Log filter in RUST_LOG syntax (for example info, or berth=debug,kube=warn).
     #[arg(long, global = true, default_value = "info", env = "BERTH_LOG")]

@@ -52,7 +52,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new(start_wall: DateTime<Utc>) -> TokioClock {
-        TokioClock { start_wall, start_instant: tokio::time::Instant::now() }
+        TokioClock {
+            start_wall,
+            start_instant: tokio::time::Instant::now(),
+        }
     }
 }
 
@@ -84,7 +87,10 @@ mod tests {
         let clock = TokioClock::new(start);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let elapsed = clock.now() - start;
-        assert!(elapsed >= Duration::milliseconds(20) && elapsed < Duration::seconds(5), "{elapsed}");
+        assert!(
+            elapsed >= Duration::milliseconds(20) && elapsed < Duration::seconds(5),
+            "{elapsed}"
+        );
     }
 
     #[test]

@@ -21,20 +21,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Scheduling { pods, preference, dump, seed }) => {
+        Command::Bench(BenchCommand::Scheduling {
+            pods,
+            preference,
+            dump,
+            seed,
+        }) => {
             let ok = berth::bench::scheduling::run(pods, preference, dump.as_deref(), seed)?;
             anyhow::ensure!(ok, "some pods were left unscheduled");
             Ok(())
         }
         Command::Bench(BenchCommand::Packing { pods, seed, dump }) => {
             let ok = berth::bench::packing::run(pods.as_deref(), seed, dump.as_deref())?;
-            anyhow::ensure!(ok, "an unconstrained workload missed the cost or utilisation target");
+            anyhow::ensure!(
+                ok,
+                "an unconstrained workload missed the cost or utilisation target"
+            );
             Ok(())
         }
         Command::Emulate(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(berth::emulator::cli::run(args)).context("running the emulator")?;
+            runtime
+                .block_on(berth::emulator::cli::run(args))
+                .context("running the emulator")?;
             Ok(())
         }
         Command::Rollout(args) => {
@@ -46,7 +56,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Launch { machines, real_time }) => {
+        Command::Bench(BenchCommand::Launch {
+            machines,
+            real_time,
+        }) => {
             let report = berth::bench::launch::main(machines, real_time)?;
             anyhow::ensure!(
                 report.failed == 0 && report.server_throttles == 0,
@@ -58,15 +71,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => {
             // Quiet by default: berth's own logs would bury the progress bar and the table.
-            let filter = if cli.log == "info" { "error".to_string() } else { cli.log.clone() };
+            let filter = if cli.log == "info" {
+                "error".to_string()
+            } else {
+                cli.log.clone()
+            };
             logging::init(cli.log_format, &filter)?;
             let out = berth::sim::main(&args, true)?;
             print!("{out}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Reaction { nodes, pods_per_node, pods, seed }) => {
+        Command::Bench(BenchCommand::Reaction {
+            nodes,
+            pods_per_node,
+            pods,
+            seed,
+        }) => {
             // berth's own logs go to stderr (--log info shows each pass and launch); the table to stdout.
-            let filter = if cli.log == "info" { "warn".to_string() } else { cli.log.clone() };
+            let filter = if cli.log == "info" {
+                "warn".to_string()
+            } else {
+                cli.log.clone()
+            };
             logging::init(cli.log_format, &filter)?;
             berth::bench::reaction::main(nodes, pods_per_node, pods, seed)?;
             Ok(())
@@ -74,7 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(berth::operator::run(args, berth::cli::shutdown_signal())).map_err(Into::into)
+            runtime
+                .block_on(berth::operator::run(args, berth::cli::shutdown_signal()))
+                .map_err(Into::into)
         }
     }
 }

@@ -4,10 +4,6 @@
 //! controllers through [`run_controllers`].
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::ListParams;
-use kube::{Api, Client, Resource, ResourceExt};
 use crate::cli::RunArgs;
 use crate::clock::SystemClock;
 use crate::cloud::aws::{AwsCloud, AwsConfig};
@@ -22,6 +18,10 @@ use crate::state::snapshot::ObserveSettings;
 use crate::telemetry::leader::{LeaderElector, LeaderTiming};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::server::{self, OpsState};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::ListParams;
+use kube::{Api, Client, Resource, ResourceExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -59,11 +59,18 @@ impl OperatorError {
 pub async fn connect(kubeconfig: Option<&PathBuf>) -> Result<Client, OperatorError> {
     let config = match kubeconfig {
         Some(path) => {
-            let err = |reason: String| OperatorError::Kubeconfig { path: path.display().to_string(), reason };
+            let err = |reason: String| OperatorError::Kubeconfig {
+                path: path.display().to_string(),
+                reason,
+            };
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| err(e.to_string()))?
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| err(e.to_string()))?
         }
-        None => kube::Config::infer().await.map_err(|e| OperatorError::Client(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| OperatorError::Client(e.to_string()))?,
     };
     Client::try_from(config).map_err(|e| OperatorError::Client(e.to_string()))
 }
@@ -84,7 +91,9 @@ pub async fn verify_crds(client: &Client) -> Result<(), OperatorError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(OperatorError::CrdsMissing { missing: missing.join(", ") })
+        Err(OperatorError::CrdsMissing {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -131,7 +140,10 @@ pub async fn inventory(client: &Client) -> Result<Inventory, OperatorError> {
 
 /// `berth run`: serve the ops endpoint, connect, verify, log the inventory, join the leader election if asked,
 /// then follow berth's objects and the nodes until `shutdown`.
-pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), OperatorError> {
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), OperatorError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -146,7 +158,10 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
 
     let metrics = Metrics::new().map_err(|e| OperatorError::Client(e.to_string()))?;
     let (ready_tx, ready_rx) = watch::channel(false);
-    let ops = OpsState { metrics: metrics.clone(), ready: ready_rx };
+    let ops = OpsState {
+        metrics: metrics.clone(),
+        ready: ready_rx,
+    };
     let (ops_addr, ops_task) = server::serve(&args.metrics_address, ops, stopped())
         .await
         .map_err(|e| OperatorError::Client(e.to_string()))?;
@@ -167,7 +182,10 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
         "connected; berth CRDs installed"
     );
     if let Some(name) = &args.cluster_name {
-        let clusters = Api::<Cluster>::all(client.clone()).list(&ListParams::default()).await.map_err(|e| OperatorError::Unreachable(e.to_string()))?;
+        let clusters = Api::<Cluster>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| OperatorError::Unreachable(e.to_string()))?;
         if !clusters.items.iter().any(|c| &c.spec.cluster_name == name) {
             tracing::warn!(cluster_name = %name, "no Cluster object has spec.clusterName {name}; berth will not act until one exists");
         }
@@ -175,7 +193,11 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
     metrics.pods_pending.set(inv.pending_pods as i64);
     ready_tx.send_replace(true);
 
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(SystemClock),
+        metrics.clone(),
+    ));
     // Dry-run never calls the cloud: it plans against the bundled catalog and launches nothing.
     let cloud = match (&args.cluster_name, args.dry_run) {
         (Some(name), false) => {
@@ -183,9 +205,12 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
             config.region = args.region.clone();
             config.endpoint_url = args.aws_endpoint.clone();
             config.rate_limit_share = args.rate_limit_share;
-            let cloud_metrics = CloudMetrics::register(&metrics.registry).map_err(|e| OperatorError::Client(e.to_string()))?;
+            let cloud_metrics = CloudMetrics::register(&metrics.registry)
+                .map_err(|e| OperatorError::Client(e.to_string()))?;
             // Missing credentials or region: one clear error at start, not a crash loop of stack traces.
-            let aws = AwsCloud::connect(config, Arc::new(SystemClock), cloud_metrics).await.map_err(|e| OperatorError::Cloud(e.to_string()))?;
+            let aws = AwsCloud::connect(config, Arc::new(SystemClock), cloud_metrics)
+                .await
+                .map_err(|e| OperatorError::Cloud(e.to_string()))?;
             Some(Arc::new(aws) as Arc<dyn CloudProvider>)
         }
         (None, false) => {
@@ -198,17 +223,24 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
         }
     };
     let catalog = match &cloud {
-        Some(c) => c.instance_types().await.map_err(|e| OperatorError::Catalog(e.to_string()))?,
+        Some(c) => c
+            .instance_types()
+            .await
+            .map_err(|e| OperatorError::Catalog(e.to_string()))?,
         None => {
             let region = args.region.clone().unwrap_or_else(|| "us-east-1".into());
-            crate::model::aws_catalog::bundled_catalog(&region).map_err(|e| OperatorError::Catalog(e.to_string()))?
+            crate::model::aws_catalog::bundled_catalog(&region)
+                .map_err(|e| OperatorError::Catalog(e.to_string()))?
         }
     };
     let provisioner = ProvisionerConfig {
         batch_idle: args.batch_idle,
         batch_max: args.batch_max,
         dry_run: args.dry_run,
-        observe: ObserveSettings { cluster_name: args.cluster_name.clone(), ..ObserveSettings::default() },
+        observe: ObserveSettings {
+            cluster_name: args.cluster_name.clone(),
+            ..ObserveSettings::default()
+        },
         ..ProvisionerConfig::default()
     };
     let ctx = Arc::new(Controllers {
@@ -217,12 +249,22 @@ pub async fn run(args: RunArgs, shutdown: impl std::future::Future<Output = ()> 
         cluster_name: args.cluster_name.clone().unwrap_or_default(),
         catalog: Arc::new(catalog),
         provisioner,
-        disruption: DisruptionConfig { cluster_name: args.cluster_name.clone().unwrap_or_default(), ..DisruptionConfig::default() },
+        disruption: DisruptionConfig {
+            cluster_name: args.cluster_name.clone().unwrap_or_default(),
+            ..DisruptionConfig::default()
+        },
         dry_run: args.dry_run,
     });
     if args.leader_elect {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
-        let elector = LeaderElector::new(client.clone(), &args.namespace, &args.lease_name, &identity, LeaderTiming::default(), Arc::new(SystemClock));
+        let elector = LeaderElector::new(
+            client.clone(),
+            &args.namespace,
+            &args.lease_name,
+            &identity,
+            LeaderTiming::default(),
+            Arc::new(SystemClock),
+        );
         let (leading_tx, leading_rx) = watch::channel(false);
         let election = tokio::spawn(elector.run(leading_tx, stopped()));
         lead_while_elected(ctx, leading_rx, stopped()).await;
@@ -251,7 +293,10 @@ pub struct Controllers {
 }
 
 /// berth's controllers, until `stop`: exactly what `berth run` runs while it leads.
-pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run_controllers(
+    ctx: Arc<Controllers>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let (tx, rx) = watch::channel(false);
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
@@ -267,8 +312,14 @@ pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Futu
         signal(rx.clone()),
     ))];
     if !ctx.dry_run {
-        tasks.push(tokio::spawn(machine_deployment::run(ctx.base.clone(), signal(rx.clone()))));
-        tasks.push(tokio::spawn(machine_set::run(ctx.base.clone(), signal(rx.clone()))));
+        tasks.push(tokio::spawn(machine_deployment::run(
+            ctx.base.clone(),
+            signal(rx.clone()),
+        )));
+        tasks.push(tokio::spawn(machine_set::run(
+            ctx.base.clone(),
+            signal(rx.clone()),
+        )));
         tasks.push(tokio::spawn(crate::controllers::cluster::run(
             ctx.base.clone(),
             cache.clone(),
@@ -276,9 +327,20 @@ pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Futu
             ctx.cluster_name.clone(),
             signal(rx.clone()),
         )));
-        tasks.push(tokio::spawn(disruption::run(ctx.base.clone(), cache.clone(), ctx.catalog.clone(), ctx.disruption.clone(), signal(rx.clone()))));
+        tasks.push(tokio::spawn(disruption::run(
+            ctx.base.clone(),
+            cache.clone(),
+            ctx.catalog.clone(),
+            ctx.disruption.clone(),
+            signal(rx.clone()),
+        )));
         if let Some(cloud) = ctx.cloud.clone() {
-            tasks.push(tokio::spawn(machine::run(ctx.base.clone(), cloud, ctx.cluster_name.clone(), signal(rx.clone()))));
+            tasks.push(tokio::spawn(machine::run(
+                ctx.base.clone(),
+                cloud,
+                ctx.cluster_name.clone(),
+                signal(rx.clone()),
+            )));
         }
     }
     stop.await;
@@ -291,7 +353,11 @@ pub async fn run_controllers(ctx: Arc<Controllers>, stop: impl std::future::Futu
 
 /// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas
 /// never act at once) and start again if it is regained.
-async fn lead_while_elected(ctx: Arc<Controllers>, mut leading: watch::Receiver<bool>, stopped: impl std::future::Future<Output = ()>) {
+async fn lead_while_elected(
+    ctx: Arc<Controllers>,
+    mut leading: watch::Receiver<bool>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stopped);
     loop {
         ctx.base.metrics.leader.set(0);
@@ -314,6 +380,8 @@ async fn lead_while_elected(ctx: Arc<Controllers>, mut leading: watch::Receiver<
 
 /// Hostname plus process id: unique enough outside Kubernetes, where BERTH_POD_NAME is not set.
 fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "berth".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "berth".into());
     format!("{host}-{}", std::process::id())
 }

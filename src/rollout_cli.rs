@@ -59,14 +59,22 @@ pub enum RolloutCommand {
 }
 
 /// Runs one rollout command and returns what to print.
-pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Result<String, RolloutCliError> {
+pub async fn run(
+    client: Client,
+    namespace: &str,
+    command: RolloutCommand,
+) -> Result<String, RolloutCliError> {
     let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), namespace);
     let sets: Api<MachineSet> = Api::namespaced(client, namespace);
     let get = |name: &str| {
         let mds = mds.clone();
         let name = name.to_string();
         let namespace = namespace.to_string();
-        async move { mds.get_opt(&name).await?.ok_or(RolloutCliError::NotFound { namespace, name }) }
+        async move {
+            mds.get_opt(&name)
+                .await?
+                .ok_or(RolloutCliError::NotFound { namespace, name })
+        }
     };
     match command {
         RolloutCommand::Status { name, watch } => loop {
@@ -82,9 +90,14 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
             let md = get(&name).await?;
             let mut revisions = revisions(&sets, &md).await?;
             revisions.sort_by_key(|(r, _)| *r);
-            let mut out = format!("machinedeployment.berth.dev/{name}\nREVISION  MACHINESET  CHANGE-CAUSE\n");
+            let mut out =
+                format!("machinedeployment.berth.dev/{name}\nREVISION  MACHINESET  CHANGE-CAUSE\n");
             for (revision, set) in revisions {
-                let cause = set.annotations().get("kubernetes.io/change-cause").cloned().unwrap_or_else(|| "<none>".into());
+                let cause = set
+                    .annotations()
+                    .get("kubernetes.io/change-cause")
+                    .cloned()
+                    .unwrap_or_else(|| "<none>".into());
                 let _ = writeln!(out, "{revision:<8}  {}  {cause}", set.name_any());
             }
             Ok(out)
@@ -100,8 +113,16 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
                 revisions.sort_by_key(|(r, _)| std::cmp::Reverse(*r));
                 let current = md.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
                 let target = match to_revision {
-                    Some(r) => revisions.iter().find(|(rev, _)| *rev == r).ok_or(RolloutCliError::NoSuchRevision { name: name.clone(), revision: r })?,
-                    None => revisions.iter().find(|(rev, _)| *rev != current).ok_or_else(|| RolloutCliError::NoPreviousRevision(name.clone()))?,
+                    Some(r) => revisions.iter().find(|(rev, _)| *rev == r).ok_or(
+                        RolloutCliError::NoSuchRevision {
+                            name: name.clone(),
+                            revision: r,
+                        },
+                    )?,
+                    None => revisions
+                        .iter()
+                        .find(|(rev, _)| *rev != current)
+                        .ok_or_else(|| RolloutCliError::NoPreviousRevision(name.clone()))?,
                 };
                 let template = strip_revision_labels(target.1.spec.template.clone());
                 // Replace the whole template (a merge patch would keep fields the old revision did not have); the
@@ -109,7 +130,12 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
                 let mut updated = md.clone();
                 updated.spec.template = template;
                 match mds.replace(&name, &PostParams::default(), &updated).await {
-                    Ok(_) => return Ok(format!("machinedeployment.berth.dev/{name} rolled back to revision {}", target.0)),
+                    Ok(_) => {
+                        return Ok(format!(
+                            "machinedeployment.berth.dev/{name} rolled back to revision {}",
+                            target.0
+                        ))
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -117,19 +143,30 @@ pub async fn run(client: Client, namespace: &str, command: RolloutCommand) -> Re
         }
         RolloutCommand::Pause { name } => {
             get(&name).await?;
-            mds.patch(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"paused": true}}))).await?;
+            mds.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"spec": {"paused": true}})),
+            )
+            .await?;
             Ok(format!("machinedeployment.berth.dev/{name} paused"))
         }
         RolloutCommand::Resume { name } => {
             get(&name).await?;
-            mds.patch(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"paused": false}}))).await?;
+            mds.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"spec": {"paused": false}})),
+            )
+            .await?;
             Ok(format!("machinedeployment.berth.dev/{name} resumed"))
         }
         RolloutCommand::Restart { name } => {
             get(&name).await?;
             let now = SystemClock.now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
             let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"berth.dev/restartedAt": now}}}}});
-            mds.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            mds.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
             Ok(format!("machinedeployment.berth.dev/{name} restarted"))
         }
     }
@@ -145,7 +182,10 @@ fn status_line(md: &MachineDeployment) -> Result<(String, bool), RolloutCliError
     }
     if let Some(c) = find_condition(&status.conditions, "Progressing") {
         if c.status == ConditionStatus::False {
-            return Err(RolloutCliError::Failed { name, message: c.message.clone() });
+            return Err(RolloutCliError::Failed {
+                name,
+                message: c.message.clone(),
+            });
         }
     }
     if md.spec.paused {
@@ -160,17 +200,34 @@ fn status_line(md: &MachineDeployment) -> Result<(String, bool), RolloutCliError
     if status.available_replicas < status.updated_replicas {
         return Ok((format!("Waiting for machinedeployment \"{name}\" rollout to finish: {} of {} updated machines are available...", status.available_replicas, status.updated_replicas), false));
     }
-    Ok((format!("machinedeployment \"{name}\" successfully rolled out"), true))
+    Ok((
+        format!("machinedeployment \"{name}\" successfully rolled out"),
+        true,
+    ))
 }
 
-async fn revisions(sets: &Api<MachineSet>, md: &MachineDeployment) -> Result<Vec<(u64, MachineSet)>, RolloutCliError> {
+async fn revisions(
+    sets: &Api<MachineSet>,
+    md: &MachineDeployment,
+) -> Result<Vec<(u64, MachineSet)>, RolloutCliError> {
     let uid = md.uid().unwrap_or_default();
-    let listed = sets.list(&ListParams::default().labels(&format!("{}={}", keys::MACHINE_DEPLOYMENT, md.name_any()))).await?;
+    let listed = sets
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            keys::MACHINE_DEPLOYMENT,
+            md.name_any()
+        )))
+        .await?;
     Ok(listed
         .items
         .into_iter()
         .filter(|s| s.owner_references().iter().any(|o| o.uid == uid))
-        .filter_map(|s| s.annotations().get(keys::REVISION).and_then(|r| r.parse().ok()).map(|r| (r, s)))
+        .filter_map(|s| {
+            s.annotations()
+                .get(keys::REVISION)
+                .and_then(|r| r.parse().ok())
+                .map(|r| (r, s))
+        })
         .collect())
 }
 

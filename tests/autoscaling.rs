@@ -37,7 +37,11 @@ impl Harness {
         Harness::with_cloud(max, cluster_limits, |_| {}).await
     }
 
-    async fn with_cloud(max: u32, cluster_limits: serde_json::Value, configure: impl FnOnce(&mut SimConfig)) -> Harness {
+    async fn with_cloud(
+        max: u32,
+        cluster_limits: serde_json::Value,
+        configure: impl FnOnce(&mut SimConfig),
+    ) -> Harness {
         let emulator = Emulator::new();
         let client = emulator.client();
         let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -45,7 +49,13 @@ impl Harness {
             crd_api.create(&PostParams::default(), &crd).await.unwrap();
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock, CloudMetrics::unregistered().unwrap()).unwrap();
+        let mut config = SimConfig::bundled(
+            "us-east-1",
+            CLUSTER,
+            clock,
+            CloudMetrics::unregistered().unwrap(),
+        )
+        .unwrap();
         config.boot_delay = Duration::from_millis(200);
         configure(&mut config);
         let cloud = Arc::new(SimulatedCloud::new(config));
@@ -80,7 +90,12 @@ impl Harness {
             }
         }))
         .await;
-        Harness { client, cloud, emulator, stop: None }
+        Harness {
+            client,
+            cloud,
+            emulator,
+            stop: None,
+        }
     }
 
     fn start_berth(&mut self) {
@@ -89,7 +104,11 @@ impl Harness {
 
     /// Starts berth as `berth run` would; with `dry_run`, as `berth run --dry-run` (no cloud, nothing written).
     fn start_berth_with(&mut self, dry_run: bool) {
-        let base = Arc::new(Context::new(self.client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+        let base = Arc::new(Context::new(
+            self.client.clone(),
+            Arc::new(SystemClock),
+            Metrics::new().unwrap(),
+        ));
         let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
         let catalog = berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
         let controllers = Arc::new(Controllers {
@@ -100,7 +119,10 @@ impl Harness {
             provisioner: ProvisionerConfig {
                 batch_idle: Duration::from_millis(200),
                 batch_max: Duration::from_secs(2),
-                observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() },
+                observe: ObserveSettings {
+                    cluster_name: Some(CLUSTER.into()),
+                    ..Default::default()
+                },
                 dry_run,
                 ..ProvisionerConfig::default()
             },
@@ -139,19 +161,35 @@ impl Harness {
     }
 
     async fn pods(&self) -> Vec<Pod> {
-        Api::<Pod>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     async fn running_pods(&self) -> usize {
-        self.pods().await.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count()
+        self.pods()
+            .await
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count()
     }
 
     async fn machines(&self) -> Vec<Machine> {
-        Api::<Machine>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+        Api::<Machine>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     async fn nodes(&self) -> Vec<Node> {
-        Api::<Node>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
+        Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     async fn events(&self, reason: &str) -> Vec<Event> {
@@ -171,12 +209,36 @@ impl Harness {
         objects.pods = self.pods().await.into_iter().map(Arc::new).collect();
         objects.nodes = self.nodes().await.into_iter().map(Arc::new).collect();
         objects.machines = self.machines().await.into_iter().map(Arc::new).collect();
-        objects.machine_deployments = Api::<MachineDeployment>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
-        objects.machine_classes = Api::<MachineClass>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
-        objects.clusters = Api::<Cluster>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.into_iter().map(Arc::new).collect();
+        objects.machine_deployments = Api::<MachineDeployment>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        objects.machine_classes = Api::<MachineClass>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        objects.clusters = Api::<Cluster>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         // The catalog the provisioner plans with: the cloud's.
         let catalog = self.cloud.instance_types().await.unwrap();
-        let settings = ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() };
+        let settings = ObserveSettings {
+            cluster_name: Some(CLUSTER.into()),
+            ..Default::default()
+        };
         let now = chrono::Utc::now();
         let observation = observe(&objects, &catalog, &settings, &Default::default(), now);
         berth::scheduling::solve(&observation.snapshot, &catalog, now).unwrap()
@@ -186,24 +248,58 @@ impl Harness {
     async fn assert_no_duplicate_or_leak(&self) {
         let machines = self.machines().await;
         let instances = self.cloud.describe_instances().await.unwrap();
-        let live: Vec<_> = instances.iter().filter(|i| !i.state.is_terminal()).collect();
+        let live: Vec<_> = instances
+            .iter()
+            .filter(|i| !i.state.is_terminal())
+            .collect();
         let mut owners = std::collections::BTreeMap::new();
         for i in &live {
             let owner = i.machine().map(|m| m.name).unwrap_or_default();
-            assert!(machines.iter().any(|m| m.metadata.name.as_deref() == Some(owner.as_str())), "instance {} has no Machine", i.instance_id);
+            assert!(
+                machines
+                    .iter()
+                    .any(|m| m.metadata.name.as_deref() == Some(owner.as_str())),
+                "instance {} has no Machine",
+                i.instance_id
+            );
             *owners.entry(owner).or_insert(0) += 1;
         }
-        assert!(owners.values().all(|n| *n == 1), "a Machine owns two instances: {owners:?}");
+        assert!(
+            owners.values().all(|n| *n == 1),
+            "a Machine owns two instances: {owners:?}"
+        );
     }
 }
 
 async fn create(client: &Client, object: serde_json::Value) {
     let kind = object["kind"].as_str().unwrap().to_string();
     match kind.as_str() {
-        "Cluster" => drop(Api::<Cluster>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap()),
-        "MachineClass" => drop(Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap()),
+        "Cluster" => drop(
+            Api::<Cluster>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(object).unwrap(),
+                )
+                .await
+                .unwrap(),
+        ),
+        "MachineClass" => drop(
+            Api::<MachineClass>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(object).unwrap(),
+                )
+                .await
+                .unwrap(),
+        ),
         "MachineDeployment" => drop(
-            Api::<MachineDeployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap(),
+            Api::<MachineDeployment>::namespaced(client.clone(), "default")
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(object).unwrap(),
+                )
+                .await
+                .unwrap(),
         ),
         other => panic!("no creator for {other}"),
     }
@@ -219,14 +315,22 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn all_unschedulable(h: &Harness, count: usize) {
     eventually("the scheduler to give up on every pod", 20, || async {
-        h.pods().await.iter().filter(|p| berth::state::snapshot::is_unschedulable(p)).count() == count
+        h.pods()
+            .await
+            .iter()
+            .filter(|p| berth::state::snapshot::is_unschedulable(p))
+            .count()
+            == count
     })
     .await;
 }
@@ -246,33 +350,98 @@ async fn a_burst_of_mixed_pods_gets_the_planned_machines() {
     h.create_pods("batch", 30, "3", "4Gi").await;
     all_unschedulable(&h, 500).await;
     let plan = h.offline_plan().await;
-    assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable.first());
+    assert!(
+        plan.unschedulable.is_empty(),
+        "{:?}",
+        plan.unschedulable.first()
+    );
 
     h.start_berth();
-    eventually("every pod running", 120, || async { h.running_pods().await == 500 }).await;
+    eventually("every pod running", 120, || async {
+        h.running_pods().await == 500
+    })
+    .await;
     let machines = h.machines().await;
     // Machines by the provisioner pass that queued their shapes (shape ids are GROUP-MILLIS-INDEX).
     let mut by_pass: std::collections::BTreeMap<String, Vec<&Machine>> = Default::default();
     for m in &machines {
-        let shape = m.metadata.annotations.as_ref().and_then(|a| a.get("berth.dev/shape-id")).cloned().unwrap_or_default();
-        let pass = shape.rsplit_once('-').map(|(p, _)| p.to_string()).unwrap_or_default();
+        let shape = m
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("berth.dev/shape-id"))
+            .cloned()
+            .unwrap_or_default();
+        let pass = shape
+            .rsplit_once('-')
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
         by_pass.entry(pass).or_default().push(m);
     }
     let first = by_pass.values().next().unwrap();
-    assert_eq!(first.len(), plan.new_machines.len(), "the burst's machines vs the plan's");
-    let price = |m: &Machine| m.status.as_ref().and_then(|s| s.price.as_deref()).and_then(|p| p.parse::<f64>().ok()).unwrap_or(0.0);
+    assert_eq!(
+        first.len(),
+        plan.new_machines.len(),
+        "the burst's machines vs the plan's"
+    );
+    let price = |m: &Machine| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.price.as_deref())
+            .and_then(|p| p.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cost: f64 = first.iter().map(|m| price(m)).sum();
-    let mut planned: Vec<String> = plan.new_machines.iter().map(|m| format!("{} {} {}", m.instance_type, m.zone, m.price)).collect();
-    let mut launched: Vec<String> = first.iter().map(|m| { let s = m.status.clone().unwrap(); format!("{} {} {} shape={:?}", s.instance_type.unwrap_or_default(), s.zone.unwrap_or_default(), s.price.unwrap_or_default(), m.spec.shape.as_ref().map(|x| x.instance_types.iter().take(3).cloned().collect::<Vec<_>>())) }).collect();
+    let mut planned: Vec<String> = plan
+        .new_machines
+        .iter()
+        .map(|m| format!("{} {} {}", m.instance_type, m.zone, m.price))
+        .collect();
+    let mut launched: Vec<String> = first
+        .iter()
+        .map(|m| {
+            let s = m.status.clone().unwrap();
+            format!(
+                "{} {} {} shape={:?}",
+                s.instance_type.unwrap_or_default(),
+                s.zone.unwrap_or_default(),
+                s.price.unwrap_or_default(),
+                m.spec.shape.as_ref().map(|x| x
+                    .instance_types
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>())
+            )
+        })
+        .collect();
     planned.sort();
     launched.sort();
-    assert!((cost - plan.new_cost_per_hour()).abs() < 1e-6, "cost {cost} vs plan {}: {planned:#?} {launched:#?}", plan.new_cost_per_hour());
-    let scaled: Vec<String> = h.events("ScaledUp").await.into_iter().filter_map(|e| e.message).collect();
-    assert!(machines.len() <= plan.new_machines.len() * 115 / 100 + 1, "{} machines for a plan of {}: {scaled:#?}", machines.len(), plan.new_machines.len());
+    assert!(
+        (cost - plan.new_cost_per_hour()).abs() < 1e-6,
+        "cost {cost} vs plan {}: {planned:#?} {launched:#?}",
+        plan.new_cost_per_hour()
+    );
+    let scaled: Vec<String> = h
+        .events("ScaledUp")
+        .await
+        .into_iter()
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        machines.len() <= plan.new_machines.len() * 115 / 100 + 1,
+        "{} machines for a plan of {}: {scaled:#?}",
+        machines.len(),
+        plan.new_machines.len()
+    );
     let pods = h.pods().await;
     for node in h.nodes().await {
         let name = node.metadata.name.unwrap();
-        assert!(pods.iter().any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)), "node {name} is empty");
+        assert!(
+            pods.iter()
+                .any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)),
+            "node {name} is empty"
+        );
     }
     assert!(!h.events("TriggeredScaleUp").await.is_empty());
     h.assert_no_duplicate_or_leak().await;
@@ -286,16 +455,24 @@ async fn pods_arriving_in_waves_never_launch_twice() {
     let mut h = Harness::new(200, serde_json::json!({})).await;
     h.start_berth();
     for wave in 0..4 {
-        h.create_pods(&format!("wave{wave}"), 40, "500m", "1Gi").await;
+        h.create_pods(&format!("wave{wave}"), 40, "500m", "1Gi")
+            .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    eventually("every pod running", 90, || async { h.running_pods().await == 160 }).await;
+    eventually("every pod running", 90, || async {
+        h.running_pods().await == 160
+    })
+    .await;
     // Let any late pass act before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pods = h.pods().await;
     for node in h.nodes().await {
         let name = node.metadata.name.unwrap();
-        assert!(pods.iter().any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)), "node {name} is empty: launched twice");
+        assert!(
+            pods.iter()
+                .any(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(&name)),
+            "node {name} is empty: launched twice"
+        );
     }
     h.assert_no_duplicate_or_leak().await;
     h.kill_berth();
@@ -308,13 +485,32 @@ async fn insufficient_capacity_on_the_cheapest_offering_still_schedules_every_po
     h.create_pods("web", 60, "500m", "1Gi").await;
     all_unschedulable(&h, 60).await;
     let plan = h.offline_plan().await;
-    let cheapest = plan.new_machines.iter().min_by(|a, b| a.price.total_cmp(&b.price)).unwrap().instance_type.clone();
-    h.cloud.inject(Fault::InsufficientCapacity { instance_type: Some(cheapest.clone()), zone: None, capacity_type: Some(CapacityType::OnDemand) }, None);
+    let cheapest = plan
+        .new_machines
+        .iter()
+        .min_by(|a, b| a.price.total_cmp(&b.price))
+        .unwrap()
+        .instance_type
+        .clone();
+    h.cloud.inject(
+        Fault::InsufficientCapacity {
+            instance_type: Some(cheapest.clone()),
+            zone: None,
+            capacity_type: Some(CapacityType::OnDemand),
+        },
+        None,
+    );
     h.start_berth();
-    eventually("every pod running", 90, || async { h.running_pods().await == 60 }).await;
+    eventually("every pod running", 90, || async {
+        h.running_pods().await == 60
+    })
+    .await;
     for m in h.machines().await {
         let launched = m.status.and_then(|s| s.instance_type).unwrap_or_default();
-        assert_ne!(launched, cheapest, "launched the offering that has no capacity");
+        assert_ne!(
+            launched, cheapest,
+            "launched the offering that has no capacity"
+        );
     }
     h.assert_no_duplicate_or_leak().await;
     h.kill_berth();
@@ -327,12 +523,30 @@ async fn cluster_limits_stop_the_scale_up_with_an_event() {
     h.create_pods("big", 12, "3", "8Gi").await;
     all_unschedulable(&h, 12).await;
     h.start_berth();
-    eventually("a ScaleUpLimited Event", 30, || async { !h.events("ScaleUpLimited").await.is_empty() }).await;
-    eventually("two machines", 30, || async { h.machines().await.len() == 2 }).await;
+    eventually("a ScaleUpLimited Event", 30, || async {
+        !h.events("ScaleUpLimited").await.is_empty()
+    })
+    .await;
+    eventually("two machines", 30, || async {
+        h.machines().await.len() == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(h.machines().await.len(), 2, "the limit of 2 nodes was crossed");
+    assert_eq!(
+        h.machines().await.len(),
+        2,
+        "the limit of 2 nodes was crossed"
+    );
     let limited = h.events("ScaleUpLimited").await;
-    assert!(limited[0].message.as_deref().unwrap_or_default().contains("cluster limit of 2 nodes"), "{:?}", limited[0].message);
+    assert!(
+        limited[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cluster limit of 2 nodes"),
+        "{:?}",
+        limited[0].message
+    );
     assert_eq!(limited[0].involved_object.kind.as_deref(), Some("Cluster"));
     assert!(!h.events("NotTriggerScaleUp").await.is_empty());
     h.kill_berth();
@@ -347,24 +561,65 @@ async fn an_invalid_cluster_stops_berth_acting_until_it_is_fixed() {
     all_unschedulable(&h, 6).await;
     h.start_berth();
     let clusters: Api<Cluster> = Api::all(h.client.clone());
-    let ready = |c: &Cluster| c.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
-    eventually("Ready=False on the Cluster", 30, || async { ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "InvalidSpec") }).await;
+    let ready = |c: &Cluster| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    eventually("Ready=False on the Cluster", 30, || async {
+        ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "InvalidSpec")
+    })
+    .await;
     let condition = ready(&clusters.get(CLUSTER).await.unwrap()).unwrap();
-    assert!(condition.message.contains("spec.limits.maxCpu"), "{}", condition.message);
-    eventually("an InvalidSpec Event", 30, || async { !h.events("InvalidSpec").await.is_empty() }).await;
+    assert!(
+        condition.message.contains("spec.limits.maxCpu"),
+        "{}",
+        condition.message
+    );
+    eventually("an InvalidSpec Event", 30, || async {
+        !h.events("InvalidSpec").await.is_empty()
+    })
+    .await;
     eventually("the pods told why", 30, || async {
-        h.events("NotTriggerScaleUp").await.iter().any(|e| e.message.as_deref().unwrap_or_default().contains("is invalid"))
+        h.events("NotTriggerScaleUp").await.iter().any(|e| {
+            e.message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("is invalid")
+        })
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(h.machines().await.is_empty(), "berth launched for an invalid Cluster");
+    assert!(
+        h.machines().await.is_empty(),
+        "berth launched for an invalid Cluster"
+    );
 
     let fix = serde_json::json!({"spec": {"limits": {"maxCpu": "1000"}}});
-    clusters.patch(CLUSTER, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fix)).await.unwrap();
-    eventually("every pod running once the Cluster is fixed", 60, || async { h.running_pods().await == 6 }).await;
-    eventually("Ready=True", 30, || async { ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "Valid") }).await;
+    clusters
+        .patch(
+            CLUSTER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&fix),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "every pod running once the Cluster is fixed",
+        60,
+        || async { h.running_pods().await == 6 },
+    )
+    .await;
+    eventually("Ready=True", 30, || async {
+        ready(&clusters.get(CLUSTER).await.unwrap()).is_some_and(|c| c.reason == "Valid")
+    })
+    .await;
     let status = clusters.get(CLUSTER).await.unwrap().status.unwrap();
-    eventually("the Cluster counts its nodes", 30, || async { clusters.get(CLUSTER).await.unwrap().status.unwrap().nodes as usize == h.machines().await.len() }).await;
+    eventually("the Cluster counts its nodes", 30, || async {
+        clusters.get(CLUSTER).await.unwrap().status.unwrap().nodes as usize
+            == h.machines().await.len()
+    })
+    .await;
     assert!(status.hourly_cost.is_some());
     h.kill_berth();
 }
@@ -378,15 +633,29 @@ async fn a_restart_in_the_middle_never_launches_twice_for_the_same_pods() {
     let plan = h.offline_plan().await;
     h.start_berth();
     eventually("a scale-up", 30, || async {
-        Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap().spec.replicas.unwrap_or(0) > 0
+        Api::<MachineDeployment>::namespaced(h.client.clone(), "default")
+            .get("general")
+            .await
+            .unwrap()
+            .spec
+            .replicas
+            .unwrap_or(0)
+            > 0
     })
     .await;
     h.kill_berth();
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.start_berth();
-    eventually("every pod running", 90, || async { h.running_pods().await == 80 }).await;
+    eventually("every pod running", 90, || async {
+        h.running_pods().await == 80
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(h.machines().await.len(), plan.new_machines.len(), "machines vs one plan");
+    assert_eq!(
+        h.machines().await.len(),
+        plan.new_machines.len(),
+        "machines vs one plan"
+    );
     h.assert_no_duplicate_or_leak().await;
     let _ = &h.emulator;
     h.kill_berth();
@@ -407,7 +676,10 @@ async fn an_auto_scaling_group_grows_through_desired_capacity() {
             tags: [
                 ("berth.dev/enabled".to_string(), "true".to_string()),
                 ("berth.dev/cluster".to_string(), CLUSTER.to_string()),
-                ("k8s.io/cluster-autoscaler/node-template/label/pool".to_string(), "legacy".to_string()),
+                (
+                    "k8s.io/cluster-autoscaler/node-template/label/pool".to_string(),
+                    "legacy".to_string(),
+                ),
             ]
             .into(),
         });
@@ -416,11 +688,25 @@ async fn an_auto_scaling_group_grows_through_desired_capacity() {
     h.create_pods("legacy", 6, "1", "2Gi").await;
     all_unschedulable(&h, 6).await;
     h.start_berth();
-    eventually("every pod running", 60, || async { h.running_pods().await == 6 }).await;
+    eventually("every pod running", 60, || async {
+        h.running_pods().await == 6
+    })
+    .await;
     let groups = h.cloud.node_groups().await.unwrap();
-    assert!(groups[0].desired_capacity >= 2, "desired capacity {}", groups[0].desired_capacity);
-    assert!(h.machines().await.is_empty(), "the MachineDeployment at max 0 launched");
-    assert!(h.cloud.calls().iter().any(|c| format!("{:?}", c.action) == "SetDesiredCapacity" && c.result == "ok"));
+    assert!(
+        groups[0].desired_capacity >= 2,
+        "desired capacity {}",
+        groups[0].desired_capacity
+    );
+    assert!(
+        h.machines().await.is_empty(),
+        "the MachineDeployment at max 0 launched"
+    );
+    assert!(h
+        .cloud
+        .calls()
+        .iter()
+        .any(|c| format!("{:?}", c.action) == "SetDesiredCapacity" && c.result == "ok"));
     h.kill_berth();
 }
 
@@ -431,14 +717,30 @@ async fn a_dry_run_plans_and_tells_but_changes_nothing() {
     h.create_pods("web", 20, "500m", "1Gi").await;
     all_unschedulable(&h, 20).await;
     h.start_berth_with(true);
-    eventually("a ScaledUp Event saying what berth would do", 30, || async {
-        h.events("ScaledUp").await.iter().any(|e| e.message.as_deref().unwrap_or_default().starts_with("would scale general +"))
-    })
+    eventually(
+        "a ScaledUp Event saying what berth would do",
+        30,
+        || async {
+            h.events("ScaledUp").await.iter().any(|e| {
+                e.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("would scale general +")
+            })
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let md = Api::<MachineDeployment>::namespaced(h.client.clone(), "default").get("general").await.unwrap();
+    let md = Api::<MachineDeployment>::namespaced(h.client.clone(), "default")
+        .get("general")
+        .await
+        .unwrap();
     assert_eq!(md.spec.replicas, Some(0), "a dry run raised replicas");
     assert!(h.machines().await.is_empty());
-    assert!(h.cloud.calls().is_empty(), "a dry run called the cloud: {:?}", h.cloud.calls().first());
+    assert!(
+        h.cloud.calls().is_empty(),
+        "a dry run called the cloud: {:?}",
+        h.cloud.calls().first()
+    );
     h.kill_berth();
 }

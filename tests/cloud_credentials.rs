@@ -7,12 +7,24 @@ use std::sync::Arc;
 
 #[tokio::test]
 async fn missing_credentials_are_one_clear_error_at_start() {
-    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"] {
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ] {
         std::env::remove_var(k);
     }
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("AWS_CONFIG_FILE", dir.path().join("config"));
-    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("credentials"));
+    std::env::set_var(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        dir.path().join("credentials"),
+    );
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let mut cfg = AwsConfig::new("c");
     cfg.region = Some("us-east-1".into());
@@ -24,5 +36,8 @@ async fn missing_credentials_are_one_clear_error_at_start() {
         Err(e) => e,
     };
     assert_eq!(err.category(), "credentials");
-    assert!(err.to_string().contains("no usable AWS credentials"), "{err}");
+    assert!(
+        err.to_string().contains("no usable AWS credentials"),
+        "{err}"
+    );
 }

@@ -5,7 +5,10 @@ use berth::cloud::metrics::{CloudMetrics, Outcome};
 use berth::cloud::rate_limit::Action;
 use berth::cloud::sim::fixtures::{request, small_catalog};
 use berth::cloud::sim::{Fault, SimConfig, SimInstanceEvent, SimNodeGroup, SimulatedCloud};
-use berth::cloud::{tags, ClassRevision, CloudError, CloudProvider, ImageSpec, InstanceTypeChoice, OfferingKey, ResourceSelector};
+use berth::cloud::{
+    tags, ClassRevision, CloudError, CloudProvider, ImageSpec, InstanceTypeChoice, OfferingKey,
+    ResourceSelector,
+};
 use berth::model::instance_type::CapacityType;
 use berth::model::taints::{Taint, TaintEffect};
 use chrono::DateTime;
@@ -14,8 +17,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn config() -> SimConfig {
-    let clock: SharedClock = Arc::new(TokioClock::new(DateTime::from_timestamp(1_750_000_000, 0).unwrap()));
-    SimConfig::new("us-east-1", "test-cluster", small_catalog(), clock, CloudMetrics::unregistered().unwrap())
+    let clock: SharedClock = Arc::new(TokioClock::new(
+        DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
+    ));
+    SimConfig::new(
+        "us-east-1",
+        "test-cluster",
+        small_catalog(),
+        clock,
+        CloudMetrics::unregistered().unwrap(),
+    )
 }
 
 fn cloud() -> SimulatedCloud {
@@ -23,7 +34,11 @@ fn cloud() -> SimulatedCloud {
 }
 
 fn offering(t: &str, zone: &str, ct: CapacityType) -> OfferingKey {
-    OfferingKey { instance_type: t.into(), zone: zone.into(), capacity_type: ct }
+    OfferingKey {
+        instance_type: t.into(),
+        zone: zone.into(),
+        capacity_type: ct,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -38,7 +53,10 @@ async fn launch_picks_the_cheapest_spot_offering_tags_it_and_announces_it() {
     assert_eq!(out.instance.zone, "us-east-1a");
     assert_eq!(out.instance.capacity_type, CapacityType::Spot);
     assert!(!out.fell_back_to_on_demand);
-    assert_eq!(out.instance.provider_id(), format!("aws:///us-east-1a/{}", out.instance.instance_id));
+    assert_eq!(
+        out.instance.provider_id(),
+        format!("aws:///us-east-1a/{}", out.instance.instance_id)
+    );
     assert_eq!(c.call_count(Action::CreateFleet), 1);
     assert_eq!(c.call_count(Action::CreateLaunchTemplate), 1);
 
@@ -54,7 +72,9 @@ async fn launch_picks_the_cheapest_spot_offering_tags_it_and_announces_it() {
     assert_eq!(i.machine().unwrap().uid, "uid-m-1");
     assert_eq!(i.state.as_str(), "pending");
 
-    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else { panic!("expected a launch event") };
+    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else {
+        panic!("expected a launch event")
+    };
     assert_eq!(e.instance_id, out.instance.instance_id);
     assert_eq!(e.labels["node.kubernetes.io/instance-type"], "c5.large");
     assert_eq!(e.labels["topology.kubernetes.io/zone"], "us-east-1a");
@@ -76,7 +96,10 @@ async fn launch_picks_the_cheapest_spot_offering_tags_it_and_announces_it() {
     assert_eq!(k.taints[0].value.as_deref(), Some("web"));
 
     tokio::time::advance(Duration::from_secs(31)).await;
-    assert_eq!(c.describe_instances().await.unwrap()[0].state.as_str(), "running");
+    assert_eq!(
+        c.describe_instances().await.unwrap()[0].state.as_str(),
+        "running"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -86,7 +109,11 @@ async fn a_retried_launch_returns_the_same_instance() {
     let b = c.launch(&request("m-1")).await.unwrap();
     assert_eq!(a.instance.instance_id, b.instance.instance_id);
     assert_eq!(c.live_instance_count(), 1);
-    assert_eq!(c.call_count(Action::CreateLaunchTemplate), 1, "the template is reused");
+    assert_eq!(
+        c.call_count(Action::CreateLaunchTemplate),
+        1,
+        "the template is reused"
+    );
     // The next attempt is a new launch.
     let mut r = request("m-1");
     r.attempt = 1;
@@ -97,17 +124,40 @@ async fn a_retried_launch_returns_the_same_instance() {
 #[tokio::test(start_paused = true)]
 async fn spot_shortage_falls_back_to_on_demand_and_is_cached() {
     let c = cloud();
-    c.inject(Fault::InsufficientCapacity { instance_type: None, zone: None, capacity_type: Some(CapacityType::Spot) }, None);
+    c.inject(
+        Fault::InsufficientCapacity {
+            instance_type: None,
+            zone: None,
+            capacity_type: Some(CapacityType::Spot),
+        },
+        None,
+    );
     let out = c.launch(&request("m-1")).await.unwrap();
     assert_eq!(out.instance.capacity_type, CapacityType::OnDemand);
     assert!(out.fell_back_to_on_demand);
     // Every spot offering of the plan failed in one CreateFleet: 3 amd64 types × 3 zones.
     assert_eq!(out.failed_offerings.len(), 9);
-    assert!(out.failed_offerings.iter().all(|f| f.code == "InsufficientInstanceCapacity"));
-    assert!(c.unavailable_offerings().is_unavailable(&offering("c5.large", "us-east-1a", CapacityType::Spot)));
+    assert!(out
+        .failed_offerings
+        .iter()
+        .all(|f| f.code == "InsufficientInstanceCapacity"));
+    assert!(c.unavailable_offerings().is_unavailable(&offering(
+        "c5.large",
+        "us-east-1a",
+        CapacityType::Spot
+    )));
     let catalog = c.instance_types().await.unwrap();
-    let o = catalog.get("c5.large").unwrap().offerings.iter().find(|o| o.capacity_type == CapacityType::Spot).unwrap();
-    assert!(!o.available, "the catalog the planner reads marks cached offerings");
+    let o = catalog
+        .get("c5.large")
+        .unwrap()
+        .offerings
+        .iter()
+        .find(|o| o.capacity_type == CapacityType::Spot)
+        .unwrap();
+    assert!(
+        !o.available,
+        "the catalog the planner reads marks cached offerings"
+    );
 
     // While cached, the next launch does not ask for spot at all.
     c.clear_faults();
@@ -125,11 +175,21 @@ async fn spot_shortage_falls_back_to_on_demand_and_is_cached() {
 #[tokio::test(start_paused = true)]
 async fn partial_fleet_results_launch_the_next_offering() {
     let c = cloud();
-    c.inject(Fault::InsufficientCapacity { instance_type: Some("c5.large".into()), zone: Some("us-east-1a".into()), capacity_type: None }, None);
+    c.inject(
+        Fault::InsufficientCapacity {
+            instance_type: Some("c5.large".into()),
+            zone: Some("us-east-1a".into()),
+            capacity_type: None,
+        },
+        None,
+    );
     let out = c.launch(&request("m-1")).await.unwrap();
     assert_eq!(out.instance.capacity_type, CapacityType::Spot);
     assert_eq!(out.failed_offerings.len(), 1);
-    assert_eq!(out.failed_offerings[0].offering, offering("c5.large", "us-east-1a", CapacityType::Spot));
+    assert_eq!(
+        out.failed_offerings[0].offering,
+        offering("c5.large", "us-east-1a", CapacityType::Spot)
+    );
     assert!(!(out.instance.instance_type == "c5.large" && out.instance.zone == "us-east-1a"));
 }
 
@@ -138,16 +198,29 @@ async fn no_capacity_anywhere_is_insufficient_capacity_and_the_retry_makes_no_ca
     let c = cloud();
     let mut r = request("m-1");
     r.fallback_to_on_demand = false;
-    c.inject(Fault::InsufficientCapacity { instance_type: None, zone: None, capacity_type: None }, None);
+    c.inject(
+        Fault::InsufficientCapacity {
+            instance_type: None,
+            zone: None,
+            capacity_type: None,
+        },
+        None,
+    );
     let e = c.launch(&r).await.unwrap_err();
-    let CloudError::InsufficientCapacity { offerings } = &e else { panic!("{e:?}") };
+    let CloudError::InsufficientCapacity { offerings } = &e else {
+        panic!("{e:?}")
+    };
     assert_eq!(offerings.len(), 9);
     assert!(!e.launch_may_have_happened());
     let fleets = c.call_count(Action::CreateFleet);
     r.attempt = 1;
     let e = c.launch(&r).await.unwrap_err();
     assert_eq!(e.category(), "insufficient-capacity");
-    assert_eq!(c.call_count(Action::CreateFleet), fleets, "every offering is cached: no call");
+    assert_eq!(
+        c.call_count(Action::CreateFleet),
+        fleets,
+        "every offering is cached: no call"
+    );
     assert_eq!(c.live_instance_count(), 0);
 }
 
@@ -155,9 +228,13 @@ async fn no_capacity_anywhere_is_insufficient_capacity_and_the_retry_makes_no_ca
 async fn per_offering_capacity_limits_run_out() {
     let mut cfg = config();
     for z in ["us-east-1a", "us-east-1b"] {
-        cfg.capacity_limits.insert(offering("m5.large", z, CapacityType::OnDemand), 1);
+        cfg.capacity_limits
+            .insert(offering("m5.large", z, CapacityType::OnDemand), 1);
     }
-    cfg.capacity_limits.insert(offering("m5.large", "us-east-1c", CapacityType::OnDemand), 0);
+    cfg.capacity_limits.insert(
+        offering("m5.large", "us-east-1c", CapacityType::OnDemand),
+        0,
+    );
     let c = SimulatedCloud::new(cfg);
     let mut r = request("m-1");
     r.instance_types = vec![InstanceTypeChoice::new("m5.large")];
@@ -175,19 +252,38 @@ async fn per_offering_capacity_limits_run_out() {
     let mut r3 = request("m-3");
     r3.instance_types = r.instance_types.clone();
     r3.capacity_types = r.capacity_types.clone();
-    assert_eq!(c.launch(&r3).await.unwrap_err().category(), "insufficient-capacity");
+    assert_eq!(
+        c.launch(&r3).await.unwrap_err().category(),
+        "insufficient-capacity"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn throttles_and_server_errors_are_retried_with_backoff() {
     let c = cloud();
-    c.inject(Fault::Throttle { action: Action::CreateFleet }, Some(2));
-    c.inject(Fault::ServerError { action: Action::CreateFleet }, Some(1));
+    c.inject(
+        Fault::Throttle {
+            action: Action::CreateFleet,
+        },
+        Some(2),
+    );
+    c.inject(
+        Fault::ServerError {
+            action: Action::CreateFleet,
+        },
+        Some(1),
+    );
     let start = tokio::time::Instant::now();
     let out = c.launch(&request("m-1")).await.unwrap();
     assert_eq!(c.live_instance_count(), 1);
-    assert_eq!(c.metrics().calls(Action::CreateFleet, Outcome::Throttled), 2);
-    assert_eq!(c.metrics().calls(Action::CreateFleet, Outcome::ServerError), 1);
+    assert_eq!(
+        c.metrics().calls(Action::CreateFleet, Outcome::Throttled),
+        2
+    );
+    assert_eq!(
+        c.metrics().calls(Action::CreateFleet, Outcome::ServerError),
+        1
+    );
     assert_eq!(c.metrics().calls(Action::CreateFleet, Outcome::Success), 1);
     assert_eq!(c.metrics().retries(Action::CreateFleet), 3);
     assert!(start.elapsed() > Duration::ZERO, "backoff waited");
@@ -197,34 +293,70 @@ async fn throttles_and_server_errors_are_retried_with_backoff() {
 #[tokio::test(start_paused = true)]
 async fn endless_throttling_is_rate_limited_and_endless_5xx_is_transient() {
     let c = cloud();
-    c.inject(Fault::Throttle { action: Action::CreateFleet }, None);
+    c.inject(
+        Fault::Throttle {
+            action: Action::CreateFleet,
+        },
+        None,
+    );
     let e = c.launch(&request("m-1")).await.unwrap_err();
-    assert_eq!(e, CloudError::RateLimited { action: "CreateFleet", attempts: 6 });
+    assert_eq!(
+        e,
+        CloudError::RateLimited {
+            action: "CreateFleet",
+            attempts: 6
+        }
+    );
     assert!(e.is_retryable() && e.launch_may_have_happened());
     c.clear_faults();
-    c.inject(Fault::ServerError { action: Action::CreateFleet }, None);
+    c.inject(
+        Fault::ServerError {
+            action: Action::CreateFleet,
+        },
+        None,
+    );
     let e = c.launch(&request("m-2")).await.unwrap_err();
     assert_eq!(e.category(), "transient");
     c.clear_faults();
-    c.inject(Fault::ApiError { action: Action::CreateFleet, code: "UnauthorizedOperation".into(), message: "no".into() }, Some(1));
+    c.inject(
+        Fault::ApiError {
+            action: Action::CreateFleet,
+            code: "UnauthorizedOperation".into(),
+            message: "no".into(),
+        },
+        Some(1),
+    );
     let e = c.launch(&request("m-3")).await.unwrap_err();
     assert_eq!(e.category(), "api");
-    assert_eq!(c.metrics().calls(Action::CreateFleet, Outcome::ClientError), 1);
+    assert_eq!(
+        c.metrics().calls(Action::CreateFleet, Outcome::ClientError),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn slow_launches_take_their_time_and_boot_failures_never_join() {
     let c = cloud();
     let mut events = c.subscribe();
-    c.inject(Fault::SlowCall { action: Action::CreateFleet, delay: Duration::from_secs(20) }, Some(1));
+    c.inject(
+        Fault::SlowCall {
+            action: Action::CreateFleet,
+            delay: Duration::from_secs(20),
+        },
+        Some(1),
+    );
     c.inject(Fault::BootFailure, Some(1));
     let start = tokio::time::Instant::now();
     c.launch(&request("m-1")).await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(20));
-    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else { panic!() };
+    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else {
+        panic!()
+    };
     assert!(!e.joins_cluster);
     c.launch(&request("m-2")).await.unwrap();
-    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else { panic!() };
+    let SimInstanceEvent::Launched(e) = events.recv().await.unwrap() else {
+        panic!()
+    };
     assert!(e.joins_cluster);
 }
 
@@ -233,29 +365,52 @@ async fn bad_classes_are_invalid_configuration_without_a_launch_call() {
     let c = cloud();
     type Mutation = Box<dyn Fn(&mut berth::cloud::LaunchRequest)>;
     let cases: Vec<(Mutation, &str)> = vec![
-        (Box::new(|r| r.image = ImageSpec::Id("ami-missing".into())), "AMI ami-missing does not exist"),
-        (Box::new(|r| r.subnets = ResourceSelector::Ids(vec!["subnet-nope".into()])), "subnet subnet-nope does not exist"),
-        (Box::new(|r| r.security_groups = ResourceSelector::Ids(vec!["sg-nope".into()])), "security group sg-nope does not exist"),
         (
-            Box::new(|r| r.subnets = ResourceSelector::Tags(BTreeMap::from([("tier".into(), "none".into())]))),
+            Box::new(|r| r.image = ImageSpec::Id("ami-missing".into())),
+            "AMI ami-missing does not exist",
+        ),
+        (
+            Box::new(|r| r.subnets = ResourceSelector::Ids(vec!["subnet-nope".into()])),
+            "subnet subnet-nope does not exist",
+        ),
+        (
+            Box::new(|r| r.security_groups = ResourceSelector::Ids(vec!["sg-nope".into()])),
+            "security group sg-nope does not exist",
+        ),
+        (
+            Box::new(|r| {
+                r.subnets = ResourceSelector::Tags(BTreeMap::from([("tier".into(), "none".into())]))
+            }),
             "no subnet matches",
         ),
-        (Box::new(|r| r.instance_types = vec![InstanceTypeChoice::new("z9.mega")]), "z9.mega"),
+        (
+            Box::new(|r| r.instance_types = vec![InstanceTypeChoice::new("z9.mega")]),
+            "z9.mega",
+        ),
         (
             Box::new(|r| r.image = ImageSpec::Id("ami-sim-arm64".into())),
             "AMI ami-sim-arm64 is arm64, the instance types are amd64",
         ),
-        (Box::new(|r| r.bootstrap.cluster_cidr.clear()), "clusterCIDR"),
+        (
+            Box::new(|r| r.bootstrap.cluster_cidr.clear()),
+            "clusterCIDR",
+        ),
     ];
     for (i, (mutate, needle)) in cases.into_iter().enumerate() {
         let mut r = request(&format!("m-{i}"));
         mutate(&mut r);
         let e = c.launch(&r).await.unwrap_err();
         assert_eq!(e.category(), "invalid-configuration", "{e}");
-        assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+        assert!(
+            e.to_string().contains(needle),
+            "{e} should mention {needle}"
+        );
         assert!(!e.is_retryable());
     }
-    assert_eq!(c.call_count(Action::CreateFleet) + c.call_count(Action::RunInstances), 0);
+    assert_eq!(
+        c.call_count(Action::CreateFleet) + c.call_count(Action::RunInstances),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -264,13 +419,17 @@ async fn changed_parameters_under_the_same_token_adopt_the_machines_instance() {
     let first = c.launch(&request("m-1")).await.unwrap();
     // Same Machine and attempt, but the plan changed (one offering now cached): EC2 would answer
     // IdempotentParameterMismatch; berth finds the instance by the Machine's uid tag instead of launching again.
-    c.unavailable_offerings().mark(offering("m5.xlarge", "us-east-1c", CapacityType::Spot));
+    c.unavailable_offerings()
+        .mark(offering("m5.xlarge", "us-east-1c", CapacityType::Spot));
     let again = c.launch(&request("m-1")).await.unwrap();
     assert_eq!(again.instance.instance_id, first.instance.instance_id);
     assert_eq!(c.live_instance_count(), 1);
     // With the instance gone, the conflict is reported so the controller moves to the next attempt.
-    c.terminate(std::slice::from_ref(&first.instance.instance_id)).await.unwrap();
-    c.unavailable_offerings().mark(offering("m5.xlarge", "us-east-1b", CapacityType::Spot));
+    c.terminate(std::slice::from_ref(&first.instance.instance_id))
+        .await
+        .unwrap();
+    c.unavailable_offerings()
+        .mark(offering("m5.xlarge", "us-east-1b", CapacityType::Spot));
     let e = c.launch(&request("m-1")).await.unwrap_err();
     assert_eq!(e.category(), "idempotency-conflict");
     assert!(!e.launch_may_have_happened());
@@ -280,14 +439,31 @@ async fn changed_parameters_under_the_same_token_adopt_the_machines_instance() {
 async fn terminate_touches_only_this_clusters_instances() {
     let c = cloud();
     let mut events = c.subscribe();
-    let ours = c.launch(&request("m-1")).await.unwrap().instance.instance_id;
+    let ours = c
+        .launch(&request("m-1"))
+        .await
+        .unwrap()
+        .instance
+        .instance_id;
     let _ = events.recv().await.unwrap();
-    let foreign = c.add_foreign_instance("m5.large", "us-east-1a", BTreeMap::from([(tags::CLUSTER.to_string(), "other".to_string())]));
-    let out = c.terminate(&[ours.clone(), foreign.clone(), "i-doesnotexist".into()]).await.unwrap();
+    let foreign = c.add_foreign_instance(
+        "m5.large",
+        "us-east-1a",
+        BTreeMap::from([(tags::CLUSTER.to_string(), "other".to_string())]),
+    );
+    let out = c
+        .terminate(&[ours.clone(), foreign.clone(), "i-doesnotexist".into()])
+        .await
+        .unwrap();
     assert_eq!(out.terminating, vec![ours.clone()]);
-    assert_eq!(out.not_owned_or_missing, vec![foreign.clone(), "i-doesnotexist".to_string()]);
+    assert_eq!(
+        out.not_owned_or_missing,
+        vec![foreign.clone(), "i-doesnotexist".to_string()]
+    );
     assert_eq!(c.live_instance_count(), 1, "the foreign instance lives on");
-    assert!(matches!(events.recv().await.unwrap(), SimInstanceEvent::Terminated { instance_id, .. } if instance_id == ours));
+    assert!(
+        matches!(events.recv().await.unwrap(), SimInstanceEvent::Terminated { instance_id, .. } if instance_id == ours)
+    );
     assert!(c.describe_instances().await.unwrap().is_empty());
     let again = c.terminate(std::slice::from_ref(&ours)).await.unwrap();
     assert_eq!(again.already_terminated, vec![ours]);
@@ -301,30 +477,81 @@ async fn node_groups_are_discovered_scaled_and_shrunk_with_decrement() {
         (tags::CLUSTER.to_string(), "test-cluster".to_string()),
     ]);
     cfg.node_groups = vec![
-        SimNodeGroup { name: "ng-a".into(), min_size: 1, max_size: 5, desired_capacity: 2, instance_type: "m5.large".into(), zones: vec!["us-east-1a".into(), "us-east-1b".into()], tags: enabled },
-        SimNodeGroup { name: "not-ours".into(), min_size: 0, max_size: 5, desired_capacity: 1, instance_type: "m5.large".into(), zones: vec!["us-east-1a".into()], tags: BTreeMap::new() },
+        SimNodeGroup {
+            name: "ng-a".into(),
+            min_size: 1,
+            max_size: 5,
+            desired_capacity: 2,
+            instance_type: "m5.large".into(),
+            zones: vec!["us-east-1a".into(), "us-east-1b".into()],
+            tags: enabled,
+        },
+        SimNodeGroup {
+            name: "not-ours".into(),
+            min_size: 0,
+            max_size: 5,
+            desired_capacity: 1,
+            instance_type: "m5.large".into(),
+            zones: vec!["us-east-1a".into()],
+            tags: BTreeMap::new(),
+        },
     ];
     let c = SimulatedCloud::new(cfg);
     let groups = c.node_groups().await.unwrap();
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].name, "ng-a");
-    assert_eq!((groups[0].min_size, groups[0].max_size, groups[0].desired_capacity), (1, 5, 2));
+    assert_eq!(
+        (
+            groups[0].min_size,
+            groups[0].max_size,
+            groups[0].desired_capacity
+        ),
+        (1, 5, 2)
+    );
     assert_eq!(groups[0].instance_types, vec!["m5.large".to_string()]);
     assert_eq!(groups[0].instances.len(), 2);
 
     c.set_node_group_desired_capacity("ng-a", 4).await.unwrap();
     assert_eq!(c.node_groups().await.unwrap()[0].instances.len(), 4);
-    assert_eq!(c.set_node_group_desired_capacity("ng-a", 6).await.unwrap_err().category(), "invalid-configuration");
-    assert_eq!(c.set_node_group_desired_capacity("missing", 1).await.unwrap_err().category(), "not-found");
-    assert_eq!(c.set_node_group_desired_capacity("not-ours", 2).await.unwrap_err().category(), "not-found");
+    assert_eq!(
+        c.set_node_group_desired_capacity("ng-a", 6)
+            .await
+            .unwrap_err()
+            .category(),
+        "invalid-configuration"
+    );
+    assert_eq!(
+        c.set_node_group_desired_capacity("missing", 1)
+            .await
+            .unwrap_err()
+            .category(),
+        "not-found"
+    );
+    assert_eq!(
+        c.set_node_group_desired_capacity("not-ours", 2)
+            .await
+            .unwrap_err()
+            .category(),
+        "not-found"
+    );
 
-    let victim = c.node_groups().await.unwrap()[0].instances[0].instance_id.clone();
-    c.terminate_node_group_instance("ng-a", &victim).await.unwrap();
+    let victim = c.node_groups().await.unwrap()[0].instances[0]
+        .instance_id
+        .clone();
+    c.terminate_node_group_instance("ng-a", &victim)
+        .await
+        .unwrap();
     let g = &c.node_groups().await.unwrap()[0];
     assert_eq!(g.desired_capacity, 3);
     assert_eq!(g.instances.len(), 3);
     assert!(g.instances.iter().all(|i| i.instance_id != victim));
-    assert_eq!(c.terminate_node_group_instance("ng-a", &victim).await.unwrap_err().category(), "not-found");
+    assert_eq!(
+        c.terminate_node_group_instance("ng-a", &victim)
+            .await
+            .unwrap_err()
+            .category(),
+        "not-found"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -332,12 +559,21 @@ async fn launch_templates_of_dead_class_revisions_are_collected() {
     let c = cloud();
     c.launch(&request("m-1")).await.unwrap();
     let mut r = request("m-2");
-    r.class = ClassRevision { name: "general".into(), revision: "2".into() };
+    r.class = ClassRevision {
+        name: "general".into(),
+        revision: "2".into(),
+    };
     r.bootstrap.labels.insert("v".into(), "2".into());
     c.launch(&r).await.unwrap();
     assert_eq!(c.launch_template_names().len(), 2);
-    assert!(c.launch_template_names().iter().all(|n| n.starts_with("berth/test-cluster/general/")));
-    let deleted = c.garbage_collect_launch_templates(&[r.class.clone()]).await.unwrap();
+    assert!(c
+        .launch_template_names()
+        .iter()
+        .all(|n| n.starts_with("berth/test-cluster/general/")));
+    let deleted = c
+        .garbage_collect_launch_templates(&[r.class.clone()])
+        .await
+        .unwrap();
     assert_eq!(deleted, 1);
     assert_eq!(c.launch_template_names().len(), 1);
 }
@@ -348,7 +584,9 @@ async fn a_burst_of_launches_queues_instead_of_being_throttled() {
     let mut tasks = Vec::new();
     for i in 0..120 {
         let c = c.clone();
-        tasks.push(tokio::spawn(async move { c.launch(&request(&format!("m-{i}"))).await }));
+        tasks.push(tokio::spawn(async move {
+            c.launch(&request(&format!("m-{i}"))).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -356,7 +594,10 @@ async fn a_burst_of_launches_queues_instead_of_being_throttled() {
     assert_eq!(c.live_instance_count(), 120);
     assert_eq!(c.server_throttles(), 0, "EC2's buckets were never exceeded");
     assert_eq!(c.metrics().total_calls(Outcome::Throttled), 0);
-    assert!(c.metrics().limiter_waits(Action::CreateFleet) > 0, "the client queued");
+    assert!(
+        c.metrics().limiter_waits(Action::CreateFleet) > 0,
+        "the client queued"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -367,7 +608,9 @@ async fn without_client_pacing_ec2_would_throttle() {
     let mut tasks = Vec::new();
     for i in 0..120 {
         let c = c.clone();
-        tasks.push(tokio::spawn(async move { c.launch(&request(&format!("m-{i}"))).await }));
+        tasks.push(tokio::spawn(async move {
+            c.launch(&request(&format!("m-{i}"))).await
+        }));
     }
     for t in tasks {
         let _ = t.await.unwrap();

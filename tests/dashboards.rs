@@ -14,7 +14,8 @@ fn dashboards() -> Vec<(String, Value)> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().to_string(), v)
         })
         .collect();
@@ -35,33 +36,71 @@ pub fn expressions(d: &Value) -> Vec<String> {
 
 #[test]
 fn four_dashboards_with_the_expected_titles() {
-    let titles: Vec<String> = dashboards().iter().map(|(_, d)| d["title"].as_str().unwrap().to_string()).collect();
-    assert_eq!(titles, ["berth / Autoscaler performance", "berth / Cloud API", "berth / Machines and rollouts", "berth / Overview"]);
+    let titles: Vec<String> = dashboards()
+        .iter()
+        .map(|(_, d)| d["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "berth / Autoscaler performance",
+            "berth / Cloud API",
+            "berth / Machines and rollouts",
+            "berth / Overview"
+        ]
+    );
 }
 
 #[test]
 fn structure() {
     let mut uids = BTreeSet::new();
     for (file, d) in dashboards() {
-        assert!(uids.insert(d["uid"].as_str().unwrap().to_string()), "{file}: duplicate uid");
-        assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "{file}: schemaVersion of a current Grafana");
+        assert!(
+            uids.insert(d["uid"].as_str().unwrap().to_string()),
+            "{file}: duplicate uid"
+        );
+        assert!(
+            d["schemaVersion"].as_u64().unwrap() >= 36,
+            "{file}: schemaVersion of a current Grafana"
+        );
         let vars = d["templating"]["list"].as_array().unwrap();
-        assert!(vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource"), "{file}: datasource variable");
-        assert!(vars.iter().any(|v| v["name"] == "group" && v["type"] == "query"), "{file}: group variable");
+        assert!(
+            vars.iter().any(|v| v["type"] == "datasource"
+                && v["query"] == "prometheus"
+                && v["name"] == "datasource"),
+            "{file}: datasource variable"
+        );
+        assert!(
+            vars.iter()
+                .any(|v| v["name"] == "group" && v["type"] == "query"),
+            "{file}: group variable"
+        );
         let mut ids = BTreeSet::new();
         for p in d["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap();
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: duplicate panel id at {title}");
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: duplicate panel id at {title}"
+            );
             let grid = &p["gridPos"];
-            assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24, "{file}: {title} overflows the grid");
+            assert!(
+                grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+                "{file}: {title} overflows the grid"
+            );
             if p["type"] == "row" {
                 continue;
             }
-            assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: {title} must use the datasource variable");
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{file}: {title} must use the datasource variable"
+            );
             let targets = p["targets"].as_array().unwrap();
             assert!(!targets.is_empty(), "{file}: {title} has no query");
             for t in targets {
-                assert!(!t["expr"].as_str().unwrap().is_empty(), "{file}: {title} has an empty query");
+                assert!(
+                    !t["expr"].as_str().unwrap().is_empty(),
+                    "{file}: {title} has an empty query"
+                );
             }
         }
     }
@@ -71,12 +110,20 @@ fn structure() {
 fn queries_name_only_exported_metrics() {
     let metrics = berth::telemetry::metrics::Metrics::new().unwrap();
     let cloud = berth::cloud::metrics::CloudMetrics::register(&metrics.registry).unwrap();
-    let exported: BTreeSet<String> = metrics.names().iter().cloned().chain(cloud.names()).collect();
+    let exported: BTreeSet<String> = metrics
+        .names()
+        .iter()
+        .cloned()
+        .chain(cloud.names())
+        .collect();
     assert!(exported.len() > 25, "{exported:?}");
     for (file, d) in dashboards() {
         for expr in expressions(&d) {
             for name in metric_names(&expr) {
-                assert!(exported.contains(&name), "{file}: query {expr:?} names {name}, which berth does not export");
+                assert!(
+                    exported.contains(&name),
+                    "{file}: query {expr:?} names {name}, which berth does not export"
+                );
             }
         }
     }

@@ -32,7 +32,10 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        let _ = tracing_subscriber::fmt().with_env_filter("berth::controllers::disruption=debug").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("berth::controllers::disruption=debug")
+            .with_test_writer()
+            .try_init();
         let emulator = Emulator::new();
         let client = emulator.client();
         let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -40,7 +43,13 @@ impl Harness {
             crd_api.create(&PostParams::default(), &crd).await.unwrap();
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock, CloudMetrics::unregistered().unwrap()).unwrap();
+        let mut config = SimConfig::bundled(
+            "us-east-1",
+            CLUSTER,
+            clock,
+            CloudMetrics::unregistered().unwrap(),
+        )
+        .unwrap();
         config.boot_delay = Duration::from_millis(200);
         let cloud = Arc::new(SimulatedCloud::new(config));
         berth::sim::dataplane::connect(&cloud, emulator.clone());
@@ -51,7 +60,10 @@ impl Harness {
                      "scaleDown": {"unneededTime": "1s", "minNodeAge": "0s", "delayAfterScaleUp": "30s"}}
         }))
         .unwrap();
-        Api::<Cluster>::all(client.clone()).create(&PostParams::default(), &cluster).await.unwrap();
+        Api::<Cluster>::all(client.clone())
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap();
         let class: MachineClass = serde_json::from_value(serde_json::json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
             "spec": {
@@ -64,14 +76,32 @@ impl Harness {
             }
         }))
         .unwrap();
-        Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &class).await.unwrap();
-        let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+        Api::<MachineClass>::all(client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Arc::new(SystemClock),
+            Metrics::new().unwrap(),
+        ));
         let (stop, _) = tokio::sync::watch::channel(false);
-        let h = Harness { client, cloud, ctx, _emulator: emulator, stop };
+        let h = Harness {
+            client,
+            cloud,
+            ctx,
+            _emulator: emulator,
+            stop,
+        };
         tokio::spawn(machine_deployment::run(h.ctx.clone(), h.signal()));
         tokio::spawn(machine_set::run(h.ctx.clone(), h.signal()));
         let cloud: Arc<dyn CloudProvider> = h.cloud.clone();
-        tokio::spawn(machine::run(h.ctx.clone(), cloud, CLUSTER.to_string(), h.signal()));
+        tokio::spawn(machine::run(
+            h.ctx.clone(),
+            cloud,
+            CLUSTER.to_string(),
+            h.signal(),
+        ));
         h
     }
 
@@ -91,7 +121,13 @@ impl Harness {
             ..Default::default()
         };
         let cache = berth::state::cluster::ClusterCache::start(&self.ctx.client);
-        tokio::spawn(disruption::run(self.ctx.clone(), cache, catalog, config, self.signal()));
+        tokio::spawn(disruption::run(
+            self.ctx.clone(),
+            cache,
+            catalog,
+            config,
+            self.signal(),
+        ));
     }
 
     async fn create_deployment(&self, name: &str, replicas: u32, budgets: serde_json::Value) {
@@ -107,40 +143,84 @@ impl Harness {
             }
         }))
         .unwrap();
-        Api::<MachineDeployment>::namespaced(self.client.clone(), "default").create(&PostParams::default(), &md).await.unwrap();
+        Api::<MachineDeployment>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &md)
+            .await
+            .unwrap();
     }
 
     async fn machines(&self) -> Vec<Machine> {
-        Api::<Machine>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+        Api::<Machine>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     async fn running(&self) -> Vec<Machine> {
-        self.machines().await.into_iter().filter(|m| m.status.as_ref().is_some_and(|s| s.phase == MachinePhase::Running)).collect()
+        self.machines()
+            .await
+            .into_iter()
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == MachinePhase::Running)
+            })
+            .collect()
     }
 
     async fn node_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Api::<Node>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items.iter().map(|n| n.name_any()).collect();
+        let mut names: Vec<String> = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
         names.sort();
         names
     }
 
     async fn replicas(&self, name: &str) -> u32 {
-        Api::<MachineDeployment>::namespaced(self.client.clone(), "default").get(name).await.unwrap().spec.replicas.unwrap_or(0)
+        Api::<MachineDeployment>::namespaced(self.client.clone(), "default")
+            .get(name)
+            .await
+            .unwrap()
+            .spec
+            .replicas
+            .unwrap_or(0)
     }
 
     /// A pod bound to `node`, owned by a ReplicaSet, requesting `cpu`.
-    async fn bind_pod(&self, name: &str, node: &str, cpu: &str, annotations: BTreeMap<String, String>) {
+    async fn bind_pod(
+        &self,
+        name: &str,
+        node: &str,
+        cpu: &str,
+        annotations: BTreeMap<String, String>,
+    ) {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}, "annotations": annotations,
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "rs-uid-1", "controller": true}]},
             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "nginx", "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}}}]}
         }))
         .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), "default").create(&PostParams::default(), &pod).await.unwrap();
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
     }
 
     async fn event_reasons(&self) -> Vec<String> {
-        Api::<Event>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect()
+        Api::<Event>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
     }
 }
 
@@ -166,74 +246,162 @@ where
 }
 
 fn node_of(m: &Machine) -> String {
-    m.status.as_ref().and_then(|s| s.node_ref.as_ref()).map(|r| r.name.clone()).expect("a running machine has a node")
+    m.status
+        .as_ref()
+        .and_then(|s| s.node_ref.as_ref())
+        .map(|r| r.name.clone())
+        .expect("a running machine has a node")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_scale_down_to_the_one_with_pods() {
     let h = Harness::new().await;
-    h.create_deployment("general", 3, serde_json::json!([])).await;
-    eventually("3 running machines", 60, || async { h.running().await.len() == 3 }).await;
+    h.create_deployment("general", 3, serde_json::json!([]))
+        .await;
+    eventually("3 running machines", 60, || async {
+        h.running().await.len() == 3
+    })
+    .await;
     let busy = node_of(&h.running().await[0]);
     h.bind_pod("web-1", &busy, "100m", BTreeMap::new()).await;
     h.bind_pod("web-2", &busy, "100m", BTreeMap::new()).await;
     h.start_disruption().await;
 
-    eventually("one machine left", 90, || async { h.replicas("general").await == 1 && h.machines().await.len() == 1 && h.node_names().await.len() == 1 }).await;
-    assert_eq!(h.node_names().await, std::slice::from_ref(&busy), "the node with pods stays");
+    eventually("one machine left", 90, || async {
+        h.replicas("general").await == 1
+            && h.machines().await.len() == 1
+            && h.node_names().await.len() == 1
+    })
+    .await;
+    assert_eq!(
+        h.node_names().await,
+        std::slice::from_ref(&busy),
+        "the node with pods stays"
+    );
     assert_eq!(h.cloud.live_instance_count(), 1);
     // It stays: its pods fit nowhere else.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.node_names().await, [busy]);
     assert_eq!(h.replicas("general").await, 1);
-    assert!(h.event_reasons().await.iter().any(|r| r == "NodeEmpty"), "each decision is explained in an Event");
-    let decisions = h.ctx.metrics.disruption_decisions.with_label_values(&["empty"]).get();
+    assert!(
+        h.event_reasons().await.iter().any(|r| r == "NodeEmpty"),
+        "each decision is explained in an Event"
+    );
+    let decisions = h
+        .ctx
+        .metrics
+        .disruption_decisions
+        .with_label_values(&["empty"])
+        .get();
     assert_eq!(decisions, 2, "two empty nodes, two decisions");
-    assert_eq!(h.ctx.metrics.nodes_disrupted.with_label_values(&["general", "empty"]).get(), 2);
+    assert_eq!(
+        h.ctx
+            .metrics
+            .nodes_disrupted
+            .with_label_values(&["general", "empty"])
+            .get(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_do_not_disrupt_pod_is_kept() {
     let h = Harness::new().await;
-    h.create_deployment("general", 3, serde_json::json!([])).await;
-    eventually("3 running machines", 60, || async { h.running().await.len() == 3 }).await;
+    h.create_deployment("general", 3, serde_json::json!([]))
+        .await;
+    eventually("3 running machines", 60, || async {
+        h.running().await.len() == 3
+    })
+    .await;
     let mut nodes: Vec<String> = h.running().await.iter().map(node_of).collect();
     nodes.sort();
     let (precious, ordinary) = (nodes[0].clone(), nodes[1].clone());
     // The protected node is the least used: without the annotation it would be the first to go.
-    h.bind_pod("precious", &precious, "50m", [("berth.dev/do-not-disrupt".to_string(), "true".to_string())].into()).await;
-    h.bind_pod("ordinary", &ordinary, "300m", BTreeMap::new()).await;
+    h.bind_pod(
+        "precious",
+        &precious,
+        "50m",
+        [("berth.dev/do-not-disrupt".to_string(), "true".to_string())].into(),
+    )
+    .await;
+    h.bind_pod("ordinary", &ordinary, "300m", BTreeMap::new())
+        .await;
     h.start_disruption().await;
 
-    eventually("one machine left", 90, || async { h.replicas("general").await == 1 && h.machines().await.len() == 1 && h.node_names().await.len() == 1 }).await;
+    eventually("one machine left", 90, || async {
+        h.replicas("general").await == 1
+            && h.machines().await.len() == 1
+            && h.node_names().await.len() == 1
+    })
+    .await;
     assert_eq!(h.node_names().await, [precious]);
-    assert!(h.event_reasons().await.iter().any(|r| r == "NodeUnderutilized"), "the ordinary node went as underutilized");
+    assert!(
+        h.event_reasons()
+            .await
+            .iter()
+            .any(|r| r == "NodeUnderutilized"),
+        "the ordinary node went as underutilized"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_busy_small_nodes_become_one_cheaper_node() {
     let h = Harness::new().await;
-    h.create_deployment("general", 3, serde_json::json!([{"nodes": "100%"}])).await;
-    eventually("3 running machines", 60, || async { h.running().await.len() == 3 }).await;
+    h.create_deployment("general", 3, serde_json::json!([{"nodes": "100%"}]))
+        .await;
+    eventually("3 running machines", 60, || async {
+        h.running().await.len() == 3
+    })
+    .await;
     let before = h.running().await;
-    let old_types: Vec<String> = before.iter().map(|m| m.status.as_ref().unwrap().instance_type.clone().unwrap()).collect();
-    assert!(old_types.iter().all(|t| t == "c6i.large"), "the cheapest type launches: {old_types:?}");
+    let old_types: Vec<String> = before
+        .iter()
+        .map(|m| m.status.as_ref().unwrap().instance_type.clone().unwrap())
+        .collect();
+    assert!(
+        old_types.iter().all(|t| t == "c6i.large"),
+        "the cheapest type launches: {old_types:?}"
+    );
     // Each node 60% used: not underutilized, and no node has room for another's pod; all three fit one c6i.xlarge.
     for (i, m) in before.iter().enumerate() {
-        h.bind_pod(&format!("web-{i}"), &node_of(m), "1150m", BTreeMap::new()).await;
+        h.bind_pod(&format!("web-{i}"), &node_of(m), "1150m", BTreeMap::new())
+            .await;
     }
     h.start_disruption().await;
 
-    eventually("the three old machines gone and one new one running", 120, || async {
-        let ms = h.machines().await;
-        ms.len() == 1 && before.iter().all(|b| b.name_any() != ms[0].name_any()) && h.running().await.len() == 1
-    })
+    eventually(
+        "the three old machines gone and one new one running",
+        120,
+        || async {
+            let ms = h.machines().await;
+            ms.len() == 1
+                && before.iter().all(|b| b.name_any() != ms[0].name_any())
+                && h.running().await.len() == 1
+        },
+    )
     .await;
     let survivor = h.running().await.remove(0);
     let instance_type = survivor.status.unwrap().instance_type.unwrap();
-    assert_eq!(instance_type, "c6i.xlarge", "one node cheaper than three c6i.large");
+    assert_eq!(
+        instance_type, "c6i.xlarge",
+        "one node cheaper than three c6i.large"
+    );
     assert_eq!(h.replicas("general").await, 1);
-    assert_eq!(h.ctx.metrics.disruption_decisions.with_label_values(&["consolidation_multi"]).get(), 1);
-    assert_eq!(h.ctx.metrics.nodes_disrupted.with_label_values(&["general", "consolidation_multi"]).get(), 3);
+    assert_eq!(
+        h.ctx
+            .metrics
+            .disruption_decisions
+            .with_label_values(&["consolidation_multi"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        h.ctx
+            .metrics
+            .nodes_disrupted
+            .with_label_values(&["general", "consolidation_multi"])
+            .get(),
+        3
+    );
     assert!(h.event_reasons().await.iter().any(|r| r == "Consolidation"));
 }

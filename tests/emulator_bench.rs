@@ -16,7 +16,11 @@ use std::time::Instant;
 
 /// Divides the sizes (BERTH_BENCH_DIVISOR=20 for a quick smoke run).
 fn divisor() -> usize {
-    std::env::var("BERTH_BENCH_DIVISOR").ok().and_then(|d| d.parse().ok()).filter(|d| *d > 0).unwrap_or(1)
+    std::env::var("BERTH_BENCH_DIVISOR")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .filter(|d| *d > 0)
+        .unwrap_or(1)
 }
 
 fn rss_mib() -> f64 {
@@ -32,12 +36,22 @@ fn rss_mib() -> f64 {
 
 async fn reflect<K>(api: Api<K>) -> (usize, std::time::Duration)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let start = Instant::now();
     let (reader, writer) = reflector::store::<K>();
-    let task = tokio::spawn(reflector(writer, watcher(api, watcher::Config::default())).applied_objects().for_each(|_| async {}));
+    let task = tokio::spawn(
+        reflector(writer, watcher(api, watcher::Config::default()))
+            .applied_objects()
+            .for_each(|_| async {}),
+    );
     reader.wait_until_ready().await.expect("reflector ready");
     let took = start.elapsed();
     let n = reader.state().len();
@@ -55,7 +69,10 @@ async fn ten_thousand_nodes_two_hundred_thousand_pods() {
     let store = emu.store().clone();
     let nodes_rt = store.resource_type("", "nodes").unwrap();
     let pods_rt = store.resource_type("", "pods").unwrap();
-    let opts = WriteOptions { field_manager: "bench".into(), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: "bench".into(),
+        ..Default::default()
+    };
     let load = Instant::now();
     for i in 0..nodes_total {
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{i:05}"), "labels": {
@@ -80,20 +97,40 @@ async fn ten_thousand_nodes_two_hundred_thousand_pods() {
     let client = emu.client();
     let (n, took) = reflect(Api::<Node>::all(client.clone())).await;
     assert_eq!(n, nodes_total);
-    println!("reflector (in-process, pages of 500): {n} nodes in {:.2}s", took.as_secs_f64());
+    println!(
+        "reflector (in-process, pages of 500): {n} nodes in {:.2}s",
+        took.as_secs_f64()
+    );
     let (n, took) = reflect(Api::<Pod>::all(client.clone())).await;
     assert_eq!(n, pods_total);
-    println!("reflector (in-process, pages of 500): {n} pods in {:.2}s; RSS now {:.0} MiB", took.as_secs_f64(), rss_mib());
+    println!(
+        "reflector (in-process, pages of 500): {n} pods in {:.2}s; RSS now {:.0} MiB",
+        took.as_secs_f64(),
+        rss_mib()
+    );
 
-    let env_server = berth::emulator::server::serve(emu.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let env_server = berth::emulator::server::serve(emu.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let config = kube::Config::new(env_server.url().parse().unwrap());
     let socket_client = kube::Client::try_from(config).unwrap();
     let start = Instant::now();
-    let list = Api::<Pod>::all(socket_client.clone()).list(&ListParams::default()).await.unwrap();
+    let list = Api::<Pod>::all(socket_client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(list.items.len(), pods_total);
-    println!("one unpaginated list over HTTP: {} pods in {:.2}s", list.items.len(), start.elapsed().as_secs_f64());
+    println!(
+        "one unpaginated list over HTTP: {} pods in {:.2}s",
+        list.items.len(),
+        start.elapsed().as_secs_f64()
+    );
     drop(list);
     let (n, took) = reflect(Api::<Pod>::all(socket_client)).await;
     assert_eq!(n, pods_total);
-    println!("reflector (HTTP socket, pages of 500): {n} pods in {:.2}s; peak-ish RSS {:.0} MiB", took.as_secs_f64(), rss_mib());
+    println!(
+        "reflector (HTTP socket, pages of 500): {n} pods in {:.2}s; peak-ish RSS {:.0} MiB",
+        took.as_secs_f64(),
+        rss_mib()
+    );
 }

@@ -1,7 +1,9 @@
 //! The simulated data plane: kubelets registering Nodes for launched instances, and the binder scheduling pods.
 
 use berth::emulator::binder::Binder;
-use berth::emulator::kubelet::{InstanceEvent, InstanceLaunched, InstanceTerminated, KubeletSimulator};
+use berth::emulator::kubelet::{
+    InstanceEvent, InstanceLaunched, InstanceTerminated, KubeletSimulator,
+};
 use berth::emulator::Emulator;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, ListParams, PostParams};
@@ -9,8 +11,17 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn instance(id: &str, zone: &str, cpu: &str, taints: Vec<Taint>, boot: Duration) -> InstanceLaunched {
-    let res: BTreeMap<String, String> = [("cpu", cpu), ("memory", "8Gi"), ("pods", "29")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+fn instance(
+    id: &str,
+    zone: &str,
+    cpu: &str,
+    taints: Vec<Taint>,
+    boot: Duration,
+) -> InstanceLaunched {
+    let res: BTreeMap<String, String> = [("cpu", cpu), ("memory", "8Gi"), ("pods", "29")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     InstanceLaunched {
         instance_id: id.into(),
         instance_type: "m5.large".into(),
@@ -43,9 +54,27 @@ async fn kubelet_registers_after_boot_delay_and_leaves_on_termination() {
     let nodes: Api<Node> = Api::all(emu.client());
     let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
     let kubelet = KubeletSimulator::new(emu.clone());
-    let taint: Taint = serde_json::from_value(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})).unwrap();
-    kubelet.handle(InstanceEvent::Launched(Box::new(instance("i-0abc", "us-west-2a", "2", vec![taint], Duration::from_millis(500))))).unwrap();
-    assert!(nodes.list(&ListParams::default()).await.unwrap().items.is_empty(), "not before the boot delay");
+    let taint: Taint =
+        serde_json::from_value(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}))
+            .unwrap();
+    kubelet
+        .handle(InstanceEvent::Launched(Box::new(instance(
+            "i-0abc",
+            "us-west-2a",
+            "2",
+            vec![taint],
+            Duration::from_millis(500),
+        ))))
+        .unwrap();
+    assert!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "not before the boot delay"
+    );
     assert_eq!(kubelet.booting(), vec!["i-0abc".to_string()]);
     let mut node = None;
     for _ in 0..200 {
@@ -72,19 +101,47 @@ async fn kubelet_registers_after_boot_delay_and_leaves_on_termination() {
         assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
     }
     let spec = node.spec.clone().unwrap();
-    assert_eq!(spec.provider_id.as_deref(), Some("aws:///us-west-2a/i-0abc"));
+    assert_eq!(
+        spec.provider_id.as_deref(),
+        Some("aws:///us-west-2a/i-0abc")
+    );
     assert_eq!(spec.taints.unwrap()[0].key, "dedicated");
     let status = node.status.unwrap();
     assert_eq!(status.allocatable.unwrap()["cpu"].0, "2");
-    assert!(status.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(status
+        .conditions
+        .unwrap()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
     // A pod bound there goes with the node.
-    pods.create(&PostParams::default(), &pod("web", "100m", json!({"nodeName": "i-0abc"}))).await.unwrap();
-    kubelet.handle(InstanceEvent::Terminated(InstanceTerminated { instance_id: "i-0abc".into() })).unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("web", "100m", json!({"nodeName": "i-0abc"})),
+    )
+    .await
+    .unwrap();
+    kubelet
+        .handle(InstanceEvent::Terminated(InstanceTerminated {
+            instance_id: "i-0abc".into(),
+        }))
+        .unwrap();
     assert!(nodes.get_opt("i-0abc").await.unwrap().is_none());
     assert!(pods.get_opt("web").await.unwrap().is_none());
     // A termination during boot cancels the registration.
-    kubelet.handle(InstanceEvent::Launched(Box::new(instance("i-0def", "us-west-2b", "2", vec![], Duration::from_millis(200))))).unwrap();
-    kubelet.handle(InstanceEvent::Terminated(InstanceTerminated { instance_id: "i-0def".into() })).unwrap();
+    kubelet
+        .handle(InstanceEvent::Launched(Box::new(instance(
+            "i-0def",
+            "us-west-2b",
+            "2",
+            vec![],
+            Duration::from_millis(200),
+        ))))
+        .unwrap();
+    kubelet
+        .handle(InstanceEvent::Terminated(InstanceTerminated {
+            instance_id: "i-0def".into(),
+        }))
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(nodes.get_opt("i-0def").await.unwrap().is_none());
 }
@@ -94,19 +151,49 @@ async fn binder_places_pods_like_the_scheduler() {
     let emu = Emulator::new();
     let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
     let kubelet = KubeletSimulator::new(emu.clone());
-    let gpu_taint: Taint = serde_json::from_value(json!({"key": "gpu", "value": "true", "effect": "NoSchedule"})).unwrap();
-    kubelet.register(&instance("i-a", "us-west-2a", "2", vec![], Duration::ZERO)).unwrap();
-    kubelet.register(&instance("i-b", "us-west-2b", "2", vec![], Duration::ZERO)).unwrap();
-    kubelet.register(&instance("i-gpu", "us-west-2c", "8", vec![gpu_taint], Duration::ZERO)).unwrap();
-    kubelet.register(&instance("i-down", "us-west-2a", "64", vec![], Duration::ZERO)).unwrap();
+    let gpu_taint: Taint =
+        serde_json::from_value(json!({"key": "gpu", "value": "true", "effect": "NoSchedule"}))
+            .unwrap();
+    kubelet
+        .register(&instance("i-a", "us-west-2a", "2", vec![], Duration::ZERO))
+        .unwrap();
+    kubelet
+        .register(&instance("i-b", "us-west-2b", "2", vec![], Duration::ZERO))
+        .unwrap();
+    kubelet
+        .register(&instance(
+            "i-gpu",
+            "us-west-2c",
+            "8",
+            vec![gpu_taint],
+            Duration::ZERO,
+        ))
+        .unwrap();
+    kubelet
+        .register(&instance(
+            "i-down",
+            "us-west-2a",
+            "64",
+            vec![],
+            Duration::ZERO,
+        ))
+        .unwrap();
     kubelet.set_ready("i-down", false).unwrap();
     let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"labelSelector": {"matchLabels": {"app": "spread"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
     let cases = [
         pod("small", "500m", json!({})),
         pod("huge", "16", json!({})),
-        pod("picky", "100m", json!({"nodeSelector": {"topology.kubernetes.io/zone": "eu-west-1a"}})),
-        pod("tolerant", "6", json!({"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]})),
+        pod(
+            "picky",
+            "100m",
+            json!({"nodeSelector": {"topology.kubernetes.io/zone": "eu-west-1a"}}),
+        ),
+        pod(
+            "tolerant",
+            "6",
+            json!({"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}),
+        ),
         pod("spread1", "100m", anti.clone()),
         pod("spread2", "100m", anti.clone()),
         pod("spread3", "100m", anti),
@@ -115,38 +202,99 @@ async fn binder_places_pods_like_the_scheduler() {
         pods.create(&PostParams::default(), p).await.unwrap();
     }
     let report = Binder::new(emu.clone()).run_once().unwrap();
-    let placed: BTreeMap<String, String> = report.bound.iter().map(|(p, n)| (p.trim_start_matches("default/").to_string(), n.clone())).collect();
-    assert_eq!(placed.get("tolerant").map(String::as_str), Some("i-gpu"), "only the GPU node has 6 CPUs free; the pod tolerates its taint");
-    assert!(matches!(placed.get("small").map(String::as_str), Some("i-a" | "i-b")), "{placed:?}");
-    let spread: Vec<&String> = ["spread1", "spread2"].iter().filter_map(|p| placed.get(*p)).collect();
+    let placed: BTreeMap<String, String> = report
+        .bound
+        .iter()
+        .map(|(p, n)| (p.trim_start_matches("default/").to_string(), n.clone()))
+        .collect();
+    assert_eq!(
+        placed.get("tolerant").map(String::as_str),
+        Some("i-gpu"),
+        "only the GPU node has 6 CPUs free; the pod tolerates its taint"
+    );
+    assert!(
+        matches!(placed.get("small").map(String::as_str), Some("i-a" | "i-b")),
+        "{placed:?}"
+    );
+    let spread: Vec<&String> = ["spread1", "spread2"]
+        .iter()
+        .filter_map(|p| placed.get(*p))
+        .collect();
     assert_eq!(spread.len(), 2);
     assert_ne!(spread[0], spread[1], "anti-affinity keeps them apart");
     assert!(!placed.contains_key("huge") && !placed.contains_key("picky"));
-    assert!(!placed.values().any(|n| n == "i-down"), "NotReady nodes get nothing");
+    assert!(
+        !placed.values().any(|n| n == "i-down"),
+        "NotReady nodes get nothing"
+    );
     let running = pods.get("small").await.unwrap();
     assert_eq!(running.status.unwrap().phase.as_deref(), Some("Running"));
     let huge = pods.get("huge").await.unwrap();
-    let cond = huge.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap();
-    assert_eq!((cond.status.as_str(), cond.reason.as_deref()), ("False", Some("Unschedulable")));
+    let cond = huge
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_deref()),
+        ("False", Some("Unschedulable"))
+    );
     assert!(cond.message.unwrap().contains("Insufficient cpu"));
     let picky = pods.get("picky").await.unwrap();
-    let msg = picky.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap().message.unwrap();
-    assert!(msg.contains("didn't match Pod's node affinity/selector"), "{msg}");
+    let msg = picky
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .unwrap()
+        .message
+        .unwrap();
+    assert!(
+        msg.contains("didn't match Pod's node affinity/selector"),
+        "{msg}"
+    );
     // A second pass with nothing new writes nothing.
     let rv = emu.store().resource_version();
     let again = Binder::new(emu.clone()).run_once().unwrap();
-    assert!(again.bound.is_empty() && again.started.is_empty() && again.unschedulable.is_empty(), "{again:?}");
+    assert!(
+        again.bound.is_empty() && again.started.is_empty() && again.unschedulable.is_empty(),
+        "{again:?}"
+    );
     assert_eq!(emu.store().resource_version(), rv);
     // A new node makes room: the spawned binder reacts to the change.
     let task = Binder::new(emu.clone()).spawn(Duration::from_secs(60));
-    kubelet.register(&instance("i-c", "us-west-2c", "4", vec![], Duration::ZERO)).unwrap();
+    kubelet
+        .register(&instance("i-c", "us-west-2c", "4", vec![], Duration::ZERO))
+        .unwrap();
     for _ in 0..200 {
-        if pods.get("spread3").await.unwrap().spec.unwrap().node_name.is_some() {
+        if pods
+            .get("spread3")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .is_some()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(pods.get("spread3").await.unwrap().spec.unwrap().node_name.as_deref(), Some("i-c"));
+    assert_eq!(
+        pods.get("spread3")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("i-c")
+    );
     task.abort();
 }
 
@@ -155,20 +303,33 @@ async fn topology_spread_do_not_schedule() {
     let emu = Emulator::new();
     let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
     let kubelet = KubeletSimulator::new(emu.clone());
-    kubelet.register(&instance("i-a", "us-west-2a", "8", vec![], Duration::ZERO)).unwrap();
-    kubelet.register(&instance("i-b", "us-west-2b", "8", vec![], Duration::ZERO)).unwrap();
+    kubelet
+        .register(&instance("i-a", "us-west-2a", "8", vec![], Duration::ZERO))
+        .unwrap();
+    kubelet
+        .register(&instance("i-b", "us-west-2b", "8", vec![], Duration::ZERO))
+        .unwrap();
     let tsc = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "zonal"}}}],
         "nodeSelector": {"topology.kubernetes.io/zone": "us-west-2a"}});
     // Both pods may only go to zone a (nodeSelector), but spreading over the eligible zones (only a) allows it.
-    pods.create(&PostParams::default(), &pod("zonal1", "100m", tsc.clone())).await.unwrap();
-    pods.create(&PostParams::default(), &pod("zonal2", "100m", tsc)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("zonal1", "100m", tsc.clone()))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("zonal2", "100m", tsc))
+        .await
+        .unwrap();
     let report = Binder::new(emu.clone()).run_once().unwrap();
     assert_eq!(report.bound.len(), 2, "{report:?}");
     // Without the nodeSelector, the third pod must go to zone b (skew would be 3-0 otherwise).
     let free = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "zonal"}}}]});
-    pods.create(&PostParams::default(), &pod("zonal3", "100m", free)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("zonal3", "100m", free))
+        .await
+        .unwrap();
     let report = Binder::new(emu.clone()).run_once().unwrap();
-    assert_eq!(report.bound, vec![("default/zonal3".to_string(), "i-b".to_string())]);
+    assert_eq!(
+        report.bound,
+        vec![("default/zonal3".to_string(), "i-b".to_string())]
+    );
 }

@@ -7,7 +7,10 @@ mod support;
 use support::*;
 
 fn crds_yaml() -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth")).arg("crds").output().expect("berth crds runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("crds")
+        .output()
+        .expect("berth crds runs");
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -24,24 +27,83 @@ fn crds_dry_run_apply_examples_and_explain() {
     assert_eq!(dry.matches("(dry run)").count(), 5, "{dry}");
     kubectl_ok(kc, &["apply", "-f", "-"], Some(&crds));
     // `kubectl apply` (JSON) rather than `kubectl create namespace`, which sends protobuf the emulator refuses.
-    kubectl_ok(kc, &["apply", "-f", "-"], Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: berth-system}\n"));
+    kubectl_ok(
+        kc,
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: berth-system}\n"),
+    );
     let examples = format!("{}/charts/berth/examples", env!("CARGO_MANIFEST_DIR"));
     let applied = kubectl_ok(kc, &["apply", "-f", &examples], None);
-    assert!(applied.contains("machinedeployment.berth.dev/general created"), "{applied}");
+    assert!(
+        applied.contains("machinedeployment.berth.dev/general created"),
+        "{applied}"
+    );
 
-    let explain = kubectl_ok(kc, &["explain", "machinedeployments.spec.strategy.rollingUpdate.maxSurge"], None);
-    assert!(explain.contains("Machines that may exist above replicas during the rollout"), "{explain}");
+    let explain = kubectl_ok(
+        kc,
+        &[
+            "explain",
+            "machinedeployments.spec.strategy.rollingUpdate.maxSurge",
+        ],
+        None,
+    );
+    assert!(
+        explain.contains("Machines that may exist above replicas during the rollout"),
+        "{explain}"
+    );
 
-    kubectl_ok(kc, &["-n", "berth-system", "scale", "machinedeployment/general", "--replicas=7"], None);
-    let replicas = kubectl_ok(kc, &["-n", "berth-system", "get", "md", "general", "-o", "jsonpath={.spec.replicas}"], None);
+    kubectl_ok(
+        kc,
+        &[
+            "-n",
+            "berth-system",
+            "scale",
+            "machinedeployment/general",
+            "--replicas=7",
+        ],
+        None,
+    );
+    let replicas = kubectl_ok(
+        kc,
+        &[
+            "-n",
+            "berth-system",
+            "get",
+            "md",
+            "general",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    );
     assert_eq!(replicas, "7");
 
     let header = kubectl_ok(kc, &["get", "machines", "-A"], None);
-    let table = kubectl_ok(kc, &["get", "machinedeployments", "-n", "berth-system"], None);
-    assert!(table.lines().next().unwrap().split_whitespace().collect::<Vec<_>>().starts_with(&["NAME", "REPLICAS", "READY", "UPDATED", "AVAILABLE"]), "{table}");
-    assert!(header.is_empty() || header.contains("No resources"), "{header}");
+    let table = kubectl_ok(
+        kc,
+        &["get", "machinedeployments", "-n", "berth-system"],
+        None,
+    );
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .starts_with(&["NAME", "REPLICAS", "READY", "UPDATED", "AVAILABLE"]),
+        "{table}"
+    );
+    assert!(
+        header.is_empty() || header.contains("No resources"),
+        "{header}"
+    );
     let all = kubectl_ok(kc, &["get", "berth", "-A"], None);
-    assert!(all.contains("machineclass.berth.dev/general") && all.contains("machinedeployment.berth.dev/general"), "category berth lists every kind: {all}");
+    assert!(
+        all.contains("machineclass.berth.dev/general")
+            && all.contains("machinedeployment.berth.dev/general"),
+        "category berth lists every kind: {all}"
+    );
 }
 
 #[test]
@@ -76,6 +138,9 @@ fn malformed_objects_are_refused_naming_the_field() {
     ];
     for (what, yaml, field) in cases {
         let err = kubectl_err(kc, &["apply", "-f", "-"], Some(yaml));
-        assert!(err.contains(field), "{what}: the error should name {field}: {err}");
+        assert!(
+            err.contains(field),
+            "{what}: the error should name {field}: {err}"
+        );
     }
 }

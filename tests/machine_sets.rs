@@ -25,8 +25,15 @@ async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
         "spec": {"image": {"id": "ami-0123456789abcdef0"}, "subnets": {"ids": ["subnet-1"]}, "securityGroups": {"ids": ["sg-1"]}, "instanceProfile": "node"}
     }))
     .unwrap();
-    Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &class).await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+    Api::<MachineClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(SystemClock),
+        Metrics::new().unwrap(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for which in 0..2 {
         let ctx = ctx.clone();
@@ -88,23 +95,58 @@ async fn live_machines(client: &Client) -> usize {
 async fn scale_up_and_down() {
     let (client, _stop) = setup().await;
     let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
-    mds.create(&PostParams::default(), &deployment("general", 0, "general", "general")).await.unwrap();
-    mds.patch("general", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 10}}))).await.unwrap();
-    eventually("10 machines", || async { live_machines(&client).await == 10 }).await;
-    let sets = Api::<MachineSet>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items;
+    mds.create(
+        &PostParams::default(),
+        &deployment("general", 0, "general", "general"),
+    )
+    .await
+    .unwrap();
+    mds.patch(
+        "general",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 10}})),
+    )
+    .await
+    .unwrap();
+    eventually("10 machines", || async {
+        live_machines(&client).await == 10
+    })
+    .await;
+    let sets = Api::<MachineSet>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(sets.len(), 1);
-    let machines = Api::<Machine>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items;
+    let machines = Api::<Machine>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     for m in &machines {
         let owner = &m.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.kind, "MachineSet");
         assert_eq!(owner.controller, Some(true));
         assert_eq!(m.spec.class_ref.name, "general");
-        assert_eq!(m.metadata.labels.as_ref().unwrap()["berth.dev/machine-deployment"], "general");
+        assert_eq!(
+            m.metadata.labels.as_ref().unwrap()["berth.dev/machine-deployment"],
+            "general"
+        );
     }
-    mds.patch("general", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}}))).await.unwrap();
+    mds.patch(
+        "general",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
     eventually("3 machines", || async { live_machines(&client).await == 3 }).await;
     eventually("status replicas 3", || async {
-        mds.get("general").await.unwrap().status.is_some_and(|s| s.replicas == 3 && s.observed_generation == Some(3))
+        mds.get("general")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.replicas == 3 && s.observed_generation == Some(3))
     })
     .await;
 }
@@ -113,14 +155,28 @@ async fn scale_up_and_down() {
 async fn template_change_creates_a_new_revision() {
     let (client, _stop) = setup().await;
     let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
-    mds.create(&PostParams::default(), &deployment("web", 2, "general", "web")).await.unwrap();
+    mds.create(
+        &PostParams::default(),
+        &deployment("web", 2, "general", "web"),
+    )
+    .await
+    .unwrap();
     eventually("2 machines", || async { live_machines(&client).await == 2 }).await;
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
-    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let patch =
+        serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
+    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
     let sets: Api<MachineSet> = Api::namespaced(client.clone(), "default");
     eventually("a second MachineSet of revision 2", || async {
         let items = sets.list(&ListParams::default()).await.unwrap().items;
-        items.len() == 2 && items.iter().any(|s| s.metadata.annotations.as_ref().is_some_and(|a| a["berth.dev/revision"] == "2"))
+        items.len() == 2
+            && items.iter().any(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a["berth.dev/revision"] == "2")
+            })
     })
     .await;
     // maxSurge 1: at most 3 Machines exist at any time while the new ones never become available.
@@ -134,21 +190,53 @@ async fn template_change_creates_a_new_revision() {
 async fn invalid_specs_create_nothing_and_say_why() {
     let (client, _stop) = setup().await;
     let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
-    mds.create(&PostParams::default(), &deployment("nolass", 2, "missing-class", "nolass")).await.unwrap();
-    mds.create(&PostParams::default(), &deployment("mismatch", 2, "general", "other")).await.unwrap();
-    for (name, reason) in [("nolass", "ClassNotFound"), ("mismatch", "SelectorMismatch")] {
+    mds.create(
+        &PostParams::default(),
+        &deployment("nolass", 2, "missing-class", "nolass"),
+    )
+    .await
+    .unwrap();
+    mds.create(
+        &PostParams::default(),
+        &deployment("mismatch", 2, "general", "other"),
+    )
+    .await
+    .unwrap();
+    for (name, reason) in [
+        ("nolass", "ClassNotFound"),
+        ("mismatch", "SelectorMismatch"),
+    ] {
         eventually(reason, || async {
             mds.get(name).await.unwrap().status.is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == "Valid" && c.reason == reason && !c.message.is_empty())
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Valid" && c.reason == reason && !c.message.is_empty())
             })
         })
         .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(Api::<MachineSet>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap().items.len(), 0);
+    assert_eq!(
+        Api::<MachineSet>::namespaced(client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
     assert_eq!(live_machines(&client).await, 0);
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default").list(&ListParams::default()).await.unwrap();
-    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("ClassNotFound")), "an Event says why");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ClassNotFound")),
+        "an Event says why"
+    );
 }
 
 #[tokio::test]
@@ -156,33 +244,112 @@ async fn rollout_commands_pause_history_undo() {
     use berth::rollout_cli::{run, RolloutCommand};
     let (client, _stop) = setup().await;
     let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
-    mds.create(&PostParams::default(), &deployment("web", 2, "general", "web")).await.unwrap();
+    mds.create(
+        &PostParams::default(),
+        &deployment("web", 2, "general", "web"),
+    )
+    .await
+    .unwrap();
     eventually("2 machines", || async { live_machines(&client).await == 2 }).await;
 
-    let out = run(client.clone(), "default", RolloutCommand::Pause { name: "web".into() }).await.unwrap();
+    let out = run(
+        client.clone(),
+        "default",
+        RolloutCommand::Pause { name: "web".into() },
+    )
+    .await
+    .unwrap();
     assert!(out.contains("paused"), "{out}");
     assert!(mds.get("web").await.unwrap().spec.paused);
-    run(client.clone(), "default", RolloutCommand::Resume { name: "web".into() }).await.unwrap();
+    run(
+        client.clone(),
+        "default",
+        RolloutCommand::Resume { name: "web".into() },
+    )
+    .await
+    .unwrap();
     assert!(!mds.get("web").await.unwrap().spec.paused);
 
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
-    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-    eventually("revision 2 observed", || async { mds.get("web").await.unwrap().status.is_some_and(|s| s.revision == Some(2)) }).await;
-    let history = run(client.clone(), "default", RolloutCommand::History { name: "web".into() }).await.unwrap();
-    assert!(history.lines().filter(|l| l.starts_with('1') || l.starts_with('2')).count() == 2, "{history}");
+    let patch =
+        serde_json::json!({"spec": {"template": {"spec": {"nodeLabels": {"tier": "new"}}}}});
+    mds.patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    eventually("revision 2 observed", || async {
+        mds.get("web")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.revision == Some(2))
+    })
+    .await;
+    let history = run(
+        client.clone(),
+        "default",
+        RolloutCommand::History { name: "web".into() },
+    )
+    .await
+    .unwrap();
+    assert!(
+        history
+            .lines()
+            .filter(|l| l.starts_with('1') || l.starts_with('2'))
+            .count()
+            == 2,
+        "{history}"
+    );
 
-    let out = run(client.clone(), "default", RolloutCommand::Undo { name: "web".into(), to_revision: None }).await.unwrap();
+    let out = run(
+        client.clone(),
+        "default",
+        RolloutCommand::Undo {
+            name: "web".into(),
+            to_revision: None,
+        },
+    )
+    .await
+    .unwrap();
     assert!(out.contains("rolled back to revision 1"), "{out}");
     let md = mds.get("web").await.unwrap();
-    assert!(md.spec.template.spec.node_labels.is_empty(), "the revision-1 template is back");
-    assert!(!md.spec.template.metadata.labels.contains_key("berth.dev/template-hash"));
+    assert!(
+        md.spec.template.spec.node_labels.is_empty(),
+        "the revision-1 template is back"
+    );
+    assert!(!md
+        .spec
+        .template
+        .metadata
+        .labels
+        .contains_key("berth.dev/template-hash"));
     eventually("the revision-1 MachineSet is current again", || async {
-        mds.get("web").await.unwrap().status.is_some_and(|s| s.revision == Some(1))
+        mds.get("web")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.revision == Some(1))
     })
     .await;
 
-    let err = run(client.clone(), "default", RolloutCommand::Undo { name: "web".into(), to_revision: Some(9) }).await.unwrap_err();
+    let err = run(
+        client.clone(),
+        "default",
+        RolloutCommand::Undo {
+            name: "web".into(),
+            to_revision: Some(9),
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("no revision 9"), "{err}");
-    let err = run(client.clone(), "default", RolloutCommand::Status { name: "missing".into(), watch: false }).await.unwrap_err();
+    let err = run(
+        client.clone(),
+        "default",
+        RolloutCommand::Status {
+            name: "missing".into(),
+            watch: false,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }

@@ -14,7 +14,8 @@ use berth::cloud::rate_limit::Action;
 use berth::cloud::retry::Backoff;
 use berth::cloud::sim::fixtures;
 use berth::cloud::{
-    tags, ClassRevision, CloudProvider, ImageSpec, InstanceTypeChoice, LaunchRequest, ResourceSelector,
+    tags, ClassRevision, CloudProvider, ImageSpec, InstanceTypeChoice, LaunchRequest,
+    ResourceSelector,
 };
 use berth::model::instance_type::CapacityType;
 use fault_proxy::{FaultKind, FaultProxy};
@@ -26,16 +27,26 @@ use std::time::Duration;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 async fn connect(endpoint: &str, cluster: &str) -> AwsCloud {
     let mut cfg = AwsConfig::new(cluster);
     cfg.region = Some("us-east-1".into());
     cfg.endpoint_url = Some(endpoint.to_string());
-    cfg.backoff = Backoff { max_attempts: 4, base: Duration::from_millis(20), cap: Duration::from_millis(200) };
+    cfg.backoff = Backoff {
+        max_attempts: 4,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+    };
     let clock: SharedClock = Arc::new(SystemClock);
-    AwsCloud::connect(cfg, clock, CloudMetrics::unregistered().unwrap()).await.expect("connect to moto")
+    AwsCloud::connect(cfg, clock, CloudMetrics::unregistered().unwrap())
+        .await
+        .expect("connect to moto")
 }
 
 /// A VPC with two tagged subnets (us-east-1a, us-east-1b), a tagged security group and a registered AMI.
@@ -48,8 +59,20 @@ struct Fixture {
 
 async fn fixture(cloud: &AwsCloud, cluster: &str) -> Fixture {
     let ec2 = cloud.ec2_client();
-    let discovery = t::Tag::builder().key("berth.dev/discovery").value(cluster).build();
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap().vpc.unwrap().vpc_id.unwrap();
+    let discovery = t::Tag::builder()
+        .key("berth.dev/discovery")
+        .value(cluster)
+        .build();
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
     let mut subnets = Vec::new();
     for (i, zone) in ["us-east-1a", "us-east-1b"].iter().enumerate() {
         let s = ec2
@@ -57,7 +80,12 @@ async fn fixture(cloud: &AwsCloud, cluster: &str) -> Fixture {
             .vpc_id(&vpc)
             .cidr_block(format!("10.0.{i}.0/24"))
             .availability_zone(*zone)
-            .tag_specifications(t::TagSpecification::builder().resource_type(t::ResourceType::Subnet).tags(discovery.clone()).build())
+            .tag_specifications(
+                t::TagSpecification::builder()
+                    .resource_type(t::ResourceType::Subnet)
+                    .tags(discovery.clone())
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
@@ -68,7 +96,12 @@ async fn fixture(cloud: &AwsCloud, cluster: &str) -> Fixture {
         .group_name(unique("nodes"))
         .description("berth test nodes")
         .vpc_id(&vpc)
-        .tag_specifications(t::TagSpecification::builder().resource_type(t::ResourceType::SecurityGroup).tags(discovery).build())
+        .tag_specifications(
+            t::TagSpecification::builder()
+                .resource_type(t::ResourceType::SecurityGroup)
+                .tags(discovery)
+                .build(),
+        )
         .send()
         .await
         .unwrap()
@@ -85,7 +118,12 @@ async fn fixture(cloud: &AwsCloud, cluster: &str) -> Fixture {
         .unwrap()
         .image_id
         .unwrap();
-    Fixture { cluster: cluster.into(), subnets, security_group: sg, image }
+    Fixture {
+        cluster: cluster.into(),
+        subnets,
+        security_group: sg,
+        image,
+    }
 }
 
 fn request(f: &Fixture, name: &str, types: &[&str]) -> LaunchRequest {
@@ -102,17 +140,33 @@ fn request(f: &Fixture, name: &str, types: &[&str]) -> LaunchRequest {
     r.instance_types = types.iter().map(|t| InstanceTypeChoice::new(*t)).collect();
     r.capacity_types = vec![CapacityType::OnDemand];
     r.fallback_to_on_demand = false;
-    r.class = ClassRevision { name: "general".into(), revision: "1".into() };
+    r.class = ClassRevision {
+        name: "general".into(),
+        revision: "1".into(),
+    };
     r
 }
 
 async fn instance(cloud: &AwsCloud, id: &str) -> t::Instance {
-    let r = cloud.ec2_client().describe_instances().instance_ids(id).send().await.unwrap();
+    let r = cloud
+        .ec2_client()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
     r.reservations()[0].instances()[0].clone()
 }
 
 fn tag_map(tags: &[t::Tag]) -> BTreeMap<String, String> {
-    tags.iter().map(|t| (t.key().unwrap_or("").to_string(), t.value().unwrap_or("").to_string())).collect()
+    tags.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or("").to_string(),
+                t.value().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -124,8 +178,16 @@ async fn create_fleet_launches_tagged_instances_from_a_hardened_launch_template(
     let out = cloud.launch(&r).await.unwrap();
     assert!(["m5.large", "c5.large"].contains(&out.instance.instance_type.as_str()));
     assert!(out.instance.instance_id.starts_with("i-"));
-    assert_eq!(cloud.metrics().calls(Action::CreateFleet, Outcome::Success), 1);
-    assert_eq!(cloud.metrics().calls(Action::RunInstances, Outcome::Success), 0);
+    assert_eq!(
+        cloud.metrics().calls(Action::CreateFleet, Outcome::Success),
+        1
+    );
+    assert_eq!(
+        cloud
+            .metrics()
+            .calls(Action::RunInstances, Outcome::Success),
+        0
+    );
 
     let i = instance(&cloud, &out.instance.instance_id).await;
     let tags = tag_map(i.tags());
@@ -141,40 +203,89 @@ async fn create_fleet_launches_tagged_instances_from_a_hardened_launch_template(
     let lts = cloud
         .ec2_client()
         .describe_launch_templates()
-        .filters(t::Filter::builder().name(format!("tag:{}", tags::CLUSTER)).values(&cluster).build())
+        .filters(
+            t::Filter::builder()
+                .name(format!("tag:{}", tags::CLUSTER))
+                .values(&cluster)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(lts.launch_templates().len(), 1);
-    let name = lts.launch_templates()[0].launch_template_name().unwrap().to_string();
+    let name = lts.launch_templates()[0]
+        .launch_template_name()
+        .unwrap()
+        .to_string();
     assert!(name.starts_with(&format!("berth/{cluster}/general/")));
-    let v = cloud.ec2_client().describe_launch_template_versions().launch_template_name(&name).send().await.unwrap();
-    let data = v.launch_template_versions()[0].launch_template_data().unwrap();
-    assert_eq!(data.metadata_options().unwrap().http_tokens(), Some(&t::LaunchTemplateHttpTokensState::Required));
+    let v = cloud
+        .ec2_client()
+        .describe_launch_template_versions()
+        .launch_template_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let data = v.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    assert_eq!(
+        data.metadata_options().unwrap().http_tokens(),
+        Some(&t::LaunchTemplateHttpTokensState::Required)
+    );
     let ebs = data.block_device_mappings()[0].ebs().unwrap();
     assert_eq!(ebs.encrypted(), Some(true));
-    assert_eq!(data.security_group_ids(), std::slice::from_ref(&f.security_group));
+    assert_eq!(
+        data.security_group_ids(),
+        std::slice::from_ref(&f.security_group)
+    );
     use base64::Engine;
-    let user_data = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.user_data().unwrap()).unwrap()).unwrap();
+    let user_data = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(data.user_data().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     assert!(user_data.contains("kind: NodeConfig") && user_data.contains(&cluster));
 
     let vols = cloud
         .ec2_client()
         .describe_volumes()
-        .filters(t::Filter::builder().name("attachment.instance-id").values(&out.instance.instance_id).build())
+        .filters(
+            t::Filter::builder()
+                .name("attachment.instance-id")
+                .values(&out.instance.instance_id)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    let v = vols.volumes().first().expect("moto gives the instance its root volume");
-    assert_eq!(tag_map(v.tags()).get(tags::CLUSTER), Some(&cluster), "volumes carry the cluster tag");
+    let v = vols
+        .volumes()
+        .first()
+        .expect("moto gives the instance its root volume");
+    assert_eq!(
+        tag_map(v.tags()).get(tags::CLUSTER),
+        Some(&cluster),
+        "volumes carry the cluster tag"
+    );
 
     // Described by this cluster's tags, and terminated.
     let mine = cloud.describe_instances().await.unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].machine().unwrap().name, "m-1");
-    let t = cloud.terminate(std::slice::from_ref(&out.instance.instance_id)).await.unwrap();
+    let t = cloud
+        .terminate(std::slice::from_ref(&out.instance.instance_id))
+        .await
+        .unwrap();
     assert_eq!(t.terminating, vec![out.instance.instance_id.clone()]);
-    let state = instance(&cloud, &out.instance.instance_id).await.state().unwrap().name().unwrap().as_str().to_string();
+    let state = instance(&cloud, &out.instance.instance_id)
+        .await
+        .state()
+        .unwrap()
+        .name()
+        .unwrap()
+        .as_str()
+        .to_string();
     assert!(state == "shutting-down" || state == "terminated", "{state}");
 }
 
@@ -187,8 +298,16 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
     let r = request(&f, "m-1", &["m5.large"]);
     let a = cloud.launch(&r).await.unwrap();
     assert_eq!(a.instance.instance_type, "m5.large");
-    assert_eq!(cloud.metrics().calls(Action::RunInstances, Outcome::Success), 1);
-    assert_eq!(cloud.metrics().calls(Action::CreateFleet, Outcome::Success), 0);
+    assert_eq!(
+        cloud
+            .metrics()
+            .calls(Action::RunInstances, Outcome::Success),
+        1
+    );
+    assert_eq!(
+        cloud.metrics().calls(Action::CreateFleet, Outcome::Success),
+        0
+    );
     // A restarted controller (a new provider, the launch template already there) launching the same Machine and
     // attempt sends the very same request: same ClientToken, same parameters, which EC2 answers with the instance
     // it launched the first time. moto ignores ClientToken, so what is checked here is the request; the
@@ -200,17 +319,38 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
     assert_eq!(bodies[0], bodies[1]);
     let token = format!("ClientToken={}", r.machine.uid);
     assert!(bodies[0].contains(&token), "{}", bodies[0]);
-    assert_eq!(proxy.bodies("CreateLaunchTemplate").len(), 2, "the restarted provider found the template by name");
+    assert_eq!(
+        proxy.bodies("CreateLaunchTemplate").len(),
+        2,
+        "the restarted provider found the template by name"
+    );
     let vols = cloud
         .ec2_client()
         .describe_volumes()
-        .filters(t::Filter::builder().name("attachment.instance-id").values(&a.instance.instance_id).build())
+        .filters(
+            t::Filter::builder()
+                .name("attachment.instance-id")
+                .values(&a.instance.instance_id)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    let v = vols.volumes().first().expect("moto gives the instance its root volume");
-    assert_eq!(tag_map(v.tags()).get(tags::CLUSTER), Some(&cluster), "volumes carry the cluster tag");
-    assert_eq!(tag_map(v.tags()).get(tags::MACHINE_NAME).map(String::as_str), Some("m-1"));
+    let v = vols
+        .volumes()
+        .first()
+        .expect("moto gives the instance its root volume");
+    assert_eq!(
+        tag_map(v.tags()).get(tags::CLUSTER),
+        Some(&cluster),
+        "volumes carry the cluster tag"
+    );
+    assert_eq!(
+        tag_map(v.tags())
+            .get(tags::MACHINE_NAME)
+            .map(String::as_str),
+        Some("m-1")
+    );
 }
 
 #[tokio::test]
@@ -232,10 +372,22 @@ async fn only_this_clusters_instances_are_terminated() {
         .instance_id()
         .unwrap()
         .to_string();
-    let out = cloud.terminate(std::slice::from_ref(&foreign)).await.unwrap();
+    let out = cloud
+        .terminate(std::slice::from_ref(&foreign))
+        .await
+        .unwrap();
     assert_eq!(out.not_owned_or_missing, vec![foreign.clone()]);
     assert!(out.terminating.is_empty());
-    assert_eq!(instance(&cloud, &foreign).await.state().unwrap().name().unwrap().as_str(), "running");
+    assert_eq!(
+        instance(&cloud, &foreign)
+            .await
+            .state()
+            .unwrap()
+            .name()
+            .unwrap()
+            .as_str(),
+        "running"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +411,13 @@ async fn missing_ami_subnet_or_security_group_is_invalid_configuration() {
     let r = request(&f, "m-4", &["q9.enormous"]);
     let e = cloud.launch(&r).await.unwrap_err();
     assert_eq!(e.category(), "invalid-configuration");
-    assert_eq!(cloud.metrics().calls(Action::CreateFleet, Outcome::Success) + cloud.metrics().calls(Action::RunInstances, Outcome::Success), 0);
+    assert_eq!(
+        cloud.metrics().calls(Action::CreateFleet, Outcome::Success)
+            + cloud
+                .metrics()
+                .calls(Action::RunInstances, Outcome::Success),
+        0
+    );
 }
 
 #[tokio::test]
@@ -269,13 +427,24 @@ async fn the_catalog_comes_from_ec2_with_bundled_on_demand_prices() {
     let c = cloud.instance_types().await.unwrap();
     let m5 = c.get("m5.large").expect("m5.large in moto's catalog");
     assert_eq!((m5.vcpu, m5.memory_mib), (2, 8192));
-    let od = m5.offerings.iter().find(|o| o.capacity_type == CapacityType::OnDemand).unwrap();
+    let od = m5
+        .offerings
+        .iter()
+        .find(|o| o.capacity_type == CapacityType::OnDemand)
+        .unwrap();
     assert_eq!(od.price, 0.096);
     assert!(m5.offerings.iter().any(|o| o.zone == "us-east-1a"));
     // Cached: a second read makes no call.
-    let calls = cloud.metrics().calls(Action::DescribeInstanceTypes, Outcome::Success);
+    let calls = cloud
+        .metrics()
+        .calls(Action::DescribeInstanceTypes, Outcome::Success);
     cloud.instance_types().await.unwrap();
-    assert_eq!(cloud.metrics().calls(Action::DescribeInstanceTypes, Outcome::Success), calls);
+    assert_eq!(
+        cloud
+            .metrics()
+            .calls(Action::DescribeInstanceTypes, Outcome::Success),
+        calls
+    );
 }
 
 #[tokio::test]
@@ -283,15 +452,29 @@ async fn launch_templates_of_dead_revisions_are_deleted() {
     let cluster = unique("gc");
     let cloud = connect(&moto::endpoint(), &cluster).await;
     let f = fixture(&cloud, &cluster).await;
-    cloud.launch(&request(&f, "m-1", &["m5.large"])).await.unwrap();
+    cloud
+        .launch(&request(&f, "m-1", &["m5.large"]))
+        .await
+        .unwrap();
     let mut r = request(&f, "m-2", &["m5.large"]);
     r.class.revision = "2".into();
     cloud.launch(&r).await.unwrap();
-    assert_eq!(cloud.garbage_collect_launch_templates(&[r.class.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        cloud
+            .garbage_collect_launch_templates(&[r.class.clone()])
+            .await
+            .unwrap(),
+        1
+    );
     let lts = cloud
         .ec2_client()
         .describe_launch_templates()
-        .filters(t::Filter::builder().name(format!("tag:{}", tags::CLUSTER)).values(&cluster).build())
+        .filters(
+            t::Filter::builder()
+                .name(format!("tag:{}", tags::CLUSTER))
+                .values(&cluster)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -308,7 +491,12 @@ async fn auto_scaling_groups_are_discovered_scaled_and_shrunk_with_decrement() {
         .ec2_client()
         .create_launch_template()
         .launch_template_name(&lt_name)
-        .launch_template_data(t::RequestLaunchTemplateData::builder().image_id(&f.image).instance_type(t::InstanceType::M5Large).build())
+        .launch_template_data(
+            t::RequestLaunchTemplateData::builder()
+                .image_id(&f.image)
+                .instance_type(t::InstanceType::M5Large)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -324,30 +512,81 @@ async fn auto_scaling_groups_are_discovered_scaled_and_shrunk_with_decrement() {
             .max_size(5)
             .desired_capacity(2)
             .vpc_zone_identifier(f.subnets.join(","))
-            .launch_template(a::LaunchTemplateSpecification::builder().launch_template_name(&lt_name).version("$Latest").build());
+            .launch_template(
+                a::LaunchTemplateSpecification::builder()
+                    .launch_template_name(&lt_name)
+                    .version("$Latest")
+                    .build(),
+            );
         if tagged {
             b = b
-                .tags(a::Tag::builder().key(tags::ASG_ENABLED).value("true").resource_id(name).resource_type("auto-scaling-group").build())
-                .tags(a::Tag::builder().key(tags::CLUSTER).value(&cluster).resource_id(name).resource_type("auto-scaling-group").build());
+                .tags(
+                    a::Tag::builder()
+                        .key(tags::ASG_ENABLED)
+                        .value("true")
+                        .resource_id(name)
+                        .resource_type("auto-scaling-group")
+                        .build(),
+                )
+                .tags(
+                    a::Tag::builder()
+                        .key(tags::CLUSTER)
+                        .value(&cluster)
+                        .resource_id(name)
+                        .resource_type("auto-scaling-group")
+                        .build(),
+                );
         }
         b.send().await.unwrap();
     }
     let groups = cloud.node_groups().await.unwrap();
-    assert_eq!(groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>(), vec![ours.clone()]);
+    assert_eq!(
+        groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>(),
+        vec![ours.clone()]
+    );
     let g = &groups[0];
     assert_eq!((g.min_size, g.max_size, g.desired_capacity), (1, 5, 2));
     assert_eq!(g.instance_types, vec!["m5.large".to_string()]);
     assert_eq!(g.instances.len(), 2);
 
-    cloud.set_node_group_desired_capacity(&ours, 3).await.unwrap();
+    cloud
+        .set_node_group_desired_capacity(&ours, 3)
+        .await
+        .unwrap();
     assert_eq!(cloud.node_groups().await.unwrap()[0].desired_capacity, 3);
-    assert_eq!(cloud.set_node_group_desired_capacity(&ours, 9).await.unwrap_err().category(), "invalid-configuration");
+    assert_eq!(
+        cloud
+            .set_node_group_desired_capacity(&ours, 9)
+            .await
+            .unwrap_err()
+            .category(),
+        "invalid-configuration"
+    );
     // Unknown and untagged groups are refused before any call that would change them (moto answers 500 there).
-    assert_eq!(cloud.set_node_group_desired_capacity("no-such-group", 1).await.unwrap_err().category(), "not-found");
-    assert_eq!(cloud.set_node_group_desired_capacity(&other, 1).await.unwrap_err().category(), "not-found");
+    assert_eq!(
+        cloud
+            .set_node_group_desired_capacity("no-such-group", 1)
+            .await
+            .unwrap_err()
+            .category(),
+        "not-found"
+    );
+    assert_eq!(
+        cloud
+            .set_node_group_desired_capacity(&other, 1)
+            .await
+            .unwrap_err()
+            .category(),
+        "not-found"
+    );
 
-    let victim = cloud.node_groups().await.unwrap()[0].instances[0].instance_id.clone();
-    cloud.terminate_node_group_instance(&ours, &victim).await.unwrap();
+    let victim = cloud.node_groups().await.unwrap()[0].instances[0]
+        .instance_id
+        .clone();
+    cloud
+        .terminate_node_group_instance(&ours, &victim)
+        .await
+        .unwrap();
     let g = &cloud.node_groups().await.unwrap()[0];
     assert_eq!(g.desired_capacity, 2);
     assert!(g.instances.iter().all(|i| i.instance_id != victim));
@@ -362,20 +601,41 @@ async fn through_the_fault_proxy_spot_shortage_falls_back_to_on_demand() {
     let mut r = request(&f, "m-1", &["m5.large", "c5.large"]);
     r.capacity_types = vec![CapacityType::Spot];
     r.fallback_to_on_demand = true;
-    proxy.add("CreateFleet", &[("TargetCapacitySpecification.DefaultTargetCapacityType", "spot")], FaultKind::FleetCapacityErrors, None);
+    proxy.add(
+        "CreateFleet",
+        &[(
+            "TargetCapacitySpecification.DefaultTargetCapacityType",
+            "spot",
+        )],
+        FaultKind::FleetCapacityErrors,
+        None,
+    );
     let out = cloud.launch(&r).await.unwrap();
     assert_eq!(proxy.count("CreateFleet", "FleetCapacityErrors"), 1);
     assert_eq!(out.instance.capacity_type, CapacityType::OnDemand);
     assert!(out.fell_back_to_on_demand);
     assert!(!out.failed_offerings.is_empty());
-    assert!(out.failed_offerings.iter().all(|o| o.offering.capacity_type == CapacityType::Spot && o.code == "InsufficientInstanceCapacity"));
+    assert!(out
+        .failed_offerings
+        .iter()
+        .all(|o| o.offering.capacity_type == CapacityType::Spot
+            && o.code == "InsufficientInstanceCapacity"));
     // The failed spot offerings are cached: the next Machine goes straight to on-demand.
     for o in &out.failed_offerings {
         assert!(cloud.unavailable_offerings().is_unavailable(&o.offering));
     }
-    let r2 = { let mut r2 = request(&f, "m-2", &["m5.large", "c5.large"]); r2.capacity_types = r.capacity_types.clone(); r2.fallback_to_on_demand = true; r2 };
+    let r2 = {
+        let mut r2 = request(&f, "m-2", &["m5.large", "c5.large"]);
+        r2.capacity_types = r.capacity_types.clone();
+        r2.fallback_to_on_demand = true;
+        r2
+    };
     cloud.launch(&r2).await.unwrap();
-    assert_eq!(proxy.count("CreateFleet", "FleetCapacityErrors"), 1, "no spot request while the offerings are cached");
+    assert_eq!(
+        proxy.count("CreateFleet", "FleetCapacityErrors"),
+        1,
+        "no spot request while the offerings are cached"
+    );
 }
 
 #[tokio::test]
@@ -384,12 +644,24 @@ async fn through_the_fault_proxy_run_instances_capacity_errors_move_to_the_next_
     let proxy = FaultProxy::start(moto::endpoint()).await;
     let cloud = connect(&proxy.endpoint, &cluster).await;
     let f = fixture(&cloud, &cluster).await;
-    proxy.add("RunInstances", &[], FaultKind::InsufficientCapacityError, Some(1));
-    let out = cloud.launch(&request(&f, "m-1", &["m5.large"])).await.unwrap();
+    proxy.add(
+        "RunInstances",
+        &[],
+        FaultKind::InsufficientCapacityError,
+        Some(1),
+    );
+    let out = cloud
+        .launch(&request(&f, "m-1", &["m5.large"]))
+        .await
+        .unwrap();
     assert_eq!(proxy.count("RunInstances", "InsufficientCapacityError"), 1);
     assert_eq!(out.failed_offerings.len(), 1);
     assert_ne!(out.failed_offerings[0].offering.zone, out.instance.zone);
-    assert_eq!(cloud.metrics().retries(Action::RunInstances), 0, "a capacity error is not retried");
+    assert_eq!(
+        cloud.metrics().retries(Action::RunInstances),
+        0,
+        "a capacity error is not retried"
+    );
 }
 
 #[tokio::test]
@@ -401,7 +673,10 @@ async fn through_the_fault_proxy_throttles_and_5xx_are_retried_with_backoff() {
     proxy.add("CreateFleet", &[], FaultKind::Throttle, Some(2));
     proxy.add("DescribeSubnets", &[], FaultKind::ServerError, Some(1));
     let started = std::time::Instant::now();
-    let out = cloud.launch(&request(&f, "m-1", &["m5.large", "c5.large"])).await.unwrap();
+    let out = cloud
+        .launch(&request(&f, "m-1", &["m5.large", "c5.large"]))
+        .await
+        .unwrap();
     assert!(out.instance.instance_id.starts_with("i-"));
     assert_eq!(proxy.count("CreateFleet", "Throttle"), 2);
     assert_eq!(proxy.count("DescribeSubnets", "ServerError"), 1);
@@ -412,6 +687,15 @@ async fn through_the_fault_proxy_throttles_and_5xx_are_retried_with_backoff() {
     assert!(started.elapsed() < Duration::from_secs(20));
     // A throttle that does not stop: RateLimited after the configured attempts (4), no instance.
     proxy.add("CreateFleet", &[], FaultKind::Throttle, None);
-    let e = cloud.launch(&request(&f, "m-2", &["m5.large", "c5.large"])).await.unwrap_err();
-    assert_eq!(e, berth::cloud::CloudError::RateLimited { action: "CreateFleet", attempts: 4 });
+    let e = cloud
+        .launch(&request(&f, "m-2", &["m5.large", "c5.large"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        berth::cloud::CloudError::RateLimited {
+            action: "CreateFleet",
+            attempts: 4
+        }
+    );
 }

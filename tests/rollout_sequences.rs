@@ -2,7 +2,9 @@
 //! of events (a reconcile, a Machine becoming available, a Machine deleted by hand), and at every step the
 //! rollout's promises hold: available >= replicas - maxUnavailable and total <= replicas + maxSurge.
 
-use berth::rollout::{plan, resolve_fenceposts, DeploymentView, IntOrPercent, Progress, SetView, Strategy};
+use berth::rollout::{
+    plan, resolve_fenceposts, DeploymentView, IntOrPercent, Progress, SetView, Strategy,
+};
 use chrono::{DateTime, Utc};
 
 /// A machine: which revision it belongs to and whether it became available.
@@ -20,8 +22,17 @@ struct FakeCluster {
 
 impl FakeCluster {
     fn set_view(&self, revision: u64) -> SetView {
-        let (_, spec, exists) = self.sets.iter().find(|(r, _, _)| *r == revision).copied().unwrap_or((revision, 0, false));
-        let mine: Vec<&FakeMachine> = self.machines.iter().filter(|m| m.revision == revision).collect();
+        let (_, spec, exists) = self
+            .sets
+            .iter()
+            .find(|(r, _, _)| *r == revision)
+            .copied()
+            .unwrap_or((revision, 0, false));
+        let mine: Vec<&FakeMachine> = self
+            .machines
+            .iter()
+            .filter(|m| m.revision == revision)
+            .collect();
         SetView {
             name: format!("rev-{revision}"),
             revision,
@@ -36,16 +47,29 @@ impl FakeCluster {
     /// (unavailable first, as the real deletion order does).
     fn reconcile_sets(&mut self) {
         for &(revision, spec, _) in &self.sets.clone() {
-            let count = self.machines.iter().filter(|m| m.revision == revision).count() as u32;
+            let count = self
+                .machines
+                .iter()
+                .filter(|m| m.revision == revision)
+                .count() as u32;
             if count < spec {
                 for _ in count..spec {
-                    self.machines.push(FakeMachine { revision, available: false });
+                    self.machines.push(FakeMachine {
+                        revision,
+                        available: false,
+                    });
                 }
             } else if count > spec {
                 let mut surplus = count - spec;
                 for want_available in [false, true] {
                     while surplus > 0 {
-                        let Some(i) = self.machines.iter().position(|m| m.revision == revision && m.available == want_available) else { break };
+                        let Some(i) = self
+                            .machines
+                            .iter()
+                            .position(|m| m.revision == revision && m.available == want_available)
+                        else {
+                            break;
+                        };
                         self.machines.remove(i);
                         surplus -= 1;
                     }
@@ -77,11 +101,19 @@ fn now() -> DateTime<Utc> {
 fn run_rollout(seed: u64, replicas: u32, surge: IntOrPercent, unavailable: IntOrPercent) {
     let mut rng = Rng(seed);
     let mut cluster = FakeCluster {
-        machines: (0..replicas).map(|_| FakeMachine { revision: 1, available: true }).collect(),
+        machines: (0..replicas)
+            .map(|_| FakeMachine {
+                revision: 1,
+                available: true,
+            })
+            .collect(),
         sets: vec![(1, replicas, true)],
     };
     let (max_surge, max_unavailable) = resolve_fenceposts(surge, unavailable, replicas);
-    let strategy = Strategy::RollingUpdate { max_surge: surge, max_unavailable: unavailable };
+    let strategy = Strategy::RollingUpdate {
+        max_surge: surge,
+        max_unavailable: unavailable,
+    };
     for step in 0..2_000 {
         match rng.below(3) {
             // The MachineDeployment controller reconciles.
@@ -98,7 +130,14 @@ fn run_rollout(seed: u64, replicas: u32, surge: IntOrPercent, unavailable: IntOr
                 };
                 let intents = plan(&view, now());
                 if intents.progress == Progress::Complete {
-                    assert_eq!(cluster.machines.iter().filter(|m| m.revision == 2 && m.available).count() as u32, replicas);
+                    assert_eq!(
+                        cluster
+                            .machines
+                            .iter()
+                            .filter(|m| m.revision == 2 && m.available)
+                            .count() as u32,
+                        replicas
+                    );
                     return;
                 }
                 if let Some(n) = intents.create_current {
@@ -115,7 +154,9 @@ fn run_rollout(seed: u64, replicas: u32, surge: IntOrPercent, unavailable: IntOr
             1 => cluster.reconcile_sets(),
             // A Machine's Node becomes Ready.
             _ => {
-                let pending: Vec<usize> = (0..cluster.machines.len()).filter(|i| !cluster.machines[*i].available).collect();
+                let pending: Vec<usize> = (0..cluster.machines.len())
+                    .filter(|i| !cluster.machines[*i].available)
+                    .collect();
                 if !pending.is_empty() {
                     let i = pending[rng.below(pending.len() as u64) as usize];
                     cluster.machines[i].available = true;
@@ -153,7 +194,12 @@ fn surge_zero_unavailable_one() {
 #[test]
 fn percentages() {
     for seed in 0..200 {
-        run_rollout(seed, 10, IntOrPercent::Percent(25), IntOrPercent::Percent(25));
+        run_rollout(
+            seed,
+            10,
+            IntOrPercent::Percent(25),
+            IntOrPercent::Percent(25),
+        );
         run_rollout(seed, 7, IntOrPercent::Percent(0), IntOrPercent::Percent(0));
     }
 }

@@ -6,7 +6,9 @@ use berth::model::pod::Pod;
 use berth::model::resources::Resources;
 use berth::model::taints::{Taint, TaintEffect, Toleration};
 use berth::scheduling::verify::verify;
-use berth::scheduling::{solve, ExistingNode, Expander, InFlightMachine, NodeGroup, Plan, Snapshot};
+use berth::scheduling::{
+    solve, ExistingNode, Expander, InFlightMachine, NodeGroup, Plan, Snapshot,
+};
 use chrono::Utc;
 use k8s_openapi::api::core::v1 as core;
 use proptest::prelude::*;
@@ -29,14 +31,34 @@ fn it(name: &str, cpu: u64, mem_gib: u64, price: f64, zones: &[&str]) -> Instanc
         bare_metal: false,
         burstable: false,
         local_storage_gb: 0,
-        offerings: zones.iter().map(|z| Offering { zone: z.to_string(), capacity_type: CapacityType::OnDemand, price, available: true }).collect(),
-        allocatable_override: Some(Resources { cpu_millis: cpu * 1000, memory_bytes: mem_gib * GIB, ephemeral_bytes: 100 * GIB, pods: 10 * cpu, ..Default::default() }),
+        offerings: zones
+            .iter()
+            .map(|z| Offering {
+                zone: z.to_string(),
+                capacity_type: CapacityType::OnDemand,
+                price,
+                available: true,
+            })
+            .collect(),
+        allocatable_override: Some(Resources {
+            cpu_millis: cpu * 1000,
+            memory_bytes: mem_gib * GIB,
+            ephemeral_bytes: 100 * GIB,
+            pods: 10 * cpu,
+            ..Default::default()
+        }),
     }
 }
 
 fn catalog() -> Catalog {
     let z = ["a", "b", "c"];
-    Catalog { instance_types: vec![it("t-2", 2, 4, 0.10, &z), it("t-4", 4, 8, 0.20, &z), it("t-8", 8, 16, 0.45, &z)] }
+    Catalog {
+        instance_types: vec![
+            it("t-2", 2, 4, 0.10, &z),
+            it("t-4", 4, 8, 0.20, &z),
+            it("t-8", 8, 16, 0.45, &z),
+        ],
+    }
 }
 
 fn group(name: &str) -> NodeGroup {
@@ -60,7 +82,9 @@ fn pod_json(name: &str, cpu: &str, mem: &str, extra: serde_json::Value) -> Pod {
 }
 
 fn pods(n: usize, cpu: &str, extra: serde_json::Value) -> Vec<Pod> {
-    (0..n).map(|i| pod_json(&format!("p{i}"), cpu, "1Gi", extra.clone())).collect()
+    (0..n)
+        .map(|i| pod_json(&format!("p{i}"), cpu, "1Gi", extra.clone()))
+        .collect()
 }
 
 fn solve_ok(snap: &Snapshot, cat: &Catalog) -> Plan {
@@ -72,7 +96,16 @@ fn solve_ok(snap: &Snapshot, cat: &Catalog) -> Plan {
 }
 
 fn existing(name: &str, zone: &str, cpu: u64, pods: Vec<Pod>) -> ExistingNode {
-    let mut node = Node::new(name, Resources { cpu_millis: cpu * 1000, memory_bytes: 64 * GIB, pods: 110, ephemeral_bytes: 100 * GIB, ..Default::default() });
+    let mut node = Node::new(
+        name,
+        Resources {
+            cpu_millis: cpu * 1000,
+            memory_bytes: 64 * GIB,
+            pods: 110,
+            ephemeral_bytes: 100 * GIB,
+            ..Default::default()
+        },
+    );
     node.labels.insert(labels::ZONE.into(), zone.into());
     let pods = pods
         .into_iter()
@@ -81,13 +114,17 @@ fn existing(name: &str, zone: &str, cpu: u64, pods: Vec<Pod>) -> ExistingNode {
             p
         })
         .collect();
-    ExistingNode { node, pods }
+    ExistingNode::new(node, pods)
 }
 
 #[test]
 fn golden_three_small_pods_take_one_t4() {
     let cat = catalog();
-    let snap = Snapshot { pending: pods(3, "1", json!({})), groups: vec![group("general")], ..Default::default() };
+    let snap = Snapshot {
+        pending: pods(3, "1", json!({})),
+        groups: vec![group("general")],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.new_machines.len(), 1);
     let m = &plan.new_machines[0];
@@ -101,23 +138,45 @@ fn golden_three_small_pods_take_one_t4() {
 #[test]
 fn golden_seven_pods_cost_no_more_than_two_t4() {
     let cat = catalog();
-    let snap = Snapshot { pending: pods(7, "1", json!({})), groups: vec![group("general")], ..Default::default() };
+    let snap = Snapshot {
+        pending: pods(7, "1", json!({})),
+        groups: vec![group("general")],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert!((plan.new_cost_per_hour() - 0.40).abs() < 1e-9, "{plan:#?}");
-    assert_eq!(plan.new_machines.iter().map(|m| m.pods.len()).sum::<usize>(), 7);
+    assert_eq!(
+        plan.new_machines
+            .iter()
+            .map(|m| m.pods.len())
+            .sum::<usize>(),
+        7
+    );
     assert!(plan.new_machines.iter().all(|m| m.instance_type != "t-8"));
 }
 
 #[test]
 fn gpu_request_without_gpu_types_names_the_resource() {
     let cat = catalog();
-    let gpu = pod_json("trainer", "1", "1Gi", json!({"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}));
+    let gpu = pod_json(
+        "trainer",
+        "1",
+        "1Gi",
+        json!({"containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}),
+    );
     let mut g = group("gpu");
     g.instance_types = vec!["t-8".into()];
-    let snap = Snapshot { pending: vec![gpu], groups: vec![g], ..Default::default() };
+    let snap = Snapshot {
+        pending: vec![gpu],
+        groups: vec![g],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.unschedulable.len(), 1);
-    assert_eq!(plan.unschedulable[0].reason, "no instance type in group gpu has 8 nvidia.com/gpu");
+    assert_eq!(
+        plan.unschedulable[0].reason,
+        "no instance type in group gpu has 8 nvidia.com/gpu"
+    );
 }
 
 #[test]
@@ -127,27 +186,45 @@ fn max_replicas_is_respected_and_named() {
     g.max_replicas = 20;
     g.current_replicas = 19;
     // Two pods of 6 cpu: each needs its own t-8.
-    let snap = Snapshot { pending: pods(2, "6", json!({})), groups: vec![g], ..Default::default() };
+    let snap = Snapshot {
+        pending: pods(2, "6", json!({})),
+        groups: vec![g],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.new_machines.len(), 1);
     assert_eq!(plan.unschedulable.len(), 1);
-    assert_eq!(plan.unschedulable[0].reason, "max replicas 20 reached in group general");
+    assert_eq!(
+        plan.unschedulable[0].reason,
+        "max replicas 20 reached in group general"
+    );
 }
 
 #[test]
 fn cluster_node_limit_is_respected() {
     let cat = catalog();
-    let mut snap = Snapshot { pending: pods(3, "6", json!({})), groups: vec![group("general")], ..Default::default() };
+    let mut snap = Snapshot {
+        pending: pods(3, "6", json!({})),
+        groups: vec![group("general")],
+        ..Default::default()
+    };
     snap.limits.max_nodes = Some(2);
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.new_machines.len(), 2);
-    assert_eq!(plan.unschedulable[0].reason, "cluster limit of 2 nodes reached");
+    assert_eq!(
+        plan.unschedulable[0].reason,
+        "cluster limit of 2 nodes reached"
+    );
 }
 
 #[test]
 fn in_flight_capacity_prevents_a_second_launch() {
     let cat = catalog();
-    let mut snap = Snapshot { pending: pods(10, "1", json!({})), groups: vec![group("general")], ..Default::default() };
+    let mut snap = Snapshot {
+        pending: pods(10, "1", json!({})),
+        groups: vec![group("general")],
+        ..Default::default()
+    };
     let first = solve_ok(&snap, &cat);
     assert!(!first.new_machines.is_empty());
     snap.in_flight = first
@@ -176,7 +253,12 @@ fn in_flight_capacity_prevents_a_second_launch() {
 #[test]
 fn existing_capacity_is_used_first() {
     let cat = catalog();
-    let snap = Snapshot { pending: pods(3, "1", json!({})), nodes: vec![existing("n1", "a", 4, vec![])], groups: vec![group("general")], ..Default::default() };
+    let snap = Snapshot {
+        pending: pods(3, "1", json!({})),
+        nodes: vec![existing("n1", "a", 4, vec![])],
+        groups: vec![group("general")],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.assignments.len(), 3);
     assert!(plan.new_machines.is_empty());
@@ -187,24 +269,79 @@ fn taints_route_pods_and_startup_taints_are_ignored() {
     let cat = catalog();
     let mut gpu = group("tainted");
     gpu.taints = vec![Taint::new("dedicated", "x", TaintEffect::NoSchedule).unwrap()];
-    let plan = solve_ok(&Snapshot { pending: pods(1, "1", json!({})), groups: vec![gpu.clone()], ..Default::default() }, &cat);
-    assert_eq!(plan.unschedulable[0].reason, "group tainted has taint dedicated=x:NoSchedule that the pod does not tolerate");
-    let tolerating = pods(1, "1", json!({"tolerations": [{"key": "dedicated", "operator": "Exists"}]}));
-    assert_eq!(solve_ok(&Snapshot { pending: tolerating, groups: vec![gpu], ..Default::default() }, &cat).new_machines.len(), 1);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(1, "1", json!({})),
+            groups: vec![gpu.clone()],
+            ..Default::default()
+        },
+        &cat,
+    );
+    assert_eq!(
+        plan.unschedulable[0].reason,
+        "group tainted has taint dedicated=x:NoSchedule that the pod does not tolerate"
+    );
+    let tolerating = pods(
+        1,
+        "1",
+        json!({"tolerations": [{"key": "dedicated", "operator": "Exists"}]}),
+    );
+    assert_eq!(
+        solve_ok(
+            &Snapshot {
+                pending: tolerating,
+                groups: vec![gpu],
+                ..Default::default()
+            },
+            &cat
+        )
+        .new_machines
+        .len(),
+        1
+    );
     let mut starting = group("starting");
-    starting.startup_taints = vec![Taint::new("node.cilium.io/agent-not-ready", "", TaintEffect::NoExecute).unwrap()];
-    assert_eq!(solve_ok(&Snapshot { pending: pods(1, "1", json!({})), groups: vec![starting], ..Default::default() }, &cat).new_machines.len(), 1);
+    starting.startup_taints =
+        vec![Taint::new("node.cilium.io/agent-not-ready", "", TaintEffect::NoExecute).unwrap()];
+    assert_eq!(
+        solve_ok(
+            &Snapshot {
+                pending: pods(1, "1", json!({})),
+                groups: vec![starting],
+                ..Default::default()
+            },
+            &cat
+        )
+        .new_machines
+        .len(),
+        1
+    );
     let _ = Toleration::new("", "Exists", "", "").unwrap();
 }
 
 #[test]
 fn preferred_zone_is_honoured_then_relaxed() {
     let cat = catalog();
-    let pref = |zone: &str| json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 1, "preference": {"matchExpressions": [{"key": labels::ZONE, "operator": "In", "values": [zone]}]}}]}}});
-    let plan = solve_ok(&Snapshot { pending: pods(2, "1", pref("c")), groups: vec![group("g")], ..Default::default() }, &cat);
+    let pref = |zone: &str| {
+        json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": labels::ZONE, "operator": "In", "values": [zone]}]}}]}}})
+    };
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(2, "1", pref("c")),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert!(plan.new_machines.iter().all(|m| m.zone == "c"), "{plan:#?}");
-    let plan = solve_ok(&Snapshot { pending: pods(2, "1", pref("nowhere")), groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(2, "1", pref("nowhere")),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert!(plan.unschedulable.is_empty());
 }
 
@@ -212,11 +349,25 @@ fn preferred_zone_is_honoured_then_relaxed() {
 fn required_zone_and_volume_zone() {
     let cat = catalog();
     let req = json!({"nodeSelector": {labels::ZONE: "b"}});
-    let plan = solve_ok(&Snapshot { pending: pods(2, "1", req), groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(2, "1", req),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert!(plan.new_machines.iter().all(|m| m.zone == "b"));
     let mut p = pods(1, "1", json!({}));
     p[0].spec.volume_zones = Some(["c".to_string()].into());
-    let plan = solve_ok(&Snapshot { pending: p, groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: p,
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert_eq!(plan.new_machines[0].zone, "c");
 }
 
@@ -225,7 +376,14 @@ fn hostname_anti_affinity_gives_each_pod_its_node() {
     let cat = catalog();
     let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": labels::HOSTNAME}]}}});
-    let plan = solve_ok(&Snapshot { pending: pods(3, "100m", anti), groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(3, "100m", anti),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert_eq!(plan.new_machines.len(), 3);
     assert!(plan.new_machines.iter().all(|m| m.instance_type == "t-2"));
 }
@@ -235,12 +393,22 @@ fn zone_spread_balances_new_nodes() {
     let cat = catalog();
     let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": labels::ZONE, "whenUnsatisfiable": "DoNotSchedule",
         "labelSelector": {"matchLabels": {"app": "x"}}}]});
-    let plan = solve_ok(&Snapshot { pending: pods(6, "1", spread), groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(6, "1", spread),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
     for m in &plan.new_machines {
         *per_zone.entry(m.zone.clone()).or_default() += m.pods.len();
     }
-    assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
 }
 
 /// kubernetes.io/docs/concepts/scheduling-eviction/topology-spread-constraints: four nodes in two zones, three
@@ -257,8 +425,17 @@ fn documentation_example_two_spread_constraints() {
         existing("node4", "zoneB", 4, vec![]),
     ];
     let constraint = |key: &str| json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"foo": "bar"}}});
-    let incoming = pod_json("mypod", "100m", "100Mi", json!({"labels": {"foo": "bar"}, "topologySpreadConstraints": [constraint(labels::ZONE), constraint(labels::HOSTNAME)]}));
-    let snap = Snapshot { pending: vec![incoming], nodes, ..Default::default() };
+    let incoming = pod_json(
+        "mypod",
+        "100m",
+        "100Mi",
+        json!({"labels": {"foo": "bar"}, "topologySpreadConstraints": [constraint(labels::ZONE), constraint(labels::HOSTNAME)]}),
+    );
+    let snap = Snapshot {
+        pending: vec![incoming],
+        nodes,
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert_eq!(plan.assignments.len(), 1);
     assert_eq!(plan.assignments[0].node, "node4");
@@ -268,27 +445,56 @@ fn documentation_example_two_spread_constraints() {
 #[test]
 fn documentation_example_affinity_and_anti_affinity() {
     let cat = catalog();
-    let labeled = |name: &str, sec: &str| pod_json(name, "100m", "100Mi", json!({"labels": {"security": sec}}));
+    let labeled = |name: &str, sec: &str| {
+        pod_json(name, "100m", "100Mi", json!({"labels": {"security": sec}}))
+    };
     let nodes = vec![
-        existing("n-a", "a", 4, vec![labeled("s1", "S1"), labeled("s2", "S2")]),
+        existing(
+            "n-a",
+            "a",
+            4,
+            vec![labeled("s1", "S1"), labeled("s2", "S2")],
+        ),
         existing("n-b", "b", 4, vec![labeled("s1b", "S1")]),
         existing("n-c", "c", 4, vec![]),
     ];
-    let incoming = pod_json("with-pod-affinity", "100m", "100Mi", json!({"affinity": {
+    let incoming = pod_json(
+        "with-pod-affinity",
+        "100m",
+        "100Mi",
+        json!({"affinity": {
         "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchExpressions": [{"key": "security", "operator": "In", "values": ["S1"]}]}, "topologyKey": labels::ZONE}]},
         "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"labelSelector": {"matchExpressions": [{"key": "security", "operator": "In", "values": ["S2"]}]}, "topologyKey": labels::ZONE}]}}}));
-    let plan = solve_ok(&Snapshot { pending: vec![incoming], nodes, ..Default::default() }, &cat);
+            {"labelSelector": {"matchExpressions": [{"key": "security", "operator": "In", "values": ["S2"]}]}, "topologyKey": labels::ZONE}]}}}),
+    );
+    let plan = solve_ok(
+        &Snapshot {
+            pending: vec![incoming],
+            nodes,
+            ..Default::default()
+        },
+        &cat,
+    );
     assert_eq!(plan.assignments[0].node, "n-b");
 }
 
 #[test]
 fn existing_pods_anti_affinity_is_symmetric() {
     let cat = catalog();
-    let loner = pod_json("loner", "100m", "100Mi", json!({"labels": {"app": "loner"}, "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": labels::HOSTNAME}]}}}));
-    let snap = Snapshot { pending: pods(1, "100m", json!({})), nodes: vec![existing("n1", "a", 4, vec![loner])], groups: vec![group("g")], ..Default::default() };
+    let loner = pod_json(
+        "loner",
+        "100m",
+        "100Mi",
+        json!({"labels": {"app": "loner"}, "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": labels::HOSTNAME}]}}}),
+    );
+    let snap = Snapshot {
+        pending: pods(1, "100m", json!({})),
+        nodes: vec![existing("n1", "a", 4, vec![loner])],
+        groups: vec![group("g")],
+        ..Default::default()
+    };
     let plan = solve_ok(&snap, &cat);
     assert!(plan.assignments.is_empty());
     assert_eq!(plan.new_machines.len(), 1);
@@ -302,9 +508,20 @@ fn expanders_choose_between_groups() {
     let mut pricey = group("pricey");
     pricey.instance_types = vec!["t-8".into()];
     pricey.priority = 10;
-    let snap = |e| Snapshot { pending: pods(2, "1", json!({})), groups: vec![cheap.clone(), pricey.clone()], expander: e, ..Default::default() };
-    assert_eq!(solve_ok(&snap(Expander::Cheapest), &cat).new_machines[0].group, "cheap");
-    assert_eq!(solve_ok(&snap(Expander::Priority), &cat).new_machines[0].group, "pricey");
+    let snap = |e| Snapshot {
+        pending: pods(2, "1", json!({})),
+        groups: vec![cheap.clone(), pricey.clone()],
+        expander: e,
+        ..Default::default()
+    };
+    assert_eq!(
+        solve_ok(&snap(Expander::Cheapest), &cat).new_machines[0].group,
+        "cheap"
+    );
+    assert_eq!(
+        solve_ok(&snap(Expander::Priority), &cat).new_machines[0].group,
+        "pricey"
+    );
     let a = solve_ok(&snap(Expander::Random { seed: 7 }), &cat);
     let b = solve_ok(&snap(Expander::Random { seed: 7 }), &cat);
     assert_eq!(a, b, "random expander is deterministic per seed");
@@ -314,7 +531,14 @@ fn expanders_choose_between_groups() {
 fn host_ports_conflict_forces_another_node() {
     let cat = catalog();
     let port = json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}], "resources": {"requests": {"cpu": "100m"}}}]});
-    let plan = solve_ok(&Snapshot { pending: pods(2, "100m", port), groups: vec![group("g")], ..Default::default() }, &cat);
+    let plan = solve_ok(
+        &Snapshot {
+            pending: pods(2, "100m", port),
+            groups: vec![group("g")],
+            ..Default::default()
+        },
+        &cat,
+    );
     assert_eq!(plan.new_machines.len(), 2);
 }
 

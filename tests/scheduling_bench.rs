@@ -7,11 +7,19 @@ use chrono::Utc;
 #[test]
 fn diverse_and_preference_plans_are_feasible_and_complete() {
     let catalog = scheduling::catalog();
-    for (objects, respect) in [(scheduling::diverse_pods(300, 3), true), (scheduling::preference_pods(200, 3), true), (scheduling::preference_pods(200, 3), false)] {
+    for (objects, respect) in [
+        (scheduling::diverse_pods(300, 3), true),
+        (scheduling::preference_pods(200, 3), true),
+        (scheduling::preference_pods(200, 3), false),
+    ] {
         let snap = scheduling::snapshot(&catalog, scheduling::to_pods(&objects).unwrap(), respect);
         let now = Utc::now();
         let plan = solve(&snap, &catalog, now).unwrap();
-        assert!(plan.unschedulable.is_empty(), "{:?}", plan.unschedulable.first());
+        assert!(
+            plan.unschedulable.is_empty(),
+            "{:?}",
+            plan.unschedulable.first()
+        );
         let errors = verify(&snap, &catalog, &plan, now);
         assert!(errors.is_empty(), "{errors:#?}");
     }
@@ -21,18 +29,36 @@ fn diverse_and_preference_plans_are_feasible_and_complete() {
 fn preferences_are_honoured_when_respected() {
     let catalog = scheduling::catalog();
     let objects = scheduling::preference_pods(50, 5);
-    let plan = solve(&scheduling::snapshot(&catalog, scheduling::to_pods(&objects).unwrap(), true), &catalog, Utc::now()).unwrap();
+    let plan = solve(
+        &scheduling::snapshot(&catalog, scheduling::to_pods(&objects).unwrap(), true),
+        &catalog,
+        Utc::now(),
+    )
+    .unwrap();
     // Preferred zone-1 holds once the anti-affinity preferences are relaxed.
-    assert!(plan.new_machines.iter().all(|m| m.zone == "zone-1"), "{:?}", plan.new_machines.iter().map(|m| &m.zone).collect::<Vec<_>>());
+    assert!(
+        plan.new_machines.iter().all(|m| m.zone == "zone-1"),
+        "{:?}",
+        plan.new_machines
+            .iter()
+            .map(|m| &m.zone)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn packing_dumps_and_stays_near_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let (name, constrained, objects) = packing::workloads(1).into_iter().find(|w| w.0 == "memory-heavy").unwrap();
+    let (name, constrained, objects) = packing::workloads(1)
+        .into_iter()
+        .find(|w| w.0 == "memory-heavy")
+        .unwrap();
     let row = packing::evaluate(&name, constrained, &objects, Some(dir.path())).unwrap();
     assert_eq!(row.unscheduled, 0);
-    assert!(row.cost >= row.bound * 0.999, "a plan cannot beat the lower bound: {row:?}");
+    assert!(
+        row.cost >= row.bound * 0.999,
+        "a plan cannot beat the lower bound: {row:?}"
+    );
     assert!(row.cost <= row.bound * 1.25, "{row:?}");
     for f in ["pods.json", "instance-types.json", "plan.json"] {
         let text = std::fs::read_to_string(dir.path().join(&name).join(f)).unwrap();

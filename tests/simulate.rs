@@ -23,7 +23,10 @@ fn examples() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml") && p.file_name().is_some_and(|n| n != "default.yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "default.yaml")
+        })
         .collect();
     v.sort();
     v
@@ -31,7 +34,8 @@ fn examples() -> Vec<PathBuf> {
 
 fn play(s: &Scenario) -> (Outcome, Catalog) {
     let catalog = scenario::load_catalog(s).unwrap();
-    let out = run_blocking(s, &catalog, &RunOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+    let out = run_blocking(s, &catalog, &RunOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", s.name));
     (out, catalog)
 }
 
@@ -40,7 +44,12 @@ fn cheapest_on_demand_vcpu_hour(catalog: &Catalog) -> f64 {
     catalog
         .instance_types
         .iter()
-        .flat_map(|t| t.offerings.iter().filter(|o| o.capacity_type.as_str() == "on-demand").map(move |o| o.price / t.vcpu.max(1) as f64))
+        .flat_map(|t| {
+            t.offerings
+                .iter()
+                .filter(|o| o.capacity_type.as_str() == "on-demand")
+                .map(move |o| o.price / t.vcpu.max(1) as f64)
+        })
         .fold(f64::INFINITY, f64::min)
 }
 
@@ -48,18 +57,40 @@ fn check_properties(s: &Scenario, o: &Outcome, catalog: &Catalog) {
     let sum = summarize(o);
     let name = &s.name;
     assert!(sum.pods_scheduled > 0, "{name}: no pod ever ran");
-    assert_eq!(sum.pods_unscheduled_at_end, 0, "{name}: pods still pending at the end: {:?}", o.still_waiting_seconds);
-    assert_eq!(sum.pdb_bypassed, 0, "{name}: PDB-protected pods removed without eviction");
-    assert_eq!(sum.duplicate_launches, 0, "{name}: an instance launched twice for one Machine");
+    assert_eq!(
+        sum.pods_unscheduled_at_end, 0,
+        "{name}: pods still pending at the end: {:?}",
+        o.still_waiting_seconds
+    );
+    assert_eq!(
+        sum.pdb_bypassed, 0,
+        "{name}: PDB-protected pods removed without eviction"
+    );
+    assert_eq!(
+        sum.duplicate_launches, 0,
+        "{name}: an instance launched twice for one Machine"
+    );
     assert!(sum.jobs_complete, "{name}: jobs unfinished: {:?}", o.jobs);
     for r in &o.rollouts {
-        assert!(r.finished_s.is_some(), "{name}: the rollout of {} did not finish", r.machine_deployment);
+        assert!(
+            r.finished_s.is_some(),
+            "{name}: the rollout of {} did not finish",
+            r.machine_deployment
+        );
     }
     // Cost: the peak within 8x the cheapest on-demand price of the peak cpu requested, plus $2/h for the fixed part
     // of a small run (daemonsets, rollout surge, a node per group); a runaway scale-up does not stay inside it.
-    let peak_requested = o.samples.iter().map(|s| s.requested_cpu_cores).fold(0.0, f64::max);
+    let peak_requested = o
+        .samples
+        .iter()
+        .map(|s| s.requested_cpu_cores)
+        .fold(0.0, f64::max);
     let bound = 8.0 * peak_requested * cheapest_on_demand_vcpu_hour(catalog) + 2.0;
-    assert!(sum.peak_hourly_cost <= bound, "{name}: peak hourly cost ${:.2} above the bound ${bound:.2}", sum.peak_hourly_cost);
+    assert!(
+        sum.peak_hourly_cost <= bound,
+        "{name}: peak hourly cost ${:.2} above the bound ${bound:.2}",
+        sum.peak_hourly_cost
+    );
     assert!(sum.final_nodes > 0, "{name}: no nodes at the end");
 }
 
@@ -69,14 +100,24 @@ fn the_default_scenario_keeps_its_properties() {
     let (o, catalog) = play(&s);
     check_properties(&s, &o, &catalog);
     let sum = summarize(&o);
-    assert!(sum.disruptions.contains_key("spot interruption"), "the scenario's spot interruption happened: {:?}", sum.disruptions);
-    assert!(sum.nodes_removed > 0, "nodes were removed (the interruption's, the rollout's)");
+    assert!(
+        sum.disruptions.contains_key("spot interruption"),
+        "the scenario's spot interruption happened: {:?}",
+        sum.disruptions
+    );
+    assert!(
+        sum.nodes_removed > 0,
+        "nodes were removed (the interruption's, the rollout's)"
+    );
 }
 
 #[test]
 fn every_example_scenario_keeps_its_properties() {
     let files = examples();
-    assert!(files.len() >= 3, "scenarios/ has the worked examples: {files:?}");
+    assert!(
+        files.len() >= 3,
+        "scenarios/ has the worked examples: {files:?}"
+    );
     for f in files {
         let s = scenario::load(&f).unwrap().scaled(TEST_SCALE);
         let (o, catalog) = play(&s);
@@ -106,27 +147,45 @@ fn scale_down_leaves_no_idle_fleet() {
 
 #[test]
 fn the_same_scenario_and_seed_give_the_same_report() {
-    let s = scenario::load(&scenarios_dir().join("new-family-rollout.yaml")).unwrap().scaled(TEST_SCALE);
+    let s = scenario::load(&scenarios_dir().join("new-family-rollout.yaml"))
+        .unwrap()
+        .scaled(TEST_SCALE);
     let (a, _) = play(&s);
     let (b, _) = play(&s);
     assert_eq!(report::html(&a, None), report::html(&b, None));
 }
 
 fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 #[test]
 fn the_report_renders_in_headless_chromium() {
     let Some(chromium) = chromium() else {
-        eprintln!("SKIPPED: chromium is not installed (scripts/test.sh installs the Debian package)");
+        eprintln!(
+            "SKIPPED: chromium is not installed (scripts/test.sh installs the Debian package)"
+        );
         return;
     };
-    let s = scenario::load(&scenarios_dir().join("new-family-rollout.yaml")).unwrap().scaled(TEST_SCALE);
+    let s = scenario::load(&scenarios_dir().join("new-family-rollout.yaml"))
+        .unwrap()
+        .scaled(TEST_SCALE);
     let (o, _) = play(&s);
     let html = report::html(&o, None);
-    assert!(!html.contains("<script"), "the report itself needs no scripts");
-    assert!(!html.contains("http://") || html.matches("http://").all(|_| html.contains("xmlns=\"http://www.w3.org/2000/svg\"")), "no network references");
+    assert!(
+        !html.contains("<script"),
+        "the report itself needs no scripts"
+    );
+    assert!(
+        !html.contains("http://")
+            || html
+                .matches("http://")
+                .all(|_| html.contains("xmlns=\"http://www.w3.org/2000/svg\"")),
+        "no network references"
+    );
     let dir = tempfile::tempdir().unwrap();
     // A copy of the report with a probe that measures what the browser laid out: each series' drawn length and
     // box. The report stays script-free; only this copy carries the probe.
@@ -141,40 +200,86 @@ document.body.setAttribute('data-probed', 'yes');
     std::fs::write(&page, html.replace("</body>", probe)).unwrap();
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(&chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--virtual-time-budget=5000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("data-probed=\"yes\""), "chromium did not load the report: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dom.contains("data-probed=\"yes\""),
+        "chromium did not load the report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for chart in ["pending-0", "nodes-0", "cost-0", "utilization-0"] {
-        assert!(dom.contains(&format!("id=\"{chart}\"")), "chart {chart} missing");
+        assert!(
+            dom.contains(&format!("id=\"{chart}\"")),
+            "chart {chart} missing"
+        );
     }
     let rendered: Vec<(f64, f64)> = dom
         .split("data-rendered=\"")
         .skip(1)
         .map(|rest| {
-            let v: Vec<f64> = rest.split('"').next().unwrap().split(' ').map(|x| x.parse().unwrap()).collect();
+            let v: Vec<f64> = rest
+                .split('"')
+                .next()
+                .unwrap()
+                .split(' ')
+                .map(|x| x.parse().unwrap())
+                .collect();
             (v[0], v[1])
         })
         .collect();
     assert!(rendered.len() >= 6, "series drawn: {}", rendered.len());
-    assert!(rendered.iter().all(|(len, width)| *len > 100.0 && *width > 100.0), "every series spans the chart: {rendered:?}");
+    assert!(
+        rendered
+            .iter()
+            .all(|(len, width)| *len > 100.0 && *width > 100.0),
+        "every series spans the chart: {rendered:?}"
+    );
     // And a screenshot: the page paints.
     let shot = dir.path().join("report.png");
     let status = Command::new(&chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--window-size=900,2400"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=900,2400",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", dir.path().join("report.html").display()))
+        .arg(format!(
+            "file://{}",
+            dir.path().join("report.html").display()
+        ))
         .output()
         .unwrap();
-    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
-    assert!(std::fs::metadata(&shot).unwrap().len() > 20_000, "the screenshot is nearly blank");
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 20_000,
+        "the screenshot is nearly blank"
+    );
 }
 
 #[test]
@@ -182,10 +287,46 @@ fn bad_scenario_files_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(scenarios_dir().join("new-family-rollout.yaml")).unwrap();
     let cases = [
-        ("unknown.yaml", good.replace("      replicas: 120\n", "      replicas: 120\n      replica: 4\n"), "timeline[1].deployment", "unknown field `replica`", "replica: 4"),
-        ("quantity.yaml", good.replace("pod: {cpu: 500m, memory: 1Gi}", "pod: {cpu: 500m, memory: 1Gb}"), "timeline[1].deployment.pod.memory", "1Gb", "memory: 1Gb"),
-        ("order.yaml", good.replace("  - at: 8m\n", "  - at: 8m\n    scale: {deployment: web, replicas: 100}\n  - at: 7m\n"), "timeline[5].at", "time order", "at: 7m"),
-        ("crd.yaml", good.replace("classRef: {name: m6a}", "classRef: {name: m6a}\n            colour: blue"), "berth.machineDeployments[0].spec.template.spec.colour", "unknown field", "colour: blue"),
+        (
+            "unknown.yaml",
+            good.replace(
+                "      replicas: 120\n",
+                "      replicas: 120\n      replica: 4\n",
+            ),
+            "timeline[1].deployment",
+            "unknown field `replica`",
+            "replica: 4",
+        ),
+        (
+            "quantity.yaml",
+            good.replace(
+                "pod: {cpu: 500m, memory: 1Gi}",
+                "pod: {cpu: 500m, memory: 1Gb}",
+            ),
+            "timeline[1].deployment.pod.memory",
+            "1Gb",
+            "memory: 1Gb",
+        ),
+        (
+            "order.yaml",
+            good.replace(
+                "  - at: 8m\n",
+                "  - at: 8m\n    scale: {deployment: web, replicas: 100}\n  - at: 7m\n",
+            ),
+            "timeline[5].at",
+            "time order",
+            "at: 7m",
+        ),
+        (
+            "crd.yaml",
+            good.replace(
+                "classRef: {name: m6a}",
+                "classRef: {name: m6a}\n            colour: blue",
+            ),
+            "berth.machineDeployments[0].spec.template.spec.colour",
+            "unknown field",
+            "colour: blue",
+        ),
     ];
     for (file, text, field, message, line_text) in cases {
         let path = dir.path().join(file);
@@ -193,16 +334,32 @@ fn bad_scenario_files_name_file_line_and_field() {
         let err = scenario::load(&path).unwrap_err().to_string();
         let prefix = format!("{}:", path.display());
         assert!(err.starts_with(&prefix), "{err}");
-        let line: usize = err[prefix.len()..].split(':').next().unwrap().parse().unwrap_or_else(|_| panic!("no line in {err}"));
-        assert!(text.lines().nth(line - 1).unwrap().contains(line_text), "{err}: line {line} is {:?}", text.lines().nth(line - 1));
+        let line: usize = err[prefix.len()..]
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("no line in {err}"));
+        assert!(
+            text.lines().nth(line - 1).unwrap().contains(line_text),
+            "{err}: line {line} is {:?}",
+            text.lines().nth(line - 1)
+        );
         assert!(err.contains(field), "{err}");
         assert!(err.contains(message), "{err}");
     }
     // Through the binary: exit status 1 and the same message on stderr.
-    let out = Command::new(env!("CARGO_BIN_EXE_berth")).args(["simulate"]).arg(dir.path().join("unknown.yaml")).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["simulate"])
+        .arg(dir.path().join("unknown.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown.yaml:") && stderr.contains("unknown field `replica`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown.yaml:") && stderr.contains("unknown field `replica`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -217,9 +374,19 @@ fn compare_prints_both_configurations() {
     };
     let out = berth::sim::main(&args, false).unwrap();
     let header = out.lines().nth(1).unwrap();
-    assert!(header.contains("baseline") && header.contains("scaleDown"), "{out}");
+    assert!(
+        header.contains("baseline") && header.contains("scaleDown"),
+        "{out}"
+    );
     assert!(out.lines().any(|l| l.contains("nodes launched")), "{out}");
     let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(json["runs"].as_array().unwrap().len(), 2);
-    assert!(berth::sim::with_cluster_patch(&scenario::load(args.scenario.as_ref().unwrap()).unwrap(), "{nosuch: 1}").is_err(), "a bad patch is refused");
+    assert!(
+        berth::sim::with_cluster_patch(
+            &scenario::load(args.scenario.as_ref().unwrap()).unwrap(),
+            "{nosuch: 1}"
+        )
+        .is_err(),
+        "a bad patch is refused"
+    );
 }

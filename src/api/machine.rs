@@ -20,12 +20,24 @@ use std::collections::BTreeMap;
     namespaced,
     status = "MachineStatus",
     doc = "One EC2 instance: the shape chosen for it, its lifecycle phase and the Node it became.",
-    printcolumn(name = "Instance-Type", type_ = "string", json_path = ".status.instanceType"),
+    printcolumn(
+        name = "Instance-Type",
+        type_ = "string",
+        json_path = ".status.instanceType"
+    ),
     printcolumn(name = "Zone", type_ = "string", json_path = ".status.zone"),
-    printcolumn(name = "Capacity", type_ = "string", json_path = ".status.capacityType"),
+    printcolumn(
+        name = "Capacity",
+        type_ = "string",
+        json_path = ".status.capacityType"
+    ),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeRef.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineSpec {
@@ -46,7 +58,11 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<MachineShape>,
     /// The cloud's id for the instance (aws:///ZONE/INSTANCE_ID), once launched.
-    #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "providerID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provider_id: Option<String>,
 }
 
@@ -92,10 +108,18 @@ pub struct MachineStatus {
     #[serde(default)]
     pub phase: MachinePhase,
     /// The EC2 instance id.
-    #[serde(default, rename = "instanceID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "instanceID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_id: Option<String>,
     /// aws:///ZONE/INSTANCE_ID, as the Node's spec.providerID.
-    #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "providerID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provider_id: Option<String>,
     /// The instance type launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,9 +20,21 @@ use std::collections::BTreeMap;
     doc = "How to launch an EC2 instance: image, instance-type requirements, capacity types, network, bootstrap, storage.",
     printcolumn(name = "Family", type_ = "string", json_path = ".spec.image.family"),
     printcolumn(name = "Capacity", type_ = "string", json_path = ".spec.capacityTypes"),
-    printcolumn(name = "Types", type_ = "integer", json_path = ".status.instanceTypeCount"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Types",
+        type_ = "integer",
+        json_path = ".status.instanceTypeCount"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MachineClassSpec {
@@ -277,7 +289,11 @@ pub struct MetadataOptions {
 
 impl Default for MetadataOptions {
     fn default() -> Self {
-        MetadataOptions { http_tokens: required(), http_put_response_hop_limit: 1, http_endpoint_enabled: true }
+        MetadataOptions {
+            http_tokens: required(),
+            http_put_response_hop_limit: 1,
+            http_endpoint_enabled: true,
+        }
     }
 }
 

@@ -13,7 +13,9 @@ pub mod machine_set;
 mod schema_check;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus};
-pub use common::{ClassReference, Condition, ConditionStatus, MachineTemplate, MachineTemplateSpec, TaintSpec};
+pub use common::{
+    ClassReference, Condition, ConditionStatus, MachineTemplate, MachineTemplateSpec, TaintSpec,
+};
 pub use machine::{Machine, MachinePhase, MachineShape, MachineSpec, MachineStatus};
 pub use machine_class::{MachineClass, MachineClassSpec, MachineClassStatus};
 pub use machine_deployment::{MachineDeployment, MachineDeploymentSpec, MachineDeploymentStatus};
@@ -34,7 +36,13 @@ pub const DO_NOT_DISRUPT_ANNOTATION: &str = "berth.dev/do-not-disrupt";
 
 /// The CRDs of all five kinds, in dependency order (classes before the groups that reference them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Cluster::crd(), MachineClass::crd(), MachineDeployment::crd(), MachineSet::crd(), Machine::crd()]
+    vec![
+        Cluster::crd(),
+        MachineClass::crd(),
+        MachineDeployment::crd(),
+        MachineSet::crd(),
+        Machine::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, as `berth crds` prints it and charts/berth/crds/ stores it.

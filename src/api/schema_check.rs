@@ -26,7 +26,12 @@ pub fn check_structural(schema: &Value) -> Vec<StructuralError> {
 }
 
 fn walk(node: &Value, path: &str, is_root: bool, problems: &mut Vec<StructuralError>) {
-    let mut problem = |p: &str| problems.push(StructuralError { path: display(path), problem: p.to_string() });
+    let mut problem = |p: &str| {
+        problems.push(StructuralError {
+            path: display(path),
+            problem: p.to_string(),
+        })
+    };
     let Some(obj) = node.as_object() else {
         problem("schema node is not an object");
         return;
@@ -55,7 +60,13 @@ fn walk(node: &Value, path: &str, is_root: bool, problems: &mut Vec<StructuralEr
         if let Some(branches) = obj.get(junction) {
             if !int_or_string {
                 for branch in branches.as_array().into_iter().flatten() {
-                    for forbidden in ["type", "description", "default", "additionalProperties", "nullable"] {
+                    for forbidden in [
+                        "type",
+                        "description",
+                        "default",
+                        "additionalProperties",
+                        "nullable",
+                    ] {
                         if branch.get(forbidden).is_some() {
                             problem(&format!("{junction} branch sets {forbidden}; only value validations are allowed there"));
                         }
@@ -85,7 +96,8 @@ fn walk(node: &Value, path: &str, is_root: bool, problems: &mut Vec<StructuralEr
 fn walk_unlabelled(node: &Value, path: &str, problems: &mut Vec<StructuralError>) {
     let mut with_description = node.clone();
     if let Some(obj) = with_description.as_object_mut() {
-        obj.entry("description").or_insert(Value::String(String::new()));
+        obj.entry("description")
+            .or_insert(Value::String(String::new()));
     }
     walk(&with_description, path, false, problems);
 }
@@ -124,12 +136,33 @@ mod tests {
                 "f": {"description": "bad anyOf", "type": "object", "anyOf": [{"type": "object"}]}
             }
         });
-        let paths: Vec<String> = check_structural(&schema).into_iter().map(|e| format!("{e}")).collect();
-        assert!(paths.iter().any(|p| p.starts_with("a: missing type")), "{paths:?}");
-        assert!(paths.iter().any(|p| p.starts_with("b: array without items")), "{paths:?}");
-        assert!(paths.iter().any(|p| p.starts_with("c: missing description")), "{paths:?}");
+        let paths: Vec<String> = check_structural(&schema)
+            .into_iter()
+            .map(|e| format!("{e}"))
+            .collect();
+        assert!(
+            paths.iter().any(|p| p.starts_with("a: missing type")),
+            "{paths:?}"
+        );
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("b: array without items")),
+            "{paths:?}"
+        );
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("c: missing description")),
+            "{paths:?}"
+        );
         assert!(paths.iter().any(|p| p.starts_with("d: $ref")), "{paths:?}");
         assert!(!paths.iter().any(|p| p.starts_with("e:")), "{paths:?}");
-        assert!(paths.iter().any(|p| p.starts_with("f: anyOf branch sets type")), "{paths:?}");
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("f: anyOf branch sets type")),
+            "{paths:?}"
+        );
     }
 }

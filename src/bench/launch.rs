@@ -19,7 +19,15 @@ use std::time::{Duration, Instant};
 
 /// Candidate types per deployment, as a class allowing several general-purpose families would give.
 const TYPES: &[&str] = &[
-    "m5.large", "m5a.large", "m6i.large", "m6a.large", "m7i.large", "c5.xlarge", "c6i.xlarge", "r5.large", "m5.xlarge",
+    "m5.large",
+    "m5a.large",
+    "m6i.large",
+    "m6a.large",
+    "m7i.large",
+    "c5.xlarge",
+    "c6i.xlarge",
+    "r5.large",
+    "m5.xlarge",
     "m6i.xlarge",
 ];
 const DEPLOYMENTS: usize = 4;
@@ -53,16 +61,41 @@ impl LaunchBenchReport {
         s.push_str(&format!("{:<34} {:>12}\n", "launched", self.launched));
         s.push_str(&format!("{:<34} {:>12}\n", "failed", self.failed));
         s.push_str(&format!("{:<34} {:>12}\n", "API calls", self.api_calls));
-        s.push_str(&format!("{:<34} {:>12.3}\n", "API calls per machine", self.api_calls_per_machine()));
+        s.push_str(&format!(
+            "{:<34} {:>12.3}\n",
+            "API calls per machine",
+            self.api_calls_per_machine()
+        ));
         for (a, n) in &self.calls_by_action {
             s.push_str(&format!("  {:<32} {:>12}\n", a, n));
         }
-        let clock = if self.virtual_time { "s, EC2 limits, virtual" } else { "s, wall clock" };
-        s.push_str(&format!("{:<34} {:>12.1} {clock}\n", "time until all launch calls made", self.time_to_all_launch_calls.as_secs_f64()));
-        s.push_str(&format!("{:<34} {:>12.3} s\n", "wall time", self.wall.as_secs_f64()));
-        s.push_str(&format!("{:<34} {:>12}\n", "throttling errors (EC2 side)", self.server_throttles));
-        s.push_str(&format!("{:<34} {:>12}\n", "throttled answers seen by berth", self.client_throttled));
-        s.push_str(&format!("{:<34} {:>12}\n", "calls queued by berth's limiter", self.limiter_waits));
+        let clock = if self.virtual_time {
+            "s, EC2 limits, virtual"
+        } else {
+            "s, wall clock"
+        };
+        s.push_str(&format!(
+            "{:<34} {:>12.1} {clock}\n",
+            "time until all launch calls made",
+            self.time_to_all_launch_calls.as_secs_f64()
+        ));
+        s.push_str(&format!(
+            "{:<34} {:>12.3} s\n",
+            "wall time",
+            self.wall.as_secs_f64()
+        ));
+        s.push_str(&format!(
+            "{:<34} {:>12}\n",
+            "throttling errors (EC2 side)", self.server_throttles
+        ));
+        s.push_str(&format!(
+            "{:<34} {:>12}\n",
+            "throttled answers seen by berth", self.client_throttled
+        ));
+        s.push_str(&format!(
+            "{:<34} {:>12}\n",
+            "calls queued by berth's limiter", self.limiter_waits
+        ));
         s
     }
 
@@ -87,8 +120,11 @@ impl LaunchBenchReport {
 
 /// Runs the burst on the current runtime (pause tokio time before calling for virtual time).
 pub async fn run(machines: usize, virtual_time: bool) -> Result<LaunchBenchReport, CloudError> {
-    let clock: SharedClock = Arc::new(TokioClock::new(chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap_or_default()));
-    let metrics = CloudMetrics::unregistered().map_err(|e| CloudError::invalid(format!("metrics: {e}")))?;
+    let clock: SharedClock = Arc::new(TokioClock::new(
+        chrono::DateTime::from_timestamp(1_750_000_000, 0).unwrap_or_default(),
+    ));
+    let metrics =
+        CloudMetrics::unregistered().map_err(|e| CloudError::invalid(format!("metrics: {e}")))?;
     let mut config = SimConfig::bundled("us-east-1", "test-cluster", clock, metrics.clone())?;
     config.boot_delay = Duration::from_secs(30);
     let cloud = Arc::new(SimulatedCloud::new(config));
@@ -101,8 +137,14 @@ pub async fn run(machines: usize, virtual_time: bool) -> Result<LaunchBenchRepor
         let mut r = fixtures::request(&format!("machine-{i:05}"));
         let d = i % DEPLOYMENTS;
         r.deployment = Some(format!("deployment-{d}"));
-        r.class = ClassRevision { name: format!("class-{d}"), revision: "1".into() };
-        r.bootstrap.labels.insert("berth.dev/machine-deployment".into(), format!("deployment-{d}"));
+        r.class = ClassRevision {
+            name: format!("class-{d}"),
+            revision: "1".into(),
+        };
+        r.bootstrap.labels.insert(
+            "berth.dev/machine-deployment".into(),
+            format!("deployment-{d}"),
+        );
         r.instance_types = TYPES.iter().map(|t| InstanceTypeChoice::new(*t)).collect();
         tasks.push(tokio::spawn(async move {
             let out = cloud.launch(&r).await;
@@ -112,7 +154,10 @@ pub async fn run(machines: usize, virtual_time: bool) -> Result<LaunchBenchRepor
     let mut launched = 0;
     let mut last = start;
     for t in tasks {
-        let (ok, at) = t.await.map_err(|e| CloudError::Transient { action: "bench", message: e.to_string() })?;
+        let (ok, at) = t.await.map_err(|e| CloudError::Transient {
+            action: "bench",
+            message: e.to_string(),
+        })?;
         if ok {
             launched += 1;
         }
@@ -145,7 +190,10 @@ pub fn main(machines: usize, real_time: bool) -> Result<LaunchBenchReport, Cloud
     if !real_time {
         b.start_paused(true);
     }
-    let rt = b.build().map_err(|e| CloudError::Transient { action: "bench", message: format!("runtime: {e}") })?;
+    let rt = b.build().map_err(|e| CloudError::Transient {
+        action: "bench",
+        message: format!("runtime: {e}"),
+    })?;
     let report = rt.block_on(run(machines, !real_time))?;
     print!("{}", report.table());
     println!("{}", report.json());

@@ -18,9 +18,15 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("writing {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("workload {path}: {message}")]
     Workload { path: String, message: String },
     #[error(transparent)]
@@ -91,7 +97,10 @@ pub fn instance_types_json(catalog: &Catalog, root_volume: u64) -> Value {
 
 /// `plan.json` of a dump.
 pub fn plan_json(plan: &Plan) -> Value {
-    let strip = |k: &str| k.split_once('/').map_or(k.to_string(), |(_, n)| n.to_string());
+    let strip = |k: &str| {
+        k.split_once('/')
+            .map_or(k.to_string(), |(_, n)| n.to_string())
+    };
     json!({
         "nodes": plan.new_machines.iter().map(|m| json!({
             "name": m.name, "instanceType": m.instance_type, "zone": m.zone, "capacityType": m.capacity_type.as_str(),
@@ -104,8 +113,14 @@ pub fn plan_json(plan: &Plan) -> Value {
 
 pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<(), BenchError> {
     let path = dir.join(name);
-    let err = |source| BenchError::Write { path: path.display().to_string(), source };
+    let err = |source| BenchError::Write {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    std::fs::write(&path, text).map_err(|source| BenchError::Write { path: path.display().to_string(), source })
+    std::fs::write(&path, text).map_err(|source| BenchError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }

@@ -64,7 +64,10 @@ pub fn integral_bound(types: &[BoundType], cpu: f64, mem: f64, classes: &[SizeCl
     // and GiB so the tableau stays well scaled.
     const GIB: f64 = (1u64 << 30) as f64;
     let mut demand = vec![cpu / 1000.0, mem / GIB];
-    let mut rows: Vec<Vec<f64>> = types.iter().map(|t| vec![t.cpu / 1000.0, t.mem / GIB]).collect();
+    let mut rows: Vec<Vec<f64>> = types
+        .iter()
+        .map(|t| vec![t.cpu / 1000.0, t.mem / GIB])
+        .collect();
     for c in classes {
         if c.count <= 0.0 {
             continue;
@@ -158,7 +161,13 @@ pub enum Constraint {
     HostnameAntiAffinity,
 }
 
-fn deployment_pods(name: &str, replicas: usize, cpu_m: u64, mem_mi: u64, constraint: Constraint) -> Vec<Value> {
+fn deployment_pods(
+    name: &str,
+    replicas: usize,
+    cpu_m: u64,
+    mem_mi: u64,
+    constraint: Constraint,
+) -> Vec<Value> {
     (0..replicas)
         .map(|i| {
             let mut p = json!({
@@ -186,17 +195,40 @@ fn deployment_pods(name: &str, replicas: usize, cpu_m: u64, mem_mi: u64, constra
 /// The seeded mixes: name, constrained, pod objects.
 pub fn workloads(seed: u64) -> Vec<(String, bool, Vec<Value>)> {
     let mut rng = Rng::new(seed);
-    let mut mix = |name: &str, deployments: usize, shapes: &[(u64, u64)], replicas: (usize, usize), constraint: Constraint| {
+    let mut mix = |name: &str,
+                   deployments: usize,
+                   shapes: &[(u64, u64)],
+                   replicas: (usize, usize),
+                   constraint: Constraint| {
         let mut pods = vec![];
         for d in 0..deployments {
             let (cpu, mem) = *rng.pick(shapes);
             let n = replicas.0 + rng.below(replicas.1 - replicas.0 + 1);
-            pods.extend(deployment_pods(&format!("{name}-{d}"), n, cpu, mem, constraint));
+            pods.extend(deployment_pods(
+                &format!("{name}-{d}"),
+                n,
+                cpu,
+                mem,
+                constraint,
+            ));
         }
         (name.to_string(), constraint != Constraint::None, pods)
     };
-    let web = [(100, 128), (250, 256), (250, 512), (500, 512), (500, 1024), (1000, 2048)];
-    let batch = [(2000, 4096), (4000, 8192), (8000, 16384), (16000, 32768), (16000, 65536)];
+    let web = [
+        (100, 128),
+        (250, 256),
+        (250, 512),
+        (500, 512),
+        (500, 1024),
+        (1000, 2048),
+    ];
+    let batch = [
+        (2000, 4096),
+        (4000, 8192),
+        (8000, 16384),
+        (16000, 32768),
+        (16000, 65536),
+    ];
     let caches = [(1000, 8192), (2000, 16384), (4000, 32768), (500, 4096)];
     let general: Vec<(u64, u64)> = web.iter().chain(&batch).chain(&caches).copied().collect();
     vec![
@@ -206,14 +238,26 @@ pub fn workloads(seed: u64) -> Vec<(String, bool, Vec<Value>)> {
         mix("general-mix", 40, &general, (2, 40), Constraint::None),
         mix("large-web", 60, &web, (50, 200), Constraint::None),
         mix("zone-spread-web", 20, &web, (6, 40), Constraint::ZoneSpread),
-        mix("hostname-anti-general", 20, &general, (3, 12), Constraint::HostnameAntiAffinity),
+        mix(
+            "hostname-anti-general",
+            20,
+            &general,
+            (3, 12),
+            Constraint::HostnameAntiAffinity,
+        ),
     ]
 }
 
 /// Pods from a workload file: Pod or Deployment objects, YAML or JSON, one document, several, or a List.
 pub fn load_workload(path: &Path) -> Result<Vec<Value>, BenchError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Read { path: path.display().to_string(), source })?;
-    let bad = |message: String| BenchError::Workload { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |message: String| BenchError::Workload {
+        path: path.display().to_string(),
+        message,
+    };
     let mut docs = vec![];
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| bad(e.to_string()))?;
@@ -225,14 +269,31 @@ pub fn load_workload(path: &Path) -> Result<Vec<Value>, BenchError> {
     while let Some(v) = docs.pop() {
         match v.get("kind").and_then(Value::as_str) {
             Some("List") | Some("PodList") | Some("DeploymentList") => {
-                docs.extend(v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+                docs.extend(
+                    v.get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
             }
             Some("Pod") => pods.push(v),
             Some("Deployment") => {
-                let name = v.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| bad("a Deployment has no metadata.name".into()))?;
-                let replicas = v.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1);
-                let template = v.pointer("/spec/template").cloned().ok_or_else(|| bad(format!("Deployment {name} has no spec.template")))?;
-                let ns = v.pointer("/metadata/namespace").cloned().unwrap_or(json!("default"));
+                let name = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("a Deployment has no metadata.name".into()))?;
+                let replicas = v
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1);
+                let template = v
+                    .pointer("/spec/template")
+                    .cloned()
+                    .ok_or_else(|| bad(format!("Deployment {name} has no spec.template")))?;
+                let ns = v
+                    .pointer("/metadata/namespace")
+                    .cloned()
+                    .unwrap_or(json!("default"));
                 for i in 0..replicas {
                     let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata").cloned().unwrap_or(json!({})), "spec": template.get("spec").cloned().unwrap_or(Value::Null)});
                     p["metadata"]["name"] = json!(format!("{name}-{i}"));
@@ -240,7 +301,11 @@ pub fn load_workload(path: &Path) -> Result<Vec<Value>, BenchError> {
                     pods.push(p);
                 }
             }
-            other => return Err(bad(format!("unsupported kind {other:?}; expected Pod, Deployment or a List"))),
+            other => {
+                return Err(bad(format!(
+                    "unsupported kind {other:?}; expected Pod, Deployment or a List"
+                )))
+            }
         }
     }
     pods.reverse();
@@ -251,8 +316,15 @@ fn to_pods(objects: &[Value], path: &str) -> Result<Vec<Pod>, BenchError> {
     objects
         .iter()
         .map(|v| {
-            let p: core::Pod = serde_json::from_value(v.clone()).map_err(|e| BenchError::Workload { path: path.into(), message: e.to_string() })?;
-            Pod::from_k8s(&p).map_err(|e| BenchError::Workload { path: path.into(), message: e.to_string() })
+            let p: core::Pod =
+                serde_json::from_value(v.clone()).map_err(|e| BenchError::Workload {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+            Pod::from_k8s(&p).map_err(|e| BenchError::Workload {
+                path: path.into(),
+                message: e.to_string(),
+            })
         })
         .collect()
 }
@@ -261,14 +333,27 @@ fn to_pods(objects: &[Value], path: &str) -> Result<Vec<Pod>, BenchError> {
 /// types: their nominal vCPUs are not sustained capacity, and the fractional bound would otherwise buy cpu from
 /// t4g.nano (2 vCPU, 15 MiB allocatable) at a tenth of any real node's price per vCPU.
 pub fn catalog(include_gpu: bool) -> Result<Catalog, BenchError> {
-    Ok(CatalogFilter { include_gpu, include_burstable: false, ..Default::default() }.apply(&bundled_catalog("us-east-1")?))
+    Ok(CatalogFilter {
+        include_gpu,
+        include_burstable: false,
+        ..Default::default()
+    }
+    .apply(&bundled_catalog("us-east-1")?))
 }
 
 /// One on-demand node group over the whole catalog.
 pub fn group(catalog: &Catalog) -> NodeGroup {
-    let mut g = NodeGroup::new("general", catalog.instance_types.iter().map(|t| t.name.clone()).collect());
+    let mut g = NodeGroup::new(
+        "general",
+        catalog
+            .instance_types
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+    );
     let mut r = Requirements::new();
-    r.add_expression(labels::CAPACITY_TYPE, "In", &["on-demand".to_string()]).unwrap_or_default();
+    r.add_expression(labels::CAPACITY_TYPE, "In", &["on-demand".to_string()])
+        .unwrap_or_default();
     g.requirements = r;
     g
 }
@@ -293,34 +378,64 @@ pub struct Row {
 pub fn size_classes(pods: &[Pod]) -> Vec<SizeClass> {
     let mut shapes: std::collections::BTreeMap<(u64, u64), u64> = std::collections::BTreeMap::new();
     for p in pods {
-        *shapes.entry((p.spec.requests.cpu_millis, p.spec.requests.memory_bytes)).or_default() += 1;
+        *shapes
+            .entry((p.spec.requests.cpu_millis, p.spec.requests.memory_bytes))
+            .or_default() += 1;
     }
     shapes
         .keys()
         .map(|&(c, m)| SizeClass {
             cpu: c as f64,
             mem: m as f64,
-            count: shapes.iter().filter(|((c2, m2), _)| *c2 >= c && *m2 >= m).map(|(_, n)| *n as f64).sum(),
+            count: shapes
+                .iter()
+                .filter(|((c2, m2), _)| *c2 >= c && *m2 >= m)
+                .map(|(_, n)| *n as f64)
+                .sum(),
         })
         .collect()
 }
 
-pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&Path>) -> Result<Row, BenchError> {
+pub fn evaluate(
+    name: &str,
+    constrained: bool,
+    objects: &[Value],
+    dump: Option<&Path>,
+) -> Result<Row, BenchError> {
     let pods = to_pods(objects, name)?;
-    let gpu = pods.iter().any(|p| p.spec.requests.extended.values().any(|v| *v > 0));
+    let gpu = pods
+        .iter()
+        .any(|p| p.spec.requests.extended.values().any(|v| *v > 0));
     let catalog = catalog(gpu)?;
     let g = group(&catalog);
-    let (cpu, mem): (u64, u64) = pods.iter().fold((0, 0), |(c, m), p| (c + p.spec.requests.cpu_millis, m + p.spec.requests.memory_bytes));
-    let snap = Snapshot { pending: pods, groups: vec![g.clone()], ..Default::default() };
+    let (cpu, mem): (u64, u64) = pods.iter().fold((0, 0), |(c, m), p| {
+        (
+            c + p.spec.requests.cpu_millis,
+            m + p.spec.requests.memory_bytes,
+        )
+    });
+    let snap = Snapshot {
+        pending: pods,
+        groups: vec![g.clone()],
+        ..Default::default()
+    };
     let start = std::time::Instant::now();
-    let plan: Plan = solve(&snap, &catalog, crate::clock::Clock::now(&crate::clock::SystemClock))?;
+    let plan: Plan = solve(
+        &snap,
+        &catalog,
+        crate::clock::Clock::now(&crate::clock::SystemClock),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let lp: Vec<(f64, f64, f64)> = catalog
         .instance_types
         .iter()
         .filter_map(|t| {
             let a = t.allocatable(DEFAULT_ROOT_VOLUME_BYTES);
-            let p = t.cheapest_offering(|o| o.capacity_type == crate::model::instance_type::CapacityType::OnDemand)?.price;
+            let p = t
+                .cheapest_offering(|o| {
+                    o.capacity_type == crate::model::instance_type::CapacityType::OnDemand
+                })?
+                .price;
             Some((a.cpu_millis as f64, a.memory_bytes as f64, p))
         })
         .collect();
@@ -330,13 +445,23 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
         .iter()
         .filter_map(|t| {
             let a = t.allocatable(DEFAULT_ROOT_VOLUME_BYTES);
-            let p = t.cheapest_offering(|o| o.capacity_type == crate::model::instance_type::CapacityType::OnDemand)?.price;
-            Some(BoundType { cpu: a.cpu_millis as f64, mem: a.memory_bytes as f64, pods: a.pods as f64, price: p })
+            let p = t
+                .cheapest_offering(|o| {
+                    o.capacity_type == crate::model::instance_type::CapacityType::OnDemand
+                })?
+                .price;
+            Some(BoundType {
+                cpu: a.cpu_millis as f64,
+                mem: a.memory_bytes as f64,
+                pods: a.pods as f64,
+                price: p,
+            })
         })
         .collect();
     let integral = integral_bound(&whole, cpu as f64, mem as f64, &size_classes(&snap.pending));
     let (mut used_c, mut used_m, mut alloc_c, mut alloc_m) = (0f64, 0f64, 0f64, 0f64);
-    let by_key: std::collections::HashMap<String, &Pod> = snap.pending.iter().map(|p| (p.key(), p)).collect();
+    let by_key: std::collections::HashMap<String, &Pod> =
+        snap.pending.iter().map(|p| (p.key(), p)).collect();
     for m in &plan.new_machines {
         if let Some(t) = catalog.get(&m.instance_type) {
             let a = t.allocatable(DEFAULT_ROOT_VOLUME_BYTES);
@@ -353,7 +478,11 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
     if let Some(dir) = dump {
         let dir = dir.join(name);
         write_json(&dir, "pods.json", &json!(objects))?;
-        write_json(&dir, "instance-types.json", &instance_types_json(&catalog, DEFAULT_ROOT_VOLUME_BYTES))?;
+        write_json(
+            &dir,
+            "instance-types.json",
+            &instance_types_json(&catalog, DEFAULT_ROOT_VOLUME_BYTES),
+        )?;
         write_json(&dir, "plan.json", &plan_json(&plan))?;
     }
     Ok(Row {
@@ -376,9 +505,14 @@ pub fn evaluate(name: &str, constrained: bool, objects: &[Value], dump: Option<&
 pub fn run(pods_file: Option<&Path>, seed: u64, dump: Option<&Path>) -> Result<bool, BenchError> {
     let inputs = match pods_file {
         Some(path) => {
-            let name = path.file_stem().map_or("workload".to_string(), |s| s.to_string_lossy().to_string());
+            let name = path
+                .file_stem()
+                .map_or("workload".to_string(), |s| s.to_string_lossy().to_string());
             let objects = load_workload(path)?;
-            let constrained = objects.iter().any(|o| o.pointer("/spec/affinity").is_some() || o.pointer("/spec/topologySpreadConstraints").is_some());
+            let constrained = objects.iter().any(|o| {
+                o.pointer("/spec/affinity").is_some()
+                    || o.pointer("/spec/topologySpreadConstraints").is_some()
+            });
             vec![(name, constrained, objects)]
         }
         None => workloads(seed),
@@ -389,7 +523,19 @@ pub fn run(pods_file: Option<&Path>, seed: u64, dump: Option<&Path>) -> Result<b
     }
     println!(
         "{:<24} {:>5} {:>6} {:>6} {:>10} {:>10} {:>6} {:>10} {:>7} {:>6} {:>6} {:>7} {:>8}",
-        "workload", "cons", "pods", "nodes", "$/h", "bound", "ratio", "int.bnd", "i.ratio", "cpu", "mem", "unsched", "seconds"
+        "workload",
+        "cons",
+        "pods",
+        "nodes",
+        "$/h",
+        "bound",
+        "ratio",
+        "int.bnd",
+        "i.ratio",
+        "cpu",
+        "mem",
+        "unsched",
+        "seconds"
     );
     let mut ok = true;
     for r in &rows {
@@ -398,7 +544,9 @@ pub fn run(pods_file: Option<&Path>, seed: u64, dump: Option<&Path>) -> Result<b
             "{:<24} {:>5} {:>6} {:>6} {:>10.3} {:>10.3} {:>6.3} {:>10.3} {:>7.3} {:>6.3} {:>6.3} {:>7} {:>8.4}",
             r.workload, r.constrained, r.pods, r.nodes, r.cost, r.bound, ratio, r.integral_bound, r.cost / r.integral_bound, r.cpu_util, r.mem_util, r.unscheduled, r.seconds
         );
-        if !r.constrained && (ratio > 1.10 || r.cpu_util.max(r.mem_util) < 0.85 || r.unscheduled > 0) {
+        if !r.constrained
+            && (ratio > 1.10 || r.cpu_util.max(r.mem_util) < 0.85 || r.unscheduled > 0)
+        {
             ok = false;
         }
     }
@@ -427,15 +575,33 @@ mod tests {
     }
 
     fn bt(cpu: f64, mem: f64, price: f64) -> BoundType {
-        BoundType { cpu, mem, pods: 110.0, price }
+        BoundType {
+            cpu,
+            mem,
+            pods: 110.0,
+            price,
+        }
     }
 
     #[test]
     fn integral_bound_without_classes_is_the_fractional_bound() {
-        let types = [(4000.0, 1.0e9, 1.0), (1000.0, 4.0e9, 1.0), (4000.0, 4.0e9, 3.0), (8000.0, 3.0e9, 1.7)];
+        let types = [
+            (4000.0, 1.0e9, 1.0),
+            (1000.0, 4.0e9, 1.0),
+            (4000.0, 4.0e9, 3.0),
+            (8000.0, 3.0e9, 1.7),
+        ];
         let whole: Vec<BoundType> = types.iter().map(|&(c, m, p)| bt(c, m, p)).collect();
-        for (cpu, mem) in [(5000.0, 5.0e9), (5000.0, 0.0), (0.0, 7.0e9), (123_000.0, 17.0e9)] {
-            let (f, i) = (lower_bound(&types, cpu, mem), integral_bound(&whole, cpu, mem, &[]));
+        for (cpu, mem) in [
+            (5000.0, 5.0e9),
+            (5000.0, 0.0),
+            (0.0, 7.0e9),
+            (123_000.0, 17.0e9),
+        ] {
+            let (f, i) = (
+                lower_bound(&types, cpu, mem),
+                integral_bound(&whole, cpu, mem, &[]),
+            );
             assert!((f - i).abs() < 1e-6 * f.max(1.0), "{cpu} {mem}: {f} vs {i}");
         }
     }
@@ -444,24 +610,45 @@ mod tests {
     fn integral_bound_counts_whole_pods_per_node() {
         // 63.77 allocatable cores: four 16-core pods need two nodes, not the 1.004 the fractional bound buys.
         let types = [bt(63_770.0, 120.0e9, 1.0)];
-        let classes = [SizeClass { cpu: 16_000.0, mem: 30.0e9, count: 4.0 }];
+        let classes = [SizeClass {
+            cpu: 16_000.0,
+            mem: 30.0e9,
+            count: 4.0,
+        }];
         let frac = lower_bound(&[(63_770.0, 120.0e9, 1.0)], 64_000.0, 120.0e9);
         let whole = integral_bound(&types, 64_000.0, 120.0e9, &classes);
         assert!((frac - 64_000.0 / 63_770.0).abs() < 1e-9);
         // The LP allows 4/3 nodes: a bound, not the integral optimum (2), but far tighter than 1.004.
         assert!((whole - 4.0 / 3.0).abs() < 1e-9, "{whole}");
         // A class no type holds makes every plan infeasible.
-        let too_big = [SizeClass { cpu: 70_000.0, mem: 1.0, count: 1.0 }];
+        let too_big = [SizeClass {
+            cpu: 70_000.0,
+            mem: 1.0,
+            count: 1.0,
+        }];
         assert!(integral_bound(&types, 70_000.0, 1.0, &too_big).is_infinite());
     }
 
     #[test]
     fn size_classes_count_every_pod_at_least_as_large() {
         let pod = |cpu: u64, mem: u64| {
-            Pod::new("bench", "p", crate::model::resources::Resources { cpu_millis: cpu, memory_bytes: mem, ..Default::default() })
+            Pod::new(
+                "bench",
+                "p",
+                crate::model::resources::Resources {
+                    cpu_millis: cpu,
+                    memory_bytes: mem,
+                    ..Default::default()
+                },
+            )
         };
         let classes = size_classes(&[pod(1000, 10), pod(1000, 10), pod(2000, 5), pod(2000, 20)]);
-        let count = |c: f64, m: f64| classes.iter().find(|k| k.cpu == c && k.mem == m).map(|k| k.count);
+        let count = |c: f64, m: f64| {
+            classes
+                .iter()
+                .find(|k| k.cpu == c && k.mem == m)
+                .map(|k| k.count)
+        };
         assert_eq!(classes.len(), 3);
         assert_eq!(count(1000.0, 10.0), Some(3.0));
         assert_eq!(count(2000.0, 5.0), Some(2.0));

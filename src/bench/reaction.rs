@@ -29,14 +29,25 @@ use std::time::{Duration, Instant};
 
 const CLUSTER: &str = "bench";
 /// Requests of the pending pods (cpu, memory), drawn uniformly.
-const SHAPES: &[(&str, &str)] = &[("250m", "512Mi"), ("500m", "1Gi"), ("1", "2Gi"), ("2", "4Gi"), ("500m", "4Gi"), ("4", "8Gi")];
+const SHAPES: &[(&str, &str)] = &[
+    ("250m", "512Mi"),
+    ("500m", "1Gi"),
+    ("1", "2Gi"),
+    ("2", "4Gi"),
+    ("500m", "4Gi"),
+    ("4", "8Gi"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReactionError {
     #[error("setting up the cluster: {0}")]
     Setup(String),
     #[error("{pods} of {total} pending pods were not running after {seconds} s")]
-    Timeout { pods: usize, total: usize, seconds: u64 },
+    Timeout {
+        pods: usize,
+        total: usize,
+        seconds: u64,
+    },
 }
 
 impl ReactionError {
@@ -59,13 +70,23 @@ pub struct ReactionReport {
 }
 
 /// Runs the benchmark; `seed` draws the pod shapes.
-pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u64) -> Result<ReactionReport, ReactionError> {
+pub async fn measure(
+    nodes: usize,
+    pods_per_node: usize,
+    pending: usize,
+    seed: u64,
+) -> Result<ReactionReport, ReactionError> {
     let setup = |e: kube::Error| ReactionError::Setup(e.to_string());
     let emulator = Emulator::new();
     let client = emulator.client();
     let clock: SharedClock = Arc::new(SystemClock);
-    let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock.clone(), CloudMetrics::unregistered().map_err(|e| ReactionError::Setup(e.to_string()))?)
-        .map_err(|e| ReactionError::Setup(e.to_string()))?;
+    let mut config = SimConfig::bundled(
+        "us-east-1",
+        CLUSTER,
+        clock.clone(),
+        CloudMetrics::unregistered().map_err(|e| ReactionError::Setup(e.to_string()))?,
+    )
+    .map_err(|e| ReactionError::Setup(e.to_string()))?;
     config.boot_delay = Duration::from_millis(500);
     let cloud = Arc::new(SimulatedCloud::new(config));
     crate::sim::dataplane::connect(&cloud, emulator.clone());
@@ -75,27 +96,45 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
             if let SimInstanceEvent::Launched(l) = e {
-                record.lock().unwrap_or_else(|p| p.into_inner()).insert(l.instance_id.clone(), Instant::now());
+                record
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(l.instance_id.clone(), Instant::now());
             }
         }
     });
 
     install_berth_objects(&client).await.map_err(setup)?;
-    fill_cluster(&client, nodes, pods_per_node).await.map_err(setup)?;
+    fill_cluster(&client, nodes, pods_per_node)
+        .await
+        .map_err(setup)?;
     // The resident pods start before the clock does: the benchmark's cluster is 1,000 nodes of running pods, not
     // a cluster still starting 30,000 of them.
     let binder = Binder::new(emulator.clone());
-    binder.run_once().map_err(|e| ReactionError::Setup(e.to_string()))?;
+    binder
+        .run_once()
+        .map_err(|e| ReactionError::Setup(e.to_string()))?;
     binder.spawn(Duration::from_millis(50));
 
-    let base = Arc::new(Context::new(client.clone(), clock, Metrics::new().map_err(|e| ReactionError::Setup(e.to_string()))?));
-    let catalog = crate::model::aws_catalog::bundled_catalog("us-east-1").map_err(|e| ReactionError::Setup(e.to_string()))?;
+    let base = Arc::new(Context::new(
+        client.clone(),
+        clock,
+        Metrics::new().map_err(|e| ReactionError::Setup(e.to_string()))?,
+    ));
+    let catalog = crate::model::aws_catalog::bundled_catalog("us-east-1")
+        .map_err(|e| ReactionError::Setup(e.to_string()))?;
     let controllers = Arc::new(Controllers {
         base,
         cloud: Some(cloud.clone() as Arc<dyn CloudProvider>),
         cluster_name: CLUSTER.into(),
         catalog: Arc::new(catalog),
-        provisioner: ProvisionerConfig { observe: ObserveSettings { cluster_name: Some(CLUSTER.into()), ..Default::default() }, ..Default::default() },
+        provisioner: ProvisionerConfig {
+            observe: ObserveSettings {
+                cluster_name: Some(CLUSTER.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         disruption: Default::default(),
         dry_run: false,
     });
@@ -116,7 +155,9 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
             async move {
                 let name = format!("burst-{i}");
                 let pod = pod_object(&name, cpu, memory, None);
-                pods.create(&PostParams::default(), &pod).await.map(|_| (name, Instant::now()))
+                pods.create(&PostParams::default(), &pod)
+                    .await
+                    .map(|_| (name, Instant::now()))
             }
         })
         .buffer_unordered(64)
@@ -129,19 +170,31 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
     // Wait until every burst pod runs.
     let deadline = Instant::now() + Duration::from_secs(180);
     let placed = loop {
-        let list = pods.list(&ListParams::default().labels("app=burst")).await.map_err(setup)?;
+        let list = pods
+            .list(&ListParams::default().labels("app=burst"))
+            .await
+            .map_err(setup)?;
         let placed: HashMap<String, String> = list
             .items
             .iter()
             .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.as_ref()?.node_name.clone()?)))
+            .filter_map(|p| {
+                Some((
+                    p.metadata.name.clone()?,
+                    p.spec.as_ref()?.node_name.clone()?,
+                ))
+            })
             .collect();
         if placed.len() == pending {
             break placed;
         }
         if Instant::now() > deadline {
             stop_tx.send_replace(true);
-            return Err(ReactionError::Timeout { pods: pending - placed.len(), total: pending, seconds: 180 });
+            return Err(ReactionError::Timeout {
+                pods: pending - placed.len(),
+                total: pending,
+                seconds: 180,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -159,7 +212,10 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
             Some((n.metadata.name?, provider.rsplit('/').next()?.to_string()))
         })
         .collect();
-    let launched = launched_at.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let launched = launched_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let mut latencies: Vec<f64> = created
         .iter()
         .filter_map(|(pod, at)| {
@@ -169,15 +225,36 @@ pub async fn measure(nodes: usize, pods_per_node: usize, pending: usize, seed: u
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
-    Ok(ReactionReport { nodes, pending, machines: launched.len(), p50_ms: pick(0.50), p99_ms: pick(0.99), max_ms: latencies.last().copied().unwrap_or(0.0) })
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(ReactionReport {
+        nodes,
+        pending,
+        machines: launched.len(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+    })
 }
 
 /// `berth bench reaction`: the table, then the JSON line.
-pub fn main(nodes: usize, pods_per_node: usize, pending: usize, seed: u64) -> Result<ReactionReport, ReactionError> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| ReactionError::Setup(e.to_string()))?;
+pub fn main(
+    nodes: usize,
+    pods_per_node: usize,
+    pending: usize,
+    seed: u64,
+) -> Result<ReactionReport, ReactionError> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| ReactionError::Setup(e.to_string()))?;
     let report = runtime.block_on(measure(nodes, pods_per_node, pending, seed))?;
-    println!("{:>8} {:>8} {:>9} {:>9} {:>9} {:>9}", "nodes", "pending", "machines", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "nodes", "pending", "machines", "p50 ms", "p99 ms", "max ms"
+    );
     println!(
         "{:>8} {:>8} {:>9} {:>9.0} {:>9.0} {:>9.0}",
         report.nodes, report.pending, report.machines, report.p50_ms, report.p99_ms, report.max_ms
@@ -217,7 +294,9 @@ async fn install_berth_objects(client: &kube::Client) -> Result<(), kube::Error>
         "spec": {"clusterName": CLUSTER, "apiServerEndpoint": "https://bench.invalid", "certificateAuthority": "Q0E=", "serviceCidr": "10.100.0.0/16"}
     }))
     .expect("static Cluster");
-    Api::<Cluster>::all(client.clone()).create(&PostParams::default(), &cluster).await?;
+    Api::<Cluster>::all(client.clone())
+        .create(&PostParams::default(), &cluster)
+        .await?;
     let class: MachineClass = serde_json::from_value(json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
         "spec": {
@@ -230,7 +309,9 @@ async fn install_berth_objects(client: &kube::Client) -> Result<(), kube::Error>
         }
     }))
     .expect("static MachineClass");
-    Api::<MachineClass>::all(client.clone()).create(&PostParams::default(), &class).await?;
+    Api::<MachineClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
     let md: MachineDeployment = serde_json::from_value(json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment", "metadata": {"name": "general", "namespace": "default"},
         "spec": {
@@ -241,12 +322,18 @@ async fn install_berth_objects(client: &kube::Client) -> Result<(), kube::Error>
         }
     }))
     .expect("static MachineDeployment");
-    Api::<MachineDeployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &md).await?;
+    Api::<MachineDeployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &md)
+        .await?;
     Ok(())
 }
 
 /// `nodes` Ready nodes of 3 cpu and 8Gi allocatable, each full with `pods_per_node` running pods.
-async fn fill_cluster(client: &kube::Client, nodes: usize, pods_per_node: usize) -> Result<(), kube::Error> {
+async fn fill_cluster(
+    client: &kube::Client,
+    nodes: usize,
+    pods_per_node: usize,
+) -> Result<(), kube::Error> {
     let node_api: Api<Node> = Api::all(client.clone());
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let per_pod_cpu = format!("{}m", 3000 / pods_per_node.max(1));

@@ -28,7 +28,12 @@ pub fn catalog() -> Catalog {
         let cpu = i + 1;
         let mem = 2 * cpu * GIB;
         let price = 0.1 * cpu as f64 + 0.1 * mem as f64 / 1e9;
-        let offering = |zone: &str, ct| Offering { zone: zone.into(), capacity_type: ct, price, available: true };
+        let offering = |zone: &str, ct| Offering {
+            zone: zone.into(),
+            capacity_type: ct,
+            price,
+            available: true,
+        };
         types.push(InstanceType {
             name: format!("fake-it-{i}"),
             vcpu: cpu as u32,
@@ -58,7 +63,9 @@ pub fn catalog() -> Catalog {
             }),
         });
     }
-    Catalog { instance_types: types }
+    Catalog {
+        instance_types: types,
+    }
 }
 
 fn base_pod(name: &str, labels: Value, rng: &mut Rng) -> Value {
@@ -86,12 +93,20 @@ pub fn diverse_pods(n: usize, seed: u64) -> Vec<Value> {
         let name = format!("pod-{i}");
         let pod = match kind {
             1 => {
-                let mut p = base_pod(&name, json!({"my-label": rng.pick(&LABEL_VALUES)}), &mut rng);
+                let mut p = base_pod(
+                    &name,
+                    json!({"my-label": rng.pick(&LABEL_VALUES)}),
+                    &mut rng,
+                );
                 p["spec"]["topologySpreadConstraints"] = spread(ZONE, &mut rng);
                 p
             }
             2 => {
-                let mut p = base_pod(&name, json!({"my-label": rng.pick(&LABEL_VALUES)}), &mut rng);
+                let mut p = base_pod(
+                    &name,
+                    json!({"my-label": rng.pick(&LABEL_VALUES)}),
+                    &mut rng,
+                );
                 p["spec"]["topologySpreadConstraints"] = spread(HOSTNAME, &mut rng);
                 p
             }
@@ -108,7 +123,11 @@ pub fn diverse_pods(n: usize, seed: u64) -> Vec<Value> {
                     {"labelSelector": {"matchLabels": {"app": "nginx"}}, "topologyKey": HOSTNAME}]}});
                 p
             }
-            _ => base_pod(&name, json!({"my-label": rng.pick(&LABEL_VALUES)}), &mut rng),
+            _ => base_pod(
+                &name,
+                json!({"my-label": rng.pick(&LABEL_VALUES)}),
+                &mut rng,
+            ),
         };
         out.push(pod);
     }
@@ -137,15 +156,34 @@ pub fn to_pods(objects: &[Value]) -> Result<Vec<Pod>, BenchError> {
     objects
         .iter()
         .map(|v| {
-            let p: core::Pod = serde_json::from_value(v.clone()).map_err(|e| BenchError::Workload { path: "generated".into(), message: e.to_string() })?;
-            Pod::from_k8s(&p).map_err(|e| BenchError::Workload { path: "generated".into(), message: e.to_string() })
+            let p: core::Pod =
+                serde_json::from_value(v.clone()).map_err(|e| BenchError::Workload {
+                    path: "generated".into(),
+                    message: e.to_string(),
+                })?;
+            Pod::from_k8s(&p).map_err(|e| BenchError::Workload {
+                path: "generated".into(),
+                message: e.to_string(),
+            })
         })
         .collect()
 }
 
 pub fn snapshot(catalog: &Catalog, pods: Vec<Pod>, respect_preferences: bool) -> Snapshot {
-    let group = NodeGroup::new("default", catalog.instance_types.iter().map(|t| t.name.clone()).collect());
-    Snapshot { pending: pods, groups: vec![group], respect_preferences, ..Default::default() }
+    let group = NodeGroup::new(
+        "default",
+        catalog
+            .instance_types
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+    );
+    Snapshot {
+        pending: pods,
+        groups: vec![group],
+        respect_preferences,
+        ..Default::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -158,7 +196,14 @@ pub struct Row {
     pub cost: f64,
 }
 
-fn measure(kind: &'static str, catalog: &Catalog, objects: &[Value], respect: bool, runs: usize, dump: Option<&Path>) -> Result<Row, BenchError> {
+fn measure(
+    kind: &'static str,
+    catalog: &Catalog,
+    objects: &[Value],
+    respect: bool,
+    runs: usize,
+    dump: Option<&Path>,
+) -> Result<Row, BenchError> {
     let pods = to_pods(objects)?;
     let n = pods.len();
     let snap = snapshot(catalog, pods, respect);
@@ -176,30 +221,79 @@ fn measure(kind: &'static str, catalog: &Catalog, objects: &[Value], respect: bo
         write_json(dir, "instance-types.json", &instance_types_json(catalog, 0))?;
         write_json(dir, "plan.json", &plan_json(&plan))?;
     }
-    Ok(Row { kind, pods: n, nodes: plan.new_machines.len(), seconds: times[times.len() / 2], unscheduled: plan.unschedulable.len(), cost: plan.new_cost_per_hour() })
+    Ok(Row {
+        kind,
+        pods: n,
+        nodes: plan.new_machines.len(),
+        seconds: times[times.len() / 2],
+        unscheduled: plan.unschedulable.len(),
+        cost: plan.new_cost_per_hour(),
+    })
 }
 
 /// Runs B1 and prints the table and the JSON line. `pods`: one diverse size instead of all; `preference`: only
 /// the preference runs. Returns false when a pod was left unscheduled.
-pub fn run(pods: Option<usize>, preference: bool, dump: Option<&Path>, seed: u64) -> Result<bool, BenchError> {
+pub fn run(
+    pods: Option<usize>,
+    preference: bool,
+    dump: Option<&Path>,
+    seed: u64,
+) -> Result<bool, BenchError> {
     let catalog = catalog();
     let mut rows = vec![];
     if !preference {
         let sizes: Vec<usize> = pods.map_or(SIZES.to_vec(), |n| vec![n]);
         for n in sizes {
             let runs = if n <= 5_000 { 5 } else { 3 };
-            rows.push(measure("diverse", &catalog, &diverse_pods(n, seed), true, runs, dump)?);
+            rows.push(measure(
+                "diverse",
+                &catalog,
+                &diverse_pods(n, seed),
+                true,
+                runs,
+                dump,
+            )?);
         }
     }
     if preference || pods.is_none() {
-        let n = if preference { pods.unwrap_or(PREFERENCE_PODS) } else { PREFERENCE_PODS };
+        let n = if preference {
+            pods.unwrap_or(PREFERENCE_PODS)
+        } else {
+            PREFERENCE_PODS
+        };
         let objects = preference_pods(n, seed);
-        rows.push(measure("preference-respect", &catalog, &objects, true, 3, dump)?);
-        rows.push(measure("preference-ignore", &catalog, &objects, false, 3, None)?);
+        rows.push(measure(
+            "preference-respect",
+            &catalog,
+            &objects,
+            true,
+            3,
+            dump,
+        )?);
+        rows.push(measure(
+            "preference-ignore",
+            &catalog,
+            &objects,
+            false,
+            3,
+            None,
+        )?);
     }
-    println!("{:<20} {:>7} {:>7} {:>10} {:>11} {:>11} {:>10}", "kind", "pods", "nodes", "seconds", "pods/s", "unscheduled", "$/h");
+    println!(
+        "{:<20} {:>7} {:>7} {:>10} {:>11} {:>11} {:>10}",
+        "kind", "pods", "nodes", "seconds", "pods/s", "unscheduled", "$/h"
+    );
     for r in &rows {
-        println!("{:<20} {:>7} {:>7} {:>10.4} {:>11.0} {:>11} {:>10.2}", r.kind, r.pods, r.nodes, r.seconds, r.pods as f64 / r.seconds, r.unscheduled, r.cost);
+        println!(
+            "{:<20} {:>7} {:>7} {:>10.4} {:>11.0} {:>11} {:>10.2}",
+            r.kind,
+            r.pods,
+            r.nodes,
+            r.seconds,
+            r.pods as f64 / r.seconds,
+            r.unscheduled,
+            r.cost
+        );
     }
     let results: Vec<Value> = rows
         .iter()

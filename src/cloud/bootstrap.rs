@@ -100,17 +100,27 @@ impl Bootstrap {
             }
         }
         if cidr && self.cluster_cidr.trim().is_empty() {
-            return Err(BootstrapError::MissingField { field: "clusterCIDR" });
+            return Err(BootstrapError::MissingField {
+                field: "clusterCIDR",
+            });
         }
         Ok(())
     }
 
     fn labels_flag_value(&self) -> String {
-        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn taints_flag_value(&self) -> String {
-        self.taints.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+        self.taints
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -134,10 +144,16 @@ fn node_config(b: &Bootstrap) -> String {
             .iter()
             .map(|t| serde_json::json!({"key": t.key, "value": t.value, "effect": t.effect.to_string()}))
             .collect();
-        kubelet.insert("config".into(), serde_json::json!({ "registerWithTaints": taints }));
+        kubelet.insert(
+            "config".into(),
+            serde_json::json!({ "registerWithTaints": taints }),
+        );
     }
     if !b.labels.is_empty() {
-        kubelet.insert("flags".into(), serde_json::json!([format!("--node-labels={}", b.labels_flag_value())]));
+        kubelet.insert(
+            "flags".into(),
+            serde_json::json!([format!("--node-labels={}", b.labels_flag_value())]),
+        );
     }
     let mut spec = serde_json::json!({
         "cluster": {
@@ -161,14 +177,25 @@ fn class_parts(user_data: &str) -> Result<Vec<MimePart>, BootstrapError> {
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    if trimmed.starts_with("MIME-Version:") || trimmed.to_ascii_lowercase().starts_with("content-type: multipart/") {
-        return parse_multipart(user_data).map_err(|reason| BootstrapError::UnsupportedClassUserData { reason });
+    if trimmed.starts_with("MIME-Version:")
+        || trimmed
+            .to_ascii_lowercase()
+            .starts_with("content-type: multipart/")
+    {
+        return parse_multipart(user_data)
+            .map_err(|reason| BootstrapError::UnsupportedClassUserData { reason });
     }
     if trimmed.starts_with("#!") {
-        return Ok(vec![MimePart { content_type: "text/x-shellscript; charset=\"us-ascii\"".into(), body: user_data.into() }]);
+        return Ok(vec![MimePart {
+            content_type: "text/x-shellscript; charset=\"us-ascii\"".into(),
+            body: user_data.into(),
+        }]);
     }
     if trimmed.starts_with("#cloud-config") {
-        return Ok(vec![MimePart { content_type: "text/cloud-config; charset=\"us-ascii\"".into(), body: user_data.into() }]);
+        return Ok(vec![MimePart {
+            content_type: "text/cloud-config; charset=\"us-ascii\"".into(),
+            body: user_data.into(),
+        }]);
     }
     match serde_yaml::from_str::<serde_yaml::Value>(user_data) {
         Ok(v) if v.get("kind").and_then(|k| k.as_str()) == Some("NodeConfig") => {
@@ -186,7 +213,10 @@ fn al2023(b: &Bootstrap) -> Result<String, BootstrapError> {
         Some(u) => class_parts(u)?,
         None => Vec::new(),
     };
-    parts.push(MimePart { content_type: NODECONFIG_CONTENT_TYPE.into(), body: node_config(b) });
+    parts.push(MimePart {
+        content_type: NODECONFIG_CONTENT_TYPE.into(),
+        body: node_config(b),
+    });
     Ok(write_multipart(&parts))
 }
 
@@ -198,9 +228,13 @@ pub fn write_multipart(parts: &[MimePart]) -> String {
         n += 1;
         boundary = format!("BERTH-BOUNDARY-{n}");
     }
-    let mut out = format!("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\n\n");
+    let mut out =
+        format!("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\n\n");
     for p in parts {
-        out.push_str(&format!("--{boundary}\nContent-Type: {}\n\n", p.content_type));
+        out.push_str(&format!(
+            "--{boundary}\nContent-Type: {}\n\n",
+            p.content_type
+        ));
         out.push_str(&p.body);
         if !p.body.ends_with('\n') {
             out.push('\n');
@@ -214,12 +248,16 @@ pub fn write_multipart(parts: &[MimePart]) -> String {
 /// Reads a multipart/mixed document into its parts (the subset cloud-init and nodeadm read: one level, text parts).
 pub fn parse_multipart(doc: &str) -> Result<Vec<MimePart>, String> {
     let doc = doc.replace("\r\n", "\n");
-    let (headers, body) = doc.split_once("\n\n").ok_or("no blank line after the MIME headers")?;
+    let (headers, body) = doc
+        .split_once("\n\n")
+        .ok_or("no blank line after the MIME headers")?;
     let content_type = headers
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
         })
         .ok_or("no Content-Type header")?;
     if !content_type.to_ascii_lowercase().starts_with("multipart/") {
@@ -247,16 +285,23 @@ pub fn parse_multipart(doc: &str) -> Result<Vec<MimePart>, String> {
             break;
         }
         let section = section.strip_prefix('\n').unwrap_or(section);
-        let (part_headers, part_body) = section.split_once("\n\n").ok_or("a part without a blank line after its headers")?;
+        let (part_headers, part_body) = section
+            .split_once("\n\n")
+            .ok_or("a part without a blank line after its headers")?;
         let ct = part_headers
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_string())
             })
             .unwrap_or_else(|| "text/plain".into());
         let body = part_body.strip_suffix('\n').unwrap_or(part_body);
-        parts.push(MimePart { content_type: ct, body: format!("{body}\n") });
+        parts.push(MimePart {
+            content_type: ct,
+            body: format!("{body}\n"),
+        });
     }
     if !closed {
         return Err(format!("the closing boundary {delimiter}-- is missing"));
@@ -278,7 +323,9 @@ fn toml_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -299,21 +346,33 @@ fn toml_sections(text: &str) -> Result<TomlSections, BootstrapError> {
             continue;
         }
         if line.starts_with("[[") {
-            return Err(BootstrapError::InvalidToml { line: i + 1, reason: "arrays of tables are not supported".into() });
+            return Err(BootstrapError::InvalidToml {
+                line: i + 1,
+                reason: "arrays of tables are not supported".into(),
+            });
         }
         if let Some(h) = line.strip_prefix('[') {
             let name = h
                 .strip_suffix(']')
-                .ok_or_else(|| BootstrapError::InvalidToml { line: i + 1, reason: "unterminated table header".into() })?;
+                .ok_or_else(|| BootstrapError::InvalidToml {
+                    line: i + 1,
+                    reason: "unterminated table header".into(),
+                })?;
             sections.push((name.trim().to_string(), Vec::new()));
             continue;
         }
         let (k, v) = line
             .split_once('=')
-            .ok_or_else(|| BootstrapError::InvalidToml { line: i + 1, reason: "expected key = value".into() })?;
+            .ok_or_else(|| BootstrapError::InvalidToml {
+                line: i + 1,
+                reason: "expected key = value".into(),
+            })?;
         let (k, v) = (k.trim().to_string(), v.trim().to_string());
         if k.is_empty() || v.is_empty() {
-            return Err(BootstrapError::InvalidToml { line: i + 1, reason: "empty key or value".into() });
+            return Err(BootstrapError::InvalidToml {
+                line: i + 1,
+                reason: "empty key or value".into(),
+            });
         }
         if let Some(last) = sections.last_mut() {
             last.1.push((k, v));
@@ -333,17 +392,32 @@ fn bottlerocket(b: &Bootstrap) -> Result<String, BootstrapError> {
             vec![
                 ("cluster-name".into(), toml_string(&b.cluster_name)),
                 ("api-server".into(), toml_string(&b.api_server_endpoint)),
-                ("cluster-certificate".into(), toml_string(&b.certificate_authority)),
+                (
+                    "cluster-certificate".into(),
+                    toml_string(&b.certificate_authority),
+                ),
             ],
         ),
-        ("settings.kubernetes.node-labels", b.labels.iter().map(|(k, v)| (toml_string(k), toml_string(v))).collect()),
+        (
+            "settings.kubernetes.node-labels",
+            b.labels
+                .iter()
+                .map(|(k, v)| (toml_string(k), toml_string(v)))
+                .collect(),
+        ),
         ("settings.kubernetes.node-taints", {
             // Bottlerocket wants key = ["value:Effect", ...], several taints of one key in one array.
             let mut by_key: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for t in &b.taints {
-                by_key.entry(&t.key).or_default().push(toml_string(&format!("{}:{}", t.value, t.effect)));
+                by_key
+                    .entry(&t.key)
+                    .or_default()
+                    .push(toml_string(&format!("{}:{}", t.value, t.effect)));
             }
-            by_key.into_iter().map(|(k, vs)| (toml_string(k), format!("[{}]", vs.join(", ")))).collect()
+            by_key
+                .into_iter()
+                .map(|(k, vs)| (toml_string(k), format!("[{}]", vs.join(", "))))
+                .collect()
         }),
     ];
     for (table, pairs) in ours {
@@ -392,7 +466,11 @@ fn render_template(template: &str, b: &Bootstrap) -> Result<String, BootstrapErr
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(BootstrapError::UnterminatedPlaceholder { offset: consumed + start })?;
+        let end = after
+            .find("}}")
+            .ok_or(BootstrapError::UnterminatedPlaceholder {
+                offset: consumed + start,
+            })?;
         let name = after[..end].trim();
         let value = match name {
             "ClusterName" => b.cluster_name.clone(),
@@ -401,7 +479,11 @@ fn render_template(template: &str, b: &Bootstrap) -> Result<String, BootstrapErr
             "ClusterCIDR" => b.cluster_cidr.clone(),
             "Labels" => b.labels_flag_value(),
             "Taints" => b.taints_flag_value(),
-            other => return Err(BootstrapError::UnknownPlaceholder { name: other.to_string() }),
+            other => {
+                return Err(BootstrapError::UnknownPlaceholder {
+                    name: other.to_string(),
+                })
+            }
         };
         out.push_str(&value);
         consumed += start + 2 + end + 2;
@@ -454,12 +536,20 @@ mod tests {
         assert_eq!(nc["kind"].as_str(), Some("NodeConfig"));
         let c = &nc["spec"]["cluster"];
         assert_eq!(c["name"].as_str(), Some("prod"));
-        assert_eq!(c["apiServerEndpoint"].as_str(), Some("https://ABC.gr7.us-east-1.eks.amazonaws.com"));
+        assert_eq!(
+            c["apiServerEndpoint"].as_str(),
+            Some("https://ABC.gr7.us-east-1.eks.amazonaws.com")
+        );
         assert_eq!(c["certificateAuthority"].as_str(), Some("LS0tLS1CRUdJTg=="));
         assert_eq!(c["cidr"].as_str(), Some("10.100.0.0/16"));
         let flags = nc["spec"]["kubelet"]["flags"].as_sequence().unwrap();
-        assert_eq!(flags[0].as_str(), Some("--node-labels=berth.dev/machine-deployment=web,team=payments"));
-        let taints = nc["spec"]["kubelet"]["config"]["registerWithTaints"].as_sequence().unwrap();
+        assert_eq!(
+            flags[0].as_str(),
+            Some("--node-labels=berth.dev/machine-deployment=web,team=payments")
+        );
+        let taints = nc["spec"]["kubelet"]["config"]["registerWithTaints"]
+            .as_sequence()
+            .unwrap();
         assert_eq!(taints.len(), 3);
         assert_eq!(taints[0]["key"].as_str(), Some("dedicated"));
         assert_eq!(taints[0]["value"].as_str(), Some("gpu"));
@@ -495,13 +585,23 @@ mod tests {
         let parts = parse_multipart(&doc).unwrap();
         assert_eq!(parts.len(), 3);
         let first: serde_yaml::Value = serde_yaml::from_str(&parts[0].body).unwrap();
-        assert_eq!(first["spec"]["kubelet"]["config"]["maxPods"].as_u64(), Some(58));
+        assert_eq!(
+            first["spec"]["kubelet"]["config"]["maxPods"].as_u64(),
+            Some(58)
+        );
         assert_eq!(parts[1].body, "#!/bin/sh\ntrue\n");
-        assert_eq!(node_config_of(&doc)["spec"]["cluster"]["name"].as_str(), Some("prod"));
+        assert_eq!(
+            node_config_of(&doc)["spec"]["cluster"]["name"].as_str(),
+            Some("prod")
+        );
 
         // A bare NodeConfig is a part of its own.
-        b.class_user_data = Some("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec: {}\n".into());
-        assert_eq!(parse_multipart(&b.render().unwrap()).unwrap()[0].content_type, NODECONFIG_CONTENT_TYPE);
+        b.class_user_data =
+            Some("apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec: {}\n".into());
+        assert_eq!(
+            parse_multipart(&b.render().unwrap()).unwrap()[0].content_type,
+            NODECONFIG_CONTENT_TYPE
+        );
     }
 
     #[test]
@@ -514,7 +614,12 @@ mod tests {
         assert!(e.to_string().contains("closing boundary"), "{e}");
         let mut b = base(BootstrapFormat::Al2023);
         b.cluster_cidr = "".into();
-        assert_eq!(b.render().unwrap_err(), BootstrapError::MissingField { field: "clusterCIDR" });
+        assert_eq!(
+            b.render().unwrap_err(),
+            BootstrapError::MissingField {
+                field: "clusterCIDR"
+            }
+        );
         b.class_user_data = Some(format!("#!/bin/sh\n{}", "x".repeat(MAX_USER_DATA_BYTES)));
         b.cluster_cidr = "10.0.0.0/16".into();
         assert_eq!(b.render().unwrap_err().category(), "too_large");
@@ -522,7 +627,10 @@ mod tests {
 
     #[test]
     fn boundary_avoids_part_contents() {
-        let doc = write_multipart(&[MimePart { content_type: "text/plain".into(), body: "--BERTH-BOUNDARY\n".into() }]);
+        let doc = write_multipart(&[MimePart {
+            content_type: "text/plain".into(),
+            body: "--BERTH-BOUNDARY\n".into(),
+        }]);
         assert!(doc.contains("boundary=\"BERTH-BOUNDARY-1\""));
         assert_eq!(parse_multipart(&doc).unwrap()[0].body, "--BERTH-BOUNDARY\n");
     }
@@ -530,7 +638,10 @@ mod tests {
     /// A reader for the TOML subset Bottlerocket settings use, to check what is generated independently.
     fn parse_toml(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
         fn unquote(s: &str) -> String {
-            let inner = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+            let inner = s
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(s);
             inner.replace("\\\"", "\"").replace("\\\\", "\\")
         }
         let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -545,11 +656,18 @@ mod tests {
             let (k, v) = line.split_once(" = ").unwrap();
             let v = v.trim();
             let value = if v.starts_with('[') {
-                v.trim_matches(|c| c == '[' || c == ']').split(", ").map(unquote).collect::<Vec<_>>().join("|")
+                v.trim_matches(|c| c == '[' || c == ']')
+                    .split(", ")
+                    .map(unquote)
+                    .collect::<Vec<_>>()
+                    .join("|")
             } else {
                 unquote(v)
             };
-            let previous = out.entry(table.clone()).or_default().insert(unquote(k), value);
+            let previous = out
+                .entry(table.clone())
+                .or_default()
+                .insert(unquote(k), value);
             assert!(previous.is_none(), "key {k} twice in [{table}]");
         }
         out
@@ -561,11 +679,23 @@ mod tests {
         let t = parse_toml(&toml);
         let k = &t["settings.kubernetes"];
         assert_eq!(k["cluster-name"], "prod");
-        assert_eq!(k["api-server"], "https://ABC.gr7.us-east-1.eks.amazonaws.com");
+        assert_eq!(
+            k["api-server"],
+            "https://ABC.gr7.us-east-1.eks.amazonaws.com"
+        );
         assert_eq!(k["cluster-certificate"], "LS0tLS1CRUdJTg==");
-        assert_eq!(t["settings.kubernetes.node-labels"]["berth.dev/machine-deployment"], "web");
-        assert_eq!(t["settings.kubernetes.node-taints"]["dedicated"], "gpu:NoSchedule|batch:NoExecute");
-        assert_eq!(t["settings.kubernetes.node-taints"]["spot"], ":PreferNoSchedule");
+        assert_eq!(
+            t["settings.kubernetes.node-labels"]["berth.dev/machine-deployment"],
+            "web"
+        );
+        assert_eq!(
+            t["settings.kubernetes.node-taints"]["dedicated"],
+            "gpu:NoSchedule|batch:NoExecute"
+        );
+        assert_eq!(
+            t["settings.kubernetes.node-taints"]["spot"],
+            ":PreferNoSchedule"
+        );
     }
 
     #[test]
@@ -602,9 +732,21 @@ mod tests {
             out,
             "#!/bin/bash\n/etc/eks/bootstrap.sh prod --apiserver-endpoint https://ABC.gr7.us-east-1.eks.amazonaws.com --b64-cluster-ca LS0tLS1CRUdJTg== --cidr 10.100.0.0/16 --kubelet-extra-args '--node-labels=berth.dev/machine-deployment=web,team=payments --register-with-taints=dedicated=gpu:NoSchedule,dedicated=batch:NoExecute,spot:PreferNoSchedule'\n"
         );
-        let bad = base(BootstrapFormat::Custom { template: "{{Nope}}".into() });
-        assert_eq!(bad.render().unwrap_err(), BootstrapError::UnknownPlaceholder { name: "Nope".into() });
-        let bad = base(BootstrapFormat::Custom { template: "abc {{ClusterName".into() });
-        assert_eq!(bad.render().unwrap_err(), BootstrapError::UnterminatedPlaceholder { offset: 4 });
+        let bad = base(BootstrapFormat::Custom {
+            template: "{{Nope}}".into(),
+        });
+        assert_eq!(
+            bad.render().unwrap_err(),
+            BootstrapError::UnknownPlaceholder {
+                name: "Nope".into()
+            }
+        );
+        let bad = base(BootstrapFormat::Custom {
+            template: "abc {{ClusterName".into(),
+        });
+        assert_eq!(
+            bad.render().unwrap_err(),
+            BootstrapError::UnterminatedPlaceholder { offset: 4 }
+        );
     }
 }

@@ -33,7 +33,10 @@ pub enum CloudError {
 
     /// The instance is not tagged for this cluster: berth never touches it.
     #[error("instance {instance_id} is not managed by cluster {cluster}")]
-    NotOwned { instance_id: String, cluster: String },
+    NotOwned {
+        instance_id: String,
+        cluster: String,
+    },
 
     /// The client token was already used with different parameters and no instance for this Machine exists;
     /// the controller must move to the next launch attempt.
@@ -46,18 +49,29 @@ pub enum CloudError {
 
     /// A failure worth retrying later (5xx, timeouts, connection errors).
     #[error("{action}: transient failure: {message}")]
-    Transient { action: &'static str, message: String },
+    Transient {
+        action: &'static str,
+        message: String,
+    },
 
     /// Any other error the API returned.
     #[error("{action}: {code}: {message}")]
-    Api { action: &'static str, code: String, message: String },
+    Api {
+        action: &'static str,
+        code: String,
+        message: String,
+    },
 }
 
 fn summarize(offerings: &[OfferingFailure]) -> String {
     if offerings.is_empty() {
         return "no offering was eligible".into();
     }
-    let mut parts: Vec<String> = offerings.iter().take(5).map(|f| format!("{} ({})", f.offering, f.code)).collect();
+    let mut parts: Vec<String> = offerings
+        .iter()
+        .take(5)
+        .map(|f| format!("{} ({})", f.offering, f.code))
+        .collect();
     if offerings.len() > 5 {
         parts.push(format!("and {} more", offerings.len() - 5));
     }
@@ -81,17 +95,25 @@ impl CloudError {
 
     /// Worth retrying the same call later without any change.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CloudError::RateLimited { .. } | CloudError::Transient { .. })
+        matches!(
+            self,
+            CloudError::RateLimited { .. } | CloudError::Transient { .. }
+        )
     }
 
     /// Whether a launch that returned this error may still have started an instance (so the next try must reuse
     /// the same attempt number and client token).
     pub fn launch_may_have_happened(&self) -> bool {
-        matches!(self, CloudError::RateLimited { .. } | CloudError::Transient { .. } | CloudError::Api { .. })
+        matches!(
+            self,
+            CloudError::RateLimited { .. } | CloudError::Transient { .. } | CloudError::Api { .. }
+        )
     }
 
     pub fn invalid(message: impl Into<String>) -> CloudError {
-        CloudError::InvalidConfiguration { message: message.into() }
+        CloudError::InvalidConfiguration {
+            message: message.into(),
+        }
     }
 }
 
@@ -103,25 +125,48 @@ mod tests {
     #[test]
     fn categories_are_distinct_and_messages_name_the_offering() {
         let f = OfferingFailure {
-            offering: OfferingKey { instance_type: "m5.large".into(), zone: "us-east-1a".into(), capacity_type: CapacityType::Spot },
+            offering: OfferingKey {
+                instance_type: "m5.large".into(),
+                zone: "us-east-1a".into(),
+                capacity_type: CapacityType::Spot,
+            },
             code: "InsufficientInstanceCapacity".into(),
             message: "none left".into(),
         };
         let e = CloudError::InsufficientCapacity { offerings: vec![f] };
         assert_eq!(e.category(), "insufficient-capacity");
-        assert!(e.to_string().contains("m5.large us-east-1a spot (InsufficientInstanceCapacity)"));
+        assert!(e
+            .to_string()
+            .contains("m5.large us-east-1a spot (InsufficientInstanceCapacity)"));
         assert!(!e.is_retryable());
         assert!(!e.launch_may_have_happened());
         let all = [
             e,
-            CloudError::RateLimited { action: "CreateFleet", attempts: 3 },
+            CloudError::RateLimited {
+                action: "CreateFleet",
+                attempts: 3,
+            },
             CloudError::NotFound { what: "x".into() },
             CloudError::invalid("x"),
-            CloudError::NotOwned { instance_id: "i".into(), cluster: "c".into() },
-            CloudError::IdempotencyConflict { client_token: "t".into() },
-            CloudError::Credentials { message: "m".into() },
-            CloudError::Transient { action: "a", message: "m".into() },
-            CloudError::Api { action: "a", code: "c".into(), message: "m".into() },
+            CloudError::NotOwned {
+                instance_id: "i".into(),
+                cluster: "c".into(),
+            },
+            CloudError::IdempotencyConflict {
+                client_token: "t".into(),
+            },
+            CloudError::Credentials {
+                message: "m".into(),
+            },
+            CloudError::Transient {
+                action: "a",
+                message: "m".into(),
+            },
+            CloudError::Api {
+                action: "a",
+                code: "c".into(),
+                message: "m".into(),
+            },
         ];
         let mut cats: Vec<_> = all.iter().map(|e| e.category()).collect();
         cats.sort();

@@ -41,7 +41,11 @@ pub struct Override {
 
 impl Override {
     pub fn offering(&self, capacity_type: CapacityType) -> OfferingKey {
-        OfferingKey { instance_type: self.instance_type.clone(), zone: self.zone.clone(), capacity_type }
+        OfferingKey {
+            instance_type: self.instance_type.clone(),
+            zone: self.zone.clone(),
+            capacity_type,
+        }
     }
 }
 
@@ -63,7 +67,10 @@ pub struct LaunchPlan {
 impl LaunchPlan {
     /// Only one instance type in the whole plan: RunInstances is enough.
     pub fn single_instance_type(&self) -> Option<&str> {
-        let mut names = self.phases.iter().flat_map(|p| p.overrides.iter().map(|o| o.instance_type.as_str()));
+        let mut names = self
+            .phases
+            .iter()
+            .flat_map(|p| p.overrides.iter().map(|o| o.instance_type.as_str()));
         let first = names.next()?;
         names.all(|n| n == first).then_some(first)
     }
@@ -77,18 +84,32 @@ pub fn plan_launch(
     is_unavailable: impl Fn(&OfferingKey) -> bool,
 ) -> Result<LaunchPlan, CloudError> {
     if request.instance_types.is_empty() {
-        return Err(CloudError::invalid("the launch request names no instance type"));
+        return Err(CloudError::invalid(
+            "the launch request names no instance type",
+        ));
     }
     if subnets.is_empty() {
-        return Err(CloudError::invalid("no subnet matches the class's subnet selector"));
+        return Err(CloudError::invalid(
+            "no subnet matches the class's subnet selector",
+        ));
     }
     let order = request.capacity_type_order();
     if order.is_empty() {
-        return Err(CloudError::invalid("the class allows no capacity type (expected spot and/or on-demand)"));
+        return Err(CloudError::invalid(
+            "the class allows no capacity type (expected spot and/or on-demand)",
+        ));
     }
-    let unknown: Vec<&str> =
-        request.instance_types.iter().filter(|c| catalog.get(&c.name).is_none()).map(|c| c.name.as_str()).collect();
-    let known: Vec<_> = request.instance_types.iter().filter_map(|c| catalog.get(&c.name).map(|t| (c, t))).collect();
+    let unknown: Vec<&str> = request
+        .instance_types
+        .iter()
+        .filter(|c| catalog.get(&c.name).is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    let known: Vec<_> = request
+        .instance_types
+        .iter()
+        .filter_map(|c| catalog.get(&c.name).map(|t| (c, t)))
+        .collect();
     let Some((_, first)) = known.first() else {
         return Err(CloudError::invalid(format!(
             "none of the instance types exists in this region: {}",
@@ -96,12 +117,18 @@ pub fn plan_launch(
         )));
     };
     let arch = first.arch;
-    let candidates: Vec<_> = known.iter().filter(|(_, t)| t.arch == arch).take(MAX_INSTANCE_TYPES).collect();
+    let candidates: Vec<_> = known
+        .iter()
+        .filter(|(_, t)| t.arch == arch)
+        .take(MAX_INSTANCE_TYPES)
+        .collect();
 
     // The best subnet of each zone.
     let mut by_zone: BTreeMap<&str, &SubnetInfo> = BTreeMap::new();
     for s in subnets {
-        let better = by_zone.get(s.zone.as_str()).is_none_or(|cur| s.available_ips > cur.available_ips);
+        let better = by_zone
+            .get(s.zone.as_str())
+            .is_none_or(|cur| s.available_ips > cur.available_ips);
         if better {
             by_zone.insert(&s.zone, s);
         }
@@ -112,12 +139,22 @@ pub fn plan_launch(
     for capacity_type in order {
         let mut overrides = Vec::new();
         for (choice, t) in &candidates {
-            for offering in t.offerings.iter().filter(|o| o.capacity_type == capacity_type) {
-                let Some(subnet) = by_zone.get(offering.zone.as_str()) else { continue };
+            for offering in t
+                .offerings
+                .iter()
+                .filter(|o| o.capacity_type == capacity_type)
+            {
+                let Some(subnet) = by_zone.get(offering.zone.as_str()) else {
+                    continue;
+                };
                 if !choice.allows_zone(&offering.zone) {
                     continue;
                 }
-                let key = OfferingKey { instance_type: t.name.clone(), zone: offering.zone.clone(), capacity_type };
+                let key = OfferingKey {
+                    instance_type: t.name.clone(),
+                    zone: offering.zone.clone(),
+                    capacity_type,
+                };
                 if is_unavailable(&key) {
                     skipped.push(key);
                     continue;
@@ -133,7 +170,10 @@ pub fn plan_launch(
         // Cheapest first; ties keep the request's order of preference (stable sort), so the plan is deterministic.
         overrides.sort_by(|a, b| a.price.total_cmp(&b.price));
         if !overrides.is_empty() {
-            phases.push(Phase { capacity_type, overrides });
+            phases.push(Phase {
+                capacity_type,
+                overrides,
+            });
         }
     }
     if phases.is_empty() {
@@ -150,7 +190,11 @@ pub fn plan_launch(
         }
         let types: Vec<&str> = candidates.iter().map(|(c, _)| c.name.as_str()).collect();
         let zones: Vec<&str> = by_zone.keys().copied().collect();
-        let cts: Vec<&str> = request.capacity_type_order().iter().map(|c| c.as_str()).collect();
+        let cts: Vec<&str> = request
+            .capacity_type_order()
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
         return Err(CloudError::invalid(format!(
             "no offering satisfies the request: instance types [{}] ({}) are not offered as [{}] in the zones of the selected subnets [{}]",
             types.join(", "),
@@ -159,7 +203,11 @@ pub fn plan_launch(
             zones.join(", ")
         )));
     }
-    Ok(LaunchPlan { arch, phases, skipped_unavailable: skipped })
+    Ok(LaunchPlan {
+        arch,
+        phases,
+        skipped_unavailable: skipped,
+    })
 }
 
 /// 64-bit FNV-1a, for short stable digests (tokens, template keys); not for security.
@@ -180,7 +228,11 @@ pub fn client_token(machine_uid: &str, attempt: u32, call_tag: &str) -> String {
     if token.len() <= MAX_CLIENT_TOKEN_LEN && token.is_ascii() {
         return token;
     }
-    let digest = format!("{:016x}{:016x}", fnv1a(machine_uid.as_bytes(), 0), fnv1a(machine_uid.as_bytes(), 0x5bd1e995));
+    let digest = format!(
+        "{:016x}{:016x}",
+        fnv1a(machine_uid.as_bytes(), 0),
+        fnv1a(machine_uid.as_bytes(), 0x5bd1e995)
+    );
     let tag_digest = format!("{:08x}", fnv1a(call_tag.as_bytes(), 7) as u32);
     format!("{digest}-{attempt}-{tag_digest}")
 }
@@ -195,8 +247,15 @@ pub fn fleet_call_tag(capacity_type: CapacityType) -> String {
 
 /// The call tag for a RunInstances call of one offering (RunInstances tokens are zonal: each zone gets its own).
 pub fn run_call_tag(capacity_type: CapacityType, o: &Override) -> String {
-    let c = if capacity_type == CapacityType::Spot { 's' } else { 'o' };
-    format!("r{c}{:08x}", fnv1a(format!("{}/{}", o.instance_type, o.subnet_id).as_bytes(), 0) as u32)
+    let c = if capacity_type == CapacityType::Spot {
+        's'
+    } else {
+        'o'
+    };
+    format!(
+        "r{c}{:08x}",
+        fnv1a(format!("{}/{}", o.instance_type, o.subnet_id).as_bytes(), 0) as u32
+    )
 }
 
 #[cfg(test)]
@@ -207,9 +266,21 @@ mod tests {
 
     fn subnets() -> Vec<SubnetInfo> {
         vec![
-            SubnetInfo { id: "subnet-a1".into(), zone: "us-east-1a".into(), available_ips: 100 },
-            SubnetInfo { id: "subnet-a2".into(), zone: "us-east-1a".into(), available_ips: 4000 },
-            SubnetInfo { id: "subnet-b".into(), zone: "us-east-1b".into(), available_ips: 50 },
+            SubnetInfo {
+                id: "subnet-a1".into(),
+                zone: "us-east-1a".into(),
+                available_ips: 100,
+            },
+            SubnetInfo {
+                id: "subnet-a2".into(),
+                zone: "us-east-1a".into(),
+                available_ips: 4000,
+            },
+            SubnetInfo {
+                id: "subnet-b".into(),
+                zone: "us-east-1b".into(),
+                available_ips: 50,
+            },
         ]
     }
 
@@ -223,7 +294,10 @@ mod tests {
         assert_eq!(plan.phases[1].capacity_type, CapacityType::OnDemand);
         let spot = &plan.phases[0].overrides;
         assert!(spot.windows(2).all(|w| w[0].price <= w[1].price));
-        assert!(spot.iter().all(|o| o.subnet_id != "subnet-a1"), "the emptier subnet of zone a is not used");
+        assert!(
+            spot.iter().all(|o| o.subnet_id != "subnet-a1"),
+            "the emptier subnet of zone a is not used"
+        );
         // small_catalog offers zones a, b, c; zone c has no subnet.
         assert!(spot.iter().all(|o| o.zone != "us-east-1c"));
         // arm64 m6g.large is left out: the first choice is amd64.
@@ -237,7 +311,8 @@ mod tests {
         r.instance_types = vec![InstanceTypeChoice::new("m5.large")];
         r.capacity_types = vec![CapacityType::Spot];
         r.fallback_to_on_demand = false;
-        let plan = plan_launch(&r, &small_catalog(), &subnets(), |k| k.zone == "us-east-1a").unwrap();
+        let plan =
+            plan_launch(&r, &small_catalog(), &subnets(), |k| k.zone == "us-east-1a").unwrap();
         assert_eq!(plan.phases[0].overrides.len(), 1);
         assert_eq!(plan.phases[0].overrides[0].zone, "us-east-1b");
         assert_eq!(plan.skipped_unavailable.len(), 1);
@@ -252,9 +327,15 @@ mod tests {
     #[test]
     fn zones_of_a_choice_are_respected() {
         let mut r = request("m-1");
-        r.instance_types = vec![InstanceTypeChoice { name: "m5.large".into(), zones: vec!["us-east-1b".into()] }];
+        r.instance_types = vec![InstanceTypeChoice {
+            name: "m5.large".into(),
+            zones: vec!["us-east-1b".into()],
+        }];
         let plan = plan_launch(&r, &small_catalog(), &subnets(), |_| false).unwrap();
-        assert!(plan.phases.iter().all(|p| p.overrides.iter().all(|o| o.zone == "us-east-1b")));
+        assert!(plan
+            .phases
+            .iter()
+            .all(|p| p.overrides.iter().all(|o| o.zone == "us-east-1b")));
     }
 
     #[test]
@@ -270,17 +351,30 @@ mod tests {
         assert!(e.to_string().contains("no subnet"), "{e}");
 
         let mut r = request("m-1");
-        r.instance_types = vec![InstanceTypeChoice { name: "m5.large".into(), zones: vec!["us-east-1c".into()] }];
+        r.instance_types = vec![InstanceTypeChoice {
+            name: "m5.large".into(),
+            zones: vec!["us-east-1c".into()],
+        }];
         let e = plan_launch(&r, &small_catalog(), &subnets(), |_| false).unwrap_err();
         assert_eq!(e.category(), "invalid-configuration");
         assert!(e.to_string().contains("us-east-1a, us-east-1b"), "{e}");
 
         let mut r = request("m-1");
         r.instance_types.clear();
-        assert_eq!(plan_launch(&r, &small_catalog(), &subnets(), |_| false).unwrap_err().category(), "invalid-configuration");
+        assert_eq!(
+            plan_launch(&r, &small_catalog(), &subnets(), |_| false)
+                .unwrap_err()
+                .category(),
+            "invalid-configuration"
+        );
         let mut r = request("m-1");
         r.capacity_types.clear();
-        assert_eq!(plan_launch(&r, &small_catalog(), &subnets(), |_| false).unwrap_err().category(), "invalid-configuration");
+        assert_eq!(
+            plan_launch(&r, &small_catalog(), &subnets(), |_| false)
+                .unwrap_err()
+                .category(),
+            "invalid-configuration"
+        );
     }
 
     #[test]
@@ -296,7 +390,12 @@ mod tests {
         assert!(t.len() <= MAX_CLIENT_TOKEN_LEN && t.is_ascii());
         assert_eq!(t, client_token(&long, 12, "fs"));
         assert_ne!(t, client_token(&"y".repeat(100), 12, "fs"));
-        let o = Override { instance_type: "m5.large".into(), subnet_id: "subnet-1".into(), zone: "a".into(), price: 0.1 };
+        let o = Override {
+            instance_type: "m5.large".into(),
+            subnet_id: "subnet-1".into(),
+            zone: "a".into(),
+            price: 0.1,
+        };
         let tag = run_call_tag(CapacityType::OnDemand, &o);
         assert!(client_token(uid, 4_000_000_000, &tag).len() <= MAX_CLIENT_TOKEN_LEN);
     }

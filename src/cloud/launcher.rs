@@ -5,10 +5,13 @@
 //! instance already launched for the Machine, if there is one.
 
 use crate::cloud::error::{CloudError, OfferingFailure};
-use crate::cloud::launch_plan::{client_token, fleet_call_tag, fnv1a, run_call_tag, LaunchPlan, Override};
+use crate::cloud::launch_plan::{
+    client_token, fleet_call_tag, fnv1a, run_call_tag, LaunchPlan, Override,
+};
 use crate::cloud::unavailable::{is_capacity_error, UnavailableOfferings};
 use crate::cloud::{
-    tags, BlockDevice, ClassRevision, Instance, LaunchOutcome, LaunchRequest, LaunchedInstance, MetadataOptions,
+    tags, BlockDevice, ClassRevision, Instance, LaunchOutcome, LaunchRequest, LaunchedInstance,
+    MetadataOptions,
 };
 use crate::model::instance_type::CapacityType;
 use async_trait::async_trait;
@@ -44,9 +47,15 @@ impl LaunchTemplateSpec {
         t.insert(tags::CLUSTER.into(), request.cluster_name.clone());
         t.insert(tags::MANAGED.into(), "true".into());
         t.insert(tags::MACHINE_CLASS.into(), request.class.name.clone());
-        t.insert(tags::MACHINE_CLASS_REVISION.into(), request.class.revision.clone());
-        let block_devices =
-            if request.block_devices.is_empty() { vec![BlockDevice::default_root()] } else { request.block_devices.clone() };
+        t.insert(
+            tags::MACHINE_CLASS_REVISION.into(),
+            request.class.revision.clone(),
+        );
+        let block_devices = if request.block_devices.is_empty() {
+            vec![BlockDevice::default_root()]
+        } else {
+            request.block_devices.clone()
+        };
         LaunchTemplateSpec {
             cluster_name: request.cluster_name.clone(),
             class: request.class.clone(),
@@ -68,19 +77,41 @@ impl LaunchTemplateSpec {
     /// `berth/<cluster>/<class>/<key>`, within EC2's 128 characters and its character set.
     pub fn name(&self) -> String {
         let clean = |s: &str| -> String {
-            s.chars().map(|c| if c.is_ascii_alphanumeric() || "()./_-".contains(c) { c } else { '_' }).collect()
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "()./_-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
         };
-        let name = format!("berth/{}/{}/{}", clean(&self.cluster_name), clean(&self.class.name), self.key());
+        let name = format!(
+            "berth/{}/{}/{}",
+            clean(&self.cluster_name),
+            clean(&self.class.name),
+            self.key()
+        );
         if name.len() <= 128 {
             name
         } else {
-            format!("berth/{:016x}/{}", fnv1a(format!("{}/{}", self.cluster_name, self.class.name).as_bytes(), 0), self.key())
+            format!(
+                "berth/{:016x}/{}",
+                fnv1a(
+                    format!("{}/{}", self.cluster_name, self.class.name).as_bytes(),
+                    0
+                ),
+                self.key()
+            )
         }
     }
 
     /// The root volume size, for the node's ephemeral-storage capacity.
     pub fn root_volume_bytes(&self) -> u64 {
-        self.block_devices.first().map_or(20 << 30, |b| (b.volume_size_gib as u64) << 30)
+        self.block_devices
+            .first()
+            .map_or(20 << 30, |b| (b.volume_size_gib as u64) << 30)
     }
 }
 
@@ -119,7 +150,10 @@ pub trait FleetApi: Send + Sync {
     /// Capacity failures come back as [`CloudError::InsufficientCapacity`] naming the offering.
     async fn run_instances(&self, call: &RunCall) -> Result<LaunchedInstance, CloudError>;
     /// The live instance tagged with this Machine uid, if any.
-    async fn find_machine_instance(&self, machine_uid: &str) -> Result<Option<Instance>, CloudError>;
+    async fn find_machine_instance(
+        &self,
+        machine_uid: &str,
+    ) -> Result<Option<Instance>, CloudError>;
 }
 
 /// Runs the plan. `region` fills in [`LaunchedInstance::region`] for adopted instances.
@@ -142,7 +176,11 @@ pub async fn execute(
             let mut launched = None;
             for o in &phase.overrides {
                 let call = RunCall {
-                    client_token: client_token(&request.machine.uid, request.attempt, &run_call_tag(capacity_type, o)),
+                    client_token: client_token(
+                        &request.machine.uid,
+                        request.attempt,
+                        &run_call_tag(capacity_type, o),
+                    ),
                     launch_template_name: launch_template_name.to_string(),
                     capacity_type,
                     offering: o.clone(),
@@ -168,7 +206,11 @@ pub async fn execute(
             launched
         } else {
             let call = FleetCall {
-                client_token: client_token(&request.machine.uid, request.attempt, &fleet_call_tag(capacity_type)),
+                client_token: client_token(
+                    &request.machine.uid,
+                    request.attempt,
+                    &fleet_call_tag(capacity_type),
+                ),
                 launch_template_name: launch_template_name.to_string(),
                 capacity_type,
                 overrides: phase.overrides.clone(),
@@ -206,7 +248,11 @@ pub async fn execute(
     if let Some(e) = other_errors.into_iter().next() {
         // A fleet error that is not about capacity (a bad parameter, a missing permission) says more than the
         // capacity errors next to it.
-        return Err(CloudError::Api { action: "CreateFleet", code: e.code, message: format!("{}: {}", e.offering, e.message) });
+        return Err(CloudError::Api {
+            action: "CreateFleet",
+            code: e.code,
+            message: format!("{}: {}", e.offering, e.message),
+        });
     }
     Err(CloudError::InsufficientCapacity { offerings: failed })
 }

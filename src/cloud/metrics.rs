@@ -61,11 +61,17 @@ impl CloudMetrics {
     pub fn unregistered() -> Result<CloudMetrics, prometheus::Error> {
         Ok(CloudMetrics {
             calls: IntCounterVec::new(
-                Opts::new("berth_cloud_api_calls_total", "Cloud API calls by action and outcome."),
+                Opts::new(
+                    "berth_cloud_api_calls_total",
+                    "Cloud API calls by action and outcome.",
+                ),
                 &["action", "outcome"],
             )?,
             retries: IntCounterVec::new(
-                Opts::new("berth_cloud_api_retries_total", "Cloud API calls retried after a throttle or a 5xx."),
+                Opts::new(
+                    "berth_cloud_api_retries_total",
+                    "Cloud API calls retried after a throttle or a 5xx.",
+                ),
                 &["action"],
             )?,
             limiter_waits: IntCounterVec::new(
@@ -76,7 +82,10 @@ impl CloudMetrics {
                 &["action"],
             )?,
             limiter_wait_seconds: CounterVec::new(
-                Opts::new("berth_cloud_rate_limiter_wait_seconds_total", "Time calls spent waiting for the rate limiter."),
+                Opts::new(
+                    "berth_cloud_rate_limiter_wait_seconds_total",
+                    "Time calls spent waiting for the rate limiter.",
+                ),
                 &["action"],
             )?,
         })
@@ -85,15 +94,22 @@ impl CloudMetrics {
     /// The names of the metric families these counters export.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        [self.calls.desc(), self.retries.desc(), self.limiter_waits.desc(), self.limiter_wait_seconds.desc()]
-            .into_iter()
-            .flatten()
-            .map(|d| d.fq_name.clone())
-            .collect()
+        [
+            self.calls.desc(),
+            self.retries.desc(),
+            self.limiter_waits.desc(),
+            self.limiter_wait_seconds.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.fq_name.clone())
+        .collect()
     }
 
     pub fn record_call(&self, action: Action, outcome: Outcome) {
-        self.calls.with_label_values(&[action.name(), outcome.as_str()]).inc();
+        self.calls
+            .with_label_values(&[action.name(), outcome.as_str()])
+            .inc();
     }
 
     pub fn record_retry(&self, action: Action) {
@@ -102,11 +118,15 @@ impl CloudMetrics {
 
     pub fn record_limiter_wait(&self, action: Action, seconds: f64) {
         self.limiter_waits.with_label_values(&[action.name()]).inc();
-        self.limiter_wait_seconds.with_label_values(&[action.name()]).inc_by(seconds);
+        self.limiter_wait_seconds
+            .with_label_values(&[action.name()])
+            .inc_by(seconds);
     }
 
     pub fn calls(&self, action: Action, outcome: Outcome) -> u64 {
-        self.calls.with_label_values(&[action.name(), outcome.as_str()]).get()
+        self.calls
+            .with_label_values(&[action.name(), outcome.as_str()])
+            .get()
     }
 
     /// Calls of every action with this outcome.
@@ -138,8 +158,15 @@ mod tests {
         assert_eq!(m.calls(Action::CreateFleet, Outcome::Success), 1);
         assert_eq!(m.total_calls(Outcome::Throttled), 2);
         assert_eq!(m.limiter_waits(Action::CreateFleet), 1);
-        assert!(CloudMetrics::register(&registry).is_err(), "a second registration must be refused");
-        let names: Vec<String> = registry.gather().iter().map(|f| f.name().to_string()).collect();
+        assert!(
+            CloudMetrics::register(&registry).is_err(),
+            "a second registration must be refused"
+        );
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
         assert!(names.contains(&"berth_cloud_api_calls_total".to_string()));
     }
 }

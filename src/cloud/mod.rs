@@ -103,7 +103,10 @@ pub struct InstanceTypeChoice {
 
 impl InstanceTypeChoice {
     pub fn new(name: impl Into<String>) -> InstanceTypeChoice {
-        InstanceTypeChoice { name: name.into(), zones: Vec::new() }
+        InstanceTypeChoice {
+            name: name.into(),
+            zones: Vec::new(),
+        }
     }
 
     pub fn allows_zone(&self, zone: &str) -> bool {
@@ -153,7 +156,11 @@ pub struct MetadataOptions {
 
 impl Default for MetadataOptions {
     fn default() -> Self {
-        MetadataOptions { http_endpoint_enabled: true, http_tokens_required: true, http_put_response_hop_limit: 1 }
+        MetadataOptions {
+            http_endpoint_enabled: true,
+            http_tokens_required: true,
+            http_put_response_hop_limit: 1,
+        }
     }
 }
 
@@ -210,14 +217,18 @@ pub fn instance_tags(request: &LaunchRequest) -> BTreeMap<String, String> {
     let mut t = request.tags.clone();
     t.insert(tags::CLUSTER.into(), request.cluster_name.clone());
     t.insert(tags::MANAGED.into(), "true".into());
-    t.insert(tags::MACHINE_NAMESPACE.into(), request.machine.namespace.clone());
+    t.insert(
+        tags::MACHINE_NAMESPACE.into(),
+        request.machine.namespace.clone(),
+    );
     t.insert(tags::MACHINE_NAME.into(), request.machine.name.clone());
     t.insert(tags::MACHINE_UID.into(), request.machine.uid.clone());
     t.insert(tags::MACHINE_CLASS.into(), request.class.name.clone());
     if let Some(d) = &request.deployment {
         t.insert(tags::MACHINE_DEPLOYMENT.into(), d.clone());
     }
-    t.entry(tags::NAME.into()).or_insert_with(|| format!("{}/{}", request.machine.namespace, request.machine.name));
+    t.entry(tags::NAME.into())
+        .or_insert_with(|| format!("{}/{}", request.machine.namespace, request.machine.name));
     t
 }
 
@@ -231,7 +242,11 @@ pub struct OfferingKey {
 
 impl std::fmt::Display for OfferingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.instance_type, self.zone, self.capacity_type)
+        write!(
+            f,
+            "{} {} {}",
+            self.instance_type, self.zone, self.capacity_type
+        )
     }
 }
 
@@ -306,7 +321,10 @@ impl InstanceState {
 
     /// Gone or on its way out.
     pub fn is_terminal(self) -> bool {
-        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+        matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
     }
 }
 
@@ -398,13 +416,24 @@ pub trait CloudProvider: Send + Sync {
     async fn node_groups(&self) -> Result<Vec<NodeGroup>, CloudError>;
 
     /// Sets a discovered group's desired capacity (must be within its min and max).
-    async fn set_node_group_desired_capacity(&self, group: &str, desired: u32) -> Result<(), CloudError>;
+    async fn set_node_group_desired_capacity(
+        &self,
+        group: &str,
+        desired: u32,
+    ) -> Result<(), CloudError>;
 
     /// Terminates one instance of a discovered group and decrements its desired capacity.
-    async fn terminate_node_group_instance(&self, group: &str, instance_id: &str) -> Result<(), CloudError>;
+    async fn terminate_node_group_instance(
+        &self,
+        group: &str,
+        instance_id: &str,
+    ) -> Result<(), CloudError>;
 
     /// Deletes the launch templates berth made for class revisions not in `live` (a no-op for clouds without them).
-    async fn garbage_collect_launch_templates(&self, live: &[ClassRevision]) -> Result<usize, CloudError>;
+    async fn garbage_collect_launch_templates(
+        &self,
+        live: &[ClassRevision],
+    ) -> Result<usize, CloudError>;
 }
 
 #[cfg(test)]
@@ -418,10 +447,16 @@ mod tests {
         r.fallback_to_on_demand = false;
         assert_eq!(r.capacity_type_order(), vec![CapacityType::Spot]);
         r.fallback_to_on_demand = true;
-        assert_eq!(r.capacity_type_order(), vec![CapacityType::Spot, CapacityType::OnDemand]);
+        assert_eq!(
+            r.capacity_type_order(),
+            vec![CapacityType::Spot, CapacityType::OnDemand]
+        );
         r.capacity_types = vec![CapacityType::OnDemand, CapacityType::Spot];
         r.fallback_to_on_demand = false;
-        assert_eq!(r.capacity_type_order(), vec![CapacityType::Spot, CapacityType::OnDemand]);
+        assert_eq!(
+            r.capacity_type_order(),
+            vec![CapacityType::Spot, CapacityType::OnDemand]
+        );
         r.capacity_types = vec![CapacityType::OnDemand];
         assert_eq!(r.capacity_type_order(), vec![CapacityType::OnDemand]);
     }

@@ -52,7 +52,10 @@ pub struct BucketSize {
 }
 
 const fn bucket(max: u32, refill_per_second: u32) -> BucketSize {
-    BucketSize { max, refill_per_second }
+    BucketSize {
+        max,
+        refill_per_second,
+    }
 }
 
 /// EC2's non-mutating (filtered or paginated) bucket.
@@ -108,7 +111,9 @@ impl Action {
     pub fn is_auto_scaling(self) -> bool {
         matches!(
             self,
-            Action::DescribeAutoScalingGroups | Action::SetDesiredCapacity | Action::TerminateInstanceInAutoScalingGroup
+            Action::DescribeAutoScalingGroups
+                | Action::SetDesiredCapacity
+                | Action::TerminateInstanceInAutoScalingGroup
         )
     }
 
@@ -126,7 +131,9 @@ impl Action {
         match self {
             Action::RunInstances => bucket(5, 2),
             Action::TerminateInstances => bucket(100, 5),
-            Action::CreateFleet | Action::CreateLaunchTemplate | Action::DeleteLaunchTemplate => MUTATING,
+            Action::CreateFleet | Action::CreateLaunchTemplate | Action::DeleteLaunchTemplate => {
+                MUTATING
+            }
             Action::CreateTags => bucket(100, 10),
             Action::DescribeInstances
             | Action::DescribeInstanceTypes
@@ -138,9 +145,9 @@ impl Action {
             | Action::DescribeLaunchTemplates
             | Action::DescribeLaunchTemplateVersions => NON_MUTATING,
             // Not published (FACTS.md §1): berth's own conservative choice for the one shared bucket.
-            Action::DescribeAutoScalingGroups | Action::SetDesiredCapacity | Action::TerminateInstanceInAutoScalingGroup => {
-                bucket(20, 2)
-            }
+            Action::DescribeAutoScalingGroups
+            | Action::SetDesiredCapacity
+            | Action::TerminateInstanceInAutoScalingGroup => bucket(20, 2),
         }
     }
 
@@ -181,10 +188,16 @@ struct Bucket {
 impl Bucket {
     fn new(size: BucketSize, origin: tokio::time::Instant) -> Bucket {
         let burst = size.max.saturating_sub(size.refill_per_second).max(1);
-        let quota = Quota::per_second(NonZeroU32::new(size.refill_per_second.max(1)).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let quota = Quota::per_second(
+            NonZeroU32::new(size.refill_per_second.max(1)).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         let clock = TokioTime { origin };
-        Bucket { limiter: RateLimiter::direct_with_clock(quota, clock.clone()), clock, queue: tokio::sync::Mutex::new(()) }
+        Bucket {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            queue: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Takes `n` tokens, waiting in line for them; returns how long it waited.
@@ -195,7 +208,9 @@ impl Bucket {
         loop {
             match self.limiter.check_n(n) {
                 Ok(Ok(())) => return started.elapsed(),
-                Ok(Err(not_until)) => tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await,
+                Ok(Err(not_until)) => {
+                    tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await
+                }
                 // More tokens than the bucket holds: take what it can hold, the rest later (only reachable with
                 // batches larger than the resource bucket, which berth never sends).
                 Err(insufficient) => {
@@ -206,7 +221,9 @@ impl Bucket {
                         loop {
                             match self.limiter.check_n(chunk) {
                                 Ok(Ok(())) => break,
-                                Ok(Err(nu)) => tokio::time::sleep(nu.wait_time_from(self.clock.now())).await,
+                                Ok(Err(nu)) => {
+                                    tokio::time::sleep(nu.wait_time_from(self.clock.now())).await
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -234,12 +251,20 @@ impl RateLimits {
 
     /// A share of EC2's documented buckets (at least one token and one per second each).
     pub fn ec2_share(metrics: CloudMetrics, share: f64) -> RateLimits {
-        let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 1.0 };
+        let share = if share.is_finite() {
+            share.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         let scale = move |b: BucketSize| BucketSize {
             max: ((b.max as f64 * share).round() as u32).max(1),
             refill_per_second: ((b.refill_per_second as f64 * share).round() as u32).max(1),
         };
-        RateLimits::with_sizes(metrics, move |a| scale(a.request_bucket()), move |a| a.resource_bucket().map(scale))
+        RateLimits::with_sizes(
+            metrics,
+            move |a| scale(a.request_bucket()),
+            move |a| a.resource_bucket().map(scale),
+        )
     }
 
     /// Buckets of any size (tests use tiny ones).
@@ -252,12 +277,18 @@ impl RateLimits {
         let mut requests = HashMap::new();
         let mut resources = HashMap::new();
         for a in Action::ALL {
-            requests.entry(a.bucket_key()).or_insert_with(|| Arc::new(Bucket::new(request(a), origin)));
+            requests
+                .entry(a.bucket_key())
+                .or_insert_with(|| Arc::new(Bucket::new(request(a), origin)));
             if let Some(size) = resource(a) {
                 resources.insert(a.name(), Arc::new(Bucket::new(size, origin)));
             }
         }
-        RateLimits { requests, resources, metrics }
+        RateLimits {
+            requests,
+            resources,
+            metrics,
+        }
     }
 
     /// Waits until one call of `action` launching or terminating `instances` instances fits in EC2's buckets.
@@ -270,7 +301,8 @@ impl RateLimits {
             waited += b.take(instances).await;
         }
         if !waited.is_zero() {
-            self.metrics.record_limiter_wait(action, waited.as_secs_f64());
+            self.metrics
+                .record_limiter_wait(action, waited.as_secs_f64());
         }
     }
 }
@@ -282,12 +314,21 @@ mod tests {
     #[test]
     fn sizes_follow_the_ec2_table() {
         assert_eq!(Action::RunInstances.request_bucket(), bucket(5, 2));
-        assert_eq!(Action::RunInstances.resource_bucket(), Some(bucket(1000, 2)));
-        assert_eq!(Action::TerminateInstances.resource_bucket(), Some(bucket(1000, 20)));
+        assert_eq!(
+            Action::RunInstances.resource_bucket(),
+            Some(bucket(1000, 2))
+        );
+        assert_eq!(
+            Action::TerminateInstances.resource_bucket(),
+            Some(bucket(1000, 20))
+        );
         assert_eq!(Action::CreateFleet.request_bucket(), bucket(50, 5));
         assert_eq!(Action::DescribeInstances.request_bucket(), bucket(100, 20));
         assert_eq!(Action::CreateFleet.resource_bucket(), None);
-        assert_eq!(Action::SetDesiredCapacity.bucket_key(), Action::DescribeAutoScalingGroups.bucket_key());
+        assert_eq!(
+            Action::SetDesiredCapacity.bucket_key(),
+            Action::DescribeAutoScalingGroups.bucket_key()
+        );
         let mut names: Vec<_> = Action::ALL.iter().map(|a| a.name()).collect();
         names.sort();
         names.dedup();
@@ -304,7 +345,10 @@ mod tests {
             limits.acquire(Action::CreateFleet, 1).await;
         }
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(10_800) && elapsed <= Duration::from_millis(11_200), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(10_800) && elapsed <= Duration::from_millis(11_200),
+            "{elapsed:?}"
+        );
         assert_eq!(metrics.limiter_waits(Action::CreateFleet), 55);
     }
 
@@ -317,6 +361,9 @@ mod tests {
         assert!(start.elapsed() < Duration::from_millis(10));
         limits.acquire(Action::RunInstances, 4).await;
         let e = start.elapsed();
-        assert!(e >= Duration::from_millis(1900) && e <= Duration::from_millis(2100), "{e:?}");
+        assert!(
+            e >= Duration::from_millis(1900) && e <= Duration::from_millis(2100),
+            "{e:?}"
+        );
     }
 }

@@ -20,12 +20,18 @@ pub fn newest_image(images: &[ImageInfo], arch: Arch) -> Option<&ImageInfo> {
     images
         .iter()
         .filter(|i| i.arch == Some(arch))
-        .max_by(|a, b| a.creation_date.cmp(&b.creation_date).then_with(|| b.id.cmp(&a.id)))
+        .max_by(|a, b| {
+            a.creation_date
+                .cmp(&b.creation_date)
+                .then_with(|| b.id.cmp(&a.id))
+        })
 }
 
 /// Every selector tag is on the resource; a `*` value only needs the key.
 pub fn tags_match(selector: &BTreeMap<String, String>, tags: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| tags.get(k).is_some_and(|actual| v == "*" || actual == v))
+    selector
+        .iter()
+        .all(|(k, v)| tags.get(k).is_some_and(|actual| v == "*" || actual == v))
 }
 
 /// `*` matches any run of characters, `?` exactly one.
@@ -85,12 +91,30 @@ mod tests {
 
     #[test]
     fn selectors_and_wildcards() {
-        let tags = BTreeMap::from([("env".to_string(), "prod".to_string()), ("tier".to_string(), "private".to_string())]);
-        assert!(tags_match(&BTreeMap::from([("env".into(), "prod".into())]), &tags));
-        assert!(tags_match(&BTreeMap::from([("tier".into(), "*".into())]), &tags));
-        assert!(!tags_match(&BTreeMap::from([("env".into(), "dev".into())]), &tags));
-        assert!(!tags_match(&BTreeMap::from([("zone".into(), "*".into())]), &tags));
-        assert!(wildcard_match("amazon-eks-node-al2023-x86_64-standard-1.33-*", "amazon-eks-node-al2023-x86_64-standard-1.33-v20250101"));
+        let tags = BTreeMap::from([
+            ("env".to_string(), "prod".to_string()),
+            ("tier".to_string(), "private".to_string()),
+        ]);
+        assert!(tags_match(
+            &BTreeMap::from([("env".into(), "prod".into())]),
+            &tags
+        ));
+        assert!(tags_match(
+            &BTreeMap::from([("tier".into(), "*".into())]),
+            &tags
+        ));
+        assert!(!tags_match(
+            &BTreeMap::from([("env".into(), "dev".into())]),
+            &tags
+        ));
+        assert!(!tags_match(
+            &BTreeMap::from([("zone".into(), "*".into())]),
+            &tags
+        ));
+        assert!(wildcard_match(
+            "amazon-eks-node-al2023-x86_64-standard-1.33-*",
+            "amazon-eks-node-al2023-x86_64-standard-1.33-v20250101"
+        ));
         assert!(wildcard_match("a?c*", "abcdef"));
         assert!(!wildcard_match("a?c", "abcd"));
         assert!(wildcard_match("*", ""));

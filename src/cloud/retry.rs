@@ -11,8 +11,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// EC2 and Auto Scaling error codes that mean "slow down".
-pub const THROTTLE_CODES: &[&str] =
-    &["RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException", "RequestThrottled"];
+pub const THROTTLE_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestThrottled",
+];
 
 pub fn is_throttle_code(code: &str) -> bool {
     THROTTLE_CODES.contains(&code)
@@ -21,15 +26,30 @@ pub fn is_throttle_code(code: &str) -> bool {
 /// How one call failed, classified for the retry decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    Throttled { code: String, message: String },
+    Throttled {
+        code: String,
+        message: String,
+    },
     /// HTTP 5xx (or a 5xx-class code such as InternalError / Unavailable).
-    Server { status: u16, code: String, message: String },
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// No HTTP answer: connection refused, timeout, I/O.
-    Transport { message: String },
+    Transport {
+        message: String,
+    },
     /// No usable credentials, or the service rejected them.
-    Credentials { message: String },
+    Credentials {
+        message: String,
+    },
     /// Any other error answer: the caller maps its code.
-    Client { status: u16, code: String, message: String },
+    Client {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 impl Failure {
@@ -43,12 +63,17 @@ impl Failure {
     }
 
     fn retryable(&self) -> bool {
-        matches!(self, Failure::Throttled { .. } | Failure::Server { .. } | Failure::Transport { .. })
+        matches!(
+            self,
+            Failure::Throttled { .. } | Failure::Server { .. } | Failure::Transport { .. }
+        )
     }
 
     pub fn code(&self) -> &str {
         match self {
-            Failure::Throttled { code, .. } | Failure::Server { code, .. } | Failure::Client { code, .. } => code,
+            Failure::Throttled { code, .. }
+            | Failure::Server { code, .. }
+            | Failure::Client { code, .. } => code,
             Failure::Transport { .. } => "Transport",
             Failure::Credentials { .. } => "Credentials",
         }
@@ -67,17 +92,37 @@ impl Failure {
     /// The generic mapping, for callers with no special meaning for the code. `attempts` is how many tries were made.
     pub fn into_cloud_error(self, action: Action, attempts: u32) -> CloudError {
         match self {
-            Failure::Throttled { .. } => CloudError::RateLimited { action: action.name(), attempts },
-            Failure::Server { status, code, message } => {
-                CloudError::Transient { action: action.name(), message: format!("HTTP {status} {code}: {message}") }
-            }
-            Failure::Transport { message } => CloudError::Transient { action: action.name(), message },
+            Failure::Throttled { .. } => CloudError::RateLimited {
+                action: action.name(),
+                attempts,
+            },
+            Failure::Server {
+                status,
+                code,
+                message,
+            } => CloudError::Transient {
+                action: action.name(),
+                message: format!("HTTP {status} {code}: {message}"),
+            },
+            Failure::Transport { message } => CloudError::Transient {
+                action: action.name(),
+                message,
+            },
             Failure::Credentials { message } => CloudError::Credentials { message },
             Failure::Client { code, message, .. } => {
-                if code == "AuthFailure" || code == "UnrecognizedClientException" || code == "InvalidClientTokenId" {
-                    CloudError::Credentials { message: format!("{code}: {message}") }
+                if code == "AuthFailure"
+                    || code == "UnrecognizedClientException"
+                    || code == "InvalidClientTokenId"
+                {
+                    CloudError::Credentials {
+                        message: format!("{code}: {message}"),
+                    }
                 } else {
-                    CloudError::Api { action: action.name(), code, message }
+                    CloudError::Api {
+                        action: action.name(),
+                        code,
+                        message,
+                    }
                 }
             }
         }
@@ -111,7 +156,11 @@ impl Default for Backoff {
     fn default() -> Self {
         // More patient than the SDK's 3 attempts: berth already paces itself, so a throttle means another client
         // of the account is busy, and a launch that waits is better than a Machine that fails.
-        Backoff { max_attempts: 6, base: Duration::from_millis(500), cap: Duration::from_secs(20) }
+        Backoff {
+            max_attempts: 6,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(20),
+        }
     }
 }
 
@@ -154,12 +203,27 @@ pub struct ApiCaller {
 }
 
 impl ApiCaller {
-    pub fn new(limits: RateLimits, metrics: CloudMetrics, backoff: Backoff, jitter_seed: u64) -> ApiCaller {
-        ApiCaller { limits, metrics, backoff, jitter: Jitter::seeded(jitter_seed) }
+    pub fn new(
+        limits: RateLimits,
+        metrics: CloudMetrics,
+        backoff: Backoff,
+        jitter_seed: u64,
+    ) -> ApiCaller {
+        ApiCaller {
+            limits,
+            metrics,
+            backoff,
+            jitter: Jitter::seeded(jitter_seed),
+        }
     }
 
     /// Makes the call `f` (which may be invoked several times), charging `instances` to the resource bucket.
-    pub async fn call<T, F, Fut>(&self, action: Action, instances: u32, mut f: F) -> Result<T, CallError>
+    pub async fn call<T, F, Fut>(
+        &self,
+        action: Action,
+        instances: u32,
+        mut f: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -177,12 +241,30 @@ impl ApiCaller {
                     self.metrics.record_call(action, failure.outcome());
                     if !failure.retryable() || attempt >= self.backoff.max_attempts {
                         if failure.retryable() {
-                            tracing::warn!(action = action.name(), attempt, code = failure.code(), "giving up after retries");
+                            tracing::warn!(
+                                action = action.name(),
+                                attempt,
+                                code = failure.code(),
+                                "giving up after retries"
+                            );
                         }
-                        return Err(CallError { action, attempts: attempt, failure });
+                        return Err(CallError {
+                            action,
+                            attempts: attempt,
+                            failure,
+                        });
                     }
-                    let delay = self.backoff.ceiling(attempt - 1).mul_f64(self.jitter.next_fraction());
-                    tracing::debug!(action = action.name(), attempt, code = failure.code(), ?delay, "retrying");
+                    let delay = self
+                        .backoff
+                        .ceiling(attempt - 1)
+                        .mul_f64(self.jitter.next_fraction());
+                    tracing::debug!(
+                        action = action.name(),
+                        attempt,
+                        code = failure.code(),
+                        ?delay,
+                        "retrying"
+                    );
                     self.metrics.record_retry(action);
                     tokio::time::sleep(delay).await;
                 }
@@ -198,7 +280,12 @@ mod tests {
 
     fn caller() -> ApiCaller {
         let m = CloudMetrics::unregistered().unwrap();
-        ApiCaller::new(RateLimits::ec2_defaults(m.clone()), m, Backoff::default(), 7)
+        ApiCaller::new(
+            RateLimits::ec2_defaults(m.clone()),
+            m,
+            Backoff::default(),
+            7,
+        )
     }
 
     #[test]
@@ -230,15 +317,25 @@ mod tests {
             .call(Action::DescribeInstances, 1, || async {
                 let n = tries.fetch_add(1, Ordering::SeqCst);
                 if n < 2 {
-                    Err(Failure::Throttled { code: "RequestLimitExceeded".into(), message: "slow".into() })
+                    Err(Failure::Throttled {
+                        code: "RequestLimitExceeded".into(),
+                        message: "slow".into(),
+                    })
                 } else {
                     Ok(n)
                 }
             })
             .await;
         assert_eq!(r.unwrap(), 2);
-        assert_eq!(c.metrics.calls(Action::DescribeInstances, Outcome::Throttled), 2);
-        assert_eq!(c.metrics.calls(Action::DescribeInstances, Outcome::Success), 1);
+        assert_eq!(
+            c.metrics
+                .calls(Action::DescribeInstances, Outcome::Throttled),
+            2
+        );
+        assert_eq!(
+            c.metrics.calls(Action::DescribeInstances, Outcome::Success),
+            1
+        );
         assert_eq!(c.metrics.retries(Action::DescribeInstances), 2);
     }
 
@@ -249,7 +346,11 @@ mod tests {
         let r: Result<(), _> = c
             .call(Action::DescribeImages, 1, || async {
                 tries.fetch_add(1, Ordering::SeqCst);
-                Err(Failure::Client { status: 400, code: "InvalidAMIID.Malformed".into(), message: "bad".into() })
+                Err(Failure::Client {
+                    status: 400,
+                    code: "InvalidAMIID.Malformed".into(),
+                    message: "bad".into(),
+                })
             })
             .await;
         assert_eq!(tries.load(Ordering::SeqCst), 1);
@@ -259,7 +360,11 @@ mod tests {
         let r: Result<(), _> = c
             .call(Action::DescribeImages, 1, || async {
                 tries.fetch_add(1, Ordering::SeqCst);
-                Err(Failure::Server { status: 503, code: "Unavailable".into(), message: "down".into() })
+                Err(Failure::Server {
+                    status: 503,
+                    code: "Unavailable".into(),
+                    message: "down".into(),
+                })
             })
             .await;
         assert_eq!(tries.load(Ordering::SeqCst), 6);

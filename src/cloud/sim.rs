@@ -14,15 +14,18 @@ use crate::cloud::bootstrap::BootstrapError;
 use crate::cloud::clock::SharedClock;
 use crate::cloud::error::{CloudError, OfferingFailure};
 use crate::cloud::launch_plan::{plan_launch, SubnetInfo};
-use crate::cloud::launcher::{self, FleetApi, FleetCall, FleetResponse, LaunchTemplateSpec, RunCall};
+use crate::cloud::launcher::{
+    self, FleetApi, FleetCall, FleetResponse, LaunchTemplateSpec, RunCall,
+};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::rate_limit::{Action, BucketSize, RateLimits};
 use crate::cloud::resolve::{newest_image, tags_match, wildcard_match, ImageInfo};
 use crate::cloud::retry::{ApiCaller, Backoff, Failure};
 use crate::cloud::unavailable::{UnavailableOfferings, DEFAULT_TTL};
 use crate::cloud::{
-    tags, ClassRevision, CloudProvider, ImageSpec, Instance, InstanceState, LaunchOutcome, LaunchRequest,
-    LaunchedInstance, MachineRef, NodeGroup, NodeGroupInstance, OfferingKey, ResourceSelector, TerminateOutcome,
+    tags, ClassRevision, CloudProvider, ImageSpec, Instance, InstanceState, LaunchOutcome,
+    LaunchRequest, LaunchedInstance, MachineRef, NodeGroup, NodeGroupInstance, OfferingKey,
+    ResourceSelector, TerminateOutcome,
 };
 use crate::model::instance_type::{labels, Arch, CapacityType, Catalog};
 use crate::model::taints::Taint;
@@ -90,13 +93,27 @@ pub const DISCOVERY_TAG: &str = "berth.dev/discovery";
 impl SimConfig {
     /// A region with one subnet per zone of the catalog (tagged `berth.dev/discovery=<cluster>`), one security group
     /// with the same tag, an AL2023-like image per architecture, EC2's rate limits, a 30 s boot delay.
-    pub fn new(region: &str, cluster_name: &str, catalog: Catalog, clock: SharedClock, metrics: CloudMetrics) -> SimConfig {
-        let zones: BTreeSet<String> =
-            catalog.instance_types.iter().flat_map(|t| t.offerings.iter().map(|o| o.zone.clone())).collect();
+    pub fn new(
+        region: &str,
+        cluster_name: &str,
+        catalog: Catalog,
+        clock: SharedClock,
+        metrics: CloudMetrics,
+    ) -> SimConfig {
+        let zones: BTreeSet<String> = catalog
+            .instance_types
+            .iter()
+            .flat_map(|t| t.offerings.iter().map(|o| o.zone.clone()))
+            .collect();
         let discovery = BTreeMap::from([(DISCOVERY_TAG.to_string(), cluster_name.to_string())]);
         let subnets = zones
             .iter()
-            .map(|z| SimSubnet { id: format!("subnet-{z}"), zone: z.clone(), available_ips: 8000, tags: discovery.clone() })
+            .map(|z| SimSubnet {
+                id: format!("subnet-{z}"),
+                zone: z.clone(),
+                available_ips: 8000,
+                tags: discovery.clone(),
+            })
             .collect();
         let images = [(Arch::Amd64, "x86_64"), (Arch::Arm64, "arm64")]
             .into_iter()
@@ -114,7 +131,10 @@ impl SimConfig {
             cluster_name: cluster_name.into(),
             catalog,
             subnets,
-            security_groups: vec![SimSecurityGroup { id: "sg-sim-nodes".into(), tags: discovery }],
+            security_groups: vec![SimSecurityGroup {
+                id: "sg-sim-nodes".into(),
+                tags: discovery,
+            }],
             images,
             node_groups: Vec::new(),
             boot_delay: Duration::from_secs(30),
@@ -134,10 +154,21 @@ impl SimConfig {
 impl SimConfig {
     /// [`SimConfig::new`] with the catalog bundled in the binary (instance types, zones, on-demand prices and
     /// deterministic synthetic spot prices of `region`).
-    pub fn bundled(region: &str, cluster_name: &str, clock: SharedClock, metrics: CloudMetrics) -> Result<SimConfig, CloudError> {
+    pub fn bundled(
+        region: &str,
+        cluster_name: &str,
+        clock: SharedClock,
+        metrics: CloudMetrics,
+    ) -> Result<SimConfig, CloudError> {
         let catalog = crate::model::aws_catalog::bundled_catalog(region)
             .map_err(|e| CloudError::invalid(format!("bundled catalog: {e}")))?;
-        Ok(SimConfig::new(region, cluster_name, catalog, clock, metrics))
+        Ok(SimConfig::new(
+            region,
+            cluster_name,
+            catalog,
+            clock,
+            metrics,
+        ))
     }
 }
 
@@ -145,13 +176,21 @@ impl SimConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// Matching offerings have no capacity (a CreateFleet `Errors` entry, a RunInstances error). `None` matches any.
-    InsufficientCapacity { instance_type: Option<String>, zone: Option<String>, capacity_type: Option<CapacityType> },
+    InsufficientCapacity {
+        instance_type: Option<String>,
+        zone: Option<String>,
+        capacity_type: Option<CapacityType>,
+    },
     /// RequestLimitExceeded.
     Throttle { action: Action },
     /// HTTP 503 Unavailable.
     ServerError { action: Action },
     /// Any error code.
-    ApiError { action: Action, code: String, message: String },
+    ApiError {
+        action: Action,
+        code: String,
+        message: String,
+    },
     /// The call takes this long before it is served.
     SlowCall { action: Action, delay: Duration },
     /// The instance launches but its kubelet never joins the cluster.
@@ -161,7 +200,9 @@ pub enum Fault {
 impl Fault {
     fn action(&self) -> Option<Action> {
         match self {
-            Fault::Throttle { action } | Fault::ServerError { action } | Fault::ApiError { action, .. } => Some(*action),
+            Fault::Throttle { action }
+            | Fault::ServerError { action }
+            | Fault::ApiError { action, .. } => Some(*action),
             Fault::SlowCall { action, .. } => Some(*action),
             Fault::InsufficientCapacity { .. } | Fault::BootFailure => None,
         }
@@ -169,7 +210,11 @@ impl Fault {
 
     fn matches_offering(&self, o: &OfferingKey) -> bool {
         match self {
-            Fault::InsufficientCapacity { instance_type, zone, capacity_type } => {
+            Fault::InsufficientCapacity {
+                instance_type,
+                zone,
+                capacity_type,
+            } => {
                 instance_type.as_ref().is_none_or(|t| *t == o.instance_type)
                     && zone.as_ref().is_none_or(|z| *z == o.zone)
                     && capacity_type.is_none_or(|c| c == o.capacity_type)
@@ -224,7 +269,10 @@ pub struct SimInstanceLaunched {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SimInstanceEvent {
     Launched(Box<SimInstanceLaunched>),
-    Terminated { instance_id: String, provider_id: String },
+    Terminated {
+        instance_id: String,
+        provider_id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -245,12 +293,17 @@ struct ServerBucket {
 
 impl ServerBucket {
     fn new(size: BucketSize) -> ServerBucket {
-        ServerBucket { size, tokens: size.max, second: 0 }
+        ServerBucket {
+            size,
+            tokens: size.max,
+            second: 0,
+        }
     }
 
     fn take(&mut self, now_second: u64, n: u32) -> bool {
         if now_second > self.second {
-            let refill = (now_second - self.second).saturating_mul(self.size.refill_per_second as u64);
+            let refill =
+                (now_second - self.second).saturating_mul(self.size.refill_per_second as u64);
             self.tokens = (self.tokens as u64 + refill).min(self.size.max as u64) as u32;
             self.second = now_second;
         }
@@ -299,16 +352,35 @@ impl SimulatedCloud {
             RateLimits::ec2_defaults(config.metrics.clone())
         } else {
             // Effectively unlimited: one call never waits.
-            RateLimits::with_sizes(config.metrics.clone(), |_| BucketSize { max: u32::MAX / 2, refill_per_second: u32::MAX / 2 }, |_| None)
+            RateLimits::with_sizes(
+                config.metrics.clone(),
+                |_| BucketSize {
+                    max: u32::MAX / 2,
+                    refill_per_second: u32::MAX / 2,
+                },
+                |_| None,
+            )
         };
-        let caller = ApiCaller::new(limits, config.metrics.clone(), config.backoff, config.jitter_seed);
+        let caller = ApiCaller::new(
+            limits,
+            config.metrics.clone(),
+            config.backoff,
+            config.jitter_seed,
+        );
         let unavailable = UnavailableOfferings::new(config.clock.clone(), config.unavailable_ttl);
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let mut state = SimState::default();
         for g in &config.node_groups {
             state.node_groups.insert(g.name.clone(), g.clone());
         }
-        let cloud = SimulatedCloud { config, caller, unavailable, state: Mutex::new(state), events, origin: tokio::time::Instant::now() };
+        let cloud = SimulatedCloud {
+            config,
+            caller,
+            unavailable,
+            state: Mutex::new(state),
+            events,
+            origin: tokio::time::Instant::now(),
+        };
         {
             let mut st = cloud.lock();
             let groups: Vec<SimNodeGroup> = st.node_groups.values().cloned().collect();
@@ -326,7 +398,10 @@ impl SimulatedCloud {
 
     /// Scripts a fault for the next `times` matching calls (None = until [`SimulatedCloud::clear_faults`]).
     pub fn inject(&self, fault: Fault, times: Option<u32>) {
-        self.lock().faults.push(ScriptedFault { fault, remaining: times });
+        self.lock().faults.push(ScriptedFault {
+            fault,
+            remaining: times,
+        });
     }
 
     pub fn clear_faults(&self) {
@@ -339,7 +414,11 @@ impl SimulatedCloud {
     }
 
     pub fn call_count(&self, action: Action) -> usize {
-        self.lock().calls.iter().filter(|c| c.action == action).count()
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.action == action)
+            .count()
     }
 
     /// Calls the server side answered with RequestLimitExceeded because EC2's bucket was empty.
@@ -353,7 +432,11 @@ impl SimulatedCloud {
 
     /// Instances alive (not terminated), whatever their tags.
     pub fn live_instance_count(&self) -> usize {
-        self.lock().instances.values().filter(|i| !i.instance.state.is_terminal()).count()
+        self.lock()
+            .instances
+            .values()
+            .filter(|i| !i.instance.state.is_terminal())
+            .count()
     }
 
     pub fn launch_template_names(&self) -> Vec<String> {
@@ -362,17 +445,20 @@ impl SimulatedCloud {
 
     /// Every instance ever started, terminated ones included, without an API call (for simulation reports).
     pub fn all_instances(&self) -> Vec<Instance> {
-        self.lock().instances.values().map(|i| i.instance.clone()).collect()
+        self.lock()
+            .instances
+            .values()
+            .map(|i| i.instance.clone())
+            .collect()
     }
 
     /// EC2 reclaims a spot instance (a spot interruption): it terminates without any call from berth. Answers
     /// whether a live spot instance was reclaimed.
     pub fn interrupt(&self, instance_id: &str) -> bool {
         let mut st = self.lock();
-        let live_spot = st
-            .instances
-            .get(instance_id)
-            .is_some_and(|i| i.instance.capacity_type == CapacityType::Spot && !i.instance.state.is_terminal());
+        let live_spot = st.instances.get(instance_id).is_some_and(|i| {
+            i.instance.capacity_type == CapacityType::Spot && !i.instance.state.is_terminal()
+        });
         if live_spot {
             self.terminate_locked(&mut st, instance_id);
         }
@@ -380,7 +466,12 @@ impl SimulatedCloud {
     }
 
     /// Adds an instance that is not berth's (another cluster's or hand-made), for ownership tests.
-    pub fn add_foreign_instance(&self, instance_type: &str, zone: &str, tags: BTreeMap<String, String>) -> String {
+    pub fn add_foreign_instance(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        tags: BTreeMap<String, String>,
+    ) -> String {
         let now = self.config.clock.now();
         let mut st = self.lock();
         let id = next_instance_id(&mut st);
@@ -414,7 +505,10 @@ impl SimulatedCloud {
     async fn serve(&self, action: Action, instances: u32, detail: &str) -> Result<(), Failure> {
         let slow = {
             let mut st = self.lock();
-            take_fault(&mut st, |f| matches!(f, Fault::SlowCall { action: a, .. } if *a == action))
+            take_fault(
+                &mut st,
+                |f| matches!(f, Fault::SlowCall { action: a, .. } if *a == action),
+            )
         };
         if let Some(Fault::SlowCall { delay, .. }) = slow {
             tokio::time::sleep(delay).await;
@@ -426,15 +520,20 @@ impl SimulatedCloud {
             f.action() == Some(action) && !matches!(f, Fault::SlowCall { .. })
         });
         let failure = match fault {
-            Some(Fault::Throttle { .. }) => {
-                Some(Failure::Throttled { code: "RequestLimitExceeded".into(), message: "Request limit exceeded.".into() })
-            }
+            Some(Fault::Throttle { .. }) => Some(Failure::Throttled {
+                code: "RequestLimitExceeded".into(),
+                message: "Request limit exceeded.".into(),
+            }),
             Some(Fault::ServerError { .. }) => Some(Failure::Server {
                 status: 503,
                 code: "Unavailable".into(),
                 message: "The service is unavailable. Please try again shortly.".into(),
             }),
-            Some(Fault::ApiError { code, message, .. }) => Some(Failure::Client { status: 400, code, message }),
+            Some(Fault::ApiError { code, message, .. }) => Some(Failure::Client {
+                status: 400,
+                code,
+                message,
+            }),
             _ => None,
         };
         let failure = failure.or_else(|| {
@@ -442,22 +541,38 @@ impl SimulatedCloud {
                 return None;
             }
             let key = action.bucket_key();
-            let request_ok = st.request_buckets.entry(key).or_insert_with(|| ServerBucket::new(action.request_bucket())).take(second, 1);
+            let request_ok = st
+                .request_buckets
+                .entry(key)
+                .or_insert_with(|| ServerBucket::new(action.request_bucket()))
+                .take(second, 1);
             let resource_ok = match action.resource_bucket() {
-                Some(size) if request_ok => {
-                    st.resource_buckets.entry(action.name()).or_insert_with(|| ServerBucket::new(size)).take(second, instances)
-                }
+                Some(size) if request_ok => st
+                    .resource_buckets
+                    .entry(action.name())
+                    .or_insert_with(|| ServerBucket::new(size))
+                    .take(second, instances),
                 _ => true,
             };
             if request_ok && resource_ok {
                 None
             } else {
                 st.server_throttles += 1;
-                Some(Failure::Throttled { code: "RequestLimitExceeded".into(), message: "Request limit exceeded.".into() })
+                Some(Failure::Throttled {
+                    code: "RequestLimitExceeded".into(),
+                    message: "Request limit exceeded.".into(),
+                })
             }
         });
-        let result = failure.as_ref().map_or_else(|| "ok".to_string(), |f| f.code().to_string());
-        st.calls.push(SimCall { action, at: now, detail: detail.to_string(), result });
+        let result = failure
+            .as_ref()
+            .map_or_else(|| "ok".to_string(), |f| f.code().to_string());
+        st.calls.push(SimCall {
+            action,
+            at: now,
+            detail: detail.to_string(),
+            result,
+        });
         match failure {
             Some(f) => Err(f),
             None => Ok(()),
@@ -495,14 +610,21 @@ impl SimulatedCloud {
                 }
                 ids.iter()
                     .map(|want| {
-                        items.iter().find(|i| id(i) == want).ok_or_else(|| CloudError::invalid(format!("{what} {want} does not exist")))
+                        items.iter().find(|i| id(i) == want).ok_or_else(|| {
+                            CloudError::invalid(format!("{what} {want} does not exist"))
+                        })
                     })
                     .collect()
             }
             ResourceSelector::Tags(sel) => {
-                let found: Vec<&T> = items.iter().filter(|i| tags_match(sel, item_tags(i))).collect();
+                let found: Vec<&T> = items
+                    .iter()
+                    .filter(|i| tags_match(sel, item_tags(i)))
+                    .collect();
                 if found.is_empty() {
-                    return Err(CloudError::invalid(format!("no {what} matches the tag selector {sel:?}")));
+                    return Err(CloudError::invalid(format!(
+                        "no {what} matches the tag selector {sel:?}"
+                    )));
                 }
                 Ok(found)
             }
@@ -539,13 +661,20 @@ impl SimulatedCloud {
                     .collect();
                 newest_image(&matching, arch)
                     .map(|i| i.id.clone())
-                    .ok_or_else(|| CloudError::invalid(format!("no {} AMI matches the selector {sel:?}", arch.as_str())))
+                    .ok_or_else(|| {
+                        CloudError::invalid(format!(
+                            "no {} AMI matches the selector {sel:?}",
+                            arch.as_str()
+                        ))
+                    })
             }
         }
     }
 
     fn capacity_left(&self, st: &SimState, o: &OfferingKey) -> bool {
-        let Some(limit) = self.config.capacity_limits.get(o) else { return true };
+        let Some(limit) = self.config.capacity_limits.get(o) else {
+            return true;
+        };
         let used = st
             .instances
             .values()
@@ -572,12 +701,25 @@ impl SimulatedCloud {
         None
     }
 
-    fn start_instance(&self, st: &mut SimState, o: &OfferingKey, image_id: &str, tags: BTreeMap<String, String>, group: Option<String>) -> LaunchedInstance {
+    fn start_instance(
+        &self,
+        st: &mut SimState,
+        o: &OfferingKey,
+        image_id: &str,
+        tags: BTreeMap<String, String>,
+        group: Option<String>,
+    ) -> LaunchedInstance {
         let now = self.config.clock.now();
         let id = next_instance_id(st);
         let n = st.next_id;
-        let dns = format!("ip-10-{}-{}-{}.ec2.internal", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
-        let boot = chrono::Duration::from_std(self.config.boot_delay).unwrap_or(chrono::Duration::zero());
+        let dns = format!(
+            "ip-10-{}-{}-{}.ec2.internal",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
+        let boot =
+            chrono::Duration::from_std(self.config.boot_delay).unwrap_or(chrono::Duration::zero());
         st.instances.insert(
             id.clone(),
             SimInstance {
@@ -623,25 +765,41 @@ impl SimulatedCloud {
     }
 
     /// Publishes the launch of an instance once.
-    fn announce(&self, instance_id: &str, node_labels: &BTreeMap<String, String>, taints: &[Taint], root_volume_bytes: u64) {
+    fn announce(
+        &self,
+        instance_id: &str,
+        node_labels: &BTreeMap<String, String>,
+        taints: &[Taint],
+        root_volume_bytes: u64,
+    ) {
         let mut st = self.lock();
         let joins = take_fault(&mut st, |f| matches!(f, Fault::BootFailure)).is_none();
-        let Some(si) = st.instances.get_mut(instance_id) else { return };
+        let Some(si) = st.instances.get_mut(instance_id) else {
+            return;
+        };
         if si.announced {
             return;
         }
         si.announced = true;
         let i = si.instance.clone();
         drop(st);
-        let Some(t) = self.config.catalog.get(&i.instance_type) else { return };
+        let Some(t) = self.config.catalog.get(&i.instance_type) else {
+            return;
+        };
         let mut l = node_labels.clone();
         l.insert(labels::ARCH.into(), t.arch.as_str().into());
         l.insert(labels::OS.into(), "linux".into());
         l.insert(labels::INSTANCE_TYPE.into(), t.name.clone());
         l.insert(labels::ZONE.into(), i.zone.clone());
         l.insert(labels::REGION.into(), self.config.region.clone());
-        l.insert(labels::CAPACITY_TYPE.into(), i.capacity_type.as_str().into());
-        l.insert(labels::BERTH_CAPACITY_TYPE.into(), i.capacity_type.as_str().into());
+        l.insert(
+            labels::CAPACITY_TYPE.into(),
+            i.capacity_type.as_str().into(),
+        );
+        l.insert(
+            labels::BERTH_CAPACITY_TYPE.into(),
+            i.capacity_type.as_str().into(),
+        );
         l.insert(labels::INSTANCE_FAMILY.into(), t.family().into());
         l.insert(labels::INSTANCE_SIZE.into(), t.size().into());
         let dns = i.private_dns_name.clone().unwrap_or_default();
@@ -657,14 +815,24 @@ impl SimulatedCloud {
             arch: t.arch,
             labels: l,
             taints: taints.to_vec(),
-            capacity: t.capacity(root_volume_bytes).to_quantities().into_iter().collect(),
-            allocatable: t.allocatable(root_volume_bytes).to_quantities().into_iter().collect(),
+            capacity: t
+                .capacity(root_volume_bytes)
+                .to_quantities()
+                .into_iter()
+                .collect(),
+            allocatable: t
+                .allocatable(root_volume_bytes)
+                .to_quantities()
+                .into_iter()
+                .collect(),
             boot_delay: self.config.boot_delay,
             joins_cluster: joins,
             machine: i.machine(),
         };
         // No subscriber is not an error: the simulated cloud also runs without an emulator.
-        let _ = self.events.send(SimInstanceEvent::Launched(Box::new(event)));
+        let _ = self
+            .events
+            .send(SimInstanceEvent::Launched(Box::new(event)));
     }
 
     fn terminate_locked(&self, st: &mut SimState, id: &str) {
@@ -681,7 +849,9 @@ impl SimulatedCloud {
 
     /// Brings a group's live instances to its desired capacity (as Auto Scaling does, at once).
     fn reconcile_group(&self, st: &mut SimState, name: &str) -> Vec<String> {
-        let Some(g) = st.node_groups.get(name).cloned() else { return Vec::new() };
+        let Some(g) = st.node_groups.get(name).cloned() else {
+            return Vec::new();
+        };
         let live: Vec<String> = st
             .instances
             .values()
@@ -691,11 +861,23 @@ impl SimulatedCloud {
         let mut started = Vec::new();
         if (live.len() as u32) < g.desired_capacity {
             for k in live.len() as u32..g.desired_capacity {
-                let zone = g.zones.get(k as usize % g.zones.len().max(1)).cloned().unwrap_or_default();
-                let o = OfferingKey { instance_type: g.instance_type.clone(), zone, capacity_type: CapacityType::OnDemand };
-                let mut t = BTreeMap::from([("aws:autoscaling:groupName".to_string(), name.to_string())]);
+                let zone = g
+                    .zones
+                    .get(k as usize % g.zones.len().max(1))
+                    .cloned()
+                    .unwrap_or_default();
+                let o = OfferingKey {
+                    instance_type: g.instance_type.clone(),
+                    zone,
+                    capacity_type: CapacityType::OnDemand,
+                };
+                let mut t =
+                    BTreeMap::from([("aws:autoscaling:groupName".to_string(), name.to_string())]);
                 t.extend(g.tags.clone());
-                started.push(self.start_instance(st, &o, "ami-sim-x86_64", t, Some(name.to_string())).instance_id);
+                started.push(
+                    self.start_instance(st, &o, "ami-sim-x86_64", t, Some(name.to_string()))
+                        .instance_id,
+                );
             }
         } else {
             for id in live.iter().skip(g.desired_capacity as usize) {
@@ -725,12 +907,20 @@ impl SimulatedCloud {
             instances: st
                 .instances
                 .values()
-                .filter(|i| i.node_group.as_deref() == Some(g.name.as_str()) && !i.instance.state.is_terminal())
+                .filter(|i| {
+                    i.node_group.as_deref() == Some(g.name.as_str())
+                        && !i.instance.state.is_terminal()
+                })
                 .map(|i| NodeGroupInstance {
                     instance_id: i.instance.instance_id.clone(),
                     instance_type: Some(i.instance.instance_type.clone()),
                     zone: i.instance.zone.clone(),
-                    lifecycle_state: if i.instance.state == InstanceState::Running { "InService" } else { "Pending" }.into(),
+                    lifecycle_state: if i.instance.state == InstanceState::Running {
+                        "InService"
+                    } else {
+                        "Pending"
+                    }
+                    .into(),
                 })
                 .collect(),
             tags: g.tags.clone(),
@@ -750,7 +940,10 @@ fn next_instance_id(st: &mut SimState) -> String {
 
 /// Takes the first fault matching `pred`, consuming one of its times.
 fn take_fault(st: &mut SimState, pred: impl Fn(&Fault) -> bool) -> Option<Fault> {
-    let idx = st.faults.iter().position(|f| pred(&f.fault) && f.remaining != Some(0))?;
+    let idx = st
+        .faults
+        .iter()
+        .position(|f| pred(&f.fault) && f.remaining != Some(0))?;
     let f = &mut st.faults[idx];
     let fault = f.fault.clone();
     if let Some(n) = f.remaining.as_mut() {
@@ -762,7 +955,11 @@ fn take_fault(st: &mut SimState, pred: impl Fn(&Fault) -> bool) -> Option<Fault>
     Some(fault)
 }
 
-fn idempotent_replay(st: &SimState, token: &str, parameters: &str) -> Option<Result<TokenRecord, Failure>> {
+fn idempotent_replay(
+    st: &SimState,
+    token: &str,
+    parameters: &str,
+) -> Option<Result<TokenRecord, Failure>> {
     let rec = st.tokens.get(token)?;
     if rec.parameters != parameters {
         return Some(Err(Failure::Client {
@@ -777,7 +974,9 @@ fn idempotent_replay(st: &SimState, token: &str, parameters: &str) -> Option<Res
 fn mismatch_to_conflict(e: CloudError, token: &str) -> CloudError {
     match e {
         CloudError::Api { code, .. } if code == "IdempotentParameterMismatch" => {
-            CloudError::IdempotencyConflict { client_token: token.to_string() }
+            CloudError::IdempotencyConflict {
+                client_token: token.to_string(),
+            }
         }
         other => other,
     }
@@ -786,22 +985,43 @@ fn mismatch_to_conflict(e: CloudError, token: &str) -> CloudError {
 #[async_trait]
 impl FleetApi for SimulatedCloud {
     async fn create_fleet(&self, call: &FleetCall) -> Result<FleetResponse, CloudError> {
-        let parameters = format!("{:?}|{:?}|{}", call.overrides, call.capacity_type, call.launch_template_name);
-        let detail = format!("token={} type={} overrides={}", call.client_token, call.capacity_type, call.overrides.len());
+        let parameters = format!(
+            "{:?}|{:?}|{}",
+            call.overrides, call.capacity_type, call.launch_template_name
+        );
+        let detail = format!(
+            "token={} type={} overrides={}",
+            call.client_token,
+            call.capacity_type,
+            call.overrides.len()
+        );
         self.call(Action::CreateFleet, 1, &detail, || {
             let mut st = self.lock();
             if !st.launch_templates.contains_key(&call.launch_template_name) {
                 return Err(Failure::Client {
                     status: 400,
                     code: "InvalidLaunchTemplateName.NotFoundException".into(),
-                    message: format!("launch template {} does not exist", call.launch_template_name),
+                    message: format!(
+                        "launch template {} does not exist",
+                        call.launch_template_name
+                    ),
                 });
             }
-            let image_id = st.launch_templates[&call.launch_template_name].image_id.clone();
+            let image_id = st.launch_templates[&call.launch_template_name]
+                .image_id
+                .clone();
             if let Some(replay) = idempotent_replay(&st, &call.client_token, &parameters) {
                 let rec = replay?;
-                let instances = rec.instance_ids.iter().filter_map(|id| st.instances.get(id)).map(|i| self.launched_instance(&i.instance)).collect();
-                return Ok(FleetResponse { instances, errors: rec.errors });
+                let instances = rec
+                    .instance_ids
+                    .iter()
+                    .filter_map(|id| st.instances.get(id))
+                    .map(|i| self.launched_instance(&i.instance))
+                    .collect();
+                return Ok(FleetResponse {
+                    instances,
+                    errors: rec.errors,
+                });
             }
             // The simulated allocation: cheapest override with capacity (the plan already sorted them by price).
             let mut errors = Vec::new();
@@ -811,7 +1031,8 @@ impl FleetApi for SimulatedCloud {
                 match self.offering_fails(&mut st, &key) {
                     Some(f) => errors.push(f),
                     None => {
-                        let mut i = self.start_instance(&mut st, &key, &image_id, call.tags.clone(), None);
+                        let mut i =
+                            self.start_instance(&mut st, &key, &image_id, call.tags.clone(), None);
                         i.subnet_id = Some(o.subnet_id.clone());
                         launched = Some(i);
                         break;
@@ -820,17 +1041,30 @@ impl FleetApi for SimulatedCloud {
             }
             st.tokens.insert(
                 call.client_token.clone(),
-                TokenRecord { parameters: parameters.clone(), instance_ids: launched.iter().map(|i| i.instance_id.clone()).collect(), errors: errors.clone() },
+                TokenRecord {
+                    parameters: parameters.clone(),
+                    instance_ids: launched.iter().map(|i| i.instance_id.clone()).collect(),
+                    errors: errors.clone(),
+                },
             );
-            Ok(FleetResponse { instances: launched.into_iter().collect(), errors })
+            Ok(FleetResponse {
+                instances: launched.into_iter().collect(),
+                errors,
+            })
         })
         .await
         .map_err(|e| mismatch_to_conflict(e, &call.client_token))
     }
 
     async fn run_instances(&self, call: &RunCall) -> Result<LaunchedInstance, CloudError> {
-        let parameters = format!("{:?}|{:?}|{}", call.offering, call.capacity_type, call.launch_template_name);
-        let detail = format!("token={} type={} offering={}", call.client_token, call.capacity_type, call.offering.instance_type);
+        let parameters = format!(
+            "{:?}|{:?}|{}",
+            call.offering, call.capacity_type, call.launch_template_name
+        );
+        let detail = format!(
+            "token={} type={} offering={}",
+            call.client_token, call.capacity_type, call.offering.instance_type
+        );
         let key = call.offering.offering(call.capacity_type);
         let r = self
             .call(Action::RunInstances, 1, &detail, || {
@@ -839,7 +1073,10 @@ impl FleetApi for SimulatedCloud {
                     return Err(Failure::Client {
                         status: 400,
                         code: "InvalidLaunchTemplateName.NotFoundException".into(),
-                        message: format!("launch template {} does not exist", call.launch_template_name),
+                        message: format!(
+                            "launch template {} does not exist",
+                            call.launch_template_name
+                        ),
                     });
                 };
                 let image_id = lt.image_id.clone();
@@ -857,7 +1094,11 @@ impl FleetApi for SimulatedCloud {
                 i.subnet_id = Some(call.offering.subnet_id.clone());
                 st.tokens.insert(
                     call.client_token.clone(),
-                    TokenRecord { parameters: parameters.clone(), instance_ids: vec![i.instance_id.clone()], errors: vec![] },
+                    TokenRecord {
+                        parameters: parameters.clone(),
+                        instance_ids: vec![i.instance_id.clone()],
+                        errors: vec![],
+                    },
                 );
                 Ok(Ok(i))
             })
@@ -866,9 +1107,14 @@ impl FleetApi for SimulatedCloud {
         r.map_err(|f| CloudError::InsufficientCapacity { offerings: vec![f] })
     }
 
-    async fn find_machine_instance(&self, machine_uid: &str) -> Result<Option<Instance>, CloudError> {
+    async fn find_machine_instance(
+        &self,
+        machine_uid: &str,
+    ) -> Result<Option<Instance>, CloudError> {
         let all = self.describe_instances().await?;
-        Ok(all.into_iter().find(|i| i.tags.get(tags::MACHINE_UID).map(String::as_str) == Some(machine_uid)))
+        Ok(all
+            .into_iter()
+            .find(|i| i.tags.get(tags::MACHINE_UID).map(String::as_str) == Some(machine_uid)))
     }
 }
 
@@ -880,16 +1126,34 @@ impl CloudProvider for SimulatedCloud {
 
     async fn launch(&self, request: &LaunchRequest) -> Result<LaunchOutcome, CloudError> {
         let subnets: Vec<SubnetInfo> = self
-            .resolve_ids_or_tags("subnet", &request.subnets, &self.config.subnets, |s| &s.id, |s| &s.tags)?
+            .resolve_ids_or_tags(
+                "subnet",
+                &request.subnets,
+                &self.config.subnets,
+                |s| &s.id,
+                |s| &s.tags,
+            )?
             .into_iter()
-            .map(|s| SubnetInfo { id: s.id.clone(), zone: s.zone.clone(), available_ips: s.available_ips })
+            .map(|s| SubnetInfo {
+                id: s.id.clone(),
+                zone: s.zone.clone(),
+                available_ips: s.available_ips,
+            })
             .collect();
         let security_groups: Vec<String> = self
-            .resolve_ids_or_tags("security group", &request.security_groups, &self.config.security_groups, |s| &s.id, |s| &s.tags)?
+            .resolve_ids_or_tags(
+                "security group",
+                &request.security_groups,
+                &self.config.security_groups,
+                |s| &s.id,
+                |s| &s.tags,
+            )?
             .into_iter()
             .map(|s| s.id.clone())
             .collect();
-        let plan = plan_launch(request, &self.config.catalog, &subnets, |k| self.unavailable.is_unavailable(k))?;
+        let plan = plan_launch(request, &self.config.catalog, &subnets, |k| {
+            self.unavailable.is_unavailable(k)
+        })?;
         let image_id = self.resolve_image(&request.image, plan.arch)?;
         let user_data = request.bootstrap.render().map_err(bootstrap_error)?;
         let spec = LaunchTemplateSpec::new(request, image_id, security_groups, user_data);
@@ -897,13 +1161,28 @@ impl CloudProvider for SimulatedCloud {
         let exists = self.lock().launch_templates.contains_key(&name);
         if !exists {
             self.call(Action::CreateLaunchTemplate, 1, &name, || {
-                self.lock().launch_templates.insert(name.clone(), spec.clone());
+                self.lock()
+                    .launch_templates
+                    .insert(name.clone(), spec.clone());
                 Ok(())
             })
             .await?;
         }
-        let outcome = launcher::execute(self, request, &plan, &name, &self.unavailable, &self.config.region).await?;
-        self.announce(&outcome.instance.instance_id, &request.bootstrap.labels, &request.bootstrap.taints, spec.root_volume_bytes());
+        let outcome = launcher::execute(
+            self,
+            request,
+            &plan,
+            &name,
+            &self.unavailable,
+            &self.config.region,
+        )
+        .await?;
+        self.announce(
+            &outcome.instance.instance_id,
+            &request.bootstrap.labels,
+            &request.bootstrap.taints,
+            spec.root_volume_bytes(),
+        );
         Ok(outcome)
     }
 
@@ -911,17 +1190,24 @@ impl CloudProvider for SimulatedCloud {
         let mut outcome = TerminateOutcome::default();
         // Ownership first, as against EC2: a filtered describe of the ids with this cluster's tag.
         let owned: Vec<(String, bool)> = self
-            .call(Action::DescribeInstances, 1, &format!("ids={}", instance_ids.len()), || {
-                let st = self.lock();
-                Ok(instance_ids
-                    .iter()
-                    .filter_map(|id| {
-                        let i = st.instances.get(id)?;
-                        (i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
-                            .then(|| (id.clone(), i.instance.state == InstanceState::Terminated))
-                    })
-                    .collect())
-            })
+            .call(
+                Action::DescribeInstances,
+                1,
+                &format!("ids={}", instance_ids.len()),
+                || {
+                    let st = self.lock();
+                    Ok(instance_ids
+                        .iter()
+                        .filter_map(|id| {
+                            let i = st.instances.get(id)?;
+                            (i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
+                                .then(|| {
+                                    (id.clone(), i.instance.state == InstanceState::Terminated)
+                                })
+                        })
+                        .collect())
+                },
+            )
             .await?;
         for id in instance_ids {
             match owned.iter().find(|(o, _)| o == id) {
@@ -934,29 +1220,41 @@ impl CloudProvider for SimulatedCloud {
             return Ok(outcome);
         }
         let ids = outcome.terminating.clone();
-        self.call(Action::TerminateInstances, ids.len() as u32, &ids.join(","), || {
-            let mut st = self.lock();
-            for id in &ids {
-                self.terminate_locked(&mut st, id);
-            }
-            Ok(())
-        })
+        self.call(
+            Action::TerminateInstances,
+            ids.len() as u32,
+            &ids.join(","),
+            || {
+                let mut st = self.lock();
+                for id in &ids {
+                    self.terminate_locked(&mut st, id);
+                }
+                Ok(())
+            },
+        )
         .await?;
         Ok(outcome)
     }
 
     async fn describe_instances(&self) -> Result<Vec<Instance>, CloudError> {
-        self.call(Action::DescribeInstances, 1, "tag:berth.dev/cluster", || {
-            let mut st = self.lock();
-            self.refresh_states(&mut st);
-            Ok(st
-                .instances
-                .values()
-                .filter(|i| i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
-                .filter(|i| i.instance.state != InstanceState::Terminated)
-                .map(|i| i.instance.clone())
-                .collect())
-        })
+        self.call(
+            Action::DescribeInstances,
+            1,
+            "tag:berth.dev/cluster",
+            || {
+                let mut st = self.lock();
+                self.refresh_states(&mut st);
+                Ok(st
+                    .instances
+                    .values()
+                    .filter(|i| {
+                        i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name)
+                    })
+                    .filter(|i| i.instance.state != InstanceState::Terminated)
+                    .map(|i| i.instance.clone())
+                    .collect())
+            },
+        )
         .await
     }
 
@@ -974,12 +1272,21 @@ impl CloudProvider for SimulatedCloud {
         self.call(Action::DescribeAutoScalingGroups, 1, "tags", || {
             let mut st = self.lock();
             self.refresh_states(&mut st);
-            Ok(st.node_groups.values().filter(|g| self.is_discoverable(g)).map(|g| self.group_view(&st, g)).collect())
+            Ok(st
+                .node_groups
+                .values()
+                .filter(|g| self.is_discoverable(g))
+                .map(|g| self.group_view(&st, g))
+                .collect())
         })
         .await
     }
 
-    async fn set_node_group_desired_capacity(&self, group: &str, desired: u32) -> Result<(), CloudError> {
+    async fn set_node_group_desired_capacity(
+        &self,
+        group: &str,
+        desired: u32,
+    ) -> Result<(), CloudError> {
         let started = self
             .call(Action::SetDesiredCapacity, 1, &format!("{group}={desired}"), || {
                 let mut st = self.lock();
@@ -1005,36 +1312,59 @@ impl CloudProvider for SimulatedCloud {
         Ok(())
     }
 
-    async fn terminate_node_group_instance(&self, group: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.call(Action::TerminateInstanceInAutoScalingGroup, 1, instance_id, || {
-            let mut st = self.lock();
-            let in_group = st.instances.get(instance_id).is_some_and(|i| i.node_group.as_deref() == Some(group) && !i.instance.state.is_terminal());
-            if !in_group {
-                return Err(Failure::Client { status: 400, code: "ValidationError".into(), message: format!("Instance Id not found - {instance_id} in {group}") });
-            }
-            if let Some(g) = st.node_groups.get_mut(group) {
-                if g.desired_capacity == 0 || g.desired_capacity - 1 < g.min_size {
+    async fn terminate_node_group_instance(
+        &self,
+        group: &str,
+        instance_id: &str,
+    ) -> Result<(), CloudError> {
+        self.call(
+            Action::TerminateInstanceInAutoScalingGroup,
+            1,
+            instance_id,
+            || {
+                let mut st = self.lock();
+                let in_group = st.instances.get(instance_id).is_some_and(|i| {
+                    i.node_group.as_deref() == Some(group) && !i.instance.state.is_terminal()
+                });
+                if !in_group {
                     return Err(Failure::Client {
                         status: 400,
                         code: "ValidationError".into(),
-                        message: format!("decrementing {group} would go below its minimum size {}", g.min_size),
+                        message: format!("Instance Id not found - {instance_id} in {group}"),
                     });
                 }
-                g.desired_capacity -= 1;
-            }
-            self.terminate_locked(&mut st, instance_id);
-            Ok(())
-        })
+                if let Some(g) = st.node_groups.get_mut(group) {
+                    if g.desired_capacity == 0 || g.desired_capacity - 1 < g.min_size {
+                        return Err(Failure::Client {
+                            status: 400,
+                            code: "ValidationError".into(),
+                            message: format!(
+                                "decrementing {group} would go below its minimum size {}",
+                                g.min_size
+                            ),
+                        });
+                    }
+                    g.desired_capacity -= 1;
+                }
+                self.terminate_locked(&mut st, instance_id);
+                Ok(())
+            },
+        )
         .await
         .map_err(|e| node_group_error(e, group))
     }
 
-    async fn garbage_collect_launch_templates(&self, live: &[ClassRevision]) -> Result<usize, CloudError> {
+    async fn garbage_collect_launch_templates(
+        &self,
+        live: &[ClassRevision],
+    ) -> Result<usize, CloudError> {
         let stale: Vec<String> = self
             .lock()
             .launch_templates
             .iter()
-            .filter(|(_, spec)| spec.cluster_name == self.config.cluster_name && !live.contains(&spec.class))
+            .filter(|(_, spec)| {
+                spec.cluster_name == self.config.cluster_name && !live.contains(&spec.class)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in &stale {
@@ -1054,10 +1384,16 @@ pub(crate) fn bootstrap_error(e: BootstrapError) -> CloudError {
 
 fn node_group_error(e: CloudError, group: &str) -> CloudError {
     match e {
-        CloudError::Api { code, message, .. } if code == "ValidationError" && message.contains("not found") => {
-            CloudError::NotFound { what: format!("Auto Scaling group {group} or its instance ({message})") }
+        CloudError::Api { code, message, .. }
+            if code == "ValidationError" && message.contains("not found") =>
+        {
+            CloudError::NotFound {
+                what: format!("Auto Scaling group {group} or its instance ({message})"),
+            }
         }
-        CloudError::Api { code, message, .. } if code == "ValidationError" => CloudError::invalid(message),
+        CloudError::Api { code, message, .. } if code == "ValidationError" => {
+            CloudError::invalid(message)
+        }
         other => other,
     }
 }
@@ -1071,8 +1407,16 @@ pub mod fixtures {
 
     fn itype(name: &str, vcpu: u32, memory_mib: u64, arch: Arch, od_price: f64) -> InstanceType {
         let mut offerings = Vec::new();
-        for (i, zone) in ["us-east-1a", "us-east-1b", "us-east-1c"].iter().enumerate() {
-            offerings.push(Offering { zone: zone.to_string(), capacity_type: CapacityType::OnDemand, price: od_price, available: true });
+        for (i, zone) in ["us-east-1a", "us-east-1b", "us-east-1c"]
+            .iter()
+            .enumerate()
+        {
+            offerings.push(Offering {
+                zone: zone.to_string(),
+                capacity_type: CapacityType::OnDemand,
+                price: od_price,
+                available: true,
+            });
             // Spot differs per zone so the plan's order is visible.
             offerings.push(Offering {
                 zone: zone.to_string(),
@@ -1116,14 +1460,28 @@ pub mod fixtures {
     pub fn request(name: &str) -> LaunchRequest {
         let discovery = BTreeMap::from([(DISCOVERY_TAG.to_string(), "test-cluster".to_string())]);
         LaunchRequest {
-            machine: MachineRef { uid: format!("uid-{name}"), namespace: "default".into(), name: name.into() },
+            machine: MachineRef {
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                name: name.into(),
+            },
             deployment: Some("web".into()),
             cluster_name: "test-cluster".into(),
-            class: ClassRevision { name: "general".into(), revision: "1".into() },
-            instance_types: ["m5.large", "c5.large", "m5.xlarge", "m6g.large"].into_iter().map(InstanceTypeChoice::new).collect(),
+            class: ClassRevision {
+                name: "general".into(),
+                revision: "1".into(),
+            },
+            instance_types: ["m5.large", "c5.large", "m5.xlarge", "m6g.large"]
+                .into_iter()
+                .map(InstanceTypeChoice::new)
+                .collect(),
             capacity_types: vec![CapacityType::Spot],
             fallback_to_on_demand: true,
-            image: ImageSpec::Selector(ImageSelector { owners: vec!["amazon".into()], name: Some("amazon-eks-node-al2023-*".into()), tags: BTreeMap::new() }),
+            image: ImageSpec::Selector(ImageSelector {
+                owners: vec!["amazon".into()],
+                name: Some("amazon-eks-node-al2023-*".into()),
+                tags: BTreeMap::new(),
+            }),
             subnets: ResourceSelector::Tags(discovery.clone()),
             security_groups: ResourceSelector::Tags(discovery),
             instance_profile: Some("berth-nodes".into()),
@@ -1133,7 +1491,10 @@ pub mod fixtures {
                 api_server_endpoint: "https://api.test-cluster.example".into(),
                 certificate_authority: "Q0E=".into(),
                 cluster_cidr: "10.100.0.0/16".into(),
-                labels: BTreeMap::from([(labels::MACHINE_DEPLOYMENT.to_string(), "web".to_string())]),
+                labels: BTreeMap::from([(
+                    labels::MACHINE_DEPLOYMENT.to_string(),
+                    "web".to_string(),
+                )]),
                 taints: Vec::new(),
                 class_user_data: None,
             },
@@ -1149,31 +1510,35 @@ pub mod fixtures {
 pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubelet::InstanceEvent> {
     use crate::emulator::kubelet::{InstanceEvent, InstanceLaunched, InstanceTerminated};
     match event {
-        SimInstanceEvent::Launched(l) if l.joins_cluster => Some(InstanceEvent::Launched(Box::new(InstanceLaunched {
-            instance_id: l.instance_id.clone(),
-            instance_type: l.instance_type.clone(),
-            zone: l.zone.clone(),
-            region: l.region.clone(),
-            capacity_type: l.capacity_type.as_str().to_string(),
-            arch: l.arch.as_str().to_string(),
-            labels: l.labels.clone(),
-            taints: l
-                .taints
-                .iter()
-                .map(|t| k8s_openapi::api::core::v1::Taint {
-                    key: t.key.clone(),
-                    value: (!t.value.is_empty()).then(|| t.value.clone()),
-                    effect: t.effect.to_string(),
-                    time_added: None,
-                })
-                .collect(),
-            capacity: l.capacity.clone(),
-            allocatable: l.allocatable.clone(),
-            boot_delay: l.boot_delay,
-        }))),
+        SimInstanceEvent::Launched(l) if l.joins_cluster => {
+            Some(InstanceEvent::Launched(Box::new(InstanceLaunched {
+                instance_id: l.instance_id.clone(),
+                instance_type: l.instance_type.clone(),
+                zone: l.zone.clone(),
+                region: l.region.clone(),
+                capacity_type: l.capacity_type.as_str().to_string(),
+                arch: l.arch.as_str().to_string(),
+                labels: l.labels.clone(),
+                taints: l
+                    .taints
+                    .iter()
+                    .map(|t| k8s_openapi::api::core::v1::Taint {
+                        key: t.key.clone(),
+                        value: (!t.value.is_empty()).then(|| t.value.clone()),
+                        effect: t.effect.to_string(),
+                        time_added: None,
+                    })
+                    .collect(),
+                capacity: l.capacity.clone(),
+                allocatable: l.allocatable.clone(),
+                boot_delay: l.boot_delay,
+            })))
+        }
         SimInstanceEvent::Launched(_) => None,
         SimInstanceEvent::Terminated { instance_id, .. } => {
-            Some(InstanceEvent::Terminated(InstanceTerminated { instance_id: instance_id.clone() }))
+            Some(InstanceEvent::Terminated(InstanceTerminated {
+                instance_id: instance_id.clone(),
+            }))
         }
     }
 }

@@ -37,13 +37,20 @@ pub struct UnavailableOfferings {
 
 impl std::fmt::Debug for UnavailableOfferings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnavailableOfferings").field("ttl", &self.ttl).field("entries", &self.current().len()).finish()
+        f.debug_struct("UnavailableOfferings")
+            .field("ttl", &self.ttl)
+            .field("entries", &self.current().len())
+            .finish()
     }
 }
 
 impl UnavailableOfferings {
     pub fn new(clock: SharedClock, ttl: Duration) -> UnavailableOfferings {
-        UnavailableOfferings { clock, ttl, until: Mutex::new(HashMap::new()) }
+        UnavailableOfferings {
+            clock,
+            ttl,
+            until: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -91,7 +98,11 @@ mod tests {
     use std::sync::Arc;
 
     fn key(t: &str) -> OfferingKey {
-        OfferingKey { instance_type: t.into(), zone: "us-east-1a".into(), capacity_type: CapacityType::Spot }
+        OfferingKey {
+            instance_type: t.into(),
+            zone: "us-east-1a".into(),
+            capacity_type: CapacityType::Spot,
+        }
     }
 
     #[test]

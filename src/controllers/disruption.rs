@@ -25,7 +25,9 @@ use super::events::EventKind;
 use super::machine_set::{read_shape_queue, LaunchShapeEntry};
 use super::{keys, stable_hash, Context, ControllerError};
 use crate::api::machine_class::CapacityTypeSpec;
-use crate::api::{Cluster, Machine, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION};
+use crate::api::{
+    Cluster, Machine, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION,
+};
 use crate::disruption::{plan, Command, DisruptionPlan, Reason};
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::state::cluster::{ClusterCache, ClusterObjects};
@@ -93,7 +95,11 @@ pub async fn run(
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(config.interval) => {}
         }
-        let _timer = ctx.metrics.reconcile_duration_seconds.with_label_values(&[CONTROLLER]).start_timer();
+        let _timer = ctx
+            .metrics
+            .reconcile_duration_seconds
+            .with_label_values(&[CONTROLLER])
+            .start_timer();
         let round = round(&ctx, &cache, &catalog, &config, &mut since);
         tokio::select! {
             _ = &mut shutdown => return,
@@ -159,7 +165,9 @@ async fn round(
     let (objects, _) = observe(cache, config);
     finish_replacements(ctx, &objects, config).await?;
 
-    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, since).await? else { return Ok(()) };
+    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, since).await? else {
+        return Ok(());
+    };
     *since = first.underutilized_since.clone();
     for k in &first.kept {
         tracing::debug!(node = %k.node, kept = k.blocker.as_str(), why = %k.blocker, "node kept");
@@ -168,25 +176,80 @@ async fn round(
         return Ok(());
     }
     tokio::time::sleep(config.validation_delay).await;
-    let Some((objects, namespaces, second)) = observe_and_plan(ctx, cache, catalog, config, since).await? else { return Ok(()) };
+    let Some((objects, namespaces, second)) =
+        observe_and_plan(ctx, cache, catalog, config, since).await?
+    else {
+        return Ok(());
+    };
     *since = second.underutilized_since.clone();
-    for command in second.commands.iter().filter(|c| first.commands.iter().any(|f| f.same_decision(c))) {
-        ctx.metrics.disruption_decisions.with_label_values(&[command.reason().as_str()]).inc();
+    for command in second
+        .commands
+        .iter()
+        .filter(|c| first.commands.iter().any(|f| f.same_decision(c)))
+    {
+        ctx.metrics
+            .disruption_decisions
+            .with_label_values(&[command.reason().as_str()])
+            .inc();
         tracing::info!(reason = command.reason().as_str(), nodes = ?command.nodes(), "{}", command.message());
         match command {
-            Command::Delete { node, machine, group, reason, .. } => {
-                let Some(namespace) = namespaces.get(group) else { continue };
-                delete_machines(ctx, namespace, group, std::slice::from_ref(machine), *reason).await?;
-                publish(ctx, &objects, std::slice::from_ref(node), std::slice::from_ref(group), namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
+            Command::Delete {
+                node,
+                machine,
+                group,
+                reason,
+                ..
+            } => {
+                let Some(namespace) = namespaces.get(group) else {
+                    continue;
+                };
+                delete_machines(
+                    ctx,
+                    namespace,
+                    group,
+                    std::slice::from_ref(machine),
+                    *reason,
+                )
+                .await?;
+                publish(
+                    ctx,
+                    &objects,
+                    std::slice::from_ref(node),
+                    std::slice::from_ref(group),
+                    namespace,
+                    EventKind::Normal,
+                    event_reason(*reason),
+                    &command.message(),
+                )
+                .await;
             }
-            Command::Replace { nodes, machines, groups, replacement, reason, .. } => {
-                let Some(namespace) = namespaces.get(&replacement.group) else { continue };
+            Command::Replace {
+                nodes,
+                machines,
+                groups,
+                replacement,
+                reason,
+                ..
+            } => {
+                let Some(namespace) = namespaces.get(&replacement.group) else {
+                    continue;
+                };
                 start_replacement(ctx, &objects, namespace, replacement, machines, *reason).await?;
                 let mut all_groups = groups.clone();
                 all_groups.push(replacement.group.clone());
                 all_groups.sort();
                 all_groups.dedup();
-                publish(ctx, &objects, nodes, &all_groups, namespace, EventKind::Normal, event_reason(*reason), &command.message()).await;
+                publish(
+                    ctx,
+                    &objects,
+                    nodes,
+                    &all_groups,
+                    namespace,
+                    EventKind::Normal,
+                    event_reason(*reason),
+                    &command.message(),
+                )
+                .await;
             }
         }
     }
@@ -203,17 +266,44 @@ fn event_reason(reason: Reason) -> &'static str {
 
 /// The decision's Event on each Node and each MachineDeployment concerned.
 #[allow(clippy::too_many_arguments)]
-async fn publish(ctx: &Context, objects: &ClusterObjects, nodes: &[String], groups: &[String], namespace: &str, kind: EventKind, reason: &str, message: &str) {
-    for n in objects.nodes.iter().filter(|n| nodes.contains(&n.name_any())) {
-        ctx.events.publish(&n.object_ref(&()), kind, reason, message).await;
+async fn publish(
+    ctx: &Context,
+    objects: &ClusterObjects,
+    nodes: &[String],
+    groups: &[String],
+    namespace: &str,
+    kind: EventKind,
+    reason: &str,
+    message: &str,
+) {
+    for n in objects
+        .nodes
+        .iter()
+        .filter(|n| nodes.contains(&n.name_any()))
+    {
+        ctx.events
+            .publish(&n.object_ref(&()), kind, reason, message)
+            .await;
     }
-    for md in objects.machine_deployments.iter().filter(|d| groups.contains(&d.name_any()) && d.namespace().as_deref() == Some(namespace)) {
-        ctx.events.publish(&md.object_ref(&()), kind, reason, message).await;
+    for md in objects
+        .machine_deployments
+        .iter()
+        .filter(|d| groups.contains(&d.name_any()) && d.namespace().as_deref() == Some(namespace))
+    {
+        ctx.events
+            .publish(&md.object_ref(&()), kind, reason, message)
+            .await;
     }
 }
 
 /// Marks the Machines for deletion, then lowers their group's replicas by as many (never below its minimum).
-async fn delete_machines(ctx: &Context, namespace: &str, group: &str, machines: &[String], reason: Reason) -> Result<(), ControllerError> {
+async fn delete_machines(
+    ctx: &Context,
+    namespace: &str,
+    group: &str,
+    machines: &[String],
+    reason: Reason,
+) -> Result<(), ControllerError> {
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), namespace);
     for m in machines {
         let patch = serde_json::json!({"metadata": {"annotations": {
@@ -221,7 +311,10 @@ async fn delete_machines(ctx: &Context, namespace: &str, group: &str, machines: 
             keys::DISRUPTION_REASON: reason.as_str(),
             keys::REPLACED_BY: null,
         }}});
-        match api.patch(m, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(m, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => continue,
             Err(e) => return Err(e.into()),
@@ -230,7 +323,9 @@ async fn delete_machines(ctx: &Context, namespace: &str, group: &str, machines: 
     let mds: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), namespace);
     // Optimistic concurrency: the provisioner may be raising the same replicas; a conflict re-reads once.
     for attempt in 0..2 {
-        let Some(md) = mds.get_opt(group).await? else { return Ok(()) };
+        let Some(md) = mds.get_opt(group).await? else {
+            return Ok(());
+        };
         let min = md.spec.autoscaling.as_ref().map_or(0, |a| a.min_replicas);
         let current = md.spec.replicas.unwrap_or(1);
         let to = current.saturating_sub(machines.len() as u32).max(min);
@@ -238,10 +333,16 @@ async fn delete_machines(ctx: &Context, namespace: &str, group: &str, machines: 
             return Ok(());
         }
         let patch = serde_json::json!({"metadata": {"resourceVersion": md.resource_version()}, "spec": {"replicas": to}});
-        match mds.patch(group, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match mds
+            .patch(group, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 for _ in machines {
-                    ctx.metrics.nodes_disrupted.with_label_values(&[group, reason.as_str()]).inc();
+                    ctx.metrics
+                        .nodes_disrupted
+                        .with_label_values(&[group, reason.as_str()])
+                        .inc();
                 }
                 tracing::info!(group, from = current, to, "scaled down");
                 return Ok(());
@@ -270,17 +371,35 @@ async fn start_replacement(
     reason: Reason,
 ) -> Result<(), ControllerError> {
     let now = ctx.clock.now();
-    let shape_id = format!("consolidation-{}", stable_hash(&(old_machines, now.timestamp_millis()))?);
+    let shape_id = format!(
+        "consolidation-{}",
+        stable_hash(&(old_machines, now.timestamp_millis()))?
+    );
     let mds: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(md) = mds.get_opt(&replacement.group).await? else { return Ok(()) };
+    let Some(md) = mds.get_opt(&replacement.group).await? else {
+        return Ok(());
+    };
     let current = md.spec.replicas.unwrap_or(1);
-    if md.spec.autoscaling.as_ref().is_some_and(|a| current >= a.max_replicas) {
+    if md
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| current >= a.max_replicas)
+    {
         tracing::info!(group = %replacement.group, "consolidation skipped: the group is at its maximum");
         return Ok(());
     }
     // Drop entries some Machine already took, then queue ours.
-    let used: Vec<String> = objects.machines.iter().filter_map(|m| m.annotations().get(keys::SHAPE_ID).cloned()).collect();
-    let mut queue: Vec<LaunchShapeEntry> = read_shape_queue(md.annotations()).unwrap_or_default().into_iter().filter(|e| !used.contains(&e.id)).collect();
+    let used: Vec<String> = objects
+        .machines
+        .iter()
+        .filter_map(|m| m.annotations().get(keys::SHAPE_ID).cloned())
+        .collect();
+    let mut queue: Vec<LaunchShapeEntry> = read_shape_queue(md.annotations())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !used.contains(&e.id))
+        .collect();
     queue.push(LaunchShapeEntry {
         id: shape_id.clone(),
         shape: MachineShape {
@@ -289,24 +408,47 @@ async fn start_replacement(
             capacity_types: vec![capacity_spec(replacement.capacity_type)],
         },
     });
-    let text = serde_json::to_string(&queue).map_err(|e| ControllerError::Encode { what: "launch shapes", reason: e.to_string() })?;
+    let text = serde_json::to_string(&queue).map_err(|e| ControllerError::Encode {
+        what: "launch shapes",
+        reason: e.to_string(),
+    })?;
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": md.resource_version(), "annotations": {keys::LAUNCH_SHAPES: text, keys::LAST_SCALE_UP: now.to_rfc3339()}},
         "spec": {"replicas": current + 1}
     });
-    match mds.patch(&replacement.group, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match mds
+        .patch(
+            &replacement.group,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => {}
         // Someone else changed the group meanwhile: decide again next round.
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    let pending = PendingReplacement { shape: shape_id, since: now, reason: reason.as_str().to_string() };
-    let value = serde_json::to_string(&pending).map_err(|e| ControllerError::Encode { what: "replacement", reason: e.to_string() })?;
+    let pending = PendingReplacement {
+        shape: shape_id,
+        since: now,
+        reason: reason.as_str().to_string(),
+    };
+    let value = serde_json::to_string(&pending).map_err(|e| ControllerError::Encode {
+        what: "replacement",
+        reason: e.to_string(),
+    })?;
     for m in old_machines {
-        let Some(machine) = objects.machines.iter().find(|x| &x.name_any() == m) else { continue };
-        let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
+        let Some(machine) = objects.machines.iter().find(|x| &x.name_any() == m) else {
+            continue;
+        };
+        let api: Api<Machine> =
+            Api::namespaced(ctx.client.clone(), &machine.namespace().unwrap_or_default());
         let patch = serde_json::json!({"metadata": {"annotations": {keys::REPLACED_BY: value}}});
-        match api.patch(m, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(m, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -316,17 +458,30 @@ async fn start_replacement(
 }
 
 /// Old Machines whose replacement is Running go; those whose replacement failed or never came stay.
-async fn finish_replacements(ctx: &Context, objects: &ClusterObjects, config: &DisruptionConfig) -> Result<(), ControllerError> {
+async fn finish_replacements(
+    ctx: &Context,
+    objects: &ClusterObjects,
+    config: &DisruptionConfig,
+) -> Result<(), ControllerError> {
     let now = ctx.clock.now();
     // (namespace, group, shape) → old machines.
-    let mut waiting: BTreeMap<(String, String, String), (PendingReplacement, Vec<String>)> = BTreeMap::new();
+    let mut waiting: BTreeMap<(String, String, String), (PendingReplacement, Vec<String>)> =
+        BTreeMap::new();
     for m in &objects.machines {
-        if m.metadata.deletion_timestamp.is_some() || m.annotations().contains_key(DELETE_MACHINE_ANNOTATION) {
+        if m.metadata.deletion_timestamp.is_some()
+            || m.annotations().contains_key(DELETE_MACHINE_ANNOTATION)
+        {
             continue;
         }
-        let Some(text) = m.annotations().get(keys::REPLACED_BY) else { continue };
+        let Some(text) = m.annotations().get(keys::REPLACED_BY) else {
+            continue;
+        };
         let namespace = m.namespace().unwrap_or_default();
-        let group = m.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+        let group = m
+            .labels()
+            .get(keys::MACHINE_DEPLOYMENT)
+            .cloned()
+            .unwrap_or_default();
         let pending: PendingReplacement = match serde_json::from_str(text) {
             Ok(p) => p,
             Err(e) => {
@@ -335,42 +490,90 @@ async fn finish_replacements(ctx: &Context, objects: &ClusterObjects, config: &D
                 continue;
             }
         };
-        waiting.entry((namespace, group, pending.shape.clone())).or_insert_with(|| (pending, vec![])).1.push(m.name_any());
+        waiting
+            .entry((namespace, group, pending.shape.clone()))
+            .or_insert_with(|| (pending, vec![]))
+            .1
+            .push(m.name_any());
     }
     for ((namespace, group, shape), (pending, old)) in waiting {
-        let replacement = objects.machines.iter().find(|m| m.annotations().get(keys::SHAPE_ID) == Some(&shape));
+        let replacement = objects
+            .machines
+            .iter()
+            .find(|m| m.annotations().get(keys::SHAPE_ID) == Some(&shape));
         let phase = replacement.and_then(|m| m.status.as_ref()).map(|s| s.phase);
         let reason = match pending.reason.as_str() {
             "consolidation_multi" => Reason::ConsolidationMulti,
             _ => Reason::ConsolidationSingle,
         };
         if phase == Some(MachinePhase::Running) {
-            let message = format!("Consolidating: replacement {} is Running; removing {}", replacement.map(|m| m.name_any()).unwrap_or_default(), old.join(", "));
+            let message = format!(
+                "Consolidating: replacement {} is Running; removing {}",
+                replacement.map(|m| m.name_any()).unwrap_or_default(),
+                old.join(", ")
+            );
             tracing::info!(group = %group, "{message}");
             delete_machines(ctx, &namespace, &group, &old, reason).await?;
             let nodes: Vec<String> = objects
                 .machines
                 .iter()
                 .filter(|m| old.contains(&m.name_any()))
-                .filter_map(|m| m.status.as_ref().and_then(|s| s.node_ref.as_ref()).map(|r| r.name.clone()))
+                .filter_map(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.node_ref.as_ref())
+                        .map(|r| r.name.clone())
+                })
                 .collect();
-            publish(ctx, objects, &nodes, std::slice::from_ref(&group), &namespace, EventKind::Normal, event_reason(reason), &message).await;
-        } else if phase == Some(MachinePhase::Failed) || (replacement.is_none() && now - pending.since > config.replacement_timeout) {
-            let message = format!("Consolidation abandoned: the replacement for {} did not become Running", old.join(", "));
+            publish(
+                ctx,
+                objects,
+                &nodes,
+                std::slice::from_ref(&group),
+                &namespace,
+                EventKind::Normal,
+                event_reason(reason),
+                &message,
+            )
+            .await;
+        } else if phase == Some(MachinePhase::Failed)
+            || (replacement.is_none() && now - pending.since > config.replacement_timeout)
+        {
+            let message = format!(
+                "Consolidation abandoned: the replacement for {} did not become Running",
+                old.join(", ")
+            );
             tracing::warn!(group = %group, "{message}");
             for m in &old {
                 clear_replaced_by(ctx, &namespace, m).await?;
             }
-            publish(ctx, objects, &[], std::slice::from_ref(&group), &namespace, EventKind::Warning, "ConsolidationAbandoned", &message).await;
+            publish(
+                ctx,
+                objects,
+                &[],
+                std::slice::from_ref(&group),
+                &namespace,
+                EventKind::Warning,
+                "ConsolidationAbandoned",
+                &message,
+            )
+            .await;
         }
     }
     Ok(())
 }
 
-async fn clear_replaced_by(ctx: &Context, namespace: &str, machine: &str) -> Result<(), ControllerError> {
+async fn clear_replaced_by(
+    ctx: &Context,
+    namespace: &str,
+    machine: &str,
+) -> Result<(), ControllerError> {
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {keys::REPLACED_BY: null}}});
-    match api.patch(machine, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(machine, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),

@@ -22,16 +22,29 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     pub fn new(client: Client, clock: SharedClock, component: &str) -> EventPublisher {
-        EventPublisher { client, clock, component: component.to_string() }
+        EventPublisher {
+            client,
+            clock,
+            component: component.to_string(),
+        }
     }
 
     /// Records `reason: message` on the object. Cluster-scoped objects' Events go to the `default` namespace.
-    pub async fn publish(&self, object: &ObjectReference, kind: EventKind, reason: &str, message: &str) {
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        kind: EventKind,
+        reason: &str,
+        message: &str,
+    ) {
         let namespace = object.namespace.clone().unwrap_or_else(|| "default".into());
         let now = Time(to_k8s(self.clock.now()));
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", object.name.clone().unwrap_or_else(|| "object".into()))),
+                generate_name: Some(format!(
+                    "{}.",
+                    object.name.clone().unwrap_or_else(|| "object".into())
+                )),
                 namespace: Some(namespace.clone()),
                 ..Default::default()
             },
@@ -45,7 +58,10 @@ impl EventPublisher {
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now),
             count: Some(1),
-            source: Some(EventSource { component: Some(self.component.clone()), host: None }),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
             reporting_component: Some(self.component.clone()),
             ..Default::default()
         };

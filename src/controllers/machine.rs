@@ -21,16 +21,21 @@
 
 use super::events::EventKind;
 use super::{error_backoff, keys, Context, ControllerError};
-use crate::api::common::{find_condition, set_condition, Condition, ConditionStatus, TaintEffectSpec, TaintSpec};
-use crate::api::machine_class::{CapacityTypeSpec, ImageFamily, MachineClassSpec};
 use crate::api::common::NodeReference;
+use crate::api::common::{
+    find_condition, set_condition, Condition, ConditionStatus, TaintEffectSpec, TaintSpec,
+};
+use crate::api::machine_class::{CapacityTypeSpec, ImageFamily, MachineClassSpec};
 use crate::api::{Cluster, Machine, MachineClass, MachinePhase, MachineStatus};
 use crate::clock::{from_k8s, to_k8s};
 use crate::cloud::{
-    self, Bootstrap, BootstrapFormat, ClassRevision, CloudError, CloudProvider, Instance, InstanceState, InstanceTypeChoice, LaunchRequest,
-    MachineRef,
+    self, Bootstrap, BootstrapFormat, ClassRevision, CloudError, CloudProvider, Instance,
+    InstanceState, InstanceTypeChoice, LaunchRequest, MachineRef,
 };
-use crate::lifecycle::{next_step, InstanceStatus, LifecyclePolicy, MachineObservation, NodeObservation, Observation, Step};
+use crate::lifecycle::{
+    next_step, InstanceStatus, LifecyclePolicy, MachineObservation, NodeObservation, Observation,
+    Step,
+};
 use crate::model::duration::parse_duration;
 use crate::model::instance_type::{labels, CapacityType};
 use crate::model::quantity::parse_units;
@@ -66,14 +71,21 @@ struct InventoryCache {
 
 impl InstanceInventory {
     pub fn new(max_age: chrono::Duration) -> InstanceInventory {
-        InstanceInventory { cached: Mutex::new(InventoryCache::default()), max_age }
+        InstanceInventory {
+            cached: Mutex::new(InventoryCache::default()),
+            max_age,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, InventoryCache> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn get(&self, cloud: &dyn CloudProvider, now: chrono::DateTime<chrono::Utc>) -> Result<Arc<Vec<Instance>>, CloudError> {
+    async fn get(
+        &self,
+        cloud: &dyn CloudProvider,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Arc<Vec<Instance>>, CloudError> {
         if let Some((at, list)) = self.lock().list.as_ref() {
             if now - *at < self.max_age {
                 return Ok(list.clone());
@@ -83,7 +95,11 @@ impl InstanceInventory {
     }
 
     /// Describes afresh, whatever the cache holds.
-    async fn refresh(&self, cloud: &dyn CloudProvider, now: chrono::DateTime<chrono::Utc>) -> Result<Arc<Vec<Instance>>, CloudError> {
+    async fn refresh(
+        &self,
+        cloud: &dyn CloudProvider,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Arc<Vec<Instance>>, CloudError> {
         let generation = self.lock().generation;
         let fresh = Arc::new(cloud.describe_instances().await?);
         let mut cache = self.lock();
@@ -120,9 +136,15 @@ pub async fn run(
 ) {
     // The Node cache the reconciler reads (by providerID); it stops with the controller, however that ends.
     let (nodes, writer) = reflector::store();
-    let node_cache = reflector::reflector(writer, watcher(Api::<Node>::all(base.client.clone()), watcher::Config::default()))
-        .applied_objects()
-        .for_each(|_| async {});
+    let node_cache = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Node>::all(base.client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
     let _node_cache = AbortOnDrop(tokio::spawn(node_cache));
     // Until the cache has listed every Node, a Machine's Node looks absent, and a Machine being deleted would be
     // terminated without its drain: a restarted controller must not reconcile before then.
@@ -141,15 +163,22 @@ pub async fn run(
     let machine_store = controller.store();
     controller
         // A Node's arrival or readiness change wakes the Machine whose providerID it carries.
-        .watches(Api::<Node>::all(base.client.clone()), watcher::Config::default(), move |node: Node| {
-            let provider = node.spec.as_ref().and_then(|s| s.provider_id.clone());
-            machine_store
-                .state()
-                .into_iter()
-                .filter(|m| provider.is_some() && m.status.as_ref().and_then(|s| s.provider_id.clone()) == provider)
-                .map(|m| ObjectRef::from_obj(&*m))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<Node>::all(base.client.clone()),
+            watcher::Config::default(),
+            move |node: Node| {
+                let provider = node.spec.as_ref().and_then(|s| s.provider_id.clone());
+                machine_store
+                    .state()
+                    .into_iter()
+                    .filter(|m| {
+                        provider.is_some()
+                            && m.status.as_ref().and_then(|s| s.provider_id.clone()) == provider
+                    })
+                    .map(|m| ObjectRef::from_obj(&*m))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -166,7 +195,11 @@ impl Drop for AbortOnDrop {
 }
 
 fn error_policy(_m: Arc<Machine>, error: &ControllerError, ctx: Arc<MachineContext>) -> Action {
-    ctx.base.metrics.reconcile_errors.with_label_values(&[CONTROLLER, error.category()]).inc();
+    ctx.base
+        .metrics
+        .reconcile_errors
+        .with_label_values(&[CONTROLLER, error.category()])
+        .inc();
     tracing::warn!(error = %error, "machine reconcile failed");
     Action::requeue(error_backoff(error))
 }
@@ -180,14 +213,26 @@ fn node_view(node: &Node, machine: &Machine, pods_to_evict: usize) -> NodeObserv
     NodeObservation {
         name: node.name_any(),
         ready,
-        unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+        unschedulable: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
         pods_to_evict,
-        startup_taints_left: machine.spec.startup_taints.iter().filter(|t| node_has_taint(node, t)).count(),
+        startup_taints_left: machine
+            .spec
+            .startup_taints
+            .iter()
+            .filter(|t| node_has_taint(node, t))
+            .count(),
     }
 }
 
 fn node_has_taint(node: &Node, taint: &TaintSpec) -> bool {
-    node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|x| same_taint(x, taint)))
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|x| same_taint(x, taint)))
 }
 
 /// Taints are identified by key and effect (as `kubectl taint` does).
@@ -206,45 +251,89 @@ fn effect_name(effect: TaintEffectSpec) -> &'static str {
 /// Pods a drain must evict: not DaemonSet pods, not mirror pods, not finished or already terminating.
 fn evictable(pod: &Pod) -> bool {
     let daemon = pod.owner_references().iter().any(|o| o.kind == "DaemonSet");
-    let mirror = pod.annotations().contains_key("kubernetes.io/config.mirror");
-    let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    let mirror = pod
+        .annotations()
+        .contains_key("kubernetes.io/config.mirror");
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
     !daemon && !mirror && !finished && pod.metadata.deletion_timestamp.is_none()
 }
 
-pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Result<Action, ControllerError> {
+pub async fn reconcile(
+    machine: Arc<Machine>,
+    ctx: Arc<MachineContext>,
+) -> Result<Action, ControllerError> {
     let base = &ctx.base;
-    let _timer = base.metrics.reconcile_duration_seconds.with_label_values(&[CONTROLLER]).start_timer();
+    let _timer = base
+        .metrics
+        .reconcile_duration_seconds
+        .with_label_values(&[CONTROLLER])
+        .start_timer();
     let name = machine.name_any();
-    let namespace = machine.namespace().ok_or(ControllerError::MissingField("metadata.namespace"))?;
-    let uid = machine.uid().ok_or(ControllerError::MissingField("metadata.uid"))?;
+    let namespace = machine
+        .namespace()
+        .ok_or(ControllerError::MissingField("metadata.namespace"))?;
+    let uid = machine
+        .uid()
+        .ok_or(ControllerError::MissingField("metadata.uid"))?;
     let machines: Api<Machine> = Api::namespaced(base.client.clone(), &namespace);
     let now = base.clock.now();
     let status = machine.status.clone().unwrap_or_default();
 
     // Observe.
-    let class = Api::<MachineClass>::all(base.client.clone()).get_opt(&machine.spec.class_ref.name).await?;
-    let policy = class.as_ref().map(|c| policy_of(&c.spec)).unwrap_or_default();
+    let class = Api::<MachineClass>::all(base.client.clone())
+        .get_opt(&machine.spec.class_ref.name)
+        .await?;
+    let policy = class
+        .as_ref()
+        .map(|c| policy_of(&c.spec))
+        .unwrap_or_default();
     let deleting = machine.metadata.deletion_timestamp.is_some();
     let find = |inventory: &[Instance]| -> Option<Instance> {
         match &status.instance_id {
             Some(id) => inventory.iter().find(|i| &i.instance_id == id).cloned(),
-            None => inventory.iter().find(|i| i.machine().is_some_and(|m| m.uid == uid)).cloned(),
+            None => inventory
+                .iter()
+                .find(|i| i.machine().is_some_and(|m| m.uid == uid))
+                .cloned(),
         }
     };
-    let mut instance = find(&ctx.inventory.get(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?);
+    let mut instance = find(
+        &ctx.inventory
+            .get(ctx.cloud.as_ref(), now)
+            .await
+            .map_err(cloud_error)?,
+    );
     // Before concluding that a recorded instance is gone, or that a Machine being deleted has none to terminate
     // (a previous process may have launched it and died before recording it), look afresh: a wrong answer here
     // fails a healthy Machine or leaks an instance.
     if instance.is_none() && (status.instance_id.is_some() || deleting) {
-        instance = find(&ctx.inventory.refresh(ctx.cloud.as_ref(), now).await.map_err(cloud_error)?);
+        instance = find(
+            &ctx.inventory
+                .refresh(ctx.cloud.as_ref(), now)
+                .await
+                .map_err(cloud_error)?,
+        );
     }
-    let provider_id = instance.as_ref().map(|i| i.provider_id()).or(status.provider_id.clone());
-    let carries = |n: &Node, p: &String| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p);
-    let mut node = provider_id.as_ref().and_then(|p| ctx.nodes.state().into_iter().find(|n| carries(n, p)));
+    let provider_id = instance
+        .as_ref()
+        .map(|i| i.provider_id())
+        .or(status.provider_id.clone());
+    let carries =
+        |n: &Node, p: &String| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(p);
+    let mut node = provider_id
+        .as_ref()
+        .and_then(|p| ctx.nodes.state().into_iter().find(|n| carries(n, p)));
     // The cache may lag behind the API: a recorded Node it does not show is asked for directly, since taking it for
     // gone would skip the drain.
     if let (None, Some(recorded), Some(p)) = (&node, &status.node_ref, &provider_id) {
-        node = Api::<Node>::all(base.client.clone()).get_opt(&recorded.name).await?.filter(|n| carries(n, p)).map(Arc::new);
+        node = Api::<Node>::all(base.client.clone())
+            .get_opt(&recorded.name)
+            .await?
+            .filter(|n| carries(n, p))
+            .map(Arc::new);
     }
     let pods_to_evict: Vec<Pod> = match (&node, deleting) {
         (Some(n), true) => Api::<Pod>::all(base.client.clone())
@@ -258,18 +347,37 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
     };
     let observation = Observation {
         machine: MachineObservation {
-            created: machine.metadata.creation_timestamp.clone().map(|t| from_k8s(t.0)).unwrap_or(now),
-            deleting_since: machine.metadata.deletion_timestamp.clone().map(|t| from_k8s(t.0)),
-            has_finalizer: machine.finalizers().iter().any(|f| f == keys::MACHINE_FINALIZER),
+            created: machine
+                .metadata
+                .creation_timestamp
+                .clone()
+                .map(|t| from_k8s(t.0))
+                .unwrap_or(now),
+            deleting_since: machine
+                .metadata
+                .deletion_timestamp
+                .clone()
+                .map(|t| from_k8s(t.0)),
+            has_finalizer: machine
+                .finalizers()
+                .iter()
+                .any(|f| f == keys::MACHINE_FINALIZER),
             recorded_instance: status.instance_id.clone(),
             launched_at: status.launch_time.clone().map(|t| from_k8s(t.0)),
             recorded_node: status.node_ref.as_ref().map(|n| n.name.clone()),
             failed: status.phase == MachinePhase::Failed,
-            drain_started: find_condition(&status.conditions, "Drained").and_then(|c| c.last_transition_time.clone()).map(|t| from_k8s(t.0)),
-            termination_requested: find_condition(&status.conditions, "InstanceTerminated").is_some_and(|c| c.status == ConditionStatus::True),
+            drain_started: find_condition(&status.conditions, "Drained")
+                .and_then(|c| c.last_transition_time.clone())
+                .map(|t| from_k8s(t.0)),
+            termination_requested: find_condition(&status.conditions, "InstanceTerminated")
+                .is_some_and(|c| c.status == ConditionStatus::True),
         },
-        instance: instance.as_ref().map(|i| (i.instance_id.clone(), instance_status(i.state))),
-        node: node.as_ref().map(|n| node_view(n, &machine, pods_to_evict.len())),
+        instance: instance
+            .as_ref()
+            .map(|i| (i.instance_id.clone(), instance_status(i.state))),
+        node: node
+            .as_ref()
+            .map(|n| node_view(n, &machine, pods_to_evict.len())),
         policy,
     };
 
@@ -285,59 +393,169 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             let mut finalizers = machine.finalizers().to_vec();
             finalizers.push(keys::MACHINE_FINALIZER.into());
             machines
-                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})))
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})),
+                )
                 .await?;
             return Ok(Action::requeue(Duration::ZERO));
         }
         Step::Launch => {
             let Some(class) = class else {
-                let message = format!("MachineClass {} does not exist", machine.spec.class_ref.name);
-                return blocked(&machines, &machine, base, new_status, "ClassNotFound", &message).await;
+                let message = format!(
+                    "MachineClass {} does not exist",
+                    machine.spec.class_ref.name
+                );
+                return blocked(
+                    &machines,
+                    &machine,
+                    base,
+                    new_status,
+                    "ClassNotFound",
+                    &message,
+                )
+                .await;
             };
             let cluster = match find_cluster(base, &ctx.cluster_name).await? {
                 Some(c) => c,
                 None => {
-                    let message = format!("no Cluster object has spec.clusterName {}", ctx.cluster_name);
-                    return blocked(&machines, &machine, base, new_status, "ClusterNotFound", &message).await;
+                    let message = format!(
+                        "no Cluster object has spec.clusterName {}",
+                        ctx.cluster_name
+                    );
+                    return blocked(
+                        &machines,
+                        &machine,
+                        base,
+                        new_status,
+                        "ClusterNotFound",
+                        &message,
+                    )
+                    .await;
                 }
             };
-            let request = match launch_request(&ctx, &machine, &uid, &class, &cluster, status.launch_attempt).await {
+            let request = match launch_request(
+                &ctx,
+                &machine,
+                &uid,
+                &class,
+                &cluster,
+                status.launch_attempt,
+            )
+            .await
+            {
                 Ok(r) => r,
-                Err(message) => return blocked(&machines, &machine, base, new_status, "InvalidConfiguration", &message).await,
+                Err(message) => {
+                    return blocked(
+                        &machines,
+                        &machine,
+                        base,
+                        new_status,
+                        "InvalidConfiguration",
+                        &message,
+                    )
+                    .await
+                }
             };
             match ctx.cloud.launch(&request).await {
                 Ok(outcome) => {
                     ctx.inventory.invalidate();
                     let i = &outcome.instance;
-                    let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+                    let group = machine
+                        .labels()
+                        .get(keys::MACHINE_DEPLOYMENT)
+                        .cloned()
+                        .unwrap_or_default();
                     tracing::info!(machine = %name, instance = %i.instance_id, instance_type = %i.instance_type, zone = %i.zone, capacity_type = i.capacity_type.as_str(), "launched");
                     base.metrics
                         .machines_launched
-                        .with_label_values(&[&group, &i.instance_type, &i.zone, i.capacity_type.as_str()])
+                        .with_label_values(&[
+                            &group,
+                            &i.instance_type,
+                            &i.zone,
+                            i.capacity_type.as_str(),
+                        ])
                         .inc();
                     let price = price_of(&ctx, &i.instance_type, &i.zone, i.capacity_type).await;
-                    record_instance(&mut new_status, &i.instance_id, &i.provider_id(), &i.instance_type, &i.zone, i.capacity_type, &i.image_id, Some(i.launch_time), price);
-                    condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Launched", &format!("{} {} {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type));
+                    record_instance(
+                        &mut new_status,
+                        &i.instance_id,
+                        &i.provider_id(),
+                        &i.instance_type,
+                        &i.zone,
+                        i.capacity_type,
+                        &i.image_id,
+                        Some(i.launch_time),
+                        price,
+                    );
+                    condition(
+                        base,
+                        &mut new_status,
+                        &machine,
+                        "InstanceLaunched",
+                        true,
+                        "Launched",
+                        &format!(
+                            "{} {} {} ({})",
+                            i.instance_id, i.instance_type, i.zone, i.capacity_type
+                        ),
+                    );
                     base.events
-                        .publish(&machine.object_ref(&()), EventKind::Normal, "Launched", &format!("launched {} as {} in {} ({})", i.instance_id, i.instance_type, i.zone, i.capacity_type))
+                        .publish(
+                            &machine.object_ref(&()),
+                            EventKind::Normal,
+                            "Launched",
+                            &format!(
+                                "launched {} as {} in {} ({})",
+                                i.instance_id, i.instance_type, i.zone, i.capacity_type
+                            ),
+                        )
                         .await;
                     requeue = Duration::from_secs(5);
                 }
                 Err(e) => {
-                    let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
-                    base.metrics.launch_failures.with_label_values(&[&group, e.category()]).inc();
+                    let group = machine
+                        .labels()
+                        .get(keys::MACHINE_DEPLOYMENT)
+                        .cloned()
+                        .unwrap_or_default();
+                    base.metrics
+                        .launch_failures
+                        .with_label_values(&[&group, e.category()])
+                        .inc();
                     if !e.launch_may_have_happened() {
                         new_status.launch_attempt += 1;
                     }
                     // A class that cannot work waits for a change; a token clash moves to the next attempt at once;
                     // capacity and transient failures retry soon (the capacity cache steers the retry elsewhere).
                     let (retry, kind) = match &e {
-                        CloudError::InvalidConfiguration { .. } | CloudError::Credentials { .. } => (Duration::from_secs(300), EventKind::Warning),
-                        CloudError::IdempotencyConflict { .. } => (Duration::ZERO, EventKind::Normal),
+                        CloudError::InvalidConfiguration { .. }
+                        | CloudError::Credentials { .. } => {
+                            (Duration::from_secs(300), EventKind::Warning)
+                        }
+                        CloudError::IdempotencyConflict { .. } => {
+                            (Duration::ZERO, EventKind::Normal)
+                        }
                         _ => (Duration::from_secs(5), EventKind::Warning),
                     };
-                    condition(base, &mut new_status, &machine, "InstanceLaunched", false, reason_of(&e), &e.to_string());
-                    base.events.publish(&machine.object_ref(&()), kind, reason_of(&e), &e.to_string()).await;
+                    condition(
+                        base,
+                        &mut new_status,
+                        &machine,
+                        "InstanceLaunched",
+                        false,
+                        reason_of(&e),
+                        &e.to_string(),
+                    );
+                    base.events
+                        .publish(
+                            &machine.object_ref(&()),
+                            kind,
+                            reason_of(&e),
+                            &e.to_string(),
+                        )
+                        .await;
                     requeue = retry;
                 }
             }
@@ -346,8 +564,26 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             if let Some(i) = &instance {
                 tracing::info!(machine = %name, instance = %instance_id, "adopting the instance launched for this machine");
                 let price = price_of(&ctx, &i.instance_type, &i.zone, i.capacity_type).await;
-                record_instance(&mut new_status, &i.instance_id, &i.provider_id(), &i.instance_type, &i.zone, i.capacity_type, &i.image_id, i.launch_time, price);
-                condition(base, &mut new_status, &machine, "InstanceLaunched", true, "Adopted", &instance_id);
+                record_instance(
+                    &mut new_status,
+                    &i.instance_id,
+                    &i.provider_id(),
+                    &i.instance_type,
+                    &i.zone,
+                    i.capacity_type,
+                    &i.image_id,
+                    i.launch_time,
+                    price,
+                );
+                condition(
+                    base,
+                    &mut new_status,
+                    &machine,
+                    "InstanceLaunched",
+                    true,
+                    "Adopted",
+                    &instance_id,
+                );
             }
             requeue = Duration::from_secs(5);
         }
@@ -360,8 +596,19 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             if let Some(n) = &node {
                 sync_node(base, n, &machine).await?;
             }
-            new_status.node_ref = Some(NodeReference { name: node_name.clone(), uid: node.as_ref().and_then(|n| n.uid()) });
-            condition(base, &mut new_status, &machine, "NodeRegistered", true, "NodeRegistered", &node_name);
+            new_status.node_ref = Some(NodeReference {
+                name: node_name.clone(),
+                uid: node.as_ref().and_then(|n| n.uid()),
+            });
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "NodeRegistered",
+                true,
+                "NodeRegistered",
+                &node_name,
+            );
             requeue = Duration::ZERO;
         }
         Step::RemoveStartupTaints { node: node_name } => {
@@ -370,45 +617,106 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
                     .spec
                     .as_ref()
                     .and_then(|s| s.taints.as_ref())
-                    .map(|ts| ts.iter().filter(|x| !machine.spec.startup_taints.iter().any(|t| same_taint(x, t))).collect())
+                    .map(|ts| {
+                        ts.iter()
+                            .filter(|x| {
+                                !machine.spec.startup_taints.iter().any(|t| same_taint(x, t))
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 // Optimistic concurrency: a taint added meanwhile by someone else must not be lost to this write.
                 let patch = serde_json::json!({"metadata": {"resourceVersion": n.resource_version()}, "spec": {"taints": keep}});
-                Api::<Node>::all(base.client.clone()).patch(&node_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
-                base.events.publish(&machine.object_ref(&()), EventKind::Normal, "StartupTaintsRemoved", &format!("removed startup taints from {node_name}")).await;
+                Api::<Node>::all(base.client.clone())
+                    .patch(&node_name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                base.events
+                    .publish(
+                        &machine.object_ref(&()),
+                        EventKind::Normal,
+                        "StartupTaintsRemoved",
+                        &format!("removed startup taints from {node_name}"),
+                    )
+                    .await;
             }
             requeue = Duration::ZERO;
         }
         Step::Running => {
             if new_status.phase != MachinePhase::Running {
-                base.events.publish(&machine.object_ref(&()), EventKind::Normal, "Running", "Node is Ready").await;
+                base.events
+                    .publish(
+                        &machine.object_ref(&()),
+                        EventKind::Normal,
+                        "Running",
+                        "Node is Ready",
+                    )
+                    .await;
             }
             new_status.phase = MachinePhase::Running;
-            condition(base, &mut new_status, &machine, "Ready", true, "NodeReady", "");
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "Ready",
+                true,
+                "NodeReady",
+                "",
+            );
             requeue = Duration::from_secs(300);
         }
         Step::Fail { reason, message } => {
             new_status.phase = MachinePhase::Failed;
             new_status.failure_reason = Some(reason.into());
             new_status.failure_message = Some(message.clone());
-            condition(base, &mut new_status, &machine, "Ready", false, reason, &message);
-            base.events.publish(&machine.object_ref(&()), EventKind::Warning, reason, &message).await;
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "Ready",
+                false,
+                reason,
+                &message,
+            );
+            base.events
+                .publish(
+                    &machine.object_ref(&()),
+                    EventKind::Warning,
+                    reason,
+                    &message,
+                )
+                .await;
         }
         Step::StayFailed => requeue = Duration::from_secs(300),
         Step::Cordon { node: node_name } => {
             new_status.phase = MachinePhase::Deleting;
             Api::<Node>::all(base.client.clone())
-                .patch(&node_name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})))
+                .patch(
+                    &node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+                )
                 .await?;
             requeue = Duration::ZERO;
         }
-        Step::Drain { node: node_name, remaining } => {
+        Step::Drain {
+            node: node_name,
+            remaining,
+        } => {
             new_status.phase = MachinePhase::Deleting;
             if find_condition(&new_status.conditions, "Drained").is_none() {
-                condition(base, &mut new_status, &machine, "Drained", false, "Draining", &format!("evicting {remaining} pods from {node_name}"));
+                condition(
+                    base,
+                    &mut new_status,
+                    &machine,
+                    "Drained",
+                    false,
+                    "Draining",
+                    &format!("evicting {remaining} pods from {node_name}"),
+                );
             }
             for pod in &pods_to_evict {
-                let pods: Api<Pod> = Api::namespaced(base.client.clone(), &pod.namespace().unwrap_or_default());
+                let pods: Api<Pod> =
+                    Api::namespaced(base.client.clone(), &pod.namespace().unwrap_or_default());
                 match pods.evict(&pod.name_any(), &EvictParams::default()).await {
                     Ok(_) => {}
                     // A PodDisruptionBudget forbids it now: try again shortly.
@@ -420,21 +728,59 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
         }
         Step::Terminate { instance_id } => {
             new_status.phase = MachinePhase::Deleting;
-            if let Some(started) = find_condition(&new_status.conditions, "Drained").and_then(|c| c.last_transition_time.clone()) {
-                let group = machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned().unwrap_or_default();
+            if let Some(started) = find_condition(&new_status.conditions, "Drained")
+                .and_then(|c| c.last_transition_time.clone())
+            {
+                let group = machine
+                    .labels()
+                    .get(keys::MACHINE_DEPLOYMENT)
+                    .cloned()
+                    .unwrap_or_default();
                 let seconds = (now - from_k8s(started.0)).num_milliseconds() as f64 / 1000.0;
-                base.metrics.drain_duration_seconds.with_label_values(&[&group]).observe(seconds.max(0.0));
+                base.metrics
+                    .drain_duration_seconds
+                    .with_label_values(&[&group])
+                    .observe(seconds.max(0.0));
             }
-            condition(base, &mut new_status, &machine, "Drained", true, "Drained", "");
-            ctx.cloud.terminate(std::slice::from_ref(&instance_id)).await.map_err(cloud_error)?;
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "Drained",
+                true,
+                "Drained",
+                "",
+            );
+            ctx.cloud
+                .terminate(std::slice::from_ref(&instance_id))
+                .await
+                .map_err(cloud_error)?;
             ctx.inventory.invalidate();
-            condition(base, &mut new_status, &machine, "InstanceTerminated", true, "Terminating", &instance_id);
-            base.events.publish(&machine.object_ref(&()), EventKind::Normal, "Terminating", &format!("terminating {instance_id}")).await;
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "InstanceTerminated",
+                true,
+                "Terminating",
+                &instance_id,
+            );
+            base.events
+                .publish(
+                    &machine.object_ref(&()),
+                    EventKind::Normal,
+                    "Terminating",
+                    &format!("terminating {instance_id}"),
+                )
+                .await;
             requeue = Duration::from_secs(5);
         }
         Step::WaitForTermination => requeue = Duration::from_secs(5),
         Step::DeleteNode { node: node_name } => {
-            match Api::<Node>::all(base.client.clone()).delete(&node_name, &Default::default()).await {
+            match Api::<Node>::all(base.client.clone())
+                .delete(&node_name, &Default::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -442,9 +788,18 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
             requeue = Duration::ZERO;
         }
         Step::RemoveFinalizer => {
-            let finalizers: Vec<String> = machine.finalizers().iter().filter(|f| *f != keys::MACHINE_FINALIZER).cloned().collect();
+            let finalizers: Vec<String> = machine
+                .finalizers()
+                .iter()
+                .filter(|f| *f != keys::MACHINE_FINALIZER)
+                .cloned()
+                .collect();
             machines
-                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})))
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": finalizers}})),
+                )
                 .await?;
             return Ok(Action::await_change());
         }
@@ -457,8 +812,19 @@ pub async fn reconcile(machine: Arc<Machine>, ctx: Arc<MachineContext>) -> Resul
     Ok(Action::requeue(requeue))
 }
 
-async fn write_status(machines: &Api<Machine>, name: &str, status: &MachineStatus) -> Result<(), ControllerError> {
-    match machines.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await {
+async fn write_status(
+    machines: &Api<Machine>,
+    name: &str,
+    status: &MachineStatus,
+) -> Result<(), ControllerError> {
+    match machines
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": status})),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         // Gone while we worked (its finalizer was removed): nothing to record.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -467,22 +833,56 @@ async fn write_status(machines: &Api<Machine>, name: &str, status: &MachineStatu
 }
 
 /// A launch that cannot happen as the objects stand: say why once and wait for a change.
-async fn blocked(machines: &Api<Machine>, machine: &Machine, base: &Context, mut status: MachineStatus, reason: &str, message: &str) -> Result<Action, ControllerError> {
+async fn blocked(
+    machines: &Api<Machine>,
+    machine: &Machine,
+    base: &Context,
+    mut status: MachineStatus,
+    reason: &str,
+    message: &str,
+) -> Result<Action, ControllerError> {
     let before = status.clone();
-    condition(base, &mut status, machine, "InstanceLaunched", false, reason, message);
+    condition(
+        base,
+        &mut status,
+        machine,
+        "InstanceLaunched",
+        false,
+        reason,
+        message,
+    );
     if status != before {
-        base.events.publish(&machine.object_ref(&()), EventKind::Warning, reason, message).await;
+        base.events
+            .publish(
+                &machine.object_ref(&()),
+                EventKind::Warning,
+                reason,
+                message,
+            )
+            .await;
         write_status(machines, &machine.name_any(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-fn condition(base: &Context, status: &mut MachineStatus, machine: &Machine, type_: &str, ok: bool, reason: &str, message: &str) {
+fn condition(
+    base: &Context,
+    status: &mut MachineStatus,
+    machine: &Machine,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
     set_condition(
         &mut status.conditions,
         Condition {
             type_: type_.into(),
-            status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+            status: if ok {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
             reason: reason.into(),
             message: message.into(),
             observed_generation: machine.metadata.generation,
@@ -493,10 +893,18 @@ fn condition(base: &Context, status: &mut MachineStatus, machine: &Machine, type
 }
 
 /// The hourly price of an offering, from the cloud's catalog.
-async fn price_of(ctx: &MachineContext, instance_type: &str, zone: &str, capacity: CapacityType) -> Option<f64> {
+async fn price_of(
+    ctx: &MachineContext,
+    instance_type: &str,
+    zone: &str,
+    capacity: CapacityType,
+) -> Option<f64> {
     let catalog = ctx.cloud.instance_types().await.ok()?;
     let t = catalog.get(instance_type)?;
-    t.offerings.iter().find(|o| o.zone == zone && o.capacity_type == capacity).map(|o| o.price)
+    t.offerings
+        .iter()
+        .find(|o| o.zone == zone && o.capacity_type == capacity)
+        .map(|o| o.price)
 }
 
 /// Records the instance a Machine became (after a launch, or adopted after a restart).
@@ -544,7 +952,10 @@ fn instance_status(state: InstanceState) -> InstanceStatus {
     match state {
         InstanceState::Pending => InstanceStatus::Pending,
         InstanceState::Running => InstanceStatus::Running,
-        InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Stopping | InstanceState::Stopped => InstanceStatus::Gone,
+        InstanceState::ShuttingDown
+        | InstanceState::Terminated
+        | InstanceState::Stopping
+        | InstanceState::Stopped => InstanceStatus::Gone,
     }
 }
 
@@ -556,28 +967,52 @@ fn capacity_spec(c: CapacityType) -> CapacityTypeSpec {
 }
 
 fn policy_of(spec: &MachineClassSpec) -> LifecyclePolicy {
-    let dur = |s: &str| parse_duration(s).ok().and_then(|d| chrono::Duration::from_std(d).ok());
+    let dur = |s: &str| {
+        parse_duration(s)
+            .ok()
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+    };
     LifecyclePolicy {
-        node_startup_timeout: dur(&spec.node_startup_timeout).unwrap_or(chrono::Duration::minutes(15)),
+        node_startup_timeout: dur(&spec.node_startup_timeout)
+            .unwrap_or(chrono::Duration::minutes(15)),
         drain_timeout: spec.drain_timeout.as_deref().and_then(dur),
         terminate_after_drain_timeout: spec.terminate_after_drain_timeout,
         remove_startup_taints: spec.remove_startup_taints_when_ready,
     }
 }
 
-async fn find_cluster(base: &Context, cluster_name: &str) -> Result<Option<Cluster>, ControllerError> {
-    let clusters = Api::<Cluster>::all(base.client.clone()).list(&ListParams::default()).await?;
-    Ok(clusters.items.into_iter().find(|c| c.spec.cluster_name == cluster_name))
+async fn find_cluster(
+    base: &Context,
+    cluster_name: &str,
+) -> Result<Option<Cluster>, ControllerError> {
+    let clusters = Api::<Cluster>::all(base.client.clone())
+        .list(&ListParams::default())
+        .await?;
+    Ok(clusters
+        .items
+        .into_iter()
+        .find(|c| c.spec.cluster_name == cluster_name))
 }
 
 use crate::state::snapshot::taint_of;
 
 /// Maps the Machine, its class and the Cluster onto the cloud's launch request.
-async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, class: &MachineClass, cluster: &Cluster, attempt: u32) -> Result<LaunchRequest, String> {
+async fn launch_request(
+    ctx: &MachineContext,
+    machine: &Machine,
+    uid: &str,
+    class: &MachineClass,
+    cluster: &Cluster,
+    attempt: u32,
+) -> Result<LaunchRequest, String> {
     let spec = &class.spec;
     let image = match (&spec.image.id, &spec.image.selector) {
         (Some(id), _) => cloud::ImageSpec::Id(id.clone()),
-        (None, Some(sel)) => cloud::ImageSpec::Selector(cloud::ImageSelector { owners: sel.owner.iter().cloned().collect(), name: sel.name.clone(), tags: sel.tags.clone() }),
+        (None, Some(sel)) => cloud::ImageSpec::Selector(cloud::ImageSelector {
+            owners: sel.owner.iter().cloned().collect(),
+            name: sel.name.clone(),
+            tags: sel.tags.clone(),
+        }),
         (None, None) => return Err("MachineClass image names neither id nor selector".into()),
     };
     let selector = |s: &crate::api::machine_class::ResourceSelector| {
@@ -588,9 +1023,20 @@ async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, clas
         }
     };
     let instance_types: Vec<InstanceTypeChoice> = match &machine.spec.shape {
-        Some(shape) => shape.instance_types.iter().map(|t| InstanceTypeChoice { name: t.clone(), zones: shape.zones.clone() }).collect(),
+        Some(shape) => shape
+            .instance_types
+            .iter()
+            .map(|t| InstanceTypeChoice {
+                name: t.clone(),
+                zones: shape.zones.clone(),
+            })
+            .collect(),
         None => {
-            let catalog = ctx.cloud.instance_types().await.map_err(|e| e.to_string())?;
+            let catalog = ctx
+                .cloud
+                .instance_types()
+                .await
+                .map_err(|e| e.to_string())?;
             crate::state::class::allowed_instance_types(spec, &catalog, &[])?
                 .into_iter()
                 .take(MAX_LAUNCH_TYPES)
@@ -598,23 +1044,39 @@ async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, clas
                 .collect()
         }
     };
-    let capacity_types = match machine.spec.shape.as_ref().filter(|s| !s.capacity_types.is_empty()) {
-        Some(shape) => shape.capacity_types.iter().map(|c| match c {
-            CapacityTypeSpec::Spot => CapacityType::Spot,
-            CapacityTypeSpec::OnDemand => CapacityType::OnDemand,
-        }).collect(),
+    let capacity_types = match machine
+        .spec
+        .shape
+        .as_ref()
+        .filter(|s| !s.capacity_types.is_empty())
+    {
+        Some(shape) => shape
+            .capacity_types
+            .iter()
+            .map(|c| match c {
+                CapacityTypeSpec::Spot => CapacityType::Spot,
+                CapacityTypeSpec::OnDemand => CapacityType::OnDemand,
+            })
+            .collect(),
         None => crate::state::class::capacity_types(spec),
     };
     let mut node_labels = machine.spec.node_labels.clone();
     if let Some(group) = machine.labels().get(keys::MACHINE_DEPLOYMENT) {
         node_labels.insert(labels::MACHINE_DEPLOYMENT.into(), group.clone());
     }
-    let taints: Vec<Taint> = machine.spec.taints.iter().chain(&machine.spec.startup_taints).filter_map(taint_of).collect();
+    let taints: Vec<Taint> = machine
+        .spec
+        .taints
+        .iter()
+        .chain(&machine.spec.startup_taints)
+        .filter_map(taint_of)
+        .collect();
     let block_devices = spec
         .block_devices
         .iter()
         .map(|b| {
-            let bytes = parse_units(&b.volume_size).map_err(|e| format!("blockDevices {}: {e}", b.device_name))?;
+            let bytes = parse_units(&b.volume_size)
+                .map_err(|e| format!("blockDevices {}: {e}", b.device_name))?;
             Ok(cloud::BlockDevice {
                 device_name: b.device_name.clone(),
                 volume_size_gib: bytes.div_ceil(1 << 30) as u32,
@@ -628,10 +1090,17 @@ async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, clas
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(LaunchRequest {
-        machine: MachineRef { uid: uid.to_string(), namespace: machine.namespace().unwrap_or_default(), name: machine.name_any() },
+        machine: MachineRef {
+            uid: uid.to_string(),
+            namespace: machine.namespace().unwrap_or_default(),
+            name: machine.name_any(),
+        },
         deployment: machine.labels().get(keys::MACHINE_DEPLOYMENT).cloned(),
         cluster_name: ctx.cluster_name.clone(),
-        class: ClassRevision { name: class.name_any(), revision: class.metadata.generation.unwrap_or(0).to_string() },
+        class: ClassRevision {
+            name: class.name_any(),
+            revision: class.metadata.generation.unwrap_or(0).to_string(),
+        },
         instance_types,
         capacity_types,
         fallback_to_on_demand: spec.spot_fallback_to_on_demand,
@@ -643,12 +1112,18 @@ async fn launch_request(ctx: &MachineContext, machine: &Machine, uid: &str, clas
             format: match spec.image.family {
                 ImageFamily::AL2023 => BootstrapFormat::Al2023,
                 ImageFamily::Bottlerocket => BootstrapFormat::Bottlerocket,
-                ImageFamily::Custom => BootstrapFormat::Custom { template: spec.user_data.clone().unwrap_or_default() },
+                ImageFamily::Custom => BootstrapFormat::Custom {
+                    template: spec.user_data.clone().unwrap_or_default(),
+                },
             },
             cluster_name: cluster.spec.cluster_name.clone(),
             api_server_endpoint: cluster.spec.api_server_endpoint.clone(),
             certificate_authority: cluster.spec.certificate_authority.clone(),
-            cluster_cidr: cluster.spec.service_cidr.clone().unwrap_or_else(|| "10.100.0.0/16".into()),
+            cluster_cidr: cluster
+                .spec
+                .service_cidr
+                .clone()
+                .unwrap_or_else(|| "10.100.0.0/16".into()),
             labels: node_labels,
             taints,
             class_user_data: match spec.image.family {
@@ -674,14 +1149,28 @@ async fn sync_node(base: &Context, node: &Node, machine: &Machine) -> Result<(),
         want_labels.insert(labels::MACHINE_DEPLOYMENT.into(), group.clone());
     }
     let have = node.labels();
-    let missing_labels: std::collections::BTreeMap<&String, &String> = want_labels.iter().filter(|(k, v)| have.get(*k) != Some(*v)).collect();
-    let mut taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let missing_labels: std::collections::BTreeMap<&String, &String> = want_labels
+        .iter()
+        .filter(|(k, v)| have.get(*k) != Some(*v))
+        .collect();
+    let mut taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     let before = taints.len();
     for t in &machine.spec.taints {
-        if !taints.iter().any(|x| x.key == t.key && x.effect == format!("{:?}", t.effect)) {
+        if !taints
+            .iter()
+            .any(|x| x.key == t.key && x.effect == format!("{:?}", t.effect))
+        {
             taints.push(k8s_openapi::api::core::v1::Taint {
                 key: t.key.clone(),
-                value: if t.value.is_empty() { None } else { Some(t.value.clone()) },
+                value: if t.value.is_empty() {
+                    None
+                } else {
+                    Some(t.value.clone())
+                },
                 effect: format!("{:?}", t.effect),
                 time_added: None,
             });
@@ -690,7 +1179,14 @@ async fn sync_node(base: &Context, node: &Node, machine: &Machine) -> Result<(),
     if missing_labels.is_empty() && taints.len() == before {
         return Ok(());
     }
-    let patch = serde_json::json!({"metadata": {"labels": missing_labels}, "spec": {"taints": taints}});
-    Api::<Node>::all(base.client.clone()).patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let patch =
+        serde_json::json!({"metadata": {"labels": missing_labels}, "spec": {"taints": taints}});
+    Api::<Node>::all(base.client.clone())
+        .patch(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
     Ok(())
 }

@@ -31,15 +31,25 @@ pub struct LaunchShapeEntry {
 }
 
 /// Reads the queue; a malformed annotation is treated as empty (it only steers sizes) and reported by the caller.
-pub fn read_shape_queue(annotations: &BTreeMap<String, String>) -> Result<Vec<LaunchShapeEntry>, String> {
+pub fn read_shape_queue(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<LaunchShapeEntry>, String> {
     match annotations.get(keys::LAUNCH_SHAPES) {
         None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("annotation {} is not a list of shapes: {e}", keys::LAUNCH_SHAPES)),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            format!(
+                "annotation {} is not a list of shapes: {e}",
+                keys::LAUNCH_SHAPES
+            )
+        }),
     }
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let sets: Api<MachineSet> = Api::all(ctx.client.clone());
     let machines: Api<Machine> = Api::all(ctx.client.clone());
     Controller::new(sets, watcher::Config::default())
@@ -51,20 +61,31 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 }
 
 fn error_policy(_set: Arc<MachineSet>, error: &ControllerError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, error.category()]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[CONTROLLER, error.category()])
+        .inc();
     tracing::warn!(error = %error, "machine set reconcile failed");
     Action::requeue(error_backoff(error))
 }
 
 /// observe → plan → apply → status.
 pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    let _timer = ctx.metrics.reconcile_duration_seconds.with_label_values(&[CONTROLLER]).start_timer();
+    let _timer = ctx
+        .metrics
+        .reconcile_duration_seconds
+        .with_label_values(&[CONTROLLER])
+        .start_timer();
     if set.metadata.deletion_timestamp.is_some() {
         // Machines go with their owner through the garbage collector.
         return Ok(Action::await_change());
     }
-    let namespace = set.namespace().ok_or(ControllerError::MissingField("metadata.namespace"))?;
-    let uid = set.uid().ok_or(ControllerError::MissingField("metadata.uid"))?;
+    let namespace = set
+        .namespace()
+        .ok_or(ControllerError::MissingField("metadata.namespace"))?;
+    let uid = set
+        .uid()
+        .ok_or(ControllerError::MissingField("metadata.uid"))?;
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &namespace);
     let sets: Api<MachineSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = ctx.clock.now();
@@ -72,26 +93,72 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
     // Observe, validating what the schema cannot.
     let selector = match Selector::from_api(&set.spec.selector) {
         Ok(s) if !s.is_empty() => s,
-        Ok(_) => return invalid(&set, &sets, &ctx, "EmptySelector", "spec.selector is empty; it would adopt every Machine in the namespace").await,
-        Err(e) => return invalid(&set, &sets, &ctx, "InvalidSelector", &format!("spec.selector: {e}")).await,
+        Ok(_) => {
+            return invalid(
+                &set,
+                &sets,
+                &ctx,
+                "EmptySelector",
+                "spec.selector is empty; it would adopt every Machine in the namespace",
+            )
+            .await
+        }
+        Err(e) => {
+            return invalid(
+                &set,
+                &sets,
+                &ctx,
+                "InvalidSelector",
+                &format!("spec.selector: {e}"),
+            )
+            .await
+        }
     };
     if !selector.matches(&set.spec.template.metadata.labels) {
-        return invalid(&set, &sets, &ctx, "SelectorMismatch", "spec.selector does not match spec.template.metadata.labels").await;
+        return invalid(
+            &set,
+            &sets,
+            &ctx,
+            "SelectorMismatch",
+            "spec.selector does not match spec.template.metadata.labels",
+        )
+        .await;
     }
-    let listed = api.list(&ListParams::default().labels(&selector.to_query())).await?;
+    let listed = api
+        .list(&ListParams::default().labels(&selector.to_query()))
+        .await?;
     let mut owned = Vec::new();
     for machine in listed.items {
-        match machine.owner_references().iter().find(|o| o.controller == Some(true)) {
+        match machine
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+        {
             Some(owner) if owner.uid == uid => owned.push(machine),
             Some(_) => {} // another controller's
-            None if machine.metadata.deletion_timestamp.is_none() => owned.push(adopt(&api, &set, machine).await?),
+            None if machine.metadata.deletion_timestamp.is_none() => {
+                owned.push(adopt(&api, &set, machine).await?)
+            }
             None => {}
         }
     }
     let queue: Vec<QueuedShape<MachineShape>> = match read_shape_queue(set.annotations()) {
-        Ok(q) => q.into_iter().map(|e| QueuedShape { id: e.id, shape: e.shape }).collect(),
+        Ok(q) => q
+            .into_iter()
+            .map(|e| QueuedShape {
+                id: e.id,
+                shape: e.shape,
+            })
+            .collect(),
         Err(message) => {
-            ctx.events.publish(&set.object_ref(&()), EventKind::Warning, "InvalidLaunchShapes", &message).await;
+            ctx.events
+                .publish(
+                    &set.object_ref(&()),
+                    EventKind::Warning,
+                    "InvalidLaunchShapes",
+                    &message,
+                )
+                .await;
             Vec::new()
         }
     };
@@ -103,7 +170,11 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         crate::api::machine_deployment::DeletePolicy::Newest => DeleteOrder::Newest,
         crate::api::machine_deployment::DeletePolicy::Oldest => DeleteOrder::Oldest,
     };
-    let replace_machines = set.annotations().get(keys::REPLACE_MACHINES).map(String::as_str) != Some("false");
+    let replace_machines = set
+        .annotations()
+        .get(keys::REPLACE_MACHINES)
+        .map(String::as_str)
+        != Some("false");
     let plan = plan_machine_set(set.spec.replicas, &views, &queue, order, replace_machines);
 
     // Apply.
@@ -127,9 +198,17 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             .into_iter()
             .filter(|e| !plan.consumed_shapes.contains(&e.id))
             .collect();
-        let text = serde_json::to_string(&remaining).map_err(|e| ControllerError::Encode { what: "launch shapes", reason: e.to_string() })?;
+        let text = serde_json::to_string(&remaining).map_err(|e| ControllerError::Encode {
+            what: "launch shapes",
+            reason: e.to_string(),
+        })?;
         let patch = serde_json::json!({"metadata": {"annotations": {keys::LAUNCH_SHAPES: text}}});
-        sets.patch(&set.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        sets.patch(
+            &set.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     }
 
     // Status, once, only when changed.
@@ -159,9 +238,20 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         &mut status.conditions,
         Condition {
             type_: "Ready".into(),
-            status: if ready { ConditionStatus::True } else { ConditionStatus::False },
-            reason: if ready { "MachinesReady".into() } else { "WaitingForMachines".into() },
-            message: format!("{} of {} Machines ready", plan.status.ready, set.spec.replicas),
+            status: if ready {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            reason: if ready {
+                "MachinesReady".into()
+            } else {
+                "WaitingForMachines".into()
+            },
+            message: format!(
+                "{} of {} Machines ready",
+                plan.status.ready, set.spec.replicas
+            ),
             observed_generation: set.metadata.generation,
             ..Default::default()
         },
@@ -171,22 +261,40 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
 
     // Ready Machines become available after minReadySeconds: look again then.
     if plan.status.ready > plan.status.available && set.spec.min_ready_seconds > 0 {
-        return Ok(Action::requeue(Duration::from_secs(set.spec.min_ready_seconds as u64)));
+        return Ok(Action::requeue(Duration::from_secs(
+            set.spec.min_ready_seconds as u64,
+        )));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-async fn write_status(api: &Api<MachineSet>, set: &MachineSet, before: &MachineSetStatus, after: MachineSetStatus) -> Result<(), ControllerError> {
+async fn write_status(
+    api: &Api<MachineSet>,
+    set: &MachineSet,
+    before: &MachineSetStatus,
+    after: MachineSetStatus,
+) -> Result<(), ControllerError> {
     if *before == after && set.status.is_some() {
         return Ok(());
     }
     let patch = serde_json::json!({"status": after});
-    api.patch_status(&set.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch_status(
+        &set.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
 /// An invalid spec: say why (condition and Event), create and delete nothing, wait for a change.
-async fn invalid(set: &MachineSet, api: &Api<MachineSet>, ctx: &Context, reason: &str, message: &str) -> Result<Action, ControllerError> {
+async fn invalid(
+    set: &MachineSet,
+    api: &Api<MachineSet>,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+) -> Result<Action, ControllerError> {
     let mut status = set.status.clone().unwrap_or_default();
     let before = status.clone();
     status.failure_reason = Some(reason.to_string());
@@ -204,41 +312,71 @@ async fn invalid(set: &MachineSet, api: &Api<MachineSet>, ctx: &Context, reason:
         ctx.now_k8s(),
     );
     if changed {
-        ctx.events.publish(&set.object_ref(&()), EventKind::Warning, reason, message).await;
+        ctx.events
+            .publish(&set.object_ref(&()), EventKind::Warning, reason, message)
+            .await;
     }
     write_status(api, set, &before, status).await?;
     Ok(Action::await_change())
 }
 
-async fn adopt(api: &Api<Machine>, set: &MachineSet, machine: Machine) -> Result<Machine, ControllerError> {
+async fn adopt(
+    api: &Api<Machine>,
+    set: &MachineSet,
+    machine: Machine,
+) -> Result<Machine, ControllerError> {
     let mut refs = machine.owner_references().to_vec();
     refs.push(owner_reference(set)?);
     let patch = serde_json::json!({"metadata": {"ownerReferences": refs}});
     tracing::info!(machine = %machine.name_any(), set = %set.name_any(), "adopting orphaned machine");
-    Ok(api.patch(&machine.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?)
+    Ok(api
+        .patch(
+            &machine.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?)
 }
 
 fn owner_reference(set: &MachineSet) -> Result<OwnerReference, ControllerError> {
-    set.controller_owner_ref(&()).ok_or(ControllerError::MissingField("metadata.uid"))
+    set.controller_owner_ref(&())
+        .ok_or(ControllerError::MissingField("metadata.uid"))
 }
 
 fn view(machine: &Machine, set: &MachineSet, now: chrono::DateTime<chrono::Utc>) -> OwnedMachine {
     let status = machine.status.clone().unwrap_or_default();
-    let ready_condition = find_condition(&status.conditions, "Ready").filter(|c| c.status == ConditionStatus::True);
+    let ready_condition =
+        find_condition(&status.conditions, "Ready").filter(|c| c.status == ConditionStatus::True);
     let ready = status.phase == MachinePhase::Running && ready_condition.is_some();
-    let ready_since = ready_condition.and_then(|c| c.last_transition_time.clone()).map(|t| from_k8s(t.0));
+    let ready_since = ready_condition
+        .and_then(|c| c.last_transition_time.clone())
+        .map(|t| from_k8s(t.0));
     let available = ready
-        && ready_since.is_none_or(|since| (now - since).num_seconds() >= set.spec.min_ready_seconds as i64);
+        && ready_since
+            .is_none_or(|since| (now - since).num_seconds() >= set.spec.min_ready_seconds as i64);
     OwnedMachine {
         name: machine.name_any(),
-        created: machine.metadata.creation_timestamp.clone().map(|t| from_k8s(t.0)).unwrap_or(now),
+        created: machine
+            .metadata
+            .creation_timestamp
+            .clone()
+            .map(|t| from_k8s(t.0))
+            .unwrap_or(now),
         deleting: machine.metadata.deletion_timestamp.is_some(),
         failed: status.phase == MachinePhase::Failed,
         ready,
         available,
-        marked_for_deletion: machine.annotations().contains_key(crate::api::DELETE_MACHINE_ANNOTATION),
+        marked_for_deletion: machine
+            .annotations()
+            .contains_key(crate::api::DELETE_MACHINE_ANNOTATION),
         shape_id: machine.annotations().get(keys::SHAPE_ID).cloned(),
-        fully_labeled: set.spec.template.metadata.labels.iter().all(|(k, v)| machine.labels().get(k) == Some(v)),
+        fully_labeled: set
+            .spec
+            .template
+            .metadata
+            .labels
+            .iter()
+            .all(|(k, v)| machine.labels().get(k) == Some(v)),
     }
 }
 
@@ -258,7 +396,11 @@ fn new_machine(set: &MachineSet, shape: Option<&QueuedShape<MachineShape>>) -> M
             generate_name: Some(format!("{}-", set.name_any())),
             namespace: set.namespace(),
             labels: Some(labels),
-            annotations: if annotations.is_empty() { None } else { Some(annotations) },
+            annotations: if annotations.is_empty() {
+                None
+            } else {
+                Some(annotations)
+            },
             owner_references: set.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
@@ -282,13 +424,22 @@ mod tests {
     fn shape_queue_round_trips_and_rejects_garbage() {
         let entries = vec![LaunchShapeEntry {
             id: "p1-0".into(),
-            shape: MachineShape { instance_types: vec!["m6i.large".into()], zones: vec!["us-east-1a".into()], capacity_types: vec![] },
+            shape: MachineShape {
+                instance_types: vec!["m6i.large".into()],
+                zones: vec!["us-east-1a".into()],
+                capacity_types: vec![],
+            },
         }];
         let mut annotations = BTreeMap::new();
-        annotations.insert(keys::LAUNCH_SHAPES.to_string(), serde_json::to_string(&entries).unwrap());
+        annotations.insert(
+            keys::LAUNCH_SHAPES.to_string(),
+            serde_json::to_string(&entries).unwrap(),
+        );
         assert_eq!(read_shape_queue(&annotations).unwrap(), entries);
         annotations.insert(keys::LAUNCH_SHAPES.to_string(), "{not json".into());
-        assert!(read_shape_queue(&annotations).unwrap_err().contains(keys::LAUNCH_SHAPES));
+        assert!(read_shape_queue(&annotations)
+            .unwrap_err()
+            .contains(keys::LAUNCH_SHAPES));
         assert!(read_shape_queue(&BTreeMap::new()).unwrap().is_empty());
     }
 }

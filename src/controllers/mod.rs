@@ -57,7 +57,12 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, clock: SharedClock, metrics: Metrics) -> Context {
         let events = EventPublisher::new(client.clone(), clock.clone(), "berth");
-        Context { client, clock, metrics, events }
+        Context {
+            client,
+            clock,
+            metrics,
+            events,
+        }
     }
 
     pub fn now_k8s(&self) -> Time {
@@ -99,7 +104,12 @@ pub fn error_backoff(error: &ControllerError) -> Duration {
 
 /// A stable short hash (FNV-1a, hex) of a value's JSON form, for template revisions.
 pub fn stable_hash(value: &impl serde::Serialize) -> Result<String, ControllerError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| ControllerError::Encode { what: "template", reason: e.to_string() })?;
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3));
+    let bytes = serde_json::to_vec(value).map_err(|e| ControllerError::Encode {
+        what: "template",
+        reason: e.to_string(),
+    })?;
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
     Ok(format!("{:08x}", (h ^ (h >> 32)) as u32))
 }

@@ -20,7 +20,10 @@ use crate::cloud::CloudProvider;
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::scheduling::{solve, NewMachine, Plan};
 use crate::state::cluster::ClusterCache;
-use crate::state::snapshot::{add_auto_scaling_groups, observe_with, GroupTarget, ObserveSettings, Observation, PodReadings, HEADROOM_NAMESPACE};
+use crate::state::snapshot::{
+    add_auto_scaling_groups, observe_with, GroupTarget, Observation, ObserveSettings, PodReadings,
+    HEADROOM_NAMESPACE,
+};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -38,7 +41,11 @@ pub enum ProvisionerError {
     #[error("MachineDeployment {namespace}/{name} changed since it was read; planning again")]
     Conflict { namespace: String, name: String },
     #[error("cannot scale MachineDeployment {namespace}/{name}: {source}")]
-    Scale { namespace: String, name: String, source: kube::Error },
+    Scale {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("cannot encode the launch shapes: {0}")]
     Encode(String),
     #[error("cannot raise the desired capacity of Auto Scaling group {group}: {reason}")]
@@ -110,7 +117,9 @@ struct Memory {
 }
 
 fn is_headroom(pod_key: &str) -> bool {
-    pod_key.strip_prefix(HEADROOM_NAMESPACE).is_some_and(|rest| rest.starts_with('/'))
+    pod_key
+        .strip_prefix(HEADROOM_NAMESPACE)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Runs the provisioner until `shutdown`.
@@ -134,7 +143,10 @@ pub async fn run(
     loop {
         // The fleet's gauges, off the scale-up path and at most every few seconds (they read every pod).
         if fleet_recorded.is_none_or(|t| t.elapsed() >= FLEET_METRICS_PERIOD) && !again {
-            crate::telemetry::fleet::record(&ctx.metrics, &crate::telemetry::fleet::fleet_figures(&cache.objects()));
+            crate::telemetry::fleet::record(
+                &ctx.metrics,
+                &crate::telemetry::fleet::fleet_figures(&cache.objects()),
+            );
             fleet_recorded = Some(tokio::time::Instant::now());
         }
         if !again {
@@ -148,7 +160,16 @@ pub async fn run(
             }
         }
         changes.borrow_and_update();
-        match pass(&ctx, &cache, &catalog, cloud.as_deref(), &config, &mut announced).await {
+        match pass(
+            &ctx,
+            &cache,
+            &catalog,
+            cloud.as_deref(),
+            &config,
+            &mut announced,
+        )
+        .await
+        {
             Ok(report) => {
                 if !report.scaled.is_empty() || report.unschedulable > 0 {
                     tracing::info!(pending = report.pending, scaled = ?report.scaled, unschedulable = report.unschedulable, dry_run = config.dry_run, "provisioner pass");
@@ -157,10 +178,17 @@ pub async fn run(
                 again = changes.has_changed().unwrap_or(false);
             }
             Err(e) => {
-                ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, e.category()]).inc();
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[CONTROLLER, e.category()])
+                    .inc();
                 tracing::warn!(error = %e, "provisioner pass failed");
                 // A conflict means the cache is behind berth's own write: plan again as soon as it catches up.
-                let pause = if e.category() == "conflict" { Duration::from_millis(100) } else { Duration::from_secs(2) };
+                let pause = if e.category() == "conflict" {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(2)
+                };
                 tokio::select! {
                     _ = &mut shutdown => return,
                     _ = tokio::time::sleep(pause) => {}
@@ -215,31 +243,74 @@ async fn pass(
         c.unavailable_offerings().apply(&mut catalog);
     }
     let catalog = &catalog;
-    tracing::debug!(millis = started.elapsed().as_millis() as u64, "provisioner pass: catalog read");
+    tracing::debug!(
+        millis = started.elapsed().as_millis() as u64,
+        "provisioner pass: catalog read"
+    );
     let objects = cache.objects();
-    let mut observation = observe_with(&objects, catalog, &config.observe, &announced.nominations, now, &mut announced.readings);
-    tracing::debug!(millis = started.elapsed().as_millis() as u64, pods = objects.pods.len(), pending = observation.snapshot.pending.len(), "provisioner pass: observed");
+    let mut observation = observe_with(
+        &objects,
+        catalog,
+        &config.observe,
+        &announced.nominations,
+        now,
+        &mut announced.readings,
+    );
+    tracing::debug!(
+        millis = started.elapsed().as_millis() as u64,
+        pods = objects.pods.len(),
+        pending = observation.snapshot.pending.len(),
+        "provisioner pass: observed"
+    );
     if let Some(c) = cloud {
         match c.node_groups().await {
             Ok(groups) => add_auto_scaling_groups(&mut observation, &groups, catalog, now),
-            Err(e) => tracing::warn!(error = %e, "cannot read the Auto Scaling groups; planning without them"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Auto Scaling groups; planning without them")
+            }
         }
     }
     for (namespace, name, why) in &observation.invalid_groups {
         announce_invalid_group(ctx, announced, namespace, name, why).await;
     }
-    let real_pending = observation.snapshot.pending.iter().filter(|p| p.spec.namespace != HEADROOM_NAMESPACE).count() + observation.riding.len();
-    ctx.metrics.pods_unschedulable.set((real_pending + observation.skipped.len()) as i64);
+    let real_pending = observation
+        .snapshot
+        .pending
+        .iter()
+        .filter(|p| p.spec.namespace != HEADROOM_NAMESPACE)
+        .count()
+        + observation.riding.len();
+    ctx.metrics
+        .pods_unschedulable
+        .set((real_pending + observation.skipped.len()) as i64);
     ctx.metrics.pods_pending.set(
-        objects.pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")).count() as i64,
+        objects
+            .pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+            .count() as i64,
     );
-    let mut report = PassReport { pending: real_pending, ..Default::default() };
+    let mut report = PassReport {
+        pending: real_pending,
+        ..Default::default()
+    };
     if let Some(why) = cluster_blocker(&observation, config.observe.cluster_name.as_deref()) {
         // Without a valid Cluster there is no policy to act under (limits, bootstrap): the pods are told why.
-        if announced.notices.insert("cluster".into(), why.clone()).as_ref() != Some(&why) {
+        if announced
+            .notices
+            .insert("cluster".into(), why.clone())
+            .as_ref()
+            != Some(&why)
+        {
             tracing::warn!("not scaling up: {why}");
         }
-        for pod in observation.snapshot.pending.iter().map(|p| p.key()).chain(observation.riding.iter().cloned()) {
+        for pod in observation
+            .snapshot
+            .pending
+            .iter()
+            .map(|p| p.key())
+            .chain(observation.riding.iter().cloned())
+        {
             if !is_headroom(&pod) && announced.not_triggered.get(&pod) != Some(&why) {
                 publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &why).await;
                 announced.not_triggered.insert(pod, why.clone());
@@ -254,30 +325,52 @@ async fn pass(
         return Ok(report);
     }
 
-    let timer = ctx.metrics.solve_duration_seconds.with_label_values(&["scale_up"]).start_timer();
+    let timer = ctx
+        .metrics
+        .solve_duration_seconds
+        .with_label_values(&["scale_up"])
+        .start_timer();
     let plan = solve(&observation.snapshot, catalog, now)?;
     timer.observe_duration();
-    tracing::debug!(millis = started.elapsed().as_millis() as u64, machines = plan.new_machines.len(), "provisioner pass: solved");
-    ctx.metrics.solve_pods.with_label_values(&["scale_up"]).observe(observation.snapshot.pending.len() as f64);
+    tracing::debug!(
+        millis = started.elapsed().as_millis() as u64,
+        machines = plan.new_machines.len(),
+        "provisioner pass: solved"
+    );
+    ctx.metrics
+        .solve_pods
+        .with_label_values(&["scale_up"])
+        .observe(observation.snapshot.pending.len() as f64);
 
     let by_group = machines_by_group(&plan);
     for (group, machines) in &by_group {
         if let Some((asg, desired)) = observation.auto_scaling_groups.get(group) {
             let message = scale_up_message(group, machines, config.dry_run);
             if !config.dry_run {
-                let cloud = cloud.ok_or_else(|| ProvisionerError::AutoScaling { group: asg.clone(), reason: "no cloud".into() })?;
+                let cloud = cloud.ok_or_else(|| ProvisionerError::AutoScaling {
+                    group: asg.clone(),
+                    reason: "no cloud".into(),
+                })?;
                 cloud
                     .set_node_group_desired_capacity(asg, desired + machines.len() as u32)
                     .await
-                    .map_err(|e| ProvisionerError::AutoScaling { group: asg.clone(), reason: e.to_string() })?;
+                    .map_err(|e| ProvisionerError::AutoScaling {
+                        group: asg.clone(),
+                        reason: e.to_string(),
+                    })?;
             }
-            ctx.metrics.scale_up_decisions.with_label_values(&[group]).inc();
+            ctx.metrics
+                .scale_up_decisions
+                .with_label_values(&[group])
+                .inc();
             report.scaled.insert(group.clone(), machines.len() as u32);
             tracing::info!(group = %group, machines = machines.len(), dry_run = config.dry_run, "{message}");
             announce_triggered(ctx, announced, &observation, machines, &message).await;
             continue;
         }
-        let Some(target) = observation.groups.get(group) else { continue };
+        let Some(target) = observation.groups.get(group) else {
+            continue;
+        };
         let shapes = launch_shapes(target, machines, now);
         if !config.dry_run {
             scale_up(ctx, target, &shapes, now).await?;
@@ -287,7 +380,10 @@ async fn pass(
                 }
             }
         }
-        ctx.metrics.scale_up_decisions.with_label_values(&[group]).inc();
+        ctx.metrics
+            .scale_up_decisions
+            .with_label_values(&[group])
+            .inc();
         report.scaled.insert(group.clone(), machines.len() as u32);
         let message = scale_up_message(group, machines, config.dry_run);
         tracing::info!(group = %group, machines = machines.len(), pods = machines.iter().map(|m| m.pods.len()).sum::<usize>(), dry_run = config.dry_run, "{message}");
@@ -298,14 +394,38 @@ async fn pass(
             name: Some(target.name.clone()),
             ..Default::default()
         };
-        ctx.events.publish(&md_ref, EventKind::Normal, "ScaledUp", &format!("{message} for {} pending pods", machines.iter().map(|m| m.pods.len()).sum::<usize>())).await;
+        ctx.events
+            .publish(
+                &md_ref,
+                EventKind::Normal,
+                "ScaledUp",
+                &format!(
+                    "{message} for {} pending pods",
+                    machines.iter().map(|m| m.pods.len()).sum::<usize>()
+                ),
+            )
+            .await;
         announce_triggered(ctx, announced, &observation, machines, &message).await;
     }
-    let in_flight: HashSet<&str> = observation.snapshot.in_flight.iter().map(|m| m.name.as_str()).collect();
-    for a in plan.assignments.iter().filter(|a| in_flight.contains(a.node.as_str())) {
+    let in_flight: HashSet<&str> = observation
+        .snapshot
+        .in_flight
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    for a in plan
+        .assignments
+        .iter()
+        .filter(|a| in_flight.contains(a.node.as_str()))
+    {
         announced.nominations.insert(a.pod.clone(), a.node.clone());
     }
-    report.unschedulable = plan.unschedulable.iter().filter(|u| !is_headroom(&u.pod)).count() + observation.skipped.len();
+    report.unschedulable = plan
+        .unschedulable
+        .iter()
+        .filter(|u| !is_headroom(&u.pod))
+        .count()
+        + observation.skipped.len();
     announce_unschedulable(ctx, announced, &observation, &plan).await;
     forget_settled(ctx, announced, &observation, &objects, now);
     Ok(report)
@@ -313,9 +433,22 @@ async fn pass(
 
 /// Pods no longer pending need no memory; those that triggered a scale-up and are now bound are timed (the last
 /// pass of a burst usually has no pending pod left, so this runs on that path too).
-fn forget_settled(ctx: &Context, announced: &mut Memory, observation: &Observation, objects: &crate::state::cluster::ClusterObjects, now: chrono::DateTime<chrono::Utc>) {
-    let pending: HashSet<String> = observation.snapshot.pending.iter().map(|p| p.key()).collect();
-    announced.nominations.retain(|p, _| pending.contains(p) || observation.riding.contains(p));
+fn forget_settled(
+    ctx: &Context,
+    announced: &mut Memory,
+    observation: &Observation,
+    objects: &crate::state::cluster::ClusterObjects,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let pending: HashSet<String> = observation
+        .snapshot
+        .pending
+        .iter()
+        .map(|p| p.key())
+        .collect();
+    announced
+        .nominations
+        .retain(|p, _| pending.contains(p) || observation.riding.contains(p));
     let mut gone = Vec::new();
     announced.triggered.retain(|p, v| {
         let keep = pending.contains(p) || observation.riding.contains(p);
@@ -352,7 +485,11 @@ fn machines_by_group(plan: &Plan) -> BTreeMap<String, Vec<&NewMachine>> {
 
 /// One queued shape per new machine: its instance types (cheapest first, so the cloud can fall back), the zone
 /// the plan placed its pods in and the capacity type chosen. Ids are unique per group and pass.
-fn launch_shapes(target: &GroupTarget, machines: &[&NewMachine], now: chrono::DateTime<chrono::Utc>) -> Vec<LaunchShapeEntry> {
+fn launch_shapes(
+    target: &GroupTarget,
+    machines: &[&NewMachine],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<LaunchShapeEntry> {
     let stamp = now.timestamp_millis();
     machines
         .iter()
@@ -372,10 +509,16 @@ fn launch_shapes(target: &GroupTarget, machines: &[&NewMachine], now: chrono::Da
 }
 
 /// Raises replicas and queues the shapes in one write, conditional on the version the plan was made from.
-async fn scale_up(ctx: &Context, target: &GroupTarget, shapes: &[LaunchShapeEntry], now: chrono::DateTime<chrono::Utc>) -> Result<(), ProvisionerError> {
+async fn scale_up(
+    ctx: &Context,
+    target: &GroupTarget,
+    shapes: &[LaunchShapeEntry],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ProvisionerError> {
     let mut queue = target.open_shapes.clone();
     queue.extend(shapes.iter().cloned());
-    let text = serde_json::to_string(&queue).map_err(|e| ProvisionerError::Encode(e.to_string()))?;
+    let text =
+        serde_json::to_string(&queue).map_err(|e| ProvisionerError::Encode(e.to_string()))?;
     let replicas = (target.replicas + shapes.len() as u32).min(target.max_replicas);
     let mut patch = serde_json::json!({
         "metadata": {"annotations": {keys::LAUNCH_SHAPES: text, keys::LAST_SCALE_UP: now.to_rfc3339()}},
@@ -385,10 +528,20 @@ async fn scale_up(ctx: &Context, target: &GroupTarget, shapes: &[LaunchShapeEntr
         patch["metadata"]["resourceVersion"] = serde_json::json!(rv);
     }
     let api: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), &target.namespace);
-    match api.patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Err(ProvisionerError::Conflict { namespace: target.namespace.clone(), name: target.name.clone() }),
-        Err(source) => Err(ProvisionerError::Scale { namespace: target.namespace.clone(), name: target.name.clone(), source }),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(ProvisionerError::Conflict {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+        }),
+        Err(source) => Err(ProvisionerError::Scale {
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            source,
+        }),
     }
 }
 
@@ -402,14 +555,26 @@ fn scale_up_message(group: &str, machines: &[&NewMachine], dry_run: bool) -> Str
 }
 
 /// TriggeredScaleUp on each pod the new machines are for, once.
-async fn announce_triggered(ctx: &Context, announced: &mut Memory, observation: &Observation, machines: &[&NewMachine], message: &str) {
+async fn announce_triggered(
+    ctx: &Context,
+    announced: &mut Memory,
+    observation: &Observation,
+    machines: &[&NewMachine],
+    message: &str,
+) {
     for m in machines {
         for pod in &m.pods {
             if is_headroom(pod) || announced.triggered.contains_key(pod) {
                 continue;
             }
-            let since = observation.pending_since.get(pod).copied().unwrap_or_else(|| ctx.clock.now());
-            announced.triggered.insert(pod.clone(), (m.group.clone(), since));
+            let since = observation
+                .pending_since
+                .get(pod)
+                .copied()
+                .unwrap_or_else(|| ctx.clock.now());
+            announced
+                .triggered
+                .insert(pod.clone(), (m.group.clone(), since));
             announced.not_triggered.remove(pod);
             publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", message).await;
         }
@@ -420,35 +585,84 @@ async fn announce_triggered(ctx: &Context, announced: &mut Memory, observation: 
 /// histogram of their group (deleted ones do not), and, when the node they landed on was launched after they
 /// became unschedulable, into pending-to-launch and pending-to-node-Ready too (a pod that found room on an older
 /// node measures nothing about a launch).
-fn record_scheduled(ctx: &Context, objects: &crate::state::cluster::ClusterObjects, gone: Vec<(String, (String, chrono::DateTime<chrono::Utc>))>, now: chrono::DateTime<chrono::Utc>) {
+fn record_scheduled(
+    ctx: &Context,
+    objects: &crate::state::cluster::ClusterObjects,
+    gone: Vec<(String, (String, chrono::DateTime<chrono::Utc>))>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
     use crate::clock::from_k8s;
     if gone.is_empty() {
         return;
     }
     let gone: HashMap<String, (String, chrono::DateTime<chrono::Utc>)> = gone.into_iter().collect();
+    // Machines by provider ID, not by status.nodeRef: the Machine controller fills nodeRef on its next pass, often
+    // after the binder has placed the pods this pass times.
     let launched: HashMap<&str, chrono::DateTime<chrono::Utc>> = objects
         .machines
         .iter()
         .filter_map(|m| {
             let status = m.status.as_ref()?;
-            Some((status.node_ref.as_ref()?.name.as_str(), from_k8s(status.launch_time.as_ref()?.0)))
+            Some((
+                status.provider_id.as_deref()?,
+                from_k8s(status.launch_time.as_ref()?.0),
+            ))
         })
         .collect();
+    let nodes: HashMap<&str, &k8s_openapi::api::core::v1::Node> = objects
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.as_ref())))
+        .collect();
+    let launch_of = |node: &str| -> Option<chrono::DateTime<chrono::Utc>> {
+        let provider = nodes.get(node)?.spec.as_ref()?.provider_id.as_deref()?;
+        launched.get(provider).copied()
+    };
     let ready_since = |node: &str| -> Option<chrono::DateTime<chrono::Utc>> {
-        let n = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node))?;
-        let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+        let ready = nodes
+            .get(node)?
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")?;
         Some(from_k8s(ready.last_transition_time.as_ref()?.0))
     };
-    let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| (to - from).num_milliseconds().max(0) as f64 / 1000.0;
+    let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        (to - from).num_milliseconds().max(0) as f64 / 1000.0
+    };
     for pod in &objects.pods {
-        let key = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default());
-        let Some((group, since)) = gone.get(&key) else { continue };
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else { continue };
-        ctx.metrics.pod_pending_to_scheduled_seconds.with_label_values(&[group]).observe(seconds(*since, now));
-        if let Some(launch) = launched.get(node).filter(|t| **t >= *since) {
-            ctx.metrics.pod_pending_to_launch_seconds.with_label_values(&[group]).observe(seconds(*since, *launch));
+        let key = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some((group, since)) = gone.get(&key) else {
+            continue;
+        };
+        let Some(node) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        ctx.metrics
+            .pod_pending_to_scheduled_seconds
+            .with_label_values(&[group])
+            .observe(seconds(*since, now));
+        if let Some(launch) = launch_of(node).filter(|t| *t >= *since) {
+            ctx.metrics
+                .pod_pending_to_launch_seconds
+                .with_label_values(&[group])
+                .observe(seconds(*since, launch));
             if let Some(ready) = ready_since(node) {
-                ctx.metrics.pod_pending_to_node_ready_seconds.with_label_values(&[group]).observe(seconds(*since, ready));
+                ctx.metrics
+                    .pod_pending_to_node_ready_seconds
+                    .with_label_values(&[group])
+                    .observe(seconds(*since, ready));
             }
         }
     }
@@ -467,13 +681,23 @@ async fn publish_on_pod(ctx: &Context, key: &str, kind: EventKind, reason: &str,
 }
 
 /// NotTriggerScaleUp on each pod that no plan can place, once per reason; a limit also on the Cluster or group.
-async fn announce_unschedulable(ctx: &Context, announced: &mut Memory, observation: &Observation, plan: &Plan) {
+async fn announce_unschedulable(
+    ctx: &Context,
+    announced: &mut Memory,
+    observation: &Observation,
+    plan: &Plan,
+) {
     let mut limits = BTreeMap::new();
     let reasons = plan
         .unschedulable
         .iter()
         .map(|u| (u.pod.clone(), u.reason.clone()))
-        .chain(observation.skipped.iter().map(|s| (format!("{}/{}", s.namespace, s.name), s.reason.clone())));
+        .chain(
+            observation
+                .skipped
+                .iter()
+                .map(|s| (format!("{}/{}", s.namespace, s.name), s.reason.clone())),
+        );
     for (pod, reason) in reasons {
         if is_headroom(&pod) {
             continue;
@@ -494,7 +718,11 @@ async fn announce_unschedulable(ctx: &Context, announced: &mut Memory, observati
                 name: c.metadata.name.clone(),
                 ..Default::default()
             },
-            _ => match observation.groups.values().find(|g| reason.ends_with(&format!("group {}", g.name))) {
+            _ => match observation
+                .groups
+                .values()
+                .find(|g| reason.ends_with(&format!("group {}", g.name)))
+            {
                 Some(g) => ObjectReference {
                     api_version: Some("berth.dev/v1alpha1".into()),
                     kind: Some("MachineDeployment".into()),
@@ -505,13 +733,30 @@ async fn announce_unschedulable(ctx: &Context, announced: &mut Memory, observati
                 None => continue,
             },
         };
-        if announced.notices.insert(format!("limit:{reason}"), reason.clone()).is_none() {
-            ctx.events.publish(&object, EventKind::Warning, "ScaleUpLimited", &format!("{reason}: {pods} pods stay pending")).await;
+        if announced
+            .notices
+            .insert(format!("limit:{reason}"), reason.clone())
+            .is_none()
+        {
+            ctx.events
+                .publish(
+                    &object,
+                    EventKind::Warning,
+                    "ScaleUpLimited",
+                    &format!("{reason}: {pods} pods stay pending"),
+                )
+                .await;
         }
     }
 }
 
-async fn announce_invalid_group(ctx: &Context, announced: &mut Memory, namespace: &str, name: &str, why: &str) {
+async fn announce_invalid_group(
+    ctx: &Context,
+    announced: &mut Memory,
+    namespace: &str,
+    name: &str,
+    why: &str,
+) {
     let key = format!("group:{namespace}/{name}");
     if announced.notices.get(&key).map(String::as_str) == Some(why) {
         return;
@@ -523,7 +768,9 @@ async fn announce_invalid_group(ctx: &Context, announced: &mut Memory, namespace
         name: Some(name.into()),
         ..Default::default()
     };
-    ctx.events.publish(&object, EventKind::Warning, "NotAutoscaled", why).await;
+    ctx.events
+        .publish(&object, EventKind::Warning, "NotAutoscaled", why)
+        .await;
     tracing::warn!(deployment = %format!("{namespace}/{name}"), "not autoscaled: {why}");
     announced.notices.insert(key, why.to_string());
 }

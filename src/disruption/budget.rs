@@ -22,14 +22,20 @@ pub enum NodeLimit {
 impl NodeLimit {
     /// Reads `3` or `20%`.
     pub fn parse(text: &str) -> Result<NodeLimit, DisruptionError> {
-        let err = |reason: &str| DisruptionError::InvalidBudget { value: text.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| DisruptionError::InvalidBudget {
+            value: text.to_string(),
+            reason: reason.to_string(),
+        };
         match text.strip_suffix('%') {
             Some(p) => match p.parse::<u32>() {
                 Ok(v) if v <= 100 => Ok(NodeLimit::Percent(v)),
                 Ok(_) => Err(err("a percentage must be at most 100%")),
                 Err(_) => Err(err("expected a whole percentage such as 20%")),
             },
-            None => text.parse::<u32>().map(NodeLimit::Count).map_err(|_| err("expected a non-negative number or a percentage")),
+            None => text
+                .parse::<u32>()
+                .map(NodeLimit::Count)
+                .map_err(|_| err("expected a non-negative number or a percentage")),
         }
     }
 
@@ -57,7 +63,10 @@ pub struct Budget {
 
 impl Budget {
     pub fn always(nodes: NodeLimit) -> Budget {
-        Budget { nodes, window: None }
+        Budget {
+            nodes,
+            window: None,
+        }
     }
 
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
@@ -89,7 +98,11 @@ mod tests {
         assert_eq!(NodeLimit::parse("0%").unwrap().resolve(19), 0);
         assert_eq!(NodeLimit::parse("100%").unwrap().resolve(7), 7);
         for bad in ["-1", "101%", "x%", "1.5"] {
-            assert_eq!(NodeLimit::parse(bad).unwrap_err().category(), "invalid_budget", "{bad}");
+            assert_eq!(
+                NodeLimit::parse(bad).unwrap_err().category(),
+                "invalid_budget",
+                "{bad}"
+            );
         }
     }
 }

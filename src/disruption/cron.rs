@@ -23,12 +23,17 @@ pub struct Schedule {
     dow_restricted: bool,
 }
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, DisruptionError> {
-        let err = |reason: String| DisruptionError::InvalidSchedule { schedule: text.to_string(), reason };
+        let err = |reason: String| DisruptionError::InvalidSchedule {
+            schedule: text.to_string(),
+            reason,
+        };
         let expanded = match text.trim() {
             "@yearly" | "@annually" => "0 0 1 1 *",
             "@monthly" => "0 0 1 * *",
@@ -39,14 +44,18 @@ impl Schedule {
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
         if fields.len() != 5 {
-            return Err(err(format!("expected 5 fields (minute hour day-of-month month day-of-week), found {}", fields.len())));
+            return Err(err(format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+                fields.len()
+            )));
         }
         let minutes = field(fields[0], 0, 59, &[]).map_err(|r| err(format!("minute: {r}")))?;
         let hours = field(fields[1], 0, 23, &[]).map_err(|r| err(format!("hour: {r}")))?;
         let dom = field(fields[2], 1, 31, &[]).map_err(|r| err(format!("day of month: {r}")))?;
         let months = field(fields[3], 1, 12, &MONTHS).map_err(|r| err(format!("month: {r}")))?;
         // 7 is Sunday too.
-        let mut dow = field(fields[4], 0, 7, &WEEKDAYS).map_err(|r| err(format!("day of week: {r}")))?;
+        let mut dow =
+            field(fields[4], 0, 7, &WEEKDAYS).map_err(|r| err(format!("day of week: {r}")))?;
         if dow & (1 << 7) != 0 {
             dow |= 1;
         }
@@ -69,7 +78,10 @@ impl Schedule {
     /// Whether the schedule fires at this minute.
     pub fn fires_at(&self, t: DateTime<Utc>) -> bool {
         let bit = |set: u64, v: u32| set & (1u64 << v) != 0;
-        if !bit(self.minutes, t.minute()) || !bit(self.hours as u64, t.hour()) || !bit(self.months as u64, t.month()) {
+        if !bit(self.minutes, t.minute())
+            || !bit(self.hours as u64, t.hour())
+            || !bit(self.months as u64, t.month())
+        {
             return false;
         }
         let dom = bit(self.days_of_month as u64, t.day());
@@ -84,7 +96,9 @@ impl Schedule {
     /// (now - duration, now].
     pub fn window_contains(&self, now: DateTime<Utc>, duration: Duration) -> bool {
         let duration = duration.min(Duration::minutes(MAX_WINDOW_MINUTES));
-        let Some(mut t) = now.with_second(0).and_then(|t| t.with_nanosecond(0)) else { return false };
+        let Some(mut t) = now.with_second(0).and_then(|t| t.with_nanosecond(0)) else {
+            return false;
+        };
         while now - t < duration {
             if self.fires_at(t) {
                 return true;
@@ -112,7 +126,13 @@ fn field(text: &str, min: u32, max: u32, names: &[&str]) -> Result<u64, String> 
     let mut set = 0u64;
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().ok().filter(|s| *s > 0).ok_or_else(|| format!("step {s:?} is not a positive number"))?),
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("step {s:?} is not a positive number"))?,
+            ),
             None => (part, 1),
         };
         let (lo, hi) = if range == "*" {
@@ -155,21 +175,50 @@ mod tests {
         assert!(s.fires_at(at("2026-12-01T09:00:00Z")), "a Tuesday");
         assert!(!s.fires_at(at("2026-12-05T09:00:00Z")), "a Saturday");
         assert!(s.window_contains(at("2026-12-01T16:59:00Z"), Duration::hours(8)));
-        assert!(!s.window_contains(at("2026-12-01T17:00:00Z"), Duration::hours(8)), "the window is half-open");
+        assert!(
+            !s.window_contains(at("2026-12-01T17:00:00Z"), Duration::hours(8)),
+            "the window is half-open"
+        );
         assert!(!s.window_contains(at("2026-12-01T08:59:00Z"), Duration::hours(8)));
         let every = Schedule::parse("*/15 * * * *").unwrap();
-        assert!(every.fires_at(at("2026-12-01T10:45:00Z")) && !every.fires_at(at("2026-12-01T10:46:00Z")));
+        assert!(
+            every.fires_at(at("2026-12-01T10:45:00Z"))
+                && !every.fires_at(at("2026-12-01T10:46:00Z"))
+        );
         let list = Schedule::parse("5,10-12 0 1 jan,JUL 0").unwrap();
-        assert!(list.fires_at(at("2026-01-01T00:11:00Z")), "day of month matches though Jan 1 2026 is a Thursday");
-        assert!(list.fires_at(at("2026-07-05T00:05:00Z")), "a Sunday in July matches through day of week");
+        assert!(
+            list.fires_at(at("2026-01-01T00:11:00Z")),
+            "day of month matches though Jan 1 2026 is a Thursday"
+        );
+        assert!(
+            list.fires_at(at("2026-07-05T00:05:00Z")),
+            "a Sunday in July matches through day of week"
+        );
         assert!(!list.fires_at(at("2026-07-06T00:05:00Z")));
-        assert!(Schedule::parse("@daily").unwrap().fires_at(at("2026-03-04T00:00:00Z")));
-        assert!(Schedule::parse("0 0 * * 7").unwrap().fires_at(at("2026-12-06T00:00:00Z")), "7 is Sunday");
+        assert!(Schedule::parse("@daily")
+            .unwrap()
+            .fires_at(at("2026-03-04T00:00:00Z")));
+        assert!(
+            Schedule::parse("0 0 * * 7")
+                .unwrap()
+                .fires_at(at("2026-12-06T00:00:00Z")),
+            "7 is Sunday"
+        );
     }
 
     #[test]
     fn malformed_schedules_are_errors() {
-        for bad in ["", "* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "5-1 * * * *", "x * * * *", "* * * foo *"] {
+        for bad in [
+            "",
+            "* * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "x * * * *",
+            "* * * foo *",
+        ] {
             let e = Schedule::parse(bad).unwrap_err();
             assert_eq!(e.category(), "invalid_schedule", "{bad:?}");
         }

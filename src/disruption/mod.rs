@@ -62,6 +62,7 @@ use budget::{allowed_disruptions, Budget};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// The most nodes one multi-node consolidation replaces (Karpenter's practice is to keep such commands small).
 pub const MAX_MULTI_NODE: usize = 10;
@@ -160,6 +161,10 @@ pub struct GroupState {
     /// Nodes of the group already being removed: they use budget.
     pub disrupting: u32,
     pub last_scale_up: Option<DateTime<Utc>>,
+    /// Its Machines belong to more than one MachineSet: a rollout is replacing them. The rollout planner moves
+    /// replicas between the sets, so a replica berth removes now could be taken from the old set while the Machine
+    /// berth marked stays in the new one, marked forever and holding the budget. The rollout goes first.
+    pub rolling_out: bool,
 }
 
 /// A PodDisruptionBudget's view.
@@ -217,7 +222,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [Reason::Empty, Reason::Underutilized, Reason::ConsolidationSingle, Reason::ConsolidationMulti];
+    pub const ALL: [Reason; 4] = [
+        Reason::Empty,
+        Reason::Underutilized,
+        Reason::ConsolidationSingle,
+        Reason::ConsolidationMulti,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -276,7 +286,9 @@ impl Command {
         let mut b = other.nodes();
         a.sort();
         b.sort();
-        std::mem::discriminant(self) == std::mem::discriminant(other) && self.reason() == other.reason() && a == b
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.reason() == other.reason()
+            && a == b
     }
 
     /// A one-line explanation for an Event.
@@ -305,21 +317,53 @@ impl Command {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Blocker {
     Disabled,
-    UnknownGroup { group: String },
+    UnknownGroup {
+        group: String,
+    },
     NodeDoNotDisrupt,
-    PodDoNotDisrupt { pod: String },
-    UnownedPod { pod: String },
-    SystemPodWithoutPdb { pod: String },
-    PdbExhausted { pdb: String, pod: String },
-    GroupAtMinimum { group: String, min: u32 },
-    TooYoung { age_seconds: i64 },
-    RecentScaleUp { group: String, seconds_ago: i64 },
-    BudgetExhausted { group: String },
+    PodDoNotDisrupt {
+        pod: String,
+    },
+    UnownedPod {
+        pod: String,
+    },
+    SystemPodWithoutPdb {
+        pod: String,
+    },
+    PdbExhausted {
+        pdb: String,
+        pod: String,
+    },
+    GroupAtMinimum {
+        group: String,
+        min: u32,
+    },
+    TooYoung {
+        age_seconds: i64,
+    },
+    RecentScaleUp {
+        group: String,
+        seconds_ago: i64,
+    },
+    BudgetExhausted {
+        group: String,
+    },
+    RolloutInProgress {
+        group: String,
+    },
     /// Underutilized, waiting out `unneeded_time`.
-    NotUnneededYet { since: DateTime<Utc> },
-    PodsDoNotFit { detail: String },
-    NotCheaper { detail: String },
-    SpotToSpotTooFewTypes { cheaper: usize },
+    NotUnneededYet {
+        since: DateTime<Utc>,
+    },
+    PodsDoNotFit {
+        detail: String,
+    },
+    NotCheaper {
+        detail: String,
+    },
+    SpotToSpotTooFewTypes {
+        cheaper: usize,
+    },
     SimulationLimit,
     /// Nothing to gain: not empty, not underutilized, and no cheaper replacement.
     Utilized,
@@ -340,6 +384,7 @@ impl Blocker {
             Blocker::TooYoung { .. } => "too_young",
             Blocker::RecentScaleUp { .. } => "recent_scale_up",
             Blocker::BudgetExhausted { .. } => "budget_exhausted",
+            Blocker::RolloutInProgress { .. } => "rollout_in_progress",
             Blocker::NotUnneededYet { .. } => "not_unneeded_yet",
             Blocker::PodsDoNotFit { .. } => "pods_do_not_fit",
             Blocker::NotCheaper { .. } => "not_cheaper",
@@ -356,16 +401,36 @@ impl fmt::Display for Blocker {
             Blocker::Disabled => write!(f, "scale-down is disabled"),
             Blocker::UnknownGroup { group } => write!(f, "group {group} is not autoscaled"),
             Blocker::NodeDoNotDisrupt => write!(f, "node is annotated berth.dev/do-not-disrupt"),
-            Blocker::PodDoNotDisrupt { pod } => write!(f, "pod {pod} is annotated berth.dev/do-not-disrupt"),
+            Blocker::PodDoNotDisrupt { pod } => {
+                write!(f, "pod {pod} is annotated berth.dev/do-not-disrupt")
+            }
             Blocker::UnownedPod { pod } => write!(f, "pod {pod} has no controller"),
-            Blocker::SystemPodWithoutPdb { pod } => write!(f, "kube-system pod {pod} has no PodDisruptionBudget"),
-            Blocker::PdbExhausted { pdb, pod } => write!(f, "PodDisruptionBudget {pdb} allows no disruption of pod {pod}"),
-            Blocker::GroupAtMinimum { group, min } => write!(f, "group {group} is at its minimum of {min}"),
+            Blocker::SystemPodWithoutPdb { pod } => {
+                write!(f, "kube-system pod {pod} has no PodDisruptionBudget")
+            }
+            Blocker::PdbExhausted { pdb, pod } => write!(
+                f,
+                "PodDisruptionBudget {pdb} allows no disruption of pod {pod}"
+            ),
+            Blocker::GroupAtMinimum { group, min } => {
+                write!(f, "group {group} is at its minimum of {min}")
+            }
             Blocker::TooYoung { age_seconds } => write!(f, "node is only {age_seconds}s old"),
-            Blocker::RecentScaleUp { group, seconds_ago } => write!(f, "group {group} scaled up {seconds_ago}s ago"),
-            Blocker::BudgetExhausted { group } => write!(f, "group {group}'s disruption budget is used up"),
-            Blocker::NotUnneededYet { since } => write!(f, "underutilized since {}", since.to_rfc3339()),
-            Blocker::PodsDoNotFit { detail } => write!(f, "its pods do not fit elsewhere: {detail}"),
+            Blocker::RecentScaleUp { group, seconds_ago } => {
+                write!(f, "group {group} scaled up {seconds_ago}s ago")
+            }
+            Blocker::BudgetExhausted { group } => {
+                write!(f, "group {group}'s disruption budget is used up")
+            }
+            Blocker::RolloutInProgress { group } => {
+                write!(f, "group {group} is rolling out")
+            }
+            Blocker::NotUnneededYet { since } => {
+                write!(f, "underutilized since {}", since.to_rfc3339())
+            }
+            Blocker::PodsDoNotFit { detail } => {
+                write!(f, "its pods do not fit elsewhere: {detail}")
+            }
             Blocker::NotCheaper { detail } => write!(f, "no cheaper replacement: {detail}"),
             Blocker::SpotToSpotTooFewTypes { cheaper } => {
                 write!(f, "spot-to-spot replacement needs {MIN_SPOT_TO_SPOT_TYPES} cheaper instance types, found {cheaper}")
@@ -449,11 +514,17 @@ struct Planner<'a> {
 
 fn utilization(node: &ExistingNode) -> f64 {
     let mut used = Resources::default();
-    for p in &node.pods {
+    for p in node.pods.iter() {
         used.add(&p.spec.requests);
     }
     let a = &node.node.allocatable;
-    let share = |u: u64, c: u64| if c == 0 { 100.0 } else { u as f64 * 100.0 / c as f64 };
+    let share = |u: u64, c: u64| {
+        if c == 0 {
+            100.0
+        } else {
+            u as f64 * 100.0 / c as f64
+        }
+    };
     share(used.cpu_millis, a.cpu_millis).max(share(used.memory_bytes, a.memory_bytes))
 }
 
@@ -461,16 +532,30 @@ impl<'a> Planner<'a> {
     fn new(input: &'a DisruptionInput, catalog: &'a Catalog, now: DateTime<Utc>) -> Planner<'a> {
         let mut order: Vec<usize> = (0..input.candidates.len()).collect();
         order.sort_by(|a, b| input.candidates[*a].name().cmp(input.candidates[*b].name()));
-        let groups: BTreeMap<&str, &GroupState> = input.groups.iter().map(|g| (g.name.as_str(), g)).collect();
+        let groups: BTreeMap<&str, &GroupState> =
+            input.groups.iter().map(|g| (g.name.as_str(), g)).collect();
         let mut pool: Vec<ExistingNode> = input.others.clone();
         pool.extend(input.candidates.iter().map(|c| c.node.clone()));
-        let pool_index = pool.iter().enumerate().map(|(i, n)| (n.node.name.clone(), i)).collect();
+        let pool_index = pool
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.node.name.clone(), i))
+            .collect();
         let allowance = input
             .groups
             .iter()
-            .map(|g| (g.name.clone(), allowed_disruptions(&g.budgets, g.nodes, now).saturating_sub(g.disrupting)))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    allowed_disruptions(&g.budgets, g.nodes, now).saturating_sub(g.disrupting),
+                )
+            })
             .collect();
-        let replicas = input.groups.iter().map(|g| (g.name.clone(), g.replicas)).collect();
+        let replicas = input
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), g.replicas))
+            .collect();
         let mut planner = Planner {
             input,
             catalog,
@@ -490,10 +575,19 @@ impl<'a> Planner<'a> {
             since: BTreeMap::new(),
             simulations: 0,
         };
-        planner.facts = input.candidates.iter().map(|c| planner.facts_of(c)).collect();
+        planner.facts = input
+            .candidates
+            .iter()
+            .map(|c| planner.facts_of(c))
+            .collect();
         for (i, c) in input.candidates.iter().enumerate() {
             if planner.facts[i].underutilized {
-                let since = input.underutilized_since.get(c.name()).copied().filter(|s| *s <= now).unwrap_or(now);
+                let since = input
+                    .underutilized_since
+                    .get(c.name())
+                    .copied()
+                    .filter(|s| *s <= now)
+                    .unwrap_or(now);
                 planner.since.insert(c.name().to_string(), since);
             }
         }
@@ -502,46 +596,79 @@ impl<'a> Planner<'a> {
 
     fn facts_of(&self, c: &Candidate) -> Facts {
         let p = &self.input.policy;
-        let movable: Vec<Pod> = c.node.pods.iter().filter(|p| !p.is_daemon()).cloned().collect();
+        let movable: Vec<Pod> = c
+            .node
+            .pods
+            .iter()
+            .filter(|p| !p.is_daemon())
+            .cloned()
+            .collect();
         let utilization_percent = utilization(&c.node);
-        let underutilized = movable.is_empty() || utilization_percent < p.utilization_threshold_percent as f64;
+        let underutilized =
+            movable.is_empty() || utilization_percent < p.utilization_threshold_percent as f64;
         let blocker = self.static_blocker(c, &movable);
-        Facts { movable, utilization_percent, underutilized, blocker }
+        Facts {
+            movable,
+            utilization_percent,
+            underutilized,
+            blocker,
+        }
     }
 
     /// Rules that depend on the candidate alone, most fundamental first.
     fn static_blocker(&self, c: &Candidate, movable: &[Pod]) -> Option<Blocker> {
         let p = &self.input.policy;
         let Some(group) = self.groups.get(c.group.as_str()) else {
-            return Some(Blocker::UnknownGroup { group: c.group.clone() });
+            return Some(Blocker::UnknownGroup {
+                group: c.group.clone(),
+            });
         };
         if c.do_not_disrupt {
             return Some(Blocker::NodeDoNotDisrupt);
         }
-        if let Some(pod) = movable.iter().find(|pod| c.do_not_disrupt_pods.contains(&pod.key())) {
+        if let Some(pod) = movable
+            .iter()
+            .find(|pod| c.do_not_disrupt_pods.contains(&pod.key()))
+        {
             return Some(Blocker::PodDoNotDisrupt { pod: pod.key() });
         }
         let age = self.now - c.created_at;
         if age < p.min_node_age {
-            return Some(Blocker::TooYoung { age_seconds: age.num_seconds() });
+            return Some(Blocker::TooYoung {
+                age_seconds: age.num_seconds(),
+            });
         }
         if let Some(at) = group.last_scale_up {
             let ago = self.now - at;
             if ago < p.delay_after_scale_up {
-                return Some(Blocker::RecentScaleUp { group: group.name.clone(), seconds_ago: ago.num_seconds() });
+                return Some(Blocker::RecentScaleUp {
+                    group: group.name.clone(),
+                    seconds_ago: ago.num_seconds(),
+                });
             }
         }
         for pod in movable {
             if p.skip_nodes_with_unowned_pods && pod.owner.is_none() {
                 return Some(Blocker::UnownedPod { pod: pod.key() });
             }
-            let covered: Vec<usize> = (0..self.input.pdbs.len()).filter(|i| self.input.pdbs[*i].covers(pod)).collect();
-            if p.skip_nodes_with_system_pods && pod.spec.namespace == SYSTEM_NAMESPACE && covered.is_empty() {
+            let covered: Vec<usize> = (0..self.input.pdbs.len())
+                .filter(|i| self.input.pdbs[*i].covers(pod))
+                .collect();
+            if p.skip_nodes_with_system_pods
+                && pod.spec.namespace == SYSTEM_NAMESPACE
+                && covered.is_empty()
+            {
                 return Some(Blocker::SystemPodWithoutPdb { pod: pod.key() });
             }
-            if let Some(i) = covered.iter().find(|i| self.input.pdbs[**i].disruptions_allowed == 0) {
+            if let Some(i) = covered
+                .iter()
+                .find(|i| self.input.pdbs[**i].disruptions_allowed == 0)
+            {
                 let pdb = &self.input.pdbs[*i];
-                return Some(Blocker::PdbExhausted { pdb: format!("{}/{}", pdb.namespace, pdb.name), pod: pod.key() });
+                return Some(Blocker::PdbExhausted {
+                    pdb: format!("{}/{}", pdb.namespace, pdb.name),
+                    pod: pod.key(),
+                });
             }
         }
         None
@@ -562,19 +689,38 @@ impl<'a> Planner<'a> {
     /// Group minimum and budget for removing `nodes` (candidate indices), with `added` replacement nodes in a
     /// group. Returns the blocker of the first group that refuses.
     fn group_check(&self, nodes: &[usize], added: Option<&str>) -> Result<(), Blocker> {
+        if let Some(group) = added.filter(|g| self.groups.get(*g).is_some_and(|g| g.rolling_out)) {
+            return Err(Blocker::RolloutInProgress {
+                group: group.to_string(),
+            });
+        }
         let mut removed: BTreeMap<&str, u32> = BTreeMap::new();
         for &i in nodes {
             *removed.entry(self.cand(i).group.as_str()).or_default() += 1;
         }
         for (group, n) in &removed {
-            let Some(g) = self.groups.get(group) else { return Err(Blocker::UnknownGroup { group: group.to_string() }) };
+            let Some(g) = self.groups.get(group) else {
+                return Err(Blocker::UnknownGroup {
+                    group: group.to_string(),
+                });
+            };
+            if g.rolling_out {
+                return Err(Blocker::RolloutInProgress {
+                    group: group.to_string(),
+                });
+            }
             if self.allowance.get(*group).copied().unwrap_or(0) < *n {
-                return Err(Blocker::BudgetExhausted { group: group.to_string() });
+                return Err(Blocker::BudgetExhausted {
+                    group: group.to_string(),
+                });
             }
             let back = u32::from(added == Some(*group));
             let replicas = self.replicas.get(*group).copied().unwrap_or(g.replicas);
             if (replicas + back).saturating_sub(*n) < g.min_replicas || replicas + back < *n {
-                return Err(Blocker::GroupAtMinimum { group: group.to_string(), min: g.min_replicas });
+                return Err(Blocker::GroupAtMinimum {
+                    group: group.to_string(),
+                    min: g.min_replicas,
+                });
             }
         }
         Ok(())
@@ -588,7 +734,10 @@ impl<'a> Planner<'a> {
                 for (k, pdb) in self.input.pdbs.iter().enumerate() {
                     if pdb.covers(pod) {
                         if left[k] == 0 {
-                            return Err(Blocker::PdbExhausted { pdb: format!("{}/{}", pdb.namespace, pdb.name), pod: pod.key() });
+                            return Err(Blocker::PdbExhausted {
+                                pdb: format!("{}/{}", pdb.namespace, pdb.name),
+                                pod: pod.key(),
+                            });
                         }
                         left[k] -= 1;
                     }
@@ -599,7 +748,14 @@ impl<'a> Planner<'a> {
     }
 
     /// Books a decision: the nodes leave, budgets and replicas shrink, pods land where the simulation put them.
-    fn commit(&mut self, nodes: &[usize], pdb_left: Vec<u32>, assignments: &[scheduling::Assignment], added: Option<&str>, command: Command) {
+    fn commit(
+        &mut self,
+        nodes: &[usize],
+        pdb_left: Vec<u32>,
+        assignments: &[scheduling::Assignment],
+        added: Option<&str>,
+        command: Command,
+    ) {
         for &i in nodes {
             let c = self.cand(i);
             let p = self.pool_of(i);
@@ -617,12 +773,16 @@ impl<'a> Planner<'a> {
             }
         }
         self.pdb_left = pdb_left;
-        let moving: BTreeMap<String, &Pod> = nodes.iter().flat_map(|i| self.facts[*i].movable.iter()).map(|p| (p.key(), p)).collect();
+        let moving: BTreeMap<String, &Pod> = nodes
+            .iter()
+            .flat_map(|i| self.facts[*i].movable.iter())
+            .map(|p| (p.key(), p))
+            .collect();
         for a in assignments {
             if let (Some(pod), Some(&target)) = (moving.get(&a.pod), self.pool_index.get(&a.node)) {
                 let mut pod = (*pod).clone();
                 pod.node_name = Some(a.node.clone());
-                self.pool[target].pods.push(pod);
+                Arc::make_mut(&mut self.pool[target].pods).push(pod);
             }
         }
         self.commands.push(command);
@@ -638,11 +798,14 @@ impl<'a> Planner<'a> {
         }
         let mut free = Resources::default();
         for (k, n) in self.pool.iter().enumerate() {
-            if self.leaving[k] || n.node.unschedulable || nodes.iter().any(|i| self.pool_of(*i) == k) {
+            if self.leaving[k]
+                || n.node.unschedulable
+                || nodes.iter().any(|i| self.pool_of(*i) == k)
+            {
                 continue;
             }
             let mut used = Resources::default();
-            for p in &n.pods {
+            for p in n.pods.iter() {
                 used.add(&p.spec.requests);
             }
             free.add(&n.node.allocatable.saturating_sub(&used));
@@ -660,10 +823,18 @@ impl<'a> Planner<'a> {
         let pending: Vec<Pod> = nodes
             .iter()
             .flat_map(|i| self.facts[*i].movable.iter())
-            .map(|p| Pod { node_name: None, ..p.clone() })
+            .map(|p| Pod {
+                node_name: None,
+                ..p.clone()
+            })
             .collect();
-        let destinations: Vec<ExistingNode> =
-            self.pool.iter().enumerate().filter(|(k, _)| !self.leaving[*k] && !excluded.contains(k)).map(|(_, n)| n.clone()).collect();
+        let destinations: Vec<ExistingNode> = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !self.leaving[*k] && !excluded.contains(k))
+            .map(|(_, n)| n.clone())
+            .collect();
         let groups = if allow_new {
             self.input
                 .node_groups
@@ -679,18 +850,39 @@ impl<'a> Planner<'a> {
         } else {
             vec![]
         };
-        let snapshot = Snapshot { pending, nodes: destinations, groups, ..Default::default() };
-        let result = scheduling::solve(&snapshot, self.catalog, self.now).map_err(|e| Blocker::PodsDoNotFit { detail: e.to_string() })?;
+        let snapshot = Snapshot {
+            pending,
+            nodes: destinations,
+            groups,
+            ..Default::default()
+        };
+        let result = scheduling::solve(&snapshot, self.catalog, self.now).map_err(|e| {
+            Blocker::PodsDoNotFit {
+                detail: e.to_string(),
+            }
+        })?;
         if let Some(u) = result.unschedulable.first() {
-            return Err(Blocker::PodsDoNotFit { detail: format!("{}: {}", u.pod, u.reason) });
+            return Err(Blocker::PodsDoNotFit {
+                detail: format!("{}: {}", u.pod, u.reason),
+            });
         }
         Ok(result)
     }
 
     fn delete_empty(&mut self) {
-        let mut empty: Vec<usize> = self.order.iter().copied().filter(|i| self.facts[*i].movable.is_empty()).collect();
+        let mut empty: Vec<usize> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|i| self.facts[*i].movable.is_empty())
+            .collect();
         // The most expensive first: the budget goes where it saves most.
-        empty.sort_by(|a, b| self.cand(*b).price.total_cmp(&self.cand(*a).price).then(self.cand(*a).name().cmp(self.cand(*b).name())));
+        empty.sort_by(|a, b| {
+            self.cand(*b)
+                .price
+                .total_cmp(&self.cand(*a).price)
+                .then(self.cand(*a).name().cmp(self.cand(*b).name()))
+        });
         for i in empty {
             if let Some(b) = self.facts[i].blocker.clone() {
                 self.kept.insert(i, b);
@@ -726,19 +918,31 @@ impl<'a> Planner<'a> {
 
     fn delete_underutilized(&mut self) {
         let unneeded = self.input.policy.unneeded_time;
-        let mut list: Vec<usize> = self.order.iter().copied().filter(|i| self.open(*i) && self.facts[*i].underutilized).collect();
+        let mut list: Vec<usize> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|i| self.open(*i) && self.facts[*i].underutilized)
+            .collect();
         self.by_utilization(&mut list);
         for i in list {
             if let Some(b) = self.facts[i].blocker.clone() {
                 self.kept.insert(i, b);
                 continue;
             }
-            let since = self.since.get(self.cand(i).name()).copied().unwrap_or(self.now);
+            let since = self
+                .since
+                .get(self.cand(i).name())
+                .copied()
+                .unwrap_or(self.now);
             if self.now - since < unneeded {
                 // Not yet; consolidation may still replace it.
                 continue;
             }
-            let left = match self.group_check(&[i], None).and_then(|_| self.pdb_take(&[i])) {
+            let left = match self
+                .group_check(&[i], None)
+                .and_then(|_| self.pdb_take(&[i]))
+            {
                 Ok(left) => left,
                 Err(b) => {
                     self.kept.insert(i, b);
@@ -746,7 +950,12 @@ impl<'a> Planner<'a> {
                 }
             };
             if !self.room_for(&[i]) {
-                self.soft.insert(i, Blocker::PodsDoNotFit { detail: "the remaining nodes lack the free cpu or memory".into() });
+                self.soft.insert(
+                    i,
+                    Blocker::PodsDoNotFit {
+                        detail: "the remaining nodes lack the free cpu or memory".into(),
+                    },
+                );
                 continue;
             }
             match self.simulate(&[i], false) {
@@ -763,7 +972,12 @@ impl<'a> Planner<'a> {
                     self.commit(&[i], left, &result.assignments, None, command);
                 }
                 Ok(_) => {
-                    self.soft.insert(i, Blocker::PodsDoNotFit { detail: "they would need a new node".into() });
+                    self.soft.insert(
+                        i,
+                        Blocker::PodsDoNotFit {
+                            detail: "they would need a new node".into(),
+                        },
+                    );
                 }
                 Err(Blocker::SimulationLimit) => {
                     self.kept.insert(i, Blocker::SimulationLimit);
@@ -793,46 +1007,90 @@ impl<'a> Planner<'a> {
     }
 
     /// Tries to replace `nodes` with one new node; the command if it fits and is strictly cheaper.
-    fn try_replace(&mut self, nodes: &[usize], reason: Reason) -> Result<(Command, Vec<u32>, Vec<scheduling::Assignment>, String), Blocker> {
-        let left = self.group_check(nodes, None).and_then(|_| self.pdb_take(nodes))?;
+    fn try_replace(
+        &mut self,
+        nodes: &[usize],
+        reason: Reason,
+    ) -> Result<(Command, Vec<u32>, Vec<scheduling::Assignment>, String), Blocker> {
+        let left = self
+            .group_check(nodes, None)
+            .and_then(|_| self.pdb_take(nodes))?;
         let result = self.simulate(nodes, true)?;
         let mut replacement = match result.new_machines.as_slice() {
-            [] => return Err(Blocker::NotCheaper { detail: "the pods fit without a new node (left to the underutilized rule)".into() }),
+            [] => {
+                return Err(Blocker::NotCheaper {
+                    detail: "the pods fit without a new node (left to the underutilized rule)"
+                        .into(),
+                })
+            }
             [one] => one.clone(),
-            more => return Err(Blocker::NotCheaper { detail: format!("the pods need {} new nodes", more.len()) }),
+            more => {
+                return Err(Blocker::NotCheaper {
+                    detail: format!("the pods need {} new nodes", more.len()),
+                })
+            }
         };
         self.group_check(nodes, Some(&replacement.group))?;
         let replaced_price: f64 = nodes.iter().map(|i| self.cand(*i).price).sum();
         if replacement.price >= replaced_price {
             return Err(Blocker::NotCheaper {
-                detail: format!("{} at ${:.4}/h is not below ${replaced_price:.4}/h", replacement.instance_type, replacement.price),
+                detail: format!(
+                    "{} at ${:.4}/h is not below ${replaced_price:.4}/h",
+                    replacement.instance_type, replacement.price
+                ),
             });
         }
         // Launch only types that keep the replacement cheaper, whichever the cloud picks.
         let price_of = |t: &str| {
             self.catalog
                 .get(t)
-                .and_then(|it| it.offerings.iter().find(|o| o.zone == replacement.zone && o.capacity_type == replacement.capacity_type))
+                .and_then(|it| {
+                    it.offerings.iter().find(|o| {
+                        o.zone == replacement.zone && o.capacity_type == replacement.capacity_type
+                    })
+                })
                 .map(|o| o.price)
         };
-        let mut cheaper: Vec<(f64, String)> =
-            replacement.instance_types.iter().filter_map(|t| price_of(t).filter(|p| *p < replaced_price).map(|p| (p, t.clone()))).collect();
+        let mut cheaper: Vec<(f64, String)> = replacement
+            .instance_types
+            .iter()
+            .filter_map(|t| {
+                price_of(t)
+                    .filter(|p| *p < replaced_price)
+                    .map(|p| (p, t.clone()))
+            })
+            .collect();
         cheaper.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let all_spot = nodes.iter().all(|i| self.cand(*i).capacity_type == CapacityType::Spot);
+        let all_spot = nodes
+            .iter()
+            .all(|i| self.cand(*i).capacity_type == CapacityType::Spot);
         if nodes.len() == 1 && all_spot && replacement.capacity_type == CapacityType::Spot {
             if cheaper.len() < MIN_SPOT_TO_SPOT_TYPES {
-                return Err(Blocker::SpotToSpotTooFewTypes { cheaper: cheaper.len() });
+                return Err(Blocker::SpotToSpotTooFewTypes {
+                    cheaper: cheaper.len(),
+                });
             }
             cheaper.truncate(MIN_SPOT_TO_SPOT_TYPES);
         }
         replacement.instance_types = cheaper.into_iter().map(|(_, t)| t).collect();
-        if !replacement.instance_types.contains(&replacement.instance_type) {
-            replacement.instance_types.insert(0, replacement.instance_type.clone());
+        if !replacement
+            .instance_types
+            .contains(&replacement.instance_type)
+        {
+            replacement
+                .instance_types
+                .insert(0, replacement.instance_type.clone());
         }
         let group = replacement.group.clone();
         let command = Command::Replace {
-            nodes: nodes.iter().map(|i| self.cand(*i).name().to_string()).collect(),
-            machines: nodes.iter().map(|i| self.cand(*i).machine.clone()).collect(),
+            nodes: nodes
+                .iter()
+                .map(|i| self.cand(*i).name().to_string())
+                .collect(),
+            machines: nodes
+                .iter()
+                .map(|i| self.cand(*i).machine.clone())
+                .collect(),
             groups: nodes.iter().map(|i| self.cand(*i).group.clone()).collect(),
             reason,
             savings: replaced_price - replacement.price,
@@ -890,12 +1148,18 @@ impl<'a> Planner<'a> {
     fn consolidate_single(&mut self) {
         for i in self.consolidation_candidates() {
             match self.try_replace(&[i], Reason::ConsolidationSingle) {
-                Ok((command, left, assignments, group)) => self.commit(&[i], left, &assignments, Some(&group), command),
+                Ok((command, left, assignments, group)) => {
+                    self.commit(&[i], left, &assignments, Some(&group), command)
+                }
                 Err(b) => {
                     // "No cheaper replacement" says little: say what the node is waiting for instead.
                     let b = match (b, self.soft.remove(&i), self.since.get(self.cand(i).name())) {
                         (Blocker::NotCheaper { .. }, Some(soft), _) => soft,
-                        (Blocker::NotCheaper { .. }, None, Some(since)) if self.facts[i].underutilized => Blocker::NotUnneededYet { since: *since },
+                        (Blocker::NotCheaper { .. }, None, Some(since))
+                            if self.facts[i].underutilized =>
+                        {
+                            Blocker::NotUnneededYet { since: *since }
+                        }
                         (Blocker::NotCheaper { .. }, None, _) => Blocker::Utilized,
                         (other, _, _) => other,
                     };
@@ -914,14 +1178,24 @@ impl<'a> Planner<'a> {
             let blocker = match self.kept.remove(&i).or_else(|| self.soft.remove(&i)) {
                 Some(b) => b,
                 None => match self.since.get(self.cand(i).name()) {
-                    Some(since) if self.facts[i].underutilized => Blocker::NotUnneededYet { since: *since },
+                    Some(since) if self.facts[i].underutilized => {
+                        Blocker::NotUnneededYet { since: *since }
+                    }
                     _ => Blocker::Utilized,
                 },
             };
-            kept.push(Kept { node: self.cand(i).name().to_string(), blocker });
+            kept.push(Kept {
+                node: self.cand(i).name().to_string(),
+                blocker,
+            });
         }
         // Nodes chosen keep their clock: the confirming plan must see them as unneeded as this one did. A clock
         // goes when its node stops being a candidate.
-        DisruptionPlan { commands: self.commands, kept, underutilized_since: self.since, simulations: self.simulations }
+        DisruptionPlan {
+            commands: self.commands,
+            kept,
+            underutilized_since: self.since,
+            simulations: self.simulations,
+        }
     }
 }

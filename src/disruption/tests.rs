@@ -11,7 +11,9 @@ const GIB: u64 = 1 << 30;
 const ZONE: &str = "z1";
 
 fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn minutes(m: i64) -> chrono::Duration {
@@ -32,8 +34,22 @@ fn instance(name: &str, cpu: u64, mem_gib: u64, offerings: &[(CapacityType, f64)
         bare_metal: false,
         burstable: false,
         local_storage_gb: 0,
-        offerings: offerings.iter().map(|(c, p)| Offering { zone: ZONE.into(), capacity_type: *c, price: *p, available: true }).collect(),
-        allocatable_override: Some(Resources { cpu_millis: cpu * 1000, memory_bytes: mem_gib * GIB, ephemeral_bytes: 100 * GIB, pods: 110, ..Default::default() }),
+        offerings: offerings
+            .iter()
+            .map(|(c, p)| Offering {
+                zone: ZONE.into(),
+                capacity_type: *c,
+                price: *p,
+                available: true,
+            })
+            .collect(),
+        allocatable_override: Some(Resources {
+            cpu_millis: cpu * 1000,
+            memory_bytes: mem_gib * GIB,
+            ephemeral_bytes: 100 * GIB,
+            pods: 110,
+            ..Default::default()
+        }),
     }
 }
 
@@ -51,32 +67,70 @@ fn catalog() -> Catalog {
 
 fn pod(name: &str, cpu_millis: u64, mem_gib: u64) -> Pod {
     let mut p = Pod::new("default", name, Resources::new(cpu_millis, mem_gib * GIB));
-    p.owner = Some(OwnerRef { kind: "ReplicaSet".into(), name: "web-abc".into(), uid: "rs-1".into() });
+    p.owner = Some(OwnerRef {
+        kind: "ReplicaSet".into(),
+        name: "web-abc".into(),
+        uid: "rs-1".into(),
+    });
     p
 }
 
 fn daemon(name: &str) -> Pod {
     let mut p = Pod::new("kube-system", name, Resources::new(100, GIB / 4));
-    p.owner = Some(OwnerRef { kind: "DaemonSet".into(), name: "agent".into(), uid: "ds-1".into() });
+    p.owner = Some(OwnerRef {
+        kind: "DaemonSet".into(),
+        name: "agent".into(),
+        uid: "ds-1".into(),
+    });
     p
 }
 
-fn node(name: &str, instance_type: &str, catalog: &Catalog, capacity: CapacityType, pods: Vec<Pod>) -> ExistingNode {
+fn node(
+    name: &str,
+    instance_type: &str,
+    catalog: &Catalog,
+    capacity: CapacityType,
+    pods: Vec<Pod>,
+) -> ExistingNode {
     let it = catalog.get(instance_type).expect("type in catalog");
     let mut n = Node::new(name, it.allocatable(0));
-    n.labels.insert(labels::INSTANCE_TYPE.into(), instance_type.into());
+    n.labels
+        .insert(labels::INSTANCE_TYPE.into(), instance_type.into());
     n.labels.insert(labels::ZONE.into(), ZONE.into());
-    n.labels.insert(labels::CAPACITY_TYPE.into(), capacity.as_str().into());
-    let pods = pods.into_iter().map(|p| Pod { node_name: Some(name.into()), ..p }).collect();
-    ExistingNode { node: n, pods }
+    n.labels
+        .insert(labels::CAPACITY_TYPE.into(), capacity.as_str().into());
+    let pods = pods
+        .into_iter()
+        .map(|p| Pod {
+            node_name: Some(name.into()),
+            ..p
+        })
+        .collect();
+    ExistingNode::new(n, pods)
 }
 
 fn candidate(name: &str, instance_type: &str, pods: Vec<Pod>) -> Candidate {
-    candidate_in(&catalog(), name, instance_type, CapacityType::OnDemand, pods)
+    candidate_in(
+        &catalog(),
+        name,
+        instance_type,
+        CapacityType::OnDemand,
+        pods,
+    )
 }
 
-fn candidate_in(catalog: &Catalog, name: &str, instance_type: &str, capacity: CapacityType, pods: Vec<Pod>) -> Candidate {
-    let price = catalog.get(instance_type).and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity)).map(|o| o.price).unwrap_or(1.0);
+fn candidate_in(
+    catalog: &Catalog,
+    name: &str,
+    instance_type: &str,
+    capacity: CapacityType,
+    pods: Vec<Pod>,
+) -> Candidate {
+    let price = catalog
+        .get(instance_type)
+        .and_then(|t| t.offerings.iter().find(|o| o.capacity_type == capacity))
+        .map(|o| o.price)
+        .unwrap_or(1.0);
     Candidate {
         node: node(name, instance_type, catalog, capacity, pods),
         group: "g".into(),
@@ -92,16 +146,35 @@ fn candidate_in(catalog: &Catalog, name: &str, instance_type: &str, capacity: Ca
 }
 
 fn group(replicas: u32) -> GroupState {
-    GroupState { name: "g".into(), min_replicas: 0, replicas, nodes: replicas, budgets: vec![], disrupting: 0, last_scale_up: None }
+    GroupState {
+        name: "g".into(),
+        min_replicas: 0,
+        replicas,
+        nodes: replicas,
+        budgets: vec![],
+        disrupting: 0,
+        last_scale_up: None,
+        rolling_out: false,
+    }
 }
 
 fn node_group(catalog: &Catalog) -> NodeGroup {
-    NodeGroup::new("g", catalog.instance_types.iter().map(|t| t.name.clone()).collect())
+    NodeGroup::new(
+        "g",
+        catalog
+            .instance_types
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+    )
 }
 
 /// An input over these candidates, with every underutilized node's clock already past `unneeded_time`.
 fn input(candidates: Vec<Candidate>) -> DisruptionInput {
-    let ripe = candidates.iter().map(|c| (c.name().to_string(), now() - minutes(30))).collect();
+    let ripe = candidates
+        .iter()
+        .map(|c| (c.name().to_string(), now() - minutes(30)))
+        .collect();
     DisruptionInput {
         groups: vec![group(candidates.len() as u32)],
         node_groups: vec![node_group(&catalog())],
@@ -122,7 +195,12 @@ fn deleted(plan: &DisruptionPlan) -> Vec<(String, Reason)> {
 }
 
 fn blocker_of<'p>(plan: &'p DisruptionPlan, node: &str) -> &'p Blocker {
-    &plan.kept.iter().find(|k| k.node == node).unwrap_or_else(|| panic!("{node} not kept: {plan:#?}")).blocker
+    &plan
+        .kept
+        .iter()
+        .find(|k| k.node == node)
+        .unwrap_or_else(|| panic!("{node} not kept: {plan:#?}"))
+        .blocker
 }
 
 fn run(input: &DisruptionInput) -> DisruptionPlan {
@@ -131,41 +209,93 @@ fn run(input: &DisruptionInput) -> DisruptionPlan {
 
 #[test]
 fn an_empty_node_is_deleted_and_a_busy_one_kept() {
-    let mut i = input(vec![candidate("empty", "s.xlarge", vec![daemon("agent-1")]), candidate("busy", "s.xlarge", vec![pod("a", 3500, 8)])]);
+    let mut i = input(vec![
+        candidate("empty", "s.xlarge", vec![daemon("agent-1")]),
+        candidate("busy", "s.xlarge", vec![pod("a", 3500, 8)]),
+    ]);
     let p = run(&i);
     assert_eq!(deleted(&p), [("empty".to_string(), Reason::Empty)]);
-    assert_eq!(blocker_of(&p, "busy").as_str(), "budget_exhausted", "one node at a time by default");
+    assert_eq!(
+        blocker_of(&p, "busy").as_str(),
+        "budget_exhausted",
+        "one node at a time by default"
+    );
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(5))];
     let p = run(&i);
     assert_eq!(deleted(&p), [("empty".to_string(), Reason::Empty)]);
     assert_eq!(blocker_of(&p, "busy").as_str(), "utilized");
-    assert!(p.commands[0].message().contains("node empty (s.xlarge, $0.200/h) is empty"), "{}", p.commands[0].message());
+    assert!(
+        p.commands[0]
+            .message()
+            .contains("node empty (s.xlarge, $0.200/h) is empty"),
+        "{}",
+        p.commands[0].message()
+    );
+}
+
+#[test]
+fn a_group_rolling_out_is_left_to_its_rollout() {
+    let mut i = input(vec![candidate(
+        "empty",
+        "s.xlarge",
+        vec![daemon("agent-1")],
+    )]);
+    i.groups[0].rolling_out = true;
+    let p = run(&i);
+    assert!(p.commands.is_empty(), "{:?}", p.commands);
+    assert_eq!(blocker_of(&p, "empty").as_str(), "rollout_in_progress");
+    i.groups[0].rolling_out = false;
+    assert_eq!(deleted(&run(&i)), [("empty".to_string(), Reason::Empty)]);
 }
 
 #[test]
 fn underutilized_only_after_unneeded_time() {
     // "small" is 10% used; its pod fits on "roomy".
-    let mut i = input(vec![candidate("small", "s.xlarge", vec![pod("a", 400, 1)]), candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)])]);
+    let mut i = input(vec![
+        candidate("small", "s.xlarge", vec![pod("a", 400, 1)]),
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
     i.underutilized_since.clear();
     let first = run(&i);
     assert!(first.commands.is_empty(), "{:?}", first.commands);
     assert_eq!(blocker_of(&first, "small").as_str(), "not_unneeded_yet");
-    assert_eq!(first.underutilized_since.get("small"), Some(&now()), "the clock starts");
-    assert!(!first.underutilized_since.contains_key("roomy"), "62% used is not underutilized");
+    assert_eq!(
+        first.underutilized_since.get("small"),
+        Some(&now()),
+        "the clock starts"
+    );
+    assert!(
+        !first.underutilized_since.contains_key("roomy"),
+        "62% used is not underutilized"
+    );
 
     // Nine minutes later: still waiting. Eleven: gone.
     i.underutilized_since = first.underutilized_since.clone();
     assert!(plan(&i, &catalog(), now() + minutes(9)).commands.is_empty());
     let later = plan(&i, &catalog(), now() + minutes(11));
-    assert_eq!(deleted(&later), [("small".to_string(), Reason::Underutilized)]);
-    assert_eq!(later.underutilized_since.get("small"), Some(&now()), "the clock stays, so a confirming plan agrees");
+    assert_eq!(
+        deleted(&later),
+        [("small".to_string(), Reason::Underutilized)]
+    );
+    assert_eq!(
+        later.underutilized_since.get("small"),
+        Some(&now()),
+        "the clock stays, so a confirming plan agrees"
+    );
     i.underutilized_since = later.underutilized_since.clone();
-    assert_eq!(deleted(&plan(&i, &catalog(), now() + minutes(11))), [("small".to_string(), Reason::Underutilized)], "the confirming plan");
+    assert_eq!(
+        deleted(&plan(&i, &catalog(), now() + minutes(11))),
+        [("small".to_string(), Reason::Underutilized)],
+        "the confirming plan"
+    );
 }
 
 #[test]
 fn pods_that_do_not_fit_elsewhere_keep_the_node() {
-    let mut i = input(vec![candidate("small", "s.xlarge", vec![pod("a", 1500, 2)]), candidate("full", "s.xlarge", vec![pod("b", 3000, 12)])]);
+    let mut i = input(vec![
+        candidate("small", "s.xlarge", vec![pod("a", 1500, 2)]),
+        candidate("full", "s.xlarge", vec![pod("b", 3000, 12)]),
+    ]);
     i.policy.consolidation = false;
     let p = run(&i);
     assert!(p.commands.is_empty());
@@ -189,10 +319,16 @@ fn a_do_not_disrupt_pod_or_node_keeps_the_node() {
 fn an_unowned_pod_keeps_the_node_unless_configured_off() {
     let mut bare = pod("bare", 400, 1);
     bare.owner = None;
-    let mut i = input(vec![candidate("small", "s.xlarge", vec![bare]), candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)])]);
+    let mut i = input(vec![
+        candidate("small", "s.xlarge", vec![bare]),
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
     assert_eq!(blocker_of(&run(&i), "small").as_str(), "unowned_pod");
     i.policy.skip_nodes_with_unowned_pods = false;
-    assert_eq!(deleted(&run(&i)), [("small".to_string(), Reason::Underutilized)]);
+    assert_eq!(
+        deleted(&run(&i)),
+        [("small".to_string(), Reason::Underutilized)]
+    );
 }
 
 #[test]
@@ -200,18 +336,35 @@ fn a_kube_system_pod_without_a_pdb_keeps_the_node() {
     let mut dns = pod("coredns-1", 400, 1);
     dns.spec.namespace = "kube-system".into();
     dns.spec.labels.insert("k8s-app".into(), "kube-dns".into());
-    let mut i = input(vec![candidate("small", "s.xlarge", vec![dns]), candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)])]);
-    assert_eq!(blocker_of(&run(&i), "small").as_str(), "system_pod_without_pdb");
+    let mut i = input(vec![
+        candidate("small", "s.xlarge", vec![dns]),
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
+    assert_eq!(
+        blocker_of(&run(&i), "small").as_str(),
+        "system_pod_without_pdb"
+    );
 
     // Covered by a PDB that allows a disruption: fine.
     let selector = Selector::from_labels(&[("k8s-app".to_string(), "kube-dns".to_string())].into());
-    i.pdbs.push(PdbView { namespace: "kube-system".into(), name: "coredns".into(), selector, disruptions_allowed: 1 });
-    assert_eq!(deleted(&run(&i)), [("small".to_string(), Reason::Underutilized)]);
+    i.pdbs.push(PdbView {
+        namespace: "kube-system".into(),
+        name: "coredns".into(),
+        selector,
+        disruptions_allowed: 1,
+    });
+    assert_eq!(
+        deleted(&run(&i)),
+        [("small".to_string(), Reason::Underutilized)]
+    );
 
     // Or the rule is off.
     i.pdbs.clear();
     i.policy.skip_nodes_with_system_pods = false;
-    assert_eq!(deleted(&run(&i)), [("small".to_string(), Reason::Underutilized)]);
+    assert_eq!(
+        deleted(&run(&i)),
+        [("small".to_string(), Reason::Underutilized)]
+    );
 }
 
 #[test]
@@ -219,8 +372,16 @@ fn a_pdb_allowing_no_disruption_keeps_the_node() {
     let mut web = pod("web-1", 400, 1);
     web.spec.labels.insert("app".into(), "web".into());
     let selector = Selector::from_labels(&[("app".to_string(), "web".to_string())].into());
-    let mut i = input(vec![candidate("small", "s.xlarge", vec![web]), candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)])]);
-    i.pdbs.push(PdbView { namespace: "default".into(), name: "web".into(), selector, disruptions_allowed: 0 });
+    let mut i = input(vec![
+        candidate("small", "s.xlarge", vec![web]),
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
+    i.pdbs.push(PdbView {
+        namespace: "default".into(),
+        name: "web".into(),
+        selector,
+        disruptions_allowed: 0,
+    });
     let p = run(&i);
     assert!(p.commands.is_empty());
     assert_eq!(blocker_of(&p, "small").as_str(), "pdb_exhausted");
@@ -240,7 +401,12 @@ fn one_pdb_disruption_is_shared_across_the_plan() {
         candidate("roomy", "s.2xlarge", vec![pod("x", 4500, 9)]),
     ]);
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(5))];
-    i.pdbs.push(PdbView { namespace: "default".into(), name: "web".into(), selector, disruptions_allowed: 1 });
+    i.pdbs.push(PdbView {
+        namespace: "default".into(),
+        name: "web".into(),
+        selector,
+        disruptions_allowed: 1,
+    });
     i.policy.consolidation = false;
     let p = run(&i);
     assert_eq!(deleted(&p).len(), 1, "{p:#?}");
@@ -249,7 +415,10 @@ fn one_pdb_disruption_is_shared_across_the_plan() {
 
 #[test]
 fn a_group_at_its_minimum_keeps_its_nodes() {
-    let mut i = input(vec![candidate("e1", "s.xlarge", vec![]), candidate("e2", "s.xlarge", vec![])]);
+    let mut i = input(vec![
+        candidate("e1", "s.xlarge", vec![]),
+        candidate("e2", "s.xlarge", vec![]),
+    ]);
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(5))];
     i.groups[0].min_replicas = 1;
     let p = run(&i);
@@ -279,7 +448,13 @@ fn nothing_goes_within_the_delay_after_a_scale_up() {
 
 #[test]
 fn budgets_count_percent_and_windows() {
-    let five_empty = || input((0..5).map(|n| candidate(&format!("e{n}"), "s.xlarge", vec![])).collect());
+    let five_empty = || {
+        input(
+            (0..5)
+                .map(|n| candidate(&format!("e{n}"), "s.xlarge", vec![]))
+                .collect(),
+        )
+    };
     let deletions = |budgets: Vec<Budget>, disrupting: u32| {
         let mut i = five_empty();
         i.groups[0].budgets = budgets;
@@ -287,41 +462,131 @@ fn budgets_count_percent_and_windows() {
         deleted(&run(&i)).len()
     };
     assert_eq!(deletions(vec![], 0), 1, "no budget: one at a time");
-    assert_eq!(deletions(vec![], 1), 0, "one already going uses the default budget");
+    assert_eq!(
+        deletions(vec![], 1),
+        0,
+        "one already going uses the default budget"
+    );
     assert_eq!(deletions(vec![Budget::always(NodeLimit::Count(2))], 0), 2);
-    assert_eq!(deletions(vec![Budget::always(NodeLimit::Percent(50))], 0), 3, "50% of 5 rounds up to 3");
-    assert_eq!(deletions(vec![Budget::always(NodeLimit::Count(4)), Budget::always(NodeLimit::Percent(40))], 1), 1, "the most restrictive, less those going");
+    assert_eq!(
+        deletions(vec![Budget::always(NodeLimit::Percent(50))], 0),
+        3,
+        "50% of 5 rounds up to 3"
+    );
+    assert_eq!(
+        deletions(
+            vec![
+                Budget::always(NodeLimit::Count(4)),
+                Budget::always(NodeLimit::Percent(40))
+            ],
+            1
+        ),
+        1,
+        "the most restrictive, less those going"
+    );
     // No disruption during business hours (09:00-17:00 UTC on weekdays; now is Tuesday 12:00).
-    let business = || Some(Window { schedule: Schedule::parse("0 9 * * mon-fri").unwrap(), duration: chrono::Duration::hours(8) });
-    assert_eq!(deletions(vec![Budget { nodes: NodeLimit::Count(0), window: business() }, Budget::always(NodeLimit::Count(3))], 0), 0, "window open");
-    let night = Some(Window { schedule: Schedule::parse("0 22 * * *").unwrap(), duration: chrono::Duration::hours(6) });
-    assert_eq!(deletions(vec![Budget { nodes: NodeLimit::Count(0), window: night.clone() }, Budget::always(NodeLimit::Count(3))], 0), 3, "window closed");
-    assert_eq!(deletions(vec![Budget { nodes: NodeLimit::Count(4), window: night }], 0), 1, "every window closed: the default");
+    let business = || {
+        Some(Window {
+            schedule: Schedule::parse("0 9 * * mon-fri").unwrap(),
+            duration: chrono::Duration::hours(8),
+        })
+    };
+    assert_eq!(
+        deletions(
+            vec![
+                Budget {
+                    nodes: NodeLimit::Count(0),
+                    window: business()
+                },
+                Budget::always(NodeLimit::Count(3))
+            ],
+            0
+        ),
+        0,
+        "window open"
+    );
+    let night = Some(Window {
+        schedule: Schedule::parse("0 22 * * *").unwrap(),
+        duration: chrono::Duration::hours(6),
+    });
+    assert_eq!(
+        deletions(
+            vec![
+                Budget {
+                    nodes: NodeLimit::Count(0),
+                    window: night.clone()
+                },
+                Budget::always(NodeLimit::Count(3))
+            ],
+            0
+        ),
+        3,
+        "window closed"
+    );
+    assert_eq!(
+        deletions(
+            vec![Budget {
+                nodes: NodeLimit::Count(4),
+                window: night
+            }],
+            0
+        ),
+        1,
+        "every window closed: the default"
+    );
     let mut p = five_empty();
-    p.groups[0].budgets = vec![Budget { nodes: NodeLimit::Count(0), window: business() }];
+    p.groups[0].budgets = vec![Budget {
+        nodes: NodeLimit::Count(0),
+        window: business(),
+    }];
     assert_eq!(blocker_of(&run(&p), "e0").as_str(), "budget_exhausted");
 }
 
 #[test]
 fn three_half_empty_nodes_become_one_cheaper_node() {
     // Three s.xlarge ($0.20 each) at 45%: their pods fit on one s.2xlarge ($0.25).
-    let mut i = input((0..3).map(|n| candidate(&format!("half{n}"), "s.xlarge", vec![pod(&format!("p{n}"), 1800, 7)])).collect());
+    let mut i = input(
+        (0..3)
+            .map(|n| {
+                candidate(
+                    &format!("half{n}"),
+                    "s.xlarge",
+                    vec![pod(&format!("p{n}"), 1800, 7)],
+                )
+            })
+            .collect(),
+    );
     i.underutilized_since.clear();
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Percent(100))];
     let p = run(&i);
     assert_eq!(p.commands.len(), 1, "{p:#?}");
     match &p.commands[0] {
-        Command::Replace { nodes, machines, replacement, savings, reason, .. } => {
+        Command::Replace {
+            nodes,
+            machines,
+            replacement,
+            savings,
+            reason,
+            ..
+        } => {
             assert_eq!(*reason, Reason::ConsolidationMulti);
             assert_eq!(nodes, &["half0", "half1", "half2"]);
             assert_eq!(machines, &["m-half0", "m-half1", "m-half2"]);
             assert_eq!(replacement.instance_type, "s.2xlarge");
             assert!((savings - 0.35).abs() < 1e-9, "{savings}");
-            assert_eq!(replacement.instance_types, ["s.2xlarge"], "only types below $0.60 that hold the pods");
+            assert_eq!(
+                replacement.instance_types,
+                ["s.2xlarge"],
+                "only types below $0.60 that hold the pods"
+            );
         }
         other => panic!("expected a replacement, got {other:?}"),
     }
-    assert!(p.simulations <= 3, "the whole set first, then a binary search, not every subset: {}", p.simulations);
+    assert!(
+        p.simulations <= 3,
+        "the whole set first, then a binary search, not every subset: {}",
+        p.simulations
+    );
 }
 
 #[test]
@@ -330,7 +595,12 @@ fn a_single_node_is_replaced_only_by_a_strictly_cheaper_one() {
     let i = input(vec![candidate("big", "s.xlarge", vec![pod("a", 1800, 7)])]);
     let p = run(&i);
     match &p.commands[..] {
-        [Command::Replace { reason: Reason::ConsolidationSingle, replacement, savings, .. }] => {
+        [Command::Replace {
+            reason: Reason::ConsolidationSingle,
+            replacement,
+            savings,
+            ..
+        }] => {
             assert_eq!(replacement.instance_type, "s.large");
             assert!((savings - 0.10).abs() < 1e-9);
         }
@@ -347,17 +617,34 @@ fn a_single_node_is_replaced_only_by_a_strictly_cheaper_one() {
 fn spot_catalog(cheap: usize) -> Catalog {
     let mut types = vec![instance("big.xlarge", 4, 16, &[(CapacityType::Spot, 0.06)])];
     for n in 0..20 {
-        let price = if n < cheap { 0.01 + n as f64 * 0.001 } else { 0.07 + n as f64 * 0.001 };
-        types.push(instance(&format!("t{n:02}.large"), 2, 8, &[(CapacityType::Spot, price)]));
+        let price = if n < cheap {
+            0.01 + n as f64 * 0.001
+        } else {
+            0.07 + n as f64 * 0.001
+        };
+        types.push(instance(
+            &format!("t{n:02}.large"),
+            2,
+            8,
+            &[(CapacityType::Spot, price)],
+        ));
     }
-    Catalog { instance_types: types }
+    Catalog {
+        instance_types: types,
+    }
 }
 
 #[test]
 fn spot_is_replaced_by_spot_only_with_fifteen_cheaper_types() {
     for (cheap, replaced) in [(10, false), (16, true)] {
         let catalog = spot_catalog(cheap);
-        let c = candidate_in(&catalog, "spot", "big.xlarge", CapacityType::Spot, vec![pod("a", 1000, 4)]);
+        let c = candidate_in(
+            &catalog,
+            "spot",
+            "big.xlarge",
+            CapacityType::Spot,
+            vec![pod("a", 1000, 4)],
+        );
         let mut i = input(vec![c]);
         i.node_groups = vec![node_group(&catalog)];
         let p = plan(&i, &catalog, now());
@@ -365,14 +652,21 @@ fn spot_is_replaced_by_spot_only_with_fifteen_cheaper_types() {
             match &p.commands[..] {
                 [Command::Replace { replacement, .. }] => {
                     assert_eq!(replacement.capacity_type, CapacityType::Spot);
-                    assert_eq!(replacement.instance_types.len(), MIN_SPOT_TO_SPOT_TYPES, "the launch keeps the 15 cheapest");
+                    assert_eq!(
+                        replacement.instance_types.len(),
+                        MIN_SPOT_TO_SPOT_TYPES,
+                        "the launch keeps the 15 cheapest"
+                    );
                     assert_eq!(replacement.instance_types[0], "t00.large");
                 }
                 other => panic!("{other:?}"),
             }
         } else {
             assert!(p.commands.is_empty());
-            assert_eq!(blocker_of(&p, "spot"), &Blocker::SpotToSpotTooFewTypes { cheaper: 10 });
+            assert_eq!(
+                blocker_of(&p, "spot"),
+                &Blocker::SpotToSpotTooFewTypes { cheaper: 10 }
+            );
         }
     }
 }
@@ -417,13 +711,37 @@ fn the_same_input_gives_the_same_plan_whatever_the_order() {
 fn simulations_stay_bounded_on_a_large_cluster() {
     // 1,000 nodes at 45%, every one underutilized long enough and able to shed its pod: each deletion costs a
     // simulation, and the planner stops at its bound; the rest wait for a later round.
-    let candidates = (0..1000).map(|n| candidate(&format!("n{n:04}"), "s.xlarge", vec![pod(&format!("p{n}"), 1800, 7)])).collect();
+    let candidates = (0..1000)
+        .map(|n| {
+            candidate(
+                &format!("n{n:04}"),
+                "s.xlarge",
+                vec![pod(&format!("p{n}"), 1800, 7)],
+            )
+        })
+        .collect();
     let mut i = input(candidates);
     i.groups[0].budgets = vec![Budget::always(NodeLimit::Percent(100))];
     let started = std::time::Instant::now();
     let p = run(&i);
-    eprintln!("1,000 nodes: {} simulations, {} deletions, {:?} (debug build)", p.simulations, p.commands.len(), started.elapsed());
-    assert!(p.simulations <= DEFAULT_MAX_SIMULATIONS, "{}", p.simulations);
-    assert_eq!(p.commands.len(), DEFAULT_MAX_SIMULATIONS, "each simulation found a node to remove");
-    assert!(p.kept.iter().any(|k| k.blocker.as_str() == "simulation_limit"));
+    eprintln!(
+        "1,000 nodes: {} simulations, {} deletions, {:?} (debug build)",
+        p.simulations,
+        p.commands.len(),
+        started.elapsed()
+    );
+    assert!(
+        p.simulations <= DEFAULT_MAX_SIMULATIONS,
+        "{}",
+        p.simulations
+    );
+    assert_eq!(
+        p.commands.len(),
+        DEFAULT_MAX_SIMULATIONS,
+        "each simulation found a node to remove"
+    );
+    assert!(p
+        .kept
+        .iter()
+        .any(|k| k.blocker.as_str() == "simulation_limit"));
 }

@@ -20,20 +20,35 @@ fn ignored(path: &[String]) -> bool {
         [a] if a == "f:apiVersion" || a == "f:kind" => true,
         [m, f] if m == "f:metadata" => matches!(
             f.as_str(),
-            "f:name" | "f:namespace" | "f:uid" | "f:resourceVersion" | "f:generation" | "f:creationTimestamp" | "f:managedFields"
-                | "f:deletionTimestamp" | "f:deletionGracePeriodSeconds" | "f:selfLink" | "f:generateName"
+            "f:name"
+                | "f:namespace"
+                | "f:uid"
+                | "f:resourceVersion"
+                | "f:generation"
+                | "f:creationTimestamp"
+                | "f:managedFields"
+                | "f:deletionTimestamp"
+                | "f:deletionGracePeriodSeconds"
+                | "f:selfLink"
+                | "f:generateName"
         ),
         _ => false,
     }
 }
 
 fn last_field(path: &[String]) -> &str {
-    path.iter().rev().find_map(|p| p.strip_prefix("f:")).unwrap_or("")
+    path.iter()
+        .rev()
+        .find_map(|p| p.strip_prefix("f:"))
+        .unwrap_or("")
 }
 
 fn item_key(item: &Value, key: &str) -> Option<String> {
     let k = item.get(key)?;
-    Some(format!("k:{}", serde_json::to_string(&json!({ key: k })).ok()?))
+    Some(format!(
+        "k:{}",
+        serde_json::to_string(&json!({ key: k })).ok()?
+    ))
 }
 
 /// The leaf paths of a value (what a manager owns when it sets this value).
@@ -41,7 +56,9 @@ fn item_key(item: &Value, key: &str) -> Option<String> {
 /// the same on both sides and can neither change nor be removed: a status write to a pod then walks its status,
 /// not its whole spec (a kube-scheduler's burst of status writes was mostly this walk).
 fn changed_subtrees(old: &Value, new: &Value) -> (FieldSet, FieldSet) {
-    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return (field_set(new), field_set(old)) };
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return (field_set(new), field_set(old));
+    };
     let (mut new_set, mut old_set) = (FieldSet::new(), FieldSet::new());
     let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
     for k in keys {
@@ -80,7 +97,9 @@ fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
         }
         Value::Array(items) if !items.is_empty() => {
             let field = last_field(path).to_string();
-            if let Some(key) = merge_key(&field).filter(|k| items.iter().all(|i| i.get(*k).is_some())) {
+            if let Some(key) =
+                merge_key(&field).filter(|k| items.iter().all(|i| i.get(*k).is_some()))
+            {
                 for item in items {
                     if let Some(pk) = item_key(item, key) {
                         path.push(pk);
@@ -91,7 +110,10 @@ fn collect(v: &Value, path: &mut FieldPath, out: &mut FieldSet) {
                 }
             } else if is_set_list(&field) {
                 for item in items {
-                    path.push(format!("v:{}", serde_json::to_string(item).unwrap_or_default()));
+                    path.push(format!(
+                        "v:{}",
+                        serde_json::to_string(item).unwrap_or_default()
+                    ));
                     out.insert(path.clone());
                     path.pop();
                 }
@@ -121,7 +143,9 @@ fn step<'a>(cur: &'a Value, p: &str) -> Option<&'a Value> {
         cur.get(f)
     } else if let Some(k) = p.strip_prefix("k:") {
         let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-        cur.as_array()?.iter().find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
+        cur.as_array()?
+            .iter()
+            .find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
     } else if let Some(val) = p.strip_prefix("v:") {
         let val: Value = serde_json::from_str(val).ok()?;
         cur.as_array()?.iter().find(|i| **i == val)
@@ -132,14 +156,21 @@ fn step<'a>(cur: &'a Value, p: &str) -> Option<&'a Value> {
 
 /// Removes the value at a path; missing paths are ignored.
 pub fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for p in parents {
         let next = if let Some(f) = p.strip_prefix("f:") {
             cur.get_mut(f)
         } else if let Some(k) = p.strip_prefix("k:") {
-            let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else { return };
-            cur.as_array_mut().and_then(|a| a.iter_mut().find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv))))
+            let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
+                return;
+            };
+            cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|i| key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)))
+            })
         } else {
             None
         };
@@ -153,7 +184,10 @@ pub fn remove_path(v: &mut Value, path: &[String]) {
             m.remove(f);
         }
     } else if let Some(k) = last.strip_prefix("k:") {
-        if let (Ok(key), Some(a)) = (serde_json::from_str::<Map<String, Value>>(k), cur.as_array_mut()) {
+        if let (Ok(key), Some(a)) = (
+            serde_json::from_str::<Map<String, Value>>(k),
+            cur.as_array_mut(),
+        ) {
             a.retain(|i| !key.iter().all(|(kk, kv)| i.get(kk) == Some(kv)));
         }
     } else if let Some(val) = last.strip_prefix("v:") {
@@ -169,7 +203,9 @@ pub fn to_fields_v1(set: &FieldSet) -> Value {
     for path in set {
         let mut cur = &mut root;
         for (i, p) in path.iter().enumerate() {
-            let entry = cur.entry(p.clone()).or_insert_with(|| Value::Object(Map::new()));
+            let entry = cur
+                .entry(p.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
             let is_last = i + 1 == path.len();
             let Value::Object(m) = entry else { break };
             if is_last && (p.starts_with("k:")) {
@@ -228,12 +264,32 @@ pub fn read_managers(obj: &Value) -> Vec<ManagerEntry> {
         .map(|a| {
             a.iter()
                 .map(|e| ManagerEntry {
-                    manager: e.get("manager").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    time: e.get("time").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    manager: e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .to_string(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    time: e
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                     fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
-                    subresource: e.get("subresource").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                 })
                 .collect()
         })
@@ -265,8 +321,15 @@ pub fn write_managers(obj: &mut Value, entries: &[ManagerEntry]) {
     }
 }
 
-fn upsert<'a>(entries: &'a mut Vec<ManagerEntry>, manager: &str, operation: &str, subresource: &str) -> &'a mut ManagerEntry {
-    if let Some(i) = entries.iter().position(|e| e.manager == manager && e.operation == operation && e.subresource == subresource) {
+fn upsert<'a>(
+    entries: &'a mut Vec<ManagerEntry>,
+    manager: &str,
+    operation: &str,
+    subresource: &str,
+) -> &'a mut ManagerEntry {
+    if let Some(i) = entries.iter().position(|e| {
+        e.manager == manager && e.operation == operation && e.subresource == subresource
+    }) {
         &mut entries[i]
     } else {
         entries.push(ManagerEntry {
@@ -289,7 +352,12 @@ fn render_path(path: &[String]) -> String {
             s.push_str(f);
         } else if let Some(k) = p.strip_prefix("k:") {
             s.push('[');
-            s.push_str(&k.trim_start_matches('{').trim_end_matches('}').replace('"', "").replace(':', "="));
+            s.push_str(
+                &k.trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .replace('"', "")
+                    .replace(':', "="),
+            );
             s.push(']');
         } else if let Some(v) = p.strip_prefix("v:") {
             s.push_str(&format!("[{v}]"));
@@ -299,9 +367,20 @@ fn render_path(path: &[String]) -> String {
 }
 
 /// Records an Update operation (create, update, patch) by `manager`: it takes the fields it changed.
-pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, time: &str, subresource: &str) {
+pub fn track_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    time: &str,
+    subresource: &str,
+) {
     // A client that sends managedFields (kubectl's client-side to server-side apply migration) sets them.
-    let mut entries = if new.pointer("/metadata/managedFields").is_some() { read_managers(new) } else { old.map(read_managers).unwrap_or_default() };
+    let mut entries = if new.pointer("/metadata/managedFields").is_some() {
+        read_managers(new)
+    } else {
+        old.map(read_managers).unwrap_or_default()
+    };
     let (new_set, old_set) = match old {
         Some(o) => changed_subtrees(o, new),
         None => (field_set(new), FieldSet::new()),
@@ -317,7 +396,8 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ver
         return;
     }
     for e in entries.iter_mut() {
-        e.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+        e.fields
+            .retain(|p| !changed.contains(p) && !removed.contains(p));
     }
     let entry = upsert(&mut entries, manager, "Update", subresource);
     entry.fields.retain(|p| !removed.contains(p));
@@ -360,7 +440,9 @@ fn deep_merge(cur: &Value, applied: &Value, field: &str) -> Value {
             Value::Object(out)
         }
         (Value::Array(c), Value::Array(a)) => {
-            if let Some(key) = merge_key(field).filter(|k| a.iter().chain(c.iter()).all(|i| i.get(*k).is_some())) {
+            if let Some(key) =
+                merge_key(field).filter(|k| a.iter().chain(c.iter()).all(|i| i.get(*k).is_some()))
+            {
                 let mut out: Vec<Value> = Vec::new();
                 for item in a {
                     let existing = c.iter().find(|i| i.get(key) == item.get(key));
@@ -405,7 +487,10 @@ pub fn apply(
     let applied_set = field_set(applied);
     let base = current.cloned().unwrap_or_else(|| json!({}));
     let mut conflicts: Vec<(String, String, FieldPath)> = Vec::new();
-    for e in entries.iter().filter(|e| !(e.manager == manager && e.operation == "Apply")) {
+    for e in entries
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+    {
         for p in e.fields.intersection(&applied_set) {
             if get_path(&base, p) != get_path(applied, p) {
                 conflicts.push((e.manager.clone(), e.api_version.clone(), p.clone()));
@@ -413,13 +498,22 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() && !force {
-        let details: Vec<String> =
-            conflicts.iter().map(|(m, v, p)| format!("conflict with \"{m}\" using {v}: {}", render_path(p))).collect();
-        return Err(ApplyConflict { count: conflicts.len(), plural: if conflicts.len() == 1 { "" } else { "s" }, details: details.join("\n") });
+        let details: Vec<String> = conflicts
+            .iter()
+            .map(|(m, v, p)| format!("conflict with \"{m}\" using {v}: {}", render_path(p)))
+            .collect();
+        return Err(ApplyConflict {
+            count: conflicts.len(),
+            plural: if conflicts.len() == 1 { "" } else { "s" },
+            details: details.join("\n"),
+        });
     }
     // Forced conflicts move ownership to the applier; equal values stay shared.
     let taken: FieldSet = conflicts.iter().map(|(_, _, p)| p.clone()).collect();
-    for e in entries.iter_mut().filter(|e| !(e.manager == manager && e.operation == "Apply")) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+    {
         e.fields.retain(|p| !taken.contains(p));
     }
     let previous: FieldSet = entries
@@ -450,7 +544,10 @@ pub fn apply(
 
 /// Field sets of every manager, for tests and diagnostics.
 pub fn owners(obj: &Value) -> BTreeMap<String, FieldSet> {
-    read_managers(obj).into_iter().map(|e| (format!("{}/{}", e.manager, e.operation), e.fields)).collect()
+    read_managers(obj)
+        .into_iter()
+        .map(|e| (format!("{}/{}", e.manager, e.operation), e.fields))
+        .collect()
 }
 
 #[cfg(test)]
@@ -466,28 +563,72 @@ mod tests {
         let v = json!({"metadata": {"name": "x", "labels": {"a": "1"}, "finalizers": ["f"]},
             "spec": {"containers": [{"name": "c", "image": "i"}], "tolerations": [{"key": "k"}]}});
         let set = field_set(&v);
-        assert!(set.contains(&vec!["f:metadata".to_string(), "f:labels".into(), "f:a".into()]));
-        assert!(!set.iter().any(|p| p.last().map(String::as_str) == Some("f:name") && p.len() == 2));
-        assert!(set.contains(&vec!["f:spec".to_string(), "f:containers".into(), "k:{\"name\":\"c\"}".into(), "f:image".into()]));
+        assert!(set.contains(&vec![
+            "f:metadata".to_string(),
+            "f:labels".into(),
+            "f:a".into()
+        ]));
+        assert!(!set
+            .iter()
+            .any(|p| p.last().map(String::as_str) == Some("f:name") && p.len() == 2));
+        assert!(set.contains(&vec![
+            "f:spec".to_string(),
+            "f:containers".into(),
+            "k:{\"name\":\"c\"}".into(),
+            "f:image".into()
+        ]));
         assert!(set.contains(&vec!["f:spec".to_string(), "f:tolerations".into()]));
-        assert!(set.contains(&vec!["f:metadata".to_string(), "f:finalizers".into(), "v:\"f\"".into()]));
+        assert!(set.contains(&vec![
+            "f:metadata".to_string(),
+            "f:finalizers".into(),
+            "v:\"f\"".into()
+        ]));
         assert_eq!(from_fields_v1(&to_fields_v1(&set)), set);
     }
 
     #[test]
     fn apply_conflicts_and_force() {
         let t = "2024-01-01T00:00:00Z";
-        let a = apply(None, &cm(json!({"x": "1", "y": "1"})), "alice", false, "v1", t).unwrap();
+        let a = apply(
+            None,
+            &cm(json!({"x": "1", "y": "1"})),
+            "alice",
+            false,
+            "v1",
+            t,
+        )
+        .unwrap();
         // Same manager changes its own field: no conflict.
-        let a = apply(Some(&a), &cm(json!({"x": "2", "y": "1"})), "alice", false, "v1", t).unwrap();
+        let a = apply(
+            Some(&a),
+            &cm(json!({"x": "2", "y": "1"})),
+            "alice",
+            false,
+            "v1",
+            t,
+        )
+        .unwrap();
         // Bob sets the same value: shared ownership, no conflict.
         let b = apply(Some(&a), &cm(json!({"y": "1"})), "bob", false, "v1", t).unwrap();
         // Bob changes x owned by alice: conflict naming alice and the field.
         let err = apply(Some(&b), &cm(json!({"x": "3"})), "bob", false, "v1", t).unwrap_err();
         assert_eq!(err.count, 1);
-        assert!(err.details.contains("conflict with \"alice\" using v1: .data.x"), "{}", err.details);
+        assert!(
+            err.details
+                .contains("conflict with \"alice\" using v1: .data.x"),
+            "{}",
+            err.details
+        );
         // Forced: bob takes x.
-        let c = apply(Some(&b), &cm(json!({"x": "3", "y": "1"})), "bob", true, "v1", t).unwrap();
+        let c = apply(
+            Some(&b),
+            &cm(json!({"x": "3", "y": "1"})),
+            "bob",
+            true,
+            "v1",
+            t,
+        )
+        .unwrap();
         assert_eq!(c["data"]["x"], "3");
         let own = owners(&c);
         assert!(!own["alice/Apply"].contains(&vec!["f:data".to_string(), "f:x".into()]));

@@ -13,12 +13,14 @@ use super::clock::format_time;
 use super::error::ApiError;
 use super::store::{set_condition, ListQuery, Stored, WriteOptions};
 use super::Emulator;
+use crate::model::instance_type::labels::ZONE;
 use crate::model::node::Node;
 use crate::model::pod::{HostPort, Pod, WhenUnsatisfiable};
 use crate::model::resources::Resources;
-use crate::model::instance_type::labels::ZONE;
 use crate::model::taints::first_blocking_taint;
-use crate::scheduling::predicates::{host_ports_free, node_affinity_matches, taints_tolerated, volume_zone_ok};
+use crate::scheduling::predicates::{
+    host_ports_free, node_affinity_matches, taints_tolerated, volume_zone_ok,
+};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -53,14 +55,18 @@ impl Placed {
         self.parsed.pod.as_ref().ok().map(|p| &p.spec)
     }
     fn namespace(&self) -> &str {
-        self.spec().map(|s| s.namespace.as_str()).unwrap_or_default()
+        self.spec()
+            .map(|s| s.namespace.as_str())
+            .unwrap_or_default()
     }
     fn labels(&self) -> &BTreeMap<String, String> {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
         self.spec().map(|s| &s.labels).unwrap_or(&NONE)
     }
     fn host_ports(&self) -> &[HostPort] {
-        self.spec().map(|s| s.host_ports.as_slice()).unwrap_or_default()
+        self.spec()
+            .map(|s| s.host_ports.as_slice())
+            .unwrap_or_default()
     }
 }
 
@@ -89,7 +95,10 @@ pub struct Binder {
 fn is_ready(node: &Value) -> bool {
     node.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(s: &Stored) -> Option<T> {
@@ -99,14 +108,22 @@ fn decode<T: serde::de::DeserializeOwned>(s: &Stored) -> Option<T> {
 impl Binder {
     /// A binder for this emulator.
     pub fn new(emu: Emulator) -> Self {
-        Binder { emu, cache: Arc::default(), nodes: Arc::default() }
+        Binder {
+            emu,
+            cache: Arc::default(),
+            nodes: Arc::default(),
+        }
     }
 
     /// One scheduling pass over all pods.
     pub fn run_once(&self) -> Result<BindReport, ApiError> {
         let store = self.emu.store();
-        let nodes_rt = store.resource_type("", "nodes").ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
-        let pods_rt = store.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
+        let nodes_rt = store
+            .resource_type("", "nodes")
+            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
+        let pods_rt = store
+            .resource_type("", "pods")
+            .ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
         let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
         {
             let mut node_cache = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,15 +133,27 @@ impl Binder {
                     Some((rv, p)) if *rv == s.rv => p.clone(),
                     _ => {
                         let Ok(raw) = s.value() else { continue };
-                        let Some(k8s) = decode::<k8s_openapi::api::core::v1::Node>(&s) else { continue };
-                        let Ok(node) = Node::from_k8s(&k8s) else { continue };
-                        let ready = is_ready(&raw) && raw.pointer("/metadata/deletionTimestamp").is_none();
+                        let Some(k8s) = decode::<k8s_openapi::api::core::v1::Node>(&s) else {
+                            continue;
+                        };
+                        let Ok(node) = Node::from_k8s(&k8s) else {
+                            continue;
+                        };
+                        let ready =
+                            is_ready(&raw) && raw.pointer("/metadata/deletionTimestamp").is_none();
                         Arc::new((node, ready))
                     }
                 };
                 fresh.insert(s.uid.clone(), (s.rv, parsed.clone()));
                 let (node, ready) = (parsed.0.clone(), parsed.1);
-                nodes.insert(node.name.clone(), NodeState { node, ready, used: Resources::default() });
+                nodes.insert(
+                    node.name.clone(),
+                    NodeState {
+                        node,
+                        ready,
+                        used: Resources::default(),
+                    },
+                );
             }
             *node_cache = fresh;
         }
@@ -144,13 +173,30 @@ impl Binder {
                     let k8s = decode::<k8s_openapi::api::core::v1::Pod>(&s);
                     let spec = k8s.as_ref().and_then(|p| p.spec.as_ref());
                     Arc::new(Parsed {
-                        pod: k8s.as_ref().ok_or_else(|| "pod does not decode".to_string()).and_then(|p| Pod::from_k8s(p).map_err(|e| e.to_string())),
-                        default_scheduler: spec.and_then(|sp| sp.scheduler_name.as_deref()).is_none_or(|n| n == "default-scheduler"),
-                        deleting: k8s.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+                        pod: k8s
+                            .as_ref()
+                            .ok_or_else(|| "pod does not decode".to_string())
+                            .and_then(|p| Pod::from_k8s(p).map_err(|e| e.to_string())),
+                        default_scheduler: spec
+                            .and_then(|sp| sp.scheduler_name.as_deref())
+                            .is_none_or(|n| n == "default-scheduler"),
+                        deleting: k8s
+                            .as_ref()
+                            .is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
                         unschedulable_message: k8s
                             .as_ref()
-                            .and_then(|p| p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned())
-                            .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+                            .and_then(|p| {
+                                p.status
+                                    .as_ref()?
+                                    .conditions
+                                    .as_ref()?
+                                    .iter()
+                                    .find(|c| c.type_ == "PodScheduled")
+                                    .cloned()
+                            })
+                            .filter(|c| {
+                                c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+                            })
                             .map(|c| c.message.unwrap_or_default()),
                     })
                 }
@@ -160,7 +206,10 @@ impl Binder {
             if !s.node_name.is_empty() {
                 if let (Some(n), Ok(p)) = (nodes.get_mut(&s.node_name), &parsed.pod) {
                     n.used.add(&p.spec.requests);
-                    placed.push(Placed { node: s.node_name.clone(), parsed: parsed.clone() });
+                    placed.push(Placed {
+                        node: s.node_name.clone(),
+                        parsed: parsed.clone(),
+                    });
                     if s.phase == "Pending" && n.ready && !deleting {
                         to_start.push(s.clone());
                     }
@@ -177,7 +226,10 @@ impl Binder {
         // Higher priority first, then oldest (lowest resourceVersion at creation is not kept; name is stable).
         pending.sort_by(|(a, pa), (b, pb)| {
             let prio = |p: &Arc<Parsed>| p.pod.as_ref().map(|p| p.spec.priority).unwrap_or(0);
-            prio(pb).cmp(&prio(pa)).then_with(|| a.namespace.cmp(&b.namespace)).then_with(|| a.name.cmp(&b.name))
+            prio(pb)
+                .cmp(&prio(pa))
+                .then_with(|| a.namespace.cmp(&b.namespace))
+                .then_with(|| a.name.cmp(&b.name))
         });
         let mut report = BindReport::default();
         for s in to_start {
@@ -194,7 +246,14 @@ impl Binder {
             let pod = match &parsed.pod {
                 Ok(p) => p,
                 Err(e) => {
-                    if self.mark_unschedulable(&s, &parsed, &format!("0/{} nodes are available: pod spec is invalid: {e}.", nodes.len()))? {
+                    if self.mark_unschedulable(
+                        &s,
+                        &parsed,
+                        &format!(
+                            "0/{} nodes are available: pod spec is invalid: {e}.",
+                            nodes.len()
+                        ),
+                    )? {
                         report.unschedulable.push(key);
                     }
                     continue;
@@ -211,10 +270,16 @@ impl Binder {
             for (name, n) in &nodes {
                 match feasible(pod, n, &nodes, &placed) {
                     Ok(()) => {
-                        let free = n.node.allocatable.saturating_sub(&n.used).saturating_sub(&pod.spec.requests);
+                        let free = n
+                            .node
+                            .allocatable
+                            .saturating_sub(&n.used)
+                            .saturating_sub(&pod.spec.requests);
                         let score = (
-                            free.cpu_millis.saturating_mul(1000) / n.node.allocatable.cpu_millis.max(1),
-                            free.memory_bytes.saturating_mul(1000) / n.node.allocatable.memory_bytes.max(1),
+                            free.cpu_millis.saturating_mul(1000)
+                                / n.node.allocatable.cpu_millis.max(1),
+                            free.memory_bytes.saturating_mul(1000)
+                                / n.node.allocatable.memory_bytes.max(1),
                         );
                         if best.as_ref().is_none_or(|(_, b)| score > *b) {
                             best = Some((name.clone(), score));
@@ -236,7 +301,10 @@ impl Binder {
                         n.used.add(&pod.spec.requests);
                     }
                     failed.clear();
-                    placed.push(Placed { node: node.clone(), parsed: parsed.clone() });
+                    placed.push(Placed {
+                        node: node.clone(),
+                        parsed: parsed.clone(),
+                    });
                     report.bound.push((key.clone(), node));
                     if let Ok(bound) = store.get(&pods_rt, &s.namespace, &s.name) {
                         if self.mark_running(&bound)? {
@@ -245,11 +313,16 @@ impl Binder {
                     }
                 }
                 None => {
-                    let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                    let detail: Vec<String> =
+                        reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
                     let msg = if nodes.is_empty() {
                         "0/0 nodes are available: no nodes available to schedule pods.".to_string()
                     } else {
-                        format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
+                        format!(
+                            "0/{} nodes are available: {}.",
+                            nodes.len(),
+                            detail.join(", ")
+                        )
                     };
                     if self.mark_unschedulable(&s, &parsed, &msg)? {
                         report.unschedulable.push(key);
@@ -261,16 +334,26 @@ impl Binder {
         Ok(report)
     }
 
-    fn write_status(&self, s: &Stored, edit: impl FnOnce(&mut Value, &str)) -> Result<bool, ApiError> {
+    fn write_status(
+        &self,
+        s: &Stored,
+        edit: impl FnOnce(&mut Value, &str),
+    ) -> Result<bool, ApiError> {
         let store = self.emu.store();
-        let rt = store.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
+        let rt = store
+            .resource_type("", "pods")
+            .ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
         let mut v = s.value()?;
         let before = v.clone();
         edit(&mut v, &format_time(store.clock().now()));
         if v == before {
             return Ok(false);
         }
-        let opts = WriteOptions { field_manager: "berth-emulator-binder".into(), subresource: Some("status".into()), ..Default::default() };
+        let opts = WriteOptions {
+            field_manager: "berth-emulator-binder".into(),
+            subresource: Some("status".into()),
+            ..Default::default()
+        };
         match store.update(&rt, &s.namespace, &s.name, v, &opts) {
             Ok(_) => Ok(true),
             // Changed or deleted meanwhile: the next pass looks again.
@@ -291,11 +374,25 @@ impl Binder {
         })
     }
 
-    fn mark_unschedulable(&self, s: &Stored, parsed: &Parsed, message: &str) -> Result<bool, ApiError> {
+    fn mark_unschedulable(
+        &self,
+        s: &Stored,
+        parsed: &Parsed,
+        message: &str,
+    ) -> Result<bool, ApiError> {
         if parsed.unschedulable_message.as_deref() == Some(message) {
             return Ok(false);
         }
-        self.write_status(s, |v, now| set_condition(v, "PodScheduled", "False", Some("Unschedulable"), Some(message), now))
+        self.write_status(s, |v, now| {
+            set_condition(
+                v,
+                "PodScheduled",
+                "False",
+                Some("Unschedulable"),
+                Some(message),
+                now,
+            )
+        })
     }
 
     /// Runs a pass whenever the cluster changes (and at least every `interval`), until the task is aborted.
@@ -306,8 +403,11 @@ impl Binder {
                 let started = std::time::Instant::now();
                 match self.run_once() {
                     Ok(r) => tracing::debug!(
-                        bound = r.bound.len(), started = r.started.len(), unschedulable = r.unschedulable.len(),
-                        millis = started.elapsed().as_millis() as u64, "emulator binder pass"
+                        bound = r.bound.len(),
+                        started = r.started.len(),
+                        unschedulable = r.unschedulable.len(),
+                        millis = started.elapsed().as_millis() as u64,
+                        "emulator binder pass"
                     ),
                     Err(e) => tracing::warn!(error = %e, "emulator binder pass failed"),
                 }
@@ -330,7 +430,12 @@ impl Binder {
 ///
 /// Reasons are static where they can be: a pending pod in a full cluster is checked against every node on every
 /// pass, and allocating a message per node made the binder (kube-scheduler's stand-in) the slowest part of a burst.
-fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, placed: &[Placed]) -> Result<(), Cow<'static, str>> {
+fn feasible(
+    pod: &Pod,
+    n: &NodeState,
+    nodes: &BTreeMap<String, NodeState>,
+    placed: &[Placed],
+) -> Result<(), Cow<'static, str>> {
     if !n.ready {
         return Err(Cow::Borrowed("node(s) were not ready"));
     }
@@ -342,7 +447,14 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
     }
     if !taints_tolerated(&pod.spec, &n.node.taints) {
         let t = first_blocking_taint(&n.node.taints, &pod.spec.tolerations);
-        return Err(t.map(|t| Cow::Owned(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value))).unwrap_or(Cow::Borrowed("node(s) had untolerated taint")));
+        return Err(t
+            .map(|t| {
+                Cow::Owned(format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    t.key, t.value
+                ))
+            })
+            .unwrap_or(Cow::Borrowed("node(s) had untolerated taint")));
     }
     if !volume_zone_ok(&pod.spec, n.node.labels.get(ZONE).map(String::as_str)) {
         return Err("node(s) had volume node affinity conflict".into());
@@ -357,30 +469,59 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
             other => Cow::Owned(format!("Insufficient {other}")),
         });
     }
-    let domain_of = |node: &str, key: &str| nodes.get(node).and_then(|ns| ns.node.labels.get(key).cloned());
-    let used_ports = || -> Vec<HostPort> { placed.iter().filter(|p| p.node == n.node.name).flat_map(|p| p.host_ports().iter().cloned()).collect() };
+    let domain_of = |node: &str, key: &str| {
+        nodes
+            .get(node)
+            .and_then(|ns| ns.node.labels.get(key).cloned())
+    };
+    let used_ports = || -> Vec<HostPort> {
+        placed
+            .iter()
+            .filter(|p| p.node == n.node.name)
+            .flat_map(|p| p.host_ports().iter().cloned())
+            .collect()
+    };
     if !pod.spec.host_ports.is_empty() && !host_ports_free(&pod.spec.host_ports, &used_ports()) {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     for term in &pod.spec.pod_anti_affinity {
         let mine = n.node.labels.get(&term.topology_key);
-        if mine.is_some() && placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None) && domain_of(&p.node, &term.topology_key).as_ref() == mine) {
+        if mine.is_some()
+            && placed.iter().any(|p| {
+                term.selects(p.namespace(), p.labels(), None)
+                    && domain_of(&p.node, &term.topology_key).as_ref() == mine
+            })
+        {
             return Err("node(s) didn't match pod anti-affinity rules".into());
         }
     }
     for term in &pod.spec.pod_affinity {
         let mine = n.node.labels.get(&term.topology_key);
-        let any_match = placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None));
-        let satisfied = mine.is_some() && placed.iter().any(|p| term.selects(p.namespace(), p.labels(), None) && domain_of(&p.node, &term.topology_key).as_ref() == mine);
+        let any_match = placed
+            .iter()
+            .any(|p| term.selects(p.namespace(), p.labels(), None));
+        let satisfied = mine.is_some()
+            && placed.iter().any(|p| {
+                term.selects(p.namespace(), p.labels(), None)
+                    && domain_of(&p.node, &term.topology_key).as_ref() == mine
+            });
         // The first pod of a group may land anywhere if it matches its own affinity term.
         let self_match = !any_match && term.selects(&pod.spec.namespace, &pod.spec.labels, None);
         if !satisfied && !self_match {
             return Err("node(s) didn't match pod affinity rules".into());
         }
     }
-    for c in pod.spec.topology_spread.iter().filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule) {
+    for c in pod
+        .spec
+        .topology_spread
+        .iter()
+        .filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule)
+    {
         let Some(mine) = n.node.labels.get(&c.topology_key) else {
-            return Err("node(s) didn't match pod topology spread constraints (missing required label)".into());
+            return Err(
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+                    .into(),
+            );
         };
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         for (name, other) in nodes {
@@ -388,7 +529,14 @@ fn feasible(pod: &Pod, n: &NodeState, nodes: &BTreeMap<String, NodeState>, place
                 continue;
             }
             if let Some(d) = other.node.labels.get(&c.topology_key) {
-                let count = placed.iter().filter(|p| p.node == *name && p.namespace() == pod.spec.namespace && c.selects(p.labels())).count() as u32;
+                let count = placed
+                    .iter()
+                    .filter(|p| {
+                        p.node == *name
+                            && p.namespace() == pod.spec.namespace
+                            && c.selects(p.labels())
+                    })
+                    .count() as u32;
                 *counts.entry(d.clone()).or_default() += count;
             }
         }

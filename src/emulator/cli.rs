@@ -21,11 +21,20 @@ pub struct EmulateArgs {
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(args: EmulateArgs) -> Result<(), EmulatorError> {
     let emu = Emulator::new();
-    let running = server::serve(emu.clone(), args.listen).await.map_err(|e| EmulatorError::Bind(args.listen.to_string(), e.to_string()))?;
+    let running = server::serve(emu.clone(), args.listen)
+        .await
+        .map_err(|e| EmulatorError::Bind(args.listen.to_string(), e.to_string()))?;
     let url = running.url();
-    std::fs::write(&args.kubeconfig, server::kubeconfig_yaml(&url)).map_err(|e| EmulatorError::Kubeconfig(args.kubeconfig.display().to_string(), e.to_string()))?;
-    let binder_task = args.binder.then(|| binder::Binder::new(emu.clone()).spawn(std::time::Duration::from_secs(1)));
-    println!("berth emulator listening on {url}; kubeconfig written to {}", args.kubeconfig.display());
+    std::fs::write(&args.kubeconfig, server::kubeconfig_yaml(&url)).map_err(|e| {
+        EmulatorError::Kubeconfig(args.kubeconfig.display().to_string(), e.to_string())
+    })?;
+    let binder_task = args
+        .binder
+        .then(|| binder::Binder::new(emu.clone()).spawn(std::time::Duration::from_secs(1)));
+    println!(
+        "berth emulator listening on {url}; kubeconfig written to {}",
+        args.kubeconfig.display()
+    );
     crate::cli::shutdown_signal().await;
     running.stop();
     if let Some(t) = binder_task {

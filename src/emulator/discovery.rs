@@ -5,28 +5,70 @@ use super::resources::{version_priority, Registry, ResourceType};
 use serde_json::{json, Value};
 
 /// Content type of aggregated discovery responses.
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// Subresources of a kind: (name, group, version, kind, verbs).
-fn subresources(t: &ResourceType, version: &str) -> Vec<(String, String, String, String, Vec<&'static str>)> {
+fn subresources(
+    t: &ResourceType,
+    version: &str,
+) -> Vec<(String, String, String, String, Vec<&'static str>)> {
     let mut out = Vec::new();
     if t.status {
-        out.push(("status".to_string(), t.group.clone(), version.to_string(), t.kind.clone(), vec!["get", "patch", "update"]));
+        out.push((
+            "status".to_string(),
+            t.group.clone(),
+            version.to_string(),
+            t.kind.clone(),
+            vec!["get", "patch", "update"],
+        ));
     }
     if t.scale.is_some() {
-        out.push(("scale".to_string(), "autoscaling".into(), "v1".into(), "Scale".into(), vec!["get", "patch", "update"]));
+        out.push((
+            "scale".to_string(),
+            "autoscaling".into(),
+            "v1".into(),
+            "Scale".into(),
+            vec!["get", "patch", "update"],
+        ));
     }
     if t.group.is_empty() && t.resource == "pods" {
-        out.push(("binding".to_string(), String::new(), "v1".into(), "Binding".into(), vec!["create"]));
-        out.push(("eviction".to_string(), "policy".into(), "v1".into(), "Eviction".into(), vec!["create"]));
+        out.push((
+            "binding".to_string(),
+            String::new(),
+            "v1".into(),
+            "Binding".into(),
+            vec!["create"],
+        ));
+        out.push((
+            "eviction".to_string(),
+            "policy".into(),
+            "v1".into(),
+            "Eviction".into(),
+            vec!["create"],
+        ));
     }
     out
 }
 
-fn served<'a>(reg: &'a Registry, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a std::sync::Arc<ResourceType>> + 'a {
-    reg.all().filter(move |t| t.group == group && t.version(version).is_some())
+fn served<'a>(
+    reg: &'a Registry,
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'a std::sync::Arc<ResourceType>> + 'a {
+    reg.all()
+        .filter(move |t| t.group == group && t.version(version).is_some())
 }
 
 /// /api
@@ -35,14 +77,23 @@ pub fn api_versions(server: &str) -> Value {
 }
 
 fn group_doc(reg: &Registry, group: &str) -> Value {
-    let versions: Vec<Value> = reg.group_versions(group).iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let versions: Vec<Value> = reg
+        .group_versions(group)
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     let preferred = versions.first().cloned().unwrap_or(Value::Null);
     json!({"name": group, "versions": versions, "preferredVersion": preferred})
 }
 
 /// /apis
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().iter().filter(|g| !g.is_empty()).map(|g| group_doc(reg, g)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| group_doc(reg, g))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -82,8 +133,14 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn aggregated_group(reg: &Registry, group: &str) -> Value {
@@ -125,7 +182,12 @@ fn aggregated_group(reg: &Registry, group: &str) -> Value {
 
 /// Aggregated discovery for /api (core only) or /apis (every other group).
 pub fn aggregated(reg: &Registry, core: bool) -> Value {
-    let items: Vec<Value> = reg.groups().iter().filter(|g| g.is_empty() == core).map(|g| aggregated_group(reg, g)).collect();
+    let items: Vec<Value> = reg
+        .groups()
+        .iter()
+        .filter(|g| g.is_empty() == core)
+        .map(|g| aggregated_group(reg, g))
+        .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
@@ -133,7 +195,10 @@ pub fn aggregated(reg: &Registry, core: bool) -> Value {
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let p = part.replace(' ', "");
-        p.contains("g=apidiscovery.k8s.io") && p.contains("v=v2") && !p.contains("v=v2beta1") && p.contains("as=APIGroupDiscoveryList")
+        p.contains("g=apidiscovery.k8s.io")
+            && p.contains("v=v2")
+            && !p.contains("v=v2beta1")
+            && p.contains("as=APIGroupDiscoveryList")
     })
 }
 
@@ -145,14 +210,34 @@ mod tests {
     fn pods_list_eviction_and_binding() {
         let reg = Registry::builtins();
         let doc = resource_list(&reg, "", "v1").unwrap();
-        let names: Vec<&str> = doc["resources"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-        assert!(names.contains(&"pods/eviction") && names.contains(&"pods/binding") && names.contains(&"nodes"));
-        let ev = doc["resources"].as_array().unwrap().iter().find(|r| r["name"] == "pods/eviction").unwrap();
+        let names: Vec<&str> = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"pods/eviction")
+                && names.contains(&"pods/binding")
+                && names.contains(&"nodes")
+        );
+        let ev = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/eviction")
+            .unwrap();
         assert_eq!(ev["group"], "policy");
         assert!(resource_list(&reg, "apps", "v2").is_none());
         let agg = aggregated(&reg, false);
-        assert!(agg["items"].as_array().unwrap().iter().any(|g| g["metadata"]["name"] == "apps"));
-        assert!(wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"));
+        assert!(agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["metadata"]["name"] == "apps"));
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
         assert!(!wants_aggregated("application/json"));
     }
 }

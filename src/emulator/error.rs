@@ -112,7 +112,11 @@ impl ApiError {
 
     /// 404 for a named object, worded like the real server: `pods "x" not found`.
     pub fn object_not_found(resource: &str, group: &str, name: &str) -> Self {
-        ApiError::NotFound(format!("{} \"{}\" not found", qualified(resource, group), name))
+        ApiError::NotFound(format!(
+            "{} \"{}\" not found",
+            qualified(resource, group),
+            name
+        ))
     }
 }
 

@@ -74,9 +74,7 @@ pub fn node_object(i: &InstanceLaunched, now: &str) -> Value {
     ] {
         labels.insert(k.to_string(), v.to_string());
     }
-    let condition = |t: &str, status: &str, reason: &str| {
-        json!({"type": t, "status": status, "reason": reason, "message": reason, "lastHeartbeatTime": now, "lastTransitionTime": now})
-    };
+    let condition = |t: &str, status: &str, reason: &str| json!({"type": t, "status": status, "reason": reason, "message": reason, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let mut spec = json!({"providerID": format!("aws:///{}/{}", i.zone, i.instance_id)});
     if !i.taints.is_empty() {
         spec["taints"] = serde_json::to_value(&i.taints).unwrap_or(Value::Null);
@@ -113,15 +111,23 @@ pub struct KubeletSimulator {
 impl KubeletSimulator {
     /// Kubelets registering into this emulator.
     pub fn new(emu: Emulator) -> Self {
-        KubeletSimulator { emu, booting: Arc::new(Mutex::new(HashMap::new())) }
+        KubeletSimulator {
+            emu,
+            booting: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Registers the Node now (the boot delay already elapsed). An already registered node is left alone.
     pub fn register(&self, instance: &InstanceLaunched) -> Result<(), ApiError> {
         let store = self.emu.store();
-        let rt = store.resource_type("", "nodes").ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
+        let rt = store
+            .resource_type("", "nodes")
+            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
         let node = node_object(instance, &format_time(store.clock().now()));
-        let opts = WriteOptions { field_manager: "kubelet".into(), ..Default::default() };
+        let opts = WriteOptions {
+            field_manager: "kubelet".into(),
+            ..Default::default()
+        };
         match store.create(&rt, "", node, &opts) {
             Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
@@ -130,18 +136,28 @@ impl KubeletSimulator {
 
     /// Removes the Node of a terminated instance and the pods bound to it; cancels a pending registration.
     pub fn terminate(&self, instance_id: &str) -> Result<(), ApiError> {
-        if let Some(h) = self.booting.lock().unwrap_or_else(|e| e.into_inner()).remove(instance_id) {
+        if let Some(h) = self
+            .booting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(instance_id)
+        {
             h.abort();
         }
         let store = self.emu.store();
-        let nodes = store.resource_type("", "nodes").ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
+        let nodes = store
+            .resource_type("", "nodes")
+            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
         match store.delete(&nodes, "", instance_id, &DeleteOptions::default()) {
             Ok(_) | Err(ApiError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let pods = store.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
+        let pods = store
+            .resource_type("", "pods")
+            .ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
         let on_node = ListQuery {
-            field: super::selector::FieldSelector::parse(&format!("spec.nodeName={instance_id}")).map_err(|e| ApiError::Internal(e.to_string()))?,
+            field: super::selector::FieldSelector::parse(&format!("spec.nodeName={instance_id}"))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
             ..Default::default()
         };
         for p in store.list(&pods, None, &on_node)?.items {
@@ -167,12 +183,18 @@ impl KubeletSimulator {
                 let id = i.instance_id.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(i.boot_delay).await;
-                    me.booting.lock().unwrap_or_else(|e| e.into_inner()).remove(&i.instance_id);
+                    me.booting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&i.instance_id);
                     if let Err(e) = me.register(&i) {
                         tracing::warn!(instance = %i.instance_id, error = %e, "simulated kubelet could not register its node");
                     }
                 });
-                self.booting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, task.abort_handle());
+                self.booting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, task.abort_handle());
                 Ok(())
             }
             InstanceEvent::Terminated(t) => self.terminate(&t.instance_id),
@@ -180,7 +202,10 @@ impl KubeletSimulator {
     }
 
     /// Consumes events until the channel closes.
-    pub fn spawn(self, mut events: tokio::sync::mpsc::Receiver<InstanceEvent>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self,
+        mut events: tokio::sync::mpsc::Receiver<InstanceEvent>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 if let Err(e) = self.handle(ev) {
@@ -192,7 +217,13 @@ impl KubeletSimulator {
 
     /// Instances launched whose nodes have not registered yet.
     pub fn booting(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.booting.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .booting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -200,9 +231,15 @@ impl KubeletSimulator {
     /// Sets a Node's Ready condition (tests of NotReady nodes).
     pub fn set_ready(&self, node: &str, ready: bool) -> Result<(), ApiError> {
         let store = self.emu.store();
-        let rt = store.resource_type("", "nodes").ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
+        let rt = store
+            .resource_type("", "nodes")
+            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
         let current = store.get(&rt, "", node)?.value()?;
-        let mut conditions = current.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut conditions = current
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let now = format_time(store.clock().now());
         let status = if ready { "True" } else { "False" };
         for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
@@ -210,10 +247,20 @@ impl KubeletSimulator {
                 c["lastTransitionTime"] = json!(now);
             }
             c["status"] = json!(status);
-            c["reason"] = json!(if ready { "KubeletReady" } else { "KubeletNotReady" });
+            c["reason"] = json!(if ready {
+                "KubeletReady"
+            } else {
+                "KubeletNotReady"
+            });
         }
         let patch = json!({"status": {"conditions": conditions}});
-        let opts = WriteOptions { field_manager: "kubelet".into(), subresource: Some("status".into()), ..Default::default() };
-        store.patch(&rt, "", node, PatchKind::Merge, &patch, &opts).map(|_| ())
+        let opts = WriteOptions {
+            field_manager: "kubelet".into(),
+            subresource: Some("status".into()),
+            ..Default::default()
+        };
+        store
+            .patch(&rt, "", node, PatchKind::Merge, &patch, &opts)
+            .map(|_| ())
     }
 }

@@ -127,7 +127,10 @@ impl Emulator {
     /// An emulator on the given clock (for virtual time) and limits.
     pub fn with_clock(clock: SharedClock, config: Config) -> Self {
         let (tx, _) = watch::channel(0u64);
-        Emulator { store: Arc::new(Store::new(clock, config)), drop_watches: Arc::new(tx) }
+        Emulator {
+            store: Arc::new(Store::new(clock, config)),
+            drop_watches: Arc::new(tx),
+        }
     }
 
     /// The object store.

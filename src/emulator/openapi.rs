@@ -3,7 +3,9 @@
 //! schemars implementations, custom ones from each CRD's openAPIV3Schema.
 
 use super::resources::{Registry, ResourceType};
-use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy};
+use k8s_openapi::api::{
+    apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use schemars::generate::SchemaSettings;
@@ -16,7 +18,11 @@ use std::hash::{Hash, Hasher};
 type KindIndex = Vec<(String, String, String, String)>;
 
 fn builtin_definitions(v3: bool) -> (Map<String, Value>, KindIndex) {
-    let settings = if v3 { SchemaSettings::openapi3() } else { SchemaSettings::draft07().with(|s| s.definitions_path = "/definitions".into()) };
+    let settings = if v3 {
+        SchemaSettings::openapi3()
+    } else {
+        SchemaSettings::draft07().with(|s| s.definitions_path = "/definitions".into())
+    };
     let mut generator = settings.into_generator();
     macro_rules! kinds {
         ($($t:ty => ($g:expr, $k:expr)),* $(,)?) => {{
@@ -53,9 +59,13 @@ fn builtin_definitions(v3: bool) -> (Map<String, Value>, KindIndex) {
 /// `x-kubernetes-patch-strategy`) to list properties, from the same table the server's patch code uses, so that
 /// kubectl computes patches with the same list semantics the emulator applies.
 fn annotate_patch_strategies(schema: &mut Value) {
-    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
     for (name, prop) in props.iter_mut() {
-        let Some(obj) = prop.as_object_mut() else { continue };
+        let Some(obj) = prop.as_object_mut() else {
+            continue;
+        };
         if obj.get("type").and_then(Value::as_str) != Some("array") {
             continue;
         }
@@ -76,27 +86,50 @@ fn definition_name(t: &ResourceType, version: &str) -> String {
 
 fn custom_schema(t: &ResourceType, version: &str, prefix: &str) -> Option<Value> {
     let mut schema = t.version(version)?.schema.clone()?;
-    if let Some(props) = schema.as_object_mut().map(|m| m.entry("properties").or_insert_with(|| json!({}))) {
+    if let Some(props) = schema
+        .as_object_mut()
+        .map(|m| m.entry("properties").or_insert_with(|| json!({})))
+    {
         props["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
         props["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
         props["metadata"] = json!({"description": "Standard object's metadata.", "allOf": [{"$ref": format!("{prefix}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")}]});
     }
-    schema["x-kubernetes-group-version-kind"] = json!([{"group": t.group, "version": version, "kind": t.kind}]);
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": t.group, "version": version, "kind": t.kind}]);
     Some(schema)
 }
 
 fn operations(t: &ResourceType, version: &str, def_ref: &str, prefix: &str) -> Map<String, Value> {
     let gvk = json!({"group": t.group, "version": version, "kind": t.kind});
-    let base = if t.group.is_empty() { format!("/api/{version}") } else { format!("/apis/{}/{version}", t.group) };
-    let ns = if t.namespaced { "/namespaces/{namespace}" } else { "" };
+    let base = if t.group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{}/{version}", t.group)
+    };
+    let ns = if t.namespaced {
+        "/namespaces/{namespace}"
+    } else {
+        ""
+    };
     let body = |types: &[&str], r: &str| -> Value {
-        let content: Map<String, Value> = types.iter().map(|ct| (ct.to_string(), json!({"schema": {"$ref": r}}))).collect();
+        let content: Map<String, Value> = types
+            .iter()
+            .map(|ct| (ct.to_string(), json!({"schema": {"$ref": r}})))
+            .collect();
         json!({"content": content, "required": true})
     };
     let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": def_ref}}}}});
     let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-    let common = vec![query("dryRun"), query("fieldManager"), query("fieldValidation")];
-    let mut patch_types = vec!["application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json"];
+    let common = vec![
+        query("dryRun"),
+        query("fieldManager"),
+        query("fieldValidation"),
+    ];
+    let mut patch_types = vec![
+        "application/apply-patch+yaml",
+        "application/json-patch+json",
+        "application/merge-patch+json",
+    ];
     if !t.custom {
         patch_types.push("application/strategic-merge-patch+json");
     }
@@ -126,7 +159,10 @@ fn operations(t: &ResourceType, version: &str, def_ref: &str, prefix: &str) -> M
     };
     paths.insert(format!("{base}{ns}/{}/{{name}}", t.resource), item_ops(""));
     if t.status {
-        paths.insert(format!("{base}{ns}/{}/{{name}}/status", t.resource), item_ops("status"));
+        paths.insert(
+            format!("{base}{ns}/{}/{{name}}/status", t.resource),
+            item_ops("status"),
+        );
     }
     for p in paths.values_mut() {
         if let Some(m) = p.as_object_mut() {
@@ -162,7 +198,11 @@ fn gv_hash(reg: &Registry, group: &str, version: &str) -> String {
 pub fn v3_root(reg: &Registry) -> Value {
     let mut paths = Map::new();
     for (g, v) in v3_group_versions(reg) {
-        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+        let key = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
         let url = format!("/openapi/v3/{key}?hash={}", gv_hash(reg, &g, &v));
         paths.insert(key, json!({"serverRelativeURL": url}));
     }
@@ -171,7 +211,11 @@ pub fn v3_root(reg: &Registry) -> Value {
 
 /// /openapi/v3/api/v1 or /openapi/v3/apis/G/V.
 pub fn v3_group_version(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<_> = reg.all().filter(|t| t.group == group && t.version(version).is_some()).cloned().collect();
+    let types: Vec<_> = reg
+        .all()
+        .filter(|t| t.group == group && t.version(version).is_some())
+        .cloned()
+        .collect();
     if types.is_empty() {
         return None;
     }
@@ -180,7 +224,8 @@ pub fn v3_group_version(reg: &Registry, group: &str, version: &str) -> Option<Va
     for (name, g, v, k) in &kinds {
         if !k.is_empty() {
             if let Some(d) = defs.get_mut(name) {
-                d["x-kubernetes-group-version-kind"] = json!([{"group": g, "version": v, "kind": k}]);
+                d["x-kubernetes-group-version-kind"] =
+                    json!([{"group": g, "version": v, "kind": k}]);
             }
         }
     }
@@ -193,7 +238,11 @@ pub fn v3_group_version(reg: &Registry, group: &str, version: &str) -> Option<Va
             }
             name
         } else {
-            kinds.iter().find(|(_, g, _, k)| *g == t.group && *k == t.kind).map(|(n, ..)| n.clone()).unwrap_or_default()
+            kinds
+                .iter()
+                .find(|(_, g, _, k)| *g == t.group && *k == t.kind)
+                .map(|(n, ..)| n.clone())
+                .unwrap_or_default()
         };
         paths.extend(operations(t, version, &format!("{prefix}{def}"), prefix));
     }
@@ -212,7 +261,8 @@ pub fn v2(reg: &Registry) -> Value {
     for (name, g, v, k) in &kinds {
         if !k.is_empty() {
             if let Some(d) = defs.get_mut(name) {
-                d["x-kubernetes-group-version-kind"] = json!([{"group": g, "version": v, "kind": k}]);
+                d["x-kubernetes-group-version-kind"] =
+                    json!([{"group": g, "version": v, "kind": k}]);
             }
         }
     }
@@ -226,7 +276,11 @@ pub fn v2(reg: &Registry) -> Value {
                 }
                 name
             } else {
-                kinds.iter().find(|(_, g, _, k)| *g == t.group && *k == t.kind).map(|(n, ..)| n.clone()).unwrap_or_default()
+                kinds
+                    .iter()
+                    .find(|(_, g, _, k)| *g == t.group && *k == t.kind)
+                    .map(|(n, ..)| n.clone())
+                    .unwrap_or_default()
             };
             paths.extend(operations(t, &v.name, &format!("{prefix}{def}"), prefix));
         }

@@ -96,7 +96,11 @@ fn delete_options(msg: &[u8]) -> Option<Value> {
             (4, f) => out["propagationPolicy"] = json!(string(f)?),
             (5, f) => {
                 let d = string(f)?;
-                let list = out.get("dryRun").and_then(Value::as_array).cloned().unwrap_or_default();
+                let list = out
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let mut list = list;
                 list.push(json!(d));
                 out["dryRun"] = json!(list);

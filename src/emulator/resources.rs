@@ -61,7 +61,10 @@ pub struct ResourceType {
 impl ResourceType {
     /// The preferred (storage) version.
     pub fn storage_version(&self) -> &str {
-        self.versions.first().map(|v| v.name.as_str()).unwrap_or("v1")
+        self.versions
+            .first()
+            .map(|v| v.name.as_str())
+            .unwrap_or("v1")
     }
 
     /// `group/version` or `version` for the core group.
@@ -80,7 +83,11 @@ impl ResourceType {
 
     /// True when kube-apiserver bumps metadata.generation for spec changes of this kind.
     pub fn tracks_generation(&self) -> bool {
-        let untracked_core = self.group.is_empty() && matches!(self.resource.as_str(), "nodes" | "namespaces" | "events" | "configmaps");
+        let untracked_core = self.group.is_empty()
+            && matches!(
+                self.resource.as_str(),
+                "nodes" | "namespaces" | "events" | "configmaps"
+            );
         !(untracked_core || matches!(self.group.as_str(), "coordination.k8s.io" | "events.k8s.io"))
     }
 }
@@ -111,7 +118,11 @@ fn builtin(
 ) -> ResourceType {
     ResourceType {
         group: group.into(),
-        versions: vec![VersionInfo { name: version.into(), schema: None, printer_columns: Vec::new() }],
+        versions: vec![VersionInfo {
+            name: version.into(),
+            schema: None,
+            printer_columns: Vec::new(),
+        }],
         resource: resource.into(),
         singular: singular.into(),
         kind: kind.into(),
@@ -132,29 +143,248 @@ fn builtin(
 impl Registry {
     /// The built-in kinds berth uses.
     pub fn builtins() -> Self {
-        use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy, rbac::v1 as rbac};
+        use k8s_openapi::api::{
+            apps::v1 as apps, coordination::v1 as coord, core::v1 as core, policy::v1 as policy,
+            rbac::v1 as rbac,
+        };
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
         let all = &["all"][..];
         let list = vec![
-            builtin("", "v1", "pods", "pod", "Pod", true, &["po"], all, true, false, check::<core::Pod>),
-            builtin("", "v1", "nodes", "node", "Node", false, &["no"], &[], true, false, check::<core::Node>),
-            builtin("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], &[], true, false, check::<core::Namespace>),
-            builtin("", "v1", "events", "event", "Event", true, &["ev"], &[], false, false, check::<core::Event>),
-            builtin("events.k8s.io", "v1", "events", "event", "Event", true, &[], &[], false, false, check::<k8s_openapi::api::events::v1::Event>),
-            builtin("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], false, false, check::<core::ConfigMap>),
-            builtin("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], all, true, false, check::<apps::DaemonSet>),
-            builtin("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], all, true, true, check::<apps::Deployment>),
-            builtin("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], all, true, true, check::<apps::ReplicaSet>),
-            builtin("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", true, &["pdb"], &[], true, false, check::<policy::PodDisruptionBudget>),
-            builtin("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], false, false, check::<coord::Lease>),
+            builtin(
+                "",
+                "v1",
+                "pods",
+                "pod",
+                "Pod",
+                true,
+                &["po"],
+                all,
+                true,
+                false,
+                check::<core::Pod>,
+            ),
+            builtin(
+                "",
+                "v1",
+                "nodes",
+                "node",
+                "Node",
+                false,
+                &["no"],
+                &[],
+                true,
+                false,
+                check::<core::Node>,
+            ),
+            builtin(
+                "",
+                "v1",
+                "namespaces",
+                "namespace",
+                "Namespace",
+                false,
+                &["ns"],
+                &[],
+                true,
+                false,
+                check::<core::Namespace>,
+            ),
+            builtin(
+                "",
+                "v1",
+                "events",
+                "event",
+                "Event",
+                true,
+                &["ev"],
+                &[],
+                false,
+                false,
+                check::<core::Event>,
+            ),
+            builtin(
+                "events.k8s.io",
+                "v1",
+                "events",
+                "event",
+                "Event",
+                true,
+                &[],
+                &[],
+                false,
+                false,
+                check::<k8s_openapi::api::events::v1::Event>,
+            ),
+            builtin(
+                "",
+                "v1",
+                "configmaps",
+                "configmap",
+                "ConfigMap",
+                true,
+                &["cm"],
+                &[],
+                false,
+                false,
+                check::<core::ConfigMap>,
+            ),
+            builtin(
+                "apps",
+                "v1",
+                "daemonsets",
+                "daemonset",
+                "DaemonSet",
+                true,
+                &["ds"],
+                all,
+                true,
+                false,
+                check::<apps::DaemonSet>,
+            ),
+            builtin(
+                "apps",
+                "v1",
+                "deployments",
+                "deployment",
+                "Deployment",
+                true,
+                &["deploy"],
+                all,
+                true,
+                true,
+                check::<apps::Deployment>,
+            ),
+            builtin(
+                "apps",
+                "v1",
+                "replicasets",
+                "replicaset",
+                "ReplicaSet",
+                true,
+                &["rs"],
+                all,
+                true,
+                true,
+                check::<apps::ReplicaSet>,
+            ),
+            builtin(
+                "policy",
+                "v1",
+                "poddisruptionbudgets",
+                "poddisruptionbudget",
+                "PodDisruptionBudget",
+                true,
+                &["pdb"],
+                &[],
+                true,
+                false,
+                check::<policy::PodDisruptionBudget>,
+            ),
+            builtin(
+                "coordination.k8s.io",
+                "v1",
+                "leases",
+                "lease",
+                "Lease",
+                true,
+                &[],
+                &[],
+                false,
+                false,
+                check::<coord::Lease>,
+            ),
             // What berth's Helm chart installs, so the chart can be applied to the emulator with kubectl.
-            builtin("", "v1", "services", "service", "Service", true, &["svc"], all, true, false, check::<core::Service>),
-            builtin("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &[], false, false, check::<core::ServiceAccount>),
-            builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, &[], &[], false, false, check::<rbac::ClusterRole>),
-            builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, &[], &[], false, false, check::<rbac::ClusterRoleBinding>),
-            builtin("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], false, false, check::<rbac::Role>),
-            builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, &[], &[], false, false, check::<rbac::RoleBinding>),
-            builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false, &["crd", "crds"], &[], true, false, check::<apiext::CustomResourceDefinition>),
+            builtin(
+                "",
+                "v1",
+                "services",
+                "service",
+                "Service",
+                true,
+                &["svc"],
+                all,
+                true,
+                false,
+                check::<core::Service>,
+            ),
+            builtin(
+                "",
+                "v1",
+                "serviceaccounts",
+                "serviceaccount",
+                "ServiceAccount",
+                true,
+                &["sa"],
+                &[],
+                false,
+                false,
+                check::<core::ServiceAccount>,
+            ),
+            builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterroles",
+                "clusterrole",
+                "ClusterRole",
+                false,
+                &[],
+                &[],
+                false,
+                false,
+                check::<rbac::ClusterRole>,
+            ),
+            builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterrolebindings",
+                "clusterrolebinding",
+                "ClusterRoleBinding",
+                false,
+                &[],
+                &[],
+                false,
+                false,
+                check::<rbac::ClusterRoleBinding>,
+            ),
+            builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "roles",
+                "role",
+                "Role",
+                true,
+                &[],
+                &[],
+                false,
+                false,
+                check::<rbac::Role>,
+            ),
+            builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "rolebindings",
+                "rolebinding",
+                "RoleBinding",
+                true,
+                &[],
+                &[],
+                false,
+                false,
+                check::<rbac::RoleBinding>,
+            ),
+            builtin(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                "customresourcedefinition",
+                "CustomResourceDefinition",
+                false,
+                &["crd", "crds"],
+                &[],
+                true,
+                false,
+                check::<apiext::CustomResourceDefinition>,
+            ),
         ];
         let mut r = Registry::default();
         for t in list {
@@ -165,22 +395,29 @@ impl Registry {
 
     /// Adds or replaces a type.
     pub fn insert(&mut self, t: ResourceType) {
-        self.types.insert((t.group.clone(), t.resource.clone()), Arc::new(t));
+        self.types
+            .insert((t.group.clone(), t.resource.clone()), Arc::new(t));
     }
 
     /// Removes a type (CRD deleted).
     pub fn remove(&mut self, group: &str, resource: &str) -> Option<Arc<ResourceType>> {
-        self.types.remove(&(group.to_string(), resource.to_string()))
+        self.types
+            .remove(&(group.to_string(), resource.to_string()))
     }
 
     /// Looks up by group and plural.
     pub fn get(&self, group: &str, resource: &str) -> Option<Arc<ResourceType>> {
-        self.types.get(&(group.to_string(), resource.to_string())).cloned()
+        self.types
+            .get(&(group.to_string(), resource.to_string()))
+            .cloned()
     }
 
     /// Looks up by group and kind.
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceType>> {
-        self.types.values().find(|t| t.group == group && t.kind == kind).cloned()
+        self.types
+            .values()
+            .find(|t| t.group == group && t.kind == kind)
+            .cloned()
     }
 
     /// All types, ordered by (group, resource).
@@ -216,7 +453,9 @@ impl Registry {
 
 /// Kubernetes version ordering: GA > beta > alpha, higher numbers first.
 pub fn version_priority(v: &str) -> (u8, u32, u32) {
-    let Some(rest) = v.strip_prefix('v') else { return (0, 0, 0) };
+    let Some(rest) = v.strip_prefix('v') else {
+        return (0, 0, 0);
+    };
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     let major: u32 = digits.parse().unwrap_or(0);
     let tail = &rest[digits.len()..];
@@ -234,35 +473,71 @@ pub fn version_priority(v: &str) -> (u8, u32, u32) {
 /// Builds the resource type a CRD declares, or explains why the CRD is unusable (reported as 422).
 pub fn from_crd(crd: &Value) -> Result<ResourceType, String> {
     let spec = crd.get("spec").ok_or("spec: Required value")?;
-    let group = spec.get("group").and_then(Value::as_str).ok_or("spec.group: Required value")?;
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .ok_or("spec.group: Required value")?;
     let names = spec.get("names").ok_or("spec.names: Required value")?;
-    let plural = names.get("plural").and_then(Value::as_str).ok_or("spec.names.plural: Required value")?;
-    let kind = names.get("kind").and_then(Value::as_str).ok_or("spec.names.kind: Required value")?;
-    let singular = names.get("singular").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
-    let scope = spec.get("scope").and_then(Value::as_str).ok_or("spec.scope: Required value")?;
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .ok_or("spec.names.plural: Required value")?;
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("spec.names.kind: Required value")?;
+    let singular = names
+        .get("singular")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let scope = spec
+        .get("scope")
+        .and_then(Value::as_str)
+        .ok_or("spec.scope: Required value")?;
     let namespaced = match scope {
         "Namespaced" => true,
         "Cluster" => false,
         other => return Err(format!("spec.scope: Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\"")),
     };
     let expected_name = format!("{plural}.{group}");
-    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = crd
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if name != expected_name {
-        return Err(format!("metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"));
+        return Err(format!(
+            "metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
+        ));
     }
     let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let versions_json = spec.get("versions").and_then(Value::as_array).ok_or("spec.versions: Required value")?;
+    let versions_json = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .ok_or("spec.versions: Required value")?;
     if versions_json.is_empty() {
-        return Err("spec.versions: Invalid value: must have exactly one version marked as storage version".into());
+        return Err(
+            "spec.versions: Invalid value: must have exactly one version marked as storage version"
+                .into(),
+        );
     }
     let mut versions = Vec::new();
     let mut status = false;
     let mut scale = None;
     let mut storage_count = 0;
     for (i, v) in versions_json.iter().enumerate() {
-        let vname = v.get("name").and_then(Value::as_str).ok_or_else(|| format!("spec.versions[{i}].name: Required value"))?;
+        let vname = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("spec.versions[{i}].name: Required value"))?;
         if v.get("storage").and_then(Value::as_bool) == Some(true) {
             storage_count += 1;
         }
@@ -271,7 +546,9 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         }
         let schema = v.pointer("/schema/openAPIV3Schema").cloned();
         if schema.is_none() {
-            return Err(format!("spec.versions[{i}].schema.openAPIV3Schema: Required value: schemas are required"));
+            return Err(format!(
+                "spec.versions[{i}].schema.openAPIV3Schema: Required value: schemas are required"
+            ));
         }
         if let Some(sub) = v.get("subresources") {
             if sub.get("status").is_some() {
@@ -289,7 +566,11 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         let info = VersionInfo {
             name: vname.to_string(),
             schema,
-            printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
+            printer_columns: v
+                .get("additionalPrinterColumns")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
         };
         // Storage version first: it is the one objects are kept in.
         if v.get("storage").and_then(Value::as_bool) == Some(true) {
@@ -299,7 +580,10 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, String> {
         }
     }
     if storage_count != 1 {
-        return Err("spec.versions: Invalid value: must have exactly one version marked as storage version".into());
+        return Err(
+            "spec.versions: Invalid value: must have exactly one version marked as storage version"
+                .into(),
+        );
     }
     Ok(ResourceType {
         group: group.into(),

@@ -41,11 +41,14 @@ fn join(path: &str, key: &str) -> String {
 
 fn type_matches(expected: &str, v: &Value) -> bool {
     match (expected, v) {
-        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
-        ("number", Value::Number(_)) => true,
-        ("string", Value::String(_)) | ("boolean", Value::Bool(_)) | ("array", Value::Array(_)) | ("object", Value::Object(_)) => {
-            true
+        ("integer", Value::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
         }
+        ("number", Value::Number(_)) => true,
+        ("string", Value::String(_))
+        | ("boolean", Value::Bool(_))
+        | ("array", Value::Array(_))
+        | ("object", Value::Object(_)) => true,
         _ => false,
     }
 }
@@ -57,7 +60,11 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
     let anchored_start = pattern.starts_with('^');
     let anchored_end = pattern.ends_with('$') && !pattern.ends_with("\\$");
     let body = pattern.trim_start_matches('^');
-    let body = if anchored_end { &body[..body.len().saturating_sub(1)] } else { body };
+    let body = if anchored_end {
+        &body[..body.len().saturating_sub(1)]
+    } else {
+        body
+    };
     if meta(body) {
         return true;
     }
@@ -71,11 +78,18 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
 
 /// Validates `value` (at `path`) against `schema`, pruning unknown fields and applying defaults.
 pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validation) {
-    let display = if path.is_empty() { "<root>".to_string() } else { path.to_string() };
+    let display = if path.is_empty() {
+        "<root>".to_string()
+    } else {
+        path.to_string()
+    };
     if value.is_null() && schema.get("nullable").and_then(Value::as_bool) == Some(true) {
         return;
     }
-    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true);
     if int_or_string {
         if !matches!(value, Value::String(_)) && !type_matches("integer", value) {
             out.invalid.push(format!(
@@ -99,7 +113,11 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validat
     if let Some(options) = schema.get("enum").and_then(Value::as_array) {
         if !options.contains(value) {
             let supported: Vec<String> = options.iter().map(render).collect();
-            out.invalid.push(format!("{display}: Unsupported value: {}: supported values: {}", render(value), supported.join(", ")));
+            out.invalid.push(format!(
+                "{display}: Unsupported value: {}: supported values: {}",
+                render(value),
+                supported.join(", ")
+            ));
         }
     }
     let rendered = render(value);
@@ -107,17 +125,35 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validat
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or_default();
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-                let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
+                let exclusive =
+                    schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
                 if x < min || (exclusive && x == min) {
-                    let rel = if exclusive { "greater than" } else { "greater than or equal to" };
-                    out.invalid.push(format!("{display}: Invalid value: {}: {display} in body should be {rel} {}", render(value), render(&schema["minimum"])));
+                    let rel = if exclusive {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
+                    out.invalid.push(format!(
+                        "{display}: Invalid value: {}: {display} in body should be {rel} {}",
+                        render(value),
+                        render(&schema["minimum"])
+                    ));
                 }
             }
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-                let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
+                let exclusive =
+                    schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
                 if x > max || (exclusive && x == max) {
-                    let rel = if exclusive { "less than" } else { "less than or equal to" };
-                    out.invalid.push(format!("{display}: Invalid value: {}: {display} in body should be {rel} {}", render(value), render(&schema["maximum"])));
+                    let rel = if exclusive {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
+                    out.invalid.push(format!(
+                        "{display}: Invalid value: {}: {display} in body should be {rel} {}",
+                        render(value),
+                        render(&schema["maximum"])
+                    ));
                 }
             }
         }
@@ -125,7 +161,9 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validat
             let len = s.chars().count() as u64;
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
                 if len > max {
-                    out.invalid.push(format!("{display}: Too long: may not be more than {max} bytes"));
+                    out.invalid.push(format!(
+                        "{display}: Too long: may not be more than {max} bytes"
+                    ));
                 }
             }
             if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
@@ -135,14 +173,20 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validat
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
                 if !pattern_matches(p, s) {
-                    out.invalid.push(format!("{display}: Invalid value: {}: {display} in body should match '{p}'", rendered));
+                    out.invalid.push(format!(
+                        "{display}: Invalid value: {}: {display} in body should match '{p}'",
+                        rendered
+                    ));
                 }
             }
         }
         Value::Array(items) => {
             if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
                 if items.len() as u64 > max {
-                    out.invalid.push(format!("{display}: Too many: {}: must have at most {max} items", items.len()));
+                    out.invalid.push(format!(
+                        "{display}: Too many: {}: must have at most {max} items",
+                        items.len()
+                    ));
                 }
             }
             if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
@@ -161,9 +205,21 @@ pub fn validate(value: &mut Value, schema: &Value, path: &str, out: &mut Validat
     }
 }
 
-fn validate_object(map: &mut Map<String, Value>, schema: &Value, path: &str, display: &str, out: &mut Validation) {
-    let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
-    let embedded = schema.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) == Some(true);
+fn validate_object(
+    map: &mut Map<String, Value>,
+    schema: &Value,
+    path: &str,
+    display: &str,
+    out: &mut Validation,
+) {
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let embedded = schema
+        .get("x-kubernetes-embedded-resource")
+        .and_then(Value::as_bool)
+        == Some(true);
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
     // Defaults first, so that required fields with defaults are satisfied.
@@ -179,14 +235,16 @@ fn validate_object(map: &mut Map<String, Value>, schema: &Value, path: &str, dis
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for r in required.iter().filter_map(Value::as_str) {
             if !map.contains_key(r) {
-                out.invalid.push(format!("{}: Required value", join(path, r)));
+                out.invalid
+                    .push(format!("{}: Required value", join(path, r)));
             }
         }
     }
     let keys: Vec<String> = map.keys().cloned().collect();
     for k in keys {
         let child_path = join(path, &k);
-        let root_meta = (path.is_empty() || embedded) && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
+        let root_meta = (path.is_empty() || embedded)
+            && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
         if let Some(s) = properties.and_then(|p| p.get(&k)) {
             if let Some(v) = map.get_mut(&k) {
                 if v.is_null() && s.get("nullable").and_then(Value::as_bool) != Some(true) {
@@ -200,7 +258,10 @@ fn validate_object(map: &mut Map<String, Value>, schema: &Value, path: &str, dis
             if let Some(v) = map.get_mut(&k) {
                 validate(v, s, &child_path, out);
             }
-        } else if root_meta || preserve || schema.get("additionalProperties").and_then(Value::as_bool) == Some(true) {
+        } else if root_meta
+            || preserve
+            || schema.get("additionalProperties").and_then(Value::as_bool) == Some(true)
+        {
             continue;
         } else {
             map.remove(&k);
@@ -242,20 +303,56 @@ mod tests {
         let cases: Vec<(Value, Vec<&str>)> = vec![
             (json!({"spec": {"replicas": 3}}), vec![]),
             (json!({"spec": {}}), vec!["spec.replicas: Required value"]),
-            (json!({"spec": {"replicas": "3"}}), vec!["spec.replicas in body must be of type integer"]),
-            (json!({"spec": {"replicas": 11}}), vec!["should be less than or equal to 10"]),
-            (json!({"spec": {"replicas": -1}}), vec!["should be greater than or equal to 0"]),
-            (json!({"spec": {"replicas": 1, "mode": "Slow"}}), vec!["spec.mode: Unsupported value: \"Slow\""]),
-            (json!({"spec": {"replicas": 1, "name": "m-toolong"}}), vec!["spec.name: Too long"]),
-            (json!({"spec": {"replicas": 1, "name": "x-a"}}), vec!["should match '^m-'"]),
-            (json!({"spec": {"replicas": 1, "tags": ["a", "b", "c"]}}), vec!["spec.tags: Too many"]),
-            (json!({"spec": {"replicas": 1, "tags": [1]}}), vec!["spec.tags[0] in body must be of type string"]),
-            (json!({"spec": {"replicas": 1, "labels": {"a": 1}}}), vec!["spec.labels.a in body must be of type string"]),
+            (
+                json!({"spec": {"replicas": "3"}}),
+                vec!["spec.replicas in body must be of type integer"],
+            ),
+            (
+                json!({"spec": {"replicas": 11}}),
+                vec!["should be less than or equal to 10"],
+            ),
+            (
+                json!({"spec": {"replicas": -1}}),
+                vec!["should be greater than or equal to 0"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "mode": "Slow"}}),
+                vec!["spec.mode: Unsupported value: \"Slow\""],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "name": "m-toolong"}}),
+                vec!["spec.name: Too long"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "name": "x-a"}}),
+                vec!["should match '^m-'"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "tags": ["a", "b", "c"]}}),
+                vec!["spec.tags: Too many"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "tags": [1]}}),
+                vec!["spec.tags[0] in body must be of type string"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "labels": {"a": 1}}}),
+                vec!["spec.labels.a in body must be of type string"],
+            ),
             (json!({"spec": {"replicas": 1, "size": "10%"}}), vec![]),
             (json!({"spec": {"replicas": 1, "size": 3}}), vec![]),
-            (json!({"spec": {"replicas": 1, "size": true}}), vec!["int-or-string"]),
-            (json!({"spec": {"replicas": 1, "free": {"anything": {"goes": 1}}}}), vec![]),
-            (json!({"spec": {"replicas": 1}, "status": {"ready": "yes"}}), vec!["status.ready in body must be of type boolean"]),
+            (
+                json!({"spec": {"replicas": 1, "size": true}}),
+                vec!["int-or-string"],
+            ),
+            (
+                json!({"spec": {"replicas": 1, "free": {"anything": {"goes": 1}}}}),
+                vec![],
+            ),
+            (
+                json!({"spec": {"replicas": 1}, "status": {"ready": "yes"}}),
+                vec!["status.ready in body must be of type boolean"],
+            ),
         ];
         for (mut obj, want) in cases {
             let v = validate_object_root(&mut obj, &schema());
@@ -271,7 +368,10 @@ mod tests {
         let mut obj = json!({"apiVersion": "x/v1", "kind": "T", "metadata": {"name": "a"}, "spec": {"replicas": 1, "bogus": 1}, "top": 2});
         let v = validate_object_root(&mut obj, &schema());
         assert!(v.invalid.is_empty());
-        assert_eq!(v.unknown, vec![".spec.bogus".to_string(), ".top".to_string()]);
+        assert_eq!(
+            v.unknown,
+            vec![".spec.bogus".to_string(), ".top".to_string()]
+        );
         assert_eq!(obj["spec"], json!({"replicas": 1, "mode": "Safe"}));
         assert_eq!(obj["metadata"]["name"], "a");
     }

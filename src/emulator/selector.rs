@@ -53,7 +53,10 @@ pub struct LabelSelector {
 }
 
 fn lookup<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 impl Requirement {
@@ -62,13 +65,17 @@ impl Requirement {
             Requirement::Equals(k, v) => lookup(labels, k) == Some(v.as_str()),
             Requirement::NotEquals(k, v) => lookup(labels, k) != Some(v.as_str()),
             Requirement::In(k, vs) => lookup(labels, k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Requirement::NotIn(k, vs) => !lookup(labels, k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::NotIn(k, vs) => {
+                !lookup(labels, k).is_some_and(|x| vs.iter().any(|v| v == x))
+            }
             Requirement::Exists(k) => lookup(labels, k).is_some(),
             Requirement::DoesNotExist(k) => lookup(labels, k).is_none(),
-            Requirement::GreaterThan(k, n) => {
-                lookup(labels, k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n)
-            }
-            Requirement::LessThan(k, n) => lookup(labels, k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            Requirement::GreaterThan(k, n) => lookup(labels, k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            Requirement::LessThan(k, n) => lookup(labels, k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         }
     }
 }
@@ -76,12 +83,17 @@ impl Requirement {
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 317
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
         && key.matches('/').count() <= 1
 }
 
 fn valid_value(value: &str) -> bool {
-    value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Splits on commas that are not inside parentheses.
@@ -118,11 +130,17 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| SelectorError::Syntax(format!("expected a parenthesised set of values in {whole:?}")))?;
+        .ok_or_else(|| {
+            SelectorError::Syntax(format!(
+                "expected a parenthesised set of values in {whole:?}"
+            ))
+        })?;
     let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     for v in &values {
         if !valid_value(v) {
-            return Err(SelectorError::Syntax(format!("invalid label value {v:?} in {whole:?}")));
+            return Err(SelectorError::Syntax(format!(
+                "invalid label value {v:?} in {whole:?}"
+            )));
         }
     }
     Ok(values)
@@ -146,11 +164,17 @@ impl LabelSelector {
     }
 
     fn parse_requirement(part: &str) -> Result<Requirement, SelectorError> {
-        let bad_key = |k: &str| SelectorError::Syntax(format!("invalid label key {k:?} in {part:?}"));
-        let bad_value = |v: &str| SelectorError::Syntax(format!("invalid label value {v:?} in {part:?}"));
+        let bad_key =
+            |k: &str| SelectorError::Syntax(format!("invalid label key {k:?} in {part:?}"));
+        let bad_value =
+            |v: &str| SelectorError::Syntax(format!("invalid label value {v:?} in {part:?}"));
         if let Some(key) = part.strip_prefix('!') {
             let key = key.trim();
-            return if valid_key(key) { Ok(Requirement::DoesNotExist(key.into())) } else { Err(bad_key(key)) };
+            return if valid_key(key) {
+                Ok(Requirement::DoesNotExist(key.into()))
+            } else {
+                Err(bad_key(key))
+            };
         }
         for (op, ctor) in [("!=", 0u8), ("==", 1), ("=", 1), (">", 2), ("<", 3)] {
             if let Some(idx) = part.find(op) {
@@ -187,7 +211,11 @@ impl LabelSelector {
         let key = words.next().unwrap_or_default().trim();
         let rest = words.next().unwrap_or_default().trim();
         if rest.is_empty() {
-            return if valid_key(key) { Ok(Requirement::Exists(key.into())) } else { Err(bad_key(key)) };
+            return if valid_key(key) {
+                Ok(Requirement::Exists(key.into()))
+            } else {
+                Err(bad_key(key))
+            };
         }
         if !valid_key(key) {
             return Err(bad_key(key));
@@ -197,7 +225,9 @@ impl LabelSelector {
         } else if let Some(set) = rest.strip_prefix("in") {
             Ok(Requirement::In(key.into(), parse_set(set, part)?))
         } else {
-            Err(SelectorError::Syntax(format!("unknown operator in {part:?}")))
+            Err(SelectorError::Syntax(format!(
+                "unknown operator in {part:?}"
+            )))
         }
     }
 
@@ -209,25 +239,42 @@ impl LabelSelector {
         }
         if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in labels {
-                let v = v.as_str().ok_or_else(|| SelectorError::Syntax(format!("matchLabels.{k} is not a string")))?;
+                let v = v.as_str().ok_or_else(|| {
+                    SelectorError::Syntax(format!("matchLabels.{k} is not a string"))
+                })?;
                 requirements.push(Requirement::Equals(k.clone(), v.to_string()));
             }
         }
         if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+                let op = e
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 requirements.push(match op {
                     "In" => Requirement::In(key, values),
                     "NotIn" => Requirement::NotIn(key, values),
                     "Exists" => Requirement::Exists(key),
                     "DoesNotExist" => Requirement::DoesNotExist(key),
-                    other => return Err(SelectorError::Syntax(format!("{other:?} is not a valid label selector operator"))),
+                    other => {
+                        return Err(SelectorError::Syntax(format!(
+                            "{other:?} is not a valid label selector operator"
+                        )))
+                    }
                 });
             }
         }
@@ -246,7 +293,13 @@ impl LabelSelector {
 }
 
 /// The fields a field selector may name.
-pub const SUPPORTED_FIELDS: &[&str] = &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.unschedulable"];
+pub const SUPPORTED_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "status.phase",
+    "spec.unschedulable",
+];
 
 /// A conjunction of `field=value` / `field!=value` terms.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -271,7 +324,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, v, true)
             } else {
-                return Err(SelectorError::Syntax(format!("invalid field selector term {part:?}")));
+                return Err(SelectorError::Syntax(format!(
+                    "invalid field selector term {part:?}"
+                )));
             };
             let field = field.trim();
             if !SUPPORTED_FIELDS.contains(&field) {
@@ -298,7 +353,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -336,7 +394,16 @@ mod tests {
 
     #[test]
     fn label_selector_rejects_garbage() {
-        for s in ["app in web", "app in (web", "a b c", "=x", "app=has space", "app in (web))", "x,,y", "n>abc"] {
+        for s in [
+            "app in web",
+            "app in (web",
+            "a b c",
+            "=x",
+            "app=has space",
+            "app in (web))",
+            "x,,y",
+            "n>abc",
+        ] {
             assert!(LabelSelector::parse(s).is_err(), "{s:?} should not parse");
         }
     }
@@ -350,7 +417,10 @@ mod tests {
         .unwrap();
         assert!(sel.matches(&labels(&[("app", "web"), ("tier", "front")])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "front"), ("x", "1")])));
-        assert!(LabelSelector::from_object(&serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]})).is_err());
+        assert!(LabelSelector::from_object(
+            &serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]})
+        )
+        .is_err());
     }
 
     #[test]
@@ -371,9 +441,16 @@ mod tests {
             ("status.phase!=Failed,status.phase!=Succeeded", true),
         ];
         for (s, want) in cases {
-            assert_eq!(FieldSelector::parse(s).unwrap().matches(get), *want, "{s:?}");
+            assert_eq!(
+                FieldSelector::parse(s).unwrap().matches(get),
+                *want,
+                "{s:?}"
+            );
         }
-        assert!(matches!(FieldSelector::parse("spec.foo=bar"), Err(SelectorError::UnsupportedField(_))));
+        assert!(matches!(
+            FieldSelector::parse("spec.foo=bar"),
+            Err(SelectorError::UnsupportedField(_))
+        ));
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

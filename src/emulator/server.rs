@@ -33,7 +33,10 @@ where
             return error_response(&err);
         }
     };
-    let ctx = Context2 { server_address: server_address.to_string(), drop_watches: emu.drop_receiver() };
+    let ctx = Context2 {
+        server_address: server_address.to_string(),
+        drop_watches: emu.drop_receiver(),
+    };
     let store = emu.store().clone();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();

@@ -44,7 +44,8 @@ pub struct Stored {
 impl Stored {
     /// Parses the stored JSON.
     pub fn value(&self) -> Result<Value, ApiError> {
-        serde_json::from_slice(&self.bytes).map_err(|e| ApiError::Internal(format!("stored object is not valid JSON: {e}")))
+        serde_json::from_slice(&self.bytes)
+            .map_err(|e| ApiError::Internal(format!("stored object is not valid JSON: {e}")))
     }
 
     /// The value of a field a field selector may name.
@@ -60,18 +61,32 @@ impl Stored {
     }
 
     fn from_value(v: &Value, rv: u64) -> Result<Self, ApiError> {
-        let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let labels = v
             .pointer("/metadata/labels")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         let owner_uids = v
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|o| o.get("uid").and_then(Value::as_str).map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o.get("uid").and_then(Value::as_str).map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        let bytes = serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("cannot encode object: {e}")))?;
+        let bytes = serde_json::to_vec(v)
+            .map_err(|e| ApiError::Internal(format!("cannot encode object: {e}")))?;
         Ok(Stored {
             bytes: Bytes::from(bytes),
             rv,
@@ -152,7 +167,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { history_limit: 20_000, max_body_bytes: 3 * 1024 * 1024, bookmark_interval: std::time::Duration::from_secs(10) }
+        Config {
+            history_limit: 20_000,
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: std::time::Duration::from_secs(10),
+        }
     }
 }
 
@@ -250,16 +269,25 @@ pub struct Store {
 }
 
 fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
-    let map = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
-    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         return Err(ApiError::BadRequest("metadata must be an object".into()));
     }
-    meta.as_object_mut().ok_or_else(|| ApiError::Internal("metadata".into()))
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::Internal("metadata".into()))
 }
 
 fn meta_str(obj: &Value, field: &str) -> String {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or_default().to_string()
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Compares two objects ignoring what every write changes anyway.
@@ -284,7 +312,9 @@ fn spec_part(v: &Value) -> Value {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -297,8 +327,16 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 fn invalid(rt: &ResourceType, name: &str, errors: &[String]) -> ApiError {
-    let detail = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
-    let kind = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
+    let detail = if errors.len() == 1 {
+        errors[0].clone()
+    } else {
+        format!("[{}]", errors.join(", "))
+    };
+    let kind = if rt.group.is_empty() {
+        rt.kind.clone()
+    } else {
+        format!("{}.{}", rt.kind, rt.group)
+    };
     ApiError::Invalid(format!("{kind} \"{name}\" is invalid: {detail}"))
 }
 
@@ -318,11 +356,14 @@ fn patch_error(e: PatchError) -> ApiError {
 
 impl State {
     fn collection(&self, group: &str, resource: &str) -> Option<&Collection> {
-        self.collections.get(&(group.to_string(), resource.to_string()))
+        self.collections
+            .get(&(group.to_string(), resource.to_string()))
     }
 
     fn lookup(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Stored>> {
-        self.collection(&rt.group, &rt.resource)?.get(&(ns.to_string(), name.to_string())).cloned()
+        self.collection(&rt.group, &rt.resource)?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -368,44 +409,83 @@ impl State {
         }
         if let Some(n) = new {
             for owner in &n.owner_uids {
-                self.dependents.entry(owner.clone()).or_default().insert(key.clone());
+                self.dependents
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(key.clone());
             }
             self.uids.insert(n.uid.clone(), key.clone());
         }
     }
 
     /// Stores `obj` with a fresh resourceVersion and records the event.
-    fn put(&mut self, tx: &broadcast::Sender<Arc<WatchEvent>>, rt: &ResourceType, mut obj: Value, kind: EventType) -> Result<Arc<Stored>, ApiError> {
+    fn put(
+        &mut self,
+        tx: &broadcast::Sender<Arc<WatchEvent>>,
+        rt: &ResourceType,
+        mut obj: Value,
+        kind: EventType,
+    ) -> Result<Arc<Stored>, ApiError> {
         let rv = self.rv + 1;
         metadata_mut(&mut obj)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = Arc::new(Stored::from_value(&obj, rv)?);
         self.rv = rv;
-        let key = ObjectKey { group: rt.group.clone(), resource: rt.resource.clone(), namespace: stored.namespace.clone(), name: stored.name.clone() };
-        let coll = self.collections.entry((rt.group.clone(), rt.resource.clone())).or_default();
-        let previous = coll.insert((stored.namespace.clone(), stored.name.clone()), stored.clone());
+        let key = ObjectKey {
+            group: rt.group.clone(),
+            resource: rt.resource.clone(),
+            namespace: stored.namespace.clone(),
+            name: stored.name.clone(),
+        };
+        let coll = self
+            .collections
+            .entry((rt.group.clone(), rt.resource.clone()))
+            .or_default();
+        let previous = coll.insert(
+            (stored.namespace.clone(), stored.name.clone()),
+            stored.clone(),
+        );
         self.index(&key, previous.as_deref(), Some(&stored));
-        let ev = Arc::new(WatchEvent { kind, group: rt.group.clone(), resource: rt.resource.clone(), object: stored.clone(), previous });
+        let ev = Arc::new(WatchEvent {
+            kind,
+            group: rt.group.clone(),
+            resource: rt.resource.clone(),
+            object: stored.clone(),
+            previous,
+        });
         self.push_history(ev, tx);
         Ok(stored)
     }
 }
 
 /// Events to replay, a subscription for what follows, and the latest resourceVersion.
-pub type HistoryResume = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>, u64);
+pub type HistoryResume = (
+    Vec<Arc<WatchEvent>>,
+    broadcast::Receiver<Arc<WatchEvent>>,
+    u64,
+);
 
 /// Query value helpers for the HTTP layer.
 pub fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
+    base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token:?}"));
-    let raw = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     Ok((
         v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?,
-        v.get("ns").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
-        v.get("name").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+        v.get("ns")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?
+            .to_string(),
+        v.get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?
+            .to_string(),
     ))
 }
 
@@ -429,10 +509,20 @@ impl Store {
             uids: HashMap::new(),
             history_limit: config.history_limit.max(1),
         };
-        let store = Store { state: Mutex::new(state), events, clock, config };
+        let store = Store {
+            state: Mutex::new(state),
+            events,
+            clock,
+            config,
+        };
         if let Some(rt) = store.resource_type("", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                let created = store.create(&rt, "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), &WriteOptions::default());
+                let created = store.create(
+                    &rt,
+                    "",
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                    &WriteOptions::default(),
+                );
                 debug_assert!(created.is_ok());
             }
         }
@@ -484,23 +574,42 @@ impl Store {
 
     /// Number of objects of a kind.
     pub fn count(&self, group: &str, resource: &str) -> usize {
-        self.lock().collection(group, resource).map(|c| c.len()).unwrap_or(0)
+        self.lock()
+            .collection(group, resource)
+            .map(|c| c.len())
+            .unwrap_or(0)
     }
 
     /// Reads one object.
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Arc<Stored>, ApiError> {
-        self.lock().lookup(rt, ns, name).ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))
+        self.lock()
+            .lookup(rt, ns, name)
+            .ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))
     }
 
     /// Lists objects; `ns` None lists across namespaces.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>, q: &ListQuery) -> Result<ListPage, ApiError> {
+    pub fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        q: &ListQuery,
+    ) -> Result<ListPage, ApiError> {
         let st = self.lock();
         let mut list_rv = st.rv;
-        if let Some(rv) = q.resource_version.as_deref().filter(|s| !s.is_empty() && *s != "0") {
-            let n: u64 = rv.parse().map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
+        if let Some(rv) = q
+            .resource_version
+            .as_deref()
+            .filter(|s| !s.is_empty() && *s != "0")
+        {
+            let n: u64 = rv
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}")))?;
             if q.resource_version_match.as_deref() == Some("Exact") && n != st.rv {
                 // Only the latest state is kept, so an exact historic list can never be served.
-                return Err(ApiError::Gone(format!("too old resource version: {n} ({})", st.rv)));
+                return Err(ApiError::Gone(format!(
+                    "too old resource version: {n} ({})",
+                    st.rv
+                )));
             }
         }
         let mut start: Option<(String, String)> = None;
@@ -522,8 +631,11 @@ impl Store {
                 (None, Some(n)) => std::ops::Bound::Included((n.to_string(), String::new())),
                 (None, None) => std::ops::Bound::Unbounded,
             };
-            let mut iter = coll.range((lower, std::ops::Bound::Unbounded)).filter(|((ons, _), _)| ns.is_none_or(|n| n == ons));
-            let matches = |s: &Stored| q.label.matches(&s.labels) && q.field.matches(|f| s.field(f));
+            let mut iter = coll
+                .range((lower, std::ops::Bound::Unbounded))
+                .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons));
+            let matches =
+                |s: &Stored| q.label.matches(&s.labels) && q.field.matches(|f| s.field(f));
             for ((ons, name), s) in iter.by_ref() {
                 if ns.is_some_and(|n| n != ons) {
                     break;
@@ -539,31 +651,54 @@ impl Store {
             }
             if continue_token.is_some() {
                 // Only whether more follow is needed for the token; counting them all would make paging quadratic.
-                let more = iter.take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons)).any(|(_, s)| matches(s));
+                let more = iter
+                    .take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons))
+                    .any(|(_, s)| matches(s));
                 if !more {
                     continue_token = None;
                 }
             }
         }
-        Ok(ListPage { items, resource_version: list_rv, continue_token })
+        Ok(ListPage {
+            items,
+            resource_version: list_rv,
+            continue_token,
+        })
     }
 
     /// Events after `rv` (exclusive) from history, or 410 when history no longer reaches back that far.
     pub fn history_since(&self, rv: u64) -> Result<HistoryResume, ApiError> {
         let st = self.lock();
         if rv < st.compacted_rv {
-            return Err(ApiError::Gone(format!("too old resource version: {rv} ({})", st.compacted_rv + 1)));
+            return Err(ApiError::Gone(format!(
+                "too old resource version: {rv} ({})",
+                st.compacted_rv + 1
+            )));
         }
-        let events = st.history.iter().filter(|e| e.object.rv > rv).cloned().collect();
+        let events = st
+            .history
+            .iter()
+            .filter(|e| e.object.rv > rv)
+            .cloned()
+            .collect();
         Ok((events, self.events.subscribe(), st.rv))
     }
 
     /// A consistent snapshot of a kind plus a subscription starting right after it.
-    pub fn snapshot_and_subscribe(&self, rt: &ResourceType, ns: Option<&str>) -> (Vec<Arc<Stored>>, broadcast::Receiver<Arc<WatchEvent>>, u64) {
+    pub fn snapshot_and_subscribe(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+    ) -> (Vec<Arc<Stored>>, broadcast::Receiver<Arc<WatchEvent>>, u64) {
         let st = self.lock();
         let items = st
             .collection(&rt.group, &rt.resource)
-            .map(|c| c.values().filter(|s| ns.is_none_or(|n| n == s.namespace)).cloned().collect())
+            .map(|c| {
+                c.values()
+                    .filter(|s| ns.is_none_or(|n| n == s.namespace))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         (items, self.events.subscribe(), st.rv)
     }
@@ -572,18 +707,38 @@ impl Store {
         let name = meta_str(obj, "name");
         if let Some(check) = rt.typed_check {
             check(obj).map_err(|e| {
-                ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", rt.kind, rt.storage_version(), rt.kind))
+                ApiError::BadRequest(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    rt.kind,
+                    rt.storage_version(),
+                    rt.kind
+                ))
             })?;
         }
         let mut errors = Vec::new();
         if rt.custom {
-            let version = obj.get("apiVersion").and_then(Value::as_str).and_then(|a| a.rsplit('/').next()).unwrap_or_default().to_string();
-            let schema = rt.version(&version).or(rt.versions.first()).and_then(|v| v.schema.clone());
+            let version = obj
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .and_then(|a| a.rsplit('/').next())
+                .unwrap_or_default()
+                .to_string();
+            let schema = rt
+                .version(&version)
+                .or(rt.versions.first())
+                .and_then(|v| v.schema.clone());
             if let Some(schema) = schema {
                 let result = schema::validate_object_root(obj, &schema);
                 if strict && !result.unknown.is_empty() {
-                    let fields: Vec<String> = result.unknown.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect();
-                    return Err(ApiError::BadRequest(format!("strict decoding error: {}", fields.join(", "))));
+                    let fields: Vec<String> = result
+                        .unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
+                        .collect();
+                    return Err(ApiError::BadRequest(format!(
+                        "strict decoding error: {}",
+                        fields.join(", ")
+                    )));
                 }
                 errors.extend(result.invalid);
             }
@@ -594,10 +749,16 @@ impl Store {
                 Some(cs) if cs.is_empty() => errors.push("spec.containers: Required value".into()),
                 Some(cs) => {
                     for (i, c) in cs.iter().enumerate() {
-                        if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        if c.get("name")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
                             errors.push(format!("spec.containers[{i}].name: Required value"));
                         }
-                        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        if c.get("image")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
                             errors.push(format!("spec.containers[{i}].image: Required value"));
                         }
                     }
@@ -618,7 +779,9 @@ impl Store {
 
     fn set_type_meta(rt: &ResourceType, obj: &mut Value, version: &str) -> Result<(), ApiError> {
         let expected = rt.api_version(version);
-        let map = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
+        let map = obj
+            .as_object_mut()
+            .ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
         if let Some(av) = map.get("apiVersion").and_then(Value::as_str) {
             let served = rt.versions.iter().any(|v| rt.api_version(&v.name) == av);
             if !served {
@@ -627,23 +790,48 @@ impl Store {
         }
         if let Some(k) = map.get("kind").and_then(Value::as_str) {
             if k != rt.kind {
-                return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+                return Err(ApiError::BadRequest(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )));
             }
         }
         // Objects are kept in the storage version; no conversion between CRD versions is needed (strategy None).
-        map.insert("apiVersion".into(), json!(rt.api_version(rt.storage_version())));
+        map.insert(
+            "apiVersion".into(),
+            json!(rt.api_version(rt.storage_version())),
+        );
         map.insert("kind".into(), json!(rt.kind));
         Ok(())
     }
 
     /// Creates an object (POST).
-    pub fn create(&self, rt: &ResourceType, ns: &str, obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         self.create_locked(&mut st, rt, ns, obj, opts, None)
     }
 
-    fn create_locked(&self, st: &mut State, rt: &ResourceType, ns: &str, mut obj: Value, opts: &WriteOptions, applied_by: Option<(&str, bool)>) -> Result<Value, ApiError> {
-        let version = obj.get("apiVersion").and_then(Value::as_str).and_then(|a| a.rsplit('/').next()).unwrap_or(rt.storage_version()).to_string();
+    fn create_locked(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        opts: &WriteOptions,
+        applied_by: Option<(&str, bool)>,
+    ) -> Result<Value, ApiError> {
+        let version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or(rt.storage_version())
+            .to_string();
         Self::set_type_meta(rt, &mut obj, &version)?;
         let now = self.now();
         let mut name = meta_str(&obj, "name");
@@ -661,7 +849,11 @@ impl Store {
             name = format!("{generate}{suffix}");
         }
         if name.is_empty() {
-            return Err(invalid(rt, "", &["metadata.name: Required value: name or generateName is required".into()]));
+            return Err(invalid(
+                rt,
+                "",
+                &["metadata.name: Required value: name or generateName is required".into()],
+            ));
         }
         if !valid_name(&name) && rt.resource != "customresourcedefinitions" {
             return Err(invalid(rt, &name, &[format!(
@@ -678,13 +870,21 @@ impl Store {
             match ns_obj {
                 None => return Err(ApiError::NotFound(format!("namespaces \"{ns}\" not found"))),
                 Some(n) if n.phase == "Terminating" => {
-                    return Err(ApiError::Conflict(format!("unable to create new content in namespace {ns} because it is being terminated")))
+                    return Err(ApiError::Conflict(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
                 }
                 Some(_) => {}
             }
         }
-        if st.lookup(rt, if rt.namespaced { ns } else { "" }, &name).is_some() {
-            return Err(ApiError::AlreadyExists(format!("{} \"{name}\" already exists", qualified(&rt.resource, &rt.group))));
+        if st
+            .lookup(rt, if rt.namespaced { ns } else { "" }, &name)
+            .is_some()
+        {
+            return Err(ApiError::AlreadyExists(format!(
+                "{} \"{name}\" already exists",
+                qualified(&rt.resource, &rt.group)
+            )));
         }
         let uid = st.new_uid();
         {
@@ -709,7 +909,10 @@ impl Store {
         if let Some(map) = obj.as_object_mut() {
             match (rt.group.as_str(), rt.resource.as_str()) {
                 ("", "pods") => {
-                    map.insert("status".into(), json!({"phase": "Pending", "qosClass": qos_class(map.get("spec"))}));
+                    map.insert(
+                        "status".into(),
+                        json!({"phase": "Pending", "qosClass": qos_class(map.get("spec"))}),
+                    );
                 }
                 ("", "namespaces") => {
                     map.insert("status".into(), json!({"phase": "Active"}));
@@ -730,9 +933,17 @@ impl Store {
         match applied_by {
             Some((manager, force)) => {
                 let applied = obj.clone();
-                obj = apply::apply(None, &applied, manager, force, &api_version, &now).map_err(|e| ApiError::Conflict(e.to_string()))?;
+                obj = apply::apply(None, &applied, manager, force, &api_version, &now)
+                    .map_err(|e| ApiError::Conflict(e.to_string()))?;
             }
-            None => apply::track_update(None, &mut obj, &manager_or_default(&opts.field_manager), &api_version, &now, ""),
+            None => apply::track_update(
+                None,
+                &mut obj,
+                &manager_or_default(&opts.field_manager),
+                &api_version,
+                &now,
+                "",
+            ),
         }
         if opts.dry_run {
             return Ok(obj);
@@ -748,13 +959,24 @@ impl Store {
     }
 
     /// Replaces an object (PUT), on the main resource or the status subresource.
-    pub fn update(&self, rt: &ResourceType, ns: &str, name: &str, obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn update(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
-        let current = st.lookup(rt, ns, name).ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
+        let current = st
+            .lookup(rt, ns, name)
+            .ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
         let body_name = meta_str(&obj, "name");
         if !body_name.is_empty() && body_name != name {
-            return Err(ApiError::BadRequest(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         let body_rv = meta_str(&obj, "resourceVersion");
         if !body_rv.is_empty() && body_rv != current.rv.to_string() {
@@ -765,7 +987,15 @@ impl Store {
     }
 
     /// Applies a patch (PATCH). Server-side apply creates the object when it does not exist.
-    pub fn patch(&self, rt: &ResourceType, ns: &str, name: &str, kind: PatchKind, body: &Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
         let current = st.lookup(rt, ns, name);
@@ -776,33 +1006,61 @@ impl Store {
                 return Err(ApiError::BadRequest("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests".into()));
             }
             if !body.is_object() {
-                return Err(ApiError::BadRequest("apply patch must be a YAML or JSON object".into()));
+                return Err(ApiError::BadRequest(
+                    "apply patch must be a YAML or JSON object".into(),
+                ));
             }
             let body_name = meta_str(body, "name");
             if body_name != name {
                 return Err(ApiError::BadRequest(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
             }
-            if body.get("apiVersion").and_then(Value::as_str).is_none() || body.get("kind").and_then(Value::as_str).is_none() {
-                return Err(ApiError::BadRequest("apiVersion and kind must be set in an apply configuration".into()));
+            if body.get("apiVersion").and_then(Value::as_str).is_none()
+                || body.get("kind").and_then(Value::as_str).is_none()
+            {
+                return Err(ApiError::BadRequest(
+                    "apiVersion and kind must be set in an apply configuration".into(),
+                ));
             }
             let Some(current) = current else {
-                return self.create_locked(&mut st, rt, ns, body.clone(), opts, Some((&opts.field_manager, force)));
+                return self.create_locked(
+                    &mut st,
+                    rt,
+                    ns,
+                    body.clone(),
+                    opts,
+                    Some((&opts.field_manager, force)),
+                );
             };
             let old = current.value()?;
-            let api_version = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-            let mut merged = apply::apply(Some(&old), body, &opts.field_manager, force, &api_version, &now).map_err(|e| ApiError::Conflict(e.to_string()))?;
+            let api_version = body
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let mut merged = apply::apply(
+                Some(&old),
+                body,
+                &opts.field_manager,
+                force,
+                &api_version,
+                &now,
+            )
+            .map_err(|e| ApiError::Conflict(e.to_string()))?;
             if let Some(m) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.insert("resourceVersion".into(), json!(current.rv.to_string()));
             }
             return self.finish_update(&mut st, rt, &old, merged, opts, true);
         }
-        let current = current.ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
+        let current =
+            current.ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
         let old = current.value()?;
         let patched = match kind {
             PatchKind::Json => patch::json_patch(&old, body).map_err(patch_error)?,
             PatchKind::Merge => {
                 if !body.is_object() {
-                    return Err(ApiError::BadRequest("merge patch must be a JSON object".into()));
+                    return Err(ApiError::BadRequest(
+                        "merge patch must be a JSON object".into(),
+                    ));
                 }
                 patch::merge_patch(&old, body)
             }
@@ -813,11 +1071,15 @@ impl Store {
                     ));
                 }
                 if !body.is_object() {
-                    return Err(ApiError::BadRequest("strategic merge patch must be a JSON object".into()));
+                    return Err(ApiError::BadRequest(
+                        "strategic merge patch must be a JSON object".into(),
+                    ));
                 }
                 patch::strategic_merge(&old, body).map_err(patch_error)?
             }
-            PatchKind::Apply { .. } => return Err(ApiError::Internal("apply handled above".into())),
+            PatchKind::Apply { .. } => {
+                return Err(ApiError::Internal("apply handled above".into()))
+            }
         };
         let patched_rv = meta_str(&patched, "resourceVersion");
         if !patched_rv.is_empty() && patched_rv != current.rv.to_string() {
@@ -828,9 +1090,22 @@ impl Store {
     }
 
     /// The shared tail of update, patch and apply.
-    fn finish_update(&self, st: &mut State, rt: &ResourceType, old: &Value, mut new: Value, opts: &WriteOptions, applied: bool) -> Result<Value, ApiError> {
+    fn finish_update(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        old: &Value,
+        mut new: Value,
+        opts: &WriteOptions,
+        applied: bool,
+    ) -> Result<Value, ApiError> {
         let name = meta_str(old, "name");
-        let version = new.get("apiVersion").and_then(Value::as_str).and_then(|a| a.rsplit('/').next()).unwrap_or(rt.storage_version()).to_string();
+        let version = new
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or(rt.storage_version())
+            .to_string();
         Self::set_type_meta(rt, &mut new, &version)?;
         let status_write = opts.subresource.as_deref() == Some("status");
         if status_write {
@@ -847,7 +1122,10 @@ impl Store {
                 merged["metadata"]["managedFields"] = mf.clone();
             }
             new = merged;
-        } else if rt.status && rt.group != "apiextensions.k8s.io" && !(rt.group.is_empty() && rt.resource == "nodes" && applied) {
+        } else if rt.status
+            && rt.group != "apiextensions.k8s.io"
+            && !(rt.group.is_empty() && rt.resource == "nodes" && applied)
+        {
             // Writes to the main resource cannot change status when a status subresource exists.
             match old.get("status") {
                 Some(s) => new["status"] = s.clone(),
@@ -861,16 +1139,34 @@ impl Store {
         {
             let old_meta = old.get("metadata").cloned().unwrap_or_default();
             let meta = metadata_mut(&mut new)?;
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "name", "namespace"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "name",
+                "namespace",
+            ] {
                 match old_meta.get(k) {
                     Some(v) => meta.insert(k.into(), v.clone()),
                     None => meta.remove(k),
                 };
             }
-            meta.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null));
+            meta.insert(
+                "resourceVersion".into(),
+                old_meta
+                    .get("resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            );
         }
         if rt.tracks_generation() && spec_part(old) != spec_part(&new) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             metadata_mut(&mut new)?.insert("generation".into(), json!(g));
         }
         if old.pointer("/metadata/deletionTimestamp").is_some() {
@@ -885,9 +1181,18 @@ impl Store {
         }
         if !applied {
             let api_version = rt.api_version(&version);
-            apply::track_update(Some(old), &mut new, &manager_or_default(&opts.field_manager), &api_version, &self.now(), if status_write { "status" } else { "" });
+            apply::track_update(
+                Some(old),
+                &mut new,
+                &manager_or_default(&opts.field_manager),
+                &api_version,
+                &self.now(),
+                if status_write { "status" } else { "" },
+            );
         }
-        if without_volatile(old) == without_volatile(&new) && old.pointer("/metadata/managedFields") == new.pointer("/metadata/managedFields") {
+        if without_volatile(old) == without_volatile(&new)
+            && old.pointer("/metadata/managedFields") == new.pointer("/metadata/managedFields")
+        {
             // A no-op write changes nothing, not even the resourceVersion, as in kube-apiserver.
             return Ok(old.clone());
         }
@@ -895,10 +1200,24 @@ impl Store {
             return Ok(new);
         }
         if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty() {
-            let key = ObjectKey { group: rt.group.clone(), resource: rt.resource.clone(), namespace: meta_str(&new, "namespace"), name: name.clone() };
+            let key = ObjectKey {
+                group: rt.group.clone(),
+                resource: rt.resource.clone(),
+                namespace: meta_str(&new, "namespace"),
+                name: name.clone(),
+            };
             // The write that removes the last finalizer is seen by watchers as DELETED only.
-            let stored = Arc::new(Stored::from_value(&new, old.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0))?);
-            st.collections.entry((rt.group.clone(), rt.resource.clone())).or_default().insert((key.namespace.clone(), key.name.clone()), stored);
+            let stored = Arc::new(Stored::from_value(
+                &new,
+                old.pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+            )?);
+            st.collections
+                .entry((rt.group.clone(), rt.resource.clone()))
+                .or_default()
+                .insert((key.namespace.clone(), key.name.clone()), stored);
             self.remove_and_collect(st, key)?;
             return Ok(new);
         }
@@ -912,10 +1231,18 @@ impl Store {
     }
 
     /// Deletes an object (DELETE): finalizers delay removal; dependents are garbage collected.
-    pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
-        let current = st.lookup(rt, ns, name).ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
+        let current = st
+            .lookup(rt, ns, name)
+            .ok_or_else(|| ApiError::object_not_found(&rt.resource, &rt.group, name))?;
         if let Some(uid) = opts.uid.as_deref().filter(|u| !u.is_empty()) {
             if uid != current.uid {
                 return Err(ApiError::Conflict(format!(
@@ -940,7 +1267,12 @@ impl Store {
         if opts.dry_run {
             return current.value();
         }
-        let key = ObjectKey { group: rt.group.clone(), resource: rt.resource.clone(), namespace: ns.to_string(), name: name.to_string() };
+        let key = ObjectKey {
+            group: rt.group.clone(),
+            resource: rt.resource.clone(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
         self.delete_locked(&mut st, key, opts.propagation.clone())?;
         match st.lookup(rt, ns, name) {
             Some(still) if still.uid == current.uid => still.value(),
@@ -954,7 +1286,12 @@ impl Store {
         }
     }
 
-    fn delete_locked(&self, st: &mut State, key: ObjectKey, propagation: Option<String>) -> Result<(), ApiError> {
+    fn delete_locked(
+        &self,
+        st: &mut State,
+        key: ObjectKey,
+        propagation: Option<String>,
+    ) -> Result<(), ApiError> {
         self.run_work(st, vec![Work::Delete(key, propagation)])
     }
 
@@ -964,11 +1301,19 @@ impl Store {
             match work {
                 Work::Orphan(key, owner_uid) => self.orphan(st, &key, &owner_uid)?,
                 Work::Delete(key, propagation) => {
-                    let Some(rt) = st.registry.get(&key.group, &key.resource) else { continue };
-                    let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else { continue };
+                    let Some(rt) = st.registry.get(&key.group, &key.resource) else {
+                        continue;
+                    };
+                    let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else {
+                        continue;
+                    };
                     let mut v = s.value()?;
                     let policy = propagation.unwrap_or_else(|| "Background".into());
-                    let dependents: Vec<ObjectKey> = st.dependents.get(&s.uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+                    let dependents: Vec<ObjectKey> = st
+                        .dependents
+                        .get(&s.uid)
+                        .map(|d| d.iter().cloned().collect())
+                        .unwrap_or_default();
                     let is_container = rt.group.is_empty() && rt.resource == "namespaces";
                     let mut fins = finalizers(&v);
                     if policy == "Orphan" && !dependents.is_empty() {
@@ -978,7 +1323,10 @@ impl Store {
                         }
                         st.dependents.remove(&s.uid);
                     }
-                    if policy == "Foreground" && !dependents.is_empty() && !fins.contains(&"foregroundDeletion".to_string()) {
+                    if policy == "Foreground"
+                        && !dependents.is_empty()
+                        && !fins.contains(&"foregroundDeletion".to_string())
+                    {
                         fins.push("foregroundDeletion".into());
                         v["metadata"]["finalizers"] = json!(fins);
                         for d in &dependents {
@@ -988,11 +1336,17 @@ impl Store {
                     let mut contents = Vec::new();
                     if is_container {
                         for (gr, coll) in st.collections.iter() {
-                            for ((ons, oname), _) in coll.range((key.name.clone(), String::new())..) {
+                            for ((ons, oname), _) in coll.range((key.name.clone(), String::new())..)
+                            {
                                 if *ons != key.name {
                                     break;
                                 }
-                                contents.push(ObjectKey { group: gr.0.clone(), resource: gr.1.clone(), namespace: ons.clone(), name: oname.clone() });
+                                contents.push(ObjectKey {
+                                    group: gr.0.clone(),
+                                    resource: gr.1.clone(),
+                                    namespace: ons.clone(),
+                                    name: oname.clone(),
+                                });
                             }
                         }
                     }
@@ -1002,7 +1356,10 @@ impl Store {
                             v["metadata"]["deletionTimestamp"] = json!(self.now());
                             v["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                             let stored = Arc::new(Stored::from_value(&v, s.rv)?);
-                            let coll = st.collections.entry((rt.group.clone(), rt.resource.clone())).or_default();
+                            let coll = st
+                                .collections
+                                .entry((rt.group.clone(), rt.resource.clone()))
+                                .or_default();
                             coll.insert((key.namespace.clone(), key.name.clone()), stored);
                         }
                         for w in self.remove_and_collect_work(st, key)? {
@@ -1032,10 +1389,17 @@ impl Store {
 
     /// Removes the owner reference to `owner_uid` from an object.
     fn orphan(&self, st: &mut State, key: &ObjectKey, owner_uid: &str) -> Result<(), ApiError> {
-        let Some(rt) = st.registry.get(&key.group, &key.resource) else { return Ok(()) };
-        let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else { return Ok(()) };
+        let Some(rt) = st.registry.get(&key.group, &key.resource) else {
+            return Ok(());
+        };
+        let Some(s) = st.lookup(&rt, &key.namespace, &key.name) else {
+            return Ok(());
+        };
         let mut v = s.value()?;
-        if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+        if let Some(refs) = v
+            .pointer_mut("/metadata/ownerReferences")
+            .and_then(Value::as_array_mut)
+        {
             refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
         }
         st.put(&self.events, &rt, v, EventType::Modified)?;
@@ -1049,25 +1413,51 @@ impl Store {
 
     /// Removes an object for good, and returns the follow-up work: dependents to collect, owners waiting in
     /// foreground deletion, a terminating namespace that became empty.
-    fn remove_and_collect_work(&self, st: &mut State, key: ObjectKey) -> Result<Vec<Work>, ApiError> {
+    fn remove_and_collect_work(
+        &self,
+        st: &mut State,
+        key: ObjectKey,
+    ) -> Result<Vec<Work>, ApiError> {
         let mut work = Vec::new();
-        let Some(rt) = st.registry.get(&key.group, &key.resource) else { return Ok(work) };
-        let Some(coll) = st.collections.get_mut(&(key.group.clone(), key.resource.clone())) else { return Ok(work) };
-        let Some(old) = coll.remove(&(key.namespace.clone(), key.name.clone())) else { return Ok(work) };
+        let Some(rt) = st.registry.get(&key.group, &key.resource) else {
+            return Ok(work);
+        };
+        let Some(coll) = st
+            .collections
+            .get_mut(&(key.group.clone(), key.resource.clone()))
+        else {
+            return Ok(work);
+        };
+        let Some(old) = coll.remove(&(key.namespace.clone(), key.name.clone())) else {
+            return Ok(work);
+        };
         st.index(&key, Some(&old), None);
         let rv = st.rv + 1;
         st.rv = rv;
         let mut last = old.value()?;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
         let deleted = Arc::new(Stored::from_value(&last, rv)?);
-        let ev = Arc::new(WatchEvent { kind: EventType::Deleted, group: key.group.clone(), resource: key.resource.clone(), object: deleted, previous: Some(old.clone()) });
+        let ev = Arc::new(WatchEvent {
+            kind: EventType::Deleted,
+            group: key.group.clone(),
+            resource: key.resource.clone(),
+            object: deleted,
+            previous: Some(old.clone()),
+        });
         st.push_history(ev, &self.events);
         // Garbage collector: dependents whose owners are all gone are deleted; others lose the dangling reference.
         if let Some(deps) = st.dependents.remove(&old.uid) {
             for d in deps {
-                let Some(drt) = st.registry.get(&d.group, &d.resource) else { continue };
-                let Some(ds) = st.lookup(&drt, &d.namespace, &d.name) else { continue };
-                let alive = ds.owner_uids.iter().any(|u| *u != old.uid && st.uids.contains_key(u));
+                let Some(drt) = st.registry.get(&d.group, &d.resource) else {
+                    continue;
+                };
+                let Some(ds) = st.lookup(&drt, &d.namespace, &d.name) else {
+                    continue;
+                };
+                let alive = ds
+                    .owner_uids
+                    .iter()
+                    .any(|u| *u != old.uid && st.uids.contains_key(u));
                 if alive {
                     work.push(Work::Orphan(d, old.uid.clone()));
                 } else {
@@ -1077,16 +1467,27 @@ impl Store {
         }
         // Owners in foreground deletion finish when their last dependent is gone.
         for owner_uid in &old.owner_uids {
-            let Some(owner_key) = st.uids.get(owner_uid).cloned() else { continue };
+            let Some(owner_key) = st.uids.get(owner_uid).cloned() else {
+                continue;
+            };
             if st.dependents.get(owner_uid).is_some_and(|d| !d.is_empty()) {
                 continue;
             }
-            let Some(ort) = st.registry.get(&owner_key.group, &owner_key.resource) else { continue };
-            let Some(os) = st.lookup(&ort, &owner_key.namespace, &owner_key.name) else { continue };
+            let Some(ort) = st.registry.get(&owner_key.group, &owner_key.resource) else {
+                continue;
+            };
+            let Some(os) = st.lookup(&ort, &owner_key.namespace, &owner_key.name) else {
+                continue;
+            };
             let mut ov = os.value()?;
             let fins = finalizers(&ov);
-            if ov.pointer("/metadata/deletionTimestamp").is_some() && fins.iter().any(|f| f == "foregroundDeletion") {
-                let rest: Vec<String> = fins.into_iter().filter(|f| f != "foregroundDeletion").collect();
+            if ov.pointer("/metadata/deletionTimestamp").is_some()
+                && fins.iter().any(|f| f == "foregroundDeletion")
+            {
+                let rest: Vec<String> = fins
+                    .into_iter()
+                    .filter(|f| f != "foregroundDeletion")
+                    .collect();
                 ov["metadata"]["finalizers"] = json!(rest);
                 let empty = rest.is_empty();
                 st.put(&self.events, &ort, ov, EventType::Modified)?;
@@ -1099,8 +1500,22 @@ impl Store {
         if !key.namespace.is_empty() {
             if let Some(nrt) = st.registry.get("", "namespaces") {
                 if let Some(n) = st.lookup(&nrt, "", &key.namespace) {
-                    if n.phase == "Terminating" && !st.collections.values().any(|c| c.range((key.namespace.clone(), String::new())..).next().is_some_and(|((ons, _), _)| *ons == key.namespace)) {
-                        work.push(Work::Delete(ObjectKey { group: String::new(), resource: "namespaces".into(), namespace: String::new(), name: key.namespace.clone() }, None));
+                    if n.phase == "Terminating"
+                        && !st.collections.values().any(|c| {
+                            c.range((key.namespace.clone(), String::new())..)
+                                .next()
+                                .is_some_and(|((ons, _), _)| *ons == key.namespace)
+                        })
+                    {
+                        work.push(Work::Delete(
+                            ObjectKey {
+                                group: String::new(),
+                                resource: "namespaces".into(),
+                                namespace: String::new(),
+                                name: key.namespace.clone(),
+                            },
+                            None,
+                        ));
                     }
                 }
             }
@@ -1109,16 +1524,33 @@ impl Store {
         if key.group == "apiextensions.k8s.io" {
             if let Ok(t) = from_crd(&last) {
                 st.registry.remove(&t.group, &t.resource);
-                if let Some(objs) = st.collections.remove(&(t.group.clone(), t.resource.clone())) {
+                if let Some(objs) = st
+                    .collections
+                    .remove(&(t.group.clone(), t.resource.clone()))
+                {
                     for ((ons, oname), s) in objs {
-                        let k = ObjectKey { group: t.group.clone(), resource: t.resource.clone(), namespace: ons, name: oname };
+                        let k = ObjectKey {
+                            group: t.group.clone(),
+                            resource: t.resource.clone(),
+                            namespace: ons,
+                            name: oname,
+                        };
                         st.index(&k, Some(&s), None);
                         let rv = st.rv + 1;
                         st.rv = rv;
                         let mut v = s.value()?;
                         v["metadata"]["resourceVersion"] = json!(rv.to_string());
                         let d = Arc::new(Stored::from_value(&v, rv)?);
-                        st.push_history(Arc::new(WatchEvent { kind: EventType::Deleted, group: t.group.clone(), resource: t.resource.clone(), object: d, previous: Some(s) }), &self.events);
+                        st.push_history(
+                            Arc::new(WatchEvent {
+                                kind: EventType::Deleted,
+                                group: t.group.clone(),
+                                resource: t.resource.clone(),
+                                object: d,
+                                previous: Some(s),
+                            }),
+                            &self.events,
+                        );
                     }
                 }
             }
@@ -1128,8 +1560,22 @@ impl Store {
     }
 
     /// DELETE on a collection: deletes every matching object.
-    pub fn delete_collection(&self, rt: &ResourceType, ns: Option<&str>, q: &ListQuery, opts: &DeleteOptions) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(rt, ns, &ListQuery { limit: 0, continue_token: None, ..q.clone() })?;
+    pub fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        q: &ListQuery,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let page = self.list(
+            rt,
+            ns,
+            &ListQuery {
+                limit: 0,
+                continue_token: None,
+                ..q.clone()
+            },
+        )?;
         let mut out = Vec::new();
         for s in page.items {
             match self.delete(rt, &s.namespace, &s.name, opts) {
@@ -1143,13 +1589,23 @@ impl Store {
 
     /// pods/binding: assigns a pod to a node, as kube-scheduler does.
     pub fn bind(&self, ns: &str, name: &str, binding: &Value) -> Result<(), ApiError> {
-        let rt = self.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods not registered".into()))?;
-        let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let rt = self
+            .resource_type("", "pods")
+            .ok_or_else(|| ApiError::Internal("pods not registered".into()))?;
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if node.is_empty() {
-            return Err(ApiError::Invalid(format!("Binding.core \"{name}\" is invalid: target.name: Required value")));
+            return Err(ApiError::Invalid(format!(
+                "Binding.core \"{name}\" is invalid: target.name: Required value"
+            )));
         }
         let mut st = self.lock();
-        let current = st.lookup(&rt, ns, name).ok_or_else(|| ApiError::object_not_found("pods", "", name))?;
+        let current = st
+            .lookup(&rt, ns, name)
+            .ok_or_else(|| ApiError::object_not_found("pods", "", name))?;
         if !current.node_name.is_empty() {
             return Err(ApiError::Conflict(format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", current.node_name)));
         }
@@ -1162,21 +1618,34 @@ impl Store {
 
     /// pods/eviction: deletes the pod unless a PodDisruptionBudget forbids it (429).
     pub fn evict(&self, ns: &str, name: &str, eviction: &Value) -> Result<(), ApiError> {
-        let pods = self.resource_type("", "pods").ok_or_else(|| ApiError::Internal("pods not registered".into()))?;
-        let pdbs = self.resource_type("policy", "poddisruptionbudgets").ok_or_else(|| ApiError::Internal("pdbs not registered".into()))?;
+        let pods = self
+            .resource_type("", "pods")
+            .ok_or_else(|| ApiError::Internal("pods not registered".into()))?;
+        let pdbs = self
+            .resource_type("policy", "poddisruptionbudgets")
+            .ok_or_else(|| ApiError::Internal("pdbs not registered".into()))?;
         let mut st = self.lock();
-        let pod = st.lookup(&pods, ns, name).ok_or_else(|| ApiError::object_not_found("pods", "", name))?;
+        let pod = st
+            .lookup(&pods, ns, name)
+            .ok_or_else(|| ApiError::object_not_found("pods", "", name))?;
         let pod_value = pod.value()?;
         let terminal = matches!(pod.phase.as_str(), "Succeeded" | "Failed");
         let being_deleted = pod_value.pointer("/metadata/deletionTimestamp").is_some();
         if !terminal && !being_deleted {
             let budgets: Vec<Value> = st
                 .collection("policy", "poddisruptionbudgets")
-                .map(|c| c.range((ns.to_string(), String::new())..).take_while(|((n, _), _)| n == ns).filter_map(|(_, s)| s.value().ok()).collect())
+                .map(|c| {
+                    c.range((ns.to_string(), String::new())..)
+                        .take_while(|((n, _), _)| n == ns)
+                        .filter_map(|(_, s)| s.value().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut matching = Vec::new();
             for b in budgets {
-                let sel = LabelSelector::from_object(b.pointer("/spec/selector").unwrap_or(&Value::Null)).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let sel =
+                    LabelSelector::from_object(b.pointer("/spec/selector").unwrap_or(&Value::Null))
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
                 // An empty selector in policy/v1 matches every pod in the namespace.
                 if sel.matches(&pod.labels) {
                     matching.push((b, sel));
@@ -1190,14 +1659,26 @@ impl Store {
                     s.phase == "Running"
                         && s.value().ok().is_some_and(|v| {
                             v.pointer("/metadata/deletionTimestamp").is_none()
-                                && v.pointer("/status/conditions").and_then(Value::as_array).is_none_or(|cs| {
-                                    cs.iter().all(|c| c.get("type").and_then(Value::as_str) != Some("Ready") || c.get("status").and_then(Value::as_str) == Some("True"))
-                                })
+                                && v.pointer("/status/conditions")
+                                    .and_then(Value::as_array)
+                                    .is_none_or(|cs| {
+                                        cs.iter().all(|c| {
+                                            c.get("type").and_then(Value::as_str) != Some("Ready")
+                                                || c.get("status").and_then(Value::as_str)
+                                                    == Some("True")
+                                        })
+                                    })
                         })
                 };
                 let members: Vec<Arc<Stored>> = st
                     .collection("", "pods")
-                    .map(|c| c.range((ns.to_string(), String::new())..).take_while(|((n, _), _)| n == ns).filter(|(_, s)| sel.matches(&s.labels)).map(|(_, s)| s.clone()).collect())
+                    .map(|c| {
+                        c.range((ns.to_string(), String::new())..)
+                            .take_while(|((n, _), _)| n == ns)
+                            .filter(|(_, s)| sel.matches(&s.labels))
+                            .map(|(_, s)| s.clone())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let expected = expected_pods(&st, &members, &budget);
                 let healthy = members.iter().filter(|s| healthy_pod(s)).count() as i64;
@@ -1215,18 +1696,33 @@ impl Store {
                 b["status"]["currentHealthy"] = json!(healthy);
                 b["status"]["desiredHealthy"] = json!(healthy - allowed);
                 b["status"]["expectedPods"] = json!(expected);
-                b["status"]["disruptionsAllowed"] = json!((allowed - i64::from(pod_healthy)).max(0));
-                b["status"]["observedGeneration"] = b.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
+                b["status"]["disruptionsAllowed"] =
+                    json!((allowed - i64::from(pod_healthy)).max(0));
+                b["status"]["observedGeneration"] = b
+                    .pointer("/metadata/generation")
+                    .cloned()
+                    .unwrap_or(json!(1));
                 st.put(&self.events, &pdbs, b, EventType::Modified)?;
             }
         }
         let preconditions = eviction.pointer("/deleteOptions/preconditions");
-        if let Some(uid) = preconditions.and_then(|p| p.get("uid")).and_then(Value::as_str) {
+        if let Some(uid) = preconditions
+            .and_then(|p| p.get("uid"))
+            .and_then(Value::as_str)
+        {
             if uid != pod.uid {
-                return Err(ApiError::Conflict(format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", pod.uid)));
+                return Err(ApiError::Conflict(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    pod.uid
+                )));
             }
         }
-        let key = ObjectKey { group: String::new(), resource: "pods".into(), namespace: ns.into(), name: name.into() };
+        let key = ObjectKey {
+            group: String::new(),
+            resource: "pods".into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
         self.delete_locked(&mut st, key, None)
     }
 
@@ -1241,7 +1737,10 @@ impl Store {
 /// scale (as the disruption controller computes it), otherwise the live pod count, never less than the count
 /// recorded at the previous eviction (an evicted bare pod is still expected back).
 fn expected_pods(st: &State, members: &[Arc<Stored>], budget: &Value) -> i64 {
-    let live = members.iter().filter(|s| !matches!(s.phase.as_str(), "Succeeded" | "Failed")).count() as i64;
+    let live = members
+        .iter()
+        .filter(|s| !matches!(s.phase.as_str(), "Succeeded" | "Failed"))
+        .count() as i64;
     let mut controllers: BTreeMap<String, i64> = BTreeMap::new();
     let mut all_controlled = !members.is_empty();
     for m in members {
@@ -1262,7 +1761,10 @@ fn expected_pods(st: &State, members: &[Arc<Stored>], budget: &Value) -> i64 {
     if all_controlled {
         return controllers.values().sum();
     }
-    let recorded = budget.pointer("/status/expectedPods").and_then(Value::as_i64).unwrap_or(0);
+    let recorded = budget
+        .pointer("/status/expectedPods")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     live.max(recorded)
 }
 
@@ -1270,11 +1772,20 @@ fn expected_pods(st: &State, members: &[Arc<Stored>], budget: &Value) -> i64 {
 fn disruptions_allowed(budget: &Value, expected: i64, healthy: i64) -> Result<i64, ApiError> {
     let resolve = |v: &Value, round_up: bool| -> Result<i64, ApiError> {
         match v {
-            Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::Internal("PDB value is not an integer".into())),
+            Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| ApiError::Internal("PDB value is not an integer".into())),
             Value::String(s) => {
-                let pct: i64 = s.trim_end_matches('%').parse().map_err(|_| ApiError::Internal(format!("invalid PDB value {s:?}")))?;
+                let pct: i64 = s
+                    .trim_end_matches('%')
+                    .parse()
+                    .map_err(|_| ApiError::Internal(format!("invalid PDB value {s:?}")))?;
                 let raw = pct * expected;
-                Ok(if round_up { (raw + 99) / 100 } else { raw / 100 })
+                Ok(if round_up {
+                    (raw + 99) / 100
+                } else {
+                    raw / 100
+                })
             }
             _ => Err(ApiError::Internal("invalid PDB value".into())),
         }
@@ -1294,7 +1805,14 @@ fn disruptions_allowed(budget: &Value, expected: i64, healthy: i64) -> Result<i6
 }
 
 fn finalizers(v: &Value) -> Vec<String> {
-    v.pointer("/metadata/finalizers").and_then(Value::as_array).map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    v.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn manager_or_default(m: &str) -> String {
@@ -1307,7 +1825,11 @@ fn manager_or_default(m: &str) -> String {
 
 /// QoS class from container requests and limits.
 fn qos_class(spec: Option<&Value>) -> &'static str {
-    let containers: Vec<&Value> = spec.and_then(|s| s.get("containers")).and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+    let containers: Vec<&Value> = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     let mut any = false;
     let mut guaranteed = !containers.is_empty();
     for c in &containers {
@@ -1334,14 +1856,22 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
 }
 
 /// Sets (or replaces) a condition of `status.conditions`.
-pub fn set_condition(v: &mut Value, kind: &str, status: &str, reason: Option<&str>, message: Option<&str>, now: &str) {
+pub fn set_condition(
+    v: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+    now: &str,
+) {
     if !v.get("status").is_some_and(Value::is_object) {
         v["status"] = json!({});
     }
     if !v["status"].get("conditions").is_some_and(Value::is_array) {
         v["status"]["conditions"] = json!([]);
     }
-    let mut cond = json!({"type": kind, "status": status, "lastTransitionTime": now, "lastProbeTime": null});
+    let mut cond =
+        json!({"type": kind, "status": status, "lastTransitionTime": now, "lastProbeTime": null});
     if let Some(r) = reason {
         cond["reason"] = json!(r);
     }
@@ -1349,7 +1879,10 @@ pub fn set_condition(v: &mut Value, kind: &str, status: &str, reason: Option<&st
         cond["message"] = json!(m);
     }
     if let Some(list) = v["status"]["conditions"].as_array_mut() {
-        if let Some(existing) = list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(kind)) {
+        if let Some(existing) = list
+            .iter_mut()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+        {
             if existing.get("status").and_then(Value::as_str) == Some(status) {
                 if let Some(t) = existing.get("lastTransitionTime").cloned() {
                     cond["lastTransitionTime"] = t;
@@ -1368,9 +1901,17 @@ fn establish_crd(obj: &mut Value) {
     let stored: Vec<Value> = obj
         .pointer("/spec/versions")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+                .filter_map(|v| v.get("name").cloned())
+                .collect()
+        })
         .unwrap_or_default();
-    let t = obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null);
+    let t = obj
+        .pointer("/metadata/creationTimestamp")
+        .cloned()
+        .unwrap_or(Value::Null);
     obj["status"] = json!({
         "acceptedNames": names,
         "storedVersions": stored,

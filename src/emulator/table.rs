@@ -17,8 +17,16 @@ pub fn selector_string(sel: &Value) -> String {
     if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
         for e in exprs {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let values: Vec<&str> = e.get("values").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
                 "In" => parts.push(format!("{key} in ({})", values.join(","))),
                 "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
                 "Exists" => parts.push(key.to_string()),
@@ -32,7 +40,12 @@ pub fn selector_string(sel: &Value) -> String {
 
 /// Human duration like kubectl's: 5s, 3m, 2h, 4d.
 pub fn age(created: &str, now: &str) -> String {
-    let (Ok(c), Ok(n)) = (created.parse::<DateTime<Utc>>(), now.parse::<DateTime<Utc>>()) else { return "<unknown>".into() };
+    let (Ok(c), Ok(n)) = (
+        created.parse::<DateTime<Utc>>(),
+        now.parse::<DateTime<Utc>>(),
+    ) else {
+        return "<unknown>".into();
+    };
     let secs = (n - c).num_seconds().max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -51,34 +64,85 @@ fn path_value(v: &Value, path: &str) -> Value {
 type Extractor = Box<dyn Fn(&Value) -> Value>;
 
 /// Builds a meta.k8s.io/v1 Table of `items`.
-pub fn table(rt: &ResourceType, version: &str, items: &[Value], now: &str, rv: Option<u64>, continue_token: Option<&str>) -> Value {
+pub fn table(
+    rt: &ResourceType,
+    version: &str,
+    items: &[Value],
+    now: &str,
+    rv: Option<u64>,
+    continue_token: Option<&str>,
+) -> Value {
     let col = |name: &str, ty: &str, priority: i64| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": name, "priority": priority});
     let mut columns = vec![col("Name", "string", 0)];
     let mut extractors: Vec<Extractor> = Vec::new();
     match (rt.group.as_str(), rt.resource.as_str()) {
         ("", "pods") => {
-            columns.extend([col("Ready", "string", 0), col("Status", "string", 0), col("Restarts", "string", 0), col("Age", "string", 0), col("Node", "string", 1)]);
+            columns.extend([
+                col("Ready", "string", 0),
+                col("Status", "string", 0),
+                col("Restarts", "string", 0),
+                col("Age", "string", 0),
+                col("Node", "string", 1),
+            ]);
             extractors.push(Box::new(|p| {
-                let total = p.pointer("/spec/containers").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0);
-                let ready = if p.pointer("/status/phase").and_then(Value::as_str) == Some("Running") { total } else { 0 };
+                let total = p
+                    .pointer("/spec/containers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.len())
+                    .unwrap_or(0);
+                let ready = if p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+                {
+                    total
+                } else {
+                    0
+                };
                 json!(format!("{ready}/{total}"))
             }));
             extractors.push(Box::new(|p| {
                 if p.pointer("/metadata/deletionTimestamp").is_some() {
                     return json!("Terminating");
                 }
-                json!(p.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending"))
+                json!(p
+                    .pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Pending"))
             }));
             extractors.push(Box::new(|_| json!("0")));
             let now = now.to_string();
-            extractors.push(Box::new(move |p| json!(age(p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default(), &now))));
-            extractors.push(Box::new(|p| json!(p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>"))));
+            extractors.push(Box::new(move |p| {
+                json!(age(
+                    p.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    &now
+                ))
+            }));
+            extractors.push(Box::new(|p| {
+                json!(p
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("<none>"))
+            }));
         }
         ("", "nodes") => {
-            columns.extend([col("Status", "string", 0), col("Roles", "string", 0), col("Age", "string", 0), col("Version", "string", 0)]);
+            columns.extend([
+                col("Status", "string", 0),
+                col("Roles", "string", 0),
+                col("Age", "string", 0),
+                col("Version", "string", 0),
+            ]);
             extractors.push(Box::new(|n| {
-                let ready = n.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True").unwrap_or(false);
-                let mut s = if ready { "Ready".to_string() } else { "NotReady".to_string() };
+                let ready = n
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .map(|c| c["status"] == "True")
+                    .unwrap_or(false);
+                let mut s = if ready {
+                    "Ready".to_string()
+                } else {
+                    "NotReady".to_string()
+                };
                 if n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                     s.push_str(",SchedulingDisabled");
                 }
@@ -86,16 +150,43 @@ pub fn table(rt: &ResourceType, version: &str, items: &[Value], now: &str, rv: O
             }));
             extractors.push(Box::new(|_| json!("<none>")));
             let now = now.to_string();
-            extractors.push(Box::new(move |n| json!(age(n.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default(), &now))));
-            extractors.push(Box::new(|n| json!(n.pointer("/status/nodeInfo/kubeletVersion").and_then(Value::as_str).unwrap_or(""))));
+            extractors.push(Box::new(move |n| {
+                json!(age(
+                    n.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    &now
+                ))
+            }));
+            extractors.push(Box::new(|n| {
+                json!(n
+                    .pointer("/status/nodeInfo/kubeletVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""))
+            }));
         }
         _ => {
-            let printer = rt.version(version).map(|v| v.printer_columns.clone()).unwrap_or_default();
+            let printer = rt
+                .version(version)
+                .map(|v| v.printer_columns.clone())
+                .unwrap_or_default();
             let mut has_age = false;
             for c in printer {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-                let path = c.get("jsonPath").and_then(Value::as_str).unwrap_or_default().to_string();
-                let ty = c.get("type").and_then(Value::as_str).unwrap_or("string").to_string();
+                let name = c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let path = c
+                    .get("jsonPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let ty = c
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("string")
+                    .to_string();
                 let priority = c.get("priority").and_then(Value::as_i64).unwrap_or(0);
                 if path == ".metadata.creationTimestamp" {
                     has_age = true;
@@ -113,7 +204,14 @@ pub fn table(rt: &ResourceType, version: &str, items: &[Value], now: &str, rv: O
             if !has_age {
                 columns.push(col("Age", "string", 0));
                 let now = now.to_string();
-                extractors.push(Box::new(move |o| json!(age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default(), &now))));
+                extractors.push(Box::new(move |o| {
+                    json!(age(
+                        o.pointer("/metadata/creationTimestamp")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                        &now
+                    ))
+                }));
             }
         }
     }

@@ -72,7 +72,12 @@ pub struct LifecyclePolicy {
 
 impl Default for LifecyclePolicy {
     fn default() -> Self {
-        LifecyclePolicy { node_startup_timeout: Duration::minutes(15), drain_timeout: None, terminate_after_drain_timeout: false, remove_startup_taints: false }
+        LifecyclePolicy {
+            node_startup_timeout: Duration::minutes(15),
+            drain_timeout: None,
+            terminate_after_drain_timeout: false,
+            remove_startup_taints: false,
+        }
     }
 }
 
@@ -106,7 +111,10 @@ pub enum Step {
     /// The Node is Ready (phase Running). Nothing to do until something changes.
     Running,
     /// The Machine cannot become Running; its MachineSet replaces it.
-    Fail { reason: &'static str, message: String },
+    Fail {
+        reason: &'static str,
+        message: String,
+    },
     /// Stay Failed until deleted.
     StayFailed,
     /// Deleting: mark the Node unschedulable.
@@ -144,12 +152,22 @@ pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
             reason: "InstanceTerminated",
             message: format!("instance {id} was terminated outside berth"),
         },
-        (Some((id, _)), None) => Step::AdoptInstance { instance_id: id.clone() },
+        (Some((id, _)), None) => Step::AdoptInstance {
+            instance_id: id.clone(),
+        },
         (Some((_, InstanceStatus::Pending)), Some(_)) => Step::WaitForInstance,
         (Some((_, InstanceStatus::Running)), Some(_)) => match &o.node {
-            Some(node) if o.machine.recorded_node.as_deref() != Some(node.name.as_str()) => Step::LinkNode { node: node.name.clone() },
-            Some(node) if node.ready && o.policy.remove_startup_taints && node.startup_taints_left > 0 => {
-                Step::RemoveStartupTaints { node: node.name.clone() }
+            Some(node) if o.machine.recorded_node.as_deref() != Some(node.name.as_str()) => {
+                Step::LinkNode {
+                    node: node.name.clone(),
+                }
+            }
+            Some(node)
+                if node.ready && o.policy.remove_startup_taints && node.startup_taints_left > 0 =>
+            {
+                Step::RemoveStartupTaints {
+                    node: node.name.clone(),
+                }
             }
             Some(node) if node.ready => Step::Running,
             _ => {
@@ -174,12 +192,17 @@ fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
     if !o.machine.has_finalizer {
         return Step::Nothing;
     }
-    let instance_alive = matches!(o.instance, Some((_, InstanceStatus::Pending | InstanceStatus::Running)));
+    let instance_alive = matches!(
+        o.instance,
+        Some((_, InstanceStatus::Pending | InstanceStatus::Running))
+    );
     // Drain only while the instance serves: once it is gone its pods are gone too.
     if let (Some(node), true) = (&o.node, instance_alive) {
         if !o.machine.termination_requested {
             if !node.unschedulable {
-                return Step::Cordon { node: node.name.clone() };
+                return Step::Cordon {
+                    node: node.name.clone(),
+                };
             }
             if node.pods_to_evict > 0 {
                 let timed_out = match (o.policy.drain_timeout, o.machine.drain_started) {
@@ -187,18 +210,27 @@ fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
                     _ => false,
                 };
                 if !(timed_out && o.policy.terminate_after_drain_timeout) {
-                    return Step::Drain { node: node.name.clone(), remaining: node.pods_to_evict };
+                    return Step::Drain {
+                        node: node.name.clone(),
+                        remaining: node.pods_to_evict,
+                    };
                 }
             }
         }
     }
     match &o.instance {
-        Some((id, InstanceStatus::Pending | InstanceStatus::Running)) if !o.machine.termination_requested => {
-            Step::Terminate { instance_id: id.clone() }
+        Some((id, InstanceStatus::Pending | InstanceStatus::Running))
+            if !o.machine.termination_requested =>
+        {
+            Step::Terminate {
+                instance_id: id.clone(),
+            }
         }
         Some((_, InstanceStatus::Pending | InstanceStatus::Running)) => Step::WaitForTermination,
         _ => match &o.node {
-            Some(node) => Step::DeleteNode { node: node.name.clone() },
+            Some(node) => Step::DeleteNode {
+                node: node.name.clone(),
+            },
             None => Step::RemoveFinalizer,
         },
     }
@@ -232,7 +264,13 @@ mod tests {
     }
 
     fn node(ready: bool, unschedulable: bool, pods: usize) -> Option<NodeObservation> {
-        Some(NodeObservation { name: "ip-10-0-0-1".into(), ready, unschedulable, pods_to_evict: pods, startup_taints_left: 0 })
+        Some(NodeObservation {
+            name: "ip-10-0-0-1".into(),
+            ready,
+            unschedulable,
+            pods_to_evict: pods,
+            startup_taints_left: 0,
+        })
     }
 
     #[test]
@@ -249,7 +287,12 @@ mod tests {
         o.instance = Some(("i-1".into(), InstanceStatus::Running));
         assert_eq!(next_step(&o, t(30)), Step::WaitForNode);
         o.node = node(false, false, 0);
-        assert_eq!(next_step(&o, t(60)), Step::LinkNode { node: "ip-10-0-0-1".into() });
+        assert_eq!(
+            next_step(&o, t(60)),
+            Step::LinkNode {
+                node: "ip-10-0-0-1".into()
+            }
+        );
         o.machine.recorded_node = Some("ip-10-0-0-1".into());
         assert_eq!(next_step(&o, t(61)), Step::WaitForNode);
         o.node = node(true, false, 0);
@@ -265,21 +308,39 @@ mod tests {
         o.node = node(false, false, 0);
         o.node.as_mut().unwrap().startup_taints_left = 1;
         o.policy.remove_startup_taints = true;
-        assert_eq!(next_step(&o, t(10)), Step::WaitForNode, "not before the Node is Ready");
+        assert_eq!(
+            next_step(&o, t(10)),
+            Step::WaitForNode,
+            "not before the Node is Ready"
+        );
         o.node.as_mut().unwrap().ready = true;
-        assert_eq!(next_step(&o, t(11)), Step::RemoveStartupTaints { node: "ip-10-0-0-1".into() });
+        assert_eq!(
+            next_step(&o, t(11)),
+            Step::RemoveStartupTaints {
+                node: "ip-10-0-0-1".into()
+            }
+        );
         o.node.as_mut().unwrap().startup_taints_left = 0;
         assert_eq!(next_step(&o, t(12)), Step::Running);
         o.node.as_mut().unwrap().startup_taints_left = 1;
         o.policy.remove_startup_taints = false;
-        assert_eq!(next_step(&o, t(13)), Step::Running, "a node agent's job: berth leaves them");
+        assert_eq!(
+            next_step(&o, t(13)),
+            Step::Running,
+            "a node agent's job: berth leaves them"
+        );
     }
 
     #[test]
     fn a_restart_after_launch_adopts_instead_of_launching_again() {
         let mut o = fresh();
         o.instance = Some(("i-9".into(), InstanceStatus::Pending));
-        assert_eq!(next_step(&o, t(5)), Step::AdoptInstance { instance_id: "i-9".into() });
+        assert_eq!(
+            next_step(&o, t(5)),
+            Step::AdoptInstance {
+                instance_id: "i-9".into()
+            }
+        );
     }
 
     #[test]
@@ -289,7 +350,13 @@ mod tests {
         o.machine.recorded_instance = Some("i-1".into());
         o.machine.launched_at = Some(t(0));
         assert_eq!(next_step(&o, t(15 * 60)), Step::WaitForNode);
-        assert!(matches!(next_step(&o, t(15 * 60 + 1)), Step::Fail { reason: "NodeStartupTimeout", .. }));
+        assert!(matches!(
+            next_step(&o, t(15 * 60 + 1)),
+            Step::Fail {
+                reason: "NodeStartupTimeout",
+                ..
+            }
+        ));
         o.machine.failed = true;
         assert_eq!(next_step(&o, t(20 * 60)), Step::StayFailed);
     }
@@ -298,9 +365,21 @@ mod tests {
     fn instance_terminated_behind_our_back_fails_the_machine() {
         let mut o = fresh();
         o.machine.recorded_instance = Some("i-1".into());
-        assert!(matches!(next_step(&o, t(5)), Step::Fail { reason: "InstanceTerminated", .. }));
+        assert!(matches!(
+            next_step(&o, t(5)),
+            Step::Fail {
+                reason: "InstanceTerminated",
+                ..
+            }
+        ));
         o.instance = Some(("i-1".into(), InstanceStatus::Gone));
-        assert!(matches!(next_step(&o, t(5)), Step::Fail { reason: "InstanceTerminated", .. }));
+        assert!(matches!(
+            next_step(&o, t(5)),
+            Step::Fail {
+                reason: "InstanceTerminated",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -310,15 +389,36 @@ mod tests {
         o.machine.recorded_instance = Some("i-1".into());
         o.instance = Some(("i-1".into(), InstanceStatus::Running));
         o.node = node(true, false, 3);
-        assert_eq!(next_step(&o, t(101)), Step::Cordon { node: "ip-10-0-0-1".into() });
+        assert_eq!(
+            next_step(&o, t(101)),
+            Step::Cordon {
+                node: "ip-10-0-0-1".into()
+            }
+        );
         o.node = node(true, true, 3);
-        assert_eq!(next_step(&o, t(102)), Step::Drain { node: "ip-10-0-0-1".into(), remaining: 3 });
+        assert_eq!(
+            next_step(&o, t(102)),
+            Step::Drain {
+                node: "ip-10-0-0-1".into(),
+                remaining: 3
+            }
+        );
         o.node = node(true, true, 0);
-        assert_eq!(next_step(&o, t(103)), Step::Terminate { instance_id: "i-1".into() });
+        assert_eq!(
+            next_step(&o, t(103)),
+            Step::Terminate {
+                instance_id: "i-1".into()
+            }
+        );
         o.machine.termination_requested = true;
         assert_eq!(next_step(&o, t(104)), Step::WaitForTermination);
         o.instance = Some(("i-1".into(), InstanceStatus::Gone));
-        assert_eq!(next_step(&o, t(130)), Step::DeleteNode { node: "ip-10-0-0-1".into() });
+        assert_eq!(
+            next_step(&o, t(130)),
+            Step::DeleteNode {
+                node: "ip-10-0-0-1".into()
+            }
+        );
         o.node = None;
         assert_eq!(next_step(&o, t(131)), Step::RemoveFinalizer);
         o.machine.has_finalizer = false;
@@ -333,10 +433,24 @@ mod tests {
         o.instance = Some(("i-1".into(), InstanceStatus::Running));
         o.node = node(true, true, 2);
         o.policy.drain_timeout = Some(Duration::minutes(5));
-        assert!(matches!(next_step(&o, t(600)), Step::Drain { .. }), "without terminateAfterDrainTimeout, keep draining");
+        assert!(
+            matches!(next_step(&o, t(600)), Step::Drain { .. }),
+            "without terminateAfterDrainTimeout, keep draining"
+        );
         o.policy.terminate_after_drain_timeout = true;
-        assert_eq!(next_step(&o, t(299)), Step::Drain { node: "ip-10-0-0-1".into(), remaining: 2 });
-        assert_eq!(next_step(&o, t(301)), Step::Terminate { instance_id: "i-1".into() });
+        assert_eq!(
+            next_step(&o, t(299)),
+            Step::Drain {
+                node: "ip-10-0-0-1".into(),
+                remaining: 2
+            }
+        );
+        assert_eq!(
+            next_step(&o, t(301)),
+            Step::Terminate {
+                instance_id: "i-1".into()
+            }
+        );
     }
 
     #[test]

@@ -74,8 +74,14 @@ struct PricesFile {
     regions: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(file: &'static str, text: &str) -> Result<T, AwsCatalogError> {
-    serde_json::from_str(text).map_err(|e| AwsCatalogError::Malformed { file, message: e.to_string() })
+fn parse<T: for<'de> Deserialize<'de>>(
+    file: &'static str,
+    text: &str,
+) -> Result<T, AwsCatalogError> {
+    serde_json::from_str(text).map_err(|e| AwsCatalogError::Malformed {
+        file,
+        message: e.to_string(),
+    })
 }
 
 /// The regions the bundle has offerings for.
@@ -93,24 +99,36 @@ pub fn bundled_catalog(region: &str) -> Result<Catalog, AwsCatalogError> {
     }
     let types: InstanceTypesFile = parse("instance-types.json", INSTANCE_TYPES_JSON)?;
     let prices: PricesFile = parse("on-demand-prices.json", ON_DEMAND_PRICES_JSON)?;
-    let prices = prices.regions.get(region).ok_or_else(|| AwsCatalogError::UnknownRegion(region.to_string()))?;
+    let prices = prices
+        .regions
+        .get(region)
+        .ok_or_else(|| AwsCatalogError::UnknownRegion(region.to_string()))?;
 
     let mut zones_of: HashMap<&str, Vec<&str>> = HashMap::new();
     for (zone, names) in &offerings.zones {
         for name in names {
-            zones_of.entry(name.as_str()).or_default().push(zone.as_str());
+            zones_of
+                .entry(name.as_str())
+                .or_default()
+                .push(zone.as_str());
         }
     }
 
     let mut out = Vec::new();
     for raw in &types.instance_types {
-        let Some(&on_demand) = prices.get(&raw.name) else { continue };
+        let Some(&on_demand) = prices.get(&raw.name) else {
+            continue;
+        };
         if !(on_demand.is_finite() && on_demand > 0.0) {
             continue;
         }
         // Mac types report arm64_mac/x86_64_mac: they are not Kubernetes nodes, so no architecture matches.
-        let Some(arch) = raw.arch.iter().find_map(|a| Arch::parse(a)) else { continue };
-        let Some(zones) = zones_of.get(raw.name.as_str()) else { continue };
+        let Some(arch) = raw.arch.iter().find_map(|a| Arch::parse(a)) else {
+            continue;
+        };
+        let Some(zones) = zones_of.get(raw.name.as_str()) else {
+            continue;
+        };
         let spot = raw.usage_classes.iter().any(|c| c == "spot");
         let mut offers = Vec::new();
         let mut zones = zones.clone();
@@ -149,19 +167,26 @@ pub fn bundled_catalog(region: &str) -> Result<Catalog, AwsCatalogError> {
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Catalog { instance_types: out })
+    Ok(Catalog {
+        instance_types: out,
+    })
 }
 
 /// A deterministic synthetic spot price: on-demand less a discount in [55%, 75%) picked by an FNV-1a hash of
 /// `type/zone`, rounded to a tenth of a cent per hour (at least 0.0001).
 pub fn synthetic_spot_price(instance_type: &str, zone: &str, on_demand: f64) -> f64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in instance_type.bytes().chain(std::iter::once(b'/')).chain(zone.bytes()) {
+    for byte in instance_type
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(zone.bytes())
+    {
         hash ^= byte as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     let unit = (hash >> 11) as f64 / (1u64 << 53) as f64;
-    let discount = SYNTHETIC_SPOT_DISCOUNT_MIN + (SYNTHETIC_SPOT_DISCOUNT_MAX - SYNTHETIC_SPOT_DISCOUNT_MIN) * unit;
+    let discount = SYNTHETIC_SPOT_DISCOUNT_MIN
+        + (SYNTHETIC_SPOT_DISCOUNT_MAX - SYNTHETIC_SPOT_DISCOUNT_MIN) * unit;
     ((on_demand * (1.0 - discount)) * 10_000.0).round().max(1.0) / 10_000.0
 }
 
@@ -179,7 +204,12 @@ pub struct CatalogFilter {
 impl Default for CatalogFilter {
     /// Current generation, no bare metal, no GPU, burstable allowed (the benchmarks' and Karpenter's default view).
     fn default() -> Self {
-        CatalogFilter { current_generation_only: true, exclude_bare_metal: true, include_gpu: false, include_burstable: true }
+        CatalogFilter {
+            current_generation_only: true,
+            exclude_bare_metal: true,
+            include_gpu: false,
+            include_burstable: true,
+        }
     }
 }
 
@@ -193,7 +223,14 @@ impl CatalogFilter {
 
     /// The catalog with only the types this filter accepts.
     pub fn apply(&self, catalog: &Catalog) -> Catalog {
-        Catalog { instance_types: catalog.instance_types.iter().filter(|t| self.accepts(t)).cloned().collect() }
+        Catalog {
+            instance_types: catalog
+                .instance_types
+                .iter()
+                .filter(|t| self.accepts(t))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -210,9 +247,16 @@ mod tests {
         assert_eq!((m5.vcpu, m5.memory_mib, m5.arch), (2, 8192, Arch::Amd64));
         assert_eq!(m5.max_pods(), 29);
         assert_eq!(m5.allocatable(DEFAULT_ROOT_VOLUME_BYTES).cpu_millis, 1930);
-        let od = m5.offerings.iter().find(|o| o.capacity_type == CapacityType::OnDemand).unwrap();
+        let od = m5
+            .offerings
+            .iter()
+            .find(|o| o.capacity_type == CapacityType::OnDemand)
+            .unwrap();
         assert_eq!(od.price, 0.096);
-        assert!(m5.offerings.iter().any(|o| o.zone == "us-east-1a" && o.capacity_type == CapacityType::Spot));
+        assert!(m5
+            .offerings
+            .iter()
+            .any(|o| o.zone == "us-east-1a" && o.capacity_type == CapacityType::Spot));
         // Mac instances are not nodes.
         assert!(c.instance_types.iter().all(|t| !t.name.starts_with("mac")));
     }
@@ -224,8 +268,17 @@ mod tests {
         assert!(a >= 0.096 * 0.25 - 1e-4 && a <= 0.096 * 0.45 + 1e-4, "{a}");
         let c = bundled_catalog("us-east-1").unwrap();
         for t in &c.instance_types {
-            let od = t.offerings.iter().find(|o| o.capacity_type == CapacityType::OnDemand).unwrap().price;
-            for o in t.offerings.iter().filter(|o| o.capacity_type == CapacityType::Spot) {
+            let od = t
+                .offerings
+                .iter()
+                .find(|o| o.capacity_type == CapacityType::OnDemand)
+                .unwrap()
+                .price;
+            for o in t
+                .offerings
+                .iter()
+                .filter(|o| o.capacity_type == CapacityType::Spot)
+            {
                 assert!(o.price < od, "{} {}", t.name, o.zone);
             }
         }
@@ -233,7 +286,10 @@ mod tests {
 
     #[test]
     fn unknown_region_is_an_error() {
-        assert_eq!(bundled_catalog("eu-west-9").unwrap_err().category(), "unknown_region");
+        assert_eq!(
+            bundled_catalog("eu-west-9").unwrap_err().category(),
+            "unknown_region"
+        );
     }
 
     #[test]
@@ -245,7 +301,11 @@ mod tests {
         assert!(c.get("m7i.metal-24xl").is_none());
         assert!(c.get("g4dn.xlarge").is_none());
         assert!(c.get("m1.small").is_none());
-        let with_gpu = CatalogFilter { include_gpu: true, ..Default::default() }.apply(&bundled_catalog("us-east-1").unwrap());
+        let with_gpu = CatalogFilter {
+            include_gpu: true,
+            ..Default::default()
+        }
+        .apply(&bundled_catalog("us-east-1").unwrap());
         assert!(with_gpu.get("g4dn.xlarge").is_some());
     }
 }

@@ -42,12 +42,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let mut total_nanos: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         let (number, after) = rest.split_at(number_len);
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(err());
         }
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         let unit_nanos: u128 = match unit {
             "ns" => 1,
@@ -59,17 +63,28 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             _ => return Err(err()),
         };
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| DurationError::TooLarge(input.into()))? };
-        let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(|| DurationError::TooLarge(input.into()))?;
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole
+                .parse()
+                .map_err(|_| DurationError::TooLarge(input.into()))?
+        };
+        let mut nanos = whole
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| DurationError::TooLarge(input.into()))?;
         let mut scale = unit_nanos;
         for d in frac.bytes().take(18) {
             scale /= 10;
             nanos += (d - b'0') as u128 * scale;
         }
-        total_nanos = total_nanos.checked_add(nanos).ok_or_else(|| DurationError::TooLarge(input.into()))?;
+        total_nanos = total_nanos
+            .checked_add(nanos)
+            .ok_or_else(|| DurationError::TooLarge(input.into()))?;
         rest = next;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::TooLarge(input.into()))?;
+    let secs = u64::try_from(total_nanos / 1_000_000_000)
+        .map_err(|_| DurationError::TooLarge(input.into()))?;
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
@@ -111,7 +126,11 @@ mod tests {
             ("+5s", 5_000),
         ];
         for (input, ms) in cases {
-            assert_eq!(parse_duration(input).map(|d| d.as_millis()), Ok(ms), "{input}");
+            assert_eq!(
+                parse_duration(input).map(|d| d.as_millis()),
+                Ok(ms),
+                "{input}"
+            );
         }
         assert_eq!(parse_duration("1500ns").unwrap().as_nanos(), 1500);
     }
@@ -119,10 +138,19 @@ mod tests {
     #[test]
     fn rejects_bad_durations() {
         for input in ["", "10", "1d", "m", "1.2.3s", "s10", "1 m", "abc"] {
-            assert!(matches!(parse_duration(input), Err(DurationError::Format(_))), "{input:?}");
+            assert!(
+                matches!(parse_duration(input), Err(DurationError::Format(_))),
+                "{input:?}"
+            );
         }
-        assert_eq!(parse_duration("-1s"), Err(DurationError::Negative("-1s".into())));
-        assert!(matches!(parse_duration("99999999999999999999999999h"), Err(DurationError::TooLarge(_))));
+        assert_eq!(
+            parse_duration("-1s"),
+            Err(DurationError::Negative("-1s".into()))
+        );
+        assert!(matches!(
+            parse_duration("99999999999999999999999999h"),
+            Err(DurationError::TooLarge(_))
+        ));
     }
 
     #[test]

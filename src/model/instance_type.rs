@@ -125,7 +125,9 @@ pub struct InstanceType {
 impl InstanceType {
     /// `m6i` of `m6i.2xlarge`.
     pub fn family(&self) -> &str {
-        self.name.split_once('.').map_or(self.name.as_str(), |(f, _)| f)
+        self.name
+            .split_once('.')
+            .map_or(self.name.as_str(), |(f, _)| f)
     }
 
     /// `2xlarge` of `m6i.2xlarge`.
@@ -186,11 +188,16 @@ impl InstanceType {
             ephemeral_bytes: root_volume_bytes / 10,
             ..Default::default()
         };
-        capacity.saturating_sub(&self.kube_reserved()).saturating_sub(&eviction)
+        capacity
+            .saturating_sub(&self.kube_reserved())
+            .saturating_sub(&eviction)
     }
 
     /// The cheapest available offering, optionally restricted to a zone and capacity type.
-    pub fn cheapest_offering(&self, mut accept: impl FnMut(&Offering) -> bool) -> Option<&Offering> {
+    pub fn cheapest_offering(
+        &self,
+        mut accept: impl FnMut(&Offering) -> bool,
+    ) -> Option<&Offering> {
         self.offerings
             .iter()
             .filter(|o| o.available && accept(o))
@@ -225,10 +232,23 @@ impl Catalog {
     }
 
     /// Marks offerings unavailable (the insufficient-capacity cache's view), returning how many it changed.
-    pub fn mark_unavailable(&mut self, instance_type: &str, zone: &str, capacity_type: CapacityType) -> usize {
+    pub fn mark_unavailable(
+        &mut self,
+        instance_type: &str,
+        zone: &str,
+        capacity_type: CapacityType,
+    ) -> usize {
         let mut changed = 0;
-        for t in self.instance_types.iter_mut().filter(|t| t.name == instance_type) {
-            for o in t.offerings.iter_mut().filter(|o| o.zone == zone && o.capacity_type == capacity_type && o.available) {
+        for t in self
+            .instance_types
+            .iter_mut()
+            .filter(|t| t.name == instance_type)
+        {
+            for o in t
+                .offerings
+                .iter_mut()
+                .filter(|o| o.zone == zone && o.capacity_type == capacity_type && o.available)
+            {
                 o.available = false;
                 changed += 1;
             }
@@ -265,7 +285,10 @@ mod tests {
         // FACTS.md §3: 8192 − 615 = 7577 Mi capacity; 7577 − 574 − 100 = 6903 Mi allocatable; 1930m cpu; 29 pods.
         let t = m5_large();
         assert_eq!(t.max_pods(), 29);
-        assert_eq!(t.capacity(DEFAULT_ROOT_VOLUME_BYTES).memory_bytes, 7577 * MIB);
+        assert_eq!(
+            t.capacity(DEFAULT_ROOT_VOLUME_BYTES).memory_bytes,
+            7577 * MIB
+        );
         let a = t.allocatable(DEFAULT_ROOT_VOLUME_BYTES);
         assert_eq!(a.memory_bytes, 6903 * MIB);
         assert_eq!(a.cpu_millis, 1930);
@@ -298,13 +321,44 @@ mod tests {
     fn cheapest_offering_skips_unavailable() {
         let mut t = m5_large();
         t.offerings = vec![
-            Offering { zone: "a".into(), capacity_type: CapacityType::Spot, price: 0.03, available: true },
-            Offering { zone: "b".into(), capacity_type: CapacityType::Spot, price: 0.04, available: true },
-            Offering { zone: "a".into(), capacity_type: CapacityType::OnDemand, price: 0.096, available: true },
+            Offering {
+                zone: "a".into(),
+                capacity_type: CapacityType::Spot,
+                price: 0.03,
+                available: true,
+            },
+            Offering {
+                zone: "b".into(),
+                capacity_type: CapacityType::Spot,
+                price: 0.04,
+                available: true,
+            },
+            Offering {
+                zone: "a".into(),
+                capacity_type: CapacityType::OnDemand,
+                price: 0.096,
+                available: true,
+            },
         ];
-        let mut c = Catalog { instance_types: vec![t] };
-        assert_eq!(c.get("m5.large").unwrap().cheapest_offering(|_| true).unwrap().zone, "a");
+        let mut c = Catalog {
+            instance_types: vec![t],
+        };
+        assert_eq!(
+            c.get("m5.large")
+                .unwrap()
+                .cheapest_offering(|_| true)
+                .unwrap()
+                .zone,
+            "a"
+        );
         assert_eq!(c.mark_unavailable("m5.large", "a", CapacityType::Spot), 1);
-        assert_eq!(c.get("m5.large").unwrap().cheapest_offering(|_| true).unwrap().zone, "b");
+        assert_eq!(
+            c.get("m5.large")
+                .unwrap()
+                .cheapest_offering(|_| true)
+                .unwrap()
+                .zone,
+            "b"
+        );
     }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
-    #[error("selector operator {operator:?} on key {key:?} is not In, NotIn, Exists or DoesNotExist")]
+    #[error(
+        "selector operator {operator:?} on key {key:?} is not In, NotIn, Exists or DoesNotExist"
+    )]
     UnknownOperator { key: String, operator: String },
     #[error("selector operator {operator} on key {key:?} needs values")]
     MissingValues { key: String, operator: String },
@@ -48,8 +50,14 @@ impl Selector {
         }
         for e in selector.match_expressions.iter().flatten() {
             let values = e.values.clone().unwrap_or_default();
-            let err_missing = || SelectorError::MissingValues { key: e.key.clone(), operator: e.operator.clone() };
-            let err_unexpected = || SelectorError::UnexpectedValues { key: e.key.clone(), operator: e.operator.clone() };
+            let err_missing = || SelectorError::MissingValues {
+                key: e.key.clone(),
+                operator: e.operator.clone(),
+            };
+            let err_unexpected = || SelectorError::UnexpectedValues {
+                key: e.key.clone(),
+                operator: e.operator.clone(),
+            };
             terms.push(match e.operator.as_str() {
                 "In" if values.is_empty() => return Err(err_missing()),
                 "NotIn" if values.is_empty() => return Err(err_missing()),
@@ -59,7 +67,12 @@ impl Selector {
                 "DoesNotExist" if !values.is_empty() => return Err(err_unexpected()),
                 "Exists" => Term::Exists(e.key.clone()),
                 "DoesNotExist" => Term::DoesNotExist(e.key.clone()),
-                other => return Err(SelectorError::UnknownOperator { key: e.key.clone(), operator: other.to_string() }),
+                other => {
+                    return Err(SelectorError::UnknownOperator {
+                        key: e.key.clone(),
+                        operator: other.to_string(),
+                    })
+                }
             });
         }
         Ok(Selector { terms })
@@ -67,7 +80,12 @@ impl Selector {
 
     /// `key=value` pairs only.
     pub fn from_labels(labels: &BTreeMap<String, String>) -> Selector {
-        Selector { terms: labels.iter().map(|(k, v)| Term::In(k.clone(), vec![v.clone()])).collect() }
+        Selector {
+            terms: labels
+                .iter()
+                .map(|(k, v)| Term::In(k.clone(), vec![v.clone()]))
+                .collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,14 +123,21 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
-            values: if values.is_empty() { None } else { Some(values.iter().map(|s| s.to_string()).collect()) },
+            values: if values.is_empty() {
+                None
+            } else {
+                Some(values.iter().map(|s| s.to_string()).collect())
+            },
         }
     }
 
@@ -120,7 +145,11 @@ mod tests {
     fn matching_table() {
         let sel = Selector::from_api(&LabelSelector {
             match_labels: Some(labels(&[("app", "web")])),
-            match_expressions: Some(vec![expr("tier", "In", &["a", "b"]), expr("canary", "DoesNotExist", &[]), expr("zone", "NotIn", &["z"])]),
+            match_expressions: Some(vec![
+                expr("tier", "In", &["a", "b"]),
+                expr("canary", "DoesNotExist", &[]),
+                expr("zone", "NotIn", &["z"]),
+            ]),
         })
         .unwrap();
         assert!(sel.matches(&labels(&[("app", "web"), ("tier", "a")])));
@@ -128,15 +157,34 @@ mod tests {
         assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "a"), ("canary", "")])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "a"), ("zone", "z")])));
         assert!(!sel.matches(&labels(&[("tier", "a")])));
-        assert_eq!(sel.to_query(), "app=web,tier in (a,b),!canary,zone notin (z)");
-        assert!(Selector::from_api(&LabelSelector::default()).unwrap().matches(&labels(&[("x", "y")])));
+        assert_eq!(
+            sel.to_query(),
+            "app=web,tier in (a,b),!canary,zone notin (z)"
+        );
+        assert!(Selector::from_api(&LabelSelector::default())
+            .unwrap()
+            .matches(&labels(&[("x", "y")])));
     }
 
     #[test]
     fn invalid_selectors_are_errors() {
-        let bad = |e| Selector::from_api(&LabelSelector { match_expressions: Some(vec![e]), ..Default::default() });
-        assert!(matches!(bad(expr("k", "Equals", &["v"])), Err(SelectorError::UnknownOperator { .. })));
-        assert!(matches!(bad(expr("k", "In", &[])), Err(SelectorError::MissingValues { .. })));
-        assert!(matches!(bad(expr("k", "Exists", &["v"])), Err(SelectorError::UnexpectedValues { .. })));
+        let bad = |e| {
+            Selector::from_api(&LabelSelector {
+                match_expressions: Some(vec![e]),
+                ..Default::default()
+            })
+        };
+        assert!(matches!(
+            bad(expr("k", "Equals", &["v"])),
+            Err(SelectorError::UnknownOperator { .. })
+        ));
+        assert!(matches!(
+            bad(expr("k", "In", &[])),
+            Err(SelectorError::MissingValues { .. })
+        ));
+        assert!(matches!(
+            bad(expr("k", "Exists", &["v"])),
+            Err(SelectorError::UnexpectedValues { .. })
+        ));
     }
 }

@@ -14,7 +14,11 @@ pub enum NodeError {
     #[error("node {node}: allocatable: {source}")]
     Allocatable { node: String, source: ResourceError },
     #[error("node {node}: taint {index}: {source}")]
-    Taint { node: String, index: usize, source: TaintError },
+    Taint {
+        node: String,
+        index: usize,
+        source: TaintError,
+    },
 }
 
 impl NodeError {
@@ -44,22 +48,53 @@ pub struct Node {
 
 impl Node {
     pub fn new(name: &str, allocatable: Resources) -> Node {
-        let labels = [(crate::model::instance_type::labels::HOSTNAME.to_string(), name.to_string())].into();
-        Node { name: name.to_string(), labels, taints: vec![], startup_taints: vec![], allocatable, unschedulable: false, provider_id: None }
+        let labels = [(
+            crate::model::instance_type::labels::HOSTNAME.to_string(),
+            name.to_string(),
+        )]
+        .into();
+        Node {
+            name: name.to_string(),
+            labels,
+            taints: vec![],
+            startup_taints: vec![],
+            allocatable,
+            unschedulable: false,
+            provider_id: None,
+        }
     }
 
     pub fn from_k8s(node: &core::Node) -> Result<Node, NodeError> {
-        let name = node.metadata.name.clone().filter(|n| !n.is_empty()).ok_or(NodeError::MissingName)?;
+        let name = node
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(NodeError::MissingName)?;
         let spec = node.spec.as_ref();
         let mut taints = Vec::new();
-        for (index, t) in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten().enumerate() {
-            let err = |source| NodeError::Taint { node: name.clone(), index, source };
+        for (index, t) in spec
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let err = |source| NodeError::Taint {
+                node: name.clone(),
+                index,
+                source,
+            };
             let effect = TaintEffect::parse(&t.effect).map_err(err)?;
             taints.push(Taint::new(&t.key, t.value.as_deref().unwrap_or(""), effect).map_err(err)?);
         }
         let allocatable = match node.status.as_ref().and_then(|s| s.allocatable.as_ref()) {
-            Some(list) => Resources::from_quantities(list.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
-                .map_err(|source| NodeError::Allocatable { node: name.clone(), source })?,
+            Some(list) => {
+                Resources::from_quantities(list.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
+                    .map_err(|source| NodeError::Allocatable {
+                        node: name.clone(),
+                        source,
+                    })?
+            }
             None => Resources::default(),
         };
         Ok(Node {
@@ -75,8 +110,11 @@ impl Node {
 
     /// Moves the taints listed as startup taints (matched by key and effect) out of `taints`.
     pub fn mark_startup_taints(&mut self, startup: &[Taint]) {
-        let (s, keep): (Vec<Taint>, Vec<Taint>) =
-            self.taints.drain(..).partition(|t| startup.iter().any(|s| s.key == t.key && s.effect == t.effect));
+        let (s, keep): (Vec<Taint>, Vec<Taint>) = self.taints.drain(..).partition(|t| {
+            startup
+                .iter()
+                .any(|s| s.key == t.key && s.effect == t.effect)
+        });
         self.taints = keep;
         self.startup_taints.extend(s);
     }
@@ -102,7 +140,12 @@ mod tests {
         assert_eq!(node.allocatable.pods, 29);
         assert!(node.unschedulable);
         assert_eq!(node.taints.len(), 2);
-        node.mark_startup_taints(&[Taint::new("node.cilium.io/agent-not-ready", "", TaintEffect::NoExecute).unwrap()]);
+        node.mark_startup_taints(&[Taint::new(
+            "node.cilium.io/agent-not-ready",
+            "",
+            TaintEffect::NoExecute,
+        )
+        .unwrap()]);
         assert_eq!(node.taints.len(), 1);
         assert_eq!(node.startup_taints.len(), 1);
     }
@@ -111,11 +154,22 @@ mod tests {
     fn malformed_nodes_are_errors() {
         let bad_taint: core::Node =
             serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "k", "effect": "Maybe"}]}})).unwrap();
-        assert_eq!(Node::from_k8s(&bad_taint).unwrap_err().category(), "invalid_taint");
-        let bad_alloc: core::Node =
-            serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "x"}}})).unwrap();
-        assert_eq!(Node::from_k8s(&bad_alloc).unwrap_err().category(), "invalid_allocatable");
+        assert_eq!(
+            Node::from_k8s(&bad_taint).unwrap_err().category(),
+            "invalid_taint"
+        );
+        let bad_alloc: core::Node = serde_json::from_value(
+            json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "x"}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            Node::from_k8s(&bad_alloc).unwrap_err().category(),
+            "invalid_allocatable"
+        );
         let unnamed: core::Node = serde_json::from_value(json!({"metadata": {}})).unwrap();
-        assert_eq!(Node::from_k8s(&unnamed).unwrap_err().category(), "missing_name");
+        assert_eq!(
+            Node::from_k8s(&unnamed).unwrap_err().category(),
+            "missing_name"
+        );
     }
 }

@@ -28,15 +28,31 @@ pub enum PodError {
     #[error("pod {pod}: has no spec")]
     MissingSpec { pod: String },
     #[error("pod {pod}: container {container}: {source}")]
-    Resource { pod: String, container: String, source: ResourceError },
+    Resource {
+        pod: String,
+        container: String,
+        source: ResourceError,
+    },
     #[error("pod {pod}: overhead: {source}")]
     Overhead { pod: String, source: ResourceError },
     #[error("pod {pod}: {context}: {source}")]
-    Requirement { pod: String, context: String, source: RequirementError },
+    Requirement {
+        pod: String,
+        context: String,
+        source: RequirementError,
+    },
     #[error("pod {pod}: toleration {index}: {source}")]
-    Toleration { pod: String, index: usize, source: TaintError },
+    Toleration {
+        pod: String,
+        index: usize,
+        source: TaintError,
+    },
     #[error("pod {pod}: {context}: {message}")]
-    Invalid { pod: String, context: String, message: String },
+    Invalid {
+        pod: String,
+        context: String,
+        message: String,
+    },
 }
 
 impl PodError {
@@ -63,11 +79,18 @@ pub struct NamespaceScope {
 
 impl NamespaceScope {
     pub fn only(namespace: &str) -> NamespaceScope {
-        NamespaceScope { names: [namespace.to_string()].into(), selector: None }
+        NamespaceScope {
+            names: [namespace.to_string()].into(),
+            selector: None,
+        }
     }
 
     /// Whether `namespace` (with its labels, if known) is in scope.
-    pub fn contains(&self, namespace: &str, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
+    pub fn contains(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
         if self.names.contains(namespace) {
             return true;
         }
@@ -93,7 +116,12 @@ pub struct PodAffinityTerm {
 
 impl PodAffinityTerm {
     /// Whether a pod with these labels in this namespace is one the term refers to.
-    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+    pub fn selects(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        ns_labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
         match &self.selector {
             None => false,
             Some(s) => self.namespaces.contains(namespace, ns_labels) && s.matches_labels(labels),
@@ -141,7 +169,9 @@ pub struct TopologySpreadConstraint {
 
 impl TopologySpreadConstraint {
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.as_ref().is_some_and(|s| s.matches_labels(labels))
+        self.selector
+            .as_ref()
+            .is_some_and(|s| s.matches_labels(labels))
     }
 }
 
@@ -227,7 +257,11 @@ impl Pod {
             uid: format!("{namespace}/{name}"),
             owner: None,
             node_name: None,
-            spec: SchedulingSpec { namespace: namespace.to_string(), requests, ..Default::default() },
+            spec: SchedulingSpec {
+                namespace: namespace.to_string(),
+                requests,
+                ..Default::default()
+            },
         }
     }
 
@@ -242,14 +276,34 @@ impl Pod {
 
     /// Converts a Kubernetes Pod; malformed fields are errors naming the pod and the field.
     pub fn from_k8s(pod: &core::Pod) -> Result<Pod, PodError> {
-        let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or(PodError::MissingName)?;
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
-        let spec = pod.spec.as_ref().ok_or_else(|| PodError::MissingSpec { pod: name.clone() })?;
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(PodError::MissingName)?;
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| PodError::MissingSpec { pod: name.clone() })?;
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let invalid = |context: &str, message: String| PodError::Invalid { pod: name.clone(), context: context.to_string(), message };
+        let invalid = |context: &str, message: String| PodError::Invalid {
+            pod: name.clone(),
+            context: context.to_string(),
+            message,
+        };
         let req_err = |context: String| {
             let name = name.clone();
-            move |source| PodError::Requirement { pod: name, context, source }
+            move |source| PodError::Requirement {
+                pod: name,
+                context,
+                source,
+            }
         };
 
         let requests = pod_requests(&name, spec)?;
@@ -265,37 +319,103 @@ impl Pod {
             if let Some(na) = &affinity.node_affinity {
                 if let Some(required) = &na.required_during_scheduling_ignored_during_execution {
                     if required.node_selector_terms.is_empty() {
-                        return Err(invalid("required node affinity", "nodeSelectorTerms must not be empty".into()));
+                        return Err(invalid(
+                            "required node affinity",
+                            "nodeSelectorTerms must not be empty".into(),
+                        ));
                     }
                     for (i, term) in required.node_selector_terms.iter().enumerate() {
-                        let r = node_selector_term(term).map_err(req_err(format!("required node affinity term {i}")))?;
+                        let r = node_selector_term(term)
+                            .map_err(req_err(format!("required node affinity term {i}")))?;
                         required_node_affinity.push(node_selector.intersect(&r));
                     }
                 }
-                for (i, p) in na.preferred_during_scheduling_ignored_during_execution.iter().flatten().enumerate() {
-                    let r = node_selector_term(&p.preference).map_err(req_err(format!("preferred node affinity term {i}")))?;
+                for (i, p) in na
+                    .preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let r = node_selector_term(&p.preference)
+                        .map_err(req_err(format!("preferred node affinity term {i}")))?;
                     if !(1..=100).contains(&p.weight) {
-                        return Err(invalid("preferred node affinity", format!("weight {} is not in 1..100", p.weight)));
+                        return Err(invalid(
+                            "preferred node affinity",
+                            format!("weight {} is not in 1..100", p.weight),
+                        ));
                     }
-                    preferred_node_affinity.push(WeightedNodeTerm { weight: p.weight, requirements: r });
+                    preferred_node_affinity.push(WeightedNodeTerm {
+                        weight: p.weight,
+                        requirements: r,
+                    });
                 }
             }
             if let Some(pa) = &affinity.pod_affinity {
-                for (i, t) in pa.required_during_scheduling_ignored_during_execution.iter().flatten().enumerate() {
-                    pod_affinity.push(affinity_term(&name, &namespace, &labels, t, &format!("required pod affinity term {i}"))?);
+                for (i, t) in pa
+                    .required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    pod_affinity.push(affinity_term(
+                        &name,
+                        &namespace,
+                        &labels,
+                        t,
+                        &format!("required pod affinity term {i}"),
+                    )?);
                 }
-                for (i, w) in pa.preferred_during_scheduling_ignored_during_execution.iter().flatten().enumerate() {
-                    let term = affinity_term(&name, &namespace, &labels, &w.pod_affinity_term, &format!("preferred pod affinity term {i}"))?;
-                    preferred_pod_affinity.push(WeightedPodAffinityTerm { weight: w.weight, term });
+                for (i, w) in pa
+                    .preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let term = affinity_term(
+                        &name,
+                        &namespace,
+                        &labels,
+                        &w.pod_affinity_term,
+                        &format!("preferred pod affinity term {i}"),
+                    )?;
+                    preferred_pod_affinity.push(WeightedPodAffinityTerm {
+                        weight: w.weight,
+                        term,
+                    });
                 }
             }
             if let Some(pa) = &affinity.pod_anti_affinity {
-                for (i, t) in pa.required_during_scheduling_ignored_during_execution.iter().flatten().enumerate() {
-                    pod_anti_affinity.push(affinity_term(&name, &namespace, &labels, t, &format!("required pod anti-affinity term {i}"))?);
+                for (i, t) in pa
+                    .required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    pod_anti_affinity.push(affinity_term(
+                        &name,
+                        &namespace,
+                        &labels,
+                        t,
+                        &format!("required pod anti-affinity term {i}"),
+                    )?);
                 }
-                for (i, w) in pa.preferred_during_scheduling_ignored_during_execution.iter().flatten().enumerate() {
-                    let term = affinity_term(&name, &namespace, &labels, &w.pod_affinity_term, &format!("preferred pod anti-affinity term {i}"))?;
-                    preferred_pod_anti_affinity.push(WeightedPodAffinityTerm { weight: w.weight, term });
+                for (i, w) in pa
+                    .preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let term = affinity_term(
+                        &name,
+                        &namespace,
+                        &labels,
+                        &w.pod_affinity_term,
+                        &format!("preferred pod anti-affinity term {i}"),
+                    )?;
+                    preferred_pod_anti_affinity.push(WeightedPodAffinityTerm {
+                        weight: w.weight,
+                        term,
+                    });
                 }
             }
         }
@@ -308,15 +428,27 @@ impl Pod {
                 t.value.as_deref().unwrap_or(""),
                 t.effect.as_deref().unwrap_or(""),
             )
-            .map_err(|source| PodError::Toleration { pod: name.clone(), index, source })?;
+            .map_err(|source| PodError::Toleration {
+                pod: name.clone(),
+                index,
+                source,
+            })?;
             tolerations.push(tol);
         }
 
         let mut topology_spread = Vec::new();
-        for (i, c) in spec.topology_spread_constraints.iter().flatten().enumerate() {
+        for (i, c) in spec
+            .topology_spread_constraints
+            .iter()
+            .flatten()
+            .enumerate()
+        {
             let context = format!("topology spread constraint {i}");
             if c.max_skew < 1 {
-                return Err(invalid(&context, format!("maxSkew {} must be at least 1", c.max_skew)));
+                return Err(invalid(
+                    &context,
+                    format!("maxSkew {} must be at least 1", c.max_skew),
+                ));
             }
             if c.topology_key.is_empty() {
                 return Err(invalid(&context, "topologyKey must not be empty".into()));
@@ -324,21 +456,49 @@ impl Pod {
             let when_unsatisfiable = match c.when_unsatisfiable.as_str() {
                 "DoNotSchedule" => WhenUnsatisfiable::DoNotSchedule,
                 "ScheduleAnyway" => WhenUnsatisfiable::ScheduleAnyway,
-                other => return Err(invalid(&context, format!("whenUnsatisfiable {other:?} is not DoNotSchedule or ScheduleAnyway"))),
+                other => {
+                    return Err(invalid(
+                        &context,
+                        format!(
+                            "whenUnsatisfiable {other:?} is not DoNotSchedule or ScheduleAnyway"
+                        ),
+                    ))
+                }
             };
             let min_domains = match c.min_domains {
                 None => None,
-                Some(n) if n >= 1 && when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule => Some(n as u32),
-                Some(n) => return Err(invalid(&context, format!("minDomains {n} needs to be at least 1 and whenUnsatisfiable DoNotSchedule"))),
+                Some(n) if n >= 1 && when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule => {
+                    Some(n as u32)
+                }
+                Some(n) => {
+                    return Err(invalid(
+                        &context,
+                        format!(
+                        "minDomains {n} needs to be at least 1 and whenUnsatisfiable DoNotSchedule"
+                    ),
+                    ))
+                }
             };
-            let policy = |p: &Option<String>, default: InclusionPolicy, what: &str| match p.as_deref() {
-                None => Ok(default),
-                Some("Honor") => Ok(InclusionPolicy::Honor),
-                Some("Ignore") => Ok(InclusionPolicy::Ignore),
-                Some(other) => Err(invalid(&context, format!("{what} {other:?} is not Honor or Ignore"))),
-            };
-            let node_affinity_policy = policy(&c.node_affinity_policy, InclusionPolicy::Honor, "nodeAffinityPolicy")?;
-            let node_taints_policy = policy(&c.node_taints_policy, InclusionPolicy::Ignore, "nodeTaintsPolicy")?;
+            let policy =
+                |p: &Option<String>, default: InclusionPolicy, what: &str| match p.as_deref() {
+                    None => Ok(default),
+                    Some("Honor") => Ok(InclusionPolicy::Honor),
+                    Some("Ignore") => Ok(InclusionPolicy::Ignore),
+                    Some(other) => Err(invalid(
+                        &context,
+                        format!("{what} {other:?} is not Honor or Ignore"),
+                    )),
+                };
+            let node_affinity_policy = policy(
+                &c.node_affinity_policy,
+                InclusionPolicy::Honor,
+                "nodeAffinityPolicy",
+            )?;
+            let node_taints_policy = policy(
+                &c.node_taints_policy,
+                InclusionPolicy::Ignore,
+                "nodeTaintsPolicy",
+            )?;
             let mut selector = match &c.label_selector {
                 Some(s) => Some(label_selector(s).map_err(req_err(context.clone()))?),
                 None => None,
@@ -362,13 +522,25 @@ impl Pod {
         }
 
         let mut host_ports = Vec::new();
-        for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
             for p in c.ports.iter().flatten() {
-                let Some(port) = p.host_port.filter(|p| *p != 0) else { continue };
+                let Some(port) = p.host_port.filter(|p| *p != 0) else {
+                    continue;
+                };
                 let port = u16::try_from(port)
                     .ok()
                     .filter(|p| *p != 0)
-                    .ok_or_else(|| invalid(&format!("container {}", c.name), format!("hostPort {port} is not in 1..65535")))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            &format!("container {}", c.name),
+                            format!("hostPort {port} is not in 1..65535"),
+                        )
+                    })?;
                 host_ports.push(HostPort {
                     port,
                     protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
@@ -379,14 +551,24 @@ impl Pod {
         host_ports.sort();
         host_ports.dedup();
 
-        let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| OwnerRef {
-            kind: o.kind.clone(),
-            name: o.name.clone(),
-            uid: o.uid.clone(),
-        });
+        let owner = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| OwnerRef {
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                uid: o.uid.clone(),
+            });
 
         Ok(Pod {
-            uid: pod.metadata.uid.clone().unwrap_or_else(|| format!("{namespace}/{name}")),
+            uid: pod
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{namespace}/{name}")),
             node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
             owner,
             spec: SchedulingSpec {
@@ -412,7 +594,9 @@ impl Pod {
 }
 
 fn container_requests(pod: &str, c: &core::Container) -> Result<Resources, PodError> {
-    let Some(res) = &c.resources else { return Ok(Resources::default()) };
+    let Some(res) = &c.resources else {
+        return Ok(Resources::default());
+    };
     let mut list: BTreeMap<&str, &str> = BTreeMap::new();
     // A resource with only a limit is requested at the limit (the API server's defaulting).
     for (k, v) in res.limits.iter().flatten() {
@@ -421,7 +605,11 @@ fn container_requests(pod: &str, c: &core::Container) -> Result<Resources, PodEr
     for (k, v) in res.requests.iter().flatten() {
         list.insert(k.as_str(), v.0.as_str());
     }
-    Resources::from_quantities(list).map_err(|source| PodError::Resource { pod: pod.to_string(), container: c.name.clone(), source })
+    Resources::from_quantities(list).map_err(|source| PodError::Resource {
+        pod: pod.to_string(),
+        container: c.name.clone(),
+        source,
+    })
 }
 
 /// The pod's effective requests as the scheduler computes them (see the module docs), with `pods = 1`.
@@ -446,8 +634,12 @@ pub fn pod_requests(pod: &str, spec: &core::PodSpec) -> Result<Resources, PodErr
     }
     let mut requests = total.max(&init_peak);
     if let Some(overhead) = &spec.overhead {
-        let o = Resources::from_quantities(overhead.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
-            .map_err(|source| PodError::Overhead { pod: pod.to_string(), source })?;
+        let o =
+            Resources::from_quantities(overhead.iter().map(|(k, v)| (k.as_str(), v.0.as_str())))
+                .map_err(|source| PodError::Overhead {
+                    pod: pod.to_string(),
+                    source,
+                })?;
         requests.add(&o);
     }
     requests.pods = 1;
@@ -472,7 +664,12 @@ pub fn label_selector(s: &meta::LabelSelector) -> Result<Requirements, Requireme
     for e in s.match_expressions.iter().flatten() {
         match e.operator.as_str() {
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => return Err(RequirementError::UnknownOperator { key: e.key.clone(), operator: other.to_string() }),
+            other => {
+                return Err(RequirementError::UnknownOperator {
+                    key: e.key.clone(),
+                    operator: other.to_string(),
+                })
+            }
         }
         r.add_expression(&e.key, &e.operator, e.values.as_deref().unwrap_or(&[]))?;
     }
@@ -486,9 +683,17 @@ fn affinity_term(
     t: &core::PodAffinityTerm,
     context: &str,
 ) -> Result<PodAffinityTerm, PodError> {
-    let err = |source| PodError::Requirement { pod: pod.to_string(), context: context.to_string(), source };
+    let err = |source| PodError::Requirement {
+        pod: pod.to_string(),
+        context: context.to_string(),
+        source,
+    };
     if t.topology_key.is_empty() {
-        return Err(PodError::Invalid { pod: pod.to_string(), context: context.to_string(), message: "topologyKey must not be empty".into() });
+        return Err(PodError::Invalid {
+            pod: pod.to_string(),
+            context: context.to_string(),
+            message: "topologyKey must not be empty".into(),
+        });
     }
     let mut selector = match &t.label_selector {
         Some(s) => Some(label_selector(s).map_err(err)?),
@@ -502,7 +707,14 @@ fn affinity_term(
         }
         for key in t.mismatch_label_keys.iter().flatten() {
             if let Some(v) = labels.get(key) {
-                sel.add(key, Requirement { allows_absent: true, values: ValueSet::AllExcept([v.clone()].into()), ..Default::default() });
+                sel.add(
+                    key,
+                    Requirement {
+                        allows_absent: true,
+                        values: ValueSet::AllExcept([v.clone()].into()),
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -514,9 +726,16 @@ fn affinity_term(
     let namespaces = if names.is_empty() && ns_selector.is_none() {
         NamespaceScope::only(namespace)
     } else {
-        NamespaceScope { names, selector: ns_selector }
+        NamespaceScope {
+            names,
+            selector: ns_selector,
+        }
     };
-    Ok(PodAffinityTerm { selector, namespaces, topology_key: t.topology_key.clone() })
+    Ok(PodAffinityTerm {
+        selector,
+        namespaces,
+        topology_key: t.topology_key.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -568,18 +787,39 @@ mod tests {
     #[test]
     fn malformed_pods_are_errors_not_panics() {
         let cases = [
-            (json!({"metadata": {}, "spec": {"containers": []}}), "missing_name"),
+            (
+                json!({"metadata": {}, "spec": {"containers": []}}),
+                "missing_name",
+            ),
             (json!({"metadata": {"name": "p"}}), "missing_spec"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [container("a", "lots", "1Gi")]}}), "invalid_resources"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [], "affinity": {"nodeAffinity": {
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [container("a", "lots", "1Gi")]}}),
+                "invalid_resources",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "affinity": {"nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "k", "operator": "Near", "values": ["x"]}]}]}}}}}), "invalid_requirement"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}), "invalid_toleration"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [], "topologySpreadConstraints": [
-                {"maxSkew": 0, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"}]}}), "invalid_spec"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [], "topologySpreadConstraints": [
-                {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "Sometimes"}]}}), "invalid_spec"),
-            (json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 70000}]}]}}), "invalid_spec"),
+                    {"matchExpressions": [{"key": "k", "operator": "Near", "values": ["x"]}]}]}}}}}),
+                "invalid_requirement",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}),
+                "invalid_toleration",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "topologySpreadConstraints": [
+                {"maxSkew": 0, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"}]}}),
+                "invalid_spec",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "Sometimes"}]}}),
+                "invalid_spec",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 70000}]}]}}),
+                "invalid_spec",
+            ),
         ];
         for (i, (v, category)) in cases.into_iter().enumerate() {
             let err = Pod::from_k8s(&pod(v)).unwrap_err();
@@ -611,25 +851,54 @@ mod tests {
         assert_eq!(p.owner.as_ref().unwrap().kind, "ReplicaSet");
         assert_eq!(p.spec.required_node_affinity.len(), 2);
         // Each term carries the nodeSelector too.
-        assert!(p.spec.required_node_affinity.iter().all(|t| t.get("disk").is_some()));
+        assert!(p
+            .spec
+            .required_node_affinity
+            .iter()
+            .all(|t| t.get("disk").is_some()));
         assert_eq!(p.spec.preferred_node_affinity[0].weight, 5);
         let anti = &p.spec.pod_anti_affinity[0];
         assert_eq!(anti.namespaces, NamespaceScope::only("shop"));
-        let same_hash: BTreeMap<String, String> = [("app".into(), "web".into()), ("pod-template-hash".into(), "abc".into())].into();
-        let other_hash: BTreeMap<String, String> = [("app".into(), "web".into()), ("pod-template-hash".into(), "def".into())].into();
+        let same_hash: BTreeMap<String, String> = [
+            ("app".into(), "web".into()),
+            ("pod-template-hash".into(), "abc".into()),
+        ]
+        .into();
+        let other_hash: BTreeMap<String, String> = [
+            ("app".into(), "web".into()),
+            ("pod-template-hash".into(), "def".into()),
+        ]
+        .into();
         assert!(anti.selects("shop", &same_hash, None));
         assert!(!anti.selects("shop", &other_hash, None));
         assert!(!anti.selects("other", &same_hash, None));
         let spread = &p.spec.topology_spread[0];
-        assert_eq!((spread.max_skew, spread.when_unsatisfiable), (2, WhenUnsatisfiable::ScheduleAnyway));
-        assert_eq!((spread.node_affinity_policy, spread.node_taints_policy), (InclusionPolicy::Honor, InclusionPolicy::Honor));
+        assert_eq!(
+            (spread.max_skew, spread.when_unsatisfiable),
+            (2, WhenUnsatisfiable::ScheduleAnyway)
+        );
+        assert_eq!(
+            (spread.node_affinity_policy, spread.node_taints_policy),
+            (InclusionPolicy::Honor, InclusionPolicy::Honor)
+        );
         assert!(spread.selects(&same_hash) && !spread.selects(&other_hash));
-        assert_eq!(p.spec.host_ports, vec![HostPort { port: 8080, protocol: "TCP".into(), ip: String::new() }]);
+        assert_eq!(
+            p.spec.host_ports,
+            vec![HostPort {
+                port: 8080,
+                protocol: "TCP".into(),
+                ip: String::new()
+            }]
+        );
     }
 
     #[test]
     fn host_port_conflicts() {
-        let hp = |port, proto: &str, ip: &str| HostPort { port, protocol: proto.into(), ip: ip.into() };
+        let hp = |port, proto: &str, ip: &str| HostPort {
+            port,
+            protocol: proto.into(),
+            ip: ip.into(),
+        };
         assert!(hp(80, "TCP", "").conflicts(&hp(80, "TCP", "10.0.0.1")));
         assert!(!hp(80, "TCP", "").conflicts(&hp(80, "UDP", "")));
         assert!(!hp(80, "TCP", "10.0.0.1").conflicts(&hp(80, "TCP", "10.0.0.2")));
@@ -638,10 +907,16 @@ mod tests {
 
     #[test]
     fn namespace_selector_scopes() {
-        let all = NamespaceScope { names: BTreeSet::new(), selector: Some(Requirements::new()) };
+        let all = NamespaceScope {
+            names: BTreeSet::new(),
+            selector: Some(Requirements::new()),
+        };
         assert!(all.contains("anything", None));
         let team: BTreeMap<String, String> = [("team".into(), "a".into())].into();
-        let by_label = NamespaceScope { names: BTreeSet::new(), selector: Some(Requirements::from_labels(&team)) };
+        let by_label = NamespaceScope {
+            names: BTreeSet::new(),
+            selector: Some(Requirements::from_labels(&team)),
+        };
         assert!(by_label.contains("x", Some(&team)));
         assert!(!by_label.contains("x", None));
     }

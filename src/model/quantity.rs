@@ -12,9 +12,13 @@ use std::fmt;
 /// Why a quantity string was rejected. Messages name the offending input, as the API server's do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
-    #[error("quantity {0:?} is empty; expected a number with an optional unit such as 500m, 2Gi or 1.5")]
+    #[error(
+        "quantity {0:?} is empty; expected a number with an optional unit such as 500m, 2Gi or 1.5"
+    )]
     Empty(String),
-    #[error("quantity {0:?} does not match the Kubernetes quantity format (e.g. 100m, 1.5, 2Gi, 1e3)")]
+    #[error(
+        "quantity {0:?} does not match the Kubernetes quantity format (e.g. 100m, 1.5, 2Gi, 1e3)"
+    )]
     Format(String),
     #[error("quantity {0:?} has an unknown unit suffix {1:?}; valid suffixes are Ki Mi Gi Ti Pi Ei n u m k M G T P E and eN")]
     Suffix(String, String),
@@ -96,7 +100,12 @@ impl Quantity {
         let exp10 = exp10_suffix
             .checked_sub(frac_part.len() as i32)
             .ok_or_else(|| QuantityError::TooLarge(input.to_string()))?;
-        Ok(Quantity { negative: negative && digits != 0, digits, exp10, exp2 })
+        Ok(Quantity {
+            negative: negative && digits != 0,
+            digits,
+            exp10,
+            exp2,
+        })
     }
 
     /// The value in whole units, rounded away from zero (Kubernetes' `Value()`): bytes for memory, cores for cpu.
@@ -232,7 +241,14 @@ pub fn format_cpu_millis(millis: u64) -> String {
 
 /// Formats bytes with the largest binary suffix that divides them exactly (`8Gi`, `1536Ki`, `100`).
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u32); 6] = [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
+    const UNITS: [(&str, u32); 6] = [
+        ("Ei", 60),
+        ("Pi", 50),
+        ("Ti", 40),
+        ("Gi", 30),
+        ("Mi", 20),
+        ("Ki", 10),
+    ];
     if bytes == 0 {
         return "0".to_string();
     }
@@ -305,27 +321,51 @@ mod tests {
     #[test]
     fn rejects_what_kubernetes_rejects() {
         // From the invalid cases of Kubernetes' quantity tests.
-        for input in ["1.1.M", "1+1.0M", "0.1mi", "0.1am", "aoeu", ".5i", "1i", "-3.01i", "-3.01e-", " 1", "1 ", "1e", "1Gib", "12 Mi", "1,5"] {
-            assert!(Quantity::parse(input).is_err(), "{input:?} should be rejected");
+        for input in [
+            "1.1.M", "1+1.0M", "0.1mi", "0.1am", "aoeu", ".5i", "1i", "-3.01i", "-3.01e-", " 1",
+            "1 ", "1e", "1Gib", "12 Mi", "1,5",
+        ] {
+            assert!(
+                Quantity::parse(input).is_err(),
+                "{input:?} should be rejected"
+            );
         }
-        assert_eq!(Quantity::parse(""), Err(QuantityError::Empty(String::new())));
+        assert_eq!(
+            Quantity::parse(""),
+            Err(QuantityError::Empty(String::new()))
+        );
         assert!(matches!(Quantity::parse("0.1mi"), Err(QuantityError::Suffix(_, s)) if s == "mi"));
-        assert!(matches!(Quantity::parse("5Zi"), Err(QuantityError::Format(_))));
+        assert!(matches!(
+            Quantity::parse("5Zi"),
+            Err(QuantityError::Format(_))
+        ));
     }
 
     #[test]
     fn negative_resources_are_refused_but_parse() {
         assert!(Quantity::parse("-1").unwrap().is_negative());
-        assert_eq!(parse_cpu_millis("-100m"), Err(QuantityError::Negative("-100m".into())));
+        assert_eq!(
+            parse_cpu_millis("-100m"),
+            Err(QuantityError::Negative("-100m".into()))
+        );
         // A negative zero is zero.
         assert_eq!(parse_units("-0"), Ok(0));
     }
 
     #[test]
     fn overflow_is_an_error_not_a_panic() {
-        assert!(matches!(parse_units("1e30"), Err(QuantityError::TooLarge(_))));
-        assert!(matches!(parse_units("99999999999Ei"), Err(QuantityError::TooLarge(_))));
-        assert!(matches!(parse_units("1e99999"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(
+            parse_units("1e30"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_units("99999999999Ei"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_units("1e99999"),
+            Err(QuantityError::TooLarge(_))
+        ));
         assert_eq!(parse_units("1e-99"), Ok(1));
         assert!(parse_units(&"9".repeat(60)).is_err());
     }

@@ -19,9 +19,17 @@ pub enum RequirementError {
     #[error("operator {operator} on key {key:?} needs at least one value")]
     MissingValues { key: String, operator: Operator },
     #[error("operator {operator} on key {key:?} takes no values, got {count}")]
-    UnexpectedValues { key: String, operator: Operator, count: usize },
+    UnexpectedValues {
+        key: String,
+        operator: Operator,
+        count: usize,
+    },
     #[error("operator {operator} on key {key:?} needs exactly one integer value, got {values:?}")]
-    NotAnInteger { key: String, operator: Operator, values: Vec<String> },
+    NotAnInteger {
+        key: String,
+        operator: Operator,
+        values: Vec<String>,
+    },
 }
 
 impl RequirementError {
@@ -54,7 +62,12 @@ impl Operator {
             "DoesNotExist" => Operator::DoesNotExist,
             "Gt" => Operator::Gt,
             "Lt" => Operator::Lt,
-            _ => return Err(RequirementError::UnknownOperator { key: key.into(), operator: operator.into() }),
+            _ => {
+                return Err(RequirementError::UnknownOperator {
+                    key: key.into(),
+                    operator: operator.into(),
+                })
+            }
         })
     }
 }
@@ -88,7 +101,9 @@ impl ValueSet {
         use ValueSet::*;
         match (self, other) {
             (Only(a), Only(b)) => Only(a.intersection(b).cloned().collect()),
-            (Only(a), AllExcept(b)) | (AllExcept(b), Only(a)) => Only(a.difference(b).cloned().collect()),
+            (Only(a), AllExcept(b)) | (AllExcept(b), Only(a)) => {
+                Only(a.difference(b).cloned().collect())
+            }
             (AllExcept(a), AllExcept(b)) => AllExcept(a.union(b).cloned().collect()),
         }
     }
@@ -109,53 +124,102 @@ pub struct Requirement {
 
 impl Default for Requirement {
     fn default() -> Self {
-        Requirement { allows_absent: true, values: ValueSet::any(), greater_than: None, less_than: None }
+        Requirement {
+            allows_absent: true,
+            values: ValueSet::any(),
+            greater_than: None,
+            less_than: None,
+        }
     }
 }
 
 impl Requirement {
     /// Builds the requirement of one node-selector expression, validating it as the API server does.
-    pub fn new(key: &str, operator: Operator, values: &[String]) -> Result<Requirement, RequirementError> {
+    pub fn new(
+        key: &str,
+        operator: Operator,
+        values: &[String],
+    ) -> Result<Requirement, RequirementError> {
         let set = || values.iter().cloned().collect::<BTreeSet<_>>();
         let integer = || -> Result<i64, RequirementError> {
             match values {
-                [one] => one.parse::<i64>().map_err(|_| RequirementError::NotAnInteger {
+                [one] => one
+                    .parse::<i64>()
+                    .map_err(|_| RequirementError::NotAnInteger {
+                        key: key.into(),
+                        operator,
+                        values: values.to_vec(),
+                    }),
+                _ => Err(RequirementError::NotAnInteger {
                     key: key.into(),
                     operator,
                     values: values.to_vec(),
                 }),
-                _ => Err(RequirementError::NotAnInteger { key: key.into(), operator, values: values.to_vec() }),
             }
         };
         let no_values = || {
             if values.is_empty() {
                 Ok(())
             } else {
-                Err(RequirementError::UnexpectedValues { key: key.into(), operator, count: values.len() })
+                Err(RequirementError::UnexpectedValues {
+                    key: key.into(),
+                    operator,
+                    count: values.len(),
+                })
             }
         };
         Ok(match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
-                return Err(RequirementError::MissingValues { key: key.into(), operator })
+                return Err(RequirementError::MissingValues {
+                    key: key.into(),
+                    operator,
+                })
             }
-            Operator::In => Requirement { allows_absent: false, values: ValueSet::Only(set()), ..Default::default() },
-            Operator::NotIn => Requirement { allows_absent: true, values: ValueSet::AllExcept(set()), ..Default::default() },
+            Operator::In => Requirement {
+                allows_absent: false,
+                values: ValueSet::Only(set()),
+                ..Default::default()
+            },
+            Operator::NotIn => Requirement {
+                allows_absent: true,
+                values: ValueSet::AllExcept(set()),
+                ..Default::default()
+            },
             Operator::Exists => {
                 no_values()?;
-                Requirement { allows_absent: false, ..Default::default() }
+                Requirement {
+                    allows_absent: false,
+                    ..Default::default()
+                }
             }
             Operator::DoesNotExist => {
                 no_values()?;
-                Requirement { allows_absent: true, values: ValueSet::Only(BTreeSet::new()), ..Default::default() }
+                Requirement {
+                    allows_absent: true,
+                    values: ValueSet::Only(BTreeSet::new()),
+                    ..Default::default()
+                }
             }
-            Operator::Gt => Requirement { allows_absent: false, greater_than: Some(integer()?), ..Default::default() },
-            Operator::Lt => Requirement { allows_absent: false, less_than: Some(integer()?), ..Default::default() },
+            Operator::Gt => Requirement {
+                allows_absent: false,
+                greater_than: Some(integer()?),
+                ..Default::default()
+            },
+            Operator::Lt => Requirement {
+                allows_absent: false,
+                less_than: Some(integer()?),
+                ..Default::default()
+            },
         })
     }
 
     /// Exactly one value (`key In [value]`).
     pub fn exactly(value: impl Into<String>) -> Requirement {
-        Requirement { allows_absent: false, values: ValueSet::Only([value.into()].into()), ..Default::default() }
+        Requirement {
+            allows_absent: false,
+            values: ValueSet::Only([value.into()].into()),
+            ..Default::default()
+        }
     }
 
     /// Whether a label value (None for an absent label) satisfies this requirement.
@@ -171,7 +235,9 @@ impl Requirement {
             return true;
         }
         match value.parse::<i64>() {
-            Ok(n) => self.greater_than.is_none_or(|g| n > g) && self.less_than.is_none_or(|l| n < l),
+            Ok(n) => {
+                self.greater_than.is_none_or(|g| n > g) && self.less_than.is_none_or(|l| n < l)
+            }
             Err(_) => false,
         }
     }
@@ -248,7 +314,9 @@ impl Requirements {
     }
 
     /// `key In [value]` for every label: what a nodeSelector or a node's own labels say.
-    pub fn from_labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> Requirements {
+    pub fn from_labels<'a>(
+        labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Requirements {
         let mut r = Requirements::new();
         for (k, v) in labels {
             r.add(k, Requirement::exactly(v.clone()));
@@ -257,7 +325,12 @@ impl Requirements {
     }
 
     /// Adds one expression, intersecting with what the key already has.
-    pub fn add_expression(&mut self, key: &str, operator: &str, values: &[String]) -> Result<(), RequirementError> {
+    pub fn add_expression(
+        &mut self,
+        key: &str,
+        operator: &str,
+        values: &[String],
+    ) -> Result<(), RequirementError> {
         let op = Operator::parse(key, operator)?;
         let requirement = Requirement::new(key, op, values)?;
         self.add(key, requirement);
@@ -310,7 +383,11 @@ impl Requirements {
                 return Some(key);
             }
         }
-        other.by_key.iter().find(|(k, r)| !self.by_key.contains_key(*k) && !r.is_satisfiable()).map(|(k, _)| k.as_str())
+        other
+            .by_key
+            .iter()
+            .find(|(k, r)| !self.by_key.contains_key(*k) && !r.is_satisfiable())
+            .map(|(k, _)| k.as_str())
     }
 
     pub fn is_compatible(&self, other: &Requirements) -> bool {
@@ -324,7 +401,9 @@ impl Requirements {
 
     /// Whether a label map satisfies every requirement.
     pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.by_key.iter().all(|(k, r)| r.matches(labels.get(k).map(String::as_str)))
+        self.by_key
+            .iter()
+            .all(|(k, r)| r.matches(labels.get(k).map(String::as_str)))
     }
 }
 
@@ -334,12 +413,20 @@ mod tests {
 
     fn req(key: &str, op: &str, values: &[&str]) -> Requirements {
         let mut r = Requirements::new();
-        r.add_expression(key, op, &values.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        r.add_expression(
+            key,
+            op,
+            &values.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         r
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -364,36 +451,71 @@ mod tests {
             ("missing", "Lt", vec!["1"], false),
         ];
         for (key, op, values, want) in cases {
-            assert_eq!(req(key, op, &values).matches_labels(&node), want, "{key} {op} {values:?}");
+            assert_eq!(
+                req(key, op, &values).matches_labels(&node),
+                want,
+                "{key} {op} {values:?}"
+            );
         }
     }
 
     #[test]
     fn invalid_expressions_are_errors() {
         let mut r = Requirements::new();
-        assert!(matches!(r.add_expression("k", "Equals", &[]), Err(RequirementError::UnknownOperator { .. })));
-        assert!(matches!(r.add_expression("k", "In", &[]), Err(RequirementError::MissingValues { .. })));
-        assert!(matches!(r.add_expression("k", "Exists", &["x".into()]), Err(RequirementError::UnexpectedValues { .. })));
-        assert!(matches!(r.add_expression("k", "Gt", &["x".into()]), Err(RequirementError::NotAnInteger { .. })));
-        assert!(matches!(r.add_expression("k", "Lt", &["1".into(), "2".into()]), Err(RequirementError::NotAnInteger { .. })));
+        assert!(matches!(
+            r.add_expression("k", "Equals", &[]),
+            Err(RequirementError::UnknownOperator { .. })
+        ));
+        assert!(matches!(
+            r.add_expression("k", "In", &[]),
+            Err(RequirementError::MissingValues { .. })
+        ));
+        assert!(matches!(
+            r.add_expression("k", "Exists", &["x".into()]),
+            Err(RequirementError::UnexpectedValues { .. })
+        ));
+        assert!(matches!(
+            r.add_expression("k", "Gt", &["x".into()]),
+            Err(RequirementError::NotAnInteger { .. })
+        ));
+        assert!(matches!(
+            r.add_expression("k", "Lt", &["1".into(), "2".into()]),
+            Err(RequirementError::NotAnInteger { .. })
+        ));
     }
 
     #[test]
     fn intersection_table() {
         let cases = [
-            (req("z", "In", &["a", "b"]), req("z", "In", &["b", "c"]), true),
+            (
+                req("z", "In", &["a", "b"]),
+                req("z", "In", &["b", "c"]),
+                true,
+            ),
             (req("z", "In", &["a"]), req("z", "In", &["b"]), false),
             (req("z", "In", &["a"]), req("z", "NotIn", &["a"]), false),
             (req("z", "In", &["a", "b"]), req("z", "NotIn", &["a"]), true),
             (req("z", "NotIn", &["a"]), req("z", "NotIn", &["b"]), true),
-            (req("z", "Exists", &[]), req("z", "DoesNotExist", &[]), false),
-            (req("z", "NotIn", &["a"]), req("z", "DoesNotExist", &[]), true),
+            (
+                req("z", "Exists", &[]),
+                req("z", "DoesNotExist", &[]),
+                false,
+            ),
+            (
+                req("z", "NotIn", &["a"]),
+                req("z", "DoesNotExist", &[]),
+                true,
+            ),
             (req("z", "In", &["a"]), req("z", "DoesNotExist", &[]), false),
             (req("n", "Gt", &["4"]), req("n", "Lt", &["5"]), false),
             (req("n", "Gt", &["4"]), req("n", "Lt", &["6"]), true),
             (req("n", "Gt", &["4"]), req("n", "In", &["3", "5"]), true),
             (req("n", "Gt", &["4"]), req("n", "In", &["3", "4"]), false),
-            (req("n", "Gt", &["4"]).intersect(&req("n", "Lt", &["6"])), req("n", "NotIn", &["5"]), false),
+            (
+                req("n", "Gt", &["4"]).intersect(&req("n", "Lt", &["6"])),
+                req("n", "NotIn", &["5"]),
+                false,
+            ),
             (req("a", "In", &["x"]), req("b", "In", &["y"]), true),
         ];
         for (i, (a, b, want)) in cases.iter().enumerate() {

@@ -1,7 +1,9 @@
 //! A vector of resource amounts (cpu, memory, ephemeral storage, pods, extended resources such as GPUs), in the
 //! integer units the kubelet accounts in: millicores, bytes and counts.
 
-use crate::model::quantity::{format_bytes, format_cpu_millis, parse_cpu_millis, parse_units, QuantityError};
+use crate::model::quantity::{
+    format_bytes, format_cpu_millis, parse_cpu_millis, parse_units, QuantityError,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -37,21 +39,31 @@ impl ResourceError {
 
 impl Resources {
     pub fn new(cpu_millis: u64, memory_bytes: u64) -> Resources {
-        Resources { cpu_millis, memory_bytes, ..Default::default() }
+        Resources {
+            cpu_millis,
+            memory_bytes,
+            ..Default::default()
+        }
     }
 
     /// Parses a Kubernetes resource list (`{"cpu": "500m", "memory": "1Gi", ...}`); the error names the resource.
-    pub fn from_quantities<'a>(list: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Resources, ResourceError> {
+    pub fn from_quantities<'a>(
+        list: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Resources, ResourceError> {
         let mut r = Resources::default();
         for (name, value) in list {
-            let err = |source| ResourceError { name: name.to_string(), source };
+            let err = |source| ResourceError {
+                name: name.to_string(),
+                source,
+            };
             match name {
                 CPU => r.cpu_millis = parse_cpu_millis(value).map_err(err)?,
                 MEMORY => r.memory_bytes = parse_units(value).map_err(err)?,
                 EPHEMERAL_STORAGE => r.ephemeral_bytes = parse_units(value).map_err(err)?,
                 PODS => r.pods = parse_units(value).map_err(err)?,
                 other => {
-                    r.extended.insert(other.to_string(), parse_units(value).map_err(err)?);
+                    r.extended
+                        .insert(other.to_string(), parse_units(value).map_err(err)?);
                 }
             }
         }
@@ -63,7 +75,10 @@ impl Resources {
         let mut out = BTreeMap::new();
         out.insert(CPU.to_string(), format_cpu_millis(self.cpu_millis));
         out.insert(MEMORY.to_string(), format_bytes(self.memory_bytes));
-        out.insert(EPHEMERAL_STORAGE.to_string(), format_bytes(self.ephemeral_bytes));
+        out.insert(
+            EPHEMERAL_STORAGE.to_string(),
+            format_bytes(self.ephemeral_bytes),
+        );
         out.insert(PODS.to_string(), self.pods.to_string());
         for (k, v) in &self.extended {
             out.insert(k.clone(), v.to_string());
@@ -145,9 +160,19 @@ impl Resources {
 
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu={} memory={} pods={}", format_cpu_millis(self.cpu_millis), format_bytes(self.memory_bytes), self.pods)?;
+        write!(
+            f,
+            "cpu={} memory={} pods={}",
+            format_cpu_millis(self.cpu_millis),
+            format_bytes(self.memory_bytes),
+            self.pods
+        )?;
         if self.ephemeral_bytes > 0 {
-            write!(f, " ephemeral-storage={}", format_bytes(self.ephemeral_bytes))?;
+            write!(
+                f,
+                " ephemeral-storage={}",
+                format_bytes(self.ephemeral_bytes)
+            )?;
         }
         for (k, v) in &self.extended {
             write!(f, " {k}={v}")?;
@@ -162,15 +187,24 @@ mod tests {
 
     #[test]
     fn parses_and_names_the_bad_resource() {
-        let r = Resources::from_quantities([("cpu", "1500m"), ("memory", "2Gi"), ("nvidia.com/gpu", "2")]).unwrap();
-        assert_eq!((r.cpu_millis, r.memory_bytes, r.extended(NVIDIA_GPU)), (1500, 2 << 30, 2));
+        let r = Resources::from_quantities([
+            ("cpu", "1500m"),
+            ("memory", "2Gi"),
+            ("nvidia.com/gpu", "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (r.cpu_millis, r.memory_bytes, r.extended(NVIDIA_GPU)),
+            (1500, 2 << 30, 2)
+        );
         let err = Resources::from_quantities([("memory", "lots")]).unwrap_err();
         assert!(err.to_string().starts_with("resource memory:"), "{err}");
     }
 
     #[test]
     fn fit_checks_every_dimension() {
-        let node = Resources::from_quantities([("cpu", "2"), ("memory", "4Gi"), ("pods", "10")]).unwrap();
+        let node =
+            Resources::from_quantities([("cpu", "2"), ("memory", "4Gi"), ("pods", "10")]).unwrap();
         let gpu_pod = Resources::from_quantities([("cpu", "1"), ("nvidia.com/gpu", "1")]).unwrap();
         assert_eq!(gpu_pod.first_exceeding(&node), Some(NVIDIA_GPU));
         let big = Resources::from_quantities([("cpu", "3")]).unwrap();

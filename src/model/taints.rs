@@ -74,7 +74,11 @@ impl Taint {
         if key.is_empty() {
             return Err(TaintError::EmptyTaintKey);
         }
-        Ok(Taint { key: key.to_string(), value: value.to_string(), effect })
+        Ok(Taint {
+            key: key.to_string(),
+            value: value.to_string(),
+            effect,
+        })
     }
 }
 
@@ -107,7 +111,12 @@ pub struct Toleration {
 
 impl Toleration {
     /// Builds a toleration from the API's strings, validating it as the API server does.
-    pub fn new(key: &str, operator: &str, value: &str, effect: &str) -> Result<Toleration, TaintError> {
+    pub fn new(
+        key: &str,
+        operator: &str,
+        value: &str,
+        effect: &str,
+    ) -> Result<Toleration, TaintError> {
         let operator = match operator {
             "" | "Equal" => TolerationOperator::Equal,
             "Exists" => TolerationOperator::Exists,
@@ -119,8 +128,17 @@ impl Toleration {
         if key.is_empty() && operator != TolerationOperator::Exists {
             return Err(TaintError::EmptyKeyNeedsExists);
         }
-        let effect = if effect.is_empty() { None } else { Some(TaintEffect::parse(effect)?) };
-        Ok(Toleration { key: key.to_string(), operator, value: value.to_string(), effect })
+        let effect = if effect.is_empty() {
+            None
+        } else {
+            Some(TaintEffect::parse(effect)?)
+        };
+        Ok(Toleration {
+            key: key.to_string(),
+            operator,
+            value: value.to_string(),
+            effect,
+        })
     }
 
     pub fn tolerates(&self, taint: &Taint) -> bool {
@@ -138,7 +156,10 @@ impl Toleration {
 }
 
 /// The first taint that keeps a pod with these tolerations off a node, if any.
-pub fn first_blocking_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
+pub fn first_blocking_taint<'a>(
+    taints: &'a [Taint],
+    tolerations: &[Toleration],
+) -> Option<&'a Taint> {
     taints
         .iter()
         .filter(|t| t.effect.blocks_scheduling())
@@ -188,27 +209,61 @@ mod tests {
 
     #[test]
     fn scheduling_is_blocked_by_hard_effects_only() {
-        let taints = vec![taint("a", "", "NoSchedule"), taint("b", "x", "PreferNoSchedule"), taint("c", "y", "NoExecute")];
-        assert_eq!(first_blocking_taint(&taints, &[]).map(|t| t.key.as_str()), Some("a"));
+        let taints = vec![
+            taint("a", "", "NoSchedule"),
+            taint("b", "x", "PreferNoSchedule"),
+            taint("c", "y", "NoExecute"),
+        ];
+        assert_eq!(
+            first_blocking_taint(&taints, &[]).map(|t| t.key.as_str()),
+            Some("a")
+        );
         let tolerate_a = vec![tol("a", "Exists", "", "")];
-        assert_eq!(first_blocking_taint(&taints, &tolerate_a).map(|t| t.key.as_str()), Some("c"));
-        let tolerate_a_c = vec![tol("a", "Exists", "", ""), tol("c", "Equal", "y", "NoExecute")];
+        assert_eq!(
+            first_blocking_taint(&taints, &tolerate_a).map(|t| t.key.as_str()),
+            Some("c")
+        );
+        let tolerate_a_c = vec![
+            tol("a", "Exists", "", ""),
+            tol("c", "Equal", "y", "NoExecute"),
+        ];
         assert_eq!(first_blocking_taint(&taints, &tolerate_a_c), None);
         assert_eq!(untolerated_preferences(&taints, &tolerate_a_c), 1);
     }
 
     #[test]
     fn invalid_tolerations_are_rejected() {
-        assert_eq!(Toleration::new("k", "Exists", "v", ""), Err(TaintError::ExistsWithValue("v".into())));
-        assert_eq!(Toleration::new("", "Equal", "v", ""), Err(TaintError::EmptyKeyNeedsExists));
-        assert_eq!(Toleration::new("k", "Lt", "1", ""), Err(TaintError::UnknownOperator("Lt".into())));
-        assert_eq!(Toleration::new("k", "Equal", "v", "Sometimes"), Err(TaintError::UnknownEffect("Sometimes".into())));
-        assert_eq!(Taint::new("", "v", TaintEffect::NoSchedule), Err(TaintError::EmptyTaintKey));
+        assert_eq!(
+            Toleration::new("k", "Exists", "v", ""),
+            Err(TaintError::ExistsWithValue("v".into()))
+        );
+        assert_eq!(
+            Toleration::new("", "Equal", "v", ""),
+            Err(TaintError::EmptyKeyNeedsExists)
+        );
+        assert_eq!(
+            Toleration::new("k", "Lt", "1", ""),
+            Err(TaintError::UnknownOperator("Lt".into()))
+        );
+        assert_eq!(
+            Toleration::new("k", "Equal", "v", "Sometimes"),
+            Err(TaintError::UnknownEffect("Sometimes".into()))
+        );
+        assert_eq!(
+            Taint::new("", "v", TaintEffect::NoSchedule),
+            Err(TaintError::EmptyTaintKey)
+        );
     }
 
     #[test]
     fn display_matches_kubectl_form() {
-        assert_eq!(taint("dedicated", "gpu", "NoSchedule").to_string(), "dedicated=gpu:NoSchedule");
-        assert_eq!(taint("spot", "", "PreferNoSchedule").to_string(), "spot:PreferNoSchedule");
+        assert_eq!(
+            taint("dedicated", "gpu", "NoSchedule").to_string(),
+            "dedicated=gpu:NoSchedule"
+        );
+        assert_eq!(
+            taint("spot", "", "PreferNoSchedule").to_string(),
+            "spot:PreferNoSchedule"
+        );
     }
 }

@@ -26,7 +26,11 @@ pub struct DeletionCandidate {
 }
 
 /// The names of the `count` Machines to remove, in the order to remove them.
-pub fn machines_to_delete(candidates: &[DeletionCandidate], count: usize, order: DeleteOrder) -> Vec<String> {
+pub fn machines_to_delete(
+    candidates: &[DeletionCandidate],
+    count: usize,
+    order: DeleteOrder,
+) -> Vec<String> {
     let mut ranked: Vec<&DeletionCandidate> = candidates.iter().collect();
     ranked.sort_by(|a, b| {
         b.marked_for_deletion
@@ -39,12 +43,18 @@ pub fn machines_to_delete(candidates: &[DeletionCandidate], count: usize, order:
             })
             .then_with(|| a.name.cmp(&b.name))
     });
-    ranked.into_iter().take(count).map(|c| c.name.clone()).collect()
+    ranked
+        .into_iter()
+        .take(count)
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// FNV-1a: stable across runs and platforms, unlike std's randomly seeded hasher.
 fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -62,20 +72,37 @@ mod tests {
 
     #[test]
     fn annotated_then_unhealthy_then_policy() {
-        let ms = vec![c("old", 300, false, true), c("new", 10, false, true), c("sick", 100, false, false), c("marked", 50, true, true)];
-        assert_eq!(machines_to_delete(&ms, 3, DeleteOrder::Oldest), ["marked", "sick", "old"]);
-        assert_eq!(machines_to_delete(&ms, 3, DeleteOrder::Newest), ["marked", "sick", "new"]);
+        let ms = vec![
+            c("old", 300, false, true),
+            c("new", 10, false, true),
+            c("sick", 100, false, false),
+            c("marked", 50, true, true),
+        ];
+        assert_eq!(
+            machines_to_delete(&ms, 3, DeleteOrder::Oldest),
+            ["marked", "sick", "old"]
+        );
+        assert_eq!(
+            machines_to_delete(&ms, 3, DeleteOrder::Newest),
+            ["marked", "sick", "new"]
+        );
         assert_eq!(machines_to_delete(&ms, 10, DeleteOrder::Oldest).len(), 4);
         assert!(machines_to_delete(&ms, 0, DeleteOrder::Oldest).is_empty());
     }
 
     #[test]
     fn random_is_stable() {
-        let ms: Vec<_> = (0..20).map(|i| c(&format!("m-{i}"), i, false, true)).collect();
+        let ms: Vec<_> = (0..20)
+            .map(|i| c(&format!("m-{i}"), i, false, true))
+            .collect();
         let first = machines_to_delete(&ms, 5, DeleteOrder::Random);
         let mut reversed = ms.clone();
         reversed.reverse();
         assert_eq!(first, machines_to_delete(&reversed, 5, DeleteOrder::Random));
-        assert_ne!(first, machines_to_delete(&ms, 5, DeleteOrder::Oldest), "random should not just be oldest");
+        assert_ne!(
+            first,
+            machines_to_delete(&ms, 5, DeleteOrder::Oldest),
+            "random should not just be oldest"
+        );
     }
 }

@@ -85,8 +85,15 @@ pub fn plan_machine_set<S: Clone>(
 
     let current = healthy.len() as u32;
     let mut create = Vec::new();
-    let used: BTreeSet<&str> = machines.iter().filter_map(|m| m.shape_id.as_deref()).collect();
-    let consumed_shapes: Vec<String> = queue.iter().filter(|q| used.contains(q.id.as_str())).map(|q| q.id.clone()).collect();
+    let used: BTreeSet<&str> = machines
+        .iter()
+        .filter_map(|m| m.shape_id.as_deref())
+        .collect();
+    let consumed_shapes: Vec<String> = queue
+        .iter()
+        .filter(|q| used.contains(q.id.as_str()))
+        .map(|q| q.id.clone())
+        .collect();
     if current < replicas && replace_machines {
         let mut free = queue.iter().filter(|q| !used.contains(q.id.as_str()));
         for _ in current..replicas {
@@ -95,9 +102,18 @@ pub fn plan_machine_set<S: Clone>(
     } else if current > replicas {
         let candidates: Vec<DeletionCandidate> = healthy
             .iter()
-            .map(|m| DeletionCandidate { name: m.name.clone(), created: m.created, marked_for_deletion: m.marked_for_deletion, healthy: m.ready })
+            .map(|m| DeletionCandidate {
+                name: m.name.clone(),
+                created: m.created,
+                marked_for_deletion: m.marked_for_deletion,
+                healthy: m.ready,
+            })
             .collect();
-        delete.extend(machines_to_delete(&candidates, (current - replicas) as usize, order));
+        delete.extend(machines_to_delete(
+            &candidates,
+            (current - replicas) as usize,
+            order,
+        ));
     }
 
     let counted = |f: fn(&OwnedMachine) -> bool| live.iter().filter(|m| f(m)).count() as u32;
@@ -107,7 +123,12 @@ pub fn plan_machine_set<S: Clone>(
         ready: counted(|m| m.ready),
         available: counted(|m| m.available),
     };
-    SetPlan { create, delete, consumed_shapes, status }
+    SetPlan {
+        create,
+        delete,
+        consumed_shapes,
+        status,
+    }
 }
 
 #[cfg(test)]
@@ -129,15 +150,28 @@ mod tests {
     }
 
     fn q(id: &str) -> QueuedShape<&'static str> {
-        QueuedShape { id: id.into(), shape: "m6i.large" }
+        QueuedShape {
+            id: id.into(),
+            shape: "m6i.large",
+        }
     }
 
     #[test]
     fn creates_missing_machines_with_unconsumed_shapes() {
         let mut a = m("a", 10);
         a.shape_id = Some("s1".into());
-        let plan = plan_machine_set(4, &[a], &[q("s1"), q("s2"), q("s3")], DeleteOrder::Random, true);
-        let ids: Vec<Option<String>> = plan.create.iter().map(|c| c.as_ref().map(|s| s.id.clone())).collect();
+        let plan = plan_machine_set(
+            4,
+            &[a],
+            &[q("s1"), q("s2"), q("s3")],
+            DeleteOrder::Random,
+            true,
+        );
+        let ids: Vec<Option<String>> = plan
+            .create
+            .iter()
+            .map(|c| c.as_ref().map(|s| s.id.clone()))
+            .collect();
         assert_eq!(ids, [Some("s2".to_string()), Some("s3".to_string()), None]);
         assert_eq!(plan.consumed_shapes, ["s1"]);
     }
@@ -148,7 +182,13 @@ mod tests {
         bad.failed = true;
         bad.ready = false;
         bad.available = false;
-        let plan = plan_machine_set(2, &[m("ok", 10), bad], &[] as &[QueuedShape<()>], DeleteOrder::Random, true);
+        let plan = plan_machine_set(
+            2,
+            &[m("ok", 10), bad],
+            &[] as &[QueuedShape<()>],
+            DeleteOrder::Random,
+            true,
+        );
         assert_eq!(plan.delete, ["bad"]);
         assert_eq!(plan.create.len(), 1);
     }
@@ -159,10 +199,19 @@ mod tests {
         marked.marked_for_deletion = true;
         let mut going = m("going", 2);
         going.deleting = true;
-        let plan = plan_machine_set(1, &[m("old", 100), m("new", 3), marked, going], &[] as &[QueuedShape<()>], DeleteOrder::Newest, true);
+        let plan = plan_machine_set(
+            1,
+            &[m("old", 100), m("new", 3), marked, going],
+            &[] as &[QueuedShape<()>],
+            DeleteOrder::Newest,
+            true,
+        );
         assert_eq!(plan.delete, ["marked", "new"]);
         assert!(plan.create.is_empty());
-        assert_eq!(plan.status.replicas, 4, "a Machine being deleted still counts until it is gone");
+        assert_eq!(
+            plan.status.replicas, 4,
+            "a Machine being deleted still counts until it is gone"
+        );
         assert_eq!(plan.status.ready, 3);
     }
 
@@ -171,13 +220,31 @@ mod tests {
         let mut going = m("going", 2);
         going.deleting = true;
         let machines = [m("a", 10), going];
-        let plan = plan_machine_set(2, &machines, &[] as &[QueuedShape<()>], DeleteOrder::Random, true);
+        let plan = plan_machine_set(
+            2,
+            &machines,
+            &[] as &[QueuedShape<()>],
+            DeleteOrder::Random,
+            true,
+        );
         assert_eq!(plan.create.len(), 1, "replaced while it drains");
         assert_eq!(plan.status.replicas, 2);
-        let plan = plan_machine_set(2, &machines, &[] as &[QueuedShape<()>], DeleteOrder::Random, false);
+        let plan = plan_machine_set(
+            2,
+            &machines,
+            &[] as &[QueuedShape<()>],
+            DeleteOrder::Random,
+            false,
+        );
         assert!(plan.create.is_empty() && plan.delete.is_empty(), "{plan:?}");
         // Surplus still goes in a set that does not replace.
-        let plan = plan_machine_set(0, &[m("a", 10)], &[] as &[QueuedShape<()>], DeleteOrder::Random, false);
+        let plan = plan_machine_set(
+            0,
+            &[m("a", 10)],
+            &[] as &[QueuedShape<()>],
+            DeleteOrder::Random,
+            false,
+        );
         assert_eq!(plan.delete, ["a"]);
     }
 }

@@ -14,6 +14,9 @@ mod deletion;
 mod machine_set;
 mod strategy;
 
-pub use machine_set::{plan_machine_set, OwnedMachine, QueuedShape, SetCounts, SetPlan};
 pub use deletion::{machines_to_delete, DeleteOrder, DeletionCandidate};
-pub use strategy::{plan, resolve_fenceposts, DeploymentView, IntOrPercent, Progress, RolloutError, ScaleIntent, ScaleIntents, SetView, Strategy};
+pub use machine_set::{plan_machine_set, OwnedMachine, QueuedShape, SetCounts, SetPlan};
+pub use strategy::{
+    plan, resolve_fenceposts, DeploymentView, IntOrPercent, Progress, RolloutError, ScaleIntent,
+    ScaleIntents, SetView, Strategy,
+};

@@ -12,7 +12,9 @@ pub enum IntOrPercent {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RolloutError {
-    #[error("{field} {value:?} is neither a non-negative integer nor a percentage from 0% to 100%")]
+    #[error(
+        "{field} {value:?} is neither a non-negative integer nor a percentage from 0% to 100%"
+    )]
     BadIntOrPercent { field: &'static str, value: String },
 }
 
@@ -27,10 +29,21 @@ impl RolloutError {
 impl IntOrPercent {
     /// Parses `3` or `25%`; `field` names the field in the error.
     pub fn parse(field: &'static str, value: &str) -> Result<IntOrPercent, RolloutError> {
-        let err = || RolloutError::BadIntOrPercent { field, value: value.to_string() };
+        let err = || RolloutError::BadIntOrPercent {
+            field,
+            value: value.to_string(),
+        };
         match value.strip_suffix('%') {
-            Some(p) => p.parse::<u32>().ok().filter(|p| *p <= 100).map(IntOrPercent::Percent).ok_or_else(err),
-            None => value.parse::<u32>().map(IntOrPercent::Int).map_err(|_| err()),
+            Some(p) => p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(IntOrPercent::Percent)
+                .ok_or_else(err),
+            None => value
+                .parse::<u32>()
+                .map(IntOrPercent::Int)
+                .map_err(|_| err()),
         }
     }
 
@@ -40,7 +53,11 @@ impl IntOrPercent {
             IntOrPercent::Int(n) => n,
             IntOrPercent::Percent(p) => {
                 let scaled = total as u64 * p as u64;
-                (if round_up { scaled.div_ceil(100) } else { scaled / 100 }) as u32
+                (if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                }) as u32
             }
         }
     }
@@ -57,7 +74,11 @@ impl fmt::Display for IntOrPercent {
 
 /// (maxSurge, maxUnavailable) as counts: surge rounds up, unavailable down, and if both are zero one Machine may
 /// be unavailable so the rollout can move at all.
-pub fn resolve_fenceposts(max_surge: IntOrPercent, max_unavailable: IntOrPercent, replicas: u32) -> (u32, u32) {
+pub fn resolve_fenceposts(
+    max_surge: IntOrPercent,
+    max_unavailable: IntOrPercent,
+    replicas: u32,
+) -> (u32, u32) {
     let surge = max_surge.resolve(replicas, true);
     let unavailable = max_unavailable.resolve(replicas, false);
     if surge == 0 && unavailable == 0 {
@@ -69,7 +90,10 @@ pub fn resolve_fenceposts(max_surge: IntOrPercent, max_unavailable: IntOrPercent
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    RollingUpdate { max_surge: IntOrPercent, max_unavailable: IntOrPercent },
+    RollingUpdate {
+        max_surge: IntOrPercent,
+        max_unavailable: IntOrPercent,
+    },
     OnDelete,
 }
 
@@ -148,21 +172,50 @@ pub fn plan(view: &DeploymentView, now: DateTime<Utc>) -> ScaleIntents {
     let mut notes = Vec::new();
     let mut old: Vec<SetView> = view.old.clone();
     // Oldest first: they are scaled down first.
-    old.sort_by(|a, b| a.revision.cmp(&b.revision).then_with(|| a.name.cmp(&b.name)));
+    old.sort_by(|a, b| {
+        a.revision
+            .cmp(&b.revision)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let mut current_target = view.current.spec_replicas;
     let mut old_targets: Vec<u32> = old.iter().map(|s| s.spec_replicas).collect();
 
     if view.paused {
-        scale_paused(desired, &mut current_target, &view.current, &old, &mut old_targets, &mut notes);
+        scale_paused(
+            desired,
+            &mut current_target,
+            &view.current,
+            &old,
+            &mut old_targets,
+            &mut notes,
+        );
     } else {
         match view.strategy {
-            Strategy::RollingUpdate { max_surge, max_unavailable } => {
+            Strategy::RollingUpdate {
+                max_surge,
+                max_unavailable,
+            } => {
                 let (surge, unavailable) = resolve_fenceposts(max_surge, max_unavailable, desired);
                 current_target = rolling_current(desired, surge, &view.current, &old, &mut notes);
-                rolling_old(desired, unavailable, &view.current, current_target, &old, &mut old_targets, &mut notes);
+                rolling_old(
+                    desired,
+                    unavailable,
+                    &view.current,
+                    current_target,
+                    &old,
+                    &mut old_targets,
+                    &mut notes,
+                );
             }
             Strategy::OnDelete => {
-                on_delete(desired, &view.current, &old, &mut current_target, &mut old_targets, &mut notes);
+                on_delete(
+                    desired,
+                    &view.current,
+                    &old,
+                    &mut current_target,
+                    &mut old_targets,
+                    &mut notes,
+                );
             }
         }
     }
@@ -176,30 +229,53 @@ pub fn plan(view: &DeploymentView, now: DateTime<Utc>) -> ScaleIntents {
         if !set.exists {
             // Paused, a template change waits for resume: no empty set of the new revision appears meanwhile.
             if view.paused && *to == 0 {
-                notes.push(format!("paused: MachineSet {} of the new template waits for resume", set.name));
+                notes.push(format!(
+                    "paused: MachineSet {} of the new template waits for resume",
+                    set.name
+                ));
             } else {
                 create_current = Some(*to);
             }
             continue;
         }
         if set.spec_replicas != *to {
-            let kind = if set.name == view.current.name { "current" } else { "old" };
+            let kind = if set.name == view.current.name {
+                "current"
+            } else {
+                "old"
+            };
             scale.push(ScaleIntent {
                 set: set.name.clone(),
                 from: set.spec_replicas,
                 to: *to,
-                note: format!("{kind} MachineSet {} {} -> {}", set.name, set.spec_replicas, to),
+                note: format!(
+                    "{kind} MachineSet {} {} -> {}",
+                    set.name, set.spec_replicas, to
+                ),
             });
         }
     }
 
     // History: empty old sets beyond the limit, oldest first.
-    let empty_old: Vec<&SetView> =
-        old.iter().zip(&old_targets).filter(|(s, t)| **t == 0 && s.replicas == 0).map(|(s, _)| s).collect();
-    let excess = empty_old.len().saturating_sub(view.revision_history_limit as usize);
-    let delete: Vec<String> = empty_old.iter().take(excess).map(|s| s.name.clone()).collect();
+    let empty_old: Vec<&SetView> = old
+        .iter()
+        .zip(&old_targets)
+        .filter(|(s, t)| **t == 0 && s.replicas == 0)
+        .map(|(s, _)| s)
+        .collect();
+    let excess = empty_old
+        .len()
+        .saturating_sub(view.revision_history_limit as usize);
+    let delete: Vec<String> = empty_old
+        .iter()
+        .take(excess)
+        .map(|s| s.name.clone())
+        .collect();
     for name in &delete {
-        notes.push(format!("deleting old MachineSet {name} beyond revisionHistoryLimit {}", view.revision_history_limit));
+        notes.push(format!(
+            "deleting old MachineSet {name} beyond revisionHistoryLimit {}",
+            view.revision_history_limit
+        ));
     }
 
     let complete = view.current.exists
@@ -211,36 +287,64 @@ pub fn plan(view: &DeploymentView, now: DateTime<Utc>) -> ScaleIntents {
         Progress::Complete
     } else if view.paused {
         Progress::Paused
-    } else if view.last_progress.is_some_and(|t| {
-        (now - t).num_seconds() > view.progress_deadline_seconds as i64
-    }) {
-        notes.push(format!("no progress for more than {}s", view.progress_deadline_seconds));
+    } else if view
+        .last_progress
+        .is_some_and(|t| (now - t).num_seconds() > view.progress_deadline_seconds as i64)
+    {
+        notes.push(format!(
+            "no progress for more than {}s",
+            view.progress_deadline_seconds
+        ));
         Progress::DeadlineExceeded
     } else {
         Progress::Progressing
     };
 
-    ScaleIntents { create_current, scale, delete, progress, notes }
+    ScaleIntents {
+        create_current,
+        scale,
+        delete,
+        progress,
+        notes,
+    }
 }
 
 /// RollingUpdate, the current set: grow while the total of all sets stays within replicas + surge.
-fn rolling_current(desired: u32, surge: u32, current: &SetView, old: &[SetView], notes: &mut Vec<String>) -> u32 {
+fn rolling_current(
+    desired: u32,
+    surge: u32,
+    current: &SetView,
+    old: &[SetView],
+    notes: &mut Vec<String>,
+) -> u32 {
     let spec = current.spec_replicas;
     if spec == desired {
         return spec;
     }
     if spec > desired {
-        notes.push(format!("current MachineSet {} above replicas: scale down to {desired}", current.name));
+        notes.push(format!(
+            "current MachineSet {} above replicas: scale down to {desired}",
+            current.name
+        ));
         return desired;
     }
-    let total: u32 = spec + old.iter().map(|s| s.spec_replicas.max(s.replicas)).sum::<u32>();
+    let total: u32 = spec
+        + old
+            .iter()
+            .map(|s| s.spec_replicas.max(s.replicas))
+            .sum::<u32>();
     let max_total = desired + surge;
     if total >= max_total {
-        notes.push(format!("waiting: {total} machines, at the surge limit {max_total}"));
+        notes.push(format!(
+            "waiting: {total} machines, at the surge limit {max_total}"
+        ));
         return spec;
     }
     let up = (max_total - total).min(desired - spec);
-    notes.push(format!("surge: current MachineSet {} +{up} (total {total} of at most {max_total})", current.name));
+    notes.push(format!(
+        "surge: current MachineSet {} +{up} (total {total} of at most {max_total})",
+        current.name
+    ));
     spec + up
 }
 
@@ -260,9 +364,13 @@ fn rolling_old(
     let min_available = desired.saturating_sub(unavailable);
     let all: u32 = current_target + old.iter().map(|s| s.spec_replicas).sum::<u32>();
     let current_unavailable = current_target.saturating_sub(current.available);
-    let mut budget = all.saturating_sub(min_available).saturating_sub(current_unavailable);
+    let mut budget = all
+        .saturating_sub(min_available)
+        .saturating_sub(current_unavailable);
     if budget == 0 {
-        notes.push(format!("waiting: scaling down old sets now would leave fewer than {min_available} available"));
+        notes.push(format!(
+            "waiting: scaling down old sets now would leave fewer than {min_available} available"
+        ));
         return;
     }
     // Unavailable old Machines go first: removing them costs no availability.
@@ -278,7 +386,9 @@ fn rolling_old(
     let available: u32 = current.available + old.iter().map(|s| s.available).sum::<u32>();
     if available <= min_available {
         if budget > 0 {
-            notes.push(format!("waiting: {available} available, need {min_available} before removing more"));
+            notes.push(format!(
+                "waiting: {available} available, need {min_available} before removing more"
+            ));
         }
         return;
     }
@@ -291,7 +401,10 @@ fn rolling_old(
         if cut > 0 {
             *target -= cut;
             remaining -= cut;
-            notes.push(format!("old MachineSet {} -{cut} (keeping at least {min_available} available)", set.name));
+            notes.push(format!(
+                "old MachineSet {} -{cut} (keeping at least {min_available} available)",
+                set.name
+            ));
         }
     }
 }
@@ -308,7 +421,11 @@ fn on_delete(
     for (set, target) in old.iter().zip(old_targets.iter_mut()) {
         // A Machine deleted by hand is not recreated in an old set.
         if set.exists && set.replicas < *target {
-            notes.push(format!("old MachineSet {}: {} Machine(s) deleted, not replaced", set.name, *target - set.replicas));
+            notes.push(format!(
+                "old MachineSet {}: {} Machine(s) deleted, not replaced",
+                set.name,
+                *target - set.replicas
+            ));
             *target = set.replicas;
         }
     }
@@ -321,12 +438,18 @@ fn on_delete(
             *target -= cut;
             excess -= cut;
             old_total -= cut;
-            notes.push(format!("old MachineSet {} -{cut}: deployment scaled down", set.name));
+            notes.push(format!(
+                "old MachineSet {} -{cut}: deployment scaled down",
+                set.name
+            ));
         }
     }
     let want = desired.saturating_sub(old_total);
     if want != current.spec_replicas {
-        notes.push(format!("current MachineSet {} -> {want} (OnDelete)", current.name));
+        notes.push(format!(
+            "current MachineSet {} -> {want} (OnDelete)",
+            current.name
+        ));
     }
     *current_target = want;
 }
@@ -356,7 +479,10 @@ fn scale_paused(
             }
             _ => {
                 *current_target += add;
-                notes.push(format!("paused: current MachineSet {} +{add}", current.name));
+                notes.push(format!(
+                    "paused: current MachineSet {} +{add}",
+                    current.name
+                ));
             }
         }
         return;
@@ -372,7 +498,10 @@ fn scale_paused(
     }
     if cut_total > 0 {
         *current_target -= cut_total.min(*current_target);
-        notes.push(format!("paused: current MachineSet {} -{cut_total}", current.name));
+        notes.push(format!(
+            "paused: current MachineSet {} -{cut_total}",
+            current.name
+        ));
     }
 }
 
@@ -381,13 +510,29 @@ mod tests {
     use super::*;
 
     fn set(name: &str, revision: u64, spec: u32, available: u32) -> SetView {
-        SetView { name: name.into(), revision, exists: true, spec_replicas: spec, replicas: spec, available }
+        SetView {
+            name: name.into(),
+            revision,
+            exists: true,
+            spec_replicas: spec,
+            replicas: spec,
+            available,
+        }
     }
 
-    fn view(replicas: u32, surge: IntOrPercent, unavailable: IntOrPercent, current: SetView, old: Vec<SetView>) -> DeploymentView {
+    fn view(
+        replicas: u32,
+        surge: IntOrPercent,
+        unavailable: IntOrPercent,
+        current: SetView,
+        old: Vec<SetView>,
+    ) -> DeploymentView {
         DeploymentView {
             replicas,
-            strategy: Strategy::RollingUpdate { max_surge: surge, max_unavailable: unavailable },
+            strategy: Strategy::RollingUpdate {
+                max_surge: surge,
+                max_unavailable: unavailable,
+            },
             paused: false,
             current,
             old,
@@ -413,8 +558,14 @@ mod tests {
 
     #[test]
     fn int_or_percent_parsing() {
-        assert_eq!(IntOrPercent::parse("maxSurge", "25%"), Ok(IntOrPercent::Percent(25)));
-        assert_eq!(IntOrPercent::parse("maxSurge", "3"), Ok(IntOrPercent::Int(3)));
+        assert_eq!(
+            IntOrPercent::parse("maxSurge", "25%"),
+            Ok(IntOrPercent::Percent(25))
+        );
+        assert_eq!(
+            IntOrPercent::parse("maxSurge", "3"),
+            Ok(IntOrPercent::Int(3))
+        );
         for bad in ["101%", "-1", "x", "1.5", "%"] {
             assert!(IntOrPercent::parse("maxSurge", bad).is_err(), "{bad}");
         }
@@ -424,7 +575,13 @@ mod tests {
     fn first_step_surges_without_touching_old() {
         let mut current = set("md-new", 2, 0, 0);
         current.exists = false;
-        let v = view(3, IntOrPercent::Int(2), IntOrPercent::Int(0), current, vec![set("md-old", 1, 3, 3)]);
+        let v = view(
+            3,
+            IntOrPercent::Int(2),
+            IntOrPercent::Int(0),
+            current,
+            vec![set("md-old", 1, 3, 3)],
+        );
         let p = plan(&v, now());
         assert_eq!(p.create_current, Some(2));
         assert!(p.scale.is_empty(), "{:?}", p.scale);
@@ -433,15 +590,35 @@ mod tests {
 
     #[test]
     fn old_set_shrinks_as_new_machines_become_available() {
-        let v = view(3, IntOrPercent::Int(2), IntOrPercent::Int(0), set("new", 2, 2, 2), vec![set("old", 1, 3, 3)]);
+        let v = view(
+            3,
+            IntOrPercent::Int(2),
+            IntOrPercent::Int(0),
+            set("new", 2, 2, 2),
+            vec![set("old", 1, 3, 3)],
+        );
         let p = plan(&v, now());
         // total 5 = 3 + 2: no more surge; 5 available, need 3: remove 2 old.
-        assert_eq!(p.scale, vec![ScaleIntent { set: "old".into(), from: 3, to: 1, note: "old MachineSet old 3 -> 1".into() }]);
+        assert_eq!(
+            p.scale,
+            vec![ScaleIntent {
+                set: "old".into(),
+                from: 3,
+                to: 1,
+                note: "old MachineSet old 3 -> 1".into()
+            }]
+        );
     }
 
     #[test]
     fn nothing_moves_while_new_machines_are_unavailable_and_unavailability_is_zero() {
-        let v = view(3, IntOrPercent::Int(2), IntOrPercent::Int(0), set("new", 2, 2, 0), vec![set("old", 1, 3, 3)]);
+        let v = view(
+            3,
+            IntOrPercent::Int(2),
+            IntOrPercent::Int(0),
+            set("new", 2, 2, 0),
+            vec![set("old", 1, 3, 3)],
+        );
         let p = plan(&v, now());
         assert!(p.scale.is_empty(), "{:?}", p.scale);
     }
@@ -450,16 +627,46 @@ mod tests {
     fn on_delete_replaces_only_deleted_machines() {
         let mut old = set("old", 1, 3, 3);
         old.replicas = 2; // someone deleted one
-        let v = DeploymentView { strategy: Strategy::OnDelete, ..view(3, IntOrPercent::Int(1), IntOrPercent::Int(0), set("new", 2, 0, 0), vec![old]) };
+        let v = DeploymentView {
+            strategy: Strategy::OnDelete,
+            ..view(
+                3,
+                IntOrPercent::Int(1),
+                IntOrPercent::Int(0),
+                set("new", 2, 0, 0),
+                vec![old],
+            )
+        };
         let p = plan(&v, now());
-        assert_eq!(p.scale.iter().map(|s| (s.set.as_str(), s.to)).collect::<Vec<_>>(), vec![("new", 1), ("old", 2)]);
+        assert_eq!(
+            p.scale
+                .iter()
+                .map(|s| (s.set.as_str(), s.to))
+                .collect::<Vec<_>>(),
+            vec![("new", 1), ("old", 2)]
+        );
     }
 
     #[test]
     fn paused_scales_without_rolling() {
-        let v = DeploymentView { paused: true, ..view(5, IntOrPercent::Int(1), IntOrPercent::Int(0), set("new", 2, 0, 0), vec![set("old", 1, 3, 3)]) };
+        let v = DeploymentView {
+            paused: true,
+            ..view(
+                5,
+                IntOrPercent::Int(1),
+                IntOrPercent::Int(0),
+                set("new", 2, 0, 0),
+                vec![set("old", 1, 3, 3)],
+            )
+        };
         let p = plan(&v, now());
-        assert_eq!(p.scale.iter().map(|s| (s.set.as_str(), s.to)).collect::<Vec<_>>(), vec![("old", 5)]);
+        assert_eq!(
+            p.scale
+                .iter()
+                .map(|s| (s.set.as_str(), s.to))
+                .collect::<Vec<_>>(),
+            vec![("old", 5)]
+        );
         assert_eq!(p.progress, Progress::Paused);
     }
 
@@ -467,16 +674,34 @@ mod tests {
     fn paused_template_change_creates_no_set_until_resumed() {
         let mut current = set("new", 2, 0, 0);
         current.exists = false;
-        let mut v = DeploymentView { paused: true, ..view(3, IntOrPercent::Int(2), IntOrPercent::Int(0), current, vec![set("old", 1, 3, 3)]) };
+        let mut v = DeploymentView {
+            paused: true,
+            ..view(
+                3,
+                IntOrPercent::Int(2),
+                IntOrPercent::Int(0),
+                current,
+                vec![set("old", 1, 3, 3)],
+            )
+        };
         let p = plan(&v, now());
-        assert_eq!((p.create_current, p.scale.len(), p.progress), (None, 0, Progress::Paused));
+        assert_eq!(
+            (p.create_current, p.scale.len(), p.progress),
+            (None, 0, Progress::Paused)
+        );
         v.paused = false;
         assert_eq!(plan(&v, now()).create_current, Some(2));
     }
 
     #[test]
     fn history_beyond_the_limit_is_deleted_oldest_first() {
-        let v = view(2, IntOrPercent::Int(1), IntOrPercent::Int(0), set("v4", 4, 2, 2), vec![set("v1", 1, 0, 0), set("v3", 3, 0, 0), set("v2", 2, 0, 0)]);
+        let v = view(
+            2,
+            IntOrPercent::Int(1),
+            IntOrPercent::Int(0),
+            set("v4", 4, 2, 2),
+            vec![set("v1", 1, 0, 0), set("v3", 3, 0, 0), set("v2", 2, 0, 0)],
+        );
         let p = plan(&v, now());
         assert_eq!(p.delete, vec!["v1".to_string(), "v2".to_string()]);
         assert_eq!(p.progress, Progress::Complete);
@@ -484,7 +709,13 @@ mod tests {
 
     #[test]
     fn progress_deadline() {
-        let mut v = view(3, IntOrPercent::Int(1), IntOrPercent::Int(0), set("new", 2, 1, 0), vec![set("old", 1, 3, 3)]);
+        let mut v = view(
+            3,
+            IntOrPercent::Int(1),
+            IntOrPercent::Int(0),
+            set("new", 2, 1, 0),
+            vec![set("old", 1, 3, 3)],
+        );
         v.last_progress = Some(now() - chrono::Duration::seconds(601));
         assert_eq!(plan(&v, now()).progress, Progress::DeadlineExceeded);
         v.last_progress = Some(now() - chrono::Duration::seconds(30));

@@ -20,7 +20,9 @@
 use super::predicates::{new_node_allocatable, new_node_label, new_node_labels};
 use super::*;
 use crate::model::instance_type::{labels, Offering};
-use crate::model::pod::{HostPort, InclusionPolicy, NamespaceScope, SchedulingSpec, WhenUnsatisfiable, NODE_NAME_FIELD};
+use crate::model::pod::{
+    HostPort, InclusionPolicy, NamespaceScope, SchedulingSpec, WhenUnsatisfiable, NODE_NAME_FIELD,
+};
 use crate::model::quantity::{format_bytes, format_cpu_millis};
 use crate::model::taints::{first_blocking_taint, Taint, TaintEffect};
 use std::collections::{HashMap, HashSet};
@@ -62,7 +64,12 @@ const CPU: usize = 0;
 const MEM: usize = 1;
 const PODS: usize = 3;
 /// Node labels whose value depends on the instance type: a node re-sized after packing would change them.
-const TYPE_KEYS: [&str; 4] = [labels::INSTANCE_TYPE, labels::ARCH, labels::INSTANCE_FAMILY, labels::INSTANCE_SIZE];
+const TYPE_KEYS: [&str; 4] = [
+    labels::INSTANCE_TYPE,
+    labels::ARCH,
+    labels::INSTANCE_FAMILY,
+    labels::INSTANCE_SIZE,
+];
 
 #[derive(Clone, Debug, PartialEq)]
 struct Bits(Vec<u64>);
@@ -119,7 +126,11 @@ struct Group<'a> {
 #[derive(Clone)]
 enum Origin {
     Fixed,
-    New { group: usize, ty: usize, slot: usize },
+    New {
+        group: usize,
+        ty: usize,
+        slot: usize,
+    },
 }
 
 struct Bin {
@@ -175,8 +186,15 @@ struct Spread {
 
 #[derive(Clone)]
 enum Pref {
-    Affinity { ctr: usize, key: u16, self_match: bool },
-    Anti { ctr: usize, key: u16 },
+    Affinity {
+        ctr: usize,
+        key: u16,
+        self_match: bool,
+    },
+    Anti {
+        ctr: usize,
+        key: u16,
+    },
     NodeTerm(Requirements),
     Spread(Spread),
     PreferNoSchedule,
@@ -208,7 +226,11 @@ struct Class<'a> {
     size_key: f64,
 }
 
-pub fn solve(snapshot: &Snapshot, catalog: &Catalog, now: DateTime<Utc>) -> Result<Plan, SchedulingError> {
+pub fn solve(
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Result<Plan, SchedulingError> {
     validate(snapshot, catalog)?;
     let mut e = Engine::new(snapshot, catalog, now);
     e.run();
@@ -237,7 +259,14 @@ struct Engine<'a> {
     terms_ids: HashMap<Vec<Requirements>, usize>,
     compat: FxMap<(usize, usize), Rc<Vec<Bits>>>,
     universes: HashMap<(usize, Vec<String>, u16, bool, bool), Rc<Vec<u32>>>,
-    fixed_lists: HashMap<(usize, Vec<crate::model::taints::Toleration>, Option<std::collections::BTreeSet<String>>), Rc<Vec<usize>>>,
+    fixed_lists: HashMap<
+        (
+            usize,
+            Vec<crate::model::taints::Toleration>,
+            Option<std::collections::BTreeSet<String>>,
+        ),
+        Rc<Vec<usize>>,
+    >,
     placed_on: Vec<Option<usize>>,
     reasons: Vec<Option<String>>,
     rem_sum: Vec<f64>,
@@ -264,12 +293,26 @@ fn fits(used: &[u64], req: &[u64], cap: &[u64]) -> bool {
 }
 
 fn split_taints(taints: &[Taint]) -> (Vec<Taint>, Vec<Taint>) {
-    taints.iter().cloned().partition(|t| t.effect != TaintEffect::PreferNoSchedule)
+    taints
+        .iter()
+        .cloned()
+        .partition(|t| t.effect != TaintEffect::PreferNoSchedule)
 }
 
 impl<'a> Engine<'a> {
     fn new(snap: &'a Snapshot, catalog: &'a Catalog, now: DateTime<Utc>) -> Engine<'a> {
-        let mut ext: Vec<String> = snap.pending.iter().flat_map(|p| p.spec.requests.extended.iter().filter(|(_, v)| **v > 0).map(|(k, _)| k.clone())).collect();
+        let mut ext: Vec<String> = snap
+            .pending
+            .iter()
+            .flat_map(|p| {
+                p.spec
+                    .requests
+                    .extended
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, _)| k.clone())
+            })
+            .collect();
         ext.sort();
         ext.dedup();
         let rng = match snap.expander {
@@ -336,7 +379,11 @@ impl<'a> Engine<'a> {
     }
 
     fn slot_id(&mut self, o: &Offering) -> usize {
-        if let Some(i) = self.slots.iter().position(|(z, c)| *z == o.zone && *c == o.capacity_type) {
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|(z, c)| *z == o.zone && *c == o.capacity_type)
+        {
             return i;
         }
         self.slots.push((o.zone.clone(), o.capacity_type));
@@ -344,7 +391,13 @@ impl<'a> Engine<'a> {
     }
 
     fn build_groups(&mut self) {
-        let index: HashMap<&str, usize> = self.catalog.instance_types.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = self
+            .catalog
+            .instance_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
         for g in &self.snap.groups {
             let mut group = Group {
                 spec: g,
@@ -353,19 +406,28 @@ impl<'a> Engine<'a> {
                 by_price: vec![],
                 blocking_taints: split_taints(&g.taints).0,
                 prefer_taints: split_taints(&g.taints).1,
-                daemon_ports: g.daemon_pods.iter().flat_map(|d| d.spec.host_ports.iter().cloned()).collect(),
+                daemon_ports: g
+                    .daemon_pods
+                    .iter()
+                    .flat_map(|d| d.spec.host_ports.iter().cloned())
+                    .collect(),
                 launched: 0,
             };
             let mut seen = HashSet::new();
             for name in &g.instance_types {
-                let Some(&ci) = index.get(name.as_str()) else { continue };
+                let Some(&ci) = index.get(name.as_str()) else {
+                    continue;
+                };
                 if !seen.insert(ci) {
                     continue;
                 }
                 let it = &self.catalog.instance_types[ci];
                 let mut offerings = vec![];
                 for (oi, o) in it.offerings.iter().enumerate() {
-                    if !g.requirements.matches(|k| new_node_label(g, it, o, FRESH_NAME, k)) {
+                    if !g
+                        .requirements
+                        .matches(|k| new_node_label(g, it, o, FRESH_NAME, k))
+                    {
                         continue;
                     }
                     let global = self.slot_id(o);
@@ -397,7 +459,13 @@ impl<'a> Engine<'a> {
                 }
             }
             for (ls, list) in group.by_price.iter_mut().enumerate() {
-                let price = |lt: usize| group.types[lt].offerings.iter().find(|o| o.0 == ls).map_or(f64::MAX, |o| o.1);
+                let price = |lt: usize| {
+                    group.types[lt]
+                        .offerings
+                        .iter()
+                        .find(|o| o.0 == ls)
+                        .map_or(f64::MAX, |o| o.1)
+                };
                 list.sort_by(|a, b| price(*a).total_cmp(&price(*b)).then(a.cmp(b)));
             }
             self.groups.push(group);
@@ -408,13 +476,28 @@ impl<'a> Engine<'a> {
         let mut keys = vec![];
         for p in &self.snap.pending {
             let s = &p.spec;
-            keys.extend(s.pod_affinity.iter().chain(&s.pod_anti_affinity).map(|t| t.topology_key.clone()));
-            keys.extend(s.preferred_pod_affinity.iter().chain(&s.preferred_pod_anti_affinity).map(|t| t.term.topology_key.clone()));
+            keys.extend(
+                s.pod_affinity
+                    .iter()
+                    .chain(&s.pod_anti_affinity)
+                    .map(|t| t.topology_key.clone()),
+            );
+            keys.extend(
+                s.preferred_pod_affinity
+                    .iter()
+                    .chain(&s.preferred_pod_anti_affinity)
+                    .map(|t| t.term.topology_key.clone()),
+            );
             keys.extend(s.topology_spread.iter().map(|t| t.topology_key.clone()));
         }
         for n in &self.snap.nodes {
-            for p in &n.pods {
-                keys.extend(p.spec.pod_anti_affinity.iter().map(|t| t.topology_key.clone()));
+            for p in n.pods.iter() {
+                keys.extend(
+                    p.spec
+                        .pod_anti_affinity
+                        .iter()
+                        .map(|t| t.topology_key.clone()),
+                );
             }
         }
         keys.sort();
@@ -428,7 +511,11 @@ impl<'a> Engine<'a> {
         let mut doms = vec![None; self.keys.len()];
         for k in 0..self.keys.len() {
             let key = self.keys[k].clone();
-            let value = labels.get(&key).map(String::as_str).or(if k == 0 { Some(name) } else { None });
+            let value =
+                labels
+                    .get(&key)
+                    .map(String::as_str)
+                    .or(if k == 0 { Some(name) } else { None });
             if let Some(v) = value {
                 doms[k] = Some(self.domain(k as u16, v));
             }
@@ -443,7 +530,7 @@ impl<'a> Engine<'a> {
             let (blocking, prefer) = split_taints(&node.taints);
             let mut used = vec![0; 4 + self.ext.len()];
             let mut host_ports = vec![];
-            for p in &n.pods {
+            for p in n.pods.iter() {
                 for (u, r) in used.iter_mut().zip(to_vec(&p.spec.requests, &self.ext)) {
                     *u += r;
                 }
@@ -451,9 +538,14 @@ impl<'a> Engine<'a> {
                 pod_list.push((self.bins.len(), p));
             }
             let doms = self.bin_doms(&node.name, &node.labels);
-            let it = node.labels.get(labels::INSTANCE_TYPE).and_then(|t| self.catalog.get(t));
+            let it = node
+                .labels
+                .get(labels::INSTANCE_TYPE)
+                .and_then(|t| self.catalog.get(t));
             self.totals.0 += 1;
-            self.totals.1 += it.map_or(node.allocatable.cpu_millis.div_ceil(1000), |t| t.vcpu as u64);
+            self.totals.1 += it.map_or(node.allocatable.cpu_millis.div_ceil(1000), |t| {
+                t.vcpu as u64
+            });
             self.totals.2 += it.map_or(node.allocatable.memory_bytes, |t| t.memory_mib << 20);
             self.bins.push(Bin {
                 name: node.name.clone(),
@@ -477,7 +569,10 @@ impl<'a> Engine<'a> {
             if !in_flight_counts(m, now, self.snap.registration_timeout) {
                 continue;
             }
-            let (Some(gi), Some(it)) = (self.snap.groups.iter().position(|g| g.name == m.group), self.catalog.get(&m.instance_type)) else {
+            let (Some(gi), Some(it)) = (
+                self.snap.groups.iter().position(|g| g.name == m.group),
+                self.catalog.get(&m.instance_type),
+            ) else {
                 continue;
             };
             let g = &self.snap.groups[gi];
@@ -486,16 +581,25 @@ impl<'a> Engine<'a> {
                 .iter()
                 .find(|o| o.zone == m.zone && o.capacity_type == m.capacity_type)
                 .cloned()
-                .unwrap_or(Offering { zone: m.zone.clone(), capacity_type: m.capacity_type, price: 0.0, available: true });
+                .unwrap_or(Offering {
+                    zone: m.zone.clone(),
+                    capacity_type: m.capacity_type,
+                    price: 0.0,
+                    available: true,
+                });
             let labels = new_node_labels(g, it, &offering, &m.name);
             let doms = self.bin_doms(&m.name, &labels);
             self.totals.0 += 1;
             self.totals.1 += it.vcpu as u64;
             self.totals.2 += it.memory_mib << 20;
             let mut host_ports = vec![];
-            host_ports.extend(g.daemon_pods.iter().flat_map(|d| d.spec.host_ports.iter().cloned()));
+            host_ports.extend(
+                g.daemon_pods
+                    .iter()
+                    .flat_map(|d| d.spec.host_ports.iter().cloned()),
+            );
             let mut used = vec![0; 4 + self.ext.len()];
-            for p in &m.pods {
+            for p in m.pods.iter() {
                 for (u, r) in used.iter_mut().zip(to_vec(&p.spec.requests, &self.ext)) {
                     *u += r;
                 }
@@ -529,16 +633,34 @@ impl<'a> Engine<'a> {
 /// A selector nothing satisfies (a constraint with no label selector counts no pod).
 fn never_selector() -> Requirements {
     let mut r = Requirements::new();
-    r.add("\u{0}no-selector", crate::model::requirements::Requirement { allows_absent: false, values: crate::model::requirements::ValueSet::Only(Default::default()), greater_than: None, less_than: None });
+    r.add(
+        "\u{0}no-selector",
+        crate::model::requirements::Requirement {
+            allows_absent: false,
+            values: crate::model::requirements::ValueSet::Only(Default::default()),
+            greater_than: None,
+            less_than: None,
+        },
+    );
     r
 }
 
 impl<'a> Engine<'a> {
-    fn counter(&mut self, key: &str, selector: &Option<Requirements>, namespaces: &NamespaceScope, owner: bool) -> (usize, u16) {
+    fn counter(
+        &mut self,
+        key: &str,
+        selector: &Option<Requirements>,
+        namespaces: &NamespaceScope,
+        owner: bool,
+    ) -> (usize, u16) {
         let key = self.intern_key(key);
         let selector = selector.clone().unwrap_or_else(never_selector);
         let id = (key, selector, namespaces.clone());
-        let (ids, list) = if owner { (&mut self.owner_ids, &mut self.owners) } else { (&mut self.counter_ids, &mut self.counters) };
+        let (ids, list) = if owner {
+            (&mut self.owner_ids, &mut self.owners)
+        } else {
+            (&mut self.counter_ids, &mut self.counters)
+        };
         if let Some(&i) = ids.get(&id) {
             return (i, key);
         }
@@ -575,7 +697,10 @@ impl<'a> Engine<'a> {
             let it = &self.catalog.instance_types[t.catalog_index];
             for &(ls, _, _, oi) in &t.offerings {
                 let o = &it.offerings[oi];
-                if terms.iter().any(|r| r.matches(|k| new_node_label(g.spec, it, o, FRESH_NAME, k))) {
+                if terms
+                    .iter()
+                    .any(|r| r.matches(|k| new_node_label(g.spec, it, o, FRESH_NAME, k)))
+                {
                     bits[ls].set(lt);
                 }
             }
@@ -588,11 +713,22 @@ impl<'a> Engine<'a> {
     fn fresh_doms(&mut self, gi: usize, lt: usize, ls: usize) -> Vec<Option<u32>> {
         let g = &self.groups[gi];
         let it = &self.catalog.instance_types[g.types[lt].catalog_index];
-        let oi = g.types[lt].offerings.iter().find(|o| o.0 == ls).map_or(0, |o| o.3);
+        let oi = g.types[lt]
+            .offerings
+            .iter()
+            .find(|o| o.0 == ls)
+            .map_or(0, |o| o.3);
         let o = &it.offerings[oi];
         let spec = g.spec;
-        let values: Vec<Option<String>> =
-            (0..self.keys.len()).map(|k| if k == 0 { None } else { new_node_label(spec, it, o, FRESH_NAME, &self.keys[k]).map(str::to_string) }).collect();
+        let values: Vec<Option<String>> = (0..self.keys.len())
+            .map(|k| {
+                if k == 0 {
+                    None
+                } else {
+                    new_node_label(spec, it, o, FRESH_NAME, &self.keys[k]).map(str::to_string)
+                }
+            })
+            .collect();
         let mut doms = vec![None; self.keys.len()];
         doms[0] = Some(FRESH);
         for (k, v) in values.into_iter().enumerate() {
@@ -604,31 +740,63 @@ impl<'a> Engine<'a> {
     }
 
     /// The domains of `key` a pod with these node terms and tolerations may count (its spread's eligible domains).
-    fn universe(&mut self, terms_id: usize, terms: &[Requirements], spec: &SchedulingSpec, key: u16, honor_affinity: bool, honor_taints: bool) -> Rc<Vec<u32>> {
-        let tol_key: Vec<String> = if honor_taints { spec.tolerations.iter().map(|t| format!("{t:?}")).collect() } else { vec![] };
+    fn universe(
+        &mut self,
+        terms_id: usize,
+        terms: &[Requirements],
+        spec: &SchedulingSpec,
+        key: u16,
+        honor_affinity: bool,
+        honor_taints: bool,
+    ) -> Rc<Vec<u32>> {
+        let tol_key: Vec<String> = if honor_taints {
+            spec.tolerations.iter().map(|t| format!("{t:?}")).collect()
+        } else {
+            vec![]
+        };
         let cache = (terms_id, tol_key, key, honor_affinity, honor_taints);
         if let Some(u) = self.universes.get(&cache) {
             return u.clone();
         }
         let mut set = std::collections::BTreeSet::new();
         for b in &self.bins[..self.fixed_count] {
-            let Some(d) = b.doms[key as usize] else { continue };
-            if honor_affinity && !terms.iter().any(|r| r.matches(|k| if k == NODE_NAME_FIELD { Some(b.name.as_str()) } else { b.labels.get(k).map(String::as_str) })) {
+            let Some(d) = b.doms[key as usize] else {
+                continue;
+            };
+            if honor_affinity
+                && !terms.iter().any(|r| {
+                    r.matches(|k| {
+                        if k == NODE_NAME_FIELD {
+                            Some(b.name.as_str())
+                        } else {
+                            b.labels.get(k).map(String::as_str)
+                        }
+                    })
+                })
+            {
                 continue;
             }
-            if honor_taints && first_blocking_taint(&b.blocking_taints, &spec.tolerations).is_some() {
+            if honor_taints && first_blocking_taint(&b.blocking_taints, &spec.tolerations).is_some()
+            {
                 continue;
             }
             set.insert(d);
         }
         let type_dependent = TYPE_KEYS.contains(&self.keys[key as usize].as_str());
         for gi in 0..self.groups.len() {
-            if honor_taints && first_blocking_taint(&self.groups[gi].blocking_taints, &spec.tolerations).is_some() {
+            if honor_taints
+                && first_blocking_taint(&self.groups[gi].blocking_taints, &spec.tolerations)
+                    .is_some()
+            {
                 continue;
             }
             let compat = self.compat_for(terms_id, terms, gi);
             for ls in 0..self.groups[gi].slots.len() {
-                let candidates: Vec<usize> = self.groups[gi].by_price[ls].iter().copied().filter(|lt| !honor_affinity || compat[ls].get(*lt)).collect();
+                let candidates: Vec<usize> = self.groups[gi].by_price[ls]
+                    .iter()
+                    .copied()
+                    .filter(|lt| !honor_affinity || compat[ls].get(*lt))
+                    .collect();
                 for lt in candidates {
                     let doms = self.fresh_doms(gi, lt, ls);
                     if let Some(d) = doms[key as usize] {
@@ -645,8 +813,14 @@ impl<'a> Engine<'a> {
         u
     }
 
-    fn selects(c: &Counter, namespace: &str, labels: &BTreeMap<String, String>, ns_labels: &BTreeMap<String, BTreeMap<String, String>>) -> bool {
-        c.namespaces.contains(namespace, ns_labels.get(namespace)) && c.selector.matches_labels(labels)
+    fn selects(
+        c: &Counter,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        ns_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> bool {
+        c.namespaces.contains(namespace, ns_labels.get(namespace))
+            && c.selector.matches_labels(labels)
     }
 
     fn build_classes(&mut self) {
@@ -661,7 +835,8 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let any_prefer_taints = self.groups.iter().any(|g| !g.prefer_taints.is_empty()) || self.bins.iter().any(|b| !b.prefer_taints.is_empty());
+        let any_prefer_taints = self.groups.iter().any(|g| !g.prefer_taints.is_empty())
+            || self.bins.iter().any(|b| !b.prefer_taints.is_empty());
         for (spec, pods) in groups {
             let mut req = to_vec(&spec.requests, &self.ext);
             req[PODS] = req[PODS].max(1);
@@ -675,11 +850,18 @@ impl<'a> Engine<'a> {
                     continue; // selects no pod: never violated
                 }
                 anti.push(self.counter(&t.topology_key, &t.selector, &t.namespaces, false));
-                owns.push(self.counter(&t.topology_key, &t.selector, &t.namespaces, true).0);
+                owns.push(
+                    self.counter(&t.topology_key, &t.selector, &t.namespaces, true)
+                        .0,
+                );
             }
-            let self_selects = |sel: &Option<Requirements>, ns: &NamespaceScope, nsl: &BTreeMap<String, BTreeMap<String, String>>| {
-                sel.as_ref().is_some_and(|s| s.matches_labels(&spec.labels)) && ns.contains(&spec.namespace, nsl.get(&spec.namespace))
-            };
+            let self_selects =
+                |sel: &Option<Requirements>,
+                 ns: &NamespaceScope,
+                 nsl: &BTreeMap<String, BTreeMap<String, String>>| {
+                    sel.as_ref().is_some_and(|s| s.matches_labels(&spec.labels))
+                        && ns.contains(&spec.namespace, nsl.get(&spec.namespace))
+                };
             let nsl = &self.snap.namespace_labels;
             let mut affinity = vec![];
             for t in &spec.pod_affinity {
@@ -695,7 +877,14 @@ impl<'a> Engine<'a> {
                 let universe = if hostname {
                     Rc::new(vec![])
                 } else {
-                    self.universe(terms_id, &terms, spec, key, t.node_affinity_policy == InclusionPolicy::Honor, t.node_taints_policy == InclusionPolicy::Honor)
+                    self.universe(
+                        terms_id,
+                        &terms,
+                        spec,
+                        key,
+                        t.node_affinity_policy == InclusionPolicy::Honor,
+                        t.node_taints_policy == InclusionPolicy::Honor,
+                    )
                 };
                 let s = Spread {
                     ctr,
@@ -716,32 +905,70 @@ impl<'a> Engine<'a> {
                 let mut pa: Vec<_> = spec.preferred_pod_affinity.iter().collect();
                 pa.sort_by_key(|w| w.weight);
                 for w in pa {
-                    let selfm = self_selects(&w.term.selector, &w.term.namespaces, &self.snap.namespace_labels);
-                    let (ctr, key) = self.counter(&w.term.topology_key, &w.term.selector, &w.term.namespaces, false);
-                    prefs.push(Pref::Affinity { ctr, key, self_match: selfm });
+                    let selfm = self_selects(
+                        &w.term.selector,
+                        &w.term.namespaces,
+                        &self.snap.namespace_labels,
+                    );
+                    let (ctr, key) = self.counter(
+                        &w.term.topology_key,
+                        &w.term.selector,
+                        &w.term.namespaces,
+                        false,
+                    );
+                    prefs.push(Pref::Affinity {
+                        ctr,
+                        key,
+                        self_match: selfm,
+                    });
                 }
-                let mut pn: Vec<_> = spec.preferred_pod_anti_affinity.iter().filter(|w| w.term.selector.is_some()).collect();
+                let mut pn: Vec<_> = spec
+                    .preferred_pod_anti_affinity
+                    .iter()
+                    .filter(|w| w.term.selector.is_some())
+                    .collect();
                 pn.sort_by_key(|w| w.weight);
                 for w in pn {
-                    let (ctr, key) = self.counter(&w.term.topology_key, &w.term.selector, &w.term.namespaces, false);
+                    let (ctr, key) = self.counter(
+                        &w.term.topology_key,
+                        &w.term.selector,
+                        &w.term.namespaces,
+                        false,
+                    );
                     prefs.push(Pref::Anti { ctr, key });
                 }
                 let mut na: Vec<_> = spec.preferred_node_affinity.iter().collect();
                 na.sort_by_key(|w| w.weight);
-                prefs.extend(na.into_iter().map(|w| Pref::NodeTerm(w.requirements.clone())));
+                prefs.extend(
+                    na.into_iter()
+                        .map(|w| Pref::NodeTerm(w.requirements.clone())),
+                );
                 prefs.extend(soft_spreads.into_iter().map(Pref::Spread));
                 if any_prefer_taints {
                     prefs.push(Pref::PreferNoSchedule);
                 }
             }
-            let mut all_keys = spec.pod_affinity.iter().chain(&spec.pod_anti_affinity).map(|t| t.topology_key.as_str()).collect::<Vec<_>>();
+            let mut all_keys = spec
+                .pod_affinity
+                .iter()
+                .chain(&spec.pod_anti_affinity)
+                .map(|t| t.topology_key.as_str())
+                .collect::<Vec<_>>();
             all_keys.extend(spec.topology_spread.iter().map(|t| t.topology_key.as_str()));
-            all_keys.extend(spec.preferred_pod_affinity.iter().chain(&spec.preferred_pod_anti_affinity).map(|t| t.term.topology_key.as_str()));
+            all_keys.extend(
+                spec.preferred_pod_affinity
+                    .iter()
+                    .chain(&spec.preferred_pod_anti_affinity)
+                    .map(|t| t.term.topology_key.as_str()),
+            );
             let type_dependent = all_keys.iter().any(|k| TYPE_KEYS.contains(k));
             let mut group_ok = vec![];
             for gi in 0..self.groups.len() {
                 self.compat_for(terms_id, &terms, gi);
-                group_ok.push(first_blocking_taint(&self.groups[gi].blocking_taints, &spec.tolerations).is_none());
+                group_ok.push(
+                    first_blocking_taint(&self.groups[gi].blocking_taints, &spec.tolerations)
+                        .is_none(),
+                );
             }
             self.min_req[0] = self.min_req[0].min(req[CPU]);
             self.min_req[1] = self.min_req[1].min(req[MEM]);
@@ -778,15 +1005,27 @@ impl<'a> Engine<'a> {
         }
         let nsl = &self.snap.namespace_labels;
         for c in &mut self.classes {
-            c.matched = (0..self.counters.len()).filter(|&i| Self::selects(&self.counters[i], &c.spec.namespace, &c.spec.labels, nsl)).collect();
-            c.targeted_by = (0..self.owners.len()).filter(|&i| Self::selects(&self.owners[i], &c.spec.namespace, &c.spec.labels, nsl)).collect();
+            c.matched = (0..self.counters.len())
+                .filter(|&i| {
+                    Self::selects(&self.counters[i], &c.spec.namespace, &c.spec.labels, nsl)
+                })
+                .collect();
+            c.targeted_by = (0..self.owners.len())
+                .filter(|&i| Self::selects(&self.owners[i], &c.spec.namespace, &c.spec.labels, nsl))
+                .collect();
         }
         // Count the pods already running.
         let mut cache: HashMap<(&str, &BTreeMap<String, String>), Vec<usize>> = HashMap::new();
         for &(bi, p) in &self.existing_pods {
             let matched = cache
                 .entry((p.spec.namespace.as_str(), &p.spec.labels))
-                .or_insert_with(|| (0..self.counters.len()).filter(|&i| Self::selects(&self.counters[i], &p.spec.namespace, &p.spec.labels, nsl)).collect());
+                .or_insert_with(|| {
+                    (0..self.counters.len())
+                        .filter(|&i| {
+                            Self::selects(&self.counters[i], &p.spec.namespace, &p.spec.labels, nsl)
+                        })
+                        .collect()
+                });
             for &ci in matched.iter() {
                 let c = &mut self.counters[ci];
                 if let Some(d) = self.bins[bi].doms[c.key as usize] {
@@ -812,7 +1051,8 @@ impl<'a> Engine<'a> {
         }
         for c in &mut self.classes {
             let ext = c.req[4..].iter().any(|v| *v > 0);
-            c.size_key = (c.req[CPU] as f64 / tc).max(c.req[MEM] as f64 / tm) + if ext { 1.0 } else { 0.0 };
+            c.size_key =
+                (c.req[CPU] as f64 / tc).max(c.req[MEM] as f64 / tm) + if ext { 1.0 } else { 0.0 };
         }
         self.rem_sum = vec![0.0; 4];
         for c in &self.classes {
@@ -829,7 +1069,11 @@ impl<'a> Engine<'a> {
             return l.clone();
         }
         let c = &self.classes[ci];
-        let key = (c.terms_id, c.spec.tolerations.clone(), c.spec.volume_zones.clone());
+        let key = (
+            c.terms_id,
+            c.spec.tolerations.clone(),
+            c.spec.volume_zones.clone(),
+        );
         let list = match self.fixed_lists.get(&key) {
             Some(l) => l.clone(),
             None => {
@@ -837,8 +1081,17 @@ impl<'a> Engine<'a> {
                     .filter(|&bi| {
                         let b = &self.bins[bi];
                         !b.unschedulable
-                            && c.terms.iter().any(|r| r.matches(|k| if k == NODE_NAME_FIELD { Some(b.name.as_str()) } else { b.labels.get(k).map(String::as_str) }))
-                            && first_blocking_taint(&b.blocking_taints, &c.spec.tolerations).is_none()
+                            && c.terms.iter().any(|r| {
+                                r.matches(|k| {
+                                    if k == NODE_NAME_FIELD {
+                                        Some(b.name.as_str())
+                                    } else {
+                                        b.labels.get(k).map(String::as_str)
+                                    }
+                                })
+                            })
+                            && first_blocking_taint(&b.blocking_taints, &c.spec.tolerations)
+                                .is_none()
                             && super::predicates::volume_zone_ok(c.spec, b.zone.as_deref())
                     })
                     .collect();
@@ -852,7 +1105,9 @@ impl<'a> Engine<'a> {
     }
 
     fn spread_check(&self, s: &Spread, doms: &[Option<u32>]) -> Check {
-        let Some(d) = doms[s.key as usize] else { return Check::Never };
+        let Some(d) = doms[s.key as usize] else {
+            return Check::Never;
+        };
         let ctr = &self.counters[s.ctr];
         let count = ctr.count(d) + s.self_match as u32;
         let min = if s.hostname || (s.universe.len() as u32) < s.min_domains {
@@ -869,8 +1124,16 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn affinity_check(&self, ctr: usize, key: u16, self_match: bool, doms: &[Option<u32>]) -> Check {
-        let Some(d) = doms[key as usize] else { return Check::Never };
+    fn affinity_check(
+        &self,
+        ctr: usize,
+        key: u16,
+        self_match: bool,
+        doms: &[Option<u32>],
+    ) -> Check {
+        let Some(d) = doms[key as usize] else {
+            return Check::Never;
+        };
         let c = &self.counters[ctr];
         if c.count(d) > 0 || (c.total == 0 && self_match) {
             Check::Fits
@@ -912,7 +1175,9 @@ impl<'a> Engine<'a> {
         }
         for &ctr in &c.matched {
             let counter = &self.counters[ctr];
-            let Some(d) = doms[counter.key as usize] else { continue };
+            let Some(d) = doms[counter.key as usize] else {
+                continue;
+            };
             if counter.key == 0 {
                 if let Some(&limit) = counter.host_limits.get(&d) {
                     if counter.count(d) + 1 > limit {
@@ -920,7 +1185,11 @@ impl<'a> Engine<'a> {
                     }
                 }
             } else if let Some((skew, universe)) = &counter.spread_owner {
-                let min = universe.iter().map(|u| counter.count(*u)).min().unwrap_or(0);
+                let min = universe
+                    .iter()
+                    .map(|u| counter.count(*u))
+                    .min()
+                    .unwrap_or(0);
                 if counter.count(d) + 1 > skew + min {
                     worst = Check::NotNow;
                 }
@@ -928,7 +1197,11 @@ impl<'a> Engine<'a> {
         }
         for p in c.prefs.iter().skip(level) {
             let r = match p {
-                Pref::Affinity { ctr, key, self_match } => self.affinity_check(*ctr, *key, *self_match, doms),
+                Pref::Affinity {
+                    ctr,
+                    key,
+                    self_match,
+                } => self.affinity_check(*ctr, *key, *self_match, doms),
                 Pref::Anti { ctr, key } => match doms[*key as usize] {
                     Some(d) if self.counters[*ctr].count(d) > 0 => Check::Never,
                     _ => Check::Fits,
@@ -952,22 +1225,34 @@ impl<'a> Engine<'a> {
             return Check::Never;
         }
         if let Origin::New { group, ty, slot } = b.origin {
-            if !c.group_ok[group] || !self.compat[&(c.terms_id, group)][slot].get(ty) || !super::predicates::volume_zone_ok(c.spec, b.zone.as_deref()) {
+            if !c.group_ok[group]
+                || !self.compat[&(c.terms_id, group)][slot].get(ty)
+                || !super::predicates::volume_zone_ok(c.spec, b.zone.as_deref())
+            {
                 return Check::Never;
             }
         }
         if !fits(&b.used, &c.req, &b.cap) {
             return Check::Never;
         }
-        if !c.spec.host_ports.is_empty() && !super::predicates::host_ports_free(&c.spec.host_ports, &b.host_ports) {
+        if !c.spec.host_ports.is_empty()
+            && !super::predicates::host_ports_free(&c.spec.host_ports, &b.host_ports)
+        {
             return Check::Never;
         }
         for p in c.prefs.iter().skip(level) {
             match p {
-                Pref::NodeTerm(t) if !t.matches(|k| b.labels.get(k).map(String::as_str)) => return Check::Never,
-                Pref::PreferNoSchedule if first_blocking_taint(&b.prefer_taints, &c.spec.tolerations).is_some() => {
+                Pref::NodeTerm(t) if !t.matches(|k| b.labels.get(k).map(String::as_str)) => {
+                    return Check::Never
+                }
+                Pref::PreferNoSchedule
+                    if first_blocking_taint(&b.prefer_taints, &c.spec.tolerations).is_some() =>
+                {
                     // PreferNoSchedule taints, treated as blocking while the preference holds.
-                    if b.prefer_taints.iter().any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t))) {
+                    if b.prefer_taints
+                        .iter()
+                        .any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t)))
+                    {
                         return Check::Never;
                     }
                 }
@@ -1010,10 +1295,18 @@ impl<'a> Engine<'a> {
                 owner.total += 1;
             }
         }
-        let soft = c.prefs.iter().skip(level).filter_map(|p| if let Pref::Spread(s) = p { Some(s) } else { None });
+        let soft = c.prefs.iter().skip(level).filter_map(|p| {
+            if let Pref::Spread(s) = p {
+                Some(s)
+            } else {
+                None
+            }
+        });
         for s in c.spreads.iter().chain(soft) {
             let counter = &mut self.counters[s.ctr];
-            let Some(d) = b.doms[s.key as usize] else { continue };
+            let Some(d) = b.doms[s.key as usize] else {
+                continue;
+            };
             if s.hostname {
                 let e = counter.host_limits.entry(d).or_insert(s.max_skew);
                 *e = (*e).min(s.max_skew);
@@ -1029,7 +1322,9 @@ impl<'a> Engine<'a> {
 
     fn is_closed(&self, bi: usize) -> bool {
         let b = &self.bins[bi];
-        b.used[CPU] + self.min_req[0] > b.cap[CPU] || b.used[MEM] + self.min_req[1] > b.cap[MEM] || b.used[PODS] + 1 > b.cap[PODS]
+        b.used[CPU] + self.min_req[0] > b.cap[CPU]
+            || b.used[MEM] + self.min_req[1] > b.cap[MEM]
+            || b.used[PODS] + 1 > b.cap[PODS]
     }
 
     fn try_place(&mut self, ci: usize, pod: usize, level: usize) -> bool {
@@ -1051,7 +1346,9 @@ impl<'a> Engine<'a> {
                 Check::NotNow => advance = false,
             }
         }
-        let start = self.open_new.partition_point(|&b| b < self.classes[ci].memo_new);
+        let start = self
+            .open_new
+            .partition_point(|&b| b < self.classes[ci].memo_new);
         let mut advance = true;
         let mut evaluated = 0;
         for j in start..self.open_new.len() {
@@ -1109,7 +1406,12 @@ impl<'a> Engine<'a> {
 
     /// Opens the best new node for the class (group by the expander, instance type by work per dollar), or
     /// explains per group why none can be opened.
-    fn open_bin(&mut self, ci: usize, level: usize, mut reasons: Option<&mut Vec<String>>) -> Option<usize> {
+    fn open_bin(
+        &mut self,
+        ci: usize,
+        level: usize,
+        mut reasons: Option<&mut Vec<String>>,
+    ) -> Option<usize> {
         let limits = &self.snap.limits;
         if let Some(max) = limits.max_nodes {
             if self.totals.0 >= max {
@@ -1121,7 +1423,10 @@ impl<'a> Engine<'a> {
         }
         if self.groups.is_empty() {
             if let Some(r) = reasons.as_mut() {
-                r.push("no node group can launch nodes and no existing or in-flight node fits".to_string());
+                r.push(
+                    "no node group can launch nodes and no existing or in-flight node fits"
+                        .to_string(),
+                );
             }
             return None;
         }
@@ -1138,7 +1443,15 @@ impl<'a> Engine<'a> {
         let mut cands: Vec<Cand> = vec![];
         // The shape of the pods about to be packed (the next WINDOW in order), so a node's type matches the pods
         // that will fill it rather than the average of everything left.
-        let avg: Vec<f64> = (0..4).map(|d| if self.window.1 > 0.0 { self.window.0[d] / self.window.1 } else { self.rem_sum[d] / self.rem_count.max(1.0) }).collect();
+        let avg: Vec<f64> = (0..4)
+            .map(|d| {
+                if self.window.1 > 0.0 {
+                    self.window.0[d] / self.window.1
+                } else {
+                    self.rem_sum[d] / self.rem_count.max(1.0)
+                }
+            })
+            .collect();
         let remaining = self.rem_count.max(1.0);
         // How many average remaining pods a type holds besides this pod (no cap by what remains).
         let holds = |cap: &[u64], req: &[u64]| -> f64 {
@@ -1160,22 +1473,39 @@ impl<'a> Engine<'a> {
                 }
             };
             if !c.group_ok[gi] {
-                let t = first_blocking_taint(&g.blocking_taints, &c.spec.tolerations).map(|t| t.to_string()).unwrap_or_default();
-                why(format!("group {gname} has taint {t} that the pod does not tolerate"));
+                let t = first_blocking_taint(&g.blocking_taints, &c.spec.tolerations)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                why(format!(
+                    "group {gname} has taint {t} that the pod does not tolerate"
+                ));
                 continue;
             }
-            if level < c.prefs.len() && c.prefs[level..].iter().any(|p| matches!(p, Pref::PreferNoSchedule)) && first_blocking_taint(&g.prefer_taints, &c.spec.tolerations).is_some() {
-                let untolerated = g.prefer_taints.iter().any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t)));
+            if level < c.prefs.len()
+                && c.prefs[level..]
+                    .iter()
+                    .any(|p| matches!(p, Pref::PreferNoSchedule))
+                && first_blocking_taint(&g.prefer_taints, &c.spec.tolerations).is_some()
+            {
+                let untolerated = g
+                    .prefer_taints
+                    .iter()
+                    .any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t)));
                 if untolerated {
                     continue;
                 }
             }
             if g.spec.current_replicas.saturating_add(g.launched) >= g.spec.max_replicas {
-                why(format!("max replicas {} reached in group {gname}", g.spec.max_replicas));
+                why(format!(
+                    "max replicas {} reached in group {gname}",
+                    g.spec.max_replicas
+                ));
                 continue;
             }
             if !super::predicates::host_ports_free(&c.spec.host_ports, &g.daemon_ports) {
-                why(format!("group {gname}: a DaemonSet on its nodes uses the pod's host port"));
+                why(format!(
+                    "group {gname}: a DaemonSet on its nodes uses the pod's host port"
+                ));
                 continue;
             }
             let compat = self.compat[&(c.terms_id, gi)].clone();
@@ -1194,19 +1524,27 @@ impl<'a> Engine<'a> {
                 }
                 let zone = &self.slots[self.groups[gi].slots[ls]].0;
                 if !super::predicates::volume_zone_ok(self.classes[ci].spec, Some(zone)) {
-                    topo_reason.get_or_insert_with(|| format!("group {gname}: no offering in the zones of the pod's volumes"));
+                    topo_reason.get_or_insert_with(|| {
+                        format!("group {gname}: no offering in the zones of the pod's volumes")
+                    });
                     continue;
                 }
                 if type_dependent {
                     *ok = Check::Fits; // checked per type below
                     continue;
                 }
-                let lt = self.groups[gi].by_price[ls].iter().copied().find(|lt| compat[ls].get(*lt));
+                let lt = self.groups[gi].by_price[ls]
+                    .iter()
+                    .copied()
+                    .find(|lt| compat[ls].get(*lt));
                 let Some(lt) = lt else { continue };
                 let doms = self.fresh_doms(gi, lt, ls);
                 *ok = self.check_topology(&self.classes[ci], level, &doms);
                 if *ok != Check::Fits && reasons.is_some() && topo_reason.is_none() {
-                    topo_reason = Some(format!("group {gname}: {}", self.topology_reason(ci, level, &doms)));
+                    topo_reason = Some(format!(
+                        "group {gname}: {}",
+                        self.topology_reason(ci, level, &doms)
+                    ));
                 }
             }
             let c = &self.classes[ci];
@@ -1217,7 +1555,15 @@ impl<'a> Engine<'a> {
             let mut unit = f64::MAX;
             let mut smallest = f64::MAX;
             for t in &g.types {
-                let Some(p) = t.offerings.iter().filter(|o| o.2).map(|o| o.1).min_by(f64::total_cmp) else { continue };
+                let Some(p) = t
+                    .offerings
+                    .iter()
+                    .filter(|o| o.2)
+                    .map(|o| o.1)
+                    .min_by(f64::total_cmp)
+                else {
+                    continue;
+                };
                 if fits(&zeros, &c.req, &t.cap) {
                     unit = unit.min(p / holds(&t.cap, &c.req));
                     smallest = smallest.min(p);
@@ -1242,7 +1588,10 @@ impl<'a> Engine<'a> {
                 }
                 if let Some(max) = limits.max_memory_bytes {
                     if self.totals.2 + t.memory_bytes > max {
-                        limit_hit = Some(format!("cluster limit of {} memory reached", format_bytes(max)));
+                        limit_hit = Some(format!(
+                            "cluster limit of {} memory reached",
+                            format_bytes(max)
+                        ));
                         continue;
                     }
                 }
@@ -1257,7 +1606,9 @@ impl<'a> Engine<'a> {
                     }
                     let o = &it.offerings[oi];
                     let prefs_ok = c.prefs.iter().skip(level).all(|p| match p {
-                        Pref::NodeTerm(r) => r.matches(|k| new_node_label(g.spec, it, o, FRESH_NAME, k)),
+                        Pref::NodeTerm(r) => {
+                            r.matches(|k| new_node_label(g.spec, it, o, FRESH_NAME, k))
+                        }
                         _ => true,
                     });
                     if !prefs_ok {
@@ -1265,22 +1616,40 @@ impl<'a> Engine<'a> {
                     }
                     pick = Some((ls, oi, price));
                 }
-                let Some((ls, oi, price)) = pick else { continue };
+                let Some((ls, oi, price)) = pick else {
+                    continue;
+                };
                 let n = holds(&t.cap, &c.req).min(remaining).max(1.0);
                 let left = remaining - n;
-                let rest = if left > 0.0 { (left * unit).max(smallest) } else { 0.0 };
+                let rest = if left > 0.0 {
+                    (left * unit).max(smallest)
+                } else {
+                    0.0
+                };
                 // eff: minus the estimated cost of placing every remaining pod if this node opens now.
                 let eff = -(price + rest);
-                let waste = ((1.0 - n * avg[CPU] / t.cap[CPU].max(1) as f64).max(0.0) + (1.0 - n * avg[MEM] / t.cap[MEM].max(1) as f64).max(0.0)) / 2.0;
+                let waste = ((1.0 - n * avg[CPU] / t.cap[CPU].max(1) as f64).max(0.0)
+                    + (1.0 - n * avg[MEM] / t.cap[MEM].max(1) as f64).max(0.0))
+                    / 2.0;
                 let better = match &best {
                     None => true,
                     Some(b) => {
                         let tol = 1e-6 * b.eff.abs().max(1e-9);
-                        eff > b.eff + tol || (eff >= b.eff - tol && (n > b.n || (n == b.n && price < b.price)))
+                        eff > b.eff + tol
+                            || (eff >= b.eff - tol && (n > b.n || (n == b.n && price < b.price)))
                     }
                 };
                 if better {
-                    best = Some(Cand { gi, lt, ls, oi, price, eff, waste, n });
+                    best = Some(Cand {
+                        gi,
+                        lt,
+                        ls,
+                        oi,
+                        price,
+                        eff,
+                        waste,
+                        n,
+                    });
                 }
             }
             match best {
@@ -1304,12 +1673,26 @@ impl<'a> Engine<'a> {
             return None;
         }
         let pick = match self.snap.expander {
-            Expander::Cheapest => (0..cands.len()).max_by(|&a, &b| cands[a].eff.total_cmp(&cands[b].eff).then(cands[b].price.total_cmp(&cands[a].price)).then(b.cmp(&a))),
-            Expander::LeastWaste => (0..cands.len()).min_by(|&a, &b| cands[a].waste.total_cmp(&cands[b].waste).then(cands[b].eff.total_cmp(&cands[a].eff)).then(a.cmp(&b))),
+            Expander::Cheapest => (0..cands.len()).max_by(|&a, &b| {
+                cands[a]
+                    .eff
+                    .total_cmp(&cands[b].eff)
+                    .then(cands[b].price.total_cmp(&cands[a].price))
+                    .then(b.cmp(&a))
+            }),
+            Expander::LeastWaste => (0..cands.len()).min_by(|&a, &b| {
+                cands[a]
+                    .waste
+                    .total_cmp(&cands[b].waste)
+                    .then(cands[b].eff.total_cmp(&cands[a].eff))
+                    .then(a.cmp(&b))
+            }),
             Expander::Priority => (0..cands.len()).max_by(|&a, &b| {
                 let pa = self.groups[cands[a].gi].spec.priority;
                 let pb = self.groups[cands[b].gi].spec.priority;
-                pa.cmp(&pb).then(cands[a].eff.total_cmp(&cands[b].eff)).then(b.cmp(&a))
+                pa.cmp(&pb)
+                    .then(cands[a].eff.total_cmp(&cands[b].eff))
+                    .then(b.cmp(&a))
             }),
             Expander::Random { .. } => Some((self.next_random() % cands.len() as u64) as usize),
         }?;
@@ -1324,7 +1707,11 @@ impl<'a> Engine<'a> {
         let g = &self.groups[gi];
         let t = &g.types[lt];
         let it = &self.catalog.instance_types[t.catalog_index];
-        let name = format!("{}-new-{}", g.spec.name, self.bins.len() - self.fixed_count + 1);
+        let name = format!(
+            "{}-new-{}",
+            g.spec.name,
+            self.bins.len() - self.fixed_count + 1
+        );
         let labels = new_node_labels(g.spec, it, &it.offerings[oi], &name);
         let zone = it.offerings[oi].zone.clone();
         let cap = t.cap.clone();
@@ -1339,7 +1726,11 @@ impl<'a> Engine<'a> {
         self.totals.2 += mem;
         self.bins.push(Bin {
             name,
-            origin: Origin::New { group: gi, ty: lt, slot: ls },
+            origin: Origin::New {
+                group: gi,
+                ty: lt,
+                slot: ls,
+            },
             labels,
             zone: Some(zone),
             blocking_taints: blocking,
@@ -1365,20 +1756,37 @@ impl<'a> Engine<'a> {
             for (key, r) in term.iter() {
                 let ok = g.types.iter().any(|t| {
                     let it = &self.catalog.instance_types[t.catalog_index];
-                    t.offerings.iter().any(|&(_, _, _, oi)| r.matches(new_node_label(g.spec, it, &it.offerings[oi], FRESH_NAME, key)))
+                    t.offerings.iter().any(|&(_, _, _, oi)| {
+                        r.matches(new_node_label(
+                            g.spec,
+                            it,
+                            &it.offerings[oi],
+                            FRESH_NAME,
+                            key,
+                        ))
+                    })
                 });
                 if !ok {
                     return format!("group {}: no instance type or offering satisfies the pod's node affinity on {key}", g.spec.name);
                 }
             }
         }
-        format!("group {}: no instance type satisfies the pod's node selector and affinity together", g.spec.name)
+        format!(
+            "group {}: no instance type satisfies the pod's node selector and affinity together",
+            g.spec.name
+        )
     }
 
     fn resource_reason(&self, ci: usize, gi: usize, compat: &[Bits]) -> String {
         let c = &self.classes[ci];
         let g = &self.groups[gi];
-        let usable: Vec<&GroupType> = g.types.iter().enumerate().filter(|(lt, t)| t.offerings.iter().any(|o| compat[o.0].get(*lt))).map(|(_, t)| t).collect();
+        let usable: Vec<&GroupType> = g
+            .types
+            .iter()
+            .enumerate()
+            .filter(|(lt, t)| t.offerings.iter().any(|o| compat[o.0].get(*lt)))
+            .map(|(_, t)| t)
+            .collect();
         for d in 0..c.req.len() {
             if c.req[d] > 0 && usable.iter().all(|t| t.cap[d] < c.req[d]) {
                 let (amount, name) = match d {
@@ -1388,10 +1796,16 @@ impl<'a> Engine<'a> {
                     PODS => (c.req[d].to_string(), "pods".to_string()),
                     _ => (c.req[d].to_string(), self.ext[d - 4].clone()),
                 };
-                return format!("no instance type in group {} has {amount} {name}", g.spec.name);
+                return format!(
+                    "no instance type in group {} has {amount} {name}",
+                    g.spec.name
+                );
             }
         }
-        format!("no instance type in group {} fits the pod's requests together ({})", g.spec.name, c.spec.requests)
+        format!(
+            "no instance type in group {} fits the pod's requests together ({})",
+            g.spec.name, c.spec.requests
+        )
     }
 
     fn topology_reason(&self, ci: usize, level: usize, doms: &[Option<u32>]) -> String {
@@ -1399,23 +1813,36 @@ impl<'a> Engine<'a> {
         let key = |k: u16| self.keys[k as usize].clone();
         for &(ctr, k) in &c.anti {
             if doms[k as usize].is_some_and(|d| self.counters[ctr].count(d) > 0) {
-                return format!("pod anti-affinity on {} excludes every reachable domain", key(k));
+                return format!(
+                    "pod anti-affinity on {} excludes every reachable domain",
+                    key(k)
+                );
             }
         }
         for &o in &c.targeted_by {
             let owner = &self.owners[o];
             if doms[owner.key as usize].is_some_and(|d| owner.count(d) > 0) {
-                return format!("another pod's anti-affinity on {} excludes it", key(owner.key));
+                return format!(
+                    "another pod's anti-affinity on {} excludes it",
+                    key(owner.key)
+                );
             }
         }
         for &(ctr, k, selfm) in &c.affinity {
             if self.affinity_check(ctr, k, selfm, doms) != Check::Fits {
-                return format!("required pod affinity on {} matches no pod in a reachable domain", key(k));
+                return format!(
+                    "required pod affinity on {} matches no pod in a reachable domain",
+                    key(k)
+                );
             }
         }
         for s in &c.spreads {
             if self.spread_check(s, doms) != Check::Fits {
-                return format!("topology spread on {} (maxSkew {}) would be exceeded", key(s.key), s.max_skew);
+                return format!(
+                    "topology spread on {} (maxSkew {}) would be exceeded",
+                    key(s.key),
+                    s.max_skew
+                );
             }
         }
         let _ = level;
@@ -1427,7 +1854,8 @@ impl<'a> Engine<'a> {
         order.sort_by(|&a, &b| {
             let (x, y) = (&self.classes[a], &self.classes[b]);
             // Pods with required pod affinity go after the pods they may follow, so they find them placed.
-            y.spec.priority
+            y.spec
+                .priority
                 .cmp(&x.spec.priority)
                 .then(x.affinity.is_empty().cmp(&y.affinity.is_empty()).reverse())
                 .then(y.size_key.total_cmp(&x.size_key))
@@ -1481,7 +1909,11 @@ impl<'a> Engine<'a> {
             let mut reasons = vec![];
             let max = self.classes[ci].prefs.len();
             self.open_bin(ci, max, Some(&mut reasons));
-            let reason = if reasons.is_empty() { "no node fits the pod".to_string() } else { reasons.join("; ") };
+            let reason = if reasons.is_empty() {
+                "no node fits the pod".to_string()
+            } else {
+                reasons.join("; ")
+            };
             self.reasons[pod] = Some(reason);
         }
     }
@@ -1521,10 +1953,16 @@ impl<'a> Engine<'a> {
     /// [`super::repack::pack`], and keeps the result where it is strictly cheaper than what first-fit built.
     fn repack(&mut self) {
         let limits = &self.snap.limits;
-        if self.snap.expander != Expander::Cheapest || limits.max_nodes.is_some() || limits.max_cores.is_some() || limits.max_memory_bytes.is_some() {
+        if self.snap.expander != Expander::Cheapest
+            || limits.max_nodes.is_some()
+            || limits.max_cores.is_some()
+            || limits.max_memory_bytes.is_some()
+        {
             return;
         }
-        let free: Vec<bool> = (0..self.classes.len()).map(|ci| self.free_class(ci)).collect();
+        let free: Vec<bool> = (0..self.classes.len())
+            .map(|ci| self.free_class(ci))
+            .collect();
         let mut class_of = vec![usize::MAX; self.snap.pending.len()];
         for (ci, c) in self.classes.iter().enumerate() {
             for &p in &c.pods {
@@ -1534,12 +1972,17 @@ impl<'a> Engine<'a> {
         let mut pools: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for bi in self.fixed_count..self.bins.len() {
             let b = &self.bins[bi];
-            let Origin::New { group, .. } = b.origin else { continue };
+            let Origin::New { group, .. } = b.origin else {
+                continue;
+            };
             if b.pinned || b.pods.is_empty() || !b.pods.iter().all(|&p| free[class_of[p]]) {
                 continue;
             }
             let terms = self.classes[class_of[b.pods[0]]].terms_id;
-            if b.pods.iter().any(|&p| self.classes[class_of[p]].terms_id != terms) {
+            if b.pods
+                .iter()
+                .any(|&p| self.classes[class_of[p]].terms_id != terms)
+            {
                 continue;
             }
             pools.entry((group, terms)).or_default().push(bi);
@@ -1561,19 +2004,30 @@ impl<'a> Engine<'a> {
                 if !compat[ls].get(lt) {
                     continue;
                 }
-                let Some(&(_, price, _, oi)) = g.types[lt].offerings.iter().find(|o| o.0 == ls && o.2) else { continue };
+                let Some(&(_, price, _, oi)) =
+                    g.types[lt].offerings.iter().find(|o| o.0 == ls && o.2)
+                else {
+                    continue;
+                };
                 lts.push((lt, ls, oi));
-                types.push(super::repack::NodeType { cap: g.types[lt].cap.clone(), price });
+                types.push(super::repack::NodeType {
+                    cap: g.types[lt].cap.clone(),
+                    price,
+                });
             }
         }
         let mut old_cost = 0.0;
         for &bi in bins {
-            let Origin::New { slot, .. } = self.bins[bi].origin else { return };
+            let Origin::New { slot, .. } = self.bins[bi].origin else {
+                return;
+            };
             let used = &self.bins[bi].used;
             let price = lts
                 .iter()
                 .zip(&types)
-                .filter(|((_, ls, _), t)| *ls == slot && used.iter().zip(&t.cap).all(|(u, c)| u <= c))
+                .filter(|((_, ls, _), t)| {
+                    *ls == slot && used.iter().zip(&t.cap).all(|(u, c)| u <= c)
+                })
                 .map(|(_, t)| t.price)
                 .min_by(f64::total_cmp);
             match price {
@@ -1599,7 +2053,9 @@ impl<'a> Engine<'a> {
         }
         let counts: Vec<u64> = pods_of.iter().map(|v| v.len() as u64).collect();
         let all: Vec<usize> = (0..types.len()).collect();
-        let Some(nodes) = super::repack::pack(&types, &all, &reqs, &counts) else { return };
+        let Some(nodes) = super::repack::pack(&types, &all, &reqs, &counts) else {
+            return;
+        };
         let new_cost: f64 = nodes.iter().map(|n| types[n.ty].price).sum();
         let bounded = g.spec.max_replicas != u32::MAX;
         if new_cost >= old_cost - 1e-9 || (bounded && nodes.len() > bins.len()) {
@@ -1617,11 +2073,20 @@ impl<'a> Engine<'a> {
             let bi = match bins.get(i) {
                 Some(&bi) => {
                     let it = &self.catalog.instance_types[self.groups[gi].types[lt].catalog_index];
-                    let labels = new_node_labels(self.groups[gi].spec, it, &it.offerings[oi], &self.bins[bi].name);
+                    let labels = new_node_labels(
+                        self.groups[gi].spec,
+                        it,
+                        &it.offerings[oi],
+                        &self.bins[bi].name,
+                    );
                     let name = self.bins[bi].name.clone();
                     let doms = self.bin_doms(&name, &labels);
                     let b = &mut self.bins[bi];
-                    b.origin = Origin::New { group: gi, ty: lt, slot: ls };
+                    b.origin = Origin::New {
+                        group: gi,
+                        ty: lt,
+                        slot: ls,
+                    };
                     b.cap = self.groups[gi].types[lt].cap.clone();
                     b.labels = labels;
                     b.doms = doms;
@@ -1656,25 +2121,39 @@ impl<'a> Engine<'a> {
         let mut plan = Plan::default();
         for b in &self.bins[..self.fixed_count] {
             for &p in &b.pods {
-                plan.assignments.push(Assignment { pod: key(p), node: b.name.clone() });
+                plan.assignments.push(Assignment {
+                    pod: key(p),
+                    node: b.name.clone(),
+                });
             }
         }
-        let limited = self.snap.limits.max_cores.is_some() || self.snap.limits.max_memory_bytes.is_some();
+        let limited =
+            self.snap.limits.max_cores.is_some() || self.snap.limits.max_memory_bytes.is_some();
         for bi in self.fixed_count..self.bins.len() {
             let b = &mut self.bins[bi];
-            let Origin::New { group, ty, slot } = b.origin else { continue };
+            let Origin::New { group, ty, slot } = b.origin else {
+                continue;
+            };
             if b.pods.is_empty() {
                 continue; // emptied by the re-pack
             }
             let g = &self.groups[group];
             let compat = b.compat.as_ref().expect("new bins carry a compat set");
-            let price_at = |lt: usize| g.types[lt].offerings.iter().find(|o| o.0 == slot && o.2).map(|o| o.1);
+            let price_at = |lt: usize| {
+                g.types[lt]
+                    .offerings
+                    .iter()
+                    .find(|o| o.0 == slot && o.2)
+                    .map(|o| o.1)
+            };
             let holds = |lt: usize| {
                 let t = &g.types[lt];
                 compat.get(lt)
                     && price_at(lt).is_some()
                     && b.used.iter().zip(&t.cap).all(|(u, c)| u <= c)
-                    && (!limited || (t.vcpu <= g.types[ty].vcpu && t.memory_bytes <= g.types[ty].memory_bytes))
+                    && (!limited
+                        || (t.vcpu <= g.types[ty].vcpu
+                            && t.memory_bytes <= g.types[ty].memory_bytes))
             };
             let mut chosen = ty;
             let mut alternatives = vec![];
@@ -1693,7 +2172,11 @@ impl<'a> Engine<'a> {
                     chosen = first;
                 }
             }
-            let name_of = |lt: usize| self.catalog.instance_types[g.types[lt].catalog_index].name.clone();
+            let name_of = |lt: usize| {
+                self.catalog.instance_types[g.types[lt].catalog_index]
+                    .name
+                    .clone()
+            };
             let (zone, ct) = self.slots[g.slots[slot]].clone();
             plan.new_machines.push(NewMachine {
                 name: b.name.clone(),
@@ -1708,7 +2191,10 @@ impl<'a> Engine<'a> {
         }
         for (i, r) in self.reasons.iter().enumerate() {
             if let Some(r) = r {
-                plan.unschedulable.push(Unschedulable { pod: key(i), reason: r.clone() });
+                plan.unschedulable.push(Unschedulable {
+                    pod: key(i),
+                    reason: r.clone(),
+                });
             }
         }
         plan

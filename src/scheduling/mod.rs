@@ -26,6 +26,7 @@ use crate::model::resources::Resources;
 use crate::model::taints::Taint;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use engine::solve;
@@ -38,7 +39,10 @@ pub const DEFAULT_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulingError {
     #[error("node group {group}: instance type {instance_type} is not in the catalog")]
-    UnknownInstanceType { group: String, instance_type: String },
+    UnknownInstanceType {
+        group: String,
+        instance_type: String,
+    },
     #[error("in-flight machine {machine}: node group {group} does not exist")]
     UnknownGroup { machine: String, group: String },
     #[error("duplicate node group name {0}")]
@@ -103,11 +107,21 @@ impl NodeGroup {
     }
 }
 
-/// A registered node and the pods bound to it.
+/// A registered node and the pods bound to it. Shared, because the disruption planner hands the same nodes to
+/// dozens of what-if solves per round: a clone is two reference counts, not every pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExistingNode {
-    pub node: Node,
-    pub pods: Vec<Pod>,
+    pub node: Arc<Node>,
+    pub pods: Arc<Vec<Pod>>,
+}
+
+impl ExistingNode {
+    pub fn new(node: Node, pods: Vec<Pod>) -> ExistingNode {
+        ExistingNode {
+            node: Arc::new(node),
+            pods: Arc::new(pods),
+        }
+    }
 }
 
 /// A machine launched whose node has not registered yet: it counts as capacity.
@@ -240,16 +254,25 @@ pub fn validate(snapshot: &Snapshot, catalog: &Catalog) -> Result<(), Scheduling
         }
         for t in &g.instance_types {
             if catalog.get(t).is_none() {
-                return Err(SchedulingError::UnknownInstanceType { group: g.name.clone(), instance_type: t.clone() });
+                return Err(SchedulingError::UnknownInstanceType {
+                    group: g.name.clone(),
+                    instance_type: t.clone(),
+                });
             }
         }
     }
     for m in &snapshot.in_flight {
         if !names.contains(m.group.as_str()) {
-            return Err(SchedulingError::UnknownGroup { machine: m.name.clone(), group: m.group.clone() });
+            return Err(SchedulingError::UnknownGroup {
+                machine: m.name.clone(),
+                group: m.group.clone(),
+            });
         }
         if catalog.get(&m.instance_type).is_none() {
-            return Err(SchedulingError::UnknownInstanceType { group: m.group.clone(), instance_type: m.instance_type.clone() });
+            return Err(SchedulingError::UnknownInstanceType {
+                group: m.group.clone(),
+                instance_type: m.instance_type.clone(),
+            });
         }
     }
     Ok(())

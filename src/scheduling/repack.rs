@@ -67,13 +67,25 @@ pub fn lp_duals(types: &[NodeType], candidates: &[usize], cpu: f64, mem: f64) ->
         let (nc, nm) = (cpu / c, mem / m);
         let cost = t.price * nc.max(nm);
         if cost < best.0 {
-            best = if nc >= nm { (cost, t.price / c, 0.0) } else { (cost, 0.0, t.price / m) };
+            best = if nc >= nm {
+                (cost, t.price / c, 0.0)
+            } else {
+                (cost, 0.0, t.price / m)
+            };
         }
     }
     for (a, &i) in candidates.iter().enumerate() {
-        let (c1, m1, p1) = (types[i].cap[CPU] as f64, types[i].cap[MEM] as f64, types[i].price);
+        let (c1, m1, p1) = (
+            types[i].cap[CPU] as f64,
+            types[i].cap[MEM] as f64,
+            types[i].price,
+        );
         for &j in &candidates[a + 1..] {
-            let (c2, m2, p2) = (types[j].cap[CPU] as f64, types[j].cap[MEM] as f64, types[j].price);
+            let (c2, m2, p2) = (
+                types[j].cap[CPU] as f64,
+                types[j].cap[MEM] as f64,
+                types[j].price,
+            );
             let det = c1 * m2 - c2 * m1;
             if det.abs() < 1e-9 {
                 continue;
@@ -125,14 +137,23 @@ fn fill(cap: &[u64], reqs: &[Vec<u64>], counts: &[u64], order: &[usize]) -> Vec<
 fn fill_proportional(cap: &[u64], reqs: &[Vec<u64>], counts: &[u64], order: &[usize]) -> Vec<u64> {
     let mut scale = f64::INFINITY;
     for d in 0..cap.len() {
-        let want: f64 = reqs.iter().zip(counts).map(|(r, &n)| r[d] as f64 * n as f64).sum();
+        let want: f64 = reqs
+            .iter()
+            .zip(counts)
+            .map(|(r, &n)| r[d] as f64 * n as f64)
+            .sum();
         if want > 0.0 {
             scale = scale.min(cap[d] as f64 / want);
         }
     }
     let scale = scale.min(1.0);
-    let mut take: Vec<u64> = counts.iter().map(|&n| (n as f64 * scale).floor() as u64).collect();
-    let mut left: Vec<u64> = (0..cap.len()).map(|d| cap[d].saturating_sub(reqs.iter().zip(&take).map(|(r, n)| r[d] * n).sum())).collect();
+    let mut take: Vec<u64> = counts
+        .iter()
+        .map(|&n| (n as f64 * scale).floor() as u64)
+        .collect();
+    let mut left: Vec<u64> = (0..cap.len())
+        .map(|d| cap[d].saturating_sub(reqs.iter().zip(&take).map(|(r, n)| r[d] * n).sum()))
+        .collect();
     let rest: Vec<u64> = counts.iter().zip(&take).map(|(c, t)| c - t).collect();
     for &k in order {
         let mut n = rest[k];
@@ -153,9 +174,16 @@ fn fill_proportional(cap: &[u64], reqs: &[Vec<u64>], counts: &[u64], order: &[us
 }
 
 /// The cheapest candidate type holding `take`, if any.
-fn cheapest_holding(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], take: &[u64]) -> Option<usize> {
+fn cheapest_holding(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    take: &[u64],
+) -> Option<usize> {
     let dims = reqs.first().map_or(0, Vec::len);
-    let used: Vec<u64> = (0..dims).map(|d| reqs.iter().zip(take).map(|(r, n)| r[d] * n).sum()).collect();
+    let used: Vec<u64> = (0..dims)
+        .map(|d| reqs.iter().zip(take).map(|(r, n)| r[d] * n).sum())
+        .collect();
     candidates
         .iter()
         .copied()
@@ -165,7 +193,12 @@ fn cheapest_holding(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>],
 
 /// Packs `counts[k]` pods of shape `reqs[k]` onto nodes of `types` (all of `candidates` may be used). Returns
 /// None when some pod fits no candidate type.
-pub fn pack(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts: &[u64]) -> Option<Vec<PackedNode>> {
+pub fn pack(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    counts: &[u64],
+) -> Option<Vec<PackedNode>> {
     // Dual prices are right for the bulk but blind to integrality (a 16-vCPU pod on a 64-vCPU node); pricing
     // each pod by its normalised size instead sometimes packs big pods better. The cheaper of the two wins.
     // Both greedy packs seed the pattern LP, which usually beats them on mixes of large and small pods (the
@@ -173,11 +206,23 @@ pub fn pack(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts:
     let cost = |nodes: &Vec<PackedNode>| nodes.iter().map(|n| types[n.ty].price).sum::<f64>();
     let by_duals = pack_with(types, candidates, reqs, counts, true)?;
     let by_size = pack_with(types, candidates, reqs, counts, false)?;
-    let mut best = if cost(&by_size) < cost(&by_duals) - 1e-9 { by_size.clone() } else { by_duals.clone() };
+    let mut best = if cost(&by_size) < cost(&by_duals) - 1e-9 {
+        by_size.clone()
+    } else {
+        by_duals.clone()
+    };
     // Nothing to gain when the greedy is already within the LP's stopping gap of the fractional bound.
     let nd = non_dominated_among(types, candidates);
-    let cpu: f64 = reqs.iter().zip(counts).map(|(r, &n)| r[CPU] as f64 * n as f64).sum();
-    let mem: f64 = reqs.iter().zip(counts).map(|(r, &n)| r[MEM] as f64 * n as f64).sum();
+    let cpu: f64 = reqs
+        .iter()
+        .zip(counts)
+        .map(|(r, &n)| r[CPU] as f64 * n as f64)
+        .sum();
+    let mem: f64 = reqs
+        .iter()
+        .zip(counts)
+        .map(|(r, &n)| r[MEM] as f64 * n as f64)
+        .sum();
     let (lc, lm) = lp_duals(types, &nd, cpu, mem);
     if cost(&best) <= (lc * cpu + lm * mem) * (1.0 + PATTERN_GAP) {
         return Some(best);
@@ -193,7 +238,10 @@ pub fn pack(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts:
 
 fn non_dominated_among(types: &[NodeType], candidates: &[usize]) -> Vec<usize> {
     let sub: Vec<NodeType> = candidates.iter().map(|&i| types[i].clone()).collect();
-    non_dominated(&sub).into_iter().map(|i| candidates[i]).collect()
+    non_dominated(&sub)
+        .into_iter()
+        .map(|i| candidates[i])
+        .collect()
 }
 
 /// Column-generation rounds per solve of the pattern LP, and how many new patterns one round may add.
@@ -219,10 +267,23 @@ struct Pattern {
 /// unless small pods fill the rest, which per-resource prices cannot see. Its whole nodes (⌊x_j⌋ of each
 /// pattern) are taken, the LP is solved again over the rest, and the last fractional remainder is packed by
 /// the greedy. None when a pod fits no type or the LP fails (the caller keeps the greedy result).
-fn pack_by_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts: &[u64], seeds: &[&PackedNode]) -> Option<Vec<PackedNode>> {
+fn pack_by_patterns(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    counts: &[u64],
+    seeds: &[&PackedNode],
+) -> Option<Vec<PackedNode>> {
     let candidates = non_dominated_among(types, candidates);
     let mut left = counts.to_vec();
-    let mut cols: Vec<Pattern> = seeds.iter().map(|n| Pattern { ty: n.ty, take: n.take.clone(), price: types[n.ty].price }).collect();
+    let mut cols: Vec<Pattern> = seeds
+        .iter()
+        .map(|n| Pattern {
+            ty: n.ty,
+            take: n.take.clone(),
+            price: types[n.ty].price,
+        })
+        .collect();
     let mut nodes: Vec<PackedNode> = vec![];
     for _ in 0..ROUNDING_ROUNDS {
         if left.iter().all(|&n| n == 0) {
@@ -242,7 +303,12 @@ fn pack_by_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>],
         let mut took = false;
         for j in order {
             for _ in 0..(x[j] + 1e-7).floor() as u64 {
-                let take: Vec<u64> = cols[j].take.iter().zip(&left).map(|(&t, &l)| t.min(l)).collect();
+                let take: Vec<u64> = cols[j]
+                    .take
+                    .iter()
+                    .zip(&left)
+                    .map(|(&t, &l)| t.min(l))
+                    .collect();
                 if take.iter().all(|&n| n == 0) {
                     break;
                 }
@@ -270,7 +336,13 @@ fn pack_by_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>],
 
 /// The patterns cut down to what is left (no pattern carries more of a shape than remains), each on the
 /// cheapest type that holds it, without duplicates or empty patterns.
-fn clip_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], left: &[u64], cols: &[Pattern]) -> Vec<Pattern> {
+fn clip_patterns(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    left: &[u64],
+    cols: &[Pattern],
+) -> Vec<Pattern> {
     let mut seen = std::collections::HashSet::new();
     let mut out = vec![];
     for c in cols {
@@ -279,13 +351,23 @@ fn clip_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], le
             continue;
         }
         let ty = cheapest_holding(types, candidates, reqs, &take).unwrap_or(c.ty);
-        out.push(Pattern { ty, price: types[ty].price, take });
+        out.push(Pattern {
+            ty,
+            price: types[ty].price,
+            take,
+        });
     }
     out
 }
 
 /// The cheapest per pod of the patterns that carry only shape `k` (as many as fit, up to `only[k]`).
-fn single_shape_pattern(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], only: &[u64], k: usize) -> Option<Pattern> {
+fn single_shape_pattern(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    only: &[u64],
+    k: usize,
+) -> Option<Pattern> {
     let mut best: Option<(f64, Pattern)> = None;
     for &t in candidates {
         let take = fill(&types[t].cap, reqs, only, &[k]);
@@ -294,7 +376,14 @@ fn single_shape_pattern(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u6
         }
         let per_pod = types[t].price / take[k] as f64;
         if best.as_ref().is_none_or(|b| per_pod < b.0) {
-            best = Some((per_pod, Pattern { ty: t, take, price: types[t].price }));
+            best = Some((
+                per_pod,
+                Pattern {
+                    ty: t,
+                    take,
+                    price: types[t].price,
+                },
+            ));
         }
     }
     best.map(|b| b.1)
@@ -303,10 +392,22 @@ fn single_shape_pattern(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u6
 /// Column generation: solves the pattern LP over `cols`, adds the patterns whose dual value exceeds their price
 /// (the most profitable first, a few per round) and repeats until none does or the budget is spent. Returns the
 /// LP's x per pattern.
-fn generate_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], left: &[u64], cols: &mut Vec<Pattern>) -> Option<Vec<f64>> {
+fn generate_patterns(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    left: &[u64],
+    cols: &mut Vec<Pattern>,
+) -> Option<Vec<f64>> {
     let demand: Vec<f64> = left.iter().map(|&n| n as f64).collect();
-    let mut seen: std::collections::HashSet<Vec<u64>> = cols.iter().map(|c| c.take.clone()).collect();
-    let (max_c, max_m) = candidates.iter().fold((1.0f64, 1.0f64), |(c, m), &t| (c.max(types[t].cap[CPU] as f64), m.max(types[t].cap[MEM] as f64)));
+    let mut seen: std::collections::HashSet<Vec<u64>> =
+        cols.iter().map(|c| c.take.clone()).collect();
+    let (max_c, max_m) = candidates.iter().fold((1.0f64, 1.0f64), |(c, m), &t| {
+        (
+            c.max(types[t].cap[CPU] as f64),
+            m.max(types[t].cap[MEM] as f64),
+        )
+    });
     let live: Vec<usize> = (0..reqs.len()).filter(|&k| left[k] > 0).collect();
     for round in 0..=PATTERN_ROUNDS {
         let (x, y) = cover_lp(cols, &demand)?;
@@ -318,17 +419,50 @@ fn generate_patterns(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>]
         // Fill orders, most valuable first: dual value per share of the node (per type), per cpu, per memory,
         // and per pod. Pods of no dual value go last, largest first: free filler for a node bought anyway.
         let sorted = |score: &dyn Fn(usize) -> f64| {
-            let key: Vec<(bool, f64)> = (0..reqs.len()).map(|k| if y[k] <= 0.0 { (false, size(k)) } else { (true, score(k)) }).collect();
+            let key: Vec<(bool, f64)> = (0..reqs.len())
+                .map(|k| {
+                    if y[k] <= 0.0 {
+                        (false, size(k))
+                    } else {
+                        (true, score(k))
+                    }
+                })
+                .collect();
             let mut order = live.clone();
-            order.sort_by(|&a, &b| key[b].0.cmp(&key[a].0).then(key[b].1.total_cmp(&key[a].1)).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                key[b]
+                    .0
+                    .cmp(&key[a].0)
+                    .then(key[b].1.total_cmp(&key[a].1))
+                    .then(a.cmp(&b))
+            });
             order
         };
-        let per = |k: usize, d: usize| if reqs[k][d] == 0 { f64::INFINITY } else { y[k] / reqs[k][d] as f64 };
-        let fixed_orders = [sorted(&|k| per(k, CPU)), sorted(&|k| per(k, MEM)), sorted(&|k| y[k])];
+        let per = |k: usize, d: usize| {
+            if reqs[k][d] == 0 {
+                f64::INFINITY
+            } else {
+                y[k] / reqs[k][d] as f64
+            }
+        };
+        let fixed_orders = [
+            sorted(&|k| per(k, CPU)),
+            sorted(&|k| per(k, MEM)),
+            sorted(&|k| y[k]),
+        ];
         for &t in candidates {
             let cap = &types[t].cap;
             let share = |k: usize| {
-                (0..cap.len()).filter(|&d| reqs[k][d] > 0).map(|d| if cap[d] == 0 { f64::INFINITY } else { reqs[k][d] as f64 / cap[d] as f64 }).fold(0.0, f64::max)
+                (0..cap.len())
+                    .filter(|&d| reqs[k][d] > 0)
+                    .map(|d| {
+                        if cap[d] == 0 {
+                            f64::INFINITY
+                        } else {
+                            reqs[k][d] as f64 / cap[d] as f64
+                        }
+                    })
+                    .fold(0.0, f64::max)
             };
             let by_share = sorted(&|k| y[k] / share(k));
             let mut best: Option<(f64, Vec<u64>)> = None;
@@ -462,10 +596,19 @@ fn cover_lp(cols: &[Pattern], demand: &[f64]) -> Option<(Vec<f64>, Vec<f64>)> {
     None
 }
 
-fn pack_with(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts: &[u64], use_duals: bool) -> Option<Vec<PackedNode>> {
+fn pack_with(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    counts: &[u64],
+    use_duals: bool,
+) -> Option<Vec<PackedNode>> {
     let candidates = {
         let sub: Vec<NodeType> = candidates.iter().map(|&i| types[i].clone()).collect();
-        non_dominated(&sub).into_iter().map(|i| candidates[i]).collect::<Vec<_>>()
+        non_dominated(&sub)
+            .into_iter()
+            .map(|i| candidates[i])
+            .collect::<Vec<_>>()
     };
     let mut counts = counts.to_vec();
     let mut nodes: Vec<PackedNode> = vec![];
@@ -475,31 +618,78 @@ fn pack_with(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts
         max_m = max_m.max(types[t].cap[MEM] as f64);
     }
     while counts.iter().any(|&n| n > 0) {
-        let cpu: f64 = reqs.iter().zip(&counts).map(|(r, &n)| r[CPU] as f64 * n as f64).sum();
-        let mem: f64 = reqs.iter().zip(&counts).map(|(r, &n)| r[MEM] as f64 * n as f64).sum();
-        let (lc, lm) = if use_duals { lp_duals(types, &candidates, cpu, mem) } else { (0.0, 0.0) };
+        let cpu: f64 = reqs
+            .iter()
+            .zip(&counts)
+            .map(|(r, &n)| r[CPU] as f64 * n as f64)
+            .sum();
+        let mem: f64 = reqs
+            .iter()
+            .zip(&counts)
+            .map(|(r, &n)| r[MEM] as f64 * n as f64)
+            .sum();
+        let (lc, lm) = if use_duals {
+            lp_duals(types, &candidates, cpu, mem)
+        } else {
+            (0.0, 0.0)
+        };
         // A small share of the normalised size keeps ties (a resource priced at zero) pointing at fuller nodes.
-        let (lc, lm) = if lc == 0.0 && lm == 0.0 { (1.0 / max_c, 1.0 / max_m) } else { (lc, lm) };
+        let (lc, lm) = if lc == 0.0 && lm == 0.0 {
+            (1.0 / max_c, 1.0 / max_m)
+        } else {
+            (lc, lm)
+        };
         let eps = 1e-6 * (lc * max_c + lm * max_m);
-        let value: Vec<f64> = reqs.iter().map(|r| lc * r[CPU] as f64 + lm * r[MEM] as f64 + eps * (r[CPU] as f64 / max_c + r[MEM] as f64 / max_m)).collect();
+        let value: Vec<f64> = reqs
+            .iter()
+            .map(|r| {
+                lc * r[CPU] as f64
+                    + lm * r[MEM] as f64
+                    + eps * (r[CPU] as f64 / max_c + r[MEM] as f64 / max_m)
+            })
+            .collect();
         let live: Vec<usize> = (0..reqs.len()).filter(|&k| counts[k] > 0).collect();
         let mut by_value = live.clone();
         by_value.sort_by(|&a, &b| value[b].total_cmp(&value[a]).then(a.cmp(&b)));
         let ratio = |k: usize| reqs[k][CPU] as f64 / max_c - reqs[k][MEM] as f64 / max_m;
         let mut cpu_first = live.clone();
-        cpu_first.sort_by(|&a, &b| ratio(b).total_cmp(&ratio(a)).then(value[b].total_cmp(&value[a])));
+        cpu_first.sort_by(|&a, &b| {
+            ratio(b)
+                .total_cmp(&ratio(a))
+                .then(value[b].total_cmp(&value[a]))
+        });
         let mut mem_first = cpu_first.clone();
         mem_first.reverse();
         let mut best: Option<(f64, usize, Vec<u64>)> = None;
         for &t in &candidates {
             let cap = &types[t].cap;
             let share = |k: usize| {
-                (0..cap.len()).filter(|&d| reqs[k][d] > 0).map(|d| if cap[d] == 0 { f64::INFINITY } else { reqs[k][d] as f64 / cap[d] as f64 }).fold(0.0, f64::max)
+                (0..cap.len())
+                    .filter(|&d| reqs[k][d] > 0)
+                    .map(|d| {
+                        if cap[d] == 0 {
+                            f64::INFINITY
+                        } else {
+                            reqs[k][d] as f64 / cap[d] as f64
+                        }
+                    })
+                    .fold(0.0, f64::max)
             };
             let mut by_density = live.clone();
-            by_density.sort_by(|&a, &b| (value[b] / share(b)).total_cmp(&(value[a] / share(a))).then(a.cmp(&b)));
-            for (i, order) in [&by_value, &by_density, &cpu_first, &mem_first, &by_density].into_iter().enumerate() {
-                let take = if i == 4 { fill_proportional(cap, reqs, &counts, order) } else { fill(cap, reqs, &counts, order) };
+            by_density.sort_by(|&a, &b| {
+                (value[b] / share(b))
+                    .total_cmp(&(value[a] / share(a)))
+                    .then(a.cmp(&b))
+            });
+            for (i, order) in [&by_value, &by_density, &cpu_first, &mem_first, &by_density]
+                .into_iter()
+                .enumerate()
+            {
+                let take = if i == 4 {
+                    fill_proportional(cap, reqs, &counts, order)
+                } else {
+                    fill(cap, reqs, &counts, order)
+                };
                 let v: f64 = take.iter().zip(&value).map(|(&n, v)| n as f64 * v).sum();
                 if v <= 0.0 {
                     continue;
@@ -507,7 +697,10 @@ fn pack_with(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts
                 let score = v / types[t].price.max(1e-12);
                 let better = match &best {
                     None => true,
-                    Some((s, bt, _)) => score > *s * (1.0 + 1e-9) || (score >= *s * (1.0 - 1e-9) && types[t].price < types[*bt].price),
+                    Some((s, bt, _)) => {
+                        score > *s * (1.0 + 1e-9)
+                            || (score >= *s * (1.0 - 1e-9) && types[t].price < types[*bt].price)
+                    }
                 };
                 if better {
                     best = Some((score, t, take));
@@ -516,10 +709,20 @@ fn pack_with(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts
         }
         let (_, t, take) = best?;
         // The same node again while the counts allow it: the duals barely move within one pattern.
-        let repeat = take.iter().zip(&counts).filter(|(n, _)| **n > 0).map(|(n, c)| c / n).min().unwrap_or(1).max(1);
+        let repeat = take
+            .iter()
+            .zip(&counts)
+            .filter(|(n, _)| **n > 0)
+            .map(|(n, c)| c / n)
+            .min()
+            .unwrap_or(1)
+            .max(1);
         let ty = cheapest_holding(types, &candidates, reqs, &take).unwrap_or(t);
         for _ in 0..repeat {
-            nodes.push(PackedNode { ty, take: take.clone() });
+            nodes.push(PackedNode {
+                ty,
+                take: take.clone(),
+            });
         }
         for (c, n) in counts.iter_mut().zip(&take) {
             *c -= n * repeat;
@@ -531,12 +734,22 @@ fn pack_with(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], counts
 
 /// Merges pairs of nodes onto one node of a type cheaper than the two together, while any pair allows it. Only
 /// the least-filled nodes are tried, so the pass stays small when there are thousands of nodes.
-fn merge_pairs(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], nodes: &mut Vec<PackedNode>) {
+fn merge_pairs(
+    types: &[NodeType],
+    candidates: &[usize],
+    reqs: &[Vec<u64>],
+    nodes: &mut Vec<PackedNode>,
+) {
     const TRIED: usize = 64;
     loop {
         let fill_of = |n: &PackedNode| {
             let cap = &types[n.ty].cap;
-            (0..2).map(|d| reqs.iter().zip(&n.take).map(|(r, c)| r[d] * c).sum::<u64>() as f64 / cap[d].max(1) as f64).fold(0.0, f64::max)
+            (0..2)
+                .map(|d| {
+                    reqs.iter().zip(&n.take).map(|(r, c)| r[d] * c).sum::<u64>() as f64
+                        / cap[d].max(1) as f64
+                })
+                .fold(0.0, f64::max)
         };
         let mut idx: Vec<usize> = (0..nodes.len()).collect();
         idx.sort_by(|&a, &b| fill_of(&nodes[a]).total_cmp(&fill_of(&nodes[b])));
@@ -544,8 +757,15 @@ fn merge_pairs(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], node
         let mut best: Option<(f64, usize, usize, usize)> = None;
         for (x, &a) in idx.iter().enumerate() {
             for &b in &idx[x + 1..] {
-                let both: Vec<u64> = nodes[a].take.iter().zip(&nodes[b].take).map(|(p, q)| p + q).collect();
-                let Some(t) = cheapest_holding(types, candidates, reqs, &both) else { continue };
+                let both: Vec<u64> = nodes[a]
+                    .take
+                    .iter()
+                    .zip(&nodes[b].take)
+                    .map(|(p, q)| p + q)
+                    .collect();
+                let Some(t) = cheapest_holding(types, candidates, reqs, &both) else {
+                    continue;
+                };
                 let saving = types[nodes[a].ty].price + types[nodes[b].ty].price - types[t].price;
                 if saving > 1e-9 && best.as_ref().is_none_or(|bst| saving > bst.0) {
                     best = Some((saving, a, b, t));
@@ -553,7 +773,12 @@ fn merge_pairs(types: &[NodeType], candidates: &[usize], reqs: &[Vec<u64>], node
             }
         }
         let Some((_, a, b, t)) = best else { return };
-        let both: Vec<u64> = nodes[a].take.iter().zip(&nodes[b].take).map(|(p, q)| p + q).collect();
+        let both: Vec<u64> = nodes[a]
+            .take
+            .iter()
+            .zip(&nodes[b].take)
+            .map(|(p, q)| p + q)
+            .collect();
         nodes[a] = PackedNode { ty: t, take: both };
         nodes.swap_remove(b);
     }
@@ -568,12 +793,21 @@ mod tests {
     }
 
     fn ty(cpu: u64, mem: u64, price: f64) -> NodeType {
-        NodeType { cap: vec![cpu, mem, 100], price }
+        NodeType {
+            cap: vec![cpu, mem, 100],
+            price,
+        }
     }
 
     #[test]
     fn dominated_types_are_dropped() {
-        let types = [ty(4, 8, 1.0), ty(4, 8, 1.2), ty(2, 8, 1.0), ty(8, 4, 1.0), ty(4, 8, 1.0)];
+        let types = [
+            ty(4, 8, 1.0),
+            ty(4, 8, 1.2),
+            ty(2, 8, 1.0),
+            ty(8, 4, 1.0),
+            ty(4, 8, 1.0),
+        ];
         assert_eq!(non_dominated(&types), vec![0, 3]);
     }
 
@@ -583,7 +817,10 @@ mod tests {
         // basis, λc·4 + λm = 1 and λc + 4λm = 1, so λc = λm = 0.2.
         let types = [ty(4, 1, 1.0), ty(1, 4, 1.0), ty(4, 4, 3.0)];
         let (lc, lm) = lp_duals(&types, &[0, 1, 2], 5.0, 5.0);
-        assert!((lc - 0.2).abs() < 1e-9 && (lm - 0.2).abs() < 1e-9, "{lc} {lm}");
+        assert!(
+            (lc - 0.2).abs() < 1e-9 && (lm - 0.2).abs() < 1e-9,
+            "{lc} {lm}"
+        );
         // Only cpu wanted: memory is free.
         let (lc, lm) = lp_duals(&types, &[0, 1, 2], 5.0, 0.0);
         assert!((lc - 0.25).abs() < 1e-9 && lm == 0.0);
@@ -618,8 +855,14 @@ mod tests {
         let p = |take: Vec<u64>, price: f64| Pattern { ty: 0, take, price };
         let cols = [p(vec![2, 0], 1.0), p(vec![0, 2], 1.0), p(vec![1, 1], 0.8)];
         let (x, y) = cover_lp(&cols, &[2.0, 2.0]).unwrap();
-        assert!(x[0].abs() < 1e-9 && x[1].abs() < 1e-9 && (x[2] - 2.0).abs() < 1e-9, "{x:?}");
-        assert!((y[0] + y[1] - 0.8).abs() < 1e-9 && y[0] <= 0.5 + 1e-9 && y[1] <= 0.5 + 1e-9, "{y:?}");
+        assert!(
+            x[0].abs() < 1e-9 && x[1].abs() < 1e-9 && (x[2] - 2.0).abs() < 1e-9,
+            "{x:?}"
+        );
+        assert!(
+            (y[0] + y[1] - 0.8).abs() < 1e-9 && y[0] <= 0.5 + 1e-9 && y[1] <= 0.5 + 1e-9,
+            "{y:?}"
+        );
         // A shape no pattern carries: no plan covers it.
         assert!(cover_lp(&cols[..1], &[2.0, 2.0]).is_none());
     }
@@ -646,11 +889,20 @@ mod tests {
             state ^= state << 17;
             state % n
         };
-        let types = [ty(2_000, 8, 0.1), ty(8_000, 16, 0.34), ty(16_000, 128, 1.0), ty(64_000, 128, 2.6), ty(64_000, 512, 4.0), ty(32_000, 64, 1.3)];
+        let types = [
+            ty(2_000, 8, 0.1),
+            ty(8_000, 16, 0.34),
+            ty(16_000, 128, 1.0),
+            ty(64_000, 128, 2.6),
+            ty(64_000, 512, 4.0),
+            ty(32_000, 64, 1.3),
+        ];
         let all: Vec<usize> = (0..types.len()).collect();
         for _ in 0..40 {
             let shapes = 1 + next(6) as usize;
-            let reqs: Vec<Vec<u64>> = (0..shapes).map(|_| vec![250 * (1 + next(64)), 1 + next(96), 1]).collect();
+            let reqs: Vec<Vec<u64>> = (0..shapes)
+                .map(|_| vec![250 * (1 + next(64)), 1 + next(96), 1])
+                .collect();
             let counts: Vec<u64> = (0..shapes).map(|_| next(30)).collect();
             let nodes = pack(&types, &all, &reqs, &counts).unwrap();
             let mut placed = vec![0u64; shapes];

@@ -31,7 +31,9 @@ pub fn connect_observed(
                         }
                     }
                 }
-                Err(RecvError::Lagged(missed)) => tracing::warn!(missed, "simulated kubelets fell behind the cloud's events"),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "simulated kubelets fell behind the cloud's events")
+                }
                 Err(RecvError::Closed) => return,
             }
         }

@@ -13,7 +13,11 @@ pub enum Segment {
 /// Parses a path such as `timeline[3].scale.replicas` or `spec.template.spec.foo` (a leading `.` is allowed).
 pub fn parse_path(path: &str) -> Vec<Segment> {
     let mut out = Vec::new();
-    for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
         let (key, mut rest) = match part.find('[') {
             Some(i) => (&part[..i], &part[i..]),
             None => (part, ""),
@@ -60,14 +64,26 @@ fn scan(text: &str) -> Vec<Option<Line<'_>>> {
                 col += skipped;
                 rest = &rest[skipped.min(rest.len())..];
             }
-            let (key, opens_block) = match rest.find(": ").or_else(|| rest.strip_suffix(':').map(|k| k.len())) {
+            let (key, opens_block) = match rest
+                .find(": ")
+                .or_else(|| rest.strip_suffix(':').map(|k| k.len()))
+            {
                 Some(i) if !rest.starts_with(['{', '[', '"', '\'']) => {
                     let value = rest[i + 1..].trim();
-                    (Some(rest[..i].trim()), value.is_empty() || value.starts_with('#') || value == "|" || value == ">")
+                    (
+                        Some(rest[..i].trim()),
+                        value.is_empty() || value.starts_with('#') || value == "|" || value == ">",
+                    )
                 }
                 _ => (None, false),
             };
-            Some(Line { key_col: key.map(|_| col), key, item_col, indent, opens_block })
+            Some(Line {
+                key_col: key.map(|_| col),
+                key,
+                item_col,
+                indent,
+                opens_block,
+            })
         })
         .collect()
 }
@@ -81,8 +97,14 @@ pub fn locate(text: &str, path: &[Segment]) -> Option<usize> {
         let in_range = || (start..end).filter_map(|i| lines[i].as_ref().map(|l| (i, l)));
         match seg {
             Segment::Key(k) => {
-                let Some(level) = in_range().filter_map(|(_, l)| l.key_col).min() else { break };
-                let Some((idx, line)) = in_range().find(|(_, l)| l.key_col == Some(level) && l.key == Some(k.as_str())) else { break };
+                let Some(level) = in_range().filter_map(|(_, l)| l.key_col).min() else {
+                    break;
+                };
+                let Some((idx, line)) =
+                    in_range().find(|(_, l)| l.key_col == Some(level) && l.key == Some(k.as_str()))
+                else {
+                    break;
+                };
                 found = Some(idx);
                 let opens = line.opens_block;
                 let stop = (idx + 1..end)
@@ -97,11 +119,23 @@ pub fn locate(text: &str, path: &[Segment]) -> Option<usize> {
                 (start, end) = (idx + 1, stop);
             }
             Segment::Index(n) => {
-                let Some(level) = in_range().filter_map(|(_, l)| l.item_col).min() else { break };
-                let Some(idx) = in_range().filter(|(_, l)| l.item_col == Some(level)).nth(*n).map(|(i, _)| i) else { break };
+                let Some(level) = in_range().filter_map(|(_, l)| l.item_col).min() else {
+                    break;
+                };
+                let Some(idx) = in_range()
+                    .filter(|(_, l)| l.item_col == Some(level))
+                    .nth(*n)
+                    .map(|(i, _)| i)
+                else {
+                    break;
+                };
                 found = Some(idx);
                 let stop = (idx + 1..end)
-                    .find(|&i| lines[i].as_ref().is_some_and(|l| l.item_col.map_or(l.indent <= level, |c| c <= level)))
+                    .find(|&i| {
+                        lines[i]
+                            .as_ref()
+                            .is_some_and(|l| l.item_col.map_or(l.indent <= level, |c| c <= level))
+                    })
                     .unwrap_or(end);
                 // The item's first key lives on the marker line itself.
                 (start, end) = (idx, stop);
@@ -143,9 +177,20 @@ berth:
         assert_eq!(at("timeline[0].at"), Some(4));
         assert_eq!(at("timeline[0].deployment.cpu"), Some(7));
         assert_eq!(at("timeline[1].at"), Some(8));
-        assert_eq!(at("timeline[1].scale.replicas"), Some(9), "inside a flow mapping: the enclosing line");
-        assert_eq!(at("berth.machineDeployments[0].spec.template.spec.foo"), Some(17));
-        assert_eq!(at("berth.machineDeployments[0].spec.template.spec.missing"), Some(15), "deepest ancestor");
+        assert_eq!(
+            at("timeline[1].scale.replicas"),
+            Some(9),
+            "inside a flow mapping: the enclosing line"
+        );
+        assert_eq!(
+            at("berth.machineDeployments[0].spec.template.spec.foo"),
+            Some(17)
+        );
+        assert_eq!(
+            at("berth.machineDeployments[0].spec.template.spec.missing"),
+            Some(15),
+            "deepest ancestor"
+        );
         assert_eq!(at("nothing"), None);
     }
 
@@ -153,7 +198,11 @@ berth:
     fn parses_paths() {
         assert_eq!(
             parse_path(".timeline[2].scale"),
-            vec![Segment::Key("timeline".into()), Segment::Index(2), Segment::Key("scale".into())]
+            vec![
+                Segment::Key("timeline".into()),
+                Segment::Index(2),
+                Segment::Key("scale".into())
+            ]
         );
     }
 }

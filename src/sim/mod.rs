@@ -45,7 +45,11 @@ pub fn load(args: &SimulateArgs) -> Result<Scenario, ScenarioError> {
         Some(p) => scenario::load(p)?,
         None => scenario::default_scenario()?,
     };
-    let mut s = if args.scale == 1.0 { s } else { s.scaled(args.scale) };
+    let mut s = if args.scale == 1.0 {
+        s
+    } else {
+        s.scaled(args.scale)
+    };
     if let Some(seed) = args.seed {
         s.seed = seed;
     }
@@ -54,11 +58,18 @@ pub fn load(args: &SimulateArgs) -> Result<Scenario, ScenarioError> {
 
 /// The scenario with a merge patch applied to its Cluster spec, checked as the file's own Cluster is.
 pub fn with_cluster_patch(s: &Scenario, patch: &str) -> Result<Scenario, ScenarioError> {
-    let invalid = |message: String| ScenarioError::Invalid { file: "--compare".into(), line: 1, field: "cluster".into(), message };
+    let invalid = |message: String| ScenarioError::Invalid {
+        file: "--compare".into(),
+        line: 1,
+        field: "cluster".into(),
+        message,
+    };
     let v: serde_yaml::Value = serde_yaml::from_str(patch).map_err(|e| invalid(e.to_string()))?;
     let v = serde_json::to_value(v).map_err(|e| invalid(e.to_string()))?;
     if !v.is_object() {
-        return Err(invalid(format!("{patch:?} is not a mapping of Cluster spec fields")));
+        return Err(invalid(format!(
+            "{patch:?} is not a mapping of Cluster spec fields"
+        )));
     }
     let mut out = s.clone();
     merge(&mut out.cluster["spec"], &v);
@@ -71,12 +82,30 @@ pub fn main(args: &SimulateArgs, progress: bool) -> Result<String, SimError> {
     let scenario = load(args)?;
     let catalog = scenario::load_catalog(&scenario)?;
     let wall = std::time::Instant::now();
-    let base_label = if args.compare.is_some() { "baseline".to_string() } else { String::new() };
-    let first = runner::run_blocking(&scenario, &catalog, &RunOptions { progress, label: base_label })?;
+    let base_label = if args.compare.is_some() {
+        "baseline".to_string()
+    } else {
+        String::new()
+    };
+    let first = runner::run_blocking(
+        &scenario,
+        &catalog,
+        &RunOptions {
+            progress,
+            label: base_label,
+        },
+    )?;
     let second = match &args.compare {
         Some(patch) => {
             let other = with_cluster_patch(&scenario, patch)?;
-            Some(runner::run_blocking(&other, &catalog, &RunOptions { progress, label: patch.clone() })?)
+            Some(runner::run_blocking(
+                &other,
+                &catalog,
+                &RunOptions {
+                    progress,
+                    label: patch.clone(),
+                },
+            )?)
         }
         None => None,
     };
@@ -84,7 +113,11 @@ pub fn main(args: &SimulateArgs, progress: bool) -> Result<String, SimError> {
         Some(b) => summary::compare_table(&first, b),
         None => summary::table(&first),
     };
-    out.push_str(&format!("  {:<44} {:>14.1}s\n", "wall time", wall.elapsed().as_secs_f64()));
+    out.push_str(&format!(
+        "  {:<44} {:>14.1}s\n",
+        "wall time",
+        wall.elapsed().as_secs_f64()
+    ));
     if let Some(path) = &args.report {
         write_report(path, &report::html(&first, second.as_ref()))?;
         out.push_str(&format!("report written to {}\n", path.display()));
@@ -94,12 +127,16 @@ pub fn main(args: &SimulateArgs, progress: bool) -> Result<String, SimError> {
             .chain(second.as_ref())
             .map(|o| serde_json::json!({"label": o.label, "summary": summary::summarize(o)}))
             .collect();
-        out.push_str(&serde_json::json!({"scenario": first.scenario, "seed": first.seed, "runs": runs}).to_string());
+        out.push_str(
+            &serde_json::json!({"scenario": first.scenario, "seed": first.seed, "runs": runs})
+                .to_string(),
+        );
         out.push('\n');
     }
     Ok(out)
 }
 
 fn write_report(path: &Path, html: &str) -> Result<(), SimError> {
-    std::fs::write(path, html).map_err(|e| SimError::Setup(format!("cannot write the report {}: {e}", path.display())))
+    std::fs::write(path, html)
+        .map_err(|e| SimError::Setup(format!("cannot write the report {}: {e}", path.display())))
 }

@@ -11,10 +11,15 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 36.0;
-const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A round axis maximum at or above `max` (1, 2, 2.5 or 5 times a power of ten).
@@ -23,7 +28,11 @@ fn nice_max(max: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(max.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * p).find(|v| *v >= max).unwrap_or(10.0 * p)
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|v| *v >= max)
+        .unwrap_or(10.0 * p)
 }
 
 fn fmt_value(v: f64) -> String {
@@ -35,9 +44,21 @@ fn fmt_value(v: f64) -> String {
 }
 
 /// A line chart as inline SVG: one `<path class="series">` per series, x in seconds.
-pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(String, Vec<f64>)], markers: &[(u64, String)]) -> String {
+pub fn line_chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    xs: &[u64],
+    series: &[(String, Vec<f64>)],
+    markers: &[(u64, String)],
+) -> String {
     let x_max = xs.last().copied().unwrap_or(1).max(1) as f64;
-    let y_max = nice_max(series.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0, f64::max));
+    let y_max = nice_max(
+        series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(0.0, f64::max),
+    );
     let px = |x: f64| LEFT + x / x_max * (WIDTH - LEFT - RIGHT);
     let py = |y: f64| TOP + (1.0 - y / y_max) * (HEIGHT - TOP - BOTTOM);
     let mut svg = format!(
@@ -57,7 +78,10 @@ pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(Stri
         ));
     }
     // Whole minutes at a round step, at most eight ticks.
-    let step = [60u64, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 14_400].into_iter().find(|s| x_max / *s as f64 <= 8.0).unwrap_or(28_800);
+    let step = [60u64, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 14_400]
+        .into_iter()
+        .find(|s| x_max / *s as f64 <= 8.0)
+        .unwrap_or(28_800);
     for t in (0..=x_max as u64).step_by(step as usize) {
         svg.push_str(&format!(
             "<text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}m</text>\n",
@@ -66,7 +90,11 @@ pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(Stri
             t / 60
         ));
     }
-    svg.push_str(&format!("<text class=\"unit\" x=\"{LEFT:.1}\" y=\"{:.1}\">{}</text>\n", HEIGHT - 4.0, escape(unit)));
+    svg.push_str(&format!(
+        "<text class=\"unit\" x=\"{LEFT:.1}\" y=\"{:.1}\">{}</text>\n",
+        HEIGHT - 4.0,
+        escape(unit)
+    ));
     for (t, what) in markers {
         let x = px(*t as f64);
         svg.push_str(&format!(
@@ -82,7 +110,14 @@ pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(Stri
             .iter()
             .zip(values)
             .enumerate()
-            .map(|(i, (x, y))| format!("{}{:.1} {:.1}", if i == 0 { "M" } else { "L" }, px(*x as f64), py(*y)))
+            .map(|(i, (x, y))| {
+                format!(
+                    "{}{:.1} {:.1}",
+                    if i == 0 { "M" } else { "L" },
+                    px(*x as f64),
+                    py(*y)
+                )
+            })
             .collect();
         svg.push_str(&format!(
             "<path class=\"series\" data-series=\"{}\" d=\"{}\" stroke=\"{colour}\"/>\n",
@@ -106,20 +141,42 @@ pub fn line_chart(id: &str, title: &str, unit: &str, xs: &[u64], series: &[(Stri
 pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
     let runs: Vec<&Outcome> = std::iter::once(main).chain(other).collect();
     let mut body = String::new();
-    body.push_str(&format!("<h1>berth simulate: {}</h1>\n<p>seed {}, {} s of cluster time", escape(&main.scenario), main.seed, main.duration_s));
+    body.push_str(&format!(
+        "<h1>berth simulate: {}</h1>\n<p>seed {}, {} s of cluster time",
+        escape(&main.scenario),
+        main.seed,
+        main.duration_s
+    ));
     if runs.len() > 1 {
-        body.push_str(&format!(", compared: {}", runs.iter().map(|r| escape(&r.label)).collect::<Vec<_>>().join(" vs ")));
+        body.push_str(&format!(
+            ", compared: {}",
+            runs.iter()
+                .map(|r| escape(&r.label))
+                .collect::<Vec<_>>()
+                .join(" vs ")
+        ));
     }
     body.push_str("</p>\n<table class=\"summary\"><tr><th>figure</th>");
     for r in &runs {
-        body.push_str(&format!("<th>{}</th>", escape(if r.label.is_empty() { "value" } else { &r.label })));
+        body.push_str(&format!(
+            "<th>{}</th>",
+            escape(if r.label.is_empty() {
+                "value"
+            } else {
+                &r.label
+            })
+        ));
     }
     body.push_str("</tr>\n");
     let all_rows: Vec<Vec<(String, String)>> = runs.iter().map(|r| rows(&summarize(r))).collect();
     for (k, _) in &all_rows[0] {
         body.push_str(&format!("<tr><td>{}</td>", escape(k)));
         for rs in &all_rows {
-            let v = rs.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("-");
+            let v = rs
+                .iter()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("-");
             body.push_str(&format!("<td>{}</td>", escape(v)));
         }
         body.push_str("</tr>\n");
@@ -127,7 +184,11 @@ pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
     body.push_str("</table>\n");
 
     for (n, r) in runs.iter().enumerate() {
-        let suffix = if runs.len() > 1 { format!(" ({})", r.label) } else { String::new() };
+        let suffix = if runs.len() > 1 {
+            format!(" ({})", r.label)
+        } else {
+            String::new()
+        };
         let xs: Vec<u64> = r.samples.iter().map(|s| s.t_s).collect();
         let markers = &r.events;
         body.push_str(&line_chart(
@@ -135,20 +196,59 @@ pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
             &format!("Pending pods{suffix}"),
             "pods",
             &xs,
-            &[("pending".into(), r.samples.iter().map(|s| s.pods_pending as f64).collect()), ("running".into(), r.samples.iter().map(|s| s.pods_running as f64).collect())],
+            &[
+                (
+                    "pending".into(),
+                    r.samples.iter().map(|s| s.pods_pending as f64).collect(),
+                ),
+                (
+                    "running".into(),
+                    r.samples.iter().map(|s| s.pods_running as f64).collect(),
+                ),
+            ],
             markers,
         ));
-        let groups: BTreeSet<String> = r.samples.iter().flat_map(|s| s.nodes.keys().cloned()).collect();
-        let mut node_series: Vec<(String, Vec<f64>)> =
-            groups.iter().map(|g| (g.clone(), r.samples.iter().map(|s| s.nodes.get(g).copied().unwrap_or(0) as f64).collect())).collect();
-        node_series.push(("total".into(), r.samples.iter().map(|s| s.nodes.values().sum::<u32>() as f64).collect()));
-        body.push_str(&line_chart(&format!("nodes-{n}"), &format!("Nodes by group and capacity type{suffix}"), "nodes", &xs, &node_series, markers));
+        let groups: BTreeSet<String> = r
+            .samples
+            .iter()
+            .flat_map(|s| s.nodes.keys().cloned())
+            .collect();
+        let mut node_series: Vec<(String, Vec<f64>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.clone(),
+                    r.samples
+                        .iter()
+                        .map(|s| s.nodes.get(g).copied().unwrap_or(0) as f64)
+                        .collect(),
+                )
+            })
+            .collect();
+        node_series.push((
+            "total".into(),
+            r.samples
+                .iter()
+                .map(|s| s.nodes.values().sum::<u32>() as f64)
+                .collect(),
+        ));
+        body.push_str(&line_chart(
+            &format!("nodes-{n}"),
+            &format!("Nodes by group and capacity type{suffix}"),
+            "nodes",
+            &xs,
+            &node_series,
+            markers,
+        ));
         body.push_str(&line_chart(
             &format!("cost-{n}"),
             &format!("Hourly cost{suffix}"),
             "USD per hour",
             &xs,
-            &[("hourly cost".into(), r.samples.iter().map(|s| s.hourly_cost).collect())],
+            &[(
+                "hourly cost".into(),
+                r.samples.iter().map(|s| s.hourly_cost).collect(),
+            )],
             markers,
         ));
         body.push_str(&line_chart(
@@ -157,12 +257,27 @@ pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
             "percent",
             &xs,
             &[
-                ("cpu".into(), r.samples.iter().map(|s| s.cpu_utilization * 100.0).collect()),
-                ("memory".into(), r.samples.iter().map(|s| s.memory_utilization * 100.0).collect()),
+                (
+                    "cpu".into(),
+                    r.samples
+                        .iter()
+                        .map(|s| s.cpu_utilization * 100.0)
+                        .collect(),
+                ),
+                (
+                    "memory".into(),
+                    r.samples
+                        .iter()
+                        .map(|s| s.memory_utilization * 100.0)
+                        .collect(),
+                ),
             ],
             markers,
         ));
-        body.push_str(&format!("<h2>Timeline{}</h2>\n<ul class=\"events\">\n", escape(&suffix)));
+        body.push_str(&format!(
+            "<h2>Timeline{}</h2>\n<ul class=\"events\">\n",
+            escape(&suffix)
+        ));
         for (t, what) in &r.events {
             body.push_str(&format!("<li><code>{t:>5}s</code> {}</li>\n", escape(what)));
         }
@@ -193,9 +308,25 @@ mod tests {
 
     #[test]
     fn charts_have_one_path_per_series_with_every_point() {
-        let svg = line_chart("c", "T", "u", &[0, 10, 20], &[("a".into(), vec![0.0, 5.0, 3.0]), ("b".into(), vec![1.0, 1.0, 1.0])], &[(10, "x".into())]);
+        let svg = line_chart(
+            "c",
+            "T",
+            "u",
+            &[0, 10, 20],
+            &[
+                ("a".into(), vec![0.0, 5.0, 3.0]),
+                ("b".into(), vec![1.0, 1.0, 1.0]),
+            ],
+            &[(10, "x".into())],
+        );
         assert_eq!(svg.matches("<path class=\"series\"").count(), 2);
-        let d = svg.split(" d=\"").nth(1).unwrap().split('"').next().unwrap();
+        let d = svg
+            .split(" d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(d.matches('L').count(), 2, "{d}");
         assert!(svg.contains("class=\"marker\""));
     }

@@ -39,7 +39,11 @@ pub enum SimError {
     #[error("setting up the simulation: {0}")]
     Setup(String),
     #[error("{file}: event at {at}s: {message}")]
-    Event { file: String, at: u64, message: String },
+    Event {
+        file: String,
+        at: u64,
+        message: String,
+    },
 }
 
 impl SimError {
@@ -81,7 +85,14 @@ impl Berth {
 
 /// Starts berth against this client and cloud exactly as `berth run` starts it while it leads. The one place a
 /// simulation starts berth.
-pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, cloud: Arc<dyn CloudProvider>, cluster_name: &str, catalog: Arc<Catalog>) -> Berth {
+pub fn start_berth(
+    client: kube::Client,
+    clock: SharedClock,
+    metrics: Metrics,
+    cloud: Arc<dyn CloudProvider>,
+    cluster_name: &str,
+    catalog: Arc<Catalog>,
+) -> Berth {
     use crate::controllers::provisioner::ProvisionerConfig;
     use crate::operator::{run_controllers, Controllers};
     let base = Arc::new(crate::controllers::Context::new(client, clock, metrics));
@@ -91,7 +102,10 @@ pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, c
         cluster_name: cluster_name.to_string(),
         catalog,
         provisioner: ProvisionerConfig::default(),
-        disruption: crate::controllers::disruption::DisruptionConfig { cluster_name: cluster_name.to_string(), ..Default::default() },
+        disruption: crate::controllers::disruption::DisruptionConfig {
+            cluster_name: cluster_name.to_string(),
+            ..Default::default()
+        },
         dry_run: false,
     });
     let (tx, mut rx) = tokio::sync::watch::channel(false);
@@ -102,7 +116,11 @@ pub fn start_berth(client: kube::Client, clock: SharedClock, metrics: Metrics, c
 }
 
 /// Runs a scenario to its end on a fresh paused current-thread runtime (blocking).
-pub fn run_blocking(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> Result<Outcome, SimError> {
+pub fn run_blocking(
+    scenario: &Scenario,
+    catalog: &Catalog,
+    options: &RunOptions,
+) -> Result<Outcome, SimError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -144,7 +162,11 @@ fn seeded(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
-async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> Result<Outcome, SimError> {
+async fn play(
+    scenario: &Scenario,
+    catalog: &Catalog,
+    options: &RunOptions,
+) -> Result<Outcome, SimError> {
     let clock: SharedClock = Arc::new(TokioClock::new(epoch()));
     let start = tokio::time::Instant::now();
     let emulator = Emulator::with_clock(clock.clone(), Config::default());
@@ -152,8 +174,15 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
     let client = emulator.client();
     apply_objects(&store, scenario)?;
 
-    let cloud_metrics = CloudMetrics::unregistered().map_err(|e| SimError::Setup(format!("cloud metrics: {e}")))?;
-    let mut config = SimConfig::new(&scenario.region, &scenario.cluster_name, catalog.clone(), clock.clone(), cloud_metrics);
+    let cloud_metrics =
+        CloudMetrics::unregistered().map_err(|e| SimError::Setup(format!("cloud metrics: {e}")))?;
+    let mut config = SimConfig::new(
+        &scenario.region,
+        &scenario.cluster_name,
+        catalog.clone(),
+        clock.clone(),
+        cloud_metrics,
+    );
     config.boot_delay = scenario.boot_delay;
     config.jitter_seed = scenario.seed;
     let cloud = Arc::new(SimulatedCloud::new(config));
@@ -166,11 +195,17 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
             if let InstanceEvent::Terminated(t) = e {
                 let on_node = pods_on_node(&store, &t.instance_id);
                 let mut st = terminations.lock().unwrap_or_else(|p| p.into_inner());
-                let running: Vec<&(String, String)> = on_node.iter().filter(|(_, phase)| phase == "Running").collect();
+                let running: Vec<&(String, String)> = on_node
+                    .iter()
+                    .filter(|(_, phase)| phase == "Running")
+                    .collect();
                 if st.interrupted.contains(&t.instance_id) {
                     st.pods_lost_to_interruptions += running.len() as u64;
                 } else {
-                    let bypassed = running.iter().filter(|(w, _)| st.protected.contains(w)).count() as u64;
+                    let bypassed = running
+                        .iter()
+                        .filter(|(w, _)| st.protected.contains(w))
+                        .count() as u64;
                     st.pdb_bypassed += bypassed;
                 }
             }
@@ -181,7 +216,16 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
     let metrics = Metrics::new().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
     let provider: Arc<dyn CloudProvider> = cloud.clone();
     let berth_catalog = Arc::new(catalog.clone());
-    let launch_berth = || start_berth(client.clone(), clock.clone(), metrics.clone(), provider.clone(), &scenario.cluster_name, berth_catalog.clone());
+    let launch_berth = || {
+        start_berth(
+            client.clone(),
+            clock.clone(),
+            metrics.clone(),
+            provider.clone(),
+            &scenario.cluster_name,
+            berth_catalog.clone(),
+        )
+    };
     let mut berth = Some(launch_berth());
     let mut berth_restart_at: Option<Duration> = None;
 
@@ -204,7 +248,11 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
         while let Some(e) = scenario.timeline.get(next_event).filter(|e| e.at <= now) {
             next_event += 1;
             events_log.push((second, e.action.label()));
-            let err = |message: String| SimError::Event { file: scenario.file.clone(), at: second, message };
+            let err = |message: String| SimError::Event {
+                file: scenario.file.clone(),
+                at: second,
+                message,
+            };
             match &e.action {
                 Action::Deployment(d) => workloads.add_deployment(&store, d)?,
                 Action::Scale(s) => {
@@ -216,37 +264,77 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
                 Action::DaemonSet(d) => workloads.add_daemonset(&store, d)?,
                 Action::Pdb(p) => {
                     workloads.add_pdb(&store, p)?;
-                    terminations.lock().unwrap_or_else(|p| p.into_inner()).protected.insert(p.deployment.clone());
+                    terminations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .protected
+                        .insert(p.deployment.clone());
                 }
-                Action::TemplateChange { machine_deployment, patch } => {
-                    let generation = patch_md(&store, machine_deployment, &json!({"spec": {"template": patch}}))?;
-                    rollouts.push(RolloutRecord { machine_deployment: machine_deployment.clone(), generation, started_s: second, finished_s: None });
+                Action::TemplateChange {
+                    machine_deployment,
+                    patch,
+                } => {
+                    let generation = patch_md(
+                        &store,
+                        machine_deployment,
+                        &json!({"spec": {"template": patch}}),
+                    )?;
+                    rollouts.push(RolloutRecord {
+                        machine_deployment: machine_deployment.clone(),
+                        generation,
+                        started_s: second,
+                        finished_s: None,
+                    });
                 }
                 Action::ScaleMachineDeployment(s) => {
-                    patch_md(&store, &s.machine_deployment, &json!({"spec": {"replicas": s.replicas}}))?;
+                    patch_md(
+                        &store,
+                        &s.machine_deployment,
+                        &json!({"spec": {"replicas": s.replicas}}),
+                    )?;
                 }
                 Action::SpotInterruption(s) => {
                     let mut victims: Vec<String> = cloud
                         .all_instances()
                         .into_iter()
                         .filter(|i| i.capacity_type == CapacityType::Spot && !i.state.is_terminal())
-                        .filter(|i| s.machine_deployment.as_ref().is_none_or(|g| i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g)))
+                        .filter(|i| {
+                            s.machine_deployment
+                                .as_ref()
+                                .is_none_or(|g| i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g))
+                        })
                         .map(|i| i.instance_id)
                         .collect();
                     victims.sort();
                     let mut rng = seeded(scenario.seed ^ (second << 20) ^ next_event as u64);
                     for _ in 0..(s.count as usize).min(victims.len()) {
                         let id = victims.remove((rng() % victims.len() as u64) as usize);
-                        terminations.lock().unwrap_or_else(|p| p.into_inner()).interrupted.insert(id.clone());
+                        terminations
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .interrupted
+                            .insert(id.clone());
                         if cloud.interrupt(&id) {
                             spot_interruptions += 1;
                         }
                     }
                 }
-                Action::InsufficientCapacity { instance_type, zone, capacity_type, duration } => {
-                    let fault = Fault::InsufficientCapacity { instance_type: instance_type.clone(), zone: zone.clone(), capacity_type: *capacity_type };
+                Action::InsufficientCapacity {
+                    instance_type,
+                    zone,
+                    capacity_type,
+                    duration,
+                } => {
+                    let fault = Fault::InsufficientCapacity {
+                        instance_type: instance_type.clone(),
+                        zone: zone.clone(),
+                        capacity_type: *capacity_type,
+                    };
                     cloud.inject(fault.clone(), None);
-                    shortages.push(Shortage { fault, until: now + *duration });
+                    shortages.push(Shortage {
+                        fault,
+                        until: now + *duration,
+                    });
                 }
                 Action::RestartBerth { down_for } => {
                     if let Some(b) = berth.take() {
@@ -303,9 +391,13 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
     for c in cloud.calls() {
         *api_calls.entry(c.action.name().to_string()).or_default() += 1;
     }
-    let exposition = metrics.encode().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
+    let exposition = metrics
+        .encode()
+        .map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
     let mut disruptions = counter_by_label(&exposition, "berth_nodes_disrupted_total", "reason");
-    let launch_failures = counter_by_label(&exposition, "berth_launch_failures_total", "reason").values().sum();
+    let launch_failures = counter_by_label(&exposition, "berth_launch_failures_total", "reason")
+        .values()
+        .sum();
     disruptions.retain(|_, v| *v > 0);
     if spot_interruptions > 0 {
         disruptions.insert("spot interruption".into(), spot_interruptions);
@@ -324,9 +416,20 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
         pods_created: workloads.pods_created,
         launch_failures,
         warnings,
-        nodes_launched: instances.iter().filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name)).count() as u64,
-        nodes_removed: instances.iter().filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name) && i.state.is_terminal()).count() as u64,
-        duplicate_launches: machines_launched.values().map(|n| u64::from(n.saturating_sub(1))).sum(),
+        nodes_launched: instances
+            .iter()
+            .filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name))
+            .count() as u64,
+        nodes_removed: instances
+            .iter()
+            .filter(|i| {
+                i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name) && i.state.is_terminal()
+            })
+            .count() as u64,
+        duplicate_launches: machines_launched
+            .values()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum(),
         api_calls,
         server_throttles: cloud.server_throttles(),
         disruptions,
@@ -342,7 +445,9 @@ async fn play(scenario: &Scenario, catalog: &Catalog, options: &RunOptions) -> R
 /// Warning Events (berth's and the emulator's) by reason, with their repeat counts: why something did not happen.
 fn warning_events(store: &Store) -> Result<BTreeMap<String, u64>, SimError> {
     let mut out = BTreeMap::new();
-    let Some(rt) = store.resource_type("", "events") else { return Ok(out) };
+    let Some(rt) = store.resource_type("", "events") else {
+        return Ok(out);
+    };
     for e in store.list(&rt, None, &ListQuery::default())?.items {
         let v = e.value()?;
         if v["type"] == "Warning" {
@@ -358,8 +463,16 @@ fn counter_by_label(exposition: &str, metric: &str, label: &str) -> BTreeMap<Str
     let mut out = BTreeMap::new();
     let (prefix, key) = (format!("{metric}{{"), format!("{label}=\""));
     for line in exposition.lines().filter(|l| l.starts_with(&prefix)) {
-        let reason = line.split(key.as_str()).nth(1).and_then(|r| r.split('"').next()).unwrap_or("unknown");
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let reason = line
+            .split(key.as_str())
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("unknown");
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         *out.entry(reason.to_string()).or_default() += value as u64;
     }
     out
@@ -367,13 +480,22 @@ fn counter_by_label(exposition: &str, metric: &str, label: &str) -> BTreeMap<Str
 
 /// Creates berth's CRDs and the scenario's Cluster, MachineClasses and MachineDeployments, as `kubectl apply` would.
 fn apply_objects(store: &Store, scenario: &Scenario) -> Result<(), SimError> {
-    let opts = WriteOptions { field_manager: "kubectl".into(), ..Default::default() };
-    let crd_rt = store.resource_type("apiextensions.k8s.io", "customresourcedefinitions").ok_or_else(|| SimError::Setup("no CRD kind in the emulator".into()))?;
+    let opts = WriteOptions {
+        field_manager: "kubectl".into(),
+        ..Default::default()
+    };
+    let crd_rt = store
+        .resource_type("apiextensions.k8s.io", "customresourcedefinitions")
+        .ok_or_else(|| SimError::Setup("no CRD kind in the emulator".into()))?;
     for crd in crds() {
         let v = serde_json::to_value(&crd).map_err(|e| SimError::Setup(e.to_string()))?;
         store.create(&crd_rt, "", v, &opts)?;
     }
-    let rt = |resource: &str| store.resource_type("berth.dev", resource).ok_or_else(|| SimError::Setup(format!("CRD {resource} not established")));
+    let rt = |resource: &str| {
+        store
+            .resource_type("berth.dev", resource)
+            .ok_or_else(|| SimError::Setup(format!("CRD {resource} not established")))
+    };
     store.create(&*rt("clusters")?, "", scenario.cluster.clone(), &opts)?;
     for c in &scenario.machine_classes {
         store.create(&*rt("machineclasses")?, "", c.clone(), &opts)?;
@@ -386,16 +508,26 @@ fn apply_objects(store: &Store, scenario: &Scenario) -> Result<(), SimError> {
 
 /// Merge-patches a MachineDeployment; answers its new generation.
 fn patch_md(store: &Store, name: &str, patch: &Value) -> Result<i64, SimError> {
-    let rt = store.resource_type("berth.dev", "machinedeployments").ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
-    let opts = WriteOptions { field_manager: "kubectl".into(), ..Default::default() };
+    let rt = store
+        .resource_type("berth.dev", "machinedeployments")
+        .ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
+    let opts = WriteOptions {
+        field_manager: "kubectl".into(),
+        ..Default::default()
+    };
     let out = store.patch(&rt, NAMESPACE, name, PatchKind::Merge, patch, &opts)?;
-    Ok(out.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0))
+    Ok(out
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0))
 }
 
 /// Whether a MachineDeployment has rolled out `generation` completely: every replica updated and available, no
 /// old ones left.
 fn rollout_complete(store: &Store, name: &str, generation: i64) -> Result<bool, SimError> {
-    let rt = store.resource_type("berth.dev", "machinedeployments").ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
+    let rt = store
+        .resource_type("berth.dev", "machinedeployments")
+        .ok_or_else(|| SimError::Setup("no MachineDeployment kind".into()))?;
     let md = store.get(&rt, NAMESPACE, name)?.value()?;
     let n = |p: &str| md.pointer(p).and_then(Value::as_i64).unwrap_or(-1);
     let want = n("/spec/replicas");
@@ -407,12 +539,25 @@ fn rollout_complete(store: &Store, name: &str, generation: i64) -> Result<bool, 
 
 /// Workload name and phase of each pod bound to a node.
 fn pods_on_node(store: &Store, node: &str) -> Vec<(String, String)> {
-    let Some(rt) = store.resource_type("", "pods") else { return Vec::new() };
-    let Ok(page) = store.list(&rt, None, &ListQuery::default()) else { return Vec::new() };
+    let Some(rt) = store.resource_type("", "pods") else {
+        return Vec::new();
+    };
+    let Ok(page) = store.list(&rt, None, &ListQuery::default()) else {
+        return Vec::new();
+    };
     page.items
         .iter()
         .filter(|p| p.node_name == node)
-        .map(|p| (p.labels.iter().find(|(k, _)| k == WORKLOAD_LABEL).map(|(_, v)| v.clone()).unwrap_or_default(), p.phase.clone()))
+        .map(|p| {
+            (
+                p.labels
+                    .iter()
+                    .find(|(k, _)| k == WORKLOAD_LABEL)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+                p.phase.clone(),
+            )
+        })
         .collect()
 }
 
@@ -429,19 +574,46 @@ fn price_index(catalog: &Catalog) -> PriceIndex {
 }
 
 /// One look at the cluster.
-fn sample(store: &Store, workloads: &Workloads, prices: &PriceIndex, second: u64) -> Result<Sample, SimError> {
-    let nodes_rt = store.resource_type("", "nodes").ok_or_else(|| SimError::Setup("no Node kind".into()))?;
-    let pods_rt = store.resource_type("", "pods").ok_or_else(|| SimError::Setup("no Pod kind".into()))?;
-    let mut s = Sample { t_s: second, ..Default::default() };
+fn sample(
+    store: &Store,
+    workloads: &Workloads,
+    prices: &PriceIndex,
+    second: u64,
+) -> Result<Sample, SimError> {
+    let nodes_rt = store
+        .resource_type("", "nodes")
+        .ok_or_else(|| SimError::Setup("no Node kind".into()))?;
+    let pods_rt = store
+        .resource_type("", "pods")
+        .ok_or_else(|| SimError::Setup("no Pod kind".into()))?;
+    let mut s = Sample {
+        t_s: second,
+        ..Default::default()
+    };
     let mut allocatable = Resources::default();
     for stored in store.list(&nodes_rt, None, &ListQuery::default())?.items {
-        let Ok(k8s) = serde_json::from_slice::<k8s_openapi::api::core::v1::Node>(&stored.bytes) else { continue };
-        let Ok(node) = crate::model::node::Node::from_k8s(&k8s) else { continue };
+        let Ok(k8s) = serde_json::from_slice::<k8s_openapi::api::core::v1::Node>(&stored.bytes)
+        else {
+            continue;
+        };
+        let Ok(node) = crate::model::node::Node::from_k8s(&k8s) else {
+            continue;
+        };
         let label = |k: &str| node.labels.get(k).cloned().unwrap_or_default();
-        let capacity = CapacityType::parse(&label(labels::CAPACITY_TYPE)).unwrap_or(CapacityType::OnDemand);
-        let group = node.labels.get(labels::MACHINE_DEPLOYMENT).cloned().unwrap_or_else(|| "(none)".into());
-        *s.nodes.entry(format!("{group} {}", capacity.as_str())).or_default() += 1;
-        s.hourly_cost += prices.get(&(label(labels::INSTANCE_TYPE), label(labels::ZONE), capacity)).copied().unwrap_or(0.0);
+        let capacity =
+            CapacityType::parse(&label(labels::CAPACITY_TYPE)).unwrap_or(CapacityType::OnDemand);
+        let group = node
+            .labels
+            .get(labels::MACHINE_DEPLOYMENT)
+            .cloned()
+            .unwrap_or_else(|| "(none)".into());
+        *s.nodes
+            .entry(format!("{group} {}", capacity.as_str()))
+            .or_default() += 1;
+        s.hourly_cost += prices
+            .get(&(label(labels::INSTANCE_TYPE), label(labels::ZONE), capacity))
+            .copied()
+            .unwrap_or(0.0);
         allocatable.add(&node.allocatable);
     }
     let mut requested = Resources::default();
@@ -480,7 +652,11 @@ struct Progress {
 
 impl Progress {
     fn new(wanted: bool, total: Duration) -> Progress {
-        Progress { on: wanted && std::io::stderr().is_terminal(), total, wall: std::time::Instant::now() }
+        Progress {
+            on: wanted && std::io::stderr().is_terminal(),
+            total,
+            wall: std::time::Instant::now(),
+        }
     }
 
     fn show(&self, now: Duration, last: Option<&Sample>) {
@@ -490,7 +666,9 @@ impl Progress {
         let frac = now.as_secs_f64() / self.total.as_secs_f64().max(1.0);
         let width = 30usize;
         let filled = ((frac * width as f64) as usize).min(width);
-        let (pending, nodes, cost) = last.map_or((0, 0, 0.0), |s| (s.pods_pending, s.nodes.values().sum::<u32>(), s.hourly_cost));
+        let (pending, nodes, cost) = last.map_or((0, 0, 0.0), |s| {
+            (s.pods_pending, s.nodes.values().sum::<u32>(), s.hourly_cost)
+        });
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,

@@ -27,7 +27,12 @@ pub enum ScenarioError {
     #[error("{file}: cannot read: {reason}")]
     Read { file: String, reason: String },
     #[error("{file}:{line}: {field}: {message}")]
-    Invalid { file: String, line: usize, field: String, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
     #[error("{file}: catalog: {message}")]
     Catalog { file: String, message: String },
 }
@@ -261,15 +266,28 @@ pub enum CatalogSource {
 pub enum Action {
     Deployment(DeploymentEvent),
     Scale(ScaleEvent),
-    Job { job: JobEvent, run_for: Duration },
+    Job {
+        job: JobEvent,
+        run_for: Duration,
+    },
     DaemonSet(DaemonSetEvent),
     Pdb(PdbEvent),
     /// The MachineDeployment's name and the merge patch of its `spec.template`.
-    TemplateChange { machine_deployment: String, patch: Value },
+    TemplateChange {
+        machine_deployment: String,
+        patch: Value,
+    },
     ScaleMachineDeployment(ScaleGroupEvent),
     SpotInterruption(SpotInterruptionEvent),
-    InsufficientCapacity { instance_type: Option<String>, zone: Option<String>, capacity_type: Option<CapacityType>, duration: Duration },
-    RestartBerth { down_for: Duration },
+    InsufficientCapacity {
+        instance_type: Option<String>,
+        zone: Option<String>,
+        capacity_type: Option<CapacityType>,
+        duration: Duration,
+    },
+    RestartBerth {
+        down_for: Duration,
+    },
 }
 
 impl Action {
@@ -281,10 +299,16 @@ impl Action {
             Action::Job { job, .. } => format!("job {} ({} pods)", job.name, job.completions),
             Action::DaemonSet(d) => format!("daemonset {}", d.name),
             Action::Pdb(p) => format!("pdb {}", p.name),
-            Action::TemplateChange { machine_deployment, .. } => format!("template change of {machine_deployment}"),
-            Action::ScaleMachineDeployment(s) => format!("scale group {} to {}", s.machine_deployment, s.replicas),
+            Action::TemplateChange {
+                machine_deployment, ..
+            } => format!("template change of {machine_deployment}"),
+            Action::ScaleMachineDeployment(s) => {
+                format!("scale group {} to {}", s.machine_deployment, s.replicas)
+            }
             Action::SpotInterruption(s) => format!("spot interruption of {}", s.count),
-            Action::InsufficientCapacity { duration, .. } => format!("capacity shortage for {}s", duration.as_secs()),
+            Action::InsufficientCapacity { duration, .. } => {
+                format!("capacity shortage for {}s", duration.as_secs())
+            }
             Action::RestartBerth { .. } => "berth restart".to_string(),
         }
     }
@@ -348,7 +372,10 @@ impl Ctx<'_> {
 /// Reads and validates a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read { file: file.clone(), reason: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
     parse(&file, &text, path.parent())
 }
 
@@ -365,36 +392,66 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
     if duration.is_zero() {
         return Err(cx.err("duration", "must be more than 0s"));
     }
-    let sample_interval = raw.sample_interval.as_deref().map(|s| cx.duration("sampleInterval", s)).transpose()?.unwrap_or(Duration::from_secs(10));
+    let sample_interval = raw
+        .sample_interval
+        .as_deref()
+        .map(|s| cx.duration("sampleInterval", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(10));
     if sample_interval < Duration::from_secs(1) {
         return Err(cx.err("sampleInterval", "must be at least 1s"));
     }
-    let boot_delay = raw.boot_delay.as_deref().map(|s| cx.duration("bootDelay", s)).transpose()?.unwrap_or(Duration::from_secs(30));
-    let region = raw.region.clone().unwrap_or_else(|| "us-east-1".to_string());
+    let boot_delay = raw
+        .boot_delay
+        .as_deref()
+        .map(|s| cx.duration("bootDelay", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30));
+    let region = raw
+        .region
+        .clone()
+        .unwrap_or_else(|| "us-east-1".to_string());
     let catalog = match raw.catalog.as_deref() {
         None | Some("bundled") => CatalogSource::Bundled,
         Some(p) => CatalogSource::File(base.map(|b| b.join(p)).unwrap_or_else(|| PathBuf::from(p))),
     };
 
     let schemas = crd_schemas();
-    let cluster_spec = to_json(&cx, "berth.cluster", raw.berth.cluster.as_ref().unwrap_or(&serde_yaml::Value::Null))?;
-    let cluster_name = cluster_spec.get("clusterName").and_then(Value::as_str).unwrap_or("sim").to_string();
+    let cluster_spec = to_json(
+        &cx,
+        "berth.cluster",
+        raw.berth
+            .cluster
+            .as_ref()
+            .unwrap_or(&serde_yaml::Value::Null),
+    )?;
+    let cluster_name = cluster_spec
+        .get("clusterName")
+        .and_then(Value::as_str)
+        .unwrap_or("sim")
+        .to_string();
     let mut cluster = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": cluster_name},
         "spec": {"clusterName": cluster_name, "region": region, "apiServerEndpoint": "https://sim.invalid", "certificateAuthority": "Q0E="}});
     merge(&mut cluster["spec"], &cluster_spec);
-    check_schema(&cx, &schemas, "Cluster", &mut cluster.clone(), "berth.cluster")?;
+    check_schema(
+        &cx,
+        &schemas,
+        "Cluster",
+        &mut cluster.clone(),
+        "berth.cluster",
+    )?;
 
     let mut machine_classes = Vec::new();
     for (i, c) in raw.berth.machine_classes.iter().enumerate() {
         let path = format!("berth.machineClasses[{i}]");
         let spec = to_json(&cx, &format!("{path}.spec"), &c.spec)?;
         let mut obj = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": c.name},
-            "spec": {
-                "image": {"selector": {"owner": "amazon", "name": "amazon-eks-node-al2023-x86_64-*"}},
-                "subnets": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
-                "securityGroups": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
-                "instanceProfile": "node"
-            }});
+        "spec": {
+            "image": {"selector": {"owner": "amazon", "name": "amazon-eks-node-al2023-x86_64-*"}},
+            "subnets": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
+            "securityGroups": {"tags": {crate::cloud::sim::DISCOVERY_TAG: cluster_name}},
+            "instanceProfile": "node"
+        }});
         merge(&mut obj["spec"], &spec);
         check_schema(&cx, &schemas, "MachineClass", &mut obj.clone(), &path)?;
         machine_classes.push(obj);
@@ -417,10 +474,19 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
         let path = format!("timeline[{i}]");
         let at = cx.duration(&format!("{path}.at"), &e.at)?;
         if at < last {
-            return Err(cx.err(&format!("{path}.at"), format!("{} is before the previous event's time; the timeline must be in time order", e.at)));
+            return Err(cx.err(
+                &format!("{path}.at"),
+                format!(
+                    "{} is before the previous event's time; the timeline must be in time order",
+                    e.at
+                ),
+            ));
         }
         if at > duration {
-            return Err(cx.err(&format!("{path}.at"), format!("{} is after the scenario's duration {}", e.at, raw.duration)));
+            return Err(cx.err(
+                &format!("{path}.at"),
+                format!("{} is after the scenario's duration {}", e.at, raw.duration),
+            ));
         }
         last = at;
         let action = entry_action(&cx, &path, e, &machine_deployments, &schemas)?;
@@ -444,7 +510,13 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
     })
 }
 
-fn entry_action(cx: &Ctx, path: &str, e: EntryFile, mds: &[Value], schemas: &BTreeMap<String, Value>) -> Result<Action, ScenarioError> {
+fn entry_action(
+    cx: &Ctx,
+    path: &str,
+    e: EntryFile,
+    mds: &[Value],
+    schemas: &BTreeMap<String, Value>,
+) -> Result<Action, ScenarioError> {
     let mut actions = Vec::new();
     if let Some(d) = e.deployment {
         cx.pod(&format!("{path}.deployment.pod"), &d.pod)?;
@@ -467,12 +539,24 @@ fn entry_action(cx: &Ctx, path: &str, e: EntryFile, mds: &[Value], schemas: &BTr
     }
     if let Some(p) = e.pdb {
         if p.min_available.is_some() == p.max_unavailable.is_some() {
-            return Err(cx.err(&format!("{path}.pdb"), "give exactly one of minAvailable and maxUnavailable"));
+            return Err(cx.err(
+                &format!("{path}.pdb"),
+                "give exactly one of minAvailable and maxUnavailable",
+            ));
         }
-        for (field, v) in [("minAvailable", &p.min_available), ("maxUnavailable", &p.max_unavailable)] {
+        for (field, v) in [
+            ("minAvailable", &p.min_available),
+            ("maxUnavailable", &p.max_unavailable),
+        ] {
             if let Some(IntOrPercent::Percent(s)) = v {
-                if s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_none_or(|n| n > 100) {
-                    return Err(cx.err(&format!("{path}.pdb.{field}"), format!("{s:?} is neither a count nor a percentage such as 50%")));
+                if s.strip_suffix('%')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_none_or(|n| n > 100)
+                {
+                    return Err(cx.err(
+                        &format!("{path}.pdb.{field}"),
+                        format!("{s:?} is neither a count nor a percentage such as 50%"),
+                    ));
                 }
             }
         }
@@ -481,17 +565,35 @@ fn entry_action(cx: &Ctx, path: &str, e: EntryFile, mds: &[Value], schemas: &BTr
     if let Some(t) = e.template_change {
         let field = format!("{path}.templateChange.template");
         let patch = to_json(cx, &field, &t.template)?;
-        let Some(md) = mds.iter().find(|m| m["metadata"]["name"] == t.machine_deployment.as_str()) else {
-            return Err(cx.err(&format!("{path}.templateChange.machineDeployment"), format!("no MachineDeployment {:?} in berth.machineDeployments", t.machine_deployment)));
+        let Some(md) = mds
+            .iter()
+            .find(|m| m["metadata"]["name"] == t.machine_deployment.as_str())
+        else {
+            return Err(cx.err(
+                &format!("{path}.templateChange.machineDeployment"),
+                format!(
+                    "no MachineDeployment {:?} in berth.machineDeployments",
+                    t.machine_deployment
+                ),
+            ));
         };
         let mut changed = md.clone();
         merge(&mut changed["spec"]["template"], &patch);
         check_schema(cx, schemas, "MachineDeployment", &mut changed, &field)?;
-        actions.push(Action::TemplateChange { machine_deployment: t.machine_deployment, patch });
+        actions.push(Action::TemplateChange {
+            machine_deployment: t.machine_deployment,
+            patch,
+        });
     }
     if let Some(s) = e.scale_machine_deployment {
-        if !mds.iter().any(|m| m["metadata"]["name"] == s.machine_deployment.as_str()) {
-            return Err(cx.err(&format!("{path}.scaleMachineDeployment.machineDeployment"), format!("no MachineDeployment {:?}", s.machine_deployment)));
+        if !mds
+            .iter()
+            .any(|m| m["metadata"]["name"] == s.machine_deployment.as_str())
+        {
+            return Err(cx.err(
+                &format!("{path}.scaleMachineDeployment.machineDeployment"),
+                format!("no MachineDeployment {:?}", s.machine_deployment),
+            ));
         }
         actions.push(Action::ScaleMachineDeployment(s));
     }
@@ -502,12 +604,27 @@ fn entry_action(cx: &Ctx, path: &str, e: EntryFile, mds: &[Value], schemas: &BTr
         let duration = cx.duration(&format!("{path}.insufficientCapacity.for"), &s.duration)?;
         let capacity_type = match s.capacity_type.as_deref() {
             None => None,
-            Some(c) => Some(CapacityType::parse(c).ok_or_else(|| cx.err(&format!("{path}.insufficientCapacity.capacityType"), format!("{c:?} is neither spot nor on-demand")))?),
+            Some(c) => Some(CapacityType::parse(c).ok_or_else(|| {
+                cx.err(
+                    &format!("{path}.insufficientCapacity.capacityType"),
+                    format!("{c:?} is neither spot nor on-demand"),
+                )
+            })?),
         };
-        actions.push(Action::InsufficientCapacity { instance_type: s.instance_type, zone: s.zone, capacity_type, duration });
+        actions.push(Action::InsufficientCapacity {
+            instance_type: s.instance_type,
+            zone: s.zone,
+            capacity_type,
+            duration,
+        });
     }
     if let Some(r) = e.restart_berth {
-        let down_for = r.down_for.as_deref().map(|d| cx.duration(&format!("{path}.restartBerth.downFor"), d)).transpose()?.unwrap_or(Duration::ZERO);
+        let down_for = r
+            .down_for
+            .as_deref()
+            .map(|d| cx.duration(&format!("{path}.restartBerth.downFor"), d))
+            .transpose()?
+            .unwrap_or(Duration::ZERO);
         actions.push(Action::RestartBerth { down_for });
     }
     match actions.len() {
@@ -527,7 +644,12 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
         Some((f, m)) if !f.contains(' ') => (f.to_string(), m.to_string()),
         _ => ("<document>".to_string(), message),
     };
-    ScenarioError::Invalid { file: file.to_string(), line: e.location().map(|l| l.line()).unwrap_or(1), field, message }
+    ScenarioError::Invalid {
+        file: file.to_string(),
+        line: e.location().map(|l| l.line()).unwrap_or(1),
+        field,
+        message,
+    }
 }
 
 fn to_json(cx: &Ctx, path: &str, v: &serde_yaml::Value) -> Result<Value, ScenarioError> {
@@ -557,16 +679,34 @@ fn crd_schemas() -> BTreeMap<String, Value> {
     crate::api::crds()
         .into_iter()
         .filter_map(|crd| {
-            let schema = crd.spec.versions.first()?.schema.as_ref()?.open_api_v3_schema.as_ref()?;
-            Some((crd.spec.names.kind.clone(), serde_json::to_value(schema).ok()?))
+            let schema = crd
+                .spec
+                .versions
+                .first()?
+                .schema
+                .as_ref()?
+                .open_api_v3_schema
+                .as_ref()?;
+            Some((
+                crd.spec.names.kind.clone(),
+                serde_json::to_value(schema).ok()?,
+            ))
         })
         .collect()
 }
 
 /// Checks an object against its CRD's schema, as the API server would with strict field validation; errors point
 /// at the scenario line of the offending field (`spec.x` of the object lives at `<path>.spec.x` in the file).
-fn check_schema(cx: &Ctx, schemas: &BTreeMap<String, Value>, kind: &str, obj: &mut Value, path: &str) -> Result<(), ScenarioError> {
-    let Some(schema) = schemas.get(kind) else { return Ok(()) };
+fn check_schema(
+    cx: &Ctx,
+    schemas: &BTreeMap<String, Value>,
+    kind: &str,
+    obj: &mut Value,
+    path: &str,
+) -> Result<(), ScenarioError> {
+    let Some(schema) = schemas.get(kind) else {
+        return Ok(());
+    };
     let v = crate::emulator::schema::validate_object_root(obj, schema);
     let field_path = |p: &str| -> String {
         let p = p.trim_start_matches('.');
@@ -578,7 +718,10 @@ fn check_schema(cx: &Ctx, schemas: &BTreeMap<String, Value>, kind: &str, obj: &m
         }
     };
     if let Some(u) = v.unknown.first() {
-        return Err(cx.err(&field_path(u), format!("unknown field (not in the {kind} schema)")));
+        return Err(cx.err(
+            &field_path(u),
+            format!("unknown field (not in the {kind} schema)"),
+        ));
     }
     if let Some(msg) = v.invalid.first() {
         let (p, m) = msg.split_once(": ").unwrap_or(("", msg.as_str()));
@@ -590,7 +733,9 @@ fn check_schema(cx: &Ctx, schemas: &BTreeMap<String, Value>, kind: &str, obj: &m
 /// Checks a whole Cluster object against the Cluster CRD's schema; the error is the first violation.
 pub fn check_cluster(cluster: &Value) -> Result<(), String> {
     let schemas = crd_schemas();
-    let Some(schema) = schemas.get("Cluster") else { return Ok(()) };
+    let Some(schema) = schemas.get("Cluster") else {
+        return Ok(());
+    };
     let v = crate::emulator::schema::validate_object_root(&mut cluster.clone(), schema);
     match (v.unknown.first(), v.invalid.first()) {
         (Some(u), _) => Err(format!("{u}: unknown field (not in the Cluster schema)")),
@@ -602,12 +747,24 @@ pub fn check_cluster(cluster: &Value) -> Result<(), String> {
 /// The instance types a scenario launches from.
 pub fn load_catalog(s: &Scenario) -> Result<Catalog, ScenarioError> {
     match &s.catalog {
-        CatalogSource::Bundled => crate::model::aws_catalog::bundled_catalog(&s.region)
-            .map_err(|e| ScenarioError::Catalog { file: s.file.clone(), message: e.to_string() }),
+        CatalogSource::Bundled => {
+            crate::model::aws_catalog::bundled_catalog(&s.region).map_err(|e| {
+                ScenarioError::Catalog {
+                    file: s.file.clone(),
+                    message: e.to_string(),
+                }
+            })
+        }
         CatalogSource::File(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ScenarioError::Read { file: p.display().to_string(), reason: e.to_string() })?;
-            let types: Vec<InstanceType> = serde_yaml::from_str(&text).map_err(|e| yaml_error(&p.display().to_string(), &e))?;
-            Ok(Catalog { instance_types: types })
+            let text = std::fs::read_to_string(p).map_err(|e| ScenarioError::Read {
+                file: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let types: Vec<InstanceType> = serde_yaml::from_str(&text)
+                .map_err(|e| yaml_error(&p.display().to_string(), &e))?;
+            Ok(Catalog {
+                instance_types: types,
+            })
         }
     }
 }
@@ -616,7 +773,13 @@ impl Scenario {
     /// The same scenario with every workload size multiplied by `factor` (at least one pod each): tests run the
     /// scenarios' shapes at a fraction of their size.
     pub fn scaled(mut self, factor: f64) -> Scenario {
-        let f = |n: u32| if n == 0 { 0 } else { ((n as f64 * factor).round() as u32).max(1) };
+        let f = |n: u32| {
+            if n == 0 {
+                0
+            } else {
+                ((n as f64 * factor).round() as u32).max(1)
+            }
+        };
         for e in &mut self.timeline {
             match &mut e.action {
                 Action::Deployment(d) => d.replicas = f(d.replicas),
@@ -665,7 +828,12 @@ timeline:
 
     fn err(text: &str) -> (usize, String, String) {
         match parse("s.yaml", text, None) {
-            Err(ScenarioError::Invalid { line, field, message, file }) => {
+            Err(ScenarioError::Invalid {
+                line,
+                field,
+                message,
+                file,
+            }) => {
                 assert_eq!(file, "s.yaml");
                 (line, field, message)
             }
@@ -677,8 +845,14 @@ timeline:
     fn a_good_scenario_parses() {
         let s = parse("s.yaml", GOOD, None).unwrap();
         assert_eq!(s.timeline.len(), 2);
-        assert_eq!(s.machine_deployments[0]["spec"]["template"]["spec"]["classRef"]["name"], "general");
-        assert_eq!(s.machine_classes[0]["spec"]["instanceProfile"], "node", "sim defaults fill what the file leaves out");
+        assert_eq!(
+            s.machine_deployments[0]["spec"]["template"]["spec"]["classRef"]["name"],
+            "general"
+        );
+        assert_eq!(
+            s.machine_classes[0]["spec"]["instanceProfile"], "node",
+            "sim defaults fill what the file leaves out"
+        );
     }
 
     #[test]
@@ -689,7 +863,10 @@ timeline:
 
     #[test]
     fn an_unknown_field_names_file_line_and_field() {
-        let (line, field, message) = err(&GOOD.replace("      replicas: 3\n", "      replicas: 3\n      replica: 4\n"));
+        let (line, field, message) = err(&GOOD.replace(
+            "      replicas: 3\n",
+            "      replicas: 3\n      replica: 4\n",
+        ));
         assert_eq!(line, 20);
         assert!(field.contains("timeline[0].deployment"), "{field}");
         assert!(message.contains("unknown field `replica`"), "{message}");
@@ -697,9 +874,15 @@ timeline:
 
     #[test]
     fn an_unknown_crd_field_names_its_line() {
-        let (line, field, message) = err(&GOOD.replace("            classRef: {name: general}\n", "            classRef: {name: general}\n            colour: blue\n"));
+        let (line, field, message) = err(&GOOD.replace(
+            "            classRef: {name: general}\n",
+            "            classRef: {name: general}\n            colour: blue\n",
+        ));
         assert_eq!(line, 15);
-        assert_eq!(field, "berth.machineDeployments[0].spec.template.spec.colour");
+        assert_eq!(
+            field,
+            "berth.machineDeployments[0].spec.template.spec.colour"
+        );
         assert!(message.contains("unknown field"), "{message}");
     }
 
@@ -713,7 +896,9 @@ timeline:
 
     #[test]
     fn a_time_out_of_order_names_its_line() {
-        let (line, field, _) = err(&format!("{GOOD}  - at: 1m\n    scale: {{deployment: web, replicas: 2}}\n"));
+        let (line, field, _) = err(&format!(
+            "{GOOD}  - at: 1m\n    scale: {{deployment: web, replicas: 2}}\n"
+        ));
         assert_eq!(line, 23);
         assert_eq!(field, "timeline[2].at");
     }
@@ -728,7 +913,20 @@ timeline:
     #[test]
     fn scaling_shrinks_workloads() {
         let s = parse("s.yaml", GOOD, None).unwrap().scaled(0.1);
-        assert_eq!(s.timeline[0].action, Action::Deployment(DeploymentEvent { name: "web".into(), replicas: 1, pod: PodTemplate {
-            cpu: "500m".into(), memory: "1Gi".into(), node_selector: BTreeMap::new(), tolerations: vec![], zone_spread: None, priority: None } }));
+        assert_eq!(
+            s.timeline[0].action,
+            Action::Deployment(DeploymentEvent {
+                name: "web".into(),
+                replicas: 1,
+                pod: PodTemplate {
+                    cpu: "500m".into(),
+                    memory: "1Gi".into(),
+                    node_selector: BTreeMap::new(),
+                    tolerations: vec![],
+                    zone_spread: None,
+                    priority: None
+                }
+            })
+        );
     }
 }

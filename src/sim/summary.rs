@@ -119,13 +119,28 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 
 pub fn summarize(o: &Outcome) -> Summary {
     // Pods still waiting count with the wait they had so far: a pod never scheduled must not flatter the tail.
-    let mut waits: Vec<u64> = o.pending_seconds.iter().chain(o.still_waiting_seconds.iter()).copied().collect();
+    let mut waits: Vec<u64> = o
+        .pending_seconds
+        .iter()
+        .chain(o.still_waiting_seconds.iter())
+        .copied()
+        .collect();
     waits.sort_unstable();
     let nodes = |s: &Sample| s.nodes.values().sum::<u32>();
     let last = o.samples.last();
     let with_nodes: Vec<&Sample> = o.samples.iter().filter(|s| nodes(s) > 0).collect();
-    let mean = |f: &dyn Fn(&Sample) -> f64| if with_nodes.is_empty() { 0.0 } else { with_nodes.iter().map(|s| f(s)).sum::<f64>() / with_nodes.len() as f64 };
-    let total_cost = o.samples.windows(2).map(|w| w[0].hourly_cost * (w[1].t_s - w[0].t_s) as f64 / 3600.0).sum();
+    let mean = |f: &dyn Fn(&Sample) -> f64| {
+        if with_nodes.is_empty() {
+            0.0
+        } else {
+            with_nodes.iter().map(|s| f(s)).sum::<f64>() / with_nodes.len() as f64
+        }
+    };
+    let total_cost = o
+        .samples
+        .windows(2)
+        .map(|w| w[0].hourly_cost * (w[1].t_s - w[0].t_s) as f64 / 3600.0)
+        .sum();
     Summary {
         pods_created: o.pods_created,
         pods_scheduled: o.pending_seconds.len() as u64,
@@ -149,7 +164,11 @@ pub fn summarize(o: &Outcome) -> Summary {
         api_calls: o.api_calls.values().sum(),
         server_throttles: o.server_throttles,
         disruptions: o.disruptions.clone(),
-        rollout_seconds: o.rollouts.iter().map(|r| r.finished_s.map(|f| f - r.started_s)).collect(),
+        rollout_seconds: o
+            .rollouts
+            .iter()
+            .map(|r| r.finished_s.map(|f| f - r.started_s))
+            .collect(),
         pdb_bypassed: o.pdb_bypassed,
         duplicate_launches: o.duplicate_launches,
         jobs_complete: o.jobs.values().all(|(done, want)| done >= want),
@@ -162,21 +181,50 @@ pub fn rows(s: &Summary) -> Vec<(String, String)> {
     let mut r: Vec<(String, String)> = vec![
         ("pods created".into(), s.pods_created.to_string()),
         ("pods scheduled".into(), s.pods_scheduled.to_string()),
-        ("pods still pending at the end".into(), s.pods_unscheduled_at_end.to_string()),
+        (
+            "pods still pending at the end".into(),
+            s.pods_unscheduled_at_end.to_string(),
+        ),
         ("time pending p50".into(), format!("{}s", s.pending_p50_s)),
         ("time pending p99".into(), format!("{}s", s.pending_p99_s)),
         ("time pending max".into(), format!("{}s", s.pending_max_s)),
         ("nodes launched".into(), s.nodes_launched.to_string()),
         ("nodes removed".into(), s.nodes_removed.to_string()),
         ("launch failures".into(), s.launch_failures.to_string()),
-        ("nodes peak / final".into(), format!("{} / {}", s.peak_nodes, s.final_nodes)),
-        ("hourly cost peak".into(), format!("${:.2}", s.peak_hourly_cost)),
-        ("hourly cost final".into(), format!("${:.2}", s.final_hourly_cost)),
+        (
+            "nodes peak / final".into(),
+            format!("{} / {}", s.peak_nodes, s.final_nodes),
+        ),
+        (
+            "hourly cost peak".into(),
+            format!("${:.2}", s.peak_hourly_cost),
+        ),
+        (
+            "hourly cost final".into(),
+            format!("${:.2}", s.final_hourly_cost),
+        ),
         ("cost of the run".into(), format!("${:.2}", s.total_cost)),
-        ("cpu utilization mean / final".into(), format!("{} / {}", pct(s.mean_cpu_utilization), pct(s.final_cpu_utilization))),
-        ("memory utilization mean / final".into(), format!("{} / {}", pct(s.mean_memory_utilization), pct(s.final_memory_utilization))),
+        (
+            "cpu utilization mean / final".into(),
+            format!(
+                "{} / {}",
+                pct(s.mean_cpu_utilization),
+                pct(s.final_cpu_utilization)
+            ),
+        ),
+        (
+            "memory utilization mean / final".into(),
+            format!(
+                "{} / {}",
+                pct(s.mean_memory_utilization),
+                pct(s.final_memory_utilization)
+            ),
+        ),
         ("EC2 API calls".into(), s.api_calls.to_string()),
-        ("EC2 throttling errors".into(), s.server_throttles.to_string()),
+        (
+            "EC2 throttling errors".into(),
+            s.server_throttles.to_string(),
+        ),
     ];
     if s.disruptions.is_empty() {
         r.push(("disruptions".into(), "none".into()));
@@ -188,17 +236,29 @@ pub fn rows(s: &Summary) -> Vec<(String, String)> {
         r.push((format!("warning events: {reason}"), n.to_string()));
     }
     for (i, d) in s.rollout_seconds.iter().enumerate() {
-        r.push((format!("rollout {} duration", i + 1), d.map_or_else(|| "did not finish".into(), |d| format!("{d}s"))));
+        r.push((
+            format!("rollout {} duration", i + 1),
+            d.map_or_else(|| "did not finish".into(), |d| format!("{d}s")),
+        ));
     }
-    r.push(("PDB-protected pods removed without eviction".into(), s.pdb_bypassed.to_string()));
-    r.push(("duplicate launches".into(), s.duplicate_launches.to_string()));
+    r.push((
+        "PDB-protected pods removed without eviction".into(),
+        s.pdb_bypassed.to_string(),
+    ));
+    r.push((
+        "duplicate launches".into(),
+        s.duplicate_launches.to_string(),
+    ));
     r
 }
 
 /// The summary as an aligned text table.
 pub fn table(o: &Outcome) -> String {
     let s = summarize(o);
-    let mut out = format!("scenario {} (seed {}, {}s simulated)\n", o.scenario, o.seed, o.duration_s);
+    let mut out = format!(
+        "scenario {} (seed {}, {}s simulated)\n",
+        o.scenario, o.seed, o.duration_s
+    );
     for (k, v) in rows(&s) {
         out.push_str(&format!("  {k:<44} {v:>14}\n"));
     }
@@ -214,11 +274,23 @@ pub fn compare_table(a: &Outcome, b: &Outcome) -> String {
             keys.push(k.clone());
         }
     }
-    let get = |r: &[(String, String)], k: &str| r.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap_or_else(|| "-".into());
-    let mut out = format!("scenario {} (seed {}, {}s simulated)\n", a.scenario, a.seed, a.duration_s);
+    let get = |r: &[(String, String)], k: &str| {
+        r.iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "scenario {} (seed {}, {}s simulated)\n",
+        a.scenario, a.seed, a.duration_s
+    );
     out.push_str(&format!("  {:<44} {:>18} {:>18}\n", "", a.label, b.label));
     for k in keys {
-        out.push_str(&format!("  {k:<44} {:>18} {:>18}\n", get(&ra, &k), get(&rb, &k)));
+        out.push_str(&format!(
+            "  {k:<44} {:>18} {:>18}\n",
+            get(&ra, &k),
+            get(&rb, &k)
+        ));
     }
     out
 }
@@ -232,7 +304,11 @@ mod tests {
             t_s: t,
             pods_pending: pending,
             pods_running: 0,
-            nodes: if nodes > 0 { BTreeMap::from([("general spot".to_string(), nodes)]) } else { BTreeMap::new() },
+            nodes: if nodes > 0 {
+                BTreeMap::from([("general spot".to_string(), nodes)])
+            } else {
+                BTreeMap::new()
+            },
             hourly_cost: cost,
             cpu_utilization: cpu,
             memory_utilization: cpu / 2.0,
@@ -243,7 +319,11 @@ mod tests {
             label: "a".into(),
             seed: 1,
             duration_s: 7200,
-            samples: vec![sample(0, 10, 0, 0.0, 0.0), sample(3600, 0, 4, 2.0, 0.8), sample(7200, 0, 2, 1.0, 0.6)],
+            samples: vec![
+                sample(0, 10, 0, 0.0, 0.0),
+                sample(3600, 0, 4, 2.0, 0.8),
+                sample(7200, 0, 2, 1.0, 0.6),
+            ],
             pending_seconds: vec![40, 50, 60, 300],
             still_waiting_seconds: vec![],
             pods_created: 4,
@@ -252,10 +332,18 @@ mod tests {
             launch_failures: 0,
             warnings: BTreeMap::new(),
             duplicate_launches: 0,
-            api_calls: BTreeMap::from([("CreateFleet".into(), 4), ("TerminateInstances".into(), 1)]),
+            api_calls: BTreeMap::from([
+                ("CreateFleet".into(), 4),
+                ("TerminateInstances".into(), 1),
+            ]),
             server_throttles: 0,
             disruptions: BTreeMap::from([("empty".into(), 2)]),
-            rollouts: vec![RolloutRecord { machine_deployment: "g".into(), generation: 2, started_s: 100, finished_s: Some(400) }],
+            rollouts: vec![RolloutRecord {
+                machine_deployment: "g".into(),
+                generation: 2,
+                started_s: 100,
+                finished_s: Some(400),
+            }],
             pdbs: BTreeMap::new(),
             pdb_bypassed: 0,
             pods_lost_to_interruptions: 0,
@@ -267,11 +355,21 @@ mod tests {
     #[test]
     fn figures_from_samples() {
         let s = summarize(&outcome());
-        assert_eq!((s.pending_p50_s, s.pending_p99_s, s.pending_max_s), (50, 300, 300));
+        assert_eq!(
+            (s.pending_p50_s, s.pending_p99_s, s.pending_max_s),
+            (50, 300, 300)
+        );
         assert_eq!((s.peak_nodes, s.final_nodes), (4, 2));
         assert_eq!(s.peak_hourly_cost, 2.0);
-        assert!((s.total_cost - 2.0).abs() < 1e-9, "0 for the first hour, then $2/h for an hour: {}", s.total_cost);
-        assert!((s.mean_cpu_utilization - 0.7).abs() < 1e-9, "samples without nodes are left out");
+        assert!(
+            (s.total_cost - 2.0).abs() < 1e-9,
+            "0 for the first hour, then $2/h for an hour: {}",
+            s.total_cost
+        );
+        assert!(
+            (s.mean_cpu_utilization - 0.7).abs() < 1e-9,
+            "samples without nodes are left out"
+        );
         assert_eq!(s.api_calls, 5);
         assert_eq!(s.rollout_seconds, vec![Some(300)]);
     }

@@ -61,21 +61,35 @@ pub struct Workloads {
     pub pdbs: BTreeMap<String, String>,
 }
 
-fn resource_type(store: &Store, resource: (&str, &str)) -> Result<Arc<crate::emulator::resources::ResourceType>, ApiError> {
-    store.resource_type(resource.0, resource.1).ok_or_else(|| ApiError::Internal(format!("{} are not registered", resource.1)))
+fn resource_type(
+    store: &Store,
+    resource: (&str, &str),
+) -> Result<Arc<crate::emulator::resources::ResourceType>, ApiError> {
+    store
+        .resource_type(resource.0, resource.1)
+        .ok_or_else(|| ApiError::Internal(format!("{} are not registered", resource.1)))
 }
 
 fn opts() -> WriteOptions {
-    WriteOptions { field_manager: FIELD_MANAGER.into(), ..Default::default() }
+    WriteOptions {
+        field_manager: FIELD_MANAGER.into(),
+        ..Default::default()
+    }
 }
 
 fn label(s: &Stored, key: &str) -> Option<String> {
-    s.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    s.labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
 }
 
 /// The requests of one pod of this template.
 pub fn template_requests(t: &PodTemplate) -> Resources {
-    Resources::new(parse_cpu_millis(&t.cpu).unwrap_or(0), parse_units(&t.memory).unwrap_or(0))
+    Resources::new(
+        parse_cpu_millis(&t.cpu).unwrap_or(0),
+        parse_units(&t.memory).unwrap_or(0),
+    )
 }
 
 impl Workloads {
@@ -88,11 +102,21 @@ impl Workloads {
         label(s, WORKLOAD_LABEL).and_then(|w| self.requests.get(&w))
     }
 
-    fn owner(store: &Store, group: &str, resource: &str, kind: &str, api_version: &str, name: &str, spec: Value) -> Result<Value, ApiError> {
+    fn owner(
+        store: &Store,
+        group: &str,
+        resource: &str,
+        kind: &str,
+        api_version: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<Value, ApiError> {
         let rt = resource_type(store, (group, resource))?;
         let obj = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec});
         let created = store.create(&rt, NAMESPACE, obj, &opts())?;
-        Ok(json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": created["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]))
+        Ok(
+            json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": created["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]),
+        )
     }
 
     fn selector_spec(name: &str, replicas: u32, t: &PodTemplate) -> Value {
@@ -102,26 +126,62 @@ impl Workloads {
     }
 
     pub fn add_deployment(&mut self, store: &Store, d: &DeploymentEvent) -> Result<(), ApiError> {
-        let owner = Self::owner(store, "apps", "replicasets", "ReplicaSet", "apps/v1", &d.name, Self::selector_spec(&d.name, d.replicas, &d.pod))?;
-        self.requests.insert(d.name.clone(), template_requests(&d.pod));
-        self.deployments.insert(d.name.clone(), Deployment { replicas: d.replicas, template: d.pod.clone(), owner });
+        let owner = Self::owner(
+            store,
+            "apps",
+            "replicasets",
+            "ReplicaSet",
+            "apps/v1",
+            &d.name,
+            Self::selector_spec(&d.name, d.replicas, &d.pod),
+        )?;
+        self.requests
+            .insert(d.name.clone(), template_requests(&d.pod));
+        self.deployments.insert(
+            d.name.clone(),
+            Deployment {
+                replicas: d.replicas,
+                template: d.pod.clone(),
+                owner,
+            },
+        );
         Ok(())
     }
 
     /// Scales a deployment; answers false when there is none of that name.
     pub fn scale(&mut self, store: &Store, name: &str, replicas: u32) -> Result<bool, ApiError> {
-        let Some(d) = self.deployments.get_mut(name) else { return Ok(false) };
+        let Some(d) = self.deployments.get_mut(name) else {
+            return Ok(false);
+        };
         d.replicas = replicas;
         let rt = resource_type(store, ("apps", "replicasets"))?;
-        store.patch(&rt, NAMESPACE, name, PatchKind::Merge, &json!({"spec": {"replicas": replicas}}), &opts())?;
+        store.patch(
+            &rt,
+            NAMESPACE,
+            name,
+            PatchKind::Merge,
+            &json!({"spec": {"replicas": replicas}}),
+            &opts(),
+        )?;
         Ok(true)
     }
 
     pub fn add_job(&mut self, j: &JobEvent, run_for: Duration) {
         // The emulator has no Job kind; the pods still name their Job as owner, as a real Job's pods do.
         let owner = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": j.name, "uid": format!("sim-job-{}", j.name), "controller": true}]);
-        self.requests.insert(j.name.clone(), template_requests(&j.pod));
-        self.jobs.insert(j.name.clone(), Job { completions: j.completions, parallelism: j.parallelism, run_for, template: j.pod.clone(), owner, succeeded: 0 });
+        self.requests
+            .insert(j.name.clone(), template_requests(&j.pod));
+        self.jobs.insert(
+            j.name.clone(),
+            Job {
+                completions: j.completions,
+                parallelism: j.parallelism,
+                run_for,
+                template: j.pod.clone(),
+                owner,
+                succeeded: 0,
+            },
+        );
     }
 
     pub fn add_daemonset(&mut self, store: &Store, d: &DaemonSetEvent) -> Result<(), ApiError> {
@@ -129,9 +189,24 @@ impl Workloads {
         if let Some(m) = spec.as_object_mut() {
             m.remove("replicas");
         }
-        let owner = Self::owner(store, "apps", "daemonsets", "DaemonSet", "apps/v1", &d.name, spec)?;
-        self.requests.insert(d.name.clone(), template_requests(&d.pod));
-        self.daemonsets.insert(d.name.clone(), DaemonSet { template: d.pod.clone(), owner });
+        let owner = Self::owner(
+            store,
+            "apps",
+            "daemonsets",
+            "DaemonSet",
+            "apps/v1",
+            &d.name,
+            spec,
+        )?;
+        self.requests
+            .insert(d.name.clone(), template_requests(&d.pod));
+        self.daemonsets.insert(
+            d.name.clone(),
+            DaemonSet {
+                template: d.pod.clone(),
+                owner,
+            },
+        );
         Ok(())
     }
 
@@ -151,11 +226,19 @@ impl Workloads {
         };
         let obj = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": p.name, "namespace": NAMESPACE}, "spec": spec});
         store.create(&rt, NAMESPACE, obj, &opts())?;
-        self.pdbs.insert(p.name.clone(), format!("{} {rule}", p.deployment));
+        self.pdbs
+            .insert(p.name.clone(), format!("{} {rule}", p.deployment));
         Ok(())
     }
 
-    fn pod(&mut self, workload: &str, t: &PodTemplate, owner: &Value, node: Option<&str>, now: Duration) -> (String, Value) {
+    fn pod(
+        &mut self,
+        workload: &str,
+        t: &PodTemplate,
+        owner: &Value,
+        node: Option<&str>,
+        now: Duration,
+    ) -> (String, Value) {
         self.next_pod += 1;
         let name = format!("{workload}-{:06}", self.next_pod);
         let mut spec = json!({"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
@@ -192,14 +275,17 @@ impl Workloads {
     /// One pass of every workload controller at virtual time `now` (since the scenario began).
     pub fn reconcile(&mut self, store: &Store, now: Duration) -> Result<(), ApiError> {
         let pods_rt = resource_type(store, ("", "pods"))?;
-        let pods = store.list(&pods_rt, Some(NAMESPACE), &ListQuery::default())?.items;
+        let pods = store
+            .list(&pods_rt, Some(NAMESPACE), &ListQuery::default())?
+            .items;
         let mut by_workload: BTreeMap<String, Vec<Arc<Stored>>> = BTreeMap::new();
         let mut alive: BTreeSet<String> = BTreeSet::new();
         for p in pods {
             alive.insert(p.name.clone());
             if p.phase == "Running" && !p.node_name.is_empty() {
                 if let Some(created) = self.waiting.remove(&p.name) {
-                    self.pending_seconds.push(now.saturating_sub(created).as_secs());
+                    self.pending_seconds
+                        .push(now.saturating_sub(created).as_secs());
                 }
                 self.started.entry(p.name.clone()).or_insert(now);
             }
@@ -215,9 +301,17 @@ impl Workloads {
 
         let deployments: Vec<String> = self.deployments.keys().cloned().collect();
         for name in deployments {
-            let live: Vec<&Arc<Stored>> = by_workload.get(&name).map(|v| v.iter().filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed")).collect()).unwrap_or_default();
+            let live: Vec<&Arc<Stored>> = by_workload
+                .get(&name)
+                .map(|v| {
+                    v.iter()
+                        .filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed"))
+                        .collect()
+                })
+                .unwrap_or_default();
             let d = &self.deployments[&name];
-            let (want, template, owner) = (d.replicas as usize, d.template.clone(), d.owner.clone());
+            let (want, template, owner) =
+                (d.replicas as usize, d.template.clone(), d.owner.clone());
             if live.len() < want {
                 for _ in live.len()..want {
                     creates.push(self.pod(&name, &template, &owner, None, now).1);
@@ -225,13 +319,25 @@ impl Workloads {
             } else if live.len() > want {
                 // As a ReplicaSet does: unscheduled pods go first, then the newest.
                 let mut victims = live.clone();
-                victims.sort_by(|a, b| (!a.node_name.is_empty()).cmp(&!b.node_name.is_empty()).then_with(|| b.name.cmp(&a.name)));
-                deletes.extend(victims.iter().take(live.len() - want).map(|p| p.name.clone()));
+                victims.sort_by(|a, b| {
+                    (!a.node_name.is_empty())
+                        .cmp(&!b.node_name.is_empty())
+                        .then_with(|| b.name.cmp(&a.name))
+                });
+                deletes.extend(
+                    victims
+                        .iter()
+                        .take(live.len() - want)
+                        .map(|p| p.name.clone()),
+                );
             }
         }
 
         let jobs: Vec<String> = self.jobs.keys().cloned().collect();
-        let status_opts = WriteOptions { subresource: Some("status".into()), ..opts() };
+        let status_opts = WriteOptions {
+            subresource: Some("status".into()),
+            ..opts()
+        };
         for name in jobs {
             let run_for = self.jobs[&name].run_for;
             let mut active = 0u32;
@@ -239,9 +345,19 @@ impl Workloads {
                 if matches!(p.phase.as_str(), "Succeeded" | "Failed") {
                     continue;
                 }
-                let done = self.started.get(&p.name).is_some_and(|s| now.saturating_sub(*s) >= run_for);
+                let done = self
+                    .started
+                    .get(&p.name)
+                    .is_some_and(|s| now.saturating_sub(*s) >= run_for);
                 if done {
-                    store.patch(&pods_rt, NAMESPACE, &p.name, PatchKind::Merge, &json!({"status": {"phase": "Succeeded"}}), &status_opts)?;
+                    store.patch(
+                        &pods_rt,
+                        NAMESPACE,
+                        &p.name,
+                        PatchKind::Merge,
+                        &json!({"status": {"phase": "Succeeded"}}),
+                        &status_opts,
+                    )?;
                     self.started.remove(&p.name);
                     if let Some(j) = self.jobs.get_mut(&name) {
                         j.succeeded += 1;
@@ -251,7 +367,10 @@ impl Workloads {
                 }
             }
             let j = &self.jobs[&name];
-            let room = j.parallelism.saturating_sub(active).min(j.completions.saturating_sub(j.succeeded + active));
+            let room = j
+                .parallelism
+                .saturating_sub(active)
+                .min(j.completions.saturating_sub(j.succeeded + active));
             let (template, owner) = (j.template.clone(), j.owner.clone());
             for _ in 0..room {
                 creates.push(self.pod(&name, &template, &owner, None, now).1);
@@ -260,11 +379,22 @@ impl Workloads {
 
         if !self.daemonsets.is_empty() {
             let nodes_rt = resource_type(store, ("", "nodes"))?;
-            let nodes: Vec<String> = store.list(&nodes_rt, None, &ListQuery::default())?.items.iter().map(|n| n.name.clone()).collect();
+            let nodes: Vec<String> = store
+                .list(&nodes_rt, None, &ListQuery::default())?
+                .items
+                .iter()
+                .map(|n| n.name.clone())
+                .collect();
             let names: Vec<String> = self.daemonsets.keys().cloned().collect();
             for name in names {
-                let covered: BTreeSet<String> = by_workload.get(&name).map(|v| v.iter().map(|p| p.node_name.clone()).collect()).unwrap_or_default();
-                let (template, owner) = (self.daemonsets[&name].template.clone(), self.daemonsets[&name].owner.clone());
+                let covered: BTreeSet<String> = by_workload
+                    .get(&name)
+                    .map(|v| v.iter().map(|p| p.node_name.clone()).collect())
+                    .unwrap_or_default();
+                let (template, owner) = (
+                    self.daemonsets[&name].template.clone(),
+                    self.daemonsets[&name].owner.clone(),
+                );
                 for node in nodes.iter().filter(|n| !covered.contains(*n)) {
                     creates.push(self.pod(&name, &template, &owner, Some(node), now).1);
                 }
@@ -290,12 +420,18 @@ impl Workloads {
 
     /// Pods created and still waiting to run, with how long each has waited.
     pub fn still_waiting(&self, now: Duration) -> Vec<u64> {
-        self.waiting.values().map(|c| now.saturating_sub(*c).as_secs()).collect()
+        self.waiting
+            .values()
+            .map(|c| now.saturating_sub(*c).as_secs())
+            .collect()
     }
 
     /// Completions of each job so far.
     pub fn job_progress(&self) -> BTreeMap<String, (u32, u32)> {
-        self.jobs.iter().map(|(n, j)| (n.clone(), (j.succeeded, j.completions))).collect()
+        self.jobs
+            .iter()
+            .map(|(n, j)| (n.clone(), (j.succeeded, j.completions)))
+            .collect()
     }
 
     /// Whether every job has all its completions.

@@ -1,6 +1,8 @@
 //! What a MachineClass allows: its instance-type requirements applied to a catalog.
 
-use crate::api::machine_class::{Architecture, CapacityTypeSpec, InstanceRequirements, MachineClassSpec};
+use crate::api::machine_class::{
+    Architecture, CapacityTypeSpec, InstanceRequirements, MachineClassSpec,
+};
 use crate::model::instance_type::{Arch, CapacityType, Catalog, InstanceType};
 
 /// Why an instance type is left out, for the message when nothing is left.
@@ -65,7 +67,11 @@ pub fn capacity_types(spec: &MachineClassSpec) -> Vec<CapacityType> {
 
 /// The instance types a class allows, with only the offerings in `zones` (empty: all) and of the class's capacity
 /// types (plus on-demand when spot falls back to it), cheapest first. An error says why nothing is left.
-pub fn allowed_instance_types(spec: &MachineClassSpec, catalog: &Catalog, zones: &[String]) -> Result<Vec<InstanceType>, String> {
+pub fn allowed_instance_types(
+    spec: &MachineClassSpec,
+    catalog: &Catalog,
+    zones: &[String],
+) -> Result<Vec<InstanceType>, String> {
     let mut capacity = capacity_types(spec);
     if spec.spot_fallback_to_on_demand && !capacity.contains(&CapacityType::OnDemand) {
         capacity.push(CapacityType::OnDemand);
@@ -78,19 +84,36 @@ pub fn allowed_instance_types(spec: &MachineClassSpec, catalog: &Catalog, zones:
             continue;
         }
         let mut t = t.clone();
-        t.offerings.retain(|o| capacity.contains(&o.capacity_type) && (zones.is_empty() || zones.contains(&o.zone)));
+        t.offerings.retain(|o| {
+            capacity.contains(&o.capacity_type) && (zones.is_empty() || zones.contains(&o.zone))
+        });
         if t.offerings.is_empty() {
-            *reasons.entry("not offered in the class's zones and capacity types".into()).or_default() += 1;
+            *reasons
+                .entry("not offered in the class's zones and capacity types".into())
+                .or_default() += 1;
             continue;
         }
         allowed.push(t);
     }
     if allowed.is_empty() {
         let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        return Err(format!("no instance type of {} satisfies instanceRequirements ({})", catalog.instance_types.len(), why.join(", ")));
+        return Err(format!(
+            "no instance type of {} satisfies instanceRequirements ({})",
+            catalog.instance_types.len(),
+            why.join(", ")
+        ));
     }
-    let cheapest = |t: &InstanceType| t.offerings.iter().map(|o| o.price).fold(f64::INFINITY, f64::min);
-    allowed.sort_by(|a, b| cheapest(a).total_cmp(&cheapest(b)).then_with(|| a.name.cmp(&b.name)));
+    let cheapest = |t: &InstanceType| {
+        t.offerings
+            .iter()
+            .map(|o| o.price)
+            .fold(f64::INFINITY, f64::min)
+    };
+    allowed.sort_by(|a, b| {
+        cheapest(a)
+            .total_cmp(&cheapest(b))
+            .then_with(|| a.name.cmp(&b.name))
+    });
     Ok(allowed)
 }
 
@@ -115,8 +138,18 @@ mod tests {
             burstable: name.starts_with('t'),
             local_storage_gb: 0,
             offerings: vec![
-                Offering { zone: "a".into(), capacity_type: CapacityType::OnDemand, price, available: true },
-                Offering { zone: "b".into(), capacity_type: CapacityType::Spot, price: price / 3.0, available: true },
+                Offering {
+                    zone: "a".into(),
+                    capacity_type: CapacityType::OnDemand,
+                    price,
+                    available: true,
+                },
+                Offering {
+                    zone: "b".into(),
+                    capacity_type: CapacityType::Spot,
+                    price: price / 3.0,
+                    available: true,
+                },
             ],
             allocatable_override: None,
         }
@@ -136,28 +169,50 @@ mod tests {
 
     #[test]
     fn defaults_allow_current_x86_non_metal_non_gpu_cheapest_first() {
-        let spec = MachineClassSpec { capacity_types: vec![CapacityTypeSpec::OnDemand], ..Default::default() };
-        let names: Vec<String> = allowed_instance_types(&spec, &catalog(), &[]).unwrap().into_iter().map(|t| t.name).collect();
+        let spec = MachineClassSpec {
+            capacity_types: vec![CapacityTypeSpec::OnDemand],
+            ..Default::default()
+        };
+        let names: Vec<String> = allowed_instance_types(&spec, &catalog(), &[])
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         assert_eq!(names, ["t3.large", "m6i.large"]);
     }
 
     #[test]
     fn requirements_narrow_and_offerings_follow_capacity_and_zones() {
-        let mut spec = MachineClassSpec { capacity_types: vec![CapacityTypeSpec::Spot], ..Default::default() };
+        let mut spec = MachineClassSpec {
+            capacity_types: vec![CapacityTypeSpec::Spot],
+            ..Default::default()
+        };
         spec.instance_requirements.architectures = vec![Architecture::Arm64, Architecture::Amd64];
         spec.instance_requirements.allow_burstable = false;
-        spec.instance_requirements.gpus = Some(Range { min: Some(0), max: Some(1) });
+        spec.instance_requirements.gpus = Some(Range {
+            min: Some(0),
+            max: Some(1),
+        });
         let allowed = allowed_instance_types(&spec, &catalog(), &["b".to_string()]).unwrap();
         let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["c7g.large", "m6i.large", "g5.xlarge"]);
-        assert!(allowed.iter().all(|t| t.offerings.iter().all(|o| o.capacity_type == CapacityType::Spot && o.zone == "b")));
+        assert!(allowed.iter().all(|t| t
+            .offerings
+            .iter()
+            .all(|o| o.capacity_type == CapacityType::Spot && o.zone == "b")));
     }
 
     #[test]
     fn nothing_allowed_says_why() {
-        let mut spec = MachineClassSpec { capacity_types: vec![CapacityTypeSpec::OnDemand], ..Default::default() };
+        let mut spec = MachineClassSpec {
+            capacity_types: vec![CapacityTypeSpec::OnDemand],
+            ..Default::default()
+        };
         spec.instance_requirements.families = vec!["x9z".into()];
         let err = allowed_instance_types(&spec, &catalog(), &[]).unwrap_err();
-        assert!(err.contains("no instance type of 5") && err.contains("family not in families"), "{err}");
+        assert!(
+            err.contains("no instance type of 5") && err.contains("family not in families"),
+            "{err}"
+        );
     }
 }

@@ -34,7 +34,11 @@ impl ClusterObjects {
     /// which policy applies would be a guess).
     pub fn cluster(&self, name: Option<&str>) -> Option<&Cluster> {
         match name {
-            Some(n) => self.clusters.iter().find(|c| c.spec.cluster_name == n).map(|c| c.as_ref()),
+            Some(n) => self
+                .clusters
+                .iter()
+                .find(|c| c.spec.cluster_name == n)
+                .map(|c| c.as_ref()),
             None if self.clusters.len() == 1 => Some(self.clusters[0].as_ref()),
             None => None,
         }
@@ -79,21 +83,69 @@ impl ClusterCache {
             let changed = changed.clone();
             move |m: &Machine| {
                 // A failed or vanishing Machine no longer counts as capacity: its pods may need another launch.
-                if m.metadata.deletion_timestamp.is_some() || m.status.as_ref().is_some_and(|s| s.phase == crate::api::MachinePhase::Failed) {
+                if m.metadata.deletion_timestamp.is_some()
+                    || m.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == crate::api::MachinePhase::Failed)
+                {
                     changed.send_modify(|generation| *generation += 1);
                 }
             }
         };
         let pods = watch(Api::all(client.clone()), trim_pod, on_pod, &mut tasks);
-        let nodes = watch(Api::all(client.clone()), trim_meta::<Node>, |_: &Node| {}, &mut tasks);
-        let machines = watch(Api::all(client.clone()), trim_meta::<Machine>, on_machine, &mut tasks);
-        let machine_deployments = watch(Api::all(client.clone()), trim_meta::<MachineDeployment>, |_: &MachineDeployment| {}, &mut tasks);
-        let machine_classes = watch(Api::all(client.clone()), trim_meta::<MachineClass>, |_: &MachineClass| {}, &mut tasks);
-        let clusters = watch(Api::all(client.clone()), trim_meta::<Cluster>, |_: &Cluster| {}, &mut tasks);
-        let daemon_sets = watch(Api::all(client.clone()), trim_meta::<DaemonSet>, |_: &DaemonSet| {}, &mut tasks);
-        let pdbs = watch(Api::all(client.clone()), trim_meta::<PodDisruptionBudget>, |_: &PodDisruptionBudget| {}, &mut tasks);
+        let nodes = watch(
+            Api::all(client.clone()),
+            trim_meta::<Node>,
+            |_: &Node| {},
+            &mut tasks,
+        );
+        let machines = watch(
+            Api::all(client.clone()),
+            trim_meta::<Machine>,
+            on_machine,
+            &mut tasks,
+        );
+        let machine_deployments = watch(
+            Api::all(client.clone()),
+            trim_meta::<MachineDeployment>,
+            |_: &MachineDeployment| {},
+            &mut tasks,
+        );
+        let machine_classes = watch(
+            Api::all(client.clone()),
+            trim_meta::<MachineClass>,
+            |_: &MachineClass| {},
+            &mut tasks,
+        );
+        let clusters = watch(
+            Api::all(client.clone()),
+            trim_meta::<Cluster>,
+            |_: &Cluster| {},
+            &mut tasks,
+        );
+        let daemon_sets = watch(
+            Api::all(client.clone()),
+            trim_meta::<DaemonSet>,
+            |_: &DaemonSet| {},
+            &mut tasks,
+        );
+        let pdbs = watch(
+            Api::all(client.clone()),
+            trim_meta::<PodDisruptionBudget>,
+            |_: &PodDisruptionBudget| {},
+            &mut tasks,
+        );
         let (synced, _) = signal::channel(false);
-        let stores = (pods.clone(), nodes.clone(), machines.clone(), machine_deployments.clone(), machine_classes.clone(), clusters.clone(), daemon_sets.clone(), pdbs.clone());
+        let stores = (
+            pods.clone(),
+            nodes.clone(),
+            machines.clone(),
+            machine_deployments.clone(),
+            machine_classes.clone(),
+            clusters.clone(),
+            daemon_sets.clone(),
+            pdbs.clone(),
+        );
         let done = synced.clone();
         tasks.push(tokio::spawn(async move {
             let _ = tokio::join!(
@@ -169,12 +221,14 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| event.modify(trim));
-    let task = reflector::reflector(writer, stream).applied_objects().for_each(move |r| {
-        if let Ok(o) = r {
-            on_applied(&o);
-        }
-        async {}
-    });
+    let task = reflector::reflector(writer, stream)
+        .applied_objects()
+        .for_each(move |r| {
+            if let Ok(o) = r {
+                on_applied(&o);
+            }
+            async {}
+        });
     tasks.push(tokio::spawn(task));
     store
 }

@@ -12,10 +12,17 @@ pub fn problems(spec: &ClusterSpec) -> Vec<String> {
     if spec.cluster_name.trim().is_empty() {
         out.push("spec.clusterName is empty".to_string());
     }
-    if !spec.api_server_endpoint.starts_with("https://") || spec.api_server_endpoint.len() <= "https://".len() {
-        out.push(format!("spec.apiServerEndpoint {:?} is not an https:// URL", spec.api_server_endpoint));
+    if !spec.api_server_endpoint.starts_with("https://")
+        || spec.api_server_endpoint.len() <= "https://".len()
+    {
+        out.push(format!(
+            "spec.apiServerEndpoint {:?} is not an https:// URL",
+            spec.api_server_endpoint
+        ));
     }
-    if let Err(e) = base64::engine::general_purpose::STANDARD.decode(spec.certificate_authority.trim()) {
+    if let Err(e) =
+        base64::engine::general_purpose::STANDARD.decode(spec.certificate_authority.trim())
+    {
         out.push(format!("spec.certificateAuthority is not base64: {e}"));
     }
     if let Some(cidr) = &spec.service_cidr {
@@ -38,7 +45,10 @@ pub fn problems(spec: &ClusterSpec) -> Vec<String> {
     }
     if let Some(h) = &spec.headroom {
         if h.percent >= 100 {
-            out.push(format!("spec.headroom.percent {} must be below 100", h.percent));
+            out.push(format!(
+                "spec.headroom.percent {} must be below 100",
+                h.percent
+            ));
         }
     }
     out
@@ -47,8 +57,12 @@ pub fn problems(spec: &ClusterSpec) -> Vec<String> {
 /// An IPv4 or IPv6 CIDR such as 10.100.0.0/16.
 fn check_cidr(text: &str) -> Result<(), String> {
     let (address, bits) = text.split_once('/').ok_or("no /prefix length")?;
-    let address: std::net::IpAddr = address.parse().map_err(|_| format!("{address:?} is not an IP address"))?;
-    let bits: u8 = bits.parse().map_err(|_| format!("{bits:?} is not a prefix length"))?;
+    let address: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not an IP address"))?;
+    let bits: u8 = bits
+        .parse()
+        .map_err(|_| format!("{bits:?} is not a prefix length"))?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     if bits > max {
         return Err(format!("prefix length {bits} exceeds {max}"));
@@ -78,14 +92,29 @@ mod tests {
     #[test]
     fn each_problem_names_its_field() {
         let cases = [
-            (json!({"apiServerEndpoint": "http://api.example"}), "spec.apiServerEndpoint"),
-            (json!({"certificateAuthority": "not base64!"}), "spec.certificateAuthority"),
+            (
+                json!({"apiServerEndpoint": "http://api.example"}),
+                "spec.apiServerEndpoint",
+            ),
+            (
+                json!({"certificateAuthority": "not base64!"}),
+                "spec.certificateAuthority",
+            ),
             (json!({"serviceCidr": "10.100.0.0/40"}), "spec.serviceCidr"),
             (json!({"serviceCidr": "10.100.0.0"}), "spec.serviceCidr"),
             (json!({"limits": {"maxCpu": "lots"}}), "spec.limits.maxCpu"),
-            (json!({"limits": {"maxMemory": "4Tb"}}), "spec.limits.maxMemory"),
-            (json!({"scaleDown": {"unneededTime": "soon"}}), "spec.scaleDown"),
-            (json!({"headroom": {"percent": 100}}), "spec.headroom.percent"),
+            (
+                json!({"limits": {"maxMemory": "4Tb"}}),
+                "spec.limits.maxMemory",
+            ),
+            (
+                json!({"scaleDown": {"unneededTime": "soon"}}),
+                "spec.scaleDown",
+            ),
+            (
+                json!({"headroom": {"percent": 100}}),
+                "spec.headroom.percent",
+            ),
         ];
         for (extra, field) in cases {
             let found = problems(&spec(extra.clone()));

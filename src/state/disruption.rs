@@ -9,15 +9,21 @@
 //! What cannot be read (a malformed pod, an invalid budget) never widens what berth may do: the node or group
 //! concerned is kept out (an invalid budget becomes a budget of zero), and the problem is returned for an Event.
 
+use super::cluster::ClusterObjects;
 use crate::api::cluster::ScaleDownPolicy;
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::machine_deployment::DisruptionBudget;
-use crate::api::{Cluster, Machine, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION};
+use crate::api::{
+    Cluster, Machine, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION,
+};
 use crate::clock::from_k8s;
 use crate::controllers::keys;
 use crate::disruption::budget::{Budget, NodeLimit, Window};
 use crate::disruption::cron::Schedule;
-use crate::disruption::{Candidate, DisruptionError, DisruptionInput, GroupState, PdbView, Policy, DEFAULT_MAX_SIMULATIONS};
+use crate::disruption::{
+    Candidate, DisruptionError, DisruptionInput, GroupState, PdbView, Policy,
+    DEFAULT_MAX_SIMULATIONS,
+};
 use crate::model::duration::parse_duration;
 use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::label_selector::Selector;
@@ -30,10 +36,9 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use super::cluster::ClusterObjects;
 use kube::ResourceExt;
-use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Something that could not be read, for an Event or a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +89,12 @@ pub fn budgets_from_api(budgets: &[DisruptionBudget]) -> Result<Vec<Budget>, Dis
         .map(|b| {
             let nodes = match &b.nodes {
                 IntOrString::Int(n) if *n >= 0 => NodeLimit::Count(*n as u32),
-                IntOrString::Int(n) => return Err(DisruptionError::InvalidBudget { value: n.to_string(), reason: "must not be negative".into() }),
+                IntOrString::Int(n) => {
+                    return Err(DisruptionError::InvalidBudget {
+                        value: n.to_string(),
+                        reason: "must not be negative".into(),
+                    })
+                }
                 IntOrString::String(s) => NodeLimit::parse(s)?,
             };
             let window = match (&b.schedule, &b.duration) {
@@ -93,13 +103,27 @@ pub fn budgets_from_api(budgets: &[DisruptionBudget]) -> Result<Vec<Budget>, Dis
                     let duration = parse_duration(duration)
                         .ok()
                         .and_then(|d| chrono::Duration::from_std(d).ok())
-                        .ok_or_else(|| DisruptionError::InvalidSchedule { schedule: schedule.clone(), reason: format!("duration {duration:?} is not valid") })?;
-                    Some(Window { schedule: Schedule::parse(schedule)?, duration })
+                        .ok_or_else(|| DisruptionError::InvalidSchedule {
+                            schedule: schedule.clone(),
+                            reason: format!("duration {duration:?} is not valid"),
+                        })?;
+                    Some(Window {
+                        schedule: Schedule::parse(schedule)?,
+                        duration,
+                    })
                 }
                 (Some(schedule), None) => {
-                    return Err(DisruptionError::InvalidSchedule { schedule: schedule.clone(), reason: "a schedule needs a duration".into() })
+                    return Err(DisruptionError::InvalidSchedule {
+                        schedule: schedule.clone(),
+                        reason: "a schedule needs a duration".into(),
+                    })
                 }
-                (None, Some(d)) => return Err(DisruptionError::InvalidSchedule { schedule: String::new(), reason: format!("duration {d} needs a schedule") }),
+                (None, Some(d)) => {
+                    return Err(DisruptionError::InvalidSchedule {
+                        schedule: String::new(),
+                        reason: format!("duration {d} needs a schedule"),
+                    })
+                }
             };
             Ok(Budget { nodes, window })
         })
@@ -116,14 +140,21 @@ fn ready(node: &core::Node) -> bool {
 fn pod_ready(pod: &core::Pod) -> bool {
     let status = pod.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Pods that occupy a node for as long as it lives and would have to move: not finished, not being deleted, not
 /// mirror pods (static pods go with their node and are not evicted).
 fn occupies(pod: &core::Pod) -> bool {
-    let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-    let mirror = pod.annotations().contains_key("kubernetes.io/config.mirror");
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let mirror = pod
+        .annotations()
+        .contains_key("kubernetes.io/config.mirror");
     !finished && !mirror && pod.metadata.deletion_timestamp.is_none()
 }
 
@@ -131,10 +162,27 @@ fn annotated_true(annotations: &BTreeMap<String, String>, key: &str) -> bool {
     annotations.get(key).is_some_and(|v| v == "true")
 }
 
+/// How many MachineSets own the group's Machines that are not being deleted.
+fn owning_sets(members: &[&Machine]) -> usize {
+    members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter_map(|m| {
+            m.owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.as_str())
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 /// Whether a Machine is on its way out (so not a candidate, and counted against its group's budget).
 pub fn leaving(machine: &Machine) -> bool {
     machine.metadata.deletion_timestamp.is_some()
-        || machine.annotations().contains_key(DELETE_MACHINE_ANNOTATION)
+        || machine
+            .annotations()
+            .contains_key(DELETE_MACHINE_ANNOTATION)
         || machine.annotations().contains_key(keys::REPLACED_BY)
 }
 
@@ -148,7 +196,9 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
         Some(s) => Some(Selector::from_api(s).map_err(|e| format!("spec.selector: {e}"))?),
         None => None,
     };
-    let current = pdb.status.as_ref().filter(|s| s.observed_generation.is_some() && s.observed_generation >= pdb.metadata.generation);
+    let current = pdb.status.as_ref().filter(|s| {
+        s.observed_generation.is_some() && s.observed_generation >= pdb.metadata.generation
+    });
     let disruptions_allowed = match current {
         Some(status) => status.disruptions_allowed.max(0) as u32,
         None => {
@@ -164,8 +214,15 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
                 match v {
                     IntOrString::Int(n) => Ok(*n as i64),
                     IntOrString::String(s) => {
-                        let p: i64 = s.strip_suffix('%').and_then(|p| p.parse().ok()).ok_or_else(|| format!("{s:?} is not a number or a percentage"))?;
-                        Ok(if round_up { (expected * p + 99) / 100 } else { expected * p / 100 })
+                        let p: i64 = s
+                            .strip_suffix('%')
+                            .and_then(|p| p.parse().ok())
+                            .ok_or_else(|| format!("{s:?} is not a number or a percentage"))?;
+                        Ok(if round_up {
+                            (expected * p + 99) / 100
+                        } else {
+                            expected * p / 100
+                        })
                     }
                 }
             };
@@ -181,7 +238,9 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
         name: pdb.name_any(),
         namespace,
         // A missing selector selects nothing: a selector on a key no pod can carry.
-        selector: selector.unwrap_or_else(|| Selector::from_labels(&[("\u{0}none".to_string(), String::new())].into())),
+        selector: selector.unwrap_or_else(|| {
+            Selector::from_labels(&[("\u{0}none".to_string(), String::new())].into())
+        }),
         disruptions_allowed,
     })
 }
@@ -204,7 +263,11 @@ pub fn build(
     now: DateTime<Utc>,
 ) -> Result<Built, DisruptionError> {
     let mut problems = vec![];
-    let policy = policy_from_api(&cluster.map(|c| c.spec.scale_down.clone()).unwrap_or_default())?;
+    let policy = policy_from_api(
+        &cluster
+            .map(|c| c.spec.scale_down.clone())
+            .unwrap_or_default(),
+    )?;
 
     // Pods per node.
     let mut pods_on: BTreeMap<&str, Vec<&core::Pod>> = BTreeMap::new();
@@ -215,14 +278,22 @@ pub fn build(
             }
         }
     }
-    let nodes_by_name: BTreeMap<String, &core::Node> = objects.nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
+    let nodes_by_name: BTreeMap<String, &core::Node> = objects
+        .nodes
+        .iter()
+        .map(|n| (n.name_any(), n.as_ref()))
+        .collect();
     let node_of = |m: &Machine| -> Option<&core::Node> {
         let status = m.status.as_ref()?;
         if let Some(r) = &status.node_ref {
             return nodes_by_name.get(&r.name).copied();
         }
         let provider = status.provider_id.as_ref()?;
-        objects.nodes.iter().find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(provider)).map(|n| n.as_ref())
+        objects
+            .nodes
+            .iter()
+            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_ref()) == Some(provider))
+            .map(|n| n.as_ref())
     };
     let group_of = |m: &Machine| m.labels().get(keys::MACHINE_DEPLOYMENT).cloned();
 
@@ -231,24 +302,46 @@ pub fn build(
     let mut node_groups = vec![];
     let mut namespaces = BTreeMap::new();
     for md in &objects.machine_deployments {
-        let Some(bounds) = &md.spec.autoscaling else { continue };
+        let Some(bounds) = &md.spec.autoscaling else {
+            continue;
+        };
         let name = md.name_any();
         let namespace = md.namespace().unwrap_or_default();
-        let members: Vec<&Machine> =
-            objects.machines.iter().map(|m| m.as_ref()).filter(|m| group_of(m).as_deref() == Some(name.as_str()) && m.namespace() == md.namespace()).collect();
-        let budgets = match budgets_from_api(md.spec.disruption.as_ref().map(|d| d.budgets.as_slice()).unwrap_or(&[])) {
+        let members: Vec<&Machine> = objects
+            .machines
+            .iter()
+            .map(|m| m.as_ref())
+            .filter(|m| {
+                group_of(m).as_deref() == Some(name.as_str()) && m.namespace() == md.namespace()
+            })
+            .collect();
+        let budgets = match budgets_from_api(
+            md.spec
+                .disruption
+                .as_ref()
+                .map(|d| d.budgets.as_slice())
+                .unwrap_or(&[]),
+        ) {
             Ok(b) => b,
             Err(e) => {
-                problems.push(Problem { object: format!("MachineDeployment {namespace}/{name}"), message: e.to_string() });
+                problems.push(Problem {
+                    object: format!("MachineDeployment {namespace}/{name}"),
+                    message: e.to_string(),
+                });
                 vec![Budget::always(NodeLimit::Count(0))]
             }
         };
-        let last_scale_up = md.annotations().get(keys::LAST_SCALE_UP).map(|t| match DateTime::parse_from_rfc3339(t) {
-            Ok(t) => t.with_timezone(&Utc),
-            Err(e) => {
-                problems.push(Problem { object: format!("MachineDeployment {namespace}/{name}"), message: format!("annotation {}: {e}", keys::LAST_SCALE_UP) });
-                // Unreadable: act as if it had just scaled up.
-                now
+        let last_scale_up = md.annotations().get(keys::LAST_SCALE_UP).map(|t| {
+            match DateTime::parse_from_rfc3339(t) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(e) => {
+                    problems.push(Problem {
+                        object: format!("MachineDeployment {namespace}/{name}"),
+                        message: format!("annotation {}: {e}", keys::LAST_SCALE_UP),
+                    });
+                    // Unreadable: act as if it had just scaled up.
+                    now
+                }
             }
         });
         let replicas = md.spec.replicas.unwrap_or(1);
@@ -256,24 +349,44 @@ pub fn build(
             name: name.clone(),
             min_replicas: bounds.min_replicas,
             replicas,
-            nodes: members.iter().filter(|m| m.metadata.deletion_timestamp.is_none()).count() as u32,
+            nodes: members
+                .iter()
+                .filter(|m| m.metadata.deletion_timestamp.is_none())
+                .count() as u32,
             budgets,
             disrupting: members.iter().filter(|m| leaving(m)).count() as u32,
             last_scale_up,
+            rolling_out: owning_sets(&members) > 1,
         });
         namespaces.insert(name.clone(), namespace.clone());
         let class_name = &md.spec.template.spec.class_ref.name;
-        let Some(class) = objects.machine_classes.iter().find(|c| &c.name_any() == class_name) else { continue };
+        let Some(class) = objects
+            .machine_classes
+            .iter()
+            .find(|c| &c.name_any() == class_name)
+        else {
+            continue;
+        };
         let allowed = match crate::state::class::allowed_instance_types(&class.spec, catalog, &[]) {
             Ok(a) => a,
             Err(message) => {
-                problems.push(Problem { object: format!("MachineClass {class_name}"), message });
+                problems.push(Problem {
+                    object: format!("MachineClass {class_name}"),
+                    message,
+                });
                 continue;
             }
         };
         let mut group = NodeGroup::new(&name, allowed.iter().map(|t| t.name.clone()).collect());
-        let mut capacity: Vec<String> = crate::state::class::capacity_types(&class.spec).iter().map(|c| c.as_str().to_string()).collect();
-        if class.spec.spot_fallback_to_on_demand && !capacity.iter().any(|c| c == CapacityType::OnDemand.as_str()) {
+        let mut capacity: Vec<String> = crate::state::class::capacity_types(&class.spec)
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        if class.spec.spot_fallback_to_on_demand
+            && !capacity
+                .iter()
+                .any(|c| c == CapacityType::OnDemand.as_str())
+        {
             capacity.push(CapacityType::OnDemand.as_str().into());
         }
         if let Ok(r) = Requirement::new(labels::CAPACITY_TYPE, Operator::In, &capacity) {
@@ -282,8 +395,22 @@ pub fn build(
             group.requirements = requirements;
         }
         group.labels = md.spec.template.spec.node_labels.clone();
-        group.taints = md.spec.template.spec.taints.iter().filter_map(taint_of).collect();
-        group.startup_taints = md.spec.template.spec.startup_taints.iter().filter_map(taint_of).collect();
+        group.taints = md
+            .spec
+            .template
+            .spec
+            .taints
+            .iter()
+            .filter_map(taint_of)
+            .collect();
+        group.startup_taints = md
+            .spec
+            .template
+            .spec
+            .startup_taints
+            .iter()
+            .filter_map(taint_of)
+            .collect();
         group.min_replicas = bounds.min_replicas;
         group.max_replicas = bounds.max_replicas;
         group.current_replicas = replicas;
@@ -310,32 +437,43 @@ pub fn build(
     let autoscaled: BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
 
     // Converts a node and its pods; None (with a problem) when something cannot be read.
-    let existing = |n: &core::Node, problems: &mut Vec<Problem>| -> Option<(ExistingNode, BTreeSet<String>)> {
-        let node = match Node::from_k8s(n) {
-            Ok(node) => node,
-            Err(e) => {
-                problems.push(Problem { object: format!("Node {}", n.name_any()), message: e.to_string() });
-                return None;
-            }
-        };
-        let mut pods = vec![];
-        let mut protected = BTreeSet::new();
-        for p in pods_on.get(node.name.as_str()).into_iter().flatten() {
-            match Pod::from_k8s(p) {
-                Ok(pod) => {
-                    if annotated_true(p.annotations(), DO_NOT_DISRUPT_ANNOTATION) {
-                        protected.insert(pod.key());
-                    }
-                    pods.push(pod);
-                }
+    let existing =
+        |n: &core::Node, problems: &mut Vec<Problem>| -> Option<(ExistingNode, BTreeSet<String>)> {
+            let node = match Node::from_k8s(n) {
+                Ok(node) => node,
                 Err(e) => {
-                    problems.push(Problem { object: format!("Pod {}/{}", p.namespace().unwrap_or_default(), p.name_any()), message: e.to_string() });
+                    problems.push(Problem {
+                        object: format!("Node {}", n.name_any()),
+                        message: e.to_string(),
+                    });
                     return None;
                 }
+            };
+            let mut pods = vec![];
+            let mut protected = BTreeSet::new();
+            for p in pods_on.get(node.name.as_str()).into_iter().flatten() {
+                match Pod::from_k8s(p) {
+                    Ok(pod) => {
+                        if annotated_true(p.annotations(), DO_NOT_DISRUPT_ANNOTATION) {
+                            protected.insert(pod.key());
+                        }
+                        pods.push(pod);
+                    }
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: format!(
+                                "Pod {}/{}",
+                                p.namespace().unwrap_or_default(),
+                                p.name_any()
+                            ),
+                            message: e.to_string(),
+                        });
+                        return None;
+                    }
+                }
             }
-        }
-        Some((ExistingNode { node, pods }, protected))
-    };
+            Some((ExistingNode::new(node, pods), protected))
+        };
 
     let mut candidates = vec![];
     let mut claimed: BTreeSet<String> = BTreeSet::new();
@@ -346,32 +484,65 @@ pub fn build(
             leaving_nodes.insert(n.name_any());
             continue;
         }
-        let Some(group) = group_of(m).filter(|g| autoscaled.contains(g.as_str())) else { continue };
+        let Some(group) = group_of(m).filter(|g| autoscaled.contains(g.as_str())) else {
+            continue;
+        };
         let status = m.status.clone().unwrap_or_default();
         if status.phase != MachinePhase::Running || !ready(n) {
             continue;
         }
         claimed.insert(n.name_any());
-        let Some((node, protected)) = existing(n, &mut problems) else { continue };
-        let instance_type = status.instance_type.clone().or_else(|| n.labels().get(labels::INSTANCE_TYPE).cloned()).unwrap_or_default();
-        let zone = status.zone.clone().or_else(|| n.labels().get(labels::ZONE).cloned()).unwrap_or_default();
+        let Some((node, protected)) = existing(n, &mut problems) else {
+            continue;
+        };
+        let instance_type = status
+            .instance_type
+            .clone()
+            .or_else(|| n.labels().get(labels::INSTANCE_TYPE).cloned())
+            .unwrap_or_default();
+        let zone = status
+            .zone
+            .clone()
+            .or_else(|| n.labels().get(labels::ZONE).cloned())
+            .unwrap_or_default();
         let capacity_type = status
             .capacity_type
             .as_ref()
             .map(capacity_type_of)
-            .or_else(|| n.labels().get(labels::CAPACITY_TYPE).and_then(|c| CapacityType::parse(c)))
+            .or_else(|| {
+                n.labels()
+                    .get(labels::CAPACITY_TYPE)
+                    .and_then(|c| CapacityType::parse(c))
+            })
             .unwrap_or(CapacityType::OnDemand);
         let catalog_price = || {
             catalog
                 .get(&instance_type)
-                .and_then(|t| t.offerings.iter().find(|o| o.zone == zone && o.capacity_type == capacity_type))
+                .and_then(|t| {
+                    t.offerings
+                        .iter()
+                        .find(|o| o.zone == zone && o.capacity_type == capacity_type)
+                })
                 .map(|o| o.price)
         };
-        let Some(price) = status.price.as_deref().and_then(|p| p.parse::<f64>().ok()).or_else(catalog_price) else {
-            problems.push(Problem { object: format!("Machine {}", m.name_any()), message: format!("no price known for {instance_type} in {zone} ({capacity_type})") });
+        let Some(price) = status
+            .price
+            .as_deref()
+            .and_then(|p| p.parse::<f64>().ok())
+            .or_else(catalog_price)
+        else {
+            problems.push(Problem {
+                object: format!("Machine {}", m.name_any()),
+                message: format!("no price known for {instance_type} in {zone} ({capacity_type})"),
+            });
             continue;
         };
-        let created_at = n.metadata.creation_timestamp.clone().map(|t| from_k8s(t.0)).unwrap_or(now);
+        let created_at = n
+            .metadata
+            .creation_timestamp
+            .clone()
+            .map(|t| from_k8s(t.0))
+            .unwrap_or(now);
         candidates.push(Candidate {
             node,
             group,
@@ -388,7 +559,11 @@ pub fn build(
     let mut others = vec![];
     for n in &objects.nodes {
         let name = n.name_any();
-        if claimed.contains(&name) || leaving_nodes.contains(&name) || !ready(n) || n.metadata.deletion_timestamp.is_some() {
+        if claimed.contains(&name)
+            || leaving_nodes.contains(&name)
+            || !ready(n)
+            || n.metadata.deletion_timestamp.is_some()
+        {
             continue;
         }
         if let Some((node, _)) = existing(n, &mut problems) {
@@ -402,13 +577,29 @@ pub fn build(
         match pdb_view(pdb, &objects.pods) {
             Ok(v) => pdbs.push(v),
             Err(message) => {
-                problems.push(Problem { object: format!("PodDisruptionBudget {}/{}", pdb.namespace().unwrap_or_default(), pdb.name_any()), message });
+                problems.push(Problem {
+                    object: format!(
+                        "PodDisruptionBudget {}/{}",
+                        pdb.namespace().unwrap_or_default(),
+                        pdb.name_any()
+                    ),
+                    message,
+                });
                 // Unreadable: assume it protects every pod of its namespace and allows nothing.
-                pdbs.push(PdbView { name: pdb.name_any(), namespace: pdb.namespace().unwrap_or_default(), selector: Selector::default(), disruptions_allowed: 0 });
+                pdbs.push(PdbView {
+                    name: pdb.name_any(),
+                    namespace: pdb.namespace().unwrap_or_default(),
+                    selector: Selector::default(),
+                    disruptions_allowed: 0,
+                });
             }
         }
     }
-    let since = underutilized_since.iter().filter(|(n, _)| candidates.iter().any(|c| c.name() == n.as_str())).map(|(n, t)| (n.clone(), *t)).collect();
+    let since = underutilized_since
+        .iter()
+        .filter(|(n, _)| candidates.iter().any(|c| c.name() == n.as_str()))
+        .map(|(n, t)| (n.clone(), *t))
+        .collect();
     Ok(Built {
         input: DisruptionInput {
             candidates,
@@ -434,8 +625,14 @@ mod tests {
     fn policy_and_budgets_parse_or_say_why() {
         let p = policy_from_api(&ScaleDownPolicy::default()).unwrap();
         assert_eq!(p, Policy::default());
-        let bad = ScaleDownPolicy { unneeded_time: "ten minutes".into(), ..Default::default() };
-        assert_eq!(policy_from_api(&bad).unwrap_err().category(), "invalid_policy");
+        let bad = ScaleDownPolicy {
+            unneeded_time: "ten minutes".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            policy_from_api(&bad).unwrap_err().category(),
+            "invalid_policy"
+        );
         let budgets: Vec<DisruptionBudget> = serde_json::from_value(json!([
             {"nodes": 2}, {"nodes": "20%"}, {"nodes": 0, "schedule": "0 9 * * mon-fri", "duration": "8h"}
         ]))
@@ -443,9 +640,18 @@ mod tests {
         let parsed = budgets_from_api(&budgets).unwrap();
         assert_eq!(parsed[0].nodes, NodeLimit::Count(2));
         assert_eq!(parsed[1].nodes, NodeLimit::Percent(20));
-        assert_eq!(parsed[2].window.as_ref().unwrap().duration, chrono::Duration::hours(8));
-        let broken: Vec<DisruptionBudget> = serde_json::from_value(json!([{"nodes": 1, "schedule": "0 25 * * *", "duration": "1h"}])).unwrap();
-        assert_eq!(budgets_from_api(&broken).unwrap_err().category(), "invalid_schedule");
+        assert_eq!(
+            parsed[2].window.as_ref().unwrap().duration,
+            chrono::Duration::hours(8)
+        );
+        let broken: Vec<DisruptionBudget> = serde_json::from_value(
+            json!([{"nodes": 1, "schedule": "0 25 * * *", "duration": "1h"}]),
+        )
+        .unwrap();
+        assert_eq!(
+            budgets_from_api(&broken).unwrap_err().category(),
+            "invalid_schedule"
+        );
     }
 
     #[test]
@@ -458,8 +664,14 @@ mod tests {
             }))
             .unwrap()
         };
-        let pods = vec![Arc::new(pod("a", true)), Arc::new(pod("b", true)), Arc::new(pod("c", false))];
-        let pdb = |spec: serde_json::Value, status: Option<serde_json::Value>| -> PodDisruptionBudget {
+        let pods = vec![
+            Arc::new(pod("a", true)),
+            Arc::new(pod("b", true)),
+            Arc::new(pod("c", false)),
+        ];
+        let pdb = |spec: serde_json::Value,
+                   status: Option<serde_json::Value>|
+         -> PodDisruptionBudget {
             let mut v = json!({"metadata": {"name": "web", "namespace": "default", "generation": 1}, "spec": spec});
             if let Some(s) = status {
                 v["status"] = s;
@@ -468,12 +680,47 @@ mod tests {
         };
         let sel = json!({"matchLabels": {"app": "web"}});
         // minAvailable 1 of 2 healthy: 1 allowed; maxUnavailable 1 with one already unhealthy: 0.
-        assert_eq!(pdb_view(&pdb(json!({"selector": sel, "minAvailable": 1}), None), &pods).unwrap().disruptions_allowed, 1);
-        assert_eq!(pdb_view(&pdb(json!({"selector": sel, "maxUnavailable": 1}), None), &pods).unwrap().disruptions_allowed, 0);
-        assert_eq!(pdb_view(&pdb(json!({"selector": sel, "maxUnavailable": "50%"}), None), &pods).unwrap().disruptions_allowed, 1);
+        assert_eq!(
+            pdb_view(
+                &pdb(json!({"selector": sel, "minAvailable": 1}), None),
+                &pods
+            )
+            .unwrap()
+            .disruptions_allowed,
+            1
+        );
+        assert_eq!(
+            pdb_view(
+                &pdb(json!({"selector": sel, "maxUnavailable": 1}), None),
+                &pods
+            )
+            .unwrap()
+            .disruptions_allowed,
+            0
+        );
+        assert_eq!(
+            pdb_view(
+                &pdb(json!({"selector": sel, "maxUnavailable": "50%"}), None),
+                &pods
+            )
+            .unwrap()
+            .disruptions_allowed,
+            1
+        );
         let status = json!({"observedGeneration": 1, "disruptionsAllowed": 3, "currentHealthy": 2, "desiredHealthy": 1, "expectedPods": 3});
-        assert_eq!(pdb_view(&pdb(json!({"selector": sel, "minAvailable": 1}), Some(status)), &pods).unwrap().disruptions_allowed, 3);
+        assert_eq!(
+            pdb_view(
+                &pdb(json!({"selector": sel, "minAvailable": 1}), Some(status)),
+                &pods
+            )
+            .unwrap()
+            .disruptions_allowed,
+            3
+        );
         let none = pdb_view(&pdb(json!({"minAvailable": 1}), None), &pods).unwrap();
-        assert!(!none.covers(&Pod::from_k8s(&pods[0]).unwrap()), "no selector selects nothing");
+        assert!(
+            !none.covers(&Pod::from_k8s(&pods[0]).unwrap()),
+            "no selector selects nothing"
+        );
     }
 }

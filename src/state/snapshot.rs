@@ -30,10 +30,13 @@ use crate::model::quantity::{parse_cpu_millis, parse_units};
 use crate::model::requirements::{Operator, Requirement, Requirements};
 use crate::model::resources::Resources;
 use crate::model::taints::{Taint, TaintEffect, Toleration, TolerationOperator};
-use crate::scheduling::{ClusterLimits, ExistingNode, Expander, InFlightMachine, NodeGroup, Snapshot};
+use crate::scheduling::{
+    ClusterLimits, ExistingNode, Expander, InFlightMachine, NodeGroup, Snapshot,
+};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// How long a nominated pod is held on its new node after the node turns Ready, before it may ask for more.
 pub const NOMINATION_GRACE: chrono::Duration = chrono::Duration::seconds(15);
@@ -44,19 +47,39 @@ pub const HEADROOM_NAMESPACE: &str = "berth-headroom";
 /// Whether kube-scheduler gave up on this pod (PodScheduled=False, reason Unschedulable) and berth may help:
 /// not bound, not being deleted, not a DaemonSet's (a new node brings its own daemon pods).
 pub fn is_unschedulable(pod: &core::Pod) -> bool {
-    let spec_ok = pod.spec.as_ref().is_some_and(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
-    let daemon = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    let spec_ok = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
+    let daemon = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
     let status = pod.status.as_ref();
-    let pending = status.and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+    let pending = status
+        .and_then(|s| s.phase.as_deref())
+        .is_none_or(|p| p == "Pending");
     let marked = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")));
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        });
     spec_ok && !daemon && pending && marked && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// When the pod became unschedulable (the condition's transition time, else its creation).
 pub fn unschedulable_since(pod: &core::Pod) -> Option<DateTime<Utc>> {
-    let condition = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+    let condition = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
     condition
         .and_then(|c| c.last_transition_time.as_ref())
         .or(pod.metadata.creation_timestamp.as_ref())
@@ -73,7 +96,10 @@ pub struct ObserveSettings {
 
 impl Default for ObserveSettings {
     fn default() -> Self {
-        ObserveSettings { cluster_name: None, registration_timeout: crate::scheduling::DEFAULT_REGISTRATION_TIMEOUT }
+        ObserveSettings {
+            cluster_name: None,
+            registration_timeout: crate::scheduling::DEFAULT_REGISTRATION_TIMEOUT,
+        }
     }
 }
 
@@ -133,7 +159,10 @@ pub struct PodReadings {
 
 impl PodReadings {
     fn read(&mut self, k8s: &core::Pod) -> Result<Pod, String> {
-        let (Some(uid), Some(rv)) = (k8s.metadata.uid.as_deref(), k8s.metadata.resource_version.as_deref()) else {
+        let (Some(uid), Some(rv)) = (
+            k8s.metadata.uid.as_deref(),
+            k8s.metadata.resource_version.as_deref(),
+        ) else {
             return Pod::from_k8s(k8s).map_err(|e| e.to_string());
         };
         self.seen.insert(uid.to_string());
@@ -141,7 +170,8 @@ impl PodReadings {
             Some((at, reading)) if at == rv => reading.clone(),
             _ => {
                 let reading = Pod::from_k8s(k8s).map_err(|e| e.to_string());
-                self.by_uid.insert(uid.to_string(), (rv.to_string(), reading.clone()));
+                self.by_uid
+                    .insert(uid.to_string(), (rv.to_string(), reading.clone()));
                 reading
             }
         }
@@ -163,7 +193,14 @@ pub fn observe(
     nominations: &HashMap<String, String>,
     now: DateTime<Utc>,
 ) -> Observation {
-    observe_with(objects, catalog, settings, nominations, now, &mut PodReadings::default())
+    observe_with(
+        objects,
+        catalog,
+        settings,
+        nominations,
+        now,
+        &mut PodReadings::default(),
+    )
 }
 
 /// [`observe`], reusing the pod readings of earlier observations.
@@ -180,22 +217,39 @@ pub fn observe_with(
     let mut invalid_groups = Vec::new();
 
     // Node groups: MachineDeployments with autoscaling bounds and a class that allows something.
-    let classes: HashMap<&str, &crate::api::MachineClass> =
-        objects.machine_classes.iter().map(|c| (c.metadata.name.as_deref().unwrap_or_default(), c.as_ref())).collect();
+    let classes: HashMap<&str, &crate::api::MachineClass> = objects
+        .machine_classes
+        .iter()
+        .map(|c| (c.metadata.name.as_deref().unwrap_or_default(), c.as_ref()))
+        .collect();
     let daemon_pods = daemon_pods(objects);
-    let taken_shapes: BTreeSet<&str> = objects.machines.iter().filter_map(|m| annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID)).collect();
+    let taken_shapes: BTreeSet<&str> = objects
+        .machines
+        .iter()
+        .filter_map(|m| annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID))
+        .collect();
     let mut groups = Vec::new();
     let mut targets = BTreeMap::new();
     let mut seen_names = BTreeSet::new();
-    let mut sorted_deployments: Vec<&MachineDeployment> = objects.machine_deployments.iter().map(|d| d.as_ref()).collect();
+    let mut sorted_deployments: Vec<&MachineDeployment> = objects
+        .machine_deployments
+        .iter()
+        .map(|d| d.as_ref())
+        .collect();
     sorted_deployments.sort_by_key(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()));
     for md in sorted_deployments {
-        let Some(autoscaling) = &md.spec.autoscaling else { continue };
+        let Some(autoscaling) = &md.spec.autoscaling else {
+            continue;
+        };
         if md.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let name = md.metadata.name.clone().unwrap_or_default();
-        let namespace = md.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = md
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let mut reject = |why: String| invalid_groups.push((namespace.clone(), name.clone(), why));
         if !seen_names.insert(name.clone()) {
             reject(format!("another autoscaled MachineDeployment is also named {name}; its nodes could not be told apart"));
@@ -216,20 +270,47 @@ pub fn observe_with(
         let mut group = NodeGroup::new(&name, allowed.iter().map(|t| t.name.clone()).collect());
         group.requirements = capacity_requirement(&class.spec);
         group.labels = md.spec.template.spec.node_labels.clone();
-        group.labels.insert(labels::MACHINE_DEPLOYMENT.into(), name.clone());
-        group.taints = md.spec.template.spec.taints.iter().filter_map(taint_of).collect();
-        group.startup_taints = md.spec.template.spec.startup_taints.iter().filter_map(taint_of).collect();
+        group
+            .labels
+            .insert(labels::MACHINE_DEPLOYMENT.into(), name.clone());
+        group.taints = md
+            .spec
+            .template
+            .spec
+            .taints
+            .iter()
+            .filter_map(taint_of)
+            .collect();
+        group.startup_taints = md
+            .spec
+            .template
+            .spec
+            .startup_taints
+            .iter()
+            .filter_map(taint_of)
+            .collect();
         group.min_replicas = autoscaling.min_replicas;
         group.max_replicas = autoscaling.max_replicas;
         let replicas = md.spec.replicas.unwrap_or(0);
         group.current_replicas = replicas;
         group.priority = autoscaling.priority;
         group.daemon_pods = daemon_pods.clone();
-        let queue = read_shape_queue(md.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new())).unwrap_or_default();
-        let open_shapes = queue.into_iter().filter(|e| !taken_shapes.contains(e.id.as_str())).collect();
+        let queue = read_shape_queue(md.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()))
+            .unwrap_or_default();
+        let open_shapes = queue
+            .into_iter()
+            .filter(|e| !taken_shapes.contains(e.id.as_str()))
+            .collect();
         targets.insert(
             name.clone(),
-            GroupTarget { namespace, name, resource_version: md.metadata.resource_version.clone(), replicas, max_replicas: autoscaling.max_replicas, open_shapes },
+            GroupTarget {
+                namespace,
+                name,
+                resource_version: md.metadata.resource_version.clone(),
+                replicas,
+                max_replicas: autoscaling.max_replicas,
+                open_shapes,
+            },
         );
         groups.push(group);
     }
@@ -239,8 +320,16 @@ pub fn observe_with(
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
     for k8s_pod in &objects.pods {
-        let node_name = k8s_pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
-        let phase = k8s_pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let node_name = k8s_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
+        let phase = k8s_pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         let done = phase == "Succeeded" || phase == "Failed";
         if !node_name.is_empty() {
             if !done {
@@ -271,7 +360,10 @@ pub fn observe_with(
     readings.sweep();
 
     // Registered nodes, with the group's startup taints set apart.
-    let startup: HashMap<&str, &[Taint]> = groups.iter().map(|g| (g.name.as_str(), g.startup_taints.as_slice())).collect();
+    let startup: HashMap<&str, &[Taint]> = groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.startup_taints.as_slice()))
+        .collect();
     let mut nodes = Vec::new();
     let mut registered_providers = BTreeSet::new();
     // Nodes new enough that pods nominated to their machine still ride on them, by providerID.
@@ -280,26 +372,35 @@ pub fn observe_with(
         if k8s_node.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Ok(mut node) = Node::from_k8s(k8s_node) else { continue };
+        let Ok(mut node) = Node::from_k8s(k8s_node) else {
+            continue;
+        };
         if let Some(p) = &node.provider_id {
             registered_providers.insert(p.clone());
             if ready_since(k8s_node).is_none_or(|t| now - t < NOMINATION_GRACE) {
                 fresh_nodes.insert(p.clone(), nodes.len());
             }
         }
-        if let Some(t) = node.labels.get(labels::MACHINE_DEPLOYMENT).and_then(|g| startup.get(g.as_str())) {
+        if let Some(t) = node
+            .labels
+            .get(labels::MACHINE_DEPLOYMENT)
+            .and_then(|g| startup.get(g.as_str()))
+        {
             node.mark_startup_taints(t);
         }
         let pods = bound.remove(node.name.as_str()).unwrap_or_default();
-        nodes.push(ExistingNode { node, pods });
+        nodes.push(ExistingNode::new(node, pods));
     }
 
     // In-flight machines, then replicas whose Machines do not exist yet.
-    let timeout = chrono::Duration::from_std(settings.registration_timeout).unwrap_or(chrono::Duration::MAX);
+    let timeout =
+        chrono::Duration::from_std(settings.registration_timeout).unwrap_or(chrono::Duration::MAX);
     let mut in_flight = Vec::new();
     let mut live_machines: HashMap<&str, u32> = HashMap::new();
     for m in &objects.machines {
-        let Some(group) = annotation(m.metadata.labels.as_ref(), keys::MACHINE_DEPLOYMENT) else { continue };
+        let Some(group) = annotation(m.metadata.labels.as_ref(), keys::MACHINE_DEPLOYMENT) else {
+            continue;
+        };
         if m.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -312,17 +413,27 @@ pub fn observe_with(
         }
     }
     for (name, target) in &targets {
-        let missing = target.replicas.saturating_sub(live_machines.get(name.as_str()).copied().unwrap_or(0));
+        let missing = target
+            .replicas
+            .saturating_sub(live_machines.get(name.as_str()).copied().unwrap_or(0));
         let since = objects
             .machine_deployments
             .iter()
-            .find(|d| d.metadata.name.as_deref() == Some(name) && d.metadata.namespace.as_deref() == Some(&target.namespace))
+            .find(|d| {
+                d.metadata.name.as_deref() == Some(name)
+                    && d.metadata.namespace.as_deref() == Some(&target.namespace)
+            })
             .and_then(|d| annotation(d.metadata.annotations.as_ref(), keys::LAST_SCALE_UP))
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(now);
         for entry in target.open_shapes.iter().take(missing as usize) {
-            let (Some(instance_type), Some(zone)) = (entry.shape.instance_types.first(), entry.shape.zones.first()) else { continue };
+            let (Some(instance_type), Some(zone)) = (
+                entry.shape.instance_types.first(),
+                entry.shape.zones.first(),
+            ) else {
+                continue;
+            };
             if now - since > timeout {
                 continue;
             }
@@ -332,7 +443,12 @@ pub fn observe_with(
                 group: name.clone(),
                 instance_type: instance_type.clone(),
                 zone: zone.clone(),
-                capacity_type: entry.shape.capacity_types.first().map(capacity_of).unwrap_or(CapacityType::OnDemand),
+                capacity_type: entry
+                    .shape
+                    .capacity_types
+                    .first()
+                    .map(capacity_of)
+                    .unwrap_or(CapacityType::OnDemand),
                 launched_at: since,
             });
         }
@@ -345,9 +461,18 @@ pub fn observe_with(
             InFlight(usize),
             Node(usize),
         }
-        let mut ride: HashMap<&str, Ride> = in_flight.iter().enumerate().map(|(i, m)| (m.name.as_str(), Ride::InFlight(i))).collect();
+        let mut ride: HashMap<&str, Ride> = in_flight
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), Ride::InFlight(i)))
+            .collect();
         for m in &objects.machines {
-            let (Some(shape), Some(provider)) = (annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID), m.status.as_ref().and_then(|s| s.provider_id.as_ref())) else { continue };
+            let (Some(shape), Some(provider)) = (
+                annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID),
+                m.status.as_ref().and_then(|s| s.provider_id.as_ref()),
+            ) else {
+                continue;
+            };
             if let Some(&n) = fresh_nodes.get(provider) {
                 ride.insert(shape, Ride::Node(n));
             }
@@ -359,7 +484,7 @@ pub fn observe_with(
             let key = pod.key();
             match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
                 Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
-                Some(Ride::Node(n)) => nodes[*n].pods.push(pod),
+                Some(Ride::Node(n)) => Arc::make_mut(&mut nodes[*n].pods).push(pod),
                 None => {
                     still_pending.push(pod);
                     continue;
@@ -381,7 +506,7 @@ pub fn observe_with(
         m.pods.sort_by(by_key);
     }
     for n in &mut nodes {
-        n.pods.sort_by(by_key);
+        Arc::make_mut(&mut n.pods).sort_by(by_key);
     }
 
     let (limits, expander) = match &cluster {
@@ -399,18 +524,44 @@ pub fn observe_with(
         ..Snapshot::default()
     };
     add_headroom(&mut snapshot, objects, cluster.as_ref());
-    Observation { snapshot, groups: targets, skipped, invalid_groups, pending_since, riding, cluster, auto_scaling_groups: BTreeMap::new() }
+    Observation {
+        snapshot,
+        groups: targets,
+        skipped,
+        invalid_groups,
+        pending_since,
+        riding,
+        cluster,
+        auto_scaling_groups: BTreeMap::new(),
+    }
 }
 
 /// Adds the cloud's discovered Auto Scaling groups as node groups: their instance types and zones, their bounds,
 /// their nodes' labels and taints from Cluster Autoscaler's node-template tags, and their instances that have no
 /// node yet (plus desired capacity not yet started) as in-flight capacity.
-pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::cloud::NodeGroup], catalog: &Catalog, now: DateTime<Utc>) {
-    let registered: BTreeSet<&str> = observation.snapshot.nodes.iter().filter_map(|n| n.node.provider_id.as_deref()).collect();
+pub fn add_auto_scaling_groups(
+    observation: &mut Observation,
+    groups: &[crate::cloud::NodeGroup],
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) {
+    let registered: BTreeSet<&str> = observation
+        .snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| n.node.provider_id.as_deref())
+        .collect();
     let mut in_flight = Vec::new();
     for asg in groups {
-        let types: Vec<String> = asg.instance_types.iter().filter(|t| catalog.get(t).is_some()).cloned().collect();
-        let Some(first_type) = types.first().cloned() else { continue };
+        let types: Vec<String> = asg
+            .instance_types
+            .iter()
+            .filter(|t| catalog.get(t).is_some())
+            .cloned()
+            .collect();
+        let Some(first_type) = types.first().cloned() else {
+            continue;
+        };
         let name = format!("{ASG_GROUP_PREFIX}{}", asg.name);
         let mut group = NodeGroup::new(&name, types);
         if !asg.zones.is_empty() {
@@ -424,7 +575,8 @@ pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::c
             } else if let Some(taint_key) = key.strip_prefix(ASG_TAINT_TAG) {
                 // "value:Effect", as Cluster Autoscaler reads it.
                 let (v, effect) = value.rsplit_once(':').unwrap_or(("", value));
-                if let Ok(t) = TaintEffect::parse(effect).and_then(|e| Taint::new(taint_key, v, e)) {
+                if let Ok(t) = TaintEffect::parse(effect).and_then(|e| Taint::new(taint_key, v, e))
+                {
                     group.taints.push(t);
                 }
             }
@@ -432,14 +584,26 @@ pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::c
         group.min_replicas = asg.min_size;
         group.max_replicas = asg.max_size;
         group.current_replicas = asg.desired_capacity;
-        group.daemon_pods = observation.snapshot.groups.first().map(|g| g.daemon_pods.clone()).unwrap_or_default();
-        let live: Vec<_> = asg.instances.iter().filter(|i| !i.lifecycle_state.starts_with("Terminat")).collect();
+        group.daemon_pods = observation
+            .snapshot
+            .groups
+            .first()
+            .map(|g| g.daemon_pods.clone())
+            .unwrap_or_default();
+        let live: Vec<_> = asg
+            .instances
+            .iter()
+            .filter(|i| !i.lifecycle_state.starts_with("Terminat"))
+            .collect();
         for i in &live {
             let provider = crate::cloud::provider_id(&i.zone, &i.instance_id);
             if registered.contains(provider.as_str()) {
                 continue;
             }
-            let instance_type = i.instance_type.clone().unwrap_or_else(|| first_type.clone());
+            let instance_type = i
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| first_type.clone());
             in_flight.push(InFlightMachine {
                 name: i.instance_id.clone(),
                 pods: vec![],
@@ -463,7 +627,9 @@ pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::c
                 launched_at: now,
             });
         }
-        observation.auto_scaling_groups.insert(name, (asg.name.clone(), asg.desired_capacity));
+        observation
+            .auto_scaling_groups
+            .insert(name, (asg.name.clone(), asg.desired_capacity));
         observation.snapshot.groups.push(group);
     }
     observation.snapshot.in_flight.extend(in_flight);
@@ -471,8 +637,20 @@ pub fn add_auto_scaling_groups(observation: &mut Observation, groups: &[crate::c
 
 /// When the node last turned Ready (None: not Ready).
 fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
-    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(ready.last_transition_time.as_ref().map(|t| from_k8s(t.0)).unwrap_or(DateTime::<Utc>::MIN_UTC))
+    let ready = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map(|t| from_k8s(t.0))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 fn annotation<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
@@ -488,7 +666,10 @@ fn capacity_of(c: &CapacityTypeSpec) -> CapacityType {
 
 /// The class's capacity types as a requirement on offerings (spot with fallback admits on-demand too).
 fn capacity_requirement(spec: &crate::api::machine_class::MachineClassSpec) -> Requirements {
-    let mut allowed: BTreeSet<String> = crate::state::class::capacity_types(spec).iter().map(|c| c.as_str().to_string()).collect();
+    let mut allowed: BTreeSet<String> = crate::state::class::capacity_types(spec)
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
     if spec.spot_fallback_to_on_demand {
         allowed.insert(CapacityType::OnDemand.as_str().to_string());
     }
@@ -515,20 +696,30 @@ pub fn taint_of(t: &TaintSpec) -> Option<Taint> {
 fn daemon_pods(objects: &ClusterObjects) -> Vec<Pod> {
     let mut out = Vec::new();
     for ds in &objects.daemon_sets {
-        let Some(spec) = ds.spec.as_ref() else { continue };
+        let Some(spec) = ds.spec.as_ref() else {
+            continue;
+        };
         let name = ds.metadata.name.clone().unwrap_or_default();
         let pod = core::Pod {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(format!("{name}-daemon")),
                 namespace: ds.metadata.namespace.clone(),
-                labels: spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                labels: spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone()),
                 ..Default::default()
             },
             spec: spec.template.spec.clone(),
             status: None,
         };
         if let Ok(mut p) = Pod::from_k8s(&pod) {
-            p.owner = Some(OwnerRef { kind: "DaemonSet".into(), name, uid: ds.metadata.uid.clone().unwrap_or_default() });
+            p.owner = Some(OwnerRef {
+                kind: "DaemonSet".into(),
+                name,
+                uid: ds.metadata.uid.clone().unwrap_or_default(),
+            });
             out.push(p);
         }
     }
@@ -536,24 +727,64 @@ fn daemon_pods(objects: &ClusterObjects) -> Vec<Pod> {
     out
 }
 
-fn in_flight_machine(m: &Machine, group: &str, registered: &BTreeSet<String>, now: DateTime<Utc>, timeout: chrono::Duration) -> Option<InFlightMachine> {
+fn in_flight_machine(
+    m: &Machine,
+    group: &str,
+    registered: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    timeout: chrono::Duration,
+) -> Option<InFlightMachine> {
     let status = m.status.clone().unwrap_or_default();
-    if matches!(status.phase, MachinePhase::Running | MachinePhase::Deleting | MachinePhase::Failed) {
+    if matches!(
+        status.phase,
+        MachinePhase::Running | MachinePhase::Deleting | MachinePhase::Failed
+    ) {
         return None;
     }
-    if status.provider_id.as_ref().is_some_and(|p| registered.contains(p)) {
+    if status
+        .provider_id
+        .as_ref()
+        .is_some_and(|p| registered.contains(p))
+    {
         return None; // its Node is in the snapshot already
     }
     let shape = m.spec.shape.as_ref();
-    let instance_type = status.instance_type.clone().or_else(|| shape.and_then(|s| s.instance_types.first().cloned()))?;
-    let zone = status.zone.clone().or_else(|| shape.and_then(|s| s.zones.first().cloned()))?;
-    let capacity_type = status.capacity_type.as_ref().or_else(|| shape.and_then(|s| s.capacity_types.first())).map(capacity_of).unwrap_or(CapacityType::OnDemand);
-    let created = m.metadata.creation_timestamp.as_ref().map(|t| from_k8s(t.0)).unwrap_or(now);
+    let instance_type = status
+        .instance_type
+        .clone()
+        .or_else(|| shape.and_then(|s| s.instance_types.first().cloned()))?;
+    let zone = status
+        .zone
+        .clone()
+        .or_else(|| shape.and_then(|s| s.zones.first().cloned()))?;
+    let capacity_type = status
+        .capacity_type
+        .as_ref()
+        .or_else(|| shape.and_then(|s| s.capacity_types.first()))
+        .map(capacity_of)
+        .unwrap_or(CapacityType::OnDemand);
+    let created = m
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| from_k8s(t.0))
+        .unwrap_or(now);
     if now - created > timeout {
         return None;
     }
-    let name = annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID).map(str::to_string).or_else(|| m.metadata.name.clone()).unwrap_or_default();
-    Some(InFlightMachine { name, pods: vec![], group: group.to_string(), instance_type, zone, capacity_type, launched_at: created })
+    let name = annotation(m.metadata.annotations.as_ref(), keys::SHAPE_ID)
+        .map(str::to_string)
+        .or_else(|| m.metadata.name.clone())
+        .unwrap_or_default();
+    Some(InFlightMachine {
+        name,
+        pods: vec![],
+        group: group.to_string(),
+        instance_type,
+        zone,
+        capacity_type,
+        launched_at: created,
+    })
 }
 
 fn cluster_limits(c: &Cluster) -> ClusterLimits {
@@ -561,7 +792,11 @@ fn cluster_limits(c: &Cluster) -> ClusterLimits {
     ClusterLimits {
         max_nodes: l.max_nodes.map(u64::from),
         // The CRD schema checks these are quantities; an unparsable one is no limit rather than no scaling.
-        max_cores: l.max_cpu.as_deref().and_then(|q| parse_cpu_millis(q).ok()).map(|m| m / 1000),
+        max_cores: l
+            .max_cpu
+            .as_deref()
+            .and_then(|q| parse_cpu_millis(q).ok())
+            .map(|m| m / 1000),
         max_memory_bytes: l.max_memory.as_deref().and_then(|q| parse_units(q).ok()),
     }
 }
@@ -580,7 +815,12 @@ fn expander_of(c: &Cluster) -> Expander {
 /// the Cluster's percentage, enough 1-cpu pods (memory in proportion) to keep that share of berth's nodes'
 /// allocatable free. Existing free space absorbs them first, so headroom launches only what is missing.
 fn add_headroom(snapshot: &mut Snapshot, objects: &ClusterObjects, cluster: Option<&Cluster>) {
-    let tolerate_all = Toleration { key: String::new(), operator: TolerationOperator::Exists, value: String::new(), effect: None };
+    let tolerate_all = Toleration {
+        key: String::new(),
+        operator: TolerationOperator::Exists,
+        value: String::new(),
+        effect: None,
+    };
     let placeholder = |name: String, requests: Resources, group: Option<&str>| {
         let mut pod = Pod::new(HEADROOM_NAMESPACE, &name, requests);
         pod.spec.tolerations = vec![tolerate_all.clone()];
@@ -591,29 +831,63 @@ fn add_headroom(snapshot: &mut Snapshot, objects: &ClusterObjects, cluster: Opti
         pod
     };
     for md in &objects.machine_deployments {
-        let Some(h) = md.spec.autoscaling.as_ref().and_then(|a| a.headroom.as_ref()) else { continue };
+        let Some(h) = md
+            .spec
+            .autoscaling
+            .as_ref()
+            .and_then(|a| a.headroom.as_ref())
+        else {
+            continue;
+        };
         let name = md.metadata.name.clone().unwrap_or_default();
         if !snapshot.groups.iter().any(|g| g.name == name) {
             continue;
         }
-        let (Ok(cpu), Ok(memory)) = (parse_cpu_millis(&h.cpu), parse_units(&h.memory)) else { continue };
+        let (Ok(cpu), Ok(memory)) = (parse_cpu_millis(&h.cpu), parse_units(&h.memory)) else {
+            continue;
+        };
         for i in 0..h.count {
-            let requests = Resources { cpu_millis: cpu, memory_bytes: memory, pods: 1, ..Resources::default() };
-            snapshot.pending.push(placeholder(format!("{name}-{i}"), requests, Some(&name)));
+            let requests = Resources {
+                cpu_millis: cpu,
+                memory_bytes: memory,
+                pods: 1,
+                ..Resources::default()
+            };
+            snapshot
+                .pending
+                .push(placeholder(format!("{name}-{i}"), requests, Some(&name)));
         }
     }
-    let Some(percent) = cluster.and_then(|c| c.spec.headroom.as_ref()).map(|h| h.percent).filter(|p| *p > 0) else { return };
+    let Some(percent) = cluster
+        .and_then(|c| c.spec.headroom.as_ref())
+        .map(|h| h.percent)
+        .filter(|p| *p > 0)
+    else {
+        return;
+    };
     let (cpu, memory) = snapshot
         .nodes
         .iter()
         .filter(|n| n.node.labels.contains_key(labels::MACHINE_DEPLOYMENT))
-        .fold((0u64, 0u64), |(c, m), n| (c + n.node.allocatable.cpu_millis, m + n.node.allocatable.memory_bytes));
+        .fold((0u64, 0u64), |(c, m), n| {
+            (
+                c + n.node.allocatable.cpu_millis,
+                m + n.node.allocatable.memory_bytes,
+            )
+        });
     let spare_cpu = cpu * percent as u64 / 100;
     let spare_memory = memory * percent as u64 / 100;
     let units = spare_cpu.div_ceil(1000);
     for i in 0..units {
-        let requests = Resources { cpu_millis: spare_cpu / units, memory_bytes: spare_memory / units, pods: 1, ..Resources::default() };
-        snapshot.pending.push(placeholder(format!("cluster-{i}"), requests, None));
+        let requests = Resources {
+            cpu_millis: spare_cpu / units,
+            memory_bytes: spare_memory / units,
+            pods: 1,
+            ..Resources::default()
+        };
+        snapshot
+            .pending
+            .push(placeholder(format!("cluster-{i}"), requests, None));
     }
 }
 
@@ -628,7 +902,9 @@ mod tests {
     }
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
@@ -643,7 +919,12 @@ mod tests {
         }))
     }
 
-    fn deployment(name: &str, class: &str, replicas: u32, annotations: serde_json::Value) -> Arc<MachineDeployment> {
+    fn deployment(
+        name: &str,
+        class: &str,
+        replicas: u32,
+        annotations: serde_json::Value,
+    ) -> Arc<MachineDeployment> {
         from(json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
             "metadata": {"name": name, "namespace": "default", "resourceVersion": "7", "annotations": annotations},
@@ -667,8 +948,15 @@ mod tests {
         }))
     }
 
-    fn machine(name: &str, shape_id: Option<&str>, phase: &str, instance_type: &str) -> Arc<Machine> {
-        let annotations = shape_id.map(|id| json!({keys::SHAPE_ID: id})).unwrap_or(json!({}));
+    fn machine(
+        name: &str,
+        shape_id: Option<&str>,
+        phase: &str,
+        instance_type: &str,
+    ) -> Arc<Machine> {
+        let annotations = shape_id
+            .map(|id| json!({keys::SHAPE_ID: id}))
+            .unwrap_or(json!({}));
         from(json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Machine",
             "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-12-01T11:58:00Z",
@@ -686,22 +974,47 @@ mod tests {
     #[test]
     fn unschedulable_pods_are_pending_and_daemons_and_scheduled_pods_are_not() {
         let objects = ClusterObjects {
-            pods: vec![pod("a", true, "ReplicaSet"), pod("b", false, "ReplicaSet"), pod("d", true, "DaemonSet")],
+            pods: vec![
+                pod("a", true, "ReplicaSet"),
+                pod("b", false, "ReplicaSet"),
+                pod("d", true, "DaemonSet"),
+            ],
             machine_classes: vec![class()],
             machine_deployments: vec![deployment("general", "general", 0, json!({}))],
             ..Default::default()
         };
-        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let o = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
         assert!(o.invalid_groups.is_empty(), "{:?}", o.invalid_groups);
         assert_eq!(o.snapshot.groups.len(), 1);
-        let real: Vec<String> = o.snapshot.pending.iter().filter(|p| p.spec.namespace != HEADROOM_NAMESPACE).map(|p| p.key()).collect();
+        let real: Vec<String> = o
+            .snapshot
+            .pending
+            .iter()
+            .filter(|p| p.spec.namespace != HEADROOM_NAMESPACE)
+            .map(|p| p.key())
+            .collect();
         assert_eq!(real, vec!["default/a".to_string()]);
-        assert_eq!(o.pending_since["default/a"].to_rfc3339(), "2026-12-01T11:59:00+00:00");
+        assert_eq!(
+            o.pending_since["default/a"].to_rfc3339(),
+            "2026-12-01T11:59:00+00:00"
+        );
         let group = &o.snapshot.groups[0];
         assert_eq!(group.name, "general");
         assert!(group.instance_types.iter().all(|t| t.starts_with("m7i.")));
         assert_eq!(group.labels.get("team").map(String::as_str), Some("a"));
-        assert_eq!(group.labels.get(labels::MACHINE_DEPLOYMENT).map(String::as_str), Some("general"));
+        assert_eq!(
+            group
+                .labels
+                .get(labels::MACHINE_DEPLOYMENT)
+                .map(String::as_str),
+            Some("general")
+        );
     }
 
     #[test]
@@ -710,16 +1023,39 @@ mod tests {
         // without a Machine whose shape s3 is still queued. s1 is pruned from the open queue.
         let objects = ClusterObjects {
             machine_classes: vec![class()],
-            machine_deployments: vec![deployment("general", "general", 3, shapes(&["s1", "s2", "s3"]))],
-            machines: vec![machine("m1", Some("s1"), "Provisioned", "m7i.xlarge"), machine("m2", Some("s2"), "Pending", "m7i.large")],
+            machine_deployments: vec![deployment(
+                "general",
+                "general",
+                3,
+                shapes(&["s1", "s2", "s3"]),
+            )],
+            machines: vec![
+                machine("m1", Some("s1"), "Provisioned", "m7i.xlarge"),
+                machine("m2", Some("s2"), "Pending", "m7i.large"),
+            ],
             ..Default::default()
         };
-        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
-        let names: Vec<&str> = o.snapshot.in_flight.iter().map(|m| m.name.as_str()).collect();
+        let o = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
+        let names: Vec<&str> = o
+            .snapshot
+            .in_flight
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
         assert_eq!(names, vec!["s1", "s2", "s3"]);
         assert_eq!(o.snapshot.in_flight[0].instance_type, "m7i.xlarge");
         assert_eq!(o.snapshot.in_flight[2].zone, "us-east-1b");
-        let open: Vec<&str> = o.groups["general"].open_shapes.iter().map(|e| e.id.as_str()).collect();
+        let open: Vec<&str> = o.groups["general"]
+            .open_shapes
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
         assert_eq!(open, vec!["s3"]);
         assert_eq!(o.groups["general"].resource_version.as_deref(), Some("7"));
     }
@@ -733,9 +1069,25 @@ mod tests {
             machines: vec![machine("m1", Some("s1"), "Provisioning", "m7i.large")],
             ..Default::default()
         };
-        let nominations = HashMap::from([("default/a".to_string(), "s1".to_string()), ("default/b".to_string(), "gone".to_string())]);
-        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &nominations, now());
-        assert_eq!(o.snapshot.in_flight[0].pods.iter().map(|p| p.key()).collect::<Vec<_>>(), vec!["default/a"]);
+        let nominations = HashMap::from([
+            ("default/a".to_string(), "s1".to_string()),
+            ("default/b".to_string(), "gone".to_string()),
+        ]);
+        let o = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &nominations,
+            now(),
+        );
+        assert_eq!(
+            o.snapshot.in_flight[0]
+                .pods
+                .iter()
+                .map(|p| p.key())
+                .collect::<Vec<_>>(),
+            vec!["default/a"]
+        );
         // b's machine is no longer coming: b is planned again.
         assert!(o.snapshot.pending.iter().any(|p| p.key() == "default/b"));
         assert!(!o.snapshot.pending.iter().any(|p| p.key() == "default/a"));
@@ -743,16 +1095,30 @@ mod tests {
 
     #[test]
     fn the_snapshot_does_not_depend_on_the_order_the_cache_lists_objects() {
-        let pods: Vec<_> = (0..20).map(|i| pod(&format!("p{i}"), true, "ReplicaSet")).collect();
+        let pods: Vec<_> = (0..20)
+            .map(|i| pod(&format!("p{i}"), true, "ReplicaSet"))
+            .collect();
         let mut objects = ClusterObjects {
             pods: pods.clone(),
             machine_classes: vec![class()],
             machine_deployments: vec![deployment("general", "general", 0, json!({}))],
             ..Default::default()
         };
-        let forward = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let forward = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
         objects.pods.reverse();
-        let backward = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let backward = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
         assert_eq!(forward.snapshot, backward.snapshot);
     }
 
@@ -764,9 +1130,16 @@ mod tests {
             machines: vec![machine("m1", None, "Provisioned", "m7i.xlarge")],
             ..Default::default()
         };
-        let settings = ObserveSettings { registration_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+        let settings = ObserveSettings {
+            registration_timeout: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
         let o = observe(&objects, &catalog(), &settings, &HashMap::new(), now());
-        assert!(o.snapshot.in_flight.is_empty(), "{:?}", o.snapshot.in_flight);
+        assert!(
+            o.snapshot.in_flight.is_empty(),
+            "{:?}",
+            o.snapshot.in_flight
+        );
     }
 
     #[test]
@@ -776,9 +1149,22 @@ mod tests {
             machine_deployments: vec![deployment("gpu", "accelerated", 0, json!({}))],
             ..Default::default()
         };
-        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
+        let o = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
         assert!(o.snapshot.groups.is_empty());
-        assert_eq!(o.invalid_groups, vec![("default".into(), "gpu".into(), "MachineClass accelerated does not exist".into())]);
+        assert_eq!(
+            o.invalid_groups,
+            vec![(
+                "default".into(),
+                "gpu".into(),
+                "MachineClass accelerated does not exist".into()
+            )]
+        );
     }
 
     #[test]
@@ -788,8 +1174,19 @@ mod tests {
             machine_deployments: vec![deployment("general", "general", 0, json!({}))],
             ..Default::default()
         };
-        let o = observe(&objects, &catalog(), &ObserveSettings::default(), &HashMap::new(), now());
-        let headroom: Vec<&Pod> = o.snapshot.pending.iter().filter(|p| p.spec.namespace == HEADROOM_NAMESPACE).collect();
+        let o = observe(
+            &objects,
+            &catalog(),
+            &ObserveSettings::default(),
+            &HashMap::new(),
+            now(),
+        );
+        let headroom: Vec<&Pod> = o
+            .snapshot
+            .pending
+            .iter()
+            .filter(|p| p.spec.namespace == HEADROOM_NAMESPACE)
+            .collect();
         assert_eq!(headroom.len(), 2);
         assert_eq!(headroom[0].spec.requests.cpu_millis, 1000);
         let plan = crate::scheduling::solve(&o.snapshot, &catalog(), now()).unwrap();

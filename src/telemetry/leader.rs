@@ -18,7 +18,11 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
     #[error("lease {namespace}/{name}: {reason}")]
-    Api { namespace: String, name: String, reason: String },
+    Api {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
 }
 
 impl LeaderError {
@@ -42,7 +46,11 @@ pub struct LeaderTiming {
 
 impl Default for LeaderTiming {
     fn default() -> Self {
-        LeaderTiming { lease_duration: Duration::seconds(10), renew_deadline: Duration::seconds(7), retry_period: Duration::seconds(2) }
+        LeaderTiming {
+            lease_duration: Duration::seconds(10),
+            renew_deadline: Duration::seconds(7),
+            retry_period: Duration::seconds(2),
+        }
     }
 }
 
@@ -68,12 +76,16 @@ pub enum LeaseAction {
 
 /// What to do with the Lease as read.
 pub fn decide(lease: Option<&LeaseView>, me: &str, now: DateTime<Utc>) -> LeaseAction {
-    let Some(lease) = lease else { return LeaseAction::Create };
+    let Some(lease) = lease else {
+        return LeaseAction::Create;
+    };
     match lease.holder.as_deref() {
         Some(holder) if holder == me => LeaseAction::Renew,
         None | Some("") => LeaseAction::TakeOver,
         Some(_) => {
-            let expired = lease.renewed.is_none_or(|t| now > t + Duration::seconds(lease.duration_seconds.max(1)));
+            let expired = lease
+                .renewed
+                .is_none_or(|t| now > t + Duration::seconds(lease.duration_seconds.max(1)));
             if expired {
                 LeaseAction::TakeOver
             } else {
@@ -87,7 +99,10 @@ fn view(lease: &Lease) -> LeaseView {
     let spec = lease.spec.clone().unwrap_or_default();
     LeaseView {
         holder: spec.holder_identity,
-        renewed: spec.renew_time.map(|t| from_k8s(t.0)).or(spec.acquire_time.map(|t| from_k8s(t.0))),
+        renewed: spec
+            .renew_time
+            .map(|t| from_k8s(t.0))
+            .or(spec.acquire_time.map(|t| from_k8s(t.0))),
         duration_seconds: spec.lease_duration_seconds.unwrap_or(15) as i64,
     }
 }
@@ -103,7 +118,14 @@ pub struct LeaderElector {
 }
 
 impl LeaderElector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, timing: LeaderTiming, clock: SharedClock) -> LeaderElector {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        timing: LeaderTiming,
+        clock: SharedClock,
+    ) -> LeaderElector {
         LeaderElector {
             api: Api::namespaced(client, namespace),
             namespace: namespace.into(),
@@ -115,18 +137,30 @@ impl LeaderElector {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> LeaderError {
-        LeaderError::Api { namespace: self.namespace.clone(), name: self.name.clone(), reason: e.to_string() }
+        LeaderError::Api {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            reason: e.to_string(),
+        }
     }
 
     /// One round: read, decide, write. Returns whether we hold the Lease afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, LeaderError> {
         let now = self.clock.now();
-        let existing = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))?;
+        let existing = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?;
         let duration = self.timing.lease_duration.num_seconds() as i32;
         let result = match existing {
             None => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), namespace: Some(self.namespace.clone()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(self.namespace.clone()),
+                        ..Default::default()
+                    },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(self.identity.clone()),
                         lease_duration_seconds: Some(duration),
@@ -137,7 +171,10 @@ impl LeaderElector {
                     }),
                 };
                 // Two candidates creating at once: the second gets 409 AlreadyExists.
-                self.api.create(&PostParams::default(), &lease).await.map(|_| ())
+                self.api
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             Some(mut lease) => {
                 let action = decide(Some(&view(&lease)), &self.identity, now);
@@ -154,7 +191,10 @@ impl LeaderElector {
                 spec.renew_time = Some(MicroTime(to_k8s(now)));
                 lease.spec = Some(spec);
                 // `replace` carries the resourceVersion we read: a concurrent writer makes this fail with 409.
-                self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| ())
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
         };
         match result {
@@ -166,7 +206,14 @@ impl LeaderElector {
 
     /// Gives the Lease up (on shutdown), so a standby takes over at once instead of after the lease duration.
     pub async fn release(&self) -> Result<(), LeaderError> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))? else { return Ok(()) };
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(());
+        };
         let mut spec = lease.spec.clone().unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
@@ -174,7 +221,11 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         lease.spec = Some(spec);
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
             Err(e) => Err(self.err(e)),
@@ -183,10 +234,18 @@ impl LeaderElector {
 
     /// Runs the election until `shutdown` resolves, publishing leadership on the returned channel; releases the
     /// Lease on the way out if held.
-    pub async fn run(self, leading: watch::Sender<bool>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        self,
+        leading: watch::Sender<bool>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut last_renewal: Option<DateTime<Utc>> = None;
-        let retry = self.timing.retry_period.to_std().unwrap_or(std::time::Duration::from_secs(2));
+        let retry = self
+            .timing
+            .retry_period
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(2));
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
@@ -205,7 +264,8 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election round failed");
-                    let overdue = last_renewal.is_none_or(|t| self.clock.now() - t >= self.timing.renew_deadline);
+                    let overdue = last_renewal
+                        .is_none_or(|t| self.clock.now() - t >= self.timing.renew_deadline);
                     if *leading.borrow() && overdue {
                         tracing::warn!(identity = %self.identity, "could not renew within the renew deadline; stepping down");
                         leading.send_replace(false);
@@ -237,18 +297,40 @@ mod tests {
     }
 
     fn lease(holder: Option<&str>, renewed: i64) -> LeaseView {
-        LeaseView { holder: holder.map(String::from), renewed: Some(at(renewed)), duration_seconds: 10 }
+        LeaseView {
+            holder: holder.map(String::from),
+            renewed: Some(at(renewed)),
+            duration_seconds: 10,
+        }
     }
 
     #[test]
     fn decision_table() {
         assert_eq!(decide(None, "a", at(0)), LeaseAction::Create);
-        assert_eq!(decide(Some(&lease(Some("a"), 0)), "a", at(5)), LeaseAction::Renew);
-        assert_eq!(decide(Some(&lease(Some("b"), 0)), "a", at(5)), LeaseAction::Wait);
-        assert_eq!(decide(Some(&lease(Some("b"), 0)), "a", at(10)), LeaseAction::Wait);
-        assert_eq!(decide(Some(&lease(Some("b"), 0)), "a", at(11)), LeaseAction::TakeOver);
-        assert_eq!(decide(Some(&lease(None, 0)), "a", at(1)), LeaseAction::TakeOver);
-        assert_eq!(decide(Some(&lease(Some(""), 0)), "a", at(1)), LeaseAction::TakeOver);
+        assert_eq!(
+            decide(Some(&lease(Some("a"), 0)), "a", at(5)),
+            LeaseAction::Renew
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", at(5)),
+            LeaseAction::Wait
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", at(10)),
+            LeaseAction::Wait
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("b"), 0)), "a", at(11)),
+            LeaseAction::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&lease(None, 0)), "a", at(1)),
+            LeaseAction::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&lease(Some(""), 0)), "a", at(1)),
+            LeaseAction::TakeOver
+        );
     }
 
     #[test]

@@ -30,12 +30,22 @@ impl LoggingError {
 
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info`, `berth=debug,kube=warn`).
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
-    let env_filter = EnvFilter::try_new(filter)
-        .map_err(|e| LoggingError::Filter { filter: filter.to_string(), reason: e.to_string() })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let env_filter = EnvFilter::try_new(filter).map_err(|e| LoggingError::Filter {
+        filter: filter.to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     result.map_err(|_| LoggingError::AlreadyInstalled)
 }

@@ -6,8 +6,8 @@
 //! record into it; the metrics server encodes the registry.
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,11 @@ impl Metrics {
         macro_rules! reg {
             ($metric:expr) => {{
                 let m = $metric;
-                names.extend(prometheus::core::Collector::desc(&m).iter().map(|d| d.fq_name.clone()));
+                names.extend(
+                    prometheus::core::Collector::desc(&m)
+                        .iter()
+                        .map(|d| d.fq_name.clone()),
+                );
                 registry.register(Box::new(m.clone()))?;
                 m
             }};
@@ -147,11 +151,16 @@ impl Metrics {
         };
         let mut m = m;
         m.names = names;
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         // The reasons are a fixed set: each exists from the start at zero, so "no decision yet" reads as 0.
         for reason in crate::disruption::Reason::ALL {
             m.disruption_decisions.with_label_values(&[reason.as_str()]);
         }
+        // Likewise the solves, so the first solve is an increase a rate sees.
+        m.solve_duration_seconds.with_label_values(&["scale_up"]);
+        m.solve_pods.with_label_values(&["scale_up"]);
         Ok(m)
     }
 
@@ -163,7 +172,9 @@ impl Metrics {
     /// The text exposition format, as /metrics serves it.
     pub fn encode(&self) -> Result<String, MetricsError> {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).map_err(|e| MetricsError::Encode(e.to_string()))?;
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(|e| MetricsError::Encode(e.to_string()))?;
         String::from_utf8(buf).map_err(|e| MetricsError::Encode(e.to_string()))
     }
 }
@@ -175,10 +186,17 @@ mod tests {
     #[test]
     fn every_metric_is_prefixed_and_exported() {
         let m = Metrics::new().unwrap();
-        m.launch_failures.with_label_values(&["general", "InsufficientCapacity"]).inc();
+        m.launch_failures
+            .with_label_values(&["general", "InsufficientCapacity"])
+            .inc();
         let text = m.encode().unwrap();
-        assert!(text.contains("berth_build_info{version=\"0.1.0\"} 1"), "{text}");
-        assert!(text.contains("berth_launch_failures_total{group=\"general\",reason=\"InsufficientCapacity\"} 1"));
+        assert!(
+            text.contains("berth_build_info{version=\"0.1.0\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "berth_launch_failures_total{group=\"general\",reason=\"InsufficientCapacity\"} 1"
+        ));
         for family in m.registry.gather() {
             assert!(family.name().starts_with("berth_"), "{}", family.name());
         }

@@ -44,7 +44,11 @@ pub fn respond(state: &OpsState, method: &Method, path: &str) -> Response<Full<B
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     };
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into(), "text/plain");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET\n".into(),
+            "text/plain",
+        );
     }
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
@@ -52,14 +56,30 @@ pub fn respond(state: &OpsState, method: &Method, path: &str) -> Response<Full<B
             if *state.ready.borrow() {
                 text(StatusCode::OK, "ok\n".into(), "text/plain")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n".into(), "text/plain")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "caches not synced\n".into(),
+                    "text/plain",
+                )
             }
         }
         "/metrics" => match state.metrics.encode() {
-            Ok(body) => text(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8"),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"), "text/plain"),
+            Ok(body) => text(
+                StatusCode::OK,
+                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e}\n"),
+                "text/plain",
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz\n".into(), "text/plain"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz or /readyz\n".into(),
+            "text/plain",
+        ),
     }
 }
 
@@ -69,8 +89,13 @@ pub async fn serve(
     state: OpsState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServerError> {
-    let bind_err = |reason: String| ServerError::Bind { address: address.to_string(), reason };
-    let listener = TcpListener::bind(address).await.map_err(|e| bind_err(e.to_string()))?;
+    let bind_err = |reason: String| ServerError::Bind {
+        address: address.to_string(),
+        reason,
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| bind_err(e.to_string()))?;
     let local = listener.local_addr().map_err(|e| bind_err(e.to_string()))?;
     let handle = tokio::spawn(async move {
         tokio::pin!(shutdown);
@@ -86,7 +111,9 @@ pub async fn serve(
                     let resp = respond(&state, req.method(), req.uri().path());
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -105,27 +132,64 @@ mod tests {
     #[tokio::test]
     async fn endpoints() {
         let (tx, rx) = watch::channel(false);
-        let state = OpsState { metrics: Metrics::new().unwrap(), ready: rx };
-        assert_eq!(respond(&state, &Method::GET, "/healthz").status(), StatusCode::OK);
-        assert_eq!(respond(&state, &Method::GET, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
+        let state = OpsState {
+            metrics: Metrics::new().unwrap(),
+            ready: rx,
+        };
+        assert_eq!(
+            respond(&state, &Method::GET, "/healthz").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&state, &Method::GET, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         tx.send_replace(true);
-        assert_eq!(respond(&state, &Method::GET, "/readyz").status(), StatusCode::OK);
-        assert!(body(respond(&state, &Method::GET, "/metrics")).await.contains("berth_build_info"));
-        assert_eq!(respond(&state, &Method::GET, "/nope").status(), StatusCode::NOT_FOUND);
-        assert_eq!(respond(&state, &Method::POST, "/metrics").status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            respond(&state, &Method::GET, "/readyz").status(),
+            StatusCode::OK
+        );
+        assert!(body(respond(&state, &Method::GET, "/metrics"))
+            .await
+            .contains("berth_build_info"));
+        assert_eq!(
+            respond(&state, &Method::GET, "/nope").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&state, &Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[tokio::test]
     async fn serves_over_tcp() {
         let (_tx, rx) = watch::channel(true);
-        let state = OpsState { metrics: Metrics::new().unwrap(), ready: rx };
-        let (addr, _h) = serve("127.0.0.1:0", state, futures::future::pending()).await.unwrap();
+        let state = OpsState {
+            metrics: Metrics::new().unwrap(),
+            ready: rx,
+        };
+        let (addr, _h) = serve("127.0.0.1:0", state, futures::future::pending())
+            .await
+            .unwrap();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         stream.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        assert!(serve("127.0.0.1:not-a-port", OpsState { metrics: Metrics::new().unwrap(), ready: watch::channel(true).1 }, futures::future::pending()).await.is_err());
+        assert!(serve(
+            "127.0.0.1:not-a-port",
+            OpsState {
+                metrics: Metrics::new().unwrap(),
+                ready: watch::channel(true).1
+            },
+            futures::future::pending()
+        )
+        .await
+        .is_err());
     }
 }

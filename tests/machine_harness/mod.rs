@@ -5,7 +5,9 @@
 //! terminated twice.
 #![allow(dead_code)]
 
-use berth::api::{crds, Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, MachineSet};
+use berth::api::{
+    crds, Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, MachineSet,
+};
 use berth::clock::{SharedClock, SystemClock};
 use berth::cloud::metrics::CloudMetrics;
 use berth::cloud::rate_limit::Action;
@@ -65,7 +67,13 @@ impl Harness {
             crd_api.create(&PostParams::default(), &crd).await.unwrap();
         }
         let clock: SharedClock = Arc::new(SystemClock);
-        let mut config = SimConfig::bundled("us-east-1", CLUSTER, clock, CloudMetrics::unregistered().unwrap()).unwrap();
+        let mut config = SimConfig::bundled(
+            "us-east-1",
+            CLUSTER,
+            clock,
+            CloudMetrics::unregistered().unwrap(),
+        )
+        .unwrap();
         config.boot_delay = Duration::from_millis(200);
         let cloud = Arc::new(SimulatedCloud::new(config));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -77,10 +85,16 @@ impl Harness {
                 let mut l = recorder.lock().unwrap();
                 match event {
                     Ok(SimInstanceEvent::Launched(i)) => match &i.machine {
-                        Some(m) => l.launches.entry(m.uid.clone()).or_default().push(i.instance_id.clone()),
+                        Some(m) => l
+                            .launches
+                            .entry(m.uid.clone())
+                            .or_default()
+                            .push(i.instance_id.clone()),
                         None => l.untagged.push(i.instance_id.clone()),
                     },
-                    Ok(SimInstanceEvent::Terminated { instance_id, .. }) => l.terminated.push(instance_id),
+                    Ok(SimInstanceEvent::Terminated { instance_id, .. }) => {
+                        l.terminated.push(instance_id)
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => l.lagged = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
@@ -101,8 +115,12 @@ impl Harness {
             "spec": {"clusterName": CLUSTER, "apiServerEndpoint": "https://example.invalid", "certificateAuthority": "Q0E=", "serviceCidr": "10.100.0.0/16"}
         }))
         .unwrap();
-        Api::<Cluster>::all(client.clone()).create(&PostParams::default(), &cluster).await.unwrap();
-        h.create_class("general", json!({"nodeStartupTimeout": startup_timeout})).await;
+        Api::<Cluster>::all(client.clone())
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap();
+        h.create_class("general", json!({"nodeStartupTimeout": startup_timeout}))
+            .await;
         h.start_controllers();
         h
     }
@@ -120,18 +138,30 @@ impl Harness {
         merge(&mut spec, extra);
         let class: MachineClass =
             serde_json::from_value(json!({"apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": name}, "spec": spec})).unwrap();
-        Api::<MachineClass>::all(self.client.clone()).create(&PostParams::default(), &class).await.unwrap();
+        Api::<MachineClass>::all(self.client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
     }
 
     pub fn start_controllers(&mut self) {
         assert!(self.controllers.is_empty(), "controllers already run");
-        let ctx = Arc::new(Context::new(self.client.clone(), Arc::new(SystemClock), Metrics::new().unwrap()));
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            Arc::new(SystemClock),
+            Metrics::new().unwrap(),
+        ));
         let never = std::future::pending::<()>;
         let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
         self.controllers = vec![
             Task(tokio::spawn(machine_deployment::run(ctx.clone(), never()))),
             Task(tokio::spawn(machine_set::run(ctx.clone(), never()))),
-            Task(tokio::spawn(machine::run(ctx, cloud, CLUSTER.to_string(), never()))),
+            Task(tokio::spawn(machine::run(
+                ctx,
+                cloud,
+                CLUSTER.to_string(),
+                never(),
+            ))),
         ];
     }
 
@@ -149,7 +179,8 @@ impl Harness {
     }
 
     pub async fn create_deployment(&self, name: &str, replicas: u32) {
-        self.create_deployment_with(name, json!({"replicas": replicas})).await;
+        self.create_deployment_with(name, json!({"replicas": replicas}))
+            .await;
     }
 
     /// A deployment of class "general", maxSurge 2 / maxUnavailable 0, with `spec` merged into its spec.
@@ -165,7 +196,10 @@ impl Harness {
             "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment", "metadata": {"name": name, "namespace": "default"}, "spec": full
         }))
         .unwrap();
-        self.deployments().create(&PostParams::default(), &md).await.unwrap();
+        self.deployments()
+            .create(&PostParams::default(), &md)
+            .await
+            .unwrap();
     }
 
     pub fn deployments(&self) -> Api<MachineDeployment> {
@@ -177,31 +211,54 @@ impl Harness {
     }
 
     pub async fn patch_deployment(&self, name: &str, patch: Value) {
-        self.deployments().patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        self.deployments()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
     }
 
     pub async fn scale(&self, name: &str, replicas: u32) {
-        self.patch_deployment(name, json!({"spec": {"replicas": replicas}})).await;
+        self.patch_deployment(name, json!({"spec": {"replicas": replicas}}))
+            .await;
     }
 
     pub async fn machines(&self) -> Vec<Machine> {
-        Api::<Machine>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+        Api::<Machine>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     pub async fn delete_machine(&self, name: &str) {
-        Api::<Machine>::namespaced(self.client.clone(), "default").delete(name, &DeleteParams::default()).await.unwrap();
+        Api::<Machine>::namespaced(self.client.clone(), "default")
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
     }
 
     pub async fn machine_sets(&self) -> Vec<MachineSet> {
-        Api::<MachineSet>::namespaced(self.client.clone(), "default").list(&ListParams::default()).await.unwrap().items
+        Api::<MachineSet>::namespaced(self.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     pub async fn running(&self) -> usize {
-        self.machines().await.iter().filter(|m| is_running(m)).count()
+        self.machines()
+            .await
+            .iter()
+            .filter(|m| is_running(m))
+            .count()
     }
 
     pub async fn nodes(&self) -> Vec<Node> {
-        Api::<Node>::all(self.client.clone()).list(&ListParams::default()).await.unwrap().items
+        Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     /// Events about the named object, as (reason, message).
@@ -227,7 +284,11 @@ impl Harness {
     pub fn assert_one_launch_per_machine(&self) {
         let l = self.ledger.lock().unwrap();
         assert!(!l.lagged, "the ledger missed cloud events");
-        assert!(l.untagged.is_empty(), "instances launched without a Machine tag: {:?}", l.untagged);
+        assert!(
+            l.untagged.is_empty(),
+            "instances launched without a Machine tag: {:?}",
+            l.untagged
+        );
         for (uid, instances) in &l.launches {
             assert_eq!(instances.len(), 1, "Machine {uid} launched {instances:?}");
         }
@@ -236,9 +297,17 @@ impl Harness {
     /// No instance was asked to terminate twice (by TerminateInstances calls the cloud served).
     pub fn assert_no_double_termination(&self) {
         let mut seen = BTreeSet::new();
-        for call in self.cloud.calls().into_iter().filter(|c| c.action == Action::TerminateInstances && c.result == "ok") {
+        for call in self
+            .cloud
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == Action::TerminateInstances && c.result == "ok")
+        {
             for id in call.detail.split(',') {
-                assert!(seen.insert(id.to_string()), "instance {id} terminated twice");
+                assert!(
+                    seen.insert(id.to_string()),
+                    "instance {id} terminated twice"
+                );
             }
         }
     }
@@ -247,10 +316,18 @@ impl Harness {
     /// Machine that is gone has been terminated.
     pub async fn assert_no_leak(&self, seconds: u64) {
         eventually("no leaked instance", seconds, || async {
-            let machines: BTreeMap<String, String> = self.machines().await.iter().map(|m| (m.uid().unwrap(), m.name_any())).collect();
+            let machines: BTreeMap<String, String> = self
+                .machines()
+                .await
+                .iter()
+                .map(|m| (m.uid().unwrap(), m.name_any()))
+                .collect();
             let live = self.cloud.describe_instances().await.unwrap();
             let mut owners = BTreeSet::new();
-            live.iter().all(|i| i.machine().is_some_and(|m| machines.contains_key(&m.uid) && owners.insert(m.uid)))
+            live.iter().all(|i| {
+                i.machine()
+                    .is_some_and(|m| machines.contains_key(&m.uid) && owners.insert(m.uid))
+            })
         })
         .await;
     }
@@ -264,12 +341,18 @@ impl Harness {
 }
 
 pub fn is_running(m: &Machine) -> bool {
-    m.metadata.deletion_timestamp.is_none() && m.status.as_ref().is_some_and(|s| s.phase == MachinePhase::Running)
+    m.metadata.deletion_timestamp.is_none()
+        && m.status
+            .as_ref()
+            .is_some_and(|s| s.phase == MachinePhase::Running)
 }
 
 /// The template hash a Machine was made from.
 pub fn revision_hash(m: &Machine) -> String {
-    m.labels().get("berth.dev/template-hash").cloned().unwrap_or_default()
+    m.labels()
+        .get("berth.dev/template-hash")
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// JSON merge (objects merge key by key; anything else replaces).

@@ -68,7 +68,9 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let h = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let h = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match h {
                     Some(b) => {
                         out.push(b);
@@ -88,16 +90,38 @@ fn error_response(status: u16, code: &str, message: &str) -> Response<Full<Bytes
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
     );
-    Response::builder().status(status).header("content-type", "text/xml").body(Full::new(Bytes::from(xml))).unwrap()
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .unwrap()
 }
 
 fn fleet_errors_response(f: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
-    let lifecycle = if f.get("TargetCapacitySpecification.DefaultTargetCapacityType").map(String::as_str) == Some("spot") { "spot" } else { "on-demand" };
-    let lt_name = f.get("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName").cloned().unwrap_or_default();
+    let lifecycle = if f
+        .get("TargetCapacitySpecification.DefaultTargetCapacityType")
+        .map(String::as_str)
+        == Some("spot")
+    {
+        "spot"
+    } else {
+        "on-demand"
+    };
+    let lt_name = f
+        .get("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName")
+        .cloned()
+        .unwrap_or_default();
     let mut items = String::new();
     for n in 1.. {
-        let Some(itype) = f.get(&format!("LaunchTemplateConfigs.1.Overrides.{n}.InstanceType")) else { break };
-        let subnet = f.get(&format!("LaunchTemplateConfigs.1.Overrides.{n}.SubnetId")).cloned().unwrap_or_default();
+        let Some(itype) = f.get(&format!(
+            "LaunchTemplateConfigs.1.Overrides.{n}.InstanceType"
+        )) else {
+            break;
+        };
+        let subnet = f
+            .get(&format!("LaunchTemplateConfigs.1.Overrides.{n}.SubnetId"))
+            .cloned()
+            .unwrap_or_default();
         items.push_str(&format!(
             "<item><launchTemplateAndOverrides><launchTemplateSpecification><launchTemplateName>{lt_name}</launchTemplateName><version>$Latest</version></launchTemplateSpecification><overrides><instanceType>{itype}</instanceType><subnetId>{subnet}</subnetId></overrides></launchTemplateAndOverrides><lifecycle>{lifecycle}</lifecycle><errorCode>InsufficientInstanceCapacity</errorCode><errorMessage>We currently do not have sufficient {itype} capacity.</errorMessage></item>"
         ));
@@ -105,17 +129,31 @@ fn fleet_errors_response(f: &BTreeMap<String, String>) -> Response<Full<Bytes>> 
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CreateFleetResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fault-proxy</requestId><fleetId>fleet-00000000-0000-0000-0000-000000000000</fleetId><errorSet>{items}</errorSet><fleetInstanceSet/></CreateFleetResponse>"
     );
-    Response::builder().status(200).header("content-type", "text/xml").body(Full::new(Bytes::from(xml))).unwrap()
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(xml)))
+        .unwrap()
 }
 
 /// Forwards one request to moto over a fresh connection (HTTP/1.1, Connection: close) and relays the answer.
-async fn forward(upstream: &str, method: &str, uri: &str, headers: &[(String, String)], body: &[u8]) -> Response<Full<Bytes>> {
+async fn forward(
+    upstream: &str,
+    method: &str,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Response<Full<Bytes>> {
     let addr = upstream.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(addr).await.expect("moto is reachable");
-    let mut req = format!("{method} {uri} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {uri} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         let lk = k.to_ascii_lowercase();
-        if lk != "host" && lk != "connection" && lk != "content-length" && lk != "transfer-encoding" {
+        if lk != "host" && lk != "connection" && lk != "content-length" && lk != "transfer-encoding"
+        {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
     }
@@ -124,11 +162,18 @@ async fn forward(upstream: &str, method: &str, uri: &str, headers: &[(String, St
     s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer from moto");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer from moto");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut payload = raw[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(502);
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
     let mut builder = Response::builder().status(status);
     let mut chunked = false;
     for l in lines {
@@ -148,7 +193,8 @@ async fn forward(upstream: &str, method: &str, uri: &str, headers: &[(String, St
         let mut out = Vec::new();
         let mut rest = &payload[..];
         while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
+                .unwrap_or(0);
             if size == 0 {
                 break;
             }
@@ -169,7 +215,9 @@ impl FaultProxy {
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = st.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
@@ -178,13 +226,22 @@ impl FaultProxy {
                         let upstream = upstream.clone();
                         async move {
                             let method = req.method().to_string();
-                            let uri = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+                            let uri = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_else(|| "/".into());
                             let headers: Vec<(String, String)> = req
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                                 .collect();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let f = form(&body);
                             let action = f.get("Action").cloned().unwrap_or_default();
                             let fault = {
@@ -201,8 +258,15 @@ impl FaultProxy {
                                     }
                                     r.kind.clone()
                                 });
-                                s.bodies.push((action.clone(), String::from_utf8_lossy(&body).into_owned()));
-                                s.log.push((action.clone(), kind.as_ref().map_or("forwarded".to_string(), |k| format!("{k:?}"))));
+                                s.bodies.push((
+                                    action.clone(),
+                                    String::from_utf8_lossy(&body).into_owned(),
+                                ));
+                                s.log.push((
+                                    action.clone(),
+                                    kind.as_ref()
+                                        .map_or("forwarded".to_string(), |k| format!("{k:?}")),
+                                ));
                                 kind
                             };
                             let resp = match fault {
@@ -219,7 +283,9 @@ impl FaultProxy {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -229,7 +295,10 @@ impl FaultProxy {
     pub fn add(&self, action: &str, when: &[(&str, &str)], kind: FaultKind, times: Option<u32>) {
         self.state.lock().unwrap().rules.push(Rule {
             action: action.into(),
-            when: when.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            when: when
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             kind,
             remaining: times,
         });
@@ -237,11 +306,24 @@ impl FaultProxy {
 
     /// The form bodies of every request of `action`, in order.
     pub fn bodies(&self, action: &str) -> Vec<String> {
-        self.state.lock().unwrap().bodies.iter().filter(|(a, _)| a == action).map(|(_, b)| b.clone()).collect()
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// How many requests of `action` got `what` ("forwarded" or a fault kind's debug name).
     pub fn count(&self, action: &str, what: &str) -> usize {
-        self.state.lock().unwrap().log.iter().filter(|(a, w)| a == action && w == what).count()
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(a, w)| a == action && w == what)
+            .count()
     }
 }

@@ -39,13 +39,21 @@ pub fn start_emulator() -> EmulatorProcess {
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     let mut reader = BufReader::new(stdout);
-    reader.read_line(&mut line).expect("read the listening line");
+    reader
+        .read_line(&mut line)
+        .expect("read the listening line");
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
         .map(|w| w.trim_end_matches(';').to_string())
         .unwrap_or_else(|| panic!("unexpected first line of berth emulate: {line:?}"));
-    EmulatorProcess { child, url, kubeconfig, _stdout: reader, _dir: dir }
+    EmulatorProcess {
+        child,
+        url,
+        kubeconfig,
+        _stdout: reader,
+        _dir: dir,
+    }
 }
 
 /// An emulator served in-process on 127.0.0.1:0, with a kubeconfig file for it.
@@ -63,16 +71,34 @@ pub struct InProcess {
 /// kubeconfig path.
 pub async fn start_in_process() -> InProcess {
     let emulator = berth::emulator::Emulator::new();
-    let server = berth::emulator::server::serve(emulator.clone(), "127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let server =
+        berth::emulator::server::serve(emulator.clone(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, berth::emulator::server::kubeconfig_yaml(&server.url())).expect("write kubeconfig");
-    InProcess { emulator, server, kubeconfig, _dir: dir }
+    std::fs::write(
+        &kubeconfig,
+        berth::emulator::server::kubeconfig_yaml(&server.url()),
+    )
+    .expect("write kubeconfig");
+    InProcess {
+        emulator,
+        server,
+        kubeconfig,
+        _dir: dir,
+    }
 }
 
 /// True when kubectl is on PATH; prints why a test is skipped otherwise.
 pub fn kubectl_available(test: &str) -> bool {
-    let ok = Command::new("kubectl").arg("version").arg("--client").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
         eprintln!("SKIPPED {test}: kubectl is not on PATH");
     }
@@ -82,7 +108,11 @@ pub fn kubectl_available(test: &str) -> bool {
 /// Runs kubectl against a kubeconfig, optionally with stdin.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig").arg(kubeconfig).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
@@ -111,11 +141,19 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Stri
 /// Runs kubectl expecting failure; returns stderr.
 pub fn kubectl_err(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let out = kubectl(kubeconfig, args, stdin);
-    assert!(!out.status.success(), "kubectl {} unexpectedly succeeded: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "kubectl {} unexpectedly succeeded: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Path of a fixture file.
 pub fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/emulator/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/emulator/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }

@@ -18,11 +18,20 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 
 fn answers(endpoint: &str) -> bool {
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().expect("BERTH_MOTO_ENDPOINT must be http://HOST:PORT"), Duration::from_millis(300)) else {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &addr
+            .parse()
+            .expect("BERTH_MOTO_ENDPOINT must be http://HOST:PORT"),
+        Duration::from_millis(300),
+    ) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET /moto-api/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(
+        format!("GET /moto-api/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 12];

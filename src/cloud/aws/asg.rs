@@ -13,10 +13,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 impl AwsCloud {
     /// Discovered groups, all of them or the one named.
-    pub(super) async fn discover_node_groups(&self, only: Option<&str>) -> Result<Vec<NodeGroup>, CloudError> {
+    pub(super) async fn discover_node_groups(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<NodeGroup>, CloudError> {
         let filters = vec![
-            t::Filter::builder().name(format!("tag:{}", tags::ASG_ENABLED)).values("true").build(),
-            t::Filter::builder().name(format!("tag:{}", tags::CLUSTER)).values(&self.config.cluster_name).build(),
+            t::Filter::builder()
+                .name(format!("tag:{}", tags::ASG_ENABLED))
+                .values("true")
+                .build(),
+            t::Filter::builder()
+                .name(format!("tag:{}", tags::CLUSTER))
+                .values(&self.config.cluster_name)
+                .build(),
         ];
         let mut groups = Vec::new();
         let mut next: Option<String> = None;
@@ -38,15 +47,21 @@ impl AwsCloud {
                 .await
                 .map_err(|e| e.into_cloud_error())?;
             groups.extend(page.auto_scaling_groups().iter().cloned());
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
         }
         let mut out = Vec::new();
         for g in groups {
-            let tags: BTreeMap<String, String> =
-                g.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string()))).collect();
+            let tags: BTreeMap<String, String> = g
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+                .collect();
             // The filter is applied by AWS; checked again so a server that ignores filters cannot widen berth's reach.
             if tags.get(tags::ASG_ENABLED).map(String::as_str) != Some("true")
                 || tags.get(tags::CLUSTER) != Some(&self.config.cluster_name)
@@ -68,7 +83,10 @@ impl AwsCloud {
                         instance_id: i.instance_id().unwrap_or_default().to_string(),
                         instance_type: i.instance_type().map(str::to_string),
                         zone: i.availability_zone().unwrap_or_default().to_string(),
-                        lifecycle_state: i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        lifecycle_state: i
+                            .lifecycle_state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
                     })
                     .collect(),
                 tags,
@@ -78,18 +96,32 @@ impl AwsCloud {
     }
 
     /// The mixed-instances policy's overrides, else the launch template's instance type.
-    async fn group_instance_types(&self, g: &t::AutoScalingGroup) -> Result<Vec<String>, CloudError> {
+    async fn group_instance_types(
+        &self,
+        g: &t::AutoScalingGroup,
+    ) -> Result<Vec<String>, CloudError> {
         if let Some(lt) = g.mixed_instances_policy().and_then(|m| m.launch_template()) {
-            let types: BTreeSet<String> = lt.overrides().iter().filter_map(|o| o.instance_type().map(str::to_string)).collect();
+            let types: BTreeSet<String> = lt
+                .overrides()
+                .iter()
+                .filter_map(|o| o.instance_type().map(str::to_string))
+                .collect();
             if !types.is_empty() {
                 return Ok(types.into_iter().collect());
             }
         }
-        let spec = g
-            .launch_template()
-            .or_else(|| g.mixed_instances_policy().and_then(|m| m.launch_template()).and_then(|l| l.launch_template_specification()));
-        let Some(spec) = spec else { return Ok(Vec::new()) };
-        let (id, name) = (spec.launch_template_id().map(str::to_string), spec.launch_template_name().map(str::to_string));
+        let spec = g.launch_template().or_else(|| {
+            g.mixed_instances_policy()
+                .and_then(|m| m.launch_template())
+                .and_then(|l| l.launch_template_specification())
+        });
+        let Some(spec) = spec else {
+            return Ok(Vec::new());
+        };
+        let (id, name) = (
+            spec.launch_template_id().map(str::to_string),
+            spec.launch_template_name().map(str::to_string),
+        );
         let version = spec.version().unwrap_or("$Default").to_string();
         let resp = self
             .caller
@@ -107,7 +139,11 @@ impl AwsCloud {
             Ok(r) => Ok(r
                 .launch_template_versions()
                 .iter()
-                .filter_map(|v| v.launch_template_data()?.instance_type().map(|t| t.as_str().to_string()))
+                .filter_map(|v| {
+                    v.launch_template_data()?
+                        .instance_type()
+                        .map(|t| t.as_str().to_string())
+                })
                 .collect()),
             // A group whose template is gone still exists; it just has no known instance type.
             Err(e) if e.failure.code().contains("NotFound") => Ok(Vec::new()),
@@ -116,16 +152,18 @@ impl AwsCloud {
     }
 
     async fn discovered(&self, group: &str) -> Result<NodeGroup, CloudError> {
-        self.discover_node_groups(Some(group)).await?.into_iter().find(|g| g.name == group).ok_or_else(|| {
-            CloudError::NotFound {
+        self.discover_node_groups(Some(group))
+            .await?
+            .into_iter()
+            .find(|g| g.name == group)
+            .ok_or_else(|| CloudError::NotFound {
                 what: format!(
                     "Auto Scaling group {group} tagged {}=true and {}={}",
                     tags::ASG_ENABLED,
                     tags::CLUSTER,
                     self.config.cluster_name
                 ),
-            }
-        })
+            })
     }
 
     pub(super) async fn set_desired(&self, group: &str, desired: u32) -> Result<(), CloudError> {
@@ -151,10 +189,16 @@ impl AwsCloud {
         Ok(())
     }
 
-    pub(super) async fn terminate_in_group(&self, group: &str, instance_id: &str) -> Result<(), CloudError> {
+    pub(super) async fn terminate_in_group(
+        &self,
+        group: &str,
+        instance_id: &str,
+    ) -> Result<(), CloudError> {
         let g = self.discovered(group).await?;
         if !g.instances.iter().any(|i| i.instance_id == instance_id) {
-            return Err(CloudError::NotFound { what: format!("instance {instance_id} in Auto Scaling group {group}") });
+            return Err(CloudError::NotFound {
+                what: format!("instance {instance_id} in Auto Scaling group {group}"),
+            });
         }
         if g.desired_capacity == 0 || g.desired_capacity - 1 < g.min_size {
             return Err(CloudError::invalid(format!(

@@ -21,8 +21,15 @@ pub fn on_demand_prices(region: &str) -> Result<HashMap<String, f64>, CloudError
         .get("regions")
         .and_then(|r| r.get(region))
         .and_then(|r| r.as_object())
-        .ok_or_else(|| CloudError::invalid(format!("the bundled on-demand price table has no region {region}")))?;
-    Ok(table.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+        .ok_or_else(|| {
+            CloudError::invalid(format!(
+                "the bundled on-demand price table has no region {region}"
+            ))
+        })?;
+    Ok(table
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+        .collect())
 }
 
 fn convert(info: &t::InstanceTypeInfo) -> Option<(InstanceType, BTreeSet<CapacityType>)> {
@@ -48,17 +55,43 @@ fn convert(info: &t::InstanceTypeInfo) -> Option<(InstanceType, BTreeSet<Capacit
         .collect();
     let it = InstanceType {
         name,
-        vcpu: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32,
-        memory_mib: info.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0).max(0) as u64,
+        vcpu: info
+            .v_cpu_info()
+            .and_then(|v| v.default_v_cpus())
+            .unwrap_or(0)
+            .max(0) as u32,
+        memory_mib: info
+            .memory_info()
+            .and_then(|m| m.size_in_mib())
+            .unwrap_or(0)
+            .max(0) as u64,
         arch,
-        gpus: gpus.iter().map(|g| g.count().unwrap_or(0).max(0) as u32).sum(),
-        gpu_manufacturer: gpus.first().and_then(|g| g.manufacturer()).map(str::to_string),
-        max_network_interfaces: info.network_info().and_then(|n| n.maximum_network_interfaces()).unwrap_or(0).max(0) as u32,
-        ipv4_per_interface: info.network_info().and_then(|n| n.ipv4_addresses_per_interface()).unwrap_or(0).max(0) as u32,
+        gpus: gpus
+            .iter()
+            .map(|g| g.count().unwrap_or(0).max(0) as u32)
+            .sum(),
+        gpu_manufacturer: gpus
+            .first()
+            .and_then(|g| g.manufacturer())
+            .map(str::to_string),
+        max_network_interfaces: info
+            .network_info()
+            .and_then(|n| n.maximum_network_interfaces())
+            .unwrap_or(0)
+            .max(0) as u32,
+        ipv4_per_interface: info
+            .network_info()
+            .and_then(|n| n.ipv4_addresses_per_interface())
+            .unwrap_or(0)
+            .max(0) as u32,
         current_generation: info.current_generation().unwrap_or(false),
         bare_metal: info.bare_metal().unwrap_or(false),
         burstable: info.burstable_performance_supported().unwrap_or(false),
-        local_storage_gb: info.instance_storage_info().and_then(|s| s.total_size_in_gb()).unwrap_or(0).max(0) as u64,
+        local_storage_gb: info
+            .instance_storage_info()
+            .and_then(|s| s.total_size_in_gb())
+            .unwrap_or(0)
+            .max(0) as u64,
         offerings: Vec::new(),
         allocatable_override: None,
     };
@@ -79,12 +112,20 @@ impl AwsCloud {
             let page = self
                 .caller
                 .call(Action::DescribeInstanceTypes, 1, || {
-                    self.ec2.describe_instance_types().max_results(100).set_next_token(token.clone()).send().map_err_classify()
+                    self.ec2
+                        .describe_instance_types()
+                        .max_results(100)
+                        .set_next_token(token.clone())
+                        .send()
+                        .map_err_classify()
                 })
                 .await
                 .map_err(|e| e.into_cloud_error())?;
             types.extend(page.instance_types().iter().filter_map(convert));
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
@@ -109,10 +150,16 @@ impl AwsCloud {
                 .map_err(|e| e.into_cloud_error())?;
             for o in page.instance_type_offerings() {
                 if let (Some(it), Some(loc)) = (o.instance_type(), o.location()) {
-                    zones.entry(it.as_str().to_string()).or_default().insert(loc.to_string());
+                    zones
+                        .entry(it.as_str().to_string())
+                        .or_default()
+                        .insert(loc.to_string());
                 }
             }
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
@@ -139,9 +186,11 @@ impl AwsCloud {
                 .await
                 .map_err(|e| e.into_cloud_error())?;
             for p in page.spot_price_history() {
-                let (Some(it), Some(zone), Some(price)) =
-                    (p.instance_type(), p.availability_zone(), p.spot_price().and_then(|s| s.parse::<f64>().ok()))
-                else {
+                let (Some(it), Some(zone), Some(price)) = (
+                    p.instance_type(),
+                    p.availability_zone(),
+                    p.spot_price().and_then(|s| s.parse::<f64>().ok()),
+                ) else {
                     continue;
                 };
                 let at = p.timestamp().map(|t| t.secs()).unwrap_or(0);
@@ -150,7 +199,10 @@ impl AwsCloud {
                     spot.insert(key, (at, price));
                 }
             }
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
@@ -161,12 +213,22 @@ impl AwsCloud {
             for zone in zones.get(&it.name).into_iter().flatten() {
                 if usage.contains(&CapacityType::OnDemand) {
                     if let Some(price) = on_demand.get(&it.name) {
-                        it.offerings.push(Offering { zone: zone.clone(), capacity_type: CapacityType::OnDemand, price: *price, available: true });
+                        it.offerings.push(Offering {
+                            zone: zone.clone(),
+                            capacity_type: CapacityType::OnDemand,
+                            price: *price,
+                            available: true,
+                        });
                     }
                 }
                 if usage.contains(&CapacityType::Spot) {
                     if let Some((_, price)) = spot.get(&(it.name.clone(), zone.clone())) {
-                        it.offerings.push(Offering { zone: zone.clone(), capacity_type: CapacityType::Spot, price: *price, available: true });
+                        it.offerings.push(Offering {
+                            zone: zone.clone(),
+                            capacity_type: CapacityType::Spot,
+                            price: *price,
+                            available: true,
+                        });
                     }
                 }
             }
@@ -175,7 +237,10 @@ impl AwsCloud {
             }
         }
         catalog.instance_types.sort_by(|a, b| a.name.cmp(&b.name));
-        tracing::info!(types = catalog.instance_types.len(), "instance-type catalog loaded");
+        tracing::info!(
+            types = catalog.instance_types.len(),
+            "instance-type catalog loaded"
+        );
         Ok(catalog)
     }
 }
@@ -189,6 +254,9 @@ mod tests {
         let p = on_demand_prices("us-east-1").unwrap();
         assert!(p.len() > 500);
         assert!(p["m5.large"] > 0.05 && p["m5.large"] < 0.2);
-        assert_eq!(on_demand_prices("mars-1").unwrap_err().category(), "invalid-configuration");
+        assert_eq!(
+            on_demand_prices("mars-1").unwrap_err().category(),
+            "invalid-configuration"
+        );
     }
 }

@@ -11,8 +11,8 @@ use crate::cloud::resolve::{newest_image, ImageInfo};
 use crate::cloud::retry::Failure;
 use crate::cloud::unavailable::is_capacity_error;
 use crate::cloud::{
-    tags, ClassRevision, ImageSpec, Instance, InstanceState, LaunchedInstance, OfferingKey, ResourceSelector,
-    TerminateOutcome,
+    tags, ClassRevision, ImageSpec, Instance, InstanceState, LaunchedInstance, OfferingKey,
+    ResourceSelector, TerminateOutcome,
 };
 use crate::model::instance_type::{Arch, CapacityType};
 use async_trait::async_trait;
@@ -21,23 +21,36 @@ use base64::Engine;
 use std::collections::BTreeMap;
 
 fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> t::Filter {
-    t::Filter::builder().name(name).set_values(Some(values.into_iter().map(Into::into).collect())).build()
+    t::Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().map(Into::into).collect()))
+        .build()
 }
 
 /// `tag:K=V` filters, `tag-key=K` for a `*` value.
 fn tag_filters(selector: &BTreeMap<String, String>) -> Vec<t::Filter> {
     selector
         .iter()
-        .map(|(k, v)| if v == "*" { filter("tag-key", [k.clone()]) } else { filter(&format!("tag:{k}"), [v.clone()]) })
+        .map(|(k, v)| {
+            if v == "*" {
+                filter("tag-key", [k.clone()])
+            } else {
+                filter(&format!("tag:{k}"), [v.clone()])
+            }
+        })
         .collect()
 }
 
 fn ec2_tags(map: &BTreeMap<String, String>) -> Vec<t::Tag> {
-    map.iter().map(|(k, v)| t::Tag::builder().key(k).value(v).build()).collect()
+    map.iter()
+        .map(|(k, v)| t::Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
 fn tag_map(tags: &[t::Tag]) -> BTreeMap<String, String> {
-    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string()))).collect()
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+        .collect()
 }
 
 fn to_chrono(dt: &aws_sdk_ec2::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -52,11 +65,21 @@ fn arch_filter_value(arch: Arch) -> &'static str {
 }
 
 fn instance_from(i: &t::Instance) -> Option<Instance> {
-    let state = i.state().and_then(|s| s.name()).and_then(|n| InstanceState::parse(n.as_str()))?;
+    let state = i
+        .state()
+        .and_then(|s| s.name())
+        .and_then(|n| InstanceState::parse(n.as_str()))?;
     Some(Instance {
         instance_id: i.instance_id()?.to_string(),
-        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
-        zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
         capacity_type: if i.instance_lifecycle() == Some(&t::InstanceLifecycleType::Spot) {
             CapacityType::Spot
         } else {
@@ -64,7 +87,10 @@ fn instance_from(i: &t::Instance) -> Option<Instance> {
         },
         state,
         image_id: i.image_id().unwrap_or_default().to_string(),
-        private_dns_name: i.private_dns_name().filter(|s| !s.is_empty()).map(str::to_string),
+        private_dns_name: i
+            .private_dns_name()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         launch_time: i.launch_time().and_then(to_chrono),
         tags: tag_map(i.tags()),
     })
@@ -76,10 +102,19 @@ impl AwsCloud {
     }
 
     /// This cluster's instances matching `extra` filters, not terminated.
-    pub(super) async fn describe_cluster_instances(&self, extra: Vec<t::Filter>) -> Result<Vec<Instance>, CloudError> {
+    pub(super) async fn describe_cluster_instances(
+        &self,
+        extra: Vec<t::Filter>,
+    ) -> Result<Vec<Instance>, CloudError> {
         let mut filters = vec![
-            filter(&format!("tag:{}", tags::CLUSTER), [self.config.cluster_name.clone()]),
-            filter("instance-state-name", ["pending", "running", "stopping", "stopped", "shutting-down"]),
+            filter(
+                &format!("tag:{}", tags::CLUSTER),
+                [self.config.cluster_name.clone()],
+            ),
+            filter(
+                "instance-state-name",
+                ["pending", "running", "stopping", "stopped", "shutting-down"],
+            ),
         ];
         filters.extend(extra);
         let mut out = Vec::new();
@@ -89,7 +124,12 @@ impl AwsCloud {
             let page = self
                 .caller
                 .call(Action::DescribeInstances, 1, || {
-                    self.ec2.describe_instances().set_filters(Some(filters.clone())).set_next_token(token.clone()).max_results(1000).send()
+                    self.ec2
+                        .describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .set_next_token(token.clone())
+                        .max_results(1000)
+                        .send()
                         .map_err_classify()
                 })
                 .await
@@ -97,7 +137,10 @@ impl AwsCloud {
             for r in page.reservations() {
                 out.extend(r.instances().iter().filter_map(instance_from));
             }
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
@@ -105,7 +148,10 @@ impl AwsCloud {
         Ok(out)
     }
 
-    pub(super) async fn terminate_owned(&self, instance_ids: &[String]) -> Result<TerminateOutcome, CloudError> {
+    pub(super) async fn terminate_owned(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<TerminateOutcome, CloudError> {
         let mut outcome = TerminateOutcome::default();
         if instance_ids.is_empty() {
             return Ok(outcome);
@@ -116,12 +162,19 @@ impl AwsCloud {
         for chunk in instance_ids.chunks(200) {
             let filters = vec![
                 filter("instance-id", chunk.iter().cloned()),
-                filter(&format!("tag:{}", tags::CLUSTER), [self.config.cluster_name.clone()]),
+                filter(
+                    &format!("tag:{}", tags::CLUSTER),
+                    [self.config.cluster_name.clone()],
+                ),
             ];
             let page = self
                 .caller
                 .call(Action::DescribeInstances, 1, || {
-                    self.ec2.describe_instances().set_filters(Some(filters.clone())).send().map_err_classify()
+                    self.ec2
+                        .describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .send()
+                        .map_err_classify()
                 })
                 .await
                 .map_err(|e| self.map_err(e))?;
@@ -142,7 +195,11 @@ impl AwsCloud {
             let ids = chunk.to_vec();
             self.caller
                 .call(Action::TerminateInstances, ids.len() as u32, || {
-                    self.ec2.terminate_instances().set_instance_ids(Some(ids.clone())).send().map_err_classify()
+                    self.ec2
+                        .terminate_instances()
+                        .set_instance_ids(Some(ids.clone()))
+                        .send()
+                        .map_err_classify()
                 })
                 .await
                 .map_err(|e| self.map_err(e))?;
@@ -153,13 +210,18 @@ impl AwsCloud {
         Ok(outcome)
     }
 
-    pub(super) async fn resolve_subnets(&self, selector: &ResourceSelector) -> Result<Vec<SubnetInfo>, CloudError> {
+    pub(super) async fn resolve_subnets(
+        &self,
+        selector: &ResourceSelector,
+    ) -> Result<Vec<SubnetInfo>, CloudError> {
         let key = format!("{selector:?}");
         if let Some(v) = cache_get(&self.subnets, &key, self.config.resolve_ttl) {
             return Ok(v);
         }
         let filters = match selector {
-            ResourceSelector::Ids(ids) if ids.is_empty() => return Err(CloudError::invalid("the class names no subnet")),
+            ResourceSelector::Ids(ids) if ids.is_empty() => {
+                return Err(CloudError::invalid("the class names no subnet"))
+            }
             ResourceSelector::Ids(ids) => vec![filter("subnet-id", ids.iter().cloned())],
             ResourceSelector::Tags(sel) if sel.is_empty() => {
                 return Err(CloudError::invalid("the class's subnet selector is empty"))
@@ -168,7 +230,13 @@ impl AwsCloud {
         };
         let resp = self
             .caller
-            .call(Action::DescribeSubnets, 1, || self.ec2.describe_subnets().set_filters(Some(filters.clone())).send().map_err_classify())
+            .call(Action::DescribeSubnets, 1, || {
+                self.ec2
+                    .describe_subnets()
+                    .set_filters(Some(filters.clone()))
+                    .send()
+                    .map_err_classify()
+            })
             .await
             .map_err(|e| self.map_err(e))?;
         let subnets: Vec<SubnetInfo> = resp
@@ -183,19 +251,31 @@ impl AwsCloud {
             })
             .collect();
         if let ResourceSelector::Ids(ids) = selector {
-            let missing: Vec<&str> = ids.iter().filter(|id| !subnets.iter().any(|s| &s.id == *id)).map(String::as_str).collect();
+            let missing: Vec<&str> = ids
+                .iter()
+                .filter(|id| !subnets.iter().any(|s| &s.id == *id))
+                .map(String::as_str)
+                .collect();
             if !missing.is_empty() {
-                return Err(CloudError::invalid(format!("subnet(s) {} do not exist", missing.join(", "))));
+                return Err(CloudError::invalid(format!(
+                    "subnet(s) {} do not exist",
+                    missing.join(", ")
+                )));
             }
         }
         if subnets.is_empty() {
-            return Err(CloudError::invalid(format!("no subnet matches the selector {selector:?}")));
+            return Err(CloudError::invalid(format!(
+                "no subnet matches the selector {selector:?}"
+            )));
         }
         cache_put(&self.subnets, key, subnets.clone());
         Ok(subnets)
     }
 
-    pub(super) async fn resolve_security_groups(&self, selector: &ResourceSelector) -> Result<Vec<String>, CloudError> {
+    pub(super) async fn resolve_security_groups(
+        &self,
+        selector: &ResourceSelector,
+    ) -> Result<Vec<String>, CloudError> {
         let key = format!("{selector:?}");
         if let Some(v) = cache_get(&self.security_groups, &key, self.config.resolve_ttl) {
             return Ok(v);
@@ -206,32 +286,55 @@ impl AwsCloud {
             }
             ResourceSelector::Ids(ids) => vec![filter("group-id", ids.iter().cloned())],
             ResourceSelector::Tags(sel) if sel.is_empty() => {
-                return Err(CloudError::invalid("the class's security-group selector is empty"))
+                return Err(CloudError::invalid(
+                    "the class's security-group selector is empty",
+                ))
             }
             ResourceSelector::Tags(sel) => tag_filters(sel),
         };
         let resp = self
             .caller
             .call(Action::DescribeSecurityGroups, 1, || {
-                self.ec2.describe_security_groups().set_filters(Some(filters.clone())).send().map_err_classify()
+                self.ec2
+                    .describe_security_groups()
+                    .set_filters(Some(filters.clone()))
+                    .send()
+                    .map_err_classify()
             })
             .await
             .map_err(|e| self.map_err(e))?;
-        let groups: Vec<String> = resp.security_groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect();
+        let groups: Vec<String> = resp
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
         if let ResourceSelector::Ids(ids) = selector {
-            let missing: Vec<&str> = ids.iter().filter(|id| !groups.contains(id)).map(String::as_str).collect();
+            let missing: Vec<&str> = ids
+                .iter()
+                .filter(|id| !groups.contains(id))
+                .map(String::as_str)
+                .collect();
             if !missing.is_empty() {
-                return Err(CloudError::invalid(format!("security group(s) {} do not exist", missing.join(", "))));
+                return Err(CloudError::invalid(format!(
+                    "security group(s) {} do not exist",
+                    missing.join(", ")
+                )));
             }
         }
         if groups.is_empty() {
-            return Err(CloudError::invalid(format!("no security group matches the selector {selector:?}")));
+            return Err(CloudError::invalid(format!(
+                "no security group matches the selector {selector:?}"
+            )));
         }
         cache_put(&self.security_groups, key, groups.clone());
         Ok(groups)
     }
 
-    pub(super) async fn resolve_image(&self, spec: &ImageSpec, arch: Arch) -> Result<String, CloudError> {
+    pub(super) async fn resolve_image(
+        &self,
+        spec: &ImageSpec,
+        arch: Arch,
+    ) -> Result<String, CloudError> {
         let key = format!("{spec:?}/{}", arch.as_str());
         if let Some(v) = cache_get(&self.images, &key, self.config.resolve_ttl) {
             return Ok(v);
@@ -275,7 +378,9 @@ impl AwsCloud {
             .collect();
         let chosen = match spec {
             ImageSpec::Id(id) => {
-                let img = images.first().ok_or_else(|| CloudError::invalid(format!("AMI {id} does not exist")))?;
+                let img = images
+                    .first()
+                    .ok_or_else(|| CloudError::invalid(format!("AMI {id} does not exist")))?;
                 if img.arch.is_some_and(|a| a != arch) {
                     return Err(CloudError::invalid(format!(
                         "AMI {id} is {}, the instance types are {}",
@@ -287,16 +392,29 @@ impl AwsCloud {
             }
             ImageSpec::Selector(sel) => newest_image(&images, arch)
                 .map(|i| i.id.clone())
-                .ok_or_else(|| CloudError::invalid(format!("no {} AMI matches the selector {sel:?}", arch.as_str())))?,
+                .ok_or_else(|| {
+                    CloudError::invalid(format!(
+                        "no {} AMI matches the selector {sel:?}",
+                        arch.as_str()
+                    ))
+                })?,
         };
         cache_put(&self.images, key, chosen.clone());
         Ok(chosen)
     }
 
     /// Creates the template unless this process already knows it exists; "already exists" is success.
-    pub(super) async fn ensure_launch_template(&self, spec: &LaunchTemplateSpec) -> Result<String, CloudError> {
+    pub(super) async fn ensure_launch_template(
+        &self,
+        spec: &LaunchTemplateSpec,
+    ) -> Result<String, CloudError> {
         let name = spec.name();
-        if self.launch_templates.lock().unwrap_or_else(|p| p.into_inner()).contains(&name) {
+        if self
+            .launch_templates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&name)
+        {
             return Ok(name);
         }
         let user_data = base64::engine::general_purpose::STANDARD.encode(spec.user_data.as_bytes());
@@ -308,7 +426,11 @@ impl AwsCloud {
             .user_data(user_data)
             .set_iam_instance_profile(spec.instance_profile.as_ref().map(|p| {
                 let b = t::LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
-                if p.starts_with("arn:") { b.arn(p).build() } else { b.name(p).build() }
+                if p.starts_with("arn:") {
+                    b.arn(p).build()
+                } else {
+                    b.name(p).build()
+                }
             }))
             .set_block_device_mappings(Some(
                 spec.block_devices
@@ -321,7 +443,9 @@ impl AwsCloud {
                                     .volume_size(d.volume_size_gib.min(i32::MAX as u32) as i32)
                                     .volume_type(t::VolumeType::from(d.volume_type.as_str()))
                                     .set_iops(d.iops.map(|v| v.min(i32::MAX as u32) as i32))
-                                    .set_throughput(d.throughput.map(|v| v.min(i32::MAX as u32) as i32))
+                                    .set_throughput(
+                                        d.throughput.map(|v| v.min(i32::MAX as u32) as i32),
+                                    )
                                     .encrypted(d.encrypted)
                                     .set_kms_key_id(d.kms_key_id.clone())
                                     .delete_on_termination(d.delete_on_termination)
@@ -343,7 +467,9 @@ impl AwsCloud {
                     } else {
                         t::LaunchTemplateHttpTokensState::Optional
                     })
-                    .http_put_response_hop_limit(spec.metadata_options.http_put_response_hop_limit.min(64) as i32)
+                    .http_put_response_hop_limit(
+                        spec.metadata_options.http_put_response_hop_limit.min(64) as i32,
+                    )
                     .build(),
             )
             .tag_specifications(
@@ -375,19 +501,33 @@ impl AwsCloud {
             Err(e) if e.failure.code().contains("AlreadyExists") => {}
             Err(e) => {
                 let code = e.failure.code().to_string();
-                if code.starts_with("InvalidParameter") || code.starts_with("InvalidIamInstanceProfile") {
-                    return Err(CloudError::invalid(format!("launch template {name}: {code}: {}", e.failure.message())));
+                if code.starts_with("InvalidParameter")
+                    || code.starts_with("InvalidIamInstanceProfile")
+                {
+                    return Err(CloudError::invalid(format!(
+                        "launch template {name}: {code}: {}",
+                        e.failure.message()
+                    )));
                 }
                 return Err(self.map_err(e));
             }
         }
-        self.launch_templates.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+        self.launch_templates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
         Ok(name)
     }
 
     /// Deletes this cluster's templates whose class revision is not live.
-    pub(super) async fn collect_launch_templates(&self, live: &[ClassRevision]) -> Result<usize, CloudError> {
-        let filters = vec![filter(&format!("tag:{}", tags::CLUSTER), [self.config.cluster_name.clone()])];
+    pub(super) async fn collect_launch_templates(
+        &self,
+        live: &[ClassRevision],
+    ) -> Result<usize, CloudError> {
+        let filters = vec![filter(
+            &format!("tag:{}", tags::CLUSTER),
+            [self.config.cluster_name.clone()],
+        )];
         let mut stale = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -411,15 +551,23 @@ impl AwsCloud {
                 }
                 let class = ClassRevision {
                     name: tags.get(tags::MACHINE_CLASS).cloned().unwrap_or_default(),
-                    revision: tags.get(tags::MACHINE_CLASS_REVISION).cloned().unwrap_or_default(),
+                    revision: tags
+                        .get(tags::MACHINE_CLASS_REVISION)
+                        .cloned()
+                        .unwrap_or_default(),
                 };
                 if !live.contains(&class) {
-                    if let (Some(id), Some(name)) = (lt.launch_template_id(), lt.launch_template_name()) {
+                    if let (Some(id), Some(name)) =
+                        (lt.launch_template_id(), lt.launch_template_name())
+                    {
                         stale.push((id.to_string(), name.to_string()));
                     }
                 }
             }
-            next = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if next.is_none() {
                 break;
             }
@@ -428,7 +576,11 @@ impl AwsCloud {
             let r = self
                 .caller
                 .call(Action::DeleteLaunchTemplate, 1, || {
-                    self.ec2.delete_launch_template().launch_template_id(id).send().map_err_classify()
+                    self.ec2
+                        .delete_launch_template()
+                        .launch_template_id(id)
+                        .send()
+                        .map_err_classify()
                 })
                 .await;
             match r {
@@ -436,12 +588,22 @@ impl AwsCloud {
                 Err(e) if e.failure.code().contains("NotFound") => {}
                 Err(e) => return Err(self.map_err(e)),
             }
-            self.launch_templates.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            self.launch_templates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
         }
         Ok(stale.len())
     }
 
-    fn launched(&self, id: String, instance_type: String, zone: String, capacity_type: CapacityType, subnet: Option<String>) -> LaunchedInstance {
+    fn launched(
+        &self,
+        id: String,
+        instance_type: String,
+        zone: String,
+        capacity_type: CapacityType,
+        subnet: Option<String>,
+    ) -> LaunchedInstance {
         LaunchedInstance {
             instance_id: id,
             instance_type,
@@ -455,10 +617,21 @@ impl AwsCloud {
     }
 }
 
-fn instance_tag_specs(tags: &BTreeMap<String, String>, with_volume: bool) -> Vec<t::TagSpecification> {
-    let mut specs = vec![t::TagSpecification::builder().resource_type(t::ResourceType::Instance).set_tags(Some(ec2_tags(tags))).build()];
+fn instance_tag_specs(
+    tags: &BTreeMap<String, String>,
+    with_volume: bool,
+) -> Vec<t::TagSpecification> {
+    let mut specs = vec![t::TagSpecification::builder()
+        .resource_type(t::ResourceType::Instance)
+        .set_tags(Some(ec2_tags(tags)))
+        .build()];
     if with_volume {
-        specs.push(t::TagSpecification::builder().resource_type(t::ResourceType::Volume).set_tags(Some(ec2_tags(tags))).build());
+        specs.push(
+            t::TagSpecification::builder()
+                .resource_type(t::ResourceType::Volume)
+                .set_tags(Some(ec2_tags(tags)))
+                .build(),
+        );
     }
     specs
 }
@@ -478,7 +651,6 @@ where
         self.await.map_err(classify)
     }
 }
-
 
 #[async_trait]
 impl FleetApi for AwsCloud {
@@ -523,11 +695,15 @@ impl FleetApi for AwsCloud {
                     .set_tag_specifications(Some(instance_tag_specs(&call.tags, true)));
                 b = if spot {
                     b.spot_options(
-                        t::SpotOptionsRequest::builder().allocation_strategy(t::SpotAllocationStrategy::PriceCapacityOptimized).build(),
+                        t::SpotOptionsRequest::builder()
+                            .allocation_strategy(t::SpotAllocationStrategy::PriceCapacityOptimized)
+                            .build(),
                     )
                 } else {
                     b.on_demand_options(
-                        t::OnDemandOptionsRequest::builder().allocation_strategy(t::FleetOnDemandAllocationStrategy::LowestPrice).build(),
+                        t::OnDemandOptionsRequest::builder()
+                            .allocation_strategy(t::FleetOnDemandAllocationStrategy::LowestPrice)
+                            .build(),
                     )
                 };
                 b.send().map_err_classify()
@@ -536,12 +712,23 @@ impl FleetApi for AwsCloud {
         let resp = match resp {
             Ok(r) => r,
             Err(e) if e.failure.code() == "IdempotentParameterMismatch" => {
-                return Err(CloudError::IdempotencyConflict { client_token: call.client_token.clone() })
+                return Err(CloudError::IdempotencyConflict {
+                    client_token: call.client_token.clone(),
+                })
             }
-            Err(e) if e.failure.code().contains("LaunchTemplate") && e.failure.code().contains("NotFound") => {
+            Err(e)
+                if e.failure.code().contains("LaunchTemplate")
+                    && e.failure.code().contains("NotFound") =>
+            {
                 // Deleted behind berth's back: forget it so the next launch creates it again.
-                self.launch_templates.lock().unwrap_or_else(|p| p.into_inner()).remove(&call.launch_template_name);
-                return Err(CloudError::Transient { action: "CreateFleet", message: format!("launch template {} disappeared", call.launch_template_name) });
+                self.launch_templates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&call.launch_template_name);
+                return Err(CloudError::Transient {
+                    action: "CreateFleet",
+                    message: format!("launch template {} disappeared", call.launch_template_name),
+                });
             }
             Err(e) if is_capacity_error(e.failure.code()) => {
                 // The whole request refused for capacity: every override failed.
@@ -552,7 +739,11 @@ impl FleetApi for AwsCloud {
                     errors: call
                         .overrides
                         .iter()
-                        .map(|o| OfferingFailure { offering: o.offering(call.capacity_type), code: code.clone(), message: message.clone() })
+                        .map(|o| OfferingFailure {
+                            offering: o.offering(call.capacity_type),
+                            code: code.clone(),
+                            message: message.clone(),
+                        })
                         .collect(),
                 });
             }
@@ -561,43 +752,75 @@ impl FleetApi for AwsCloud {
         let zone_of = |subnet: Option<&str>, az: Option<&str>| -> Option<String> {
             az.map(str::to_string).or_else(|| {
                 let s = subnet?;
-                call.overrides.iter().find(|o| o.subnet_id == s).map(|o| o.zone.clone())
+                call.overrides
+                    .iter()
+                    .find(|o| o.subnet_id == s)
+                    .map(|o| o.zone.clone())
             })
         };
         let mut out = FleetResponse::default();
         for inst in resp.instances() {
-            let ov = inst.launch_template_and_overrides().and_then(|l| l.overrides());
+            let ov = inst
+                .launch_template_and_overrides()
+                .and_then(|l| l.overrides());
             let subnet = inst.subnet_id().or_else(|| ov.and_then(|o| o.subnet_id()));
-            let az = inst.availability_zone().or_else(|| ov.and_then(|o| o.availability_zone()));
-            let Some(zone) = zone_of(subnet, az) else { continue };
-            let itype = inst.instance_type().or_else(|| ov.and_then(|o| o.instance_type())).map(|t| t.as_str().to_string()).unwrap_or_default();
+            let az = inst
+                .availability_zone()
+                .or_else(|| ov.and_then(|o| o.availability_zone()));
+            let Some(zone) = zone_of(subnet, az) else {
+                continue;
+            };
+            let itype = inst
+                .instance_type()
+                .or_else(|| ov.and_then(|o| o.instance_type()))
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default();
             let capacity_type = match inst.lifecycle() {
                 Some(t::InstanceLifecycle::Spot) => CapacityType::Spot,
                 Some(t::InstanceLifecycle::OnDemand) => CapacityType::OnDemand,
                 _ => call.capacity_type,
             };
             for id in inst.instance_ids() {
-                out.instances.push(self.launched(id.clone(), itype.clone(), zone.clone(), capacity_type, subnet.map(str::to_string)));
+                out.instances.push(self.launched(
+                    id.clone(),
+                    itype.clone(),
+                    zone.clone(),
+                    capacity_type,
+                    subnet.map(str::to_string),
+                ));
             }
         }
         for err in resp.errors() {
-            let ov = err.launch_template_and_overrides().and_then(|l| l.overrides());
-            let itype = ov.and_then(|o| o.instance_type()).map(|t| t.as_str().to_string());
-            let zone = zone_of(ov.and_then(|o| o.subnet_id()), ov.and_then(|o| o.availability_zone()));
+            let ov = err
+                .launch_template_and_overrides()
+                .and_then(|l| l.overrides());
+            let itype = ov
+                .and_then(|o| o.instance_type())
+                .map(|t| t.as_str().to_string());
+            let zone = zone_of(
+                ov.and_then(|o| o.subnet_id()),
+                ov.and_then(|o| o.availability_zone()),
+            );
             let code = err.error_code().unwrap_or("Unknown").to_string();
             let message = err.error_message().unwrap_or("").to_string();
             match (itype, zone) {
                 (Some(instance_type), Some(zone)) => out.errors.push(OfferingFailure {
-                    offering: OfferingKey { instance_type, zone, capacity_type: call.capacity_type },
+                    offering: OfferingKey {
+                        instance_type,
+                        zone,
+                        capacity_type: call.capacity_type,
+                    },
                     code,
                     message,
                 }),
                 // An error not tied to one override applies to all of them.
-                _ => out.errors.extend(call.overrides.iter().map(|o| OfferingFailure {
-                    offering: o.offering(call.capacity_type),
-                    code: code.clone(),
-                    message: message.clone(),
-                })),
+                _ => out
+                    .errors
+                    .extend(call.overrides.iter().map(|o| OfferingFailure {
+                        offering: o.offering(call.capacity_type),
+                        code: code.clone(),
+                        message: message.clone(),
+                    })),
             }
         }
         Ok(out)
@@ -615,13 +838,20 @@ impl FleetApi for AwsCloud {
                     .min_count(1)
                     .max_count(1)
                     .launch_template(
-                        t::LaunchTemplateSpecification::builder().launch_template_name(&call.launch_template_name).version("$Latest").build(),
+                        t::LaunchTemplateSpecification::builder()
+                            .launch_template_name(&call.launch_template_name)
+                            .version("$Latest")
+                            .build(),
                     )
                     .instance_type(t::InstanceType::from(o.instance_type.as_str()))
                     .subnet_id(&o.subnet_id)
                     .set_tag_specifications(Some(instance_tag_specs(&call.tags, true)));
                 if call.capacity_type == CapacityType::Spot {
-                    b = b.instance_market_options(t::InstanceMarketOptionsRequest::builder().market_type(t::MarketType::Spot).build());
+                    b = b.instance_market_options(
+                        t::InstanceMarketOptionsRequest::builder()
+                            .market_type(t::MarketType::Spot)
+                            .build(),
+                    );
                 }
                 b.send().map_err_classify()
             })
@@ -629,7 +859,9 @@ impl FleetApi for AwsCloud {
         let resp = match resp {
             Ok(r) => r,
             Err(e) if e.failure.code() == "IdempotentParameterMismatch" => {
-                return Err(CloudError::IdempotencyConflict { client_token: call.client_token.clone() })
+                return Err(CloudError::IdempotencyConflict {
+                    client_token: call.client_token.clone(),
+                })
             }
             Err(e) if is_capacity_error(e.failure.code()) => {
                 return Err(CloudError::InsufficientCapacity {
@@ -642,14 +874,20 @@ impl FleetApi for AwsCloud {
             }
             Err(e) => return Err(self.map_err(e)),
         };
-        let i = resp
-            .instances()
-            .first()
-            .ok_or_else(|| CloudError::Api { action: "RunInstances", code: "EmptyResponse".into(), message: "no instance in the answer".into() })?;
+        let i = resp.instances().first().ok_or_else(|| CloudError::Api {
+            action: "RunInstances",
+            code: "EmptyResponse".into(),
+            message: "no instance in the answer".into(),
+        })?;
         let mut l = self.launched(
             i.instance_id().unwrap_or_default().to_string(),
-            i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_else(|| o.instance_type.clone()),
-            i.placement().and_then(|p| p.availability_zone()).map(str::to_string).unwrap_or_else(|| o.zone.clone()),
+            i.instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_else(|| o.instance_type.clone()),
+            i.placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_string)
+                .unwrap_or_else(|| o.zone.clone()),
             call.capacity_type,
             Some(o.subnet_id.clone()),
         );
@@ -660,8 +898,16 @@ impl FleetApi for AwsCloud {
         Ok(l)
     }
 
-    async fn find_machine_instance(&self, machine_uid: &str) -> Result<Option<Instance>, CloudError> {
-        let found = self.describe_cluster_instances(vec![filter(&format!("tag:{}", tags::MACHINE_UID), [machine_uid])]).await?;
+    async fn find_machine_instance(
+        &self,
+        machine_uid: &str,
+    ) -> Result<Option<Instance>, CloudError> {
+        let found = self
+            .describe_cluster_instances(vec![filter(
+                &format!("tag:{}", tags::MACHINE_UID),
+                [machine_uid],
+            )])
+            .await?;
         Ok(found.into_iter().next())
     }
 }

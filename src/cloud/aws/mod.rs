@@ -20,7 +20,8 @@ use crate::cloud::rate_limit::RateLimits;
 use crate::cloud::retry::{is_throttle_code, ApiCaller, Backoff, Failure};
 use crate::cloud::unavailable::{is_capacity_error, UnavailableOfferings, DEFAULT_TTL};
 use crate::cloud::{
-    ClassRevision, CloudProvider, Instance, LaunchOutcome, LaunchRequest, NodeGroup, TerminateOutcome,
+    ClassRevision, CloudProvider, Instance, LaunchOutcome, LaunchRequest, NodeGroup,
+    TerminateOutcome,
 };
 use crate::model::instance_type::Catalog;
 use async_trait::async_trait;
@@ -94,7 +95,11 @@ pub struct AwsCloud {
 impl AwsCloud {
     /// Loads the SDK configuration and checks that credentials resolve, so a missing or broken credential chain is
     /// one clear error at start rather than a failure on every call.
-    pub async fn connect(config: AwsConfig, clock: SharedClock, metrics: CloudMetrics) -> Result<AwsCloud, CloudError> {
+    pub async fn connect(
+        config: AwsConfig,
+        clock: SharedClock,
+        metrics: CloudMetrics,
+    ) -> Result<AwsCloud, CloudError> {
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -105,7 +110,9 @@ impl AwsCloud {
             // berth retries itself (paced and counted); the SDK must not multiply the attempts.
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder().operation_attempt_timeout(config.call_timeout).build(),
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(config.call_timeout)
+                    .build(),
             );
         if let Some(r) = &config.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
@@ -114,13 +121,14 @@ impl AwsCloud {
             loader = loader.endpoint_url(e.clone());
         }
         let sdk = loader.load().await;
-        let region = sdk
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| CloudError::invalid("no AWS region: set --region, AWS_REGION or a profile's region"))?;
-        let provider = sdk.credentials_provider().ok_or_else(|| CloudError::Credentials {
-            message: "no credentials provider is configured".into(),
+        let region = sdk.region().map(|r| r.to_string()).ok_or_else(|| {
+            CloudError::invalid("no AWS region: set --region, AWS_REGION or a profile's region")
         })?;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or_else(|| CloudError::Credentials {
+                message: "no credentials provider is configured".into(),
+            })?;
         use aws_sdk_ec2::config::ProvideCredentials;
         provider.provide_credentials().await.map_err(|e| CloudError::Credentials {
             message: format!(
@@ -171,13 +179,25 @@ impl AwsCloud {
     }
 }
 
-fn cache_get<V: Clone>(map: &Mutex<HashMap<String, Cached<V>>>, key: &str, ttl: Duration) -> Option<V> {
+fn cache_get<V: Clone>(
+    map: &Mutex<HashMap<String, Cached<V>>>,
+    key: &str,
+    ttl: Duration,
+) -> Option<V> {
     let m = map.lock().unwrap_or_else(|p| p.into_inner());
-    m.get(key).filter(|c| c.at.elapsed() < ttl).map(|c| c.value.clone())
+    m.get(key)
+        .filter(|c| c.at.elapsed() < ttl)
+        .map(|c| c.value.clone())
 }
 
 fn cache_put<V>(map: &Mutex<HashMap<String, Cached<V>>>, key: String, value: V) {
-    map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Cached { at: tokio::time::Instant::now(), value });
+    map.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        key,
+        Cached {
+            at: tokio::time::Instant::now(),
+            value,
+        },
+    );
 }
 
 /// Classifies an SDK error for the retry loop.
@@ -194,11 +214,23 @@ where
                 Failure::Throttled { code, message }
             } else if is_capacity_error(&code) {
                 // EC2 sends InsufficientInstanceCapacity with a 5xx status; it is an answer, not an outage.
-                Failure::Client { status, code, message }
+                Failure::Client {
+                    status,
+                    code,
+                    message,
+                }
             } else if status >= 500 {
-                Failure::Server { status, code, message }
+                Failure::Server {
+                    status,
+                    code,
+                    message,
+                }
             } else {
-                Failure::Client { status, code, message }
+                Failure::Client {
+                    status,
+                    code,
+                    message,
+                }
             }
         }
         SdkError::ConstructionFailure(_) => {
@@ -206,7 +238,11 @@ where
             if text.to_ascii_lowercase().contains("credential") {
                 Failure::Credentials { message: text }
             } else {
-                Failure::Client { status: 0, code: "ConstructionFailure".into(), message: text }
+                Failure::Client {
+                    status: 0,
+                    code: "ConstructionFailure".into(),
+                    message: text,
+                }
             }
         }
         _ => {
@@ -234,17 +270,27 @@ impl CloudProvider for AwsCloud {
             )));
         }
         let subnets = self.resolve_subnets(&request.subnets).await?;
-        let security_groups = self.resolve_security_groups(&request.security_groups).await?;
+        let security_groups = self
+            .resolve_security_groups(&request.security_groups)
+            .await?;
         let catalog = self.instance_types().await?;
-        let plan = plan_launch(request, &catalog, &subnets, |k| self.unavailable.is_unavailable(k))?;
+        let plan = plan_launch(request, &catalog, &subnets, |k| {
+            self.unavailable.is_unavailable(k)
+        })?;
         let image_id = self.resolve_image(&request.image, plan.arch).await?;
-        let user_data = request.bootstrap.render().map_err(crate::cloud::sim::bootstrap_error)?;
+        let user_data = request
+            .bootstrap
+            .render()
+            .map_err(crate::cloud::sim::bootstrap_error)?;
         let spec = LaunchTemplateSpec::new(request, image_id, security_groups, user_data);
         let name = self.ensure_launch_template(&spec).await?;
-        let mut outcome = launcher::execute(self, request, &plan, &name, &self.unavailable, &self.region).await?;
+        let mut outcome =
+            launcher::execute(self, request, &plan, &name, &self.unavailable, &self.region).await?;
         if outcome.instance.subnet_id.is_none() {
-            outcome.instance.subnet_id =
-                subnets.iter().find(|s| s.zone == outcome.instance.zone).map(|s| s.id.clone());
+            outcome.instance.subnet_id = subnets
+                .iter()
+                .find(|s| s.zone == outcome.instance.zone)
+                .map(|s| s.id.clone());
         }
         Ok(outcome)
     }
@@ -259,10 +305,15 @@ impl CloudProvider for AwsCloud {
 
     async fn instance_types(&self) -> Result<Catalog, CloudError> {
         let mut guard = self.catalog.lock().await;
-        let fresh = guard.as_ref().is_some_and(|c| c.at.elapsed() < self.config.catalog_refresh);
+        let fresh = guard
+            .as_ref()
+            .is_some_and(|c| c.at.elapsed() < self.config.catalog_refresh);
         if !fresh {
             let catalog = self.load_catalog().await?;
-            *guard = Some(Cached { at: tokio::time::Instant::now(), value: catalog });
+            *guard = Some(Cached {
+                at: tokio::time::Instant::now(),
+                value: catalog,
+            });
         }
         let mut c = guard.as_ref().map(|c| c.value.clone()).unwrap_or_default();
         drop(guard);
@@ -278,15 +329,26 @@ impl CloudProvider for AwsCloud {
         self.discover_node_groups(None).await
     }
 
-    async fn set_node_group_desired_capacity(&self, group: &str, desired: u32) -> Result<(), CloudError> {
+    async fn set_node_group_desired_capacity(
+        &self,
+        group: &str,
+        desired: u32,
+    ) -> Result<(), CloudError> {
         self.set_desired(group, desired).await
     }
 
-    async fn terminate_node_group_instance(&self, group: &str, instance_id: &str) -> Result<(), CloudError> {
+    async fn terminate_node_group_instance(
+        &self,
+        group: &str,
+        instance_id: &str,
+    ) -> Result<(), CloudError> {
         self.terminate_in_group(group, instance_id).await
     }
 
-    async fn garbage_collect_launch_templates(&self, live: &[ClassRevision]) -> Result<usize, CloudError> {
+    async fn garbage_collect_launch_templates(
+        &self,
+        live: &[ClassRevision],
+    ) -> Result<usize, CloudError> {
         self.collect_launch_templates(live).await
     }
 }
