@@ -28,7 +28,7 @@ use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{
     Cluster, Machine, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION,
 };
-use crate::disruption::{plan, Command, DisruptionPlan, Reason};
+use crate::disruption::{plan, Command, DisruptionInput, DisruptionPlan, Reason};
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::state::cluster::{ClusterCache, ClusterObjects};
 use crate::state::disruption::build;
@@ -84,7 +84,7 @@ pub async fn run(
     config: DisruptionConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let mut since: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let mut rounds = Rounds::default();
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => return,
@@ -100,7 +100,7 @@ pub async fn run(
             .reconcile_duration_seconds
             .with_label_values(&[CONTROLLER])
             .start_timer();
-        let round = round(&ctx, &cache, &catalog, &config, &mut since);
+        let round = round(&ctx, &cache, &catalog, &config, &mut rounds);
         tokio::select! {
             _ = &mut shutdown => return,
             result = round => if let Err(e) = result {
@@ -110,6 +110,19 @@ pub async fn run(
         }
     }
 }
+
+/// Karpenter's "consolidated" state: what the controller remembers between rounds.
+#[derive(Default)]
+struct Rounds {
+    /// The underutilization clock of the last plan.
+    since: BTreeMap<String, DateTime<Utc>>,
+    /// The input of the last plan that found nothing to do, and until when the clock cannot change its answer: a
+    /// round that observes the same input before then skips planning (dozens of what-if solves at steady state).
+    quiet: Option<(DisruptionInput, DateTime<Utc>)>,
+}
+
+/// How long a quiet answer stands at most, whatever the input: a safety net, not a rule.
+const QUIET_AT_MOST: chrono::Duration = chrono::Duration::minutes(5);
 
 /// The cached objects, and the Cluster whose policy applies.
 fn observe(cache: &ClusterCache, config: &DisruptionConfig) -> (ClusterObjects, Option<Cluster>) {
@@ -122,13 +135,14 @@ fn observe(cache: &ClusterCache, config: &DisruptionConfig) -> (ClusterObjects, 
 /// What one observation gave: the objects, each group's namespace, and the plan.
 type Planned = (ClusterObjects, BTreeMap<String, String>, DisruptionPlan);
 
-/// Observes and plans; None when there is no Cluster to take a policy from or the policy is invalid.
+/// Observes and plans; None when there is no Cluster to take a policy from, the policy is invalid, or the input is
+/// the one a quiet plan was made of and the clock has not moved past what that plan waited for.
 async fn observe_and_plan(
     ctx: &Context,
     cache: &ClusterCache,
     catalog: &Catalog,
     config: &DisruptionConfig,
-    since: &BTreeMap<String, DateTime<Utc>>,
+    rounds: &mut Rounds,
 ) -> Result<Option<Planned>, ControllerError> {
     let (objects, cluster) = observe(cache, config);
     let Some(cluster) = cluster else {
@@ -141,7 +155,7 @@ async fn observe_and_plan(
         return Ok(None);
     }
     let now = ctx.clock.now();
-    let built = match build(&objects, Some(&cluster), catalog, since, now) {
+    let built = match build(&objects, Some(&cluster), catalog, &rounds.since, now) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the scale-down policy");
@@ -151,7 +165,19 @@ async fn observe_and_plan(
     for p in &built.problems {
         tracing::warn!(object = %p.object, problem = %p.message, "disruption input");
     }
+    if let Some((input, until)) = &rounds.quiet {
+        if now < *until && *input == built.input {
+            return Ok(None);
+        }
+    }
     let plan = plan(&built.input, catalog, now);
+    rounds.since = plan.underutilized_since.clone();
+    rounds.quiet = plan.commands.is_empty().then(|| {
+        let until = plan
+            .revisit_at
+            .map_or(now + QUIET_AT_MOST, |t| t.min(now + QUIET_AT_MOST));
+        (built.input, until)
+    });
     Ok(Some((objects, built.namespaces, plan)))
 }
 
@@ -160,15 +186,14 @@ async fn round(
     cache: &ClusterCache,
     catalog: &Catalog,
     config: &DisruptionConfig,
-    since: &mut BTreeMap<String, DateTime<Utc>>,
+    rounds: &mut Rounds,
 ) -> Result<(), ControllerError> {
     let (objects, _) = observe(cache, config);
     finish_replacements(ctx, &objects, config).await?;
 
-    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, since).await? else {
+    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, rounds).await? else {
         return Ok(());
     };
-    *since = first.underutilized_since.clone();
     for k in &first.kept {
         tracing::debug!(node = %k.node, kept = k.blocker.as_str(), why = %k.blocker, "node kept");
     }
@@ -177,11 +202,10 @@ async fn round(
     }
     tokio::time::sleep(config.validation_delay).await;
     let Some((objects, namespaces, second)) =
-        observe_and_plan(ctx, cache, catalog, config, since).await?
+        observe_and_plan(ctx, cache, catalog, config, rounds).await?
     else {
         return Ok(());
     };
-    *since = second.underutilized_since.clone();
     for command in second
         .commands
         .iter()

@@ -456,6 +456,10 @@ pub struct DisruptionPlan {
     pub underutilized_since: BTreeMap<String, DateTime<Utc>>,
     /// Scheduling simulations run.
     pub simulations: usize,
+    /// The earliest moment a rule that depends on the clock (minimum node age, the delay after a scale-up, the
+    /// unneeded time, a budget's schedule window) may decide differently: until then the same input plans the same.
+    /// None: nothing here waits on the clock.
+    pub revisit_at: Option<DateTime<Utc>>,
 }
 
 /// Plans one round of scale-down and consolidation.
@@ -1189,6 +1193,7 @@ impl<'a> Planner<'a> {
                 blocker,
             });
         }
+        let revisit_at = self.revisit_at();
         // Nodes chosen keep their clock: the confirming plan must see them as unneeded as this one did. A clock
         // goes when its node stops being a candidate.
         DisruptionPlan {
@@ -1196,6 +1201,38 @@ impl<'a> Planner<'a> {
             kept,
             underutilized_since: self.since,
             simulations: self.simulations,
+            revisit_at,
         }
+    }
+
+    fn revisit_at(&self) -> Option<DateTime<Utc>> {
+        let p = &self.input.policy;
+        // Schedule windows open and close on their own; a minute is soon enough to notice.
+        let windows = self
+            .input
+            .groups
+            .iter()
+            .any(|g| g.budgets.iter().any(|b| b.window.is_some()))
+            .then(|| self.now + chrono::Duration::minutes(1));
+        let groups = self
+            .input
+            .groups
+            .iter()
+            .filter_map(|g| g.last_scale_up.map(|t| t + p.delay_after_scale_up));
+        let nodes = self.order.iter().flat_map(|&i| {
+            let c = self.cand(i);
+            let unneeded = self
+                .since
+                .get(c.name())
+                .filter(|_| self.facts[i].underutilized)
+                .map(|t| *t + p.unneeded_time);
+            [Some(c.created_at + p.min_node_age), unneeded]
+        });
+        windows
+            .into_iter()
+            .chain(groups)
+            .chain(nodes.flatten())
+            .filter(|t| *t > self.now)
+            .min()
     }
 }

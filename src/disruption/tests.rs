@@ -435,6 +435,20 @@ fn a_young_node_is_kept() {
     c.created_at = now() - minutes(2);
     let p = run(&input(vec![c]));
     assert_eq!(blocker_of(&p, "fresh").as_str(), "too_young");
+    // The controller may skip planning the same input until the node is old enough, and no longer.
+    let min_age = Policy::default().min_node_age;
+    assert_eq!(p.revisit_at, Some(now() - minutes(2) + min_age));
+}
+
+#[test]
+fn a_plan_that_waits_on_nothing_has_no_revisit_time() {
+    let p = run(&input(vec![candidate(
+        "busy",
+        "s.xlarge",
+        vec![pod("a", 3500, 8)],
+    )]));
+    assert!(p.commands.is_empty());
+    assert_eq!(p.revisit_at, None, "{:?}", p.kept);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::emulator::store::{DeleteOptions, ListQuery, PatchKind, Store, Stored,
 use crate::model::quantity::{parse_cpu_millis, parse_units};
 use crate::model::resources::Resources;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -278,33 +278,36 @@ impl Workloads {
         let pods = store
             .list(&pods_rt, Some(NAMESPACE), &ListQuery::default())?
             .items;
-        let mut by_workload: BTreeMap<String, Vec<Arc<Stored>>> = BTreeMap::new();
-        let mut alive: BTreeSet<String> = BTreeSet::new();
-        for p in pods {
-            alive.insert(p.name.clone());
+        // Borrowed, not cloned: this runs every simulated second over every pod.
+        let mut by_workload: HashMap<&str, Vec<&Arc<Stored>>> = HashMap::new();
+        let alive: HashSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        for p in &pods {
             if p.phase == "Running" && !p.node_name.is_empty() {
                 if let Some(created) = self.waiting.remove(&p.name) {
                     self.pending_seconds
                         .push(now.saturating_sub(created).as_secs());
                 }
-                self.started.entry(p.name.clone()).or_insert(now);
+                if !self.started.contains_key(&p.name) {
+                    self.started.insert(p.name.clone(), now);
+                }
             }
-            if let Some(w) = label(&p, WORKLOAD_LABEL) {
-                by_workload.entry(w).or_default().push(p);
+            if let Some((_, w)) = p.labels.iter().find(|(k, _)| k == WORKLOAD_LABEL) {
+                by_workload.entry(w.as_str()).or_default().push(p);
             }
         }
         // Pods deleted while waiting (scale-down, a lost node) never ran: forget them.
-        self.waiting.retain(|n, _| alive.contains(n));
-        self.started.retain(|n, _| alive.contains(n));
+        self.waiting.retain(|n, _| alive.contains(n.as_str()));
+        self.started.retain(|n, _| alive.contains(n.as_str()));
         let mut creates: Vec<Value> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
 
         let deployments: Vec<String> = self.deployments.keys().cloned().collect();
         for name in deployments {
             let live: Vec<&Arc<Stored>> = by_workload
-                .get(&name)
+                .get(name.as_str())
                 .map(|v| {
                     v.iter()
+                        .copied()
                         .filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed"))
                         .collect()
                 })
@@ -341,7 +344,11 @@ impl Workloads {
         for name in jobs {
             let run_for = self.jobs[&name].run_for;
             let mut active = 0u32;
-            for p in by_workload.get(&name).map(Vec::as_slice).unwrap_or(&[]) {
+            for p in by_workload
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
                 if matches!(p.phase.as_str(), "Succeeded" | "Failed") {
                     continue;
                 }
@@ -387,15 +394,15 @@ impl Workloads {
                 .collect();
             let names: Vec<String> = self.daemonsets.keys().cloned().collect();
             for name in names {
-                let covered: BTreeSet<String> = by_workload
-                    .get(&name)
-                    .map(|v| v.iter().map(|p| p.node_name.clone()).collect())
+                let covered: HashSet<&str> = by_workload
+                    .get(name.as_str())
+                    .map(|v| v.iter().map(|p| p.node_name.as_str()).collect())
                     .unwrap_or_default();
                 let (template, owner) = (
                     self.daemonsets[&name].template.clone(),
                     self.daemonsets[&name].owner.clone(),
                 );
-                for node in nodes.iter().filter(|n| !covered.contains(*n)) {
+                for node in nodes.iter().filter(|n| !covered.contains(n.as_str())) {
                     creates.push(self.pod(&name, &template, &owner, Some(node), now).1);
                 }
             }
