@@ -39,6 +39,11 @@ pub struct Stored {
     pub unschedulable: bool,
     /// metadata.ownerReferences[*].uid
     pub owner_uids: Vec<String>,
+    /// metadata.deletionTimestamp is set.
+    pub deleting: bool,
+    /// No status condition of type Ready says other than True (pods: what a PodDisruptionBudget counts as healthy,
+    /// with a Running phase).
+    pub ready: bool,
 }
 
 impl Stored {
@@ -98,6 +103,16 @@ impl Stored {
             phase: s("/status/phase"),
             unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
             owner_uids,
+            deleting: v.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()),
+            ready: v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_none_or(|cs| {
+                    cs.iter().all(|c| {
+                        c.get("type").and_then(Value::as_str) != Some("Ready")
+                            || c.get("status").and_then(Value::as_str) == Some("True")
+                    })
+                }),
         })
     }
 }
@@ -1655,21 +1670,8 @@ impl Store {
                 return Err(ApiError::Internal("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into()));
             }
             if let Some((budget, sel)) = matching.pop() {
-                let healthy_pod = |s: &Stored| -> bool {
-                    s.phase == "Running"
-                        && s.value().ok().is_some_and(|v| {
-                            v.pointer("/metadata/deletionTimestamp").is_none()
-                                && v.pointer("/status/conditions")
-                                    .and_then(Value::as_array)
-                                    .is_none_or(|cs| {
-                                        cs.iter().all(|c| {
-                                            c.get("type").and_then(Value::as_str) != Some("Ready")
-                                                || c.get("status").and_then(Value::as_str)
-                                                    == Some("True")
-                                        })
-                                    })
-                        })
-                };
+                let healthy_pod =
+                    |s: &Stored| -> bool { s.phase == "Running" && !s.deleting && s.ready };
                 let members: Vec<Arc<Stored>> = st
                     .collection("", "pods")
                     .map(|c| {
@@ -1741,25 +1743,25 @@ fn expected_pods(st: &State, members: &[Arc<Stored>], budget: &Value) -> i64 {
         .iter()
         .filter(|s| !matches!(s.phase.as_str(), "Succeeded" | "Failed"))
         .count() as i64;
-    let mut controllers: BTreeMap<String, i64> = BTreeMap::new();
+    // Owner uid -> its spec.replicas, read once per owner (members share a handful of controllers).
+    let mut controllers: BTreeMap<String, Option<i64>> = BTreeMap::new();
     let mut all_controlled = !members.is_empty();
     for m in members {
         let replicas = m.owner_uids.iter().find_map(|u| {
-            let key = st.uids.get(u)?;
-            let rt = st.registry.get(&key.group, &key.resource)?;
-            let owner = st.lookup(&rt, &key.namespace, &key.name)?.value().ok()?;
-            let r = owner.pointer("/spec/replicas").and_then(Value::as_i64)?;
-            Some((u.clone(), r))
+            let r = *controllers.entry(u.clone()).or_insert_with(|| {
+                let key = st.uids.get(u)?;
+                let rt = st.registry.get(&key.group, &key.resource)?;
+                let owner = st.lookup(&rt, &key.namespace, &key.name)?.value().ok()?;
+                owner.pointer("/spec/replicas").and_then(Value::as_i64)
+            });
+            r
         });
-        match replicas {
-            Some((u, r)) => {
-                controllers.insert(u, r);
-            }
-            None => all_controlled = false,
+        if replicas.is_none() {
+            all_controlled = false;
         }
     }
     if all_controlled {
-        return controllers.values().sum();
+        return controllers.values().flatten().sum();
     }
     let recorded = budget
         .pointer("/status/expectedPods")
