@@ -232,7 +232,7 @@ pub fn parse_units(input: &str) -> Result<u64, QuantityError> {
 
 /// Formats millicores the way `kubectl` shows them: `2` for whole cores, `1500m` otherwise.
 pub fn format_cpu_millis(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
