@@ -41,15 +41,6 @@ use std::sync::Arc;
 /// How long a nominated pod is held on its new node after the node turns Ready, before it may ask for more.
 pub const NOMINATION_GRACE: chrono::Duration = chrono::Duration::seconds(15);
 
-/// Whether `node` can still take `pod` beside its bound pods and the pods already riding it.
-fn still_holds(node: &ExistingNode, pod: &Pod) -> bool {
-    let mut used = pod.spec.requests.clone();
-    for p in node.pods.iter() {
-        used.add(&p.spec.requests);
-    }
-    used.fits_in(&node.node.allocatable)
-}
-
 /// Namespace of the placeholder pods that stand for headroom; they never exist in the cluster.
 pub const HEADROOM_NAMESPACE: &str = "berth-headroom";
 
@@ -493,12 +484,8 @@ pub fn observe_with(
             let key = pod.key();
             match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
                 Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
-                // kube-scheduler does not follow berth's plan: once the node has filled with other pods, a
-                // nomination that no longer fits is planned again now, not after the node's grace.
-                Some(Ride::Node(n)) if still_holds(&nodes[*n], &pod) => {
-                    Arc::make_mut(&mut nodes[*n].pods).push(pod)
-                }
-                _ => {
+                Some(Ride::Node(n)) => Arc::make_mut(&mut nodes[*n].pods).push(pod),
+                None => {
                     still_pending.push(pod);
                     continue;
                 }
@@ -1104,46 +1091,6 @@ mod tests {
         // b's machine is no longer coming: b is planned again.
         assert!(o.snapshot.pending.iter().any(|p| p.key() == "default/b"));
         assert!(!o.snapshot.pending.iter().any(|p| p.key() == "default/a"));
-    }
-
-    #[test]
-    fn a_nomination_to_a_registered_node_stands_only_while_the_node_can_hold_the_pod() {
-        let provider = "aws:///us-east-1a/i-1";
-        let mut m: Machine = (*machine("m1", Some("s1"), "Running", "m7i.large")).clone();
-        m.status.as_mut().unwrap().provider_id = Some(provider.into());
-        // Registered and Ready five seconds ago, so still within its grace; room for one 1-cpu pod, not two.
-        let node: Arc<core::Node> = from(json!({
-            "metadata": {"name": "n1"},
-            "spec": {"providerID": provider},
-            "status": {"allocatable": {"cpu": "1930m", "memory": "7Gi", "pods": "29"},
-                       "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-01T11:59:55Z"}]}
-        }));
-        let objects = ClusterObjects {
-            pods: vec![pod("a", true, "ReplicaSet"), pod("b", true, "ReplicaSet")],
-            nodes: vec![node],
-            machine_classes: vec![class()],
-            machine_deployments: vec![deployment("general", "general", 1, json!({}))],
-            machines: vec![Arc::new(m)],
-            ..Default::default()
-        };
-        let nominations = HashMap::from([
-            ("default/a".to_string(), "s1".to_string()),
-            ("default/b".to_string(), "s1".to_string()),
-        ]);
-        let o = observe(
-            &objects,
-            &catalog(),
-            &ObserveSettings::default(),
-            &nominations,
-            now(),
-        );
-        let pending: Vec<String> = o.snapshot.pending.iter().map(|p| p.key()).collect();
-        assert!(o.riding.contains("default/a"), "a still rides n1");
-        assert!(
-            pending.contains(&"default/b".to_string()),
-            "b no longer fits n1 and is planned again: {pending:?}"
-        );
-        assert!(!pending.contains(&"default/a".to_string()));
     }
 
     #[test]
