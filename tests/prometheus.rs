@@ -89,6 +89,74 @@ fn instantiate(expr: &str) -> String {
         .replace("$group", ".*")
 }
 
+/// One query of one dashboard panel, its variables instantiated.
+struct PanelQuery {
+    dashboard: String,
+    panel: String,
+    expr: String,
+}
+
+/// Every panel query of every dashboard in dashboards/.
+fn panel_queries() -> Vec<PanelQuery> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("{}/dashboards", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for panel in d["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                out.push(PanelQuery {
+                    dashboard: d["title"].to_string(),
+                    panel: panel["title"].to_string(),
+                    expr: instantiate(t["expr"].as_str().unwrap()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A real Prometheus (Debian's package) scraping berth at `berth_addr` every second; killed when dropped.
+struct Prometheus {
+    _process: Killed,
+    _data: tempfile::TempDir,
+    addr: String,
+}
+
+impl Prometheus {
+    fn scraping(berth_addr: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: berth\n    static_configs: [{{targets: ['{berth_addr}']}}]\n")).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let process = Killed(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        Prometheus {
+            _process: process,
+            _data: dir,
+            addr,
+        }
+    }
+
+    /// An instant query's JSON answer (retried until Prometheus answers).
+    fn query(&self, q: &str) -> Value {
+        let body = wait_for("prometheus to answer", Duration::from_secs(30), || {
+            http_get(&self.addr, &format!("/api/v1/query?query={}", encode(q)))
+        });
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
 #[test]
 fn promtool_accepts_metrics_and_prometheus_evaluates_every_query() {
     if !kubectl_available("promtool_accepts_metrics_and_prometheus_evaluates_every_query") {
@@ -154,29 +222,8 @@ fn promtool_accepts_metrics_and_prometheus_evaluates_every_query() {
     );
 
     // A real Prometheus scraping berth every second.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: berth\n    static_configs: [{{targets: ['{berth_addr}']}}]\n")).unwrap();
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let _prometheus = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let query = |q: &str| -> Value {
-        let body = wait_for("prometheus to answer", Duration::from_secs(30), || {
-            http_get(&prom_addr, &format!("/api/v1/query?query={}", encode(q)))
-        });
-        serde_json::from_str(&body).unwrap()
-    };
+    let prometheus = Prometheus::scraping(&berth_addr);
+    let query = |q: &str| prometheus.query(q);
     wait_for("a scrape of berth", Duration::from_secs(30), || {
         let v = query("berth_build_info");
         v["data"]["result"]
@@ -190,24 +237,11 @@ fn promtool_accepts_metrics_and_prometheus_evaluates_every_query() {
         "berth without --leader-elect leads"
     );
 
-    let dashboards =
-        std::fs::read_dir(format!("{}/dashboards", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let mut checked = 0;
-    for entry in dashboards {
-        let d: Value =
-            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
-        for panel in d["panels"].as_array().unwrap() {
-            for t in panel["targets"].as_array().into_iter().flatten() {
-                let expr = instantiate(t["expr"].as_str().unwrap());
-                let v = query(&expr);
-                assert_eq!(
-                    v["status"], "success",
-                    "panel {:?}: {expr}: {v}",
-                    panel["title"]
-                );
-                checked += 1;
-            }
-        }
+    for p in panel_queries() {
+        let v = query(&p.expr);
+        assert_eq!(v["status"], "success", "panel {}: {}: {v}", p.panel, p.expr);
+        checked += 1;
     }
     // The alert expressions of the chart's PrometheusRule.
     let rules = std::fs::read_to_string(format!(
@@ -335,29 +369,8 @@ fn every_dashboard_panel_shows_data_after_a_burst_a_rollout_and_a_scale_down() {
     });
 
     // A real Prometheus scraping berth every second, from before the burst.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: berth\n    static_configs: [{{targets: ['{berth_addr}']}}]\n")).unwrap();
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let _prometheus = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let query = |q: &str| -> Value {
-        let body = wait_for("prometheus to answer", Duration::from_secs(30), || {
-            http_get(&prom_addr, &format!("/api/v1/query?query={}", encode(q)))
-        });
-        serde_json::from_str(&body).unwrap()
-    };
+    let prometheus = Prometheus::scraping(&berth_addr);
+    let query = |q: &str| prometheus.query(q);
     // A scrape of berth before the burst that has the group's series at zero, so the burst is an increase.
     wait_for(
         "a scrape of berth with the group's series",
@@ -446,47 +459,30 @@ fn every_dashboard_panel_shows_data_after_a_burst_a_rollout_and_a_scale_down() {
     // A few more scrapes of the final state.
     std::thread::sleep(Duration::from_secs(4));
 
-    let dashboards =
-        std::fs::read_dir(format!("{}/dashboards", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let mut empty = Vec::new();
     let mut checked = 0;
-    for entry in dashboards {
-        let d: Value =
-            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
-        for panel in d["panels"].as_array().unwrap() {
-            for t in panel["targets"].as_array().into_iter().flatten() {
-                // Whether the panel drew anything over the run (the last 10 minutes, a point every 2 s), as a user
-                // looking at the dashboard after the burst would see it.
-                let panel_expr = t["expr"]
+    for p in panel_queries() {
+        // Whether the panel drew anything over the run (the last 10 minutes, a point every 2 s), as a user looking
+        // at the dashboard after the burst would see it.
+        let expr = format!("max_over_time(({})[10m:2s])", p.expr);
+        let v = query(&expr);
+        assert_eq!(v["status"], "success", "panel {}: {expr}: {v}", p.panel);
+        let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let numbers = result
+            .iter()
+            .filter(|r| {
+                r["value"][1]
                     .as_str()
-                    .unwrap()
-                    .replace("$__rate_interval", "1m")
-                    .replace("$group", ".*");
-                let expr = format!("max_over_time(({panel_expr})[10m:2s])");
-                let v = query(&expr);
-                assert_eq!(
-                    v["status"], "success",
-                    "panel {:?}: {expr}: {v}",
-                    panel["title"]
-                );
-                let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
-                let numbers = result
-                    .iter()
-                    .filter(|r| {
-                        r["value"][1]
-                            .as_str()
-                            .is_some_and(|x| x.parse::<f64>().is_ok_and(|f| f.is_finite()))
-                    })
-                    .count();
-                if numbers == 0 {
-                    empty.push(format!(
-                        "{} / {}: {expr} -> {}",
-                        d["title"], panel["title"], v["data"]["result"]
-                    ));
-                }
-                checked += 1;
-            }
+                    .is_some_and(|x| x.parse::<f64>().is_ok_and(|f| f.is_finite()))
+            })
+            .count();
+        if numbers == 0 {
+            empty.push(format!(
+                "{} / {}: {expr} -> {}",
+                p.dashboard, p.panel, v["data"]["result"]
+            ));
         }
+        checked += 1;
     }
     assert!(checked > 30, "only {checked} queries checked");
     assert!(

@@ -103,7 +103,9 @@ impl Stored {
             phase: s("/status/phase"),
             unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
             owner_uids,
-            deleting: v.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()),
+            deleting: v
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|t| !t.is_null()),
             ready: v
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
