@@ -29,7 +29,6 @@ use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::label_selector::Selector;
 use crate::model::node::Node;
 use crate::model::pod::Pod;
-use crate::model::requirements::{Operator, Requirement, Requirements};
 use crate::model::resources::Resources;
 use crate::scheduling::{ExistingNode, NodeGroup};
 use chrono::{DateTime, Utc};
@@ -378,22 +377,7 @@ pub fn build(
             }
         };
         let mut group = NodeGroup::new(&name, allowed.iter().map(|t| t.name.clone()).collect());
-        let mut capacity: Vec<String> = crate::state::class::capacity_types(&class.spec)
-            .iter()
-            .map(|c| c.as_str().to_string())
-            .collect();
-        if class.spec.spot_fallback_to_on_demand
-            && !capacity
-                .iter()
-                .any(|c| c == CapacityType::OnDemand.as_str())
-        {
-            capacity.push(CapacityType::OnDemand.as_str().into());
-        }
-        if let Ok(r) = Requirement::new(labels::CAPACITY_TYPE, Operator::In, &capacity) {
-            let mut requirements = Requirements::new();
-            requirements.add(labels::CAPACITY_TYPE, r);
-            group.requirements = requirements;
-        }
+        group.requirements = crate::state::snapshot::capacity_requirement(&class.spec);
         group.labels = md.spec.template.spec.node_labels.clone();
         group.taints = md
             .spec

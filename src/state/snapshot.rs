@@ -665,7 +665,7 @@ fn capacity_of(c: &CapacityTypeSpec) -> CapacityType {
 }
 
 /// The class's capacity types as a requirement on offerings (spot with fallback admits on-demand too).
-fn capacity_requirement(spec: &crate::api::machine_class::MachineClassSpec) -> Requirements {
+pub fn capacity_requirement(spec: &crate::api::machine_class::MachineClassSpec) -> Requirements {
     let mut allowed: BTreeSet<String> = crate::state::class::capacity_types(spec)
         .iter()
         .map(|c| c.as_str().to_string())
