@@ -11,10 +11,12 @@
 //!
 //! An in-flight machine is named by its launch shape's id (the Machine's name when it has none), so the
 //! provisioner's nominations (pod → the shape planned for it) follow a shape from the queue to its Machine. A
-//! nominated pod rides on its machine until the machine's node registers: the kube-scheduler may then spread
-//! pods differently than planned, and a pod is no reason to launch again while its machine is still coming.
-//! It stays on the registered node until that node has been Ready for [`NOMINATION_GRACE`], the time the
-//! scheduler needs to bind it there; a pod still unschedulable after that has a real reason to launch.
+//! nominated pod rides on its machine while the machine is coming: in flight, or registered as a node that is not
+//! Ready yet. Once the node is Ready the kube-scheduler places pods on it in its own order, not the plan's, and may
+//! fill it with pods berth planned elsewhere. A nominated pod keeps riding the Ready node while the node can still
+//! hold it; one crowded off waits, unplanned, while the scheduler is still binding pods onto the new nodes (it may
+//! well land on another of them), and once the scheduler has settled it is planned again at once. After
+//! [`NOMINATION_GRACE`] of the node being Ready, a pod still unschedulable is pending like any other.
 
 use super::cluster::ClusterObjects;
 use crate::api::common::{TaintEffectSpec, TaintSpec};
@@ -38,8 +40,12 @@ use k8s_openapi::api::core::v1 as core;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-/// How long a nominated pod is held on its new node after the node turns Ready, before it may ask for more.
+/// How long a nominated pod may ride its node after the node turns Ready: time for the scheduler to bind it there.
 pub const NOMINATION_GRACE: chrono::Duration = chrono::Duration::seconds(15);
+
+/// How long the scheduler must have bound nothing onto new nodes (nor seen one turn Ready) before a pod crowded
+/// off its nominated node is planned again: until then it may still land on another new node.
+pub const SCHEDULER_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
 
 /// Namespace of the placeholder pods that stand for headroom; they never exist in the cluster.
 pub const HEADROOM_NAMESPACE: &str = "berth-headroom";
@@ -141,7 +147,7 @@ pub struct Observation {
     pub invalid_groups: Vec<(String, String, String)>,
     /// When each pending pod (by `namespace/name`) became unschedulable.
     pub pending_since: HashMap<String, DateTime<Utc>>,
-    /// Unschedulable pods held on the machine nominated for them (in flight, or a node within its grace).
+    /// Unschedulable pods held on the machine nominated for them (in flight, or a node not Ready yet).
     pub riding: HashSet<String>,
     /// The Cluster followed, if any.
     pub cluster: Option<Cluster>,
@@ -317,6 +323,8 @@ pub fn observe_with(
 
     // Pods: bound ones by node, unschedulable ones pending.
     let mut bound: HashMap<&str, Vec<Pod>> = HashMap::new();
+    // When the scheduler last bound a pod to each node.
+    let mut last_bound: HashMap<&str, DateTime<Utc>> = HashMap::new();
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
     for k8s_pod in &objects.pods {
@@ -336,6 +344,10 @@ pub fn observe_with(
                 if let Ok(p) = readings.read(k8s_pod) {
                     bound.entry(node_name).or_default().push(p);
                 }
+            }
+            if let Some(t) = condition_since(k8s_pod, "PodScheduled", "True") {
+                let last = last_bound.entry(node_name).or_insert(t);
+                *last = (*last).max(t);
             }
             continue;
         }
@@ -366,8 +378,13 @@ pub fn observe_with(
         .collect();
     let mut nodes = Vec::new();
     let mut registered_providers = BTreeSet::new();
-    // Nodes new enough that pods nominated to their machine still ride on them, by providerID.
-    let mut fresh_nodes: HashMap<String, usize> = HashMap::new();
+    let timeout =
+        chrono::Duration::from_std(settings.registration_timeout).unwrap_or(chrono::Duration::MAX);
+    // Registered nodes on which nominated pods still ride, by providerID: not Ready yet (within the registration
+    // timeout), or Ready within the nomination grace.
+    let mut new_nodes: HashMap<String, (usize, NewNode)> = HashMap::new();
+    // The last time the scheduler changed what the Ready new nodes hold (a binding, or a node turning Ready).
+    let mut scheduler_active: Option<DateTime<Utc>> = None;
     for k8s_node in &objects.nodes {
         if k8s_node.metadata.deletion_timestamp.is_some() {
             continue;
@@ -377,8 +394,18 @@ pub fn observe_with(
         };
         if let Some(p) = &node.provider_id {
             registered_providers.insert(p.clone());
-            if ready_since(k8s_node).is_none_or(|t| now - t < NOMINATION_GRACE) {
-                fresh_nodes.insert(p.clone(), nodes.len());
+            let registered = k8s_node.metadata.creation_timestamp.as_ref().map(|t| from_k8s(t.0));
+            match ready_since(k8s_node) {
+                None if registered.is_none_or(|t| now - t <= timeout) => {
+                    new_nodes.insert(p.clone(), (nodes.len(), NewNode::Booting));
+                }
+                Some(ready) if now - ready < NOMINATION_GRACE => {
+                    new_nodes.insert(p.clone(), (nodes.len(), NewNode::Ready));
+                    let bound_at = last_bound.get(node.name.as_str()).copied();
+                    let latest = bound_at.map_or(ready, |b| b.max(ready));
+                    scheduler_active = Some(scheduler_active.map_or(latest, |a| a.max(latest)));
+                }
+                _ => {}
             }
         }
         if let Some(t) = node
@@ -393,8 +420,6 @@ pub fn observe_with(
     }
 
     // In-flight machines, then replicas whose Machines do not exist yet.
-    let timeout =
-        chrono::Duration::from_std(settings.registration_timeout).unwrap_or(chrono::Duration::MAX);
     let mut in_flight = Vec::new();
     let mut live_machines: HashMap<&str, u32> = HashMap::new();
     for m in &objects.machines {
@@ -454,12 +479,14 @@ pub fn observe_with(
         }
     }
     in_flight.retain(|m| catalog.get(&m.instance_type).is_some());
+    // Caches hand objects out in no particular order; the plan must not depend on it.
+    let by_key = |a: &Pod, b: &Pod| (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name));
+    pending.sort_by(by_key);
     let mut riding = HashSet::new();
     if !nominations.is_empty() {
-        // A shape's machine: still in flight, or registered as a node still within its grace.
         enum Ride {
             InFlight(usize),
-            Node(usize),
+            Node(usize, NewNode),
         }
         let mut ride: HashMap<&str, Ride> = in_flight
             .iter()
@@ -473,10 +500,11 @@ pub fn observe_with(
             ) else {
                 continue;
             };
-            if let Some(&n) = fresh_nodes.get(provider) {
-                ride.insert(shape, Ride::Node(n));
+            if let Some(&(n, state)) = new_nodes.get(provider) {
+                ride.insert(shape, Ride::Node(n, state));
             }
         }
+        let settling = scheduler_active.is_some_and(|t| now - t < SCHEDULER_SETTLE);
         let mut still_pending = Vec::with_capacity(pending.len());
         riding.reserve(nominations.len());
         let mut on_machines = vec![Vec::new(); in_flight.len()];
@@ -484,8 +512,13 @@ pub fn observe_with(
             let key = pod.key();
             match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
                 Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
-                Some(Ride::Node(n)) => Arc::make_mut(&mut nodes[*n].pods).push(pod),
-                None => {
+                Some(Ride::Node(n, NewNode::Booting)) => Arc::make_mut(&mut nodes[*n].pods).push(pod),
+                Some(Ride::Node(n, NewNode::Ready)) if still_holds(&nodes[*n], &pod) => {
+                    Arc::make_mut(&mut nodes[*n].pods).push(pod)
+                }
+                // Crowded off while the scheduler is still placing pods: neither planned nor holding room.
+                Some(Ride::Node(_, NewNode::Ready)) if settling => {}
+                _ => {
                     still_pending.push(pod);
                     continue;
                 }
@@ -497,10 +530,7 @@ pub fn observe_with(
         }
         pending = still_pending;
     }
-    // Caches hand objects out in no particular order; the plan must not depend on it.
-    let by_key = |a: &Pod, b: &Pod| (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name));
     nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
-    pending.sort_by(by_key);
     in_flight.sort_by(|a, b| a.name.cmp(&b.name));
     for m in &mut in_flight {
         m.pods.sort_by(by_key);
@@ -635,6 +665,24 @@ pub fn add_auto_scaling_groups(
     observation.snapshot.in_flight.extend(in_flight);
 }
 
+/// A registered node whose machine's nominated pods still ride on it.
+#[derive(Clone, Copy)]
+enum NewNode {
+    /// Not Ready: the scheduler cannot place anything there yet.
+    Booting,
+    /// Ready within the nomination grace: the scheduler is placing pods there, in its own order.
+    Ready,
+}
+
+/// Whether `node` can still take `pod` beside its bound pods and the pods already riding it.
+fn still_holds(node: &ExistingNode, pod: &Pod) -> bool {
+    let mut used = pod.spec.requests.clone();
+    for p in node.pods.iter() {
+        used.add(&p.spec.requests);
+    }
+    used.fits_in(&node.node.allocatable)
+}
+
 /// When the node last turned Ready (None: not Ready).
 fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
     let ready = node
@@ -651,6 +699,18 @@ fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
             .map(|t| from_k8s(t.0))
             .unwrap_or(DateTime::<Utc>::MIN_UTC),
     )
+}
+
+/// When the pod's condition `kind` last turned `status` (None: it is not `status`, or says not when).
+fn condition_since(pod: &core::Pod, kind: &str, status: &str) -> Option<DateTime<Utc>> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)?;
+    c.last_transition_time.as_ref().map(|t| from_k8s(t.0))
 }
 
 fn annotation<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
@@ -1091,6 +1151,98 @@ mod tests {
         // b's machine is no longer coming: b is planned again.
         assert!(o.snapshot.pending.iter().any(|p| p.key() == "default/b"));
         assert!(!o.snapshot.pending.iter().any(|p| p.key() == "default/a"));
+    }
+
+    /// A booting node (not Ready) with pod a nominated to it, and a node Ready since `ready_at` with room for one
+    /// 1-cpu pod, b and c nominated to it, and, with `bound_at`, a 1-cpu pod d the scheduler bound there then;
+    /// observed at `now()` with the registration timeout given.
+    fn new_nodes(ready_at: &str, bound_at: Option<&str>, registration_timeout: u64) -> Observation {
+        let registered = |name: &str, provider: &str, ready: &str, at: &str| -> Arc<core::Node> {
+            from(json!({
+                "metadata": {"name": name, "creationTimestamp": "2026-12-01T11:59:30Z"},
+                "spec": {"providerID": provider},
+                "status": {"allocatable": {"cpu": "1930m", "memory": "7Gi", "pods": "29"},
+                           "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": at}]}
+            }))
+        };
+        let with_provider = |name: &str, shape: &str, provider: &str| {
+            let mut m: Machine = (*machine(name, Some(shape), "Running", "m7i.large")).clone();
+            m.status.as_mut().unwrap().provider_id = Some(provider.into());
+            Arc::new(m)
+        };
+        let mut pods = ["a", "b", "c"].map(|n| pod(n, true, "ReplicaSet")).to_vec();
+        if let Some(at) = bound_at {
+            let mut d: core::Pod = (*pod("d", false, "ReplicaSet")).clone();
+            d.spec.as_mut().unwrap().node_name = Some("ready".into());
+            d.status = Some(serde_json::from_value(json!({"phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": at}]})).unwrap());
+            pods.push(Arc::new(d));
+        }
+        let objects = ClusterObjects {
+            pods,
+            nodes: vec![
+                registered("booting", "aws:///us-east-1a/i-1", "False", "2026-12-01T11:59:30Z"),
+                registered("ready", "aws:///us-east-1a/i-2", "True", ready_at),
+            ],
+            machine_classes: vec![class()],
+            machine_deployments: vec![deployment("general", "general", 2, json!({}))],
+            machines: vec![
+                with_provider("m1", "s1", "aws:///us-east-1a/i-1"),
+                with_provider("m2", "s2", "aws:///us-east-1a/i-2"),
+            ],
+            ..Default::default()
+        };
+        let nominations = HashMap::from([
+            ("default/a".to_string(), "s1".to_string()),
+            ("default/b".to_string(), "s2".to_string()),
+            ("default/c".to_string(), "s2".to_string()),
+        ]);
+        let settings = ObserveSettings {
+            registration_timeout: std::time::Duration::from_secs(registration_timeout),
+            ..Default::default()
+        };
+        observe(&objects, &catalog(), &settings, &nominations, now())
+    }
+
+    /// Real pods the observation plans for, and the pods riding the node named.
+    fn planned_and_riding(o: &Observation, node: &str) -> (Vec<String>, Vec<String>) {
+        let pods = o.snapshot.pending.iter().filter(|p| p.spec.namespace != HEADROOM_NAMESPACE);
+        let on = o.snapshot.nodes.iter().find(|n| n.node.name == node).unwrap();
+        (pods.map(|p| p.key()).collect(), on.pods.iter().map(|p| p.key()).collect())
+    }
+
+    #[test]
+    fn a_nominated_pod_rides_its_new_node_while_the_node_can_hold_it() {
+        // Ready 5 s ago, nothing bound since: the scheduler has settled, so c, crowded off, is planned again.
+        let o = new_nodes("2026-12-01T11:59:55Z", None, 600);
+        assert_eq!(planned_and_riding(&o, "booting").1, vec!["default/a"]);
+        let (planned, riding) = planned_and_riding(&o, "ready");
+        assert_eq!(riding, vec!["default/b"]);
+        assert_eq!(planned, vec!["default/c"]);
+
+        // Ready 1 s ago: the scheduler is still placing pods, and c may yet land elsewhere; it waits, unplanned.
+        let o = new_nodes("2026-12-01T11:59:59Z", None, 600);
+        let (planned, riding) = planned_and_riding(&o, "ready");
+        assert_eq!(riding, vec!["default/b"]);
+        assert!(planned.is_empty(), "{planned:?}");
+        assert!(o.riding.contains("default/c"));
+
+        // Ready 5 s ago, but the scheduler bound d there 1 s ago: still placing pods, so b and c (no room left
+        // beside d) both wait.
+        let o = new_nodes("2026-12-01T11:59:55Z", Some("2026-12-01T11:59:59Z"), 600);
+        let (planned, riding) = planned_and_riding(&o, "ready");
+        assert_eq!(riding, vec!["default/d"]);
+        assert!(planned.is_empty(), "{planned:?}");
+        assert!(o.riding.contains("default/b") && o.riding.contains("default/c"));
+
+        // Ready for longer than the grace: b and c are pending like any pod; a still rides its booting node.
+        let o = new_nodes("2026-12-01T11:59:40Z", None, 600);
+        assert_eq!(planned_and_riding(&o, "ready").0, vec!["default/b", "default/c"]);
+        assert_eq!(planned_and_riding(&o, "booting").1, vec!["default/a"]);
+
+        // Past the registration timeout a node that never turned Ready holds nobody.
+        let o = new_nodes("2026-12-01T11:59:40Z", None, 5);
+        assert_eq!(planned_and_riding(&o, "booting").0, vec!["default/a", "default/b", "default/c"]);
     }
 
     #[test]
