@@ -5,15 +5,30 @@
 use berth::api::{crds, Machine, MachineClass, MachineDeployment, MachineSet};
 use berth::clock::SystemClock;
 use berth::controllers::{machine_deployment, machine_set, Context};
+use berth::emulator::server::EmulatorService;
 use berth::emulator::Emulator;
 use berth::telemetry::metrics::Metrics;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
+    setup_with_machine_watch_lag(Duration::ZERO).await
+}
+
+/// The emulator and both controllers; the controllers' watches of Machines deliver every event `lag` late (a
+/// controller's cache behind its own writes, as under a loaded API server). The returned client sees no lag.
+async fn setup_with_machine_watch_lag(
+    lag: Duration,
+) -> (Client, tokio::sync::watch::Sender<bool>) {
     let emu = Emulator::new();
     let client = emu.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -29,8 +44,19 @@ async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
         .create(&PostParams::default(), &class)
         .await
         .unwrap();
+    let controller_client = if lag.is_zero() {
+        client.clone()
+    } else {
+        Client::new(
+            LaggingMachineWatches {
+                inner: EmulatorService::new(emu.clone()),
+                lag,
+            },
+            "default",
+        )
+    };
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        controller_client,
         Arc::new(SystemClock),
         Metrics::new().unwrap(),
     ));
@@ -50,6 +76,59 @@ async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
         });
     }
     (client, stop_tx)
+}
+
+/// The in-process emulator, with each event of a Machine watch handed over `lag` after the server sent it.
+#[derive(Clone)]
+struct LaggingMachineWatches {
+    inner: EmulatorService,
+    lag: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<kube::client::Body>> for LaggingMachineWatches {
+    type Response = http::Response<UnsyncBoxBody<Bytes, BoxError>>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let lagged = req.uri().path().ends_with("/machines")
+            && req.uri().query().is_some_and(|q| q.contains("watch=true"));
+        let lag = self.lag;
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| {
+                if !lagged {
+                    return body.map_err(BoxError::from).boxed_unsync();
+                }
+                // Frames are stamped when the server sends them and handed over `lag` later, in order.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut body = body;
+                    while let Some(frame) = body.frame().await {
+                        if tx.send((tokio::time::Instant::now() + lag, frame)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let frames = futures::stream::unfold(rx, |mut rx| async move {
+                    let (due, frame) = rx.recv().await?;
+                    tokio::time::sleep_until(due).await;
+                    Some((frame.map_err(BoxError::from), rx))
+                });
+                StreamBody::new(frames).boxed_unsync()
+            }))
+        })
+    }
 }
 
 fn deployment(name: &str, replicas: u32, class: &str, extra_label: &str) -> MachineDeployment {
@@ -352,4 +431,52 @@ async fn rollout_commands_pause_history_undo() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
+}
+
+/// The controllers' Machine cache lags their own creates by far more than a reconcile takes, and replicas change in
+/// a burst: every Machine ever created is still one replica asked for (none created twice, then deleted as surplus).
+#[tokio::test]
+async fn a_lagging_machine_cache_never_creates_more_machines_than_replicas() {
+    let (client, _stop) = setup_with_machine_watch_lag(Duration::from_millis(400)).await;
+    // Every Machine ever created, seen through a watch without lag.
+    let ever_created = Arc::new(Mutex::new(BTreeSet::new()));
+    let recorder = {
+        let ever_created = ever_created.clone();
+        watcher(
+            Api::<Machine>::namespaced(client.clone(), "default"),
+            watcher::Config::default(),
+        )
+        .applied_objects()
+        .for_each(move |m| {
+            if let Ok(m) = m {
+                ever_created.lock().unwrap().insert(m.metadata.name.unwrap_or_default());
+            }
+            async {}
+        })
+    };
+    let recorder = tokio::spawn(recorder);
+    let mds: Api<MachineDeployment> = Api::namespaced(client.clone(), "default");
+    mds.create(
+        &PostParams::default(),
+        &deployment("burst", 0, "general", "burst"),
+    )
+    .await
+    .unwrap();
+    for replicas in [2, 4, 5, 7] {
+        mds.patch(
+            "burst",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    eventually("7 machines", || async { live_machines(&client).await == 7 }).await;
+    // Past several watch lags: nothing more is created once the cache catches up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(live_machines(&client).await, 7);
+    let created = ever_created.lock().unwrap().len();
+    assert_eq!(created, 7, "Machines created for 7 replicas, scaled up only");
+    recorder.abort();
 }

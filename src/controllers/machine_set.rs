@@ -1,6 +1,21 @@
 //! The MachineSet controller: keeps `spec.replicas` Machines of one template (see `rollout::machine_set` for the
 //! decision and the launch-shape queue).
+//!
+//! # Reading Machines from a cache without creating twice
+//!
+//! A reconcile follows every Machine change, so listing a set's Machines through the API each time would cost a
+//! full list per status write. The controller reads them from one watch-fed cache instead (the same watch triggers
+//! the reconciles). A cache lags the controller's own writes, and a reconcile that read it before it showed a
+//! Machine just created would create that Machine again, launching a second instance. So, as Kubernetes'
+//! ReplicaSet controller does, every create and delete is written down as an expectation
+//! ([`super::expectations`]), and a set whose writes the cache has not shown yet creates and deletes nothing
+//! (it looks again when the watch event arrives, or when the expectation expires).
+//!
+//! Launch shapes stay safe with a stale MachineSet too: a shape counts as taken when a Machine carrying its id
+//! exists, and once a set's expectations are satisfied the cache shows every Machine this controller created, so a
+//! queue entry the set object still shows (its pruning patch not seen yet) is never handed out again.
 
+use super::expectations::{Expectations, Readiness, SeenMachines};
 use super::{error_backoff, keys, Context, ControllerError};
 use crate::api::common::{find_condition, set_condition, Condition, ConditionStatus};
 use crate::api::{Machine, MachinePhase, MachineSet, MachineSetStatus, MachineShape, MachineSpec};
@@ -8,16 +23,18 @@ use crate::clock::from_k8s;
 use crate::controllers::events::EventKind;
 use crate::model::label_selector::Selector;
 use crate::rollout::{plan_machine_set, DeleteOrder, OwnedMachine, QueuedShape};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch as signal;
 
 const CONTROLLER: &str = "machine_set";
 
@@ -45,23 +62,77 @@ pub fn read_shape_queue(
     }
 }
 
-/// Runs the controller until `shutdown`.
+/// What the MachineSet controller reads beyond the shared context.
+pub struct SetContext {
+    base: Arc<Context>,
+    /// Every Machine, as the watch shows it (managed fields dropped).
+    machines: Store<Machine>,
+    /// True once the cache has listed every Machine.
+    machines_synced: signal::Receiver<bool>,
+    expectations: Mutex<Expectations>,
+}
+
+impl SetContext {
+    fn expectations(&self) -> std::sync::MutexGuard<'_, Expectations> {
+        self.expectations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the Machine cache's first full list; false if the cache stopped first.
+    async fn wait_synced(&self) -> bool {
+        self.machines_synced
+            .clone()
+            .wait_for(|synced| *synced)
+            .await
+            .is_ok()
+    }
+}
+
+/// Runs the controller (and the Machine cache it reads) until `shutdown`.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let sets: Api<MachineSet> = Api::all(ctx.client.clone());
-    let machines: Api<Machine> = Api::all(ctx.client.clone());
+    // One watch of Machines fills the cache and wakes the owning sets; the cache is written before the wake-up.
+    let (machines, writer) = reflector::store();
+    let machine_events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Machine>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|event| event.modify(|m: &mut Machine| m.metadata.managed_fields = None)),
+    )
+    .applied_objects();
+    // kube-runtime's `Store::wait_until_ready` wakes only the last task polling it, so one task waits there and
+    // the reconciles wait on this signal. It ends by itself when the cache's writer goes with the controller.
+    let (synced_tx, machines_synced) = signal::channel(false);
+    let ready_store = machines.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            synced_tx.send_replace(true);
+        }
+    });
+    let set_ctx = Arc::new(SetContext {
+        base: ctx,
+        machines,
+        machines_synced,
+        expectations: Mutex::new(Expectations::default()),
+    });
     Controller::new(sets, watcher::Config::default())
-        .owns(machines, watcher::Config::default())
+        .owns_stream(machine_events)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, set_ctx)
         .for_each(|_| async {})
         .await;
 }
 
-fn error_policy(_set: Arc<MachineSet>, error: &ControllerError, ctx: Arc<Context>) -> Action {
-    ctx.metrics
+fn error_policy(_set: Arc<MachineSet>, error: &ControllerError, ctx: Arc<SetContext>) -> Action {
+    ctx.base
+        .metrics
         .reconcile_errors
         .with_label_values(&[CONTROLLER, error.category()])
         .inc();
@@ -69,8 +140,22 @@ fn error_policy(_set: Arc<MachineSet>, error: &ControllerError, ctx: Arc<Context
     Action::requeue(error_backoff(error))
 }
 
+/// Whether a failed request may still have been carried out (a timeout, a server error, a broken connection, an
+/// answer that did not decode), as opposed to one the server refused (4xx), which certainly was not.
+fn may_have_reached_server(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(s) => !(400..500).contains(&s.code) || s.code == 408,
+        _ => true,
+    }
+}
+
+/// Longest wait for a set whose expectations are unsatisfied: the watch event that satisfies them wakes the set
+/// anyway; this only bounds how long a missed wake-up could delay it.
+const EXPECTATION_RECHECK: Duration = Duration::from_secs(30);
+
 /// observe → plan → apply → status.
-pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+async fn reconcile(set: Arc<MachineSet>, set_ctx: Arc<SetContext>) -> Result<Action, ControllerError> {
+    let ctx = &set_ctx.base;
     let _timer = ctx
         .metrics
         .reconcile_duration_seconds
@@ -78,6 +163,9 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         .start_timer();
     if set.metadata.deletion_timestamp.is_some() {
         // Machines go with their owner through the garbage collector.
+        if let Some(uid) = set.uid() {
+            set_ctx.expectations().forget(&uid);
+        }
         return Ok(Action::await_change());
     }
     let namespace = set
@@ -97,7 +185,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             return invalid(
                 &set,
                 &sets,
-                &ctx,
+                ctx,
                 "EmptySelector",
                 "spec.selector is empty; it would adopt every Machine in the namespace",
             )
@@ -107,7 +195,7 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             return invalid(
                 &set,
                 &sets,
-                &ctx,
+                ctx,
                 "InvalidSelector",
                 &format!("spec.selector: {e}"),
             )
@@ -118,28 +206,53 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         return invalid(
             &set,
             &sets,
-            &ctx,
+            ctx,
             "SelectorMismatch",
             "spec.selector does not match spec.template.metadata.labels",
         )
         .await;
     }
-    let listed = api
-        .list(&ListParams::default().labels(&selector.to_query()))
-        .await?;
-    let mut owned = Vec::new();
-    for machine in listed.items {
-        match machine
+    // Before the cache's first full list, a set's Machines would look missing and be created again.
+    if !set_ctx.wait_synced().await {
+        return Ok(Action::await_change());
+    }
+    // The set's Machines and the orphans it may adopt; another controller's Machines are not its business.
+    let cached = set_ctx.machines.state_filter(|m| {
+        m.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && selector.matches(m.labels())
+            && m
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .is_none_or(|owner| owner.uid == uid)
+    });
+    let seen: SeenMachines = cached
+        .iter()
+        .map(|m| (m.name_any(), m.metadata.deletion_timestamp.is_some()))
+        .collect();
+    // Act only on a cache that shows every create and delete of this set: otherwise a Machine just created would
+    // look missing and be created again.
+    if let Readiness::Waiting {
+        creates,
+        deletes,
+        uncertain_creates,
+        expires_at,
+    } = set_ctx.expectations().observe(&uid, &seen, now)
+    {
+        tracing::debug!(set = %set.name_any(), creates, deletes, uncertain_creates, "machine cache behind this set's writes; waiting");
+        let until_expiry = (expires_at - now).to_std().unwrap_or(Duration::ZERO);
+        return Ok(Action::requeue(until_expiry.min(EXPECTATION_RECHECK)));
+    }
+    let mut owned: Vec<Arc<Machine>> = Vec::with_capacity(cached.len());
+    for machine in cached {
+        let orphan = !machine
             .owner_references()
             .iter()
-            .find(|o| o.controller == Some(true))
-        {
-            Some(owner) if owner.uid == uid => owned.push(machine),
-            Some(_) => {} // another controller's
-            None if machine.metadata.deletion_timestamp.is_none() => {
-                owned.push(adopt(&api, &set, machine).await?)
-            }
-            None => {}
+            .any(|o| o.controller == Some(true));
+        if !orphan {
+            owned.push(machine);
+        } else if machine.metadata.deletion_timestamp.is_none() {
+            owned.push(Arc::new(adopt(&api, &set, &machine).await?));
         }
     }
     let queue: Vec<QueuedShape<MachineShape>> = match read_shape_queue(set.annotations()) {
@@ -177,16 +290,40 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
         != Some("false");
     let plan = plan_machine_set(set.spec.replicas, &views, &queue, order, replace_machines);
 
-    // Apply.
+    // Apply, writing each create and delete down before the next reconcile can read the cache.
     for shape in &plan.create {
         let machine = new_machine(&set, shape.as_ref());
-        api.create(&PostParams::default(), &machine).await?;
+        match api.create(&PostParams::default(), &machine).await {
+            Ok(created) => {
+                set_ctx
+                    .expectations()
+                    .created(&uid, &created.name_any(), ctx.clock.now())
+            }
+            Err(e) => {
+                if may_have_reached_server(&e) {
+                    set_ctx
+                        .expectations()
+                        .create_uncertain(&uid, &seen, ctx.clock.now());
+                }
+                return Err(e.into());
+            }
+        }
     }
     for name in &plan.delete {
         match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
+            Ok(_) => set_ctx
+                .expectations()
+                .deleted(&uid, name, ctx.clock.now()),
+            // Already gone: the cache will not show it.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if may_have_reached_server(&e) {
+                    set_ctx
+                        .expectations()
+                        .deleted(&uid, name, ctx.clock.now());
+                }
+                return Err(e.into());
+            }
         }
     }
     if !plan.create.is_empty() || !plan.delete.is_empty() {
@@ -202,7 +339,12 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             what: "launch shapes",
             reason: e.to_string(),
         })?;
-        let patch = serde_json::json!({"metadata": {"annotations": {keys::LAUNCH_SHAPES: text}}});
+        // The set may be stale: the resourceVersion makes the patch fail (and the reconcile retry on a fresh set)
+        // rather than drop shapes queued since.
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": set.resource_version(),
+            "annotations": {keys::LAUNCH_SHAPES: text},
+        }});
         sets.patch(
             &set.name_any(),
             &PatchParams::default(),
@@ -323,7 +465,7 @@ async fn invalid(
 async fn adopt(
     api: &Api<Machine>,
     set: &MachineSet,
-    machine: Machine,
+    machine: &Machine,
 ) -> Result<Machine, ControllerError> {
     let mut refs = machine.owner_references().to_vec();
     refs.push(owner_reference(set)?);

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod disruption;
 pub mod events;
+pub mod expectations;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
