@@ -106,7 +106,8 @@ pub async fn run(
         .default_backoff()
         .map_ok(|event| event.modify(|m: &mut Machine| m.metadata.managed_fields = None)),
     )
-    .applied_objects();
+    // Deletions too: a Machine that is gone leaves a place to fill.
+    .touched_objects();
     // kube-runtime's `Store::wait_until_ready` wakes only the last task polling it, so one task waits there and
     // the reconciles wait on this signal. It ends by itself when the cache's writer goes with the controller.
     let (synced_tx, machines_synced) = signal::channel(false);
