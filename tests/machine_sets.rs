@@ -8,11 +8,11 @@ use berth::controllers::{machine_deployment, machine_set, Context};
 use berth::emulator::server::EmulatorService;
 use berth::emulator::Emulator;
 use berth::telemetry::metrics::Metrics;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -26,9 +26,7 @@ async fn setup() -> (Client, tokio::sync::watch::Sender<bool>) {
 
 /// The emulator and both controllers; the controllers' watches of Machines deliver every event `lag` late (a
 /// controller's cache behind its own writes, as under a loaded API server). The returned client sees no lag.
-async fn setup_with_machine_watch_lag(
-    lag: Duration,
-) -> (Client, tokio::sync::watch::Sender<bool>) {
+async fn setup_with_machine_watch_lag(lag: Duration) -> (Client, tokio::sync::watch::Sender<bool>) {
     let emu = Emulator::new();
     let client = emu.client();
     let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -449,7 +447,10 @@ async fn a_lagging_machine_cache_never_creates_more_machines_than_replicas() {
         .applied_objects()
         .for_each(move |m| {
             if let Ok(m) = m {
-                ever_created.lock().unwrap().insert(m.metadata.name.unwrap_or_default());
+                ever_created
+                    .lock()
+                    .unwrap()
+                    .insert(m.metadata.name.unwrap_or_default());
             }
             async {}
         })
@@ -477,6 +478,9 @@ async fn a_lagging_machine_cache_never_creates_more_machines_than_replicas() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(live_machines(&client).await, 7);
     let created = ever_created.lock().unwrap().len();
-    assert_eq!(created, 7, "Machines created for 7 replicas, scaled up only");
+    assert_eq!(
+        created, 7,
+        "Machines created for 7 replicas, scaled up only"
+    );
     recorder.abort();
 }

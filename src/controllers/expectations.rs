@@ -252,7 +252,11 @@ mod tests {
         e.created("set", "web-a", t(0));
         e.deleted("set", "web-b", t(10));
         let stale = seen(&[("web-b", false)]);
-        assert!(waiting(&e.observe("set", &stale, t(EXPECTATION_TIMEOUT_SECONDS - 1))));
+        assert!(waiting(&e.observe(
+            "set",
+            &stale,
+            t(EXPECTATION_TIMEOUT_SECONDS - 1)
+        )));
         // The create has expired, the delete (sent later) has not.
         assert_eq!(
             e.observe("set", &stale, t(EXPECTATION_TIMEOUT_SECONDS)),
@@ -318,7 +322,10 @@ mod tests {
         let mut e = Expectations::default();
         e.created("one", "one-a", t(0));
         e.created("two", "two-a", t(0));
-        assert_eq!(e.observe("two", &seen(&[("two-a", false)]), t(1)), Readiness::Satisfied);
+        assert_eq!(
+            e.observe("two", &seen(&[("two-a", false)]), t(1)),
+            Readiness::Satisfied
+        );
         assert!(waiting(&e.observe("one", &seen(&[("two-a", false)]), t(1))));
         e.forget("one");
         assert_eq!(e.observe("one", &seen(&[]), t(2)), Readiness::Satisfied);

@@ -74,9 +74,7 @@ pub struct SetContext {
 
 impl SetContext {
     fn expectations(&self) -> std::sync::MutexGuard<'_, Expectations> {
-        self.expectations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.expectations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for the Machine cache's first full list; false if the cache stopped first.
@@ -155,7 +153,10 @@ fn may_have_reached_server(error: &kube::Error) -> bool {
 const EXPECTATION_RECHECK: Duration = Duration::from_secs(30);
 
 /// observe → plan → apply → status.
-async fn reconcile(set: Arc<MachineSet>, set_ctx: Arc<SetContext>) -> Result<Action, ControllerError> {
+async fn reconcile(
+    set: Arc<MachineSet>,
+    set_ctx: Arc<SetContext>,
+) -> Result<Action, ControllerError> {
     let ctx = &set_ctx.base;
     let _timer = ctx
         .metrics
@@ -221,8 +222,7 @@ async fn reconcile(set: Arc<MachineSet>, set_ctx: Arc<SetContext>) -> Result<Act
     let cached = set_ctx.machines.state_filter(|m| {
         m.metadata.namespace.as_deref() == Some(namespace.as_str())
             && selector.matches(m.labels())
-            && m
-                .owner_references()
+            && m.owner_references()
                 .iter()
                 .find(|o| o.controller == Some(true))
                 .is_none_or(|owner| owner.uid == uid)
@@ -312,16 +312,12 @@ async fn reconcile(set: Arc<MachineSet>, set_ctx: Arc<SetContext>) -> Result<Act
     }
     for name in &plan.delete {
         match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => set_ctx
-                .expectations()
-                .deleted(&uid, name, ctx.clock.now()),
+            Ok(_) => set_ctx.expectations().deleted(&uid, name, ctx.clock.now()),
             // Already gone: the cache will not show it.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
                 if may_have_reached_server(&e) {
-                    set_ctx
-                        .expectations()
-                        .deleted(&uid, name, ctx.clock.now());
+                    set_ctx.expectations().deleted(&uid, name, ctx.clock.now());
                 }
                 return Err(e.into());
             }
