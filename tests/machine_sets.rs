@@ -14,8 +14,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Client;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -431,26 +431,30 @@ async fn rollout_commands_pause_history_undo() {
     assert!(err.to_string().contains("not found"), "{err}");
 }
 
-/// The controllers' Machine cache lags their own creates by far more than a reconcile takes, and replicas change in
-/// a burst: every Machine ever created is still one replica asked for (none created twice, then deleted as surplus).
+/// The controllers' Machine cache lags their own writes by far more than a reconcile takes, and replicas change in
+/// bursts: every Machine ever created is one replica asked for (none created twice, then deleted as surplus), and a
+/// scale-down deletes the surplus once (not again, and not other Machines, while the cache still shows it alive).
 #[tokio::test]
-async fn a_lagging_machine_cache_never_creates_more_machines_than_replicas() {
+async fn a_lagging_machine_cache_never_creates_or_deletes_twice() {
     let (client, _stop) = setup_with_machine_watch_lag(Duration::from_millis(400)).await;
-    // Every Machine ever created, seen through a watch without lag.
-    let ever_created = Arc::new(Mutex::new(BTreeSet::new()));
+    // Every Machine ever created and ever deleted, seen through a watch without lag.
+    let created = Arc::new(Mutex::new(BTreeSet::new()));
+    let deleted = Arc::new(Mutex::new(BTreeSet::new()));
     let recorder = {
-        let ever_created = ever_created.clone();
+        let (created, deleted) = (created.clone(), deleted.clone());
         watcher(
             Api::<Machine>::namespaced(client.clone(), "default"),
             watcher::Config::default(),
         )
-        .applied_objects()
-        .for_each(move |m| {
-            if let Ok(m) = m {
-                ever_created
-                    .lock()
-                    .unwrap()
-                    .insert(m.metadata.name.unwrap_or_default());
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
+                    created.lock().unwrap().insert(m.name_any());
+                }
+                Ok(watcher::Event::Delete(m)) => {
+                    deleted.lock().unwrap().insert(m.name_any());
+                }
+                _ => {}
             }
             async {}
         })
@@ -463,24 +467,44 @@ async fn a_lagging_machine_cache_never_creates_more_machines_than_replicas() {
     )
     .await
     .unwrap();
+    let scale = |replicas: u32| {
+        let mds = mds.clone();
+        async move {
+            mds.patch(
+                "burst",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    };
     for replicas in [2, 4, 5, 7] {
-        mds.patch(
-            "burst",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        scale(replicas).await;
     }
     eventually("7 machines", || async { live_machines(&client).await == 7 }).await;
     // Past several watch lags: nothing more is created once the cache catches up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(live_machines(&client).await, 7);
-    let created = ever_created.lock().unwrap().len();
     assert_eq!(
-        created, 7,
+        created.lock().unwrap().len(),
+        7,
         "Machines created for 7 replicas, scaled up only"
     );
+    assert!(deleted.lock().unwrap().is_empty());
+
+    for replicas in [5, 3] {
+        scale(replicas).await;
+    }
+    eventually("3 machines", || async { live_machines(&client).await == 3 }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(live_machines(&client).await, 3);
+    assert_eq!(
+        deleted.lock().unwrap().len(),
+        4,
+        "Machines deleted going from 7 to 3 replicas"
+    );
+    assert_eq!(created.lock().unwrap().len(), 7, "none created again");
     recorder.abort();
 }
