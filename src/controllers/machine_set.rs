@@ -151,14 +151,12 @@ pub async fn reconcile(set: Arc<MachineSet>, ctx: Arc<Context>) -> Result<Action
             })
             .collect(),
         Err(message) => {
-            ctx.events
-                .publish(
-                    &set.object_ref(&()),
-                    EventKind::Warning,
-                    "InvalidLaunchShapes",
-                    &message,
-                )
-                .await;
+            ctx.events.publish(
+                &set.object_ref(&()),
+                EventKind::Warning,
+                "InvalidLaunchShapes",
+                &message,
+            );
             Vec::new()
         }
     };
@@ -313,8 +311,7 @@ async fn invalid(
     );
     if changed {
         ctx.events
-            .publish(&set.object_ref(&()), EventKind::Warning, reason, message)
-            .await;
+            .publish(&set.object_ref(&()), EventKind::Warning, reason, message);
     }
     write_status(api, set, &before, status).await?;
     Ok(Action::await_change())
