@@ -548,7 +548,10 @@ async fn cluster_limits_stop_the_scale_up_with_an_event() {
         limited[0].message
     );
     assert_eq!(limited[0].involved_object.kind.as_deref(), Some("Cluster"));
-    assert!(!h.events("NotTriggerScaleUp").await.is_empty());
+    eventually("the pods told why", 10, || async {
+        !h.events("NotTriggerScaleUp").await.is_empty()
+    })
+    .await;
     h.kill_berth();
 }
 

@@ -333,3 +333,53 @@ async fn topology_spread_do_not_schedule() {
         vec![("default/zonal3".to_string(), "i-b".to_string())]
     );
 }
+
+/// A binder passing again over an unchanged cluster skips the pass (it would decide nothing new), but any change to
+/// a pod or a node, even one that only frees room, is seen on the next pass.
+#[tokio::test]
+async fn the_binder_skips_passes_only_while_pods_and_nodes_are_unchanged() {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    let kubelet = KubeletSimulator::new(emu.clone());
+    kubelet
+        .register(&instance("i-a", "us-west-2a", "1", vec![], Duration::ZERO))
+        .unwrap();
+    for p in [
+        pod("first", "600m", json!({})),
+        pod("second", "600m", json!({})),
+    ] {
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    let binder = Binder::new(emu.clone());
+    let report = binder.run_once().unwrap();
+    assert_eq!(report.bound.len(), 1, "{report:?}");
+    let waiting = if report.bound[0].0 == "default/first" {
+        "second"
+    } else {
+        "first"
+    };
+    // The pass's own writes are looked at once; then nothing changes and nothing is written.
+    binder.run_once().unwrap();
+    let rv = emu.store().resource_version();
+    assert_eq!(binder.run_once().unwrap(), Default::default());
+    assert_eq!(emu.store().resource_version(), rv);
+    // A change elsewhere (a ConfigMap) is no reason to pass; a new node is.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(emu.client(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(binder.run_once().unwrap(), Default::default());
+    kubelet
+        .register(&instance("i-b", "us-west-2b", "1", vec![], Duration::ZERO))
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![(format!("default/{waiting}"), "i-b".to_string())]
+    );
+}

@@ -204,13 +204,14 @@ async fn startup_taints_are_removed_once_ready_when_the_class_says_so() {
         .into_iter()
         .find(|m| m.spec.class_ref.name == "self-initializing")
         .unwrap();
-    let events = h.events_of(machine.metadata.name.as_deref().unwrap()).await;
-    assert!(
-        events
+    let name = machine.metadata.name.clone().unwrap();
+    eventually("a StartupTaintsRemoved Event", 10, || async {
+        h.events_of(&name)
+            .await
             .iter()
-            .any(|(reason, _)| reason == "StartupTaintsRemoved"),
-        "{events:?}"
-    );
+            .any(|(reason, _)| reason == "StartupTaintsRemoved")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,13 +287,14 @@ async fn bad_input_launches_and_deletes_nothing_and_says_why() {
             },
         )
         .await;
-        let events = h.events_of(name).await;
-        assert!(
-            events
+        // Events are written behind the decision (as client-go's recorder does), so they may trail the condition.
+        eventually(&format!("{name}: an Event says why"), 10, || async {
+            h.events_of(name)
+                .await
                 .iter()
-                .any(|(r, m)| r == reason && m.contains(message)),
-            "{name}: an Event says why: {events:?}"
-        );
+                .any(|(r, m)| r == reason && m.contains(message))
+        })
+        .await;
     }
     // Nothing moves meanwhile: no MachineSet for the invalid ones, no launch, no deletion.
     tokio::time::sleep(Duration::from_millis(800)).await;

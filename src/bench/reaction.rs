@@ -116,11 +116,8 @@ pub async fn measure(
         .map_err(|e| ReactionError::Setup(e.to_string()))?;
     binder.spawn(Duration::from_millis(50));
 
-    let base = Arc::new(Context::new(
-        client.clone(),
-        clock,
-        Metrics::new().map_err(|e| ReactionError::Setup(e.to_string()))?,
-    ));
+    let metrics = Metrics::new().map_err(|e| ReactionError::Setup(e.to_string()))?;
+    let base = Arc::new(Context::new(client.clone(), clock, metrics.clone()));
     let catalog = crate::model::aws_catalog::bundled_catalog("us-east-1")
         .map_err(|e| ReactionError::Setup(e.to_string()))?;
     let controllers = Arc::new(Controllers {
@@ -142,8 +139,17 @@ pub async fn measure(
     let berth = tokio::spawn(run_controllers(controllers, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    // Let berth sync its caches on the full cluster before the burst, as a running controller would have.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The burst meets berth running, as in production: caches synced and its first pass over the whole cluster
+    // done (the fleet gauges it records after that pass count every node).
+    let started = Instant::now();
+    while counted_nodes(&metrics) < nodes as i64 {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(ReactionError::Setup(
+                "berth did not finish its first pass within 120 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The burst: every pod created at once.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -239,6 +245,18 @@ pub async fn measure(
         p99_ms: pick(0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
     })
+}
+
+/// Nodes in berth's fleet gauges, all groups and capacity types.
+fn counted_nodes(metrics: &Metrics) -> i64 {
+    metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "berth_nodes")
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
 }
 
 /// `berth bench reaction`: the table, then the JSON line.

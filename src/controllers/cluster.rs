@@ -196,14 +196,12 @@ async fn reconcile(
     if let Some(ready) = after.conditions.iter().find(|c| c.type_ == "Ready") {
         if ready.status == ConditionStatus::False && was_ready != Some(ConditionStatus::False) {
             tracing::warn!(cluster = %cluster.name_any(), "{}", ready.message);
-            ctx.events
-                .publish(
-                    &cluster.object_ref(&()),
-                    EventKind::Warning,
-                    &ready.reason,
-                    &ready.message,
-                )
-                .await;
+            ctx.events.publish(
+                &cluster.object_ref(&()),
+                EventKind::Warning,
+                &ready.reason,
+                &ready.message,
+            );
         }
     }
     Ok(())

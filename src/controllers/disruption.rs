@@ -137,7 +137,7 @@ type Planned = (ClusterObjects, BTreeMap<String, String>, DisruptionPlan);
 
 /// Observes and plans; None when there is no Cluster to take a policy from, the policy is invalid, or the input is
 /// the one a quiet plan was made of and the clock has not moved past what that plan waited for.
-async fn observe_and_plan(
+fn observe_and_plan(
     ctx: &Context,
     cache: &ClusterCache,
     catalog: &Catalog,
@@ -191,7 +191,7 @@ async fn round(
     let (objects, _) = observe(cache, config);
     finish_replacements(ctx, &objects, config).await?;
 
-    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, rounds).await? else {
+    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, rounds)? else {
         return Ok(());
     };
     for k in &first.kept {
@@ -202,7 +202,7 @@ async fn round(
     }
     tokio::time::sleep(config.validation_delay).await;
     let Some((objects, namespaces, second)) =
-        observe_and_plan(ctx, cache, catalog, config, rounds).await?
+        observe_and_plan(ctx, cache, catalog, config, rounds)?
     else {
         return Ok(());
     };
@@ -244,8 +244,7 @@ async fn round(
                     EventKind::Normal,
                     event_reason(*reason),
                     &command.message(),
-                )
-                .await;
+                );
             }
             Command::Replace {
                 nodes,
@@ -272,8 +271,7 @@ async fn round(
                     EventKind::Normal,
                     event_reason(*reason),
                     &command.message(),
-                )
-                .await;
+                );
             }
         }
     }
@@ -290,7 +288,7 @@ fn event_reason(reason: Reason) -> &'static str {
 
 /// The decision's Event on each Node and each MachineDeployment concerned.
 #[allow(clippy::too_many_arguments)]
-async fn publish(
+fn publish(
     ctx: &Context,
     objects: &ClusterObjects,
     nodes: &[String],
@@ -306,8 +304,7 @@ async fn publish(
         .filter(|n| nodes.contains(&n.name_any()))
     {
         ctx.events
-            .publish(&n.object_ref(&()), kind, reason, message)
-            .await;
+            .publish(&n.object_ref(&()), kind, reason, message);
     }
     for md in objects
         .machine_deployments
@@ -315,8 +312,7 @@ async fn publish(
         .filter(|d| groups.contains(&d.name_any()) && d.namespace().as_deref() == Some(namespace))
     {
         ctx.events
-            .publish(&md.object_ref(&()), kind, reason, message)
-            .await;
+            .publish(&md.object_ref(&()), kind, reason, message);
     }
 }
 
@@ -558,8 +554,7 @@ async fn finish_replacements(
                 EventKind::Normal,
                 event_reason(reason),
                 &message,
-            )
-            .await;
+            );
         } else if phase == Some(MachinePhase::Failed)
             || (replacement.is_none() && now - pending.since > config.replacement_timeout)
         {
@@ -580,8 +575,7 @@ async fn finish_replacements(
                 EventKind::Warning,
                 "ConsolidationAbandoned",
                 &message,
-            )
-            .await;
+            );
         }
     }
     Ok(())

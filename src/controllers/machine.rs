@@ -501,17 +501,15 @@ pub async fn reconcile(
                             i.instance_id, i.instance_type, i.zone, i.capacity_type
                         ),
                     );
-                    base.events
-                        .publish(
-                            &machine.object_ref(&()),
-                            EventKind::Normal,
-                            "Launched",
-                            &format!(
-                                "launched {} as {} in {} ({})",
-                                i.instance_id, i.instance_type, i.zone, i.capacity_type
-                            ),
-                        )
-                        .await;
+                    base.events.publish(
+                        &machine.object_ref(&()),
+                        EventKind::Normal,
+                        "Launched",
+                        &format!(
+                            "launched {} as {} in {} ({})",
+                            i.instance_id, i.instance_type, i.zone, i.capacity_type
+                        ),
+                    );
                     requeue = Duration::from_secs(5);
                 }
                 Err(e) => {
@@ -548,14 +546,12 @@ pub async fn reconcile(
                         reason_of(&e),
                         &e.to_string(),
                     );
-                    base.events
-                        .publish(
-                            &machine.object_ref(&()),
-                            kind,
-                            reason_of(&e),
-                            &e.to_string(),
-                        )
-                        .await;
+                    base.events.publish(
+                        &machine.object_ref(&()),
+                        kind,
+                        reason_of(&e),
+                        &e.to_string(),
+                    );
                     requeue = retry;
                 }
             }
@@ -630,27 +626,23 @@ pub async fn reconcile(
                 Api::<Node>::all(base.client.clone())
                     .patch(&node_name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
-                base.events
-                    .publish(
-                        &machine.object_ref(&()),
-                        EventKind::Normal,
-                        "StartupTaintsRemoved",
-                        &format!("removed startup taints from {node_name}"),
-                    )
-                    .await;
+                base.events.publish(
+                    &machine.object_ref(&()),
+                    EventKind::Normal,
+                    "StartupTaintsRemoved",
+                    &format!("removed startup taints from {node_name}"),
+                );
             }
             requeue = Duration::ZERO;
         }
         Step::Running => {
             if new_status.phase != MachinePhase::Running {
-                base.events
-                    .publish(
-                        &machine.object_ref(&()),
-                        EventKind::Normal,
-                        "Running",
-                        "Node is Ready",
-                    )
-                    .await;
+                base.events.publish(
+                    &machine.object_ref(&()),
+                    EventKind::Normal,
+                    "Running",
+                    "Node is Ready",
+                );
             }
             new_status.phase = MachinePhase::Running;
             condition(
@@ -677,14 +669,12 @@ pub async fn reconcile(
                 reason,
                 &message,
             );
-            base.events
-                .publish(
-                    &machine.object_ref(&()),
-                    EventKind::Warning,
-                    reason,
-                    &message,
-                )
-                .await;
+            base.events.publish(
+                &machine.object_ref(&()),
+                EventKind::Warning,
+                reason,
+                &message,
+            );
         }
         Step::StayFailed => requeue = Duration::from_secs(300),
         Step::Cordon { node: node_name } => {
@@ -765,14 +755,12 @@ pub async fn reconcile(
                 "Terminating",
                 &instance_id,
             );
-            base.events
-                .publish(
-                    &machine.object_ref(&()),
-                    EventKind::Normal,
-                    "Terminating",
-                    &format!("terminating {instance_id}"),
-                )
-                .await;
+            base.events.publish(
+                &machine.object_ref(&()),
+                EventKind::Normal,
+                "Terminating",
+                &format!("terminating {instance_id}"),
+            );
             requeue = Duration::from_secs(5);
         }
         Step::WaitForTermination => requeue = Duration::from_secs(5),
@@ -852,14 +840,12 @@ async fn blocked(
         message,
     );
     if status != before {
-        base.events
-            .publish(
-                &machine.object_ref(&()),
-                EventKind::Warning,
-                reason,
-                message,
-            )
-            .await;
+        base.events.publish(
+            &machine.object_ref(&()),
+            EventKind::Warning,
+            reason,
+            message,
+        );
         write_status(machines, &machine.name_any(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))

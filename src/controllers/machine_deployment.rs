@@ -315,8 +315,7 @@ pub async fn reconcile(
             Err(e) => return Err(e.into()),
         }
         ctx.events
-            .publish(&md.object_ref(&()), EventKind::Normal, "CreatedMachineSet", &format!("created MachineSet {current_name} (revision {current_revision}) with {initial} replicas"))
-            .await;
+            .publish(&md.object_ref(&()), EventKind::Normal, "CreatedMachineSet", &format!("created MachineSet {current_name} (revision {current_revision}) with {initial} replicas"));
     }
     for intent in &intents.scale {
         let mut patch = serde_json::json!({"spec": {"replicas": intent.to}});
@@ -329,14 +328,12 @@ pub async fn reconcile(
         sets_api
             .patch(&intent.set, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        ctx.events
-            .publish(
-                &md.object_ref(&()),
-                EventKind::Normal,
-                "ScaledMachineSet",
-                &intent.note,
-            )
-            .await;
+        ctx.events.publish(
+            &md.object_ref(&()),
+            EventKind::Normal,
+            "ScaledMachineSet",
+            &intent.note,
+        );
     }
     for set in &intents.delete {
         match sets_api.delete(set, &DeleteParams::background()).await {
@@ -489,14 +486,12 @@ pub async fn reconcile(
         now_k8s,
     );
     if deadline_newly_exceeded {
-        ctx.events
-            .publish(
-                &md.object_ref(&()),
-                EventKind::Warning,
-                "ProgressDeadlineExceeded",
-                &progress_message,
-            )
-            .await;
+        ctx.events.publish(
+            &md.object_ref(&()),
+            EventKind::Warning,
+            "ProgressDeadlineExceeded",
+            &progress_message,
+        );
     }
     record_metrics(&ctx, &namespace, &name, replicas, &status);
     if status != before || md.status.is_none() {
@@ -633,8 +628,7 @@ async fn invalid(
     );
     if changed {
         ctx.events
-            .publish(&md.object_ref(&()), EventKind::Warning, reason, message)
-            .await;
+            .publish(&md.object_ref(&()), EventKind::Warning, reason, message);
     }
     if status != before || md.status.is_none() {
         api.patch_status(

@@ -265,14 +265,12 @@ async fn reconcile(
             })
             .collect(),
         Err(message) => {
-            ctx.events
-                .publish(
-                    &set.object_ref(&()),
-                    EventKind::Warning,
-                    "InvalidLaunchShapes",
-                    &message,
-                )
-                .await;
+            ctx.events.publish(
+                &set.object_ref(&()),
+                EventKind::Warning,
+                "InvalidLaunchShapes",
+                &message,
+            );
             Vec::new()
         }
     };
@@ -452,8 +450,7 @@ async fn invalid(
     );
     if changed {
         ctx.events
-            .publish(&set.object_ref(&()), EventKind::Warning, reason, message)
-            .await;
+            .publish(&set.object_ref(&()), EventKind::Warning, reason, message);
     }
     write_status(api, set, &before, status).await?;
     Ok(Action::await_change())

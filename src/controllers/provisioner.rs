@@ -97,6 +97,8 @@ pub struct PassReport {
     /// New machines per group that were written (or, in dry-run, would have been).
     pub scaled: BTreeMap<String, u32>,
     pub unschedulable: usize,
+    /// When to pass again though nothing changes (pods waiting on the scheduler or on a new node's grace).
+    pub revisit_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The provisioner's memory between passes. Losing it on a restart repeats an Event at most once, and makes
@@ -140,6 +142,7 @@ pub async fn run(
     let mut announced = Memory::default();
     let mut again = true; // plan once at start: pods may have waited while no replica led
     let mut fleet_recorded: Option<tokio::time::Instant> = None;
+    let mut wait = config.resync;
     loop {
         // The fleet's gauges, off the scale-up path and at most every few seconds (they read every pod).
         if fleet_recorded.is_none_or(|t| t.elapsed() >= FLEET_METRICS_PERIOD) && !again {
@@ -153,7 +156,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut shutdown => return,
                 r = changes.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(config.resync) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             if !batch_window(&mut changes, &config, &mut shutdown).await {
                 return;
@@ -176,6 +179,10 @@ pub async fn run(
                 }
                 // Pods that arrived during the pass have waited for a window already.
                 again = changes.has_changed().unwrap_or(false);
+                wait = report
+                    .revisit_at
+                    .map(|t| (t - ctx.clock.now()).to_std().unwrap_or(Duration::ZERO))
+                    .map_or(config.resync, |w| w.min(config.resync));
             }
             Err(e) => {
                 ctx.metrics
@@ -271,7 +278,7 @@ async fn pass(
         }
     }
     for (namespace, name, why) in &observation.invalid_groups {
-        announce_invalid_group(ctx, announced, namespace, name, why).await;
+        announce_invalid_group(ctx, announced, namespace, name, why);
     }
     let real_pending = observation
         .snapshot
@@ -292,6 +299,7 @@ async fn pass(
     );
     let mut report = PassReport {
         pending: real_pending,
+        revisit_at: observation.revisit_at,
         ..Default::default()
     };
     if let Some(why) = cluster_blocker(&observation, config.observe.cluster_name.as_deref()) {
@@ -312,7 +320,7 @@ async fn pass(
             .chain(observation.riding.iter().cloned())
         {
             if !is_headroom(&pod) && announced.not_triggered.get(&pod) != Some(&why) {
-                publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &why).await;
+                publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &why);
                 announced.not_triggered.insert(pod, why.clone());
             }
         }
@@ -365,7 +373,7 @@ async fn pass(
                 .inc();
             report.scaled.insert(group.clone(), machines.len() as u32);
             tracing::info!(group = %group, machines = machines.len(), dry_run = config.dry_run, "{message}");
-            announce_triggered(ctx, announced, &observation, machines, &message).await;
+            announce_triggered(ctx, announced, &observation, machines, &message);
             continue;
         }
         let Some(target) = observation.groups.get(group) else {
@@ -394,18 +402,16 @@ async fn pass(
             name: Some(target.name.clone()),
             ..Default::default()
         };
-        ctx.events
-            .publish(
-                &md_ref,
-                EventKind::Normal,
-                "ScaledUp",
-                &format!(
-                    "{message} for {} pending pods",
-                    machines.iter().map(|m| m.pods.len()).sum::<usize>()
-                ),
-            )
-            .await;
-        announce_triggered(ctx, announced, &observation, machines, &message).await;
+        ctx.events.publish(
+            &md_ref,
+            EventKind::Normal,
+            "ScaledUp",
+            &format!(
+                "{message} for {} pending pods",
+                machines.iter().map(|m| m.pods.len()).sum::<usize>()
+            ),
+        );
+        announce_triggered(ctx, announced, &observation, machines, &message);
     }
     let in_flight: HashSet<&str> = observation
         .snapshot
@@ -426,7 +432,7 @@ async fn pass(
         .filter(|u| !is_headroom(&u.pod))
         .count()
         + observation.skipped.len();
-    announce_unschedulable(ctx, announced, &observation, &plan).await;
+    announce_unschedulable(ctx, announced, &observation, &plan);
     forget_settled(ctx, announced, &observation, &objects, now);
     Ok(report)
 }
@@ -555,7 +561,7 @@ fn scale_up_message(group: &str, machines: &[&NewMachine], dry_run: bool) -> Str
 }
 
 /// TriggeredScaleUp on each pod the new machines are for, once.
-async fn announce_triggered(
+fn announce_triggered(
     ctx: &Context,
     announced: &mut Memory,
     observation: &Observation,
@@ -576,7 +582,7 @@ async fn announce_triggered(
                 .triggered
                 .insert(pod.clone(), (m.group.clone(), since));
             announced.not_triggered.remove(pod);
-            publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", message).await;
+            publish_on_pod(ctx, pod, EventKind::Normal, "TriggeredScaleUp", message);
         }
     }
 }
@@ -668,7 +674,7 @@ fn record_scheduled(
     }
 }
 
-async fn publish_on_pod(ctx: &Context, key: &str, kind: EventKind, reason: &str, message: &str) {
+fn publish_on_pod(ctx: &Context, key: &str, kind: EventKind, reason: &str, message: &str) {
     let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
     let object = ObjectReference {
         api_version: Some("v1".into()),
@@ -677,11 +683,11 @@ async fn publish_on_pod(ctx: &Context, key: &str, kind: EventKind, reason: &str,
         name: Some(name.into()),
         ..Default::default()
     };
-    ctx.events.publish(&object, kind, reason, message).await;
+    ctx.events.publish(&object, kind, reason, message);
 }
 
 /// NotTriggerScaleUp on each pod that no plan can place, once per reason; a limit also on the Cluster or group.
-async fn announce_unschedulable(
+fn announce_unschedulable(
     ctx: &Context,
     announced: &mut Memory,
     observation: &Observation,
@@ -706,7 +712,7 @@ async fn announce_unschedulable(
             *limits.entry(reason.clone()).or_insert(0usize) += 1;
         }
         if announced.not_triggered.get(&pod) != Some(&reason) {
-            publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &reason).await;
+            publish_on_pod(ctx, &pod, EventKind::Normal, "NotTriggerScaleUp", &reason);
             announced.not_triggered.insert(pod, reason);
         }
     }
@@ -738,19 +744,17 @@ async fn announce_unschedulable(
             .insert(format!("limit:{reason}"), reason.clone())
             .is_none()
         {
-            ctx.events
-                .publish(
-                    &object,
-                    EventKind::Warning,
-                    "ScaleUpLimited",
-                    &format!("{reason}: {pods} pods stay pending"),
-                )
-                .await;
+            ctx.events.publish(
+                &object,
+                EventKind::Warning,
+                "ScaleUpLimited",
+                &format!("{reason}: {pods} pods stay pending"),
+            );
         }
     }
 }
 
-async fn announce_invalid_group(
+fn announce_invalid_group(
     ctx: &Context,
     announced: &mut Memory,
     namespace: &str,
@@ -769,8 +773,7 @@ async fn announce_invalid_group(
         ..Default::default()
     };
     ctx.events
-        .publish(&object, EventKind::Warning, "NotAutoscaled", why)
-        .await;
+        .publish(&object, EventKind::Warning, "NotAutoscaled", why);
     tracing::warn!(deployment = %format!("{namespace}/{name}"), "not autoscaled: {why}");
     announced.notices.insert(key, why.to_string());
 }

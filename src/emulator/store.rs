@@ -274,6 +274,8 @@ pub(crate) struct State {
     /// uid -> object
     uids: HashMap<String, ObjectKey>,
     history_limit: usize,
+    /// (group, plural) -> the resourceVersion of the collection's latest change.
+    changed: HashMap<(String, String), u64>,
 }
 
 /// The shared store.
@@ -402,6 +404,17 @@ impl State {
     }
 
     fn push_history(&mut self, ev: Arc<WatchEvent>, tx: &broadcast::Sender<Arc<WatchEvent>>) {
+        // Every change is an event, so this is the one place that sees them all.
+        match self
+            .changed
+            .get_mut(&(ev.group.clone(), ev.resource.clone()))
+        {
+            Some(rv) => *rv = ev.object.rv,
+            None => {
+                self.changed
+                    .insert((ev.group.clone(), ev.resource.clone()), ev.object.rv);
+            }
+        }
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
@@ -525,6 +538,7 @@ impl Store {
             dependents: HashMap::new(),
             uids: HashMap::new(),
             history_limit: config.history_limit.max(1),
+            changed: HashMap::new(),
         };
         let store = Store {
             state: Mutex::new(state),
@@ -570,6 +584,16 @@ impl Store {
     /// Latest resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// The resourceVersion of the latest change to any object of the kind (0: none yet), so a reader can tell
+    /// cheaply whether the kind changed since it last looked.
+    pub fn collection_version(&self, rt: &ResourceType) -> u64 {
+        let st = self.lock();
+        st.changed
+            .get(&(rt.group.clone(), rt.resource.clone()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A copy of the registry.

@@ -238,7 +238,6 @@ async fn play(
     let mut spot_interruptions = 0u64;
     let mut events_log: Vec<(u64, String)> = Vec::new();
     let mut next_event = 0usize;
-    let mut last_bound_rv = 0u64;
     let progress = Progress::new(options.progress, scenario.duration);
     let total = scenario.duration.as_secs();
 
@@ -359,12 +358,8 @@ async fn play(
         }
 
         workloads.reconcile(&store, now)?;
-        // kube-scheduler's pace: one pass a second, and only when something changed.
-        let rv = store.resource_version();
-        if rv != last_bound_rv {
-            binder.run_once()?;
-            last_bound_rv = store.resource_version();
-        }
+        // kube-scheduler's pace: one pass a second (the binder skips it when no pod or node changed).
+        binder.run_once()?;
         for r in rollouts.iter_mut().filter(|r| r.finished_s.is_none()) {
             if rollout_complete(&store, &r.machine_deployment, r.generation)? {
                 r.finished_s = Some(second);

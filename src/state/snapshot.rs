@@ -147,8 +147,11 @@ pub struct Observation {
     pub invalid_groups: Vec<(String, String, String)>,
     /// When each pending pod (by `namespace/name`) became unschedulable.
     pub pending_since: HashMap<String, DateTime<Utc>>,
-    /// Unschedulable pods held on the machine nominated for them (in flight, or a node not Ready yet).
+    /// Unschedulable pods held on the machine nominated for them, not planned for now (see the module's doc).
     pub riding: HashSet<String>,
+    /// When a pod riding a Ready node will be planned again if nothing changes before: the scheduler settled, or
+    /// the node's grace over. Nothing in the cluster changes at that moment, so the provisioner must look itself.
+    pub revisit_at: Option<DateTime<Utc>>,
     /// The Cluster followed, if any.
     pub cluster: Option<Cluster>,
     /// Auto Scaling groups planned for, by scheduling group name: (ASG name, desired capacity).
@@ -394,13 +397,20 @@ pub fn observe_with(
         };
         if let Some(p) = &node.provider_id {
             registered_providers.insert(p.clone());
-            let registered = k8s_node.metadata.creation_timestamp.as_ref().map(|t| from_k8s(t.0));
+            let registered = k8s_node
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| from_k8s(t.0));
             match ready_since(k8s_node) {
                 None if registered.is_none_or(|t| now - t <= timeout) => {
                     new_nodes.insert(p.clone(), (nodes.len(), NewNode::Booting));
                 }
                 Some(ready) if now - ready < NOMINATION_GRACE => {
-                    new_nodes.insert(p.clone(), (nodes.len(), NewNode::Ready));
+                    new_nodes.insert(
+                        p.clone(),
+                        (nodes.len(), NewNode::Ready(ready + NOMINATION_GRACE)),
+                    );
                     let bound_at = last_bound.get(node.name.as_str()).copied();
                     let latest = bound_at.map_or(ready, |b| b.max(ready));
                     scheduler_active = Some(scheduler_active.map_or(latest, |a| a.max(latest)));
@@ -483,6 +493,8 @@ pub fn observe_with(
     let by_key = |a: &Pod, b: &Pod| (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name));
     pending.sort_by(by_key);
     let mut riding = HashSet::new();
+    let mut revisit_at: Option<DateTime<Utc>> = None;
+    let mut revisit = |t: DateTime<Utc>| revisit_at = Some(revisit_at.map_or(t, |r| r.min(t)));
     if !nominations.is_empty() {
         enum Ride {
             InFlight(usize),
@@ -512,12 +524,19 @@ pub fn observe_with(
             let key = pod.key();
             match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
                 Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
-                Some(Ride::Node(n, NewNode::Booting)) => Arc::make_mut(&mut nodes[*n].pods).push(pod),
-                Some(Ride::Node(n, NewNode::Ready)) if still_holds(&nodes[*n], &pod) => {
+                Some(Ride::Node(n, NewNode::Booting)) => {
+                    Arc::make_mut(&mut nodes[*n].pods).push(pod)
+                }
+                Some(Ride::Node(n, NewNode::Ready(grace_over)))
+                    if still_holds(&nodes[*n], &pod) =>
+                {
+                    revisit(*grace_over);
                     Arc::make_mut(&mut nodes[*n].pods).push(pod)
                 }
                 // Crowded off while the scheduler is still placing pods: neither planned nor holding room.
-                Some(Ride::Node(_, NewNode::Ready)) if settling => {}
+                Some(Ride::Node(_, NewNode::Ready(_))) if settling => {
+                    revisit(scheduler_active.unwrap_or(now) + SCHEDULER_SETTLE);
+                }
                 _ => {
                     still_pending.push(pod);
                     continue;
@@ -561,6 +580,7 @@ pub fn observe_with(
         invalid_groups,
         pending_since,
         riding,
+        revisit_at,
         cluster,
         auto_scaling_groups: BTreeMap::new(),
     }
@@ -670,8 +690,9 @@ pub fn add_auto_scaling_groups(
 enum NewNode {
     /// Not Ready: the scheduler cannot place anything there yet.
     Booting,
-    /// Ready within the nomination grace: the scheduler is placing pods there, in its own order.
-    Ready,
+    /// Ready within the nomination grace (over at the time held): the scheduler is placing pods there, in its
+    /// own order.
+    Ready(DateTime<Utc>),
 }
 
 /// Whether `node` can still take `pod` beside its bound pods and the pods already riding it.
@@ -1174,14 +1195,22 @@ mod tests {
         if let Some(at) = bound_at {
             let mut d: core::Pod = (*pod("d", false, "ReplicaSet")).clone();
             d.spec.as_mut().unwrap().node_name = Some("ready".into());
-            d.status = Some(serde_json::from_value(json!({"phase": "Running", "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": at}]})).unwrap());
+            d.status = Some(
+                serde_json::from_value(json!({"phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": at}]}))
+                .unwrap(),
+            );
             pods.push(Arc::new(d));
         }
         let objects = ClusterObjects {
             pods,
             nodes: vec![
-                registered("booting", "aws:///us-east-1a/i-1", "False", "2026-12-01T11:59:30Z"),
+                registered(
+                    "booting",
+                    "aws:///us-east-1a/i-1",
+                    "False",
+                    "2026-12-01T11:59:30Z",
+                ),
                 registered("ready", "aws:///us-east-1a/i-2", "True", ready_at),
             ],
             machine_classes: vec![class()],
@@ -1206,9 +1235,21 @@ mod tests {
 
     /// Real pods the observation plans for, and the pods riding the node named.
     fn planned_and_riding(o: &Observation, node: &str) -> (Vec<String>, Vec<String>) {
-        let pods = o.snapshot.pending.iter().filter(|p| p.spec.namespace != HEADROOM_NAMESPACE);
-        let on = o.snapshot.nodes.iter().find(|n| n.node.name == node).unwrap();
-        (pods.map(|p| p.key()).collect(), on.pods.iter().map(|p| p.key()).collect())
+        let pods = o
+            .snapshot
+            .pending
+            .iter()
+            .filter(|p| p.spec.namespace != HEADROOM_NAMESPACE);
+        let on = o
+            .snapshot
+            .nodes
+            .iter()
+            .find(|n| n.node.name == node)
+            .unwrap();
+        (
+            pods.map(|p| p.key()).collect(),
+            on.pods.iter().map(|p| p.key()).collect(),
+        )
     }
 
     #[test]
@@ -1219,6 +1260,12 @@ mod tests {
         let (planned, riding) = planned_and_riding(&o, "ready");
         assert_eq!(riding, vec!["default/b"]);
         assert_eq!(planned, vec!["default/c"]);
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        assert_eq!(
+            o.revisit_at,
+            Some(at("2026-12-01T12:00:10Z")),
+            "b is planned again when the grace is over"
+        );
 
         // Ready 1 s ago: the scheduler is still placing pods, and c may yet land elsewhere; it waits, unplanned.
         let o = new_nodes("2026-12-01T11:59:59Z", None, 600);
@@ -1226,6 +1273,11 @@ mod tests {
         assert_eq!(riding, vec!["default/b"]);
         assert!(planned.is_empty(), "{planned:?}");
         assert!(o.riding.contains("default/c"));
+        assert_eq!(
+            o.revisit_at,
+            Some(at("2026-12-01T12:00:01Z")),
+            "c is looked at again once settled"
+        );
 
         // Ready 5 s ago, but the scheduler bound d there 1 s ago: still placing pods, so b and c (no room left
         // beside d) both wait.
@@ -1237,12 +1289,18 @@ mod tests {
 
         // Ready for longer than the grace: b and c are pending like any pod; a still rides its booting node.
         let o = new_nodes("2026-12-01T11:59:40Z", None, 600);
-        assert_eq!(planned_and_riding(&o, "ready").0, vec!["default/b", "default/c"]);
+        assert_eq!(
+            planned_and_riding(&o, "ready").0,
+            vec!["default/b", "default/c"]
+        );
         assert_eq!(planned_and_riding(&o, "booting").1, vec!["default/a"]);
 
         // Past the registration timeout a node that never turned Ready holds nobody.
         let o = new_nodes("2026-12-01T11:59:40Z", None, 5);
-        assert_eq!(planned_and_riding(&o, "booting").0, vec!["default/a", "default/b", "default/c"]);
+        assert_eq!(
+            planned_and_riding(&o, "booting").0,
+            vec!["default/a", "default/b", "default/c"]
+        );
     }
 
     #[test]
