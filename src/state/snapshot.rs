@@ -7,6 +7,7 @@
 //!   launched as, or the first of its shape's types before the launch answered;
 //! - replicas the provisioner added whose Machines the MachineSet has not created yet are in flight too, as the
 //!   deployment's queued launch shapes that no Machine has taken.
+//!
 //! Both stop counting after the registration timeout, when the Machine controller fails them anyway.
 //!
 //! An in-flight machine is named by its launch shape's id (the Machine's name when it has none), so the
