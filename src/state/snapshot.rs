@@ -39,6 +39,7 @@ use crate::scheduling::{
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// How long a nominated pod may ride its node after the node turns Ready: time for the scheduler to bind it there.
@@ -161,10 +162,15 @@ pub struct Observation {
 
 /// Pods as the planner reads them, kept from one observation to the next by uid and resourceVersion: a cluster of
 /// 30,000 running pods changes a few of them between two passes, and reading every one again cost a second a pass.
+///
+/// A node's bound pods are kept the same way, as a whole: most nodes hold the same pods from one pass to the next, and
+/// the snapshot then shares the list instead of copying every pod into it.
 #[derive(Debug, Default)]
 pub struct PodReadings {
     by_uid: HashMap<String, (String, Result<Pod, String>)>,
     seen: HashSet<String>,
+    /// Node name → a fingerprint of its bound pods' uids and resourceVersions, and their readings (sorted by key).
+    by_node: HashMap<String, (u64, Arc<Vec<Pod>>)>,
 }
 
 impl PodReadings {
@@ -187,11 +193,40 @@ impl PodReadings {
         }
     }
 
-    /// Forgets pods not read since the last call.
-    fn sweep(&mut self) {
+    /// The readings of the pods bound to `node` (sorted by key), shared with the last observation when the node
+    /// holds the very same pods at the same resourceVersions.
+    fn read_node(&mut self, node: &str, pods: &[&core::Pod]) -> Arc<Vec<Pod>> {
+        let fingerprint = pods.iter().fold(pods.len() as u64, |sum, p| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&p.metadata.uid, &p.metadata.resource_version).hash(&mut h);
+            // Order-independent: caches list pods in no particular order.
+            sum.wrapping_add(h.finish())
+        });
+        if let Some((at, readings)) = self.by_node.get(node) {
+            if *at == fingerprint {
+                return readings.clone();
+            }
+        }
+        let mut readings: Vec<Pod> = pods.iter().filter_map(|p| self.read(p).ok()).collect();
+        readings.sort_by(by_key);
+        let readings = Arc::new(readings);
+        self.by_node
+            .insert(node.to_string(), (fingerprint, readings.clone()));
+        readings
+    }
+
+    /// Forgets pods not read since the last call, and nodes not in `nodes`.
+    fn sweep(&mut self, nodes: &HashSet<&str>) {
         let seen = std::mem::take(&mut self.seen);
         self.by_uid.retain(|uid, _| seen.contains(uid));
+        self.by_node.retain(|name, _| nodes.contains(name.as_str()));
     }
+}
+
+/// Pods in the order the plan reads them: caches hand objects out in no particular order, and the plan must not
+/// depend on it.
+fn by_key(a: &Pod, b: &Pod) -> std::cmp::Ordering {
+    (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name))
 }
 
 /// Reads the objects into a scheduling snapshot; `nominations` maps pending pods (`namespace/name`) to the
@@ -326,7 +361,7 @@ pub fn observe_with(
     }
 
     // Pods: bound ones by node, unschedulable ones pending.
-    let mut bound: HashMap<&str, Vec<Pod>> = HashMap::new();
+    let mut bound: HashMap<&str, Vec<&core::Pod>> = HashMap::new();
     // When the scheduler last bound a pod to each node.
     let mut last_bound: HashMap<&str, DateTime<Utc>> = HashMap::new();
     let mut pending = Vec::new();
@@ -345,9 +380,7 @@ pub fn observe_with(
         let done = phase == "Succeeded" || phase == "Failed";
         if !node_name.is_empty() {
             if !done {
-                if let Ok(p) = readings.read(k8s_pod) {
-                    bound.entry(node_name).or_default().push(p);
-                }
+                bound.entry(node_name).or_default().push(k8s_pod);
             }
             if let Some(t) = condition_since(k8s_pod, "PodScheduled", "True") {
                 let last = last_bound.entry(node_name).or_insert(t);
@@ -372,8 +405,6 @@ pub fn observe_with(
             }),
         }
     }
-
-    readings.sweep();
 
     // Registered nodes, with the group's startup taints set apart.
     let startup: HashMap<&str, &[Taint]> = groups
@@ -426,9 +457,22 @@ pub fn observe_with(
         {
             node.mark_startup_taints(t);
         }
-        let pods = bound.remove(node.name.as_str()).unwrap_or_default();
-        nodes.push(ExistingNode::new(node, pods));
+        let pods = readings.read_node(
+            &node.name,
+            bound.get(node.name.as_str()).map_or(&[][..], Vec::as_slice),
+        );
+        nodes.push(ExistingNode {
+            node: Arc::new(node),
+            pods,
+        });
     }
+    readings.sweep(
+        &objects
+            .nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect(),
+    );
 
     // In-flight machines, then replicas whose Machines do not exist yet.
     let mut in_flight = Vec::new();
@@ -490,8 +534,6 @@ pub fn observe_with(
         }
     }
     in_flight.retain(|m| catalog.get(&m.instance_type).is_some());
-    // Caches hand objects out in no particular order; the plan must not depend on it.
-    let by_key = |a: &Pod, b: &Pod| (&a.spec.namespace, &a.name).cmp(&(&b.spec.namespace, &b.name));
     pending.sort_by(by_key);
     let mut riding = HashSet::new();
     let mut revisit_at: Option<DateTime<Utc>> = None;
@@ -556,7 +598,10 @@ pub fn observe_with(
         m.pods.sort_by(by_key);
     }
     for n in &mut nodes {
-        Arc::make_mut(&mut n.pods).sort_by(by_key);
+        // Only nodes that riders joined are out of order; the others share their list with the readings.
+        if !n.pods.is_sorted_by(|a, b| by_key(a, b).is_le()) {
+            Arc::make_mut(&mut n.pods).sort_by(by_key);
+        }
     }
 
     let (limits, expander) = match &cluster {
@@ -1302,6 +1347,58 @@ mod tests {
             planned_and_riding(&o, "booting").0,
             vec!["default/a", "default/b", "default/c"]
         );
+    }
+
+    #[test]
+    fn a_node_holding_the_same_pods_shares_their_readings_with_the_last_observation() {
+        let bound = |name: &str, node: &str, rv: &str| -> Arc<core::Pod> {
+            let mut p: core::Pod = (*pod(name, false, "ReplicaSet")).clone();
+            p.metadata.uid = Some(format!("uid-{name}"));
+            p.metadata.resource_version = Some(rv.into());
+            p.spec.as_mut().unwrap().node_name = Some(node.into());
+            Arc::new(p)
+        };
+        let node = |name: &str| -> Arc<core::Node> {
+            from(json!({"metadata": {"name": name},
+                        "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "29"}}}))
+        };
+        let mut objects = ClusterObjects {
+            pods: vec![
+                bound("b", "n1", "1"),
+                bound("a", "n1", "1"),
+                bound("c", "n2", "1"),
+            ],
+            nodes: vec![node("n1"), node("n2")],
+            ..Default::default()
+        };
+        let mut readings = PodReadings::default();
+        let settings = ObserveSettings::default();
+        let mut look = |objects: &ClusterObjects| {
+            let o = observe_with(
+                objects,
+                &catalog(),
+                &settings,
+                &HashMap::new(),
+                now(),
+                &mut readings,
+            );
+            o.snapshot.nodes
+        };
+        let first = look(&objects);
+        let names: Vec<&str> = first[0].pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "sorted by key");
+        // Listed in another order, nothing changed: both lists are shared.
+        objects.pods.reverse();
+        let second = look(&objects);
+        assert!(Arc::ptr_eq(&first[0].pods, &second[0].pods));
+        assert!(Arc::ptr_eq(&first[1].pods, &second[1].pods));
+        // One pod of n2 changes: n2 is read again, n1 still shared.
+        objects.pods[0] = bound("c", "n2", "2");
+        objects.pods.push(bound("d", "n2", "1"));
+        let third = look(&objects);
+        assert!(Arc::ptr_eq(&first[0].pods, &third[0].pods));
+        let names: Vec<&str> = third[1].pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["c", "d"]);
     }
 
     #[test]
