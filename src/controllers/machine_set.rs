@@ -23,6 +23,7 @@ use crate::clock::from_k8s;
 use crate::controllers::events::EventKind;
 use crate::model::label_selector::Selector;
 use crate::rollout::{plan_machine_set, DeleteOrder, OwnedMachine, QueuedShape};
+use crate::state::cluster::trim_meta;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -102,7 +103,7 @@ pub async fn run(
             watcher::Config::default(),
         )
         .default_backoff()
-        .map_ok(|event| event.modify(|m: &mut Machine| m.metadata.managed_fields = None)),
+        .map_ok(|event| event.modify(trim_meta::<Machine>)),
     )
     // Deletions too: a Machine that is gone leaves a place to fill.
     .touched_objects();

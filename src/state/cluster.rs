@@ -233,7 +233,8 @@ where
     store
 }
 
-fn trim_meta<K: Resource>(o: &mut K) {
+/// Drops managed fields, which no controller of berth's reads and which make up much of every object in memory.
+pub fn trim_meta<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 

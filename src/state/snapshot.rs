@@ -193,8 +193,8 @@ impl PodReadings {
         }
     }
 
-    /// The readings of the pods bound to `node` (sorted by key), shared with the last observation when the node
-    /// holds the very same pods at the same resourceVersions.
+    /// The readings of the unfinished pods bound to `node` (sorted by key), shared with the last observation when
+    /// the node holds the very same pods at the same resourceVersions.
     fn read_node(&mut self, node: &str, pods: &[&core::Pod]) -> Arc<Vec<Pod>> {
         let fingerprint = pods.iter().fold(pods.len() as u64, |sum, p| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -207,7 +207,11 @@ impl PodReadings {
                 return readings.clone();
             }
         }
-        let mut readings: Vec<Pod> = pods.iter().filter_map(|p| self.read(p).ok()).collect();
+        let mut readings: Vec<Pod> = pods
+            .iter()
+            .filter(|p| !finished(p))
+            .filter_map(|p| self.read(p).ok())
+            .collect();
         readings.sort_by(by_key);
         let readings = Arc::new(readings);
         self.by_node
@@ -360,10 +364,9 @@ pub fn observe_with(
         groups.push(group);
     }
 
-    // Pods: bound ones by node, unschedulable ones pending.
+    // Pods: bound ones by node (finished ones too: their binding tells when the scheduler last acted), unschedulable
+    // ones pending.
     let mut bound: HashMap<&str, Vec<&core::Pod>> = HashMap::new();
-    // When the scheduler last bound a pod to each node.
-    let mut last_bound: HashMap<&str, DateTime<Utc>> = HashMap::new();
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
     for k8s_pod in &objects.pods {
@@ -372,20 +375,8 @@ pub fn observe_with(
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .unwrap_or_default();
-        let phase = k8s_pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .unwrap_or("Pending");
-        let done = phase == "Succeeded" || phase == "Failed";
         if !node_name.is_empty() {
-            if !done {
-                bound.entry(node_name).or_default().push(k8s_pod);
-            }
-            if let Some(t) = condition_since(k8s_pod, "PodScheduled", "True") {
-                let last = last_bound.entry(node_name).or_insert(t);
-                *last = (*last).max(t);
-            }
+            bound.entry(node_name).or_default().push(k8s_pod);
             continue;
         }
         if !is_unschedulable(k8s_pod) {
@@ -443,7 +434,13 @@ pub fn observe_with(
                         p.clone(),
                         (nodes.len(), NewNode::Ready(ready + NOMINATION_GRACE)),
                     );
-                    let bound_at = last_bound.get(node.name.as_str()).copied();
+                    // Read only for the few new nodes: a scan of every pod's conditions costs each pass.
+                    let bound_at = bound
+                        .get(node.name.as_str())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| condition_since(p, "PodScheduled", "True"))
+                        .max();
                     let latest = bound_at.map_or(ready, |b| b.max(ready));
                     scheduler_active = Some(scheduler_active.map_or(latest, |a| a.max(latest)));
                 }
@@ -766,6 +763,12 @@ fn ready_since(node: &core::Node) -> Option<DateTime<Utc>> {
             .map(|t| from_k8s(t.0))
             .unwrap_or(DateTime::<Utc>::MIN_UTC),
     )
+}
+
+/// Whether the pod has run to its end (it holds no room on its node any more).
+fn finished(pod: &core::Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// When the pod's condition `kind` last turned `status` (None: it is not `status`, or says not when).
