@@ -265,6 +265,7 @@ pub async fn reconcile(
     machine: Arc<Machine>,
     ctx: Arc<MachineContext>,
 ) -> Result<Action, ControllerError> {
+    ctx.base.wait_turn(&*machine).await;
     let base = &ctx.base;
     let _timer = base
         .metrics

@@ -100,6 +100,7 @@ pub async fn reconcile(
     md: Arc<MachineDeployment>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    ctx.wait_turn(&*md).await;
     let _timer = ctx
         .metrics
         .reconcile_duration_seconds

@@ -158,6 +158,7 @@ async fn reconcile(
     set: Arc<MachineSet>,
     set_ctx: Arc<SetContext>,
 ) -> Result<Action, ControllerError> {
+    set_ctx.base.wait_turn(&*set).await;
     let ctx = &set_ctx.base;
     let _timer = ctx
         .metrics

@@ -12,12 +12,15 @@ pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
 pub mod provisioner;
+pub mod start_order;
 
 use crate::clock::{to_k8s, SharedClock};
 use crate::telemetry::metrics::Metrics;
 use events::EventPublisher;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
+use start_order::StartOrder;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Labels and annotations berth puts on the objects it creates.
@@ -53,6 +56,7 @@ pub struct Context {
     pub clock: SharedClock,
     pub metrics: Metrics,
     pub events: EventPublisher,
+    pub start_order: Arc<StartOrder>,
 }
 
 impl Context {
@@ -63,7 +67,20 @@ impl Context {
             clock,
             metrics,
             events,
+            start_order: Arc::default(),
         }
+    }
+
+    /// Waits until this object's reconcile may start (see `start_order`): reconciles kube-runtime releases together
+    /// start in the order of their objects' kinds, namespaces and names, not in a per-process random order.
+    pub async fn wait_turn<K: kube::Resource<DynamicType = ()>>(&self, object: &K) {
+        let key = format!(
+            "{}/{}/{}",
+            K::kind(&()),
+            object.meta().namespace.as_deref().unwrap_or_default(),
+            object.meta().name.as_deref().unwrap_or_default()
+        );
+        self.start_order.wait_turn(key).await;
     }
 
     pub fn now_k8s(&self) -> Time {
