@@ -230,6 +230,7 @@ pub async fn run(
         None => {
             let region = args.region.clone().unwrap_or_else(|| "us-east-1".into());
             crate::model::aws_catalog::bundled_catalog(&region)
+                .map(Arc::new)
                 .map_err(|e| OperatorError::Catalog(e.to_string()))?
         }
     };
@@ -247,7 +248,7 @@ pub async fn run(
         base: ctx,
         cloud,
         cluster_name: args.cluster_name.clone().unwrap_or_default(),
-        catalog: Arc::new(catalog),
+        catalog,
         provisioner,
         disruption: DisruptionConfig {
             cluster_name: args.cluster_name.clone().unwrap_or_default(),

@@ -113,7 +113,7 @@ impl Harness {
     }
 
     async fn start_disruption(&self) {
-        let catalog = Arc::new(self.cloud.instance_types().await.unwrap());
+        let catalog = self.cloud.instance_types().await.unwrap();
         let config = DisruptionConfig {
             interval: Duration::from_millis(300),
             validation_delay: Duration::from_millis(200),

@@ -25,6 +25,7 @@ use crate::model::instance_type::{CapacityType, Catalog};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use bootstrap::{Bootstrap, BootstrapFormat};
 pub use error::{CloudError, OfferingFailure};
@@ -407,7 +408,7 @@ pub trait CloudProvider: Send + Sync {
     async fn describe_instances(&self) -> Result<Vec<Instance>, CloudError>;
 
     /// Instance types with their offerings and prices; offerings in the unavailable cache are marked unavailable.
-    async fn instance_types(&self) -> Result<Catalog, CloudError>;
+    async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError>;
 
     /// The insufficient-capacity cache the planner consults (also applied to [`CloudProvider::instance_types`]).
     fn unavailable_offerings(&self) -> &UnavailableOfferings;

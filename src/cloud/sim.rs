@@ -32,7 +32,7 @@ use crate::model::taints::Taint;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -341,6 +341,8 @@ pub struct SimulatedCloud {
     config: SimConfig,
     caller: ApiCaller,
     unavailable: UnavailableOfferings,
+    /// `config.catalog`, shared with every reader of [`CloudProvider::instance_types`].
+    catalog: Arc<Catalog>,
     state: Mutex<SimState>,
     events: broadcast::Sender<SimInstanceEvent>,
     origin: tokio::time::Instant,
@@ -374,6 +376,7 @@ impl SimulatedCloud {
             state.node_groups.insert(g.name.clone(), g.clone());
         }
         let cloud = SimulatedCloud {
+            catalog: Arc::new(config.catalog.clone()),
             config,
             caller,
             unavailable,
@@ -1258,8 +1261,8 @@ impl CloudProvider for SimulatedCloud {
         .await
     }
 
-    async fn instance_types(&self) -> Result<Catalog, CloudError> {
-        let mut c = self.config.catalog.clone();
+    async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError> {
+        let mut c = self.catalog.clone();
         self.unavailable.apply(&mut c);
         Ok(c)
     }

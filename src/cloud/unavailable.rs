@@ -7,7 +7,7 @@ use crate::cloud::OfferingKey;
 use crate::model::instance_type::Catalog;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub const DEFAULT_TTL: Duration = Duration::minutes(3);
 
@@ -78,9 +78,15 @@ impl UnavailableOfferings {
         keys
     }
 
-    /// Marks the cached offerings unavailable in a catalog.
-    pub fn apply(&self, catalog: &mut Catalog) {
-        for k in self.current() {
+    /// Marks the cached offerings unavailable in a catalog; the catalog is copied only if there are any (it is
+    /// read on every pass and every launch, and is usually shared as it is).
+    pub fn apply(&self, catalog: &mut Arc<Catalog>) {
+        let current = self.current();
+        if current.is_empty() {
+            return;
+        }
+        let catalog = Arc::make_mut(catalog);
+        for k in current {
             catalog.mark_unavailable(&k.instance_type, &k.zone, k.capacity_type);
         }
     }

@@ -230,7 +230,7 @@ async fn batch_window(
 async fn pass(
     ctx: &Context,
     cache: &ClusterCache,
-    start_catalog: &Catalog,
+    start_catalog: &Arc<Catalog>,
     cloud: Option<&dyn CloudProvider>,
     config: &ProvisionerConfig,
     announced: &mut Memory,

@@ -25,6 +25,7 @@ use crate::model::pod::{
 };
 use crate::model::quantity::{format_bytes, format_cpu_millis};
 use crate::model::taints::{first_blocking_taint, Taint, TaintEffect};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -38,7 +39,14 @@ impl Hasher for Fx {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
+        // Eight bytes a step: label and namespace strings are hashed for every pod of a large cluster.
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        for b in words.remainder() {
             self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(FX_K);
         }
     }
@@ -133,10 +141,12 @@ enum Origin {
     },
 }
 
-struct Bin {
+struct Bin<'a> {
     name: String,
     origin: Origin,
-    labels: BTreeMap<String, String>,
+    /// An existing node's labels are borrowed from the snapshot: a what-if solve over a large cluster would
+    /// otherwise copy every node's labels.
+    labels: Cow<'a, BTreeMap<String, String>>,
     zone: Option<String>,
     blocking_taints: Vec<Taint>,
     prefer_taints: Vec<Taint>,
@@ -244,13 +254,15 @@ struct Engine<'a> {
     ext: Vec<String>,
     groups: Vec<Group<'a>>,
     slots: Vec<(String, crate::model::instance_type::CapacityType)>,
-    bins: Vec<Bin>,
+    bins: Vec<Bin<'a>>,
     fixed_count: usize,
     open_new: Vec<usize>,
     closed_pending: usize,
     keys: Vec<String>,
     key_ids: HashMap<String, u16>,
-    domain_ids: HashMap<(u16, String), u32>,
+    /// Per topology key, the id of each of its values (ids are unique across keys).
+    domain_ids: Vec<FxMap<String, u32>>,
+    domain_count: u32,
     counters: Vec<Counter>,
     counter_ids: HashMap<(u16, Requirements, NamespaceScope), usize>,
     owners: Vec<Counter>,
@@ -331,7 +343,8 @@ impl<'a> Engine<'a> {
             closed_pending: 0,
             keys: vec![],
             key_ids: HashMap::new(),
-            domain_ids: HashMap::new(),
+            domain_ids: vec![],
+            domain_count: 0,
             counters: vec![],
             counter_ids: HashMap::new(),
             owners: vec![],
@@ -370,11 +383,16 @@ impl<'a> Engine<'a> {
     }
 
     fn domain(&mut self, key: u16, value: &str) -> u32 {
-        if let Some(&d) = self.domain_ids.get(&(key, value.to_string())) {
+        let key = key as usize;
+        if self.domain_ids.len() <= key {
+            self.domain_ids.resize_with(key + 1, FxMap::default);
+        }
+        if let Some(&d) = self.domain_ids[key].get(value) {
             return d;
         }
-        let id = self.domain_ids.len() as u32;
-        self.domain_ids.insert((key, value.to_string()), id);
+        let id = self.domain_count;
+        self.domain_count += 1;
+        self.domain_ids[key].insert(value.to_string(), id);
         id
     }
 
@@ -510,10 +528,9 @@ impl<'a> Engine<'a> {
     fn bin_doms(&mut self, name: &str, labels: &BTreeMap<String, String>) -> Vec<Option<u32>> {
         let mut doms = vec![None; self.keys.len()];
         for k in 0..self.keys.len() {
-            let key = self.keys[k].clone();
             let value =
                 labels
-                    .get(&key)
+                    .get(&self.keys[k])
                     .map(String::as_str)
                     .or(if k == 0 { Some(name) } else { None });
             if let Some(v) = value {
@@ -551,7 +568,7 @@ impl<'a> Engine<'a> {
                 name: node.name.clone(),
                 origin: Origin::Fixed,
                 zone: node.labels.get(labels::ZONE).cloned(),
-                labels: node.labels.clone(),
+                labels: Cow::Borrowed(&node.labels),
                 blocking_taints: blocking,
                 prefer_taints: prefer,
                 cap: to_vec(&node.allocatable, &self.ext),
@@ -610,7 +627,7 @@ impl<'a> Engine<'a> {
                 name: m.name.clone(),
                 origin: Origin::Fixed,
                 zone: Some(m.zone.clone()),
-                labels,
+                labels: Cow::Owned(labels),
                 blocking_taints: split_taints(&g.taints).0,
                 prefer_taints: split_taints(&g.taints).1,
                 cap: to_vec(&new_node_allocatable(g, it), &self.ext),
@@ -1015,8 +1032,12 @@ impl<'a> Engine<'a> {
                 .collect();
         }
         // Count the pods already running.
-        let mut cache: HashMap<(&str, &BTreeMap<String, String>), Vec<usize>> = HashMap::new();
+        // Pods are grouped by (namespace, labels) so each group is matched once; without counters nothing is matched.
+        let mut cache: FxMap<(&str, &BTreeMap<String, String>), Vec<usize>> = FxMap::default();
         for &(bi, p) in &self.existing_pods {
+            if self.counters.is_empty() && p.spec.pod_anti_affinity.is_empty() {
+                continue;
+            }
             let matched = cache
                 .entry((p.spec.namespace.as_str(), &p.spec.labels))
                 .or_insert_with(|| {
@@ -1731,7 +1752,7 @@ impl<'a> Engine<'a> {
                 ty: lt,
                 slot: ls,
             },
-            labels,
+            labels: Cow::Owned(labels),
             zone: Some(zone),
             blocking_taints: blocking,
             prefer_taints: prefer,
@@ -2088,7 +2109,7 @@ impl<'a> Engine<'a> {
                         slot: ls,
                     };
                     b.cap = self.groups[gi].types[lt].cap.clone();
-                    b.labels = labels;
+                    b.labels = Cow::Owned(labels);
                     b.doms = doms;
                     b.zone = Some(it.offerings[oi].zone.clone());
                     b.compat = Some(compat[ls].clone());

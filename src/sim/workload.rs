@@ -54,11 +54,21 @@ pub struct Workloads {
     /// Pods seen running: name -> time first seen running (jobs complete `run_for` after it).
     started: BTreeMap<String, Duration>,
     next_pod: u64,
+    /// The pods' and nodes' collection versions at the start of the last reconcile, and the earliest moment a
+    /// running job pod completes: until one of them changes (or a workload is added or scaled, which clears it), a
+    /// reconcile would find exactly what the last one found and do nothing.
+    settled: Option<Settled>,
     /// Seconds each pod waited from creation to running, in the order they started.
     pub pending_seconds: Vec<u64>,
     pub pods_created: u64,
     /// PodDisruptionBudgets by name: (deployment, minAvailable or maxUnavailable as given).
     pub pdbs: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Settled {
+    versions: (u64, u64),
+    next_completion: Option<Duration>,
 }
 
 fn resource_type(
@@ -126,6 +136,7 @@ impl Workloads {
     }
 
     pub fn add_deployment(&mut self, store: &Store, d: &DeploymentEvent) -> Result<(), ApiError> {
+        self.settled = None;
         let owner = Self::owner(
             store,
             "apps",
@@ -150,6 +161,7 @@ impl Workloads {
 
     /// Scales a deployment; answers false when there is none of that name.
     pub fn scale(&mut self, store: &Store, name: &str, replicas: u32) -> Result<bool, ApiError> {
+        self.settled = None;
         let Some(d) = self.deployments.get_mut(name) else {
             return Ok(false);
         };
@@ -167,6 +179,7 @@ impl Workloads {
     }
 
     pub fn add_job(&mut self, j: &JobEvent, run_for: Duration) {
+        self.settled = None;
         // The emulator has no Job kind; the pods still name their Job as owner, as a real Job's pods do.
         let owner = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": j.name, "uid": format!("sim-job-{}", j.name), "controller": true}]);
         self.requests
@@ -185,6 +198,7 @@ impl Workloads {
     }
 
     pub fn add_daemonset(&mut self, store: &Store, d: &DaemonSetEvent) -> Result<(), ApiError> {
+        self.settled = None;
         let mut spec = Self::selector_spec(&d.name, 0, &d.pod);
         if let Some(m) = spec.as_object_mut() {
             m.remove("replicas");
@@ -275,6 +289,17 @@ impl Workloads {
     /// One pass of every workload controller at virtual time `now` (since the scenario began).
     pub fn reconcile(&mut self, store: &Store, now: Duration) -> Result<(), ApiError> {
         let pods_rt = resource_type(store, ("", "pods"))?;
+        let nodes_rt = resource_type(store, ("", "nodes"))?;
+        // Read before this pass's own writes, so the pass after them looks once more.
+        let versions = (
+            store.collection_version(&pods_rt),
+            store.collection_version(&nodes_rt),
+        );
+        if let Some(s) = self.settled {
+            if s.versions == versions && s.next_completion.is_none_or(|t| now < t) {
+                return Ok(());
+            }
+        }
         let pods = store
             .list(&pods_rt, Some(NAMESPACE), &ListQuery::default())?
             .items;
@@ -341,6 +366,7 @@ impl Workloads {
             subresource: Some("status".into()),
             ..opts()
         };
+        let mut next_completion: Option<Duration> = None;
         for name in jobs {
             let run_for = self.jobs[&name].run_for;
             let mut active = 0u32;
@@ -352,11 +378,8 @@ impl Workloads {
                 if matches!(p.phase.as_str(), "Succeeded" | "Failed") {
                     continue;
                 }
-                let done = self
-                    .started
-                    .get(&p.name)
-                    .is_some_and(|s| now.saturating_sub(*s) >= run_for);
-                if done {
+                let completes_at = self.started.get(&p.name).map(|s| *s + run_for);
+                if completes_at.is_some_and(|t| now >= t) {
                     store.patch(
                         &pods_rt,
                         NAMESPACE,
@@ -371,6 +394,9 @@ impl Workloads {
                     }
                 } else {
                     active += 1;
+                    if let Some(t) = completes_at {
+                        next_completion = Some(next_completion.map_or(t, |n| n.min(t)));
+                    }
                 }
             }
             let j = &self.jobs[&name];
@@ -385,7 +411,6 @@ impl Workloads {
         }
 
         if !self.daemonsets.is_empty() {
-            let nodes_rt = resource_type(store, ("", "nodes"))?;
             let nodes: Vec<String> = store
                 .list(&nodes_rt, None, &ListQuery::default())?
                 .items
@@ -422,6 +447,10 @@ impl Workloads {
                 Err(e) => return Err(e),
             }
         }
+        self.settled = Some(Settled {
+            versions,
+            next_completion,
+        });
         Ok(())
     }
 

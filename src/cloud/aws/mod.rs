@@ -27,7 +27,7 @@ use crate::model::instance_type::Catalog;
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use catalog::on_demand_prices;
@@ -84,7 +84,7 @@ pub struct AwsCloud {
     caller: ApiCaller,
     clock: SharedClock,
     unavailable: UnavailableOfferings,
-    catalog: tokio::sync::Mutex<Option<Cached<Catalog>>>,
+    catalog: tokio::sync::Mutex<Option<Cached<Arc<Catalog>>>>,
     /// Launch templates known to exist (created or found by this process).
     launch_templates: Mutex<HashSet<String>>,
     subnets: Mutex<HashMap<String, Cached<Vec<SubnetInfo>>>>,
@@ -303,7 +303,7 @@ impl CloudProvider for AwsCloud {
         self.describe_cluster_instances(Vec::new()).await
     }
 
-    async fn instance_types(&self) -> Result<Catalog, CloudError> {
+    async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError> {
         let mut guard = self.catalog.lock().await;
         let fresh = guard
             .as_ref()
@@ -312,7 +312,7 @@ impl CloudProvider for AwsCloud {
             let catalog = self.load_catalog().await?;
             *guard = Some(Cached {
                 at: tokio::time::Instant::now(),
-                value: catalog,
+                value: Arc::new(catalog),
             });
         }
         let mut c = guard.as_ref().map(|c| c.value.clone()).unwrap_or_default();
