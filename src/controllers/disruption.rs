@@ -32,6 +32,7 @@ use crate::disruption::{plan, Command, DisruptionInput, DisruptionPlan, Reason};
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::state::cluster::{ClusterCache, ClusterObjects};
 use crate::state::disruption::build;
+use crate::state::snapshot::PodReadings;
 use chrono::{DateTime, Utc};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -119,6 +120,8 @@ struct Rounds {
     /// The input of the last plan that found nothing to do, and until when the clock cannot change its answer: a
     /// round that observes the same input before then skips planning (dozens of what-if solves at steady state).
     quiet: Option<(DisruptionInput, DateTime<Utc>)>,
+    /// Pod readings kept from one round to the next (most pods do not change between two rounds).
+    readings: PodReadings,
 }
 
 /// How long a quiet answer stands at most, whatever the input: a safety net, not a rule.
@@ -155,7 +158,14 @@ fn observe_and_plan(
         return Ok(None);
     }
     let now = ctx.clock.now();
-    let built = match build(&objects, Some(&cluster), catalog, &rounds.since, now) {
+    let built = match build(
+        &objects,
+        Some(&cluster),
+        catalog,
+        &rounds.since,
+        now,
+        &mut rounds.readings,
+    ) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the scale-down policy");

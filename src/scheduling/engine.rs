@@ -528,11 +528,11 @@ impl<'a> Engine<'a> {
     fn bin_doms(&mut self, name: &str, labels: &BTreeMap<String, String>) -> Vec<Option<u32>> {
         let mut doms = vec![None; self.keys.len()];
         for k in 0..self.keys.len() {
-            let value =
-                labels
-                    .get(&self.keys[k])
-                    .map(String::as_str)
-                    .or(if k == 0 { Some(name) } else { None });
+            let value = labels.get(&self.keys[k]).map(String::as_str).or(if k == 0 {
+                Some(name)
+            } else {
+                None
+            });
             if let Some(v) = value {
                 doms[k] = Some(self.domain(k as u16, v));
             }

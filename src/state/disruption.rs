@@ -244,7 +244,7 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
     })
 }
 
-use super::snapshot::taint_of;
+use super::snapshot::{taint_of, PodReadings};
 
 fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
     match spec {
@@ -260,6 +260,7 @@ pub fn build(
     catalog: &Catalog,
     underutilized_since: &BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
+    readings: &mut PodReadings,
 ) -> Result<Built, DisruptionError> {
     let mut problems = vec![];
     let policy = policy_from_api(
@@ -420,8 +421,9 @@ pub fn build(
     }
     let autoscaled: BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
 
-    // Converts a node and its pods; None (with a problem) when something cannot be read.
-    let existing =
+    // Converts a node and its pods (reusing the last round's readings of pods that did not change); None (with a
+    // problem) when something cannot be read.
+    let mut existing =
         |n: &core::Node, problems: &mut Vec<Problem>| -> Option<(ExistingNode, BTreeSet<String>)> {
             let node = match Node::from_k8s(n) {
                 Ok(node) => node,
@@ -433,30 +435,29 @@ pub fn build(
                     return None;
                 }
             };
-            let mut pods = vec![];
-            let mut protected = BTreeSet::new();
-            for p in pods_on.get(node.name.as_str()).into_iter().flatten() {
-                match Pod::from_k8s(p) {
-                    Ok(pod) => {
-                        if annotated_true(p.annotations(), DO_NOT_DISRUPT_ANNOTATION) {
-                            protected.insert(pod.key());
-                        }
-                        pods.push(pod);
-                    }
-                    Err(e) => {
-                        problems.push(Problem {
-                            object: format!(
-                                "Pod {}/{}",
-                                p.namespace().unwrap_or_default(),
-                                p.name_any()
-                            ),
-                            message: e.to_string(),
-                        });
-                        return None;
-                    }
-                }
+            let bound = pods_on
+                .get(node.name.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let read = readings.read_node(&node.name, bound);
+            if !read.unreadable.is_empty() {
+                problems.extend(read.unreadable.into_iter().map(|(pod, why)| Problem {
+                    object: format!("Pod {pod}"),
+                    message: why,
+                }));
+                return None;
             }
-            Some((ExistingNode::new(node, pods), protected))
+            let protected = bound
+                .iter()
+                .filter(|p| annotated_true(p.annotations(), DO_NOT_DISRUPT_ANNOTATION))
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            Some((
+                ExistingNode {
+                    node: Arc::new(node),
+                    pods: read.pods,
+                },
+                protected,
+            ))
         };
 
     let mut candidates = vec![];
@@ -556,6 +557,13 @@ pub fn build(
             }
         }
     }
+    readings.sweep(
+        &objects
+            .nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect(),
+    );
     let mut pdbs = vec![];
     for pdb in &objects.pdbs {
         match pdb_view(pdb, &objects.pods) {

@@ -169,8 +169,18 @@ pub struct Observation {
 pub struct PodReadings {
     by_uid: HashMap<String, (String, Result<Pod, String>)>,
     seen: HashSet<String>,
-    /// Node name → a fingerprint of its bound pods' uids and resourceVersions, and their readings (sorted by key).
-    by_node: HashMap<String, (u64, Arc<Vec<Pod>>)>,
+    /// Node name → a fingerprint of its bound pods' uids and resourceVersions, and their readings.
+    by_node: HashMap<String, (u64, NodePods)>,
+}
+
+/// The readings of the pods bound to one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodePods {
+    /// The unfinished pods that could be read, sorted by key.
+    pub pods: Arc<Vec<Pod>>,
+    /// Pods that could not be read (`namespace/name`, why): the autoscaler plans without them, the disruption
+    /// planner leaves their node alone.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl PodReadings {
@@ -195,7 +205,7 @@ impl PodReadings {
 
     /// The readings of the unfinished pods bound to `node` (sorted by key), shared with the last observation when
     /// the node holds the very same pods at the same resourceVersions.
-    fn read_node(&mut self, node: &str, pods: &[&core::Pod]) -> Arc<Vec<Pod>> {
+    pub fn read_node(&mut self, node: &str, pods: &[&core::Pod]) -> NodePods {
         let fingerprint = pods.iter().fold(pods.len() as u64, |sum, p| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (&p.metadata.uid, &p.metadata.resource_version).hash(&mut h);
@@ -207,20 +217,33 @@ impl PodReadings {
                 return readings.clone();
             }
         }
-        let mut readings: Vec<Pod> = pods
-            .iter()
-            .filter(|p| !finished(p))
-            .filter_map(|p| self.read(p).ok())
-            .collect();
+        let mut readings = Vec::with_capacity(pods.len());
+        let mut unreadable = Vec::new();
+        for p in pods.iter().filter(|p| !finished(p)) {
+            match self.read(p) {
+                Ok(pod) => readings.push(pod),
+                Err(e) => unreadable.push((
+                    format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        p.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                    e,
+                )),
+            }
+        }
         readings.sort_by(by_key);
-        let readings = Arc::new(readings);
+        let node_pods = NodePods {
+            pods: Arc::new(readings),
+            unreadable,
+        };
         self.by_node
-            .insert(node.to_string(), (fingerprint, readings.clone()));
-        readings
+            .insert(node.to_string(), (fingerprint, node_pods.clone()));
+        node_pods
     }
 
     /// Forgets pods not read since the last call, and nodes not in `nodes`.
-    fn sweep(&mut self, nodes: &HashSet<&str>) {
+    pub fn sweep(&mut self, nodes: &HashSet<&str>) {
         let seen = std::mem::take(&mut self.seen);
         self.by_uid.retain(|uid, _| seen.contains(uid));
         self.by_node.retain(|name, _| nodes.contains(name.as_str()));
@@ -454,10 +477,12 @@ pub fn observe_with(
         {
             node.mark_startup_taints(t);
         }
-        let pods = readings.read_node(
-            &node.name,
-            bound.get(node.name.as_str()).map_or(&[][..], Vec::as_slice),
-        );
+        let pods = readings
+            .read_node(
+                &node.name,
+                bound.get(node.name.as_str()).map_or(&[][..], Vec::as_slice),
+            )
+            .pods;
         nodes.push(ExistingNode {
             node: Arc::new(node),
             pods,
@@ -1350,6 +1375,33 @@ mod tests {
             planned_and_riding(&o, "booting").0,
             vec!["default/a", "default/b", "default/c"]
         );
+    }
+
+    #[test]
+    fn a_pod_that_cannot_be_read_is_named_with_the_reason_beside_its_nodes_readable_pods() {
+        let bound = |name: &str, cpu: &str| -> Arc<core::Pod> {
+            from(json!({
+                "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "resourceVersion": "1"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]},
+                "status": {"phase": "Running"}
+            }))
+        };
+        let (good, bad) = (bound("good", "500m"), bound("bad", "lots"));
+        let mut readings = PodReadings::default();
+        let read = readings.read_node("n1", &[bad.as_ref(), good.as_ref()]);
+        assert_eq!(read.pods.len(), 1);
+        assert_eq!(read.pods[0].name, "good");
+        assert_eq!(read.unreadable.len(), 1);
+        assert_eq!(read.unreadable[0].0, "default/bad");
+        assert!(
+            read.unreadable[0].1.contains("lots"),
+            "{:?}",
+            read.unreadable
+        );
+        // Read again unchanged: the same list, and the same complaint (the disruption planner must keep skipping it).
+        let again = readings.read_node("n1", &[good.as_ref(), bad.as_ref()]);
+        assert!(Arc::ptr_eq(&read.pods, &again.pods));
+        assert_eq!(again.unreadable, read.unreadable);
     }
 
     #[test]
