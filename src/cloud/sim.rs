@@ -341,7 +341,7 @@ pub struct SimulatedCloud {
     config: SimConfig,
     caller: ApiCaller,
     unavailable: UnavailableOfferings,
-    /// `config.catalog`, shared with every reader of [`CloudProvider::instance_types`].
+    /// `config.catalog`, the one the cloud reads, shared with every reader of [`CloudProvider::instance_types`].
     catalog: Arc<Catalog>,
     state: Mutex<SimState>,
     events: broadcast::Sender<SimInstanceEvent>,
@@ -786,7 +786,7 @@ impl SimulatedCloud {
         si.announced = true;
         let i = si.instance.clone();
         drop(st);
-        let Some(t) = self.config.catalog.get(&i.instance_type) else {
+        let Some(t) = self.catalog.get(&i.instance_type) else {
             return;
         };
         let mut l = node_labels.clone();
@@ -1154,7 +1154,7 @@ impl CloudProvider for SimulatedCloud {
             .into_iter()
             .map(|s| s.id.clone())
             .collect();
-        let plan = plan_launch(request, &self.config.catalog, &subnets, |k| {
+        let plan = plan_launch(request, &self.catalog, &subnets, |k| {
             self.unavailable.is_unavailable(k)
         })?;
         let image_id = self.resolve_image(&request.image, plan.arch)?;

@@ -239,16 +239,16 @@ async fn pass(
     let started = std::time::Instant::now();
     // The cloud's current catalog (it caches and refreshes prices itself), less the offerings EC2 just refused,
     // so the next launch goes elsewhere at once.
-    let mut catalog = match cloud {
+    // (`instance_types` applies the cloud's unavailable cache itself; the start-up catalog needs it applied here.)
+    let catalog = match cloud {
         Some(c) => c.instance_types().await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the catalog; planning with the one read at start");
-            start_catalog.clone()
+            let mut catalog = start_catalog.clone();
+            c.unavailable_offerings().apply(&mut catalog);
+            catalog
         }),
         None => start_catalog.clone(),
     };
-    if let Some(c) = cloud {
-        c.unavailable_offerings().apply(&mut catalog);
-    }
     let catalog = &catalog;
     tracing::debug!(
         millis = started.elapsed().as_millis() as u64,

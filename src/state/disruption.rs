@@ -557,13 +557,7 @@ pub fn build(
             }
         }
     }
-    readings.sweep(
-        &objects
-            .nodes
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect(),
-    );
+    readings.sweep(objects);
     let mut pdbs = vec![];
     for pdb in &objects.pdbs {
         match pdb_view(pdb, &objects.pods) {

@@ -242,8 +242,13 @@ impl PodReadings {
         node_pods
     }
 
-    /// Forgets pods not read since the last call, and nodes not in `nodes`.
-    pub fn sweep(&mut self, nodes: &HashSet<&str>) {
+    /// Forgets pods not read since the last call, and nodes the cluster no longer has.
+    pub fn sweep(&mut self, objects: &ClusterObjects) {
+        let nodes: HashSet<&str> = objects
+            .nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
         let seen = std::mem::take(&mut self.seen);
         self.by_uid.retain(|uid, _| seen.contains(uid));
         self.by_node.retain(|name, _| nodes.contains(name.as_str()));
@@ -488,13 +493,7 @@ pub fn observe_with(
             pods,
         });
     }
-    readings.sweep(
-        &objects
-            .nodes
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect(),
-    );
+    readings.sweep(objects);
 
     // In-flight machines, then replicas whose Machines do not exist yet.
     let mut in_flight = Vec::new();
