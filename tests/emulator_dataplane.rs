@@ -383,3 +383,64 @@ async fn the_binder_skips_passes_only_while_pods_and_nodes_are_unchanged() {
         vec![(format!("default/{waiting}"), "i-b".to_string())]
     );
 }
+
+#[tokio::test]
+async fn the_binder_follows_deletions_readiness_and_a_lost_history_between_passes() {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    let kubelet = KubeletSimulator::new(emu.clone());
+    kubelet
+        .register(&instance("i-a", "us-west-2a", "1", vec![], Duration::ZERO))
+        .unwrap();
+    let binder = Binder::new(emu.clone());
+    pods.create(&PostParams::default(), &pod("big", "800m", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(binder.run_once().unwrap().bound.len(), 1);
+    pods.create(&PostParams::default(), &pod("next", "800m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(report.unschedulable, vec!["default/next".to_string()]);
+    // Deleting the pod that holds the node frees its requests in the binder's view.
+    pods.delete("big", &Default::default()).await.unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/next".to_string(), "i-a".to_string())]
+    );
+    // A node that stops being Ready takes no pods; once Ready again it does.
+    kubelet.set_ready("i-a", false).unwrap();
+    pods.delete("next", &Default::default()).await.unwrap();
+    pods.create(&PostParams::default(), &pod("third", "800m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert!(report.bound.is_empty(), "{report:?}");
+    // History forgotten between passes (the store keeps a bounded window): the binder reads everything again.
+    emu.store().compact();
+    kubelet.set_ready("i-a", true).unwrap();
+    emu.store().compact();
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/third".to_string(), "i-a".to_string())]
+    );
+    // A terminated instance's node and pods are gone: a new pod waits for a node.
+    kubelet.terminate("i-a").unwrap();
+    pods.create(&PostParams::default(), &pod("fourth", "100m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(report.unschedulable, vec!["default/fourth".to_string()]);
+    let fourth = pods.get("fourth").await.unwrap();
+    let condition = fourth.status.unwrap().conditions.unwrap();
+    assert!(
+        condition[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("0/0 nodes are available"),
+        "{condition:?}"
+    );
+}

@@ -261,57 +261,48 @@ pub struct ManagerEntry {
 pub fn read_managers(obj: &Value) -> Vec<ManagerEntry> {
     obj.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|e| ManagerEntry {
-                    manager: e
-                        .get("manager")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    operation: e
-                        .get("operation")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Update")
-                        .to_string(),
-                    api_version: e
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    time: e
-                        .get("time")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
-                    subresource: e
-                        .get("subresource")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(read_entry).collect())
         .unwrap_or_default()
+}
+
+fn read_entry(e: &Value) -> ManagerEntry {
+    let text = |key: &str, default: &str| {
+        e.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    ManagerEntry {
+        manager: text("manager", ""),
+        operation: text("operation", "Update"),
+        api_version: text("apiVersion", ""),
+        time: text("time", ""),
+        fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
+        subresource: text("subresource", ""),
+    }
+}
+
+/// An entry as managedFields holds it; `None` when it owns no fields (the real server drops those).
+fn render_entry(e: &ManagerEntry) -> Option<Value> {
+    if e.fields.is_empty() {
+        return None;
+    }
+    let mut m = json!({
+        "manager": e.manager, "operation": e.operation, "apiVersion": e.api_version, "time": e.time,
+        "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&e.fields),
+    });
+    if !e.subresource.is_empty() {
+        m["subresource"] = json!(e.subresource);
+    }
+    Some(m)
 }
 
 /// Writes metadata.managedFields (entries with no fields are dropped, as the real server does).
 pub fn write_managers(obj: &mut Value, entries: &[ManagerEntry]) {
-    let list: Vec<Value> = entries
-        .iter()
-        .filter(|e| !e.fields.is_empty())
-        .map(|e| {
-            let mut m = json!({
-                "manager": e.manager, "operation": e.operation, "apiVersion": e.api_version, "time": e.time,
-                "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&e.fields),
-            });
-            if !e.subresource.is_empty() {
-                m["subresource"] = json!(e.subresource);
-            }
-            m
-        })
-        .collect();
+    set_managers(obj, entries.iter().filter_map(render_entry).collect());
+}
+
+fn set_managers(obj: &mut Value, list: Vec<Value>) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         if list.is_empty() {
             meta.remove("managedFields");
@@ -319,6 +310,19 @@ pub fn write_managers(obj: &mut Value, entries: &[ManagerEntry]) {
             meta.insert("managedFields".into(), Value::Array(list));
         }
     }
+}
+
+/// Whether a `fieldsV1` tree holds exactly `path` (as `from_fields_v1` would read it), without reading the rest.
+fn fields_v1_holds(fields: &Value, path: &[String]) -> bool {
+    let mut cur = fields;
+    for segment in path {
+        match cur.get(segment) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    cur.as_object()
+        .is_some_and(|m| (m.is_empty() && !path.is_empty()) || m.contains_key("."))
 }
 
 fn upsert<'a>(
@@ -376,11 +380,13 @@ pub fn track_update(
     subresource: &str,
 ) {
     // A client that sends managedFields (kubectl's client-side to server-side apply migration) sets them.
-    let mut entries = if new.pointer("/metadata/managedFields").is_some() {
-        read_managers(new)
-    } else {
-        old.map(read_managers).unwrap_or_default()
-    };
+    let client_sent = new.pointer("/metadata/managedFields").is_some();
+    let source = if client_sent { Some(&*new) } else { old };
+    let raw: Vec<Value> = source
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let (new_set, old_set) = match old {
         Some(o) => changed_subtrees(o, new),
         None => (field_set(new), FieldSet::new()),
@@ -391,20 +397,50 @@ pub fn track_update(
         .cloned()
         .collect();
     let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
-    if changed.is_empty() && removed.is_empty() && old.is_some() {
-        write_managers(new, &entries);
-        return;
-    }
-    for e in entries.iter_mut() {
+    let takes_fields = !(changed.is_empty() && removed.is_empty() && old.is_some());
+    let mut list = Vec::with_capacity(raw.len() + 1);
+    let mut found = false;
+    for r in raw {
+        let is_writer = takes_fields
+            && r.get("manager").and_then(Value::as_str).unwrap_or("") == manager
+            && r.get("operation").and_then(Value::as_str).unwrap_or("Update") == "Update"
+            && r.get("subresource").and_then(Value::as_str).unwrap_or("") == subresource;
+        let loses_fields = takes_fields
+            && r.get("fieldsV1").is_some_and(|f| {
+                changed
+                    .iter()
+                    .chain(&removed)
+                    .any(|p| fields_v1_holds(f, p))
+            });
+        // An entry this write does not touch keeps its JSON: the server wrote it, so it is in normal form, and
+        // reading and rendering every manager's fields on every write was most of a status update's cost.
+        if !client_sent && !is_writer && !loses_fields {
+            list.push(r);
+            continue;
+        }
+        let mut e = read_entry(&r);
         e.fields
             .retain(|p| !changed.contains(p) && !removed.contains(p));
+        if is_writer && !found {
+            found = true;
+            e.fields.extend(changed.iter().cloned());
+            e.api_version = api_version.into();
+            e.time = time.into();
+        }
+        list.extend(render_entry(&e));
     }
-    let entry = upsert(&mut entries, manager, "Update", subresource);
-    entry.fields.retain(|p| !removed.contains(p));
-    entry.fields.extend(changed);
-    entry.api_version = api_version.into();
-    entry.time = time.into();
-    write_managers(new, &entries);
+    if takes_fields && !found {
+        let e = ManagerEntry {
+            manager: manager.into(),
+            operation: "Update".into(),
+            api_version: api_version.into(),
+            time: time.into(),
+            fields: changed,
+            subresource: subresource.into(),
+        };
+        list.extend(render_entry(&e));
+    }
+    set_managers(new, list);
 }
 
 /// A server-side apply that conflicts with other managers (409 unless forced).
@@ -654,5 +690,40 @@ mod tests {
         assert!(!own.contains_key("alice/Apply"));
         // Now alice's apply of x=1 conflicts with the editor.
         assert!(apply(Some(&b), &cm(json!({"x": "1"})), "alice", false, "v1", t).is_err());
+    }
+
+    #[test]
+    fn an_update_reads_only_the_entries_it_changes_and_keeps_the_others_as_they_were() {
+        let (t0, t1) = ("2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z");
+        let created = cm(json!({"x": "1", "y": "2"}));
+        let mut a = created.clone();
+        track_update(None, &mut a, "creator", "v1", t0, "");
+        // A status writer takes only the status it wrote; the creator's entry is left byte for byte.
+        let mut b = a.clone();
+        b["status"] = json!({"phase": "Ready"});
+        track_update(Some(&a), &mut b, "binder", "v1", t1, "status");
+        let entries = b["metadata"]["managedFields"].as_array().unwrap().clone();
+        assert_eq!(entries[0], a["metadata"]["managedFields"][0]);
+        assert_eq!(entries[1]["manager"], "binder");
+        assert_eq!(entries[1]["subresource"], "status");
+        assert_eq!(entries[1]["time"], t1);
+        assert!(owners(&b)["binder/Update"].contains(&vec!["f:status".to_string(), "f:phase".into()]));
+        // Writing the same again changes no owner; the time of the last change stays.
+        let mut c = b.clone();
+        track_update(Some(&b), &mut c, "binder", "v1", "2024-01-03T00:00:00Z", "status");
+        assert_eq!(c["metadata"]["managedFields"], b["metadata"]["managedFields"]);
+        // A field taken by another manager leaves the creator's entry; its other fields stay its own.
+        let mut d = c.clone();
+        d["data"]["y"] = json!("3");
+        track_update(Some(&c), &mut d, "editor", "v1", t1, "");
+        let own = owners(&d);
+        assert!(own["editor/Update"].contains(&vec!["f:data".to_string(), "f:y".into()]));
+        assert!(!own["creator/Update"].contains(&vec!["f:data".to_string(), "f:y".into()]));
+        assert!(own["creator/Update"].contains(&vec!["f:data".to_string(), "f:x".into()]));
+        // A manager that loses its last field disappears, as in the real server.
+        let mut e = d.clone();
+        e["status"] = json!({"phase": "Gone"});
+        track_update(Some(&d), &mut e, "other", "v1", t1, "status");
+        assert!(!owners(&e).contains_key("binder/Update"), "{:?}", owners(&e));
     }
 }

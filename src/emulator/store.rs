@@ -310,22 +310,38 @@ fn meta_str(obj: &Value, field: &str) -> String {
 }
 
 /// Compares two objects ignoring what every write changes anyway.
-fn without_volatile(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        m.remove("managedFields");
-    }
-    v
+/// Whether two objects are equal but for `metadata.resourceVersion` and `metadata.managedFields`. Compared in
+/// place: every write asks, and copying both objects to compare them was a third of a status update's cost.
+fn same_but_volatile(a: &Value, b: &Value) -> bool {
+    same_object_except(a, b, &[], |key, a, b| match key {
+        "metadata" => {
+            same_object_except(a, b, &["resourceVersion", "managedFields"], |_, a, b| a == b)
+        }
+        _ => a == b,
+    })
 }
 
-fn spec_part(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
-    }
-    v
+/// Whether the spec part of two objects (everything but `metadata` and `status`) is equal.
+fn same_spec(a: &Value, b: &Value) -> bool {
+    same_object_except(a, b, &["metadata", "status"], |_, a, b| a == b)
+}
+
+/// Whether `a` and `b` are objects with the same keys outside `skip` and `equal` holds for each key's values.
+fn same_object_except(
+    a: &Value,
+    b: &Value,
+    skip: &[&str],
+    equal: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a
+            .iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, va)| b.get(k).is_some_and(|vb| equal(k, va, vb)))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -448,14 +464,15 @@ impl State {
         }
     }
 
-    /// Stores `obj` with a fresh resourceVersion and records the event.
+    /// Stores `obj` with a fresh resourceVersion and records the event; returns it both stored and as a value
+    /// (what the write answers, without parsing the stored bytes again).
     fn put(
         &mut self,
         tx: &broadcast::Sender<Arc<WatchEvent>>,
         rt: &ResourceType,
         mut obj: Value,
         kind: EventType,
-    ) -> Result<Arc<Stored>, ApiError> {
+    ) -> Result<(Arc<Stored>, Value), ApiError> {
         let rv = self.rv + 1;
         metadata_mut(&mut obj)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = Arc::new(Stored::from_value(&obj, rv)?);
@@ -483,7 +500,7 @@ impl State {
             previous,
         });
         self.push_history(ev, tx);
-        Ok(stored)
+        Ok((stored, obj))
     }
 }
 
@@ -723,6 +740,36 @@ impl Store {
             .cloned()
             .collect();
         Ok((events, self.events.subscribe(), st.rv))
+    }
+
+    /// The changes to the given (group, plural) collections after `rv` (exclusive), in order, and the
+    /// resourceVersion they bring a reader up to; 410 Gone when history no longer reaches back that far. For
+    /// in-process readers that keep their own view (the binder) without listing everything again.
+    pub fn changes_since(
+        &self,
+        rv: u64,
+        collections: &[(&str, &str)],
+    ) -> Result<(Vec<Arc<WatchEvent>>, u64), ApiError> {
+        let st = self.lock();
+        if rv < st.compacted_rv {
+            return Err(ApiError::Gone(format!(
+                "too old resource version: {rv} ({})",
+                st.compacted_rv + 1
+            )));
+        }
+        // History is in resourceVersion order: skip what the reader has seen without looking at it.
+        let first = st.history.partition_point(|e| e.object.rv <= rv);
+        let events = st
+            .history
+            .range(first..)
+            .filter(|e| {
+                collections
+                    .iter()
+                    .any(|(g, r)| e.group == *g && e.resource == *r)
+            })
+            .cloned()
+            .collect();
+        Ok((events, st.rv))
     }
 
     /// A consistent snapshot of a kind plus a subscription starting right after it.
@@ -989,14 +1036,13 @@ impl Store {
         if opts.dry_run {
             return Ok(obj);
         }
-        let stored = st.put(&self.events, rt, obj, EventType::Added)?;
+        let (_, obj) = st.put(&self.events, rt, obj, EventType::Added)?;
         if rt.group == "apiextensions.k8s.io" {
-            let v = stored.value()?;
-            if let Ok(new_type) = from_crd(&v) {
+            if let Ok(new_type) = from_crd(&obj) {
                 st.registry.insert(new_type);
             }
         }
-        stored.value()
+        Ok(obj)
     }
 
     /// Replaces an object (PUT), on the main resource or the status subresource.
@@ -1178,7 +1224,7 @@ impl Store {
             }
         }
         {
-            let old_meta = old.get("metadata").cloned().unwrap_or_default();
+            let old_meta = old.get("metadata").unwrap_or(&Value::Null);
             let meta = metadata_mut(&mut new)?;
             for k in [
                 "uid",
@@ -1202,7 +1248,8 @@ impl Store {
                     .unwrap_or(Value::Null),
             );
         }
-        if rt.tracks_generation() && spec_part(old) != spec_part(&new) {
+        // A status write keeps the old spec by construction.
+        if !status_write && rt.tracks_generation() && !same_spec(old, &new) {
             let g = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -1231,7 +1278,7 @@ impl Store {
                 if status_write { "status" } else { "" },
             );
         }
-        if without_volatile(old) == without_volatile(&new)
+        if same_but_volatile(old, &new)
             && old.pointer("/metadata/managedFields") == new.pointer("/metadata/managedFields")
         {
             // A no-op write changes nothing, not even the resourceVersion, as in kube-apiserver.
@@ -1262,13 +1309,13 @@ impl Store {
             self.remove_and_collect(st, key)?;
             return Ok(new);
         }
-        let stored = st.put(&self.events, rt, new, EventType::Modified)?;
+        let (_, new) = st.put(&self.events, rt, new, EventType::Modified)?;
         if rt.group == "apiextensions.k8s.io" {
-            if let Ok(t) = from_crd(&stored.value()?) {
+            if let Ok(t) = from_crd(&new) {
                 st.registry.insert(t);
             }
         }
-        stored.value()
+        Ok(new)
     }
 
     /// Deletes an object (DELETE): finalizers delay removal; dependents are garbage collected.
