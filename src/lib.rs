@@ -14,6 +14,7 @@ pub mod cloud;
 pub mod controllers;
 pub mod disruption;
 pub mod emulator;
+pub mod fx;
 pub mod lifecycle;
 pub mod model;
 pub mod operator;

@@ -27,40 +27,9 @@ use crate::model::quantity::{format_bytes, format_cpu_millis};
 use crate::model::taints::{first_blocking_taint, Taint, TaintEffect};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-/// A small multiplicative hasher for the integer keys of the hot maps (no DoS concern: inputs are our own ids).
-#[derive(Default, Clone, Copy)]
-struct Fx(u64);
-const FX_K: u64 = 0x517c_c1b7_2722_0a95;
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Eight bytes a step: label and namespace strings are hashed for every pod of a large cluster.
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(w);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        for b in words.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ *b as u64).wrapping_mul(FX_K);
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(FX_K);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(FX_K);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-}
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+use crate::fx::FxMap;
 
 /// The domain id of a node that does not exist yet: every counter is zero there.
 const FRESH: u32 = u32::MAX;

@@ -39,7 +39,8 @@ use crate::scheduling::{
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use crate::fx::{Fx, FxMap};
+use std::hash::Hasher;
 use std::sync::Arc;
 
 /// How long a nominated pod may ride its node after the node turns Ready: time for the scheduler to bind it there.
@@ -160,17 +161,20 @@ pub struct Observation {
     pub auto_scaling_groups: BTreeMap<String, (String, u32)>,
 }
 
-/// Pods as the planner reads them, kept from one observation to the next by uid and resourceVersion: a cluster of
-/// 30,000 running pods changes a few of them between two passes, and reading every one again cost a second a pass.
+/// Pods as the planner reads them, kept from one observation to the next: a cluster of 30,000 running pods changes a
+/// few of them between two passes, and reading every one again cost a second a pass.
 ///
-/// A node's bound pods are kept the same way, as a whole: most nodes hold the same pods from one pass to the next, and
-/// the snapshot then shares the list instead of copying every pod into it.
+/// Pending pods are kept by uid and resourceVersion. A node's bound pods are kept as a whole, by a fingerprint of
+/// their uids and resourceVersions: most nodes hold the same pods from one pass to the next, and the snapshot then
+/// shares the list instead of copying every pod into it; a node whose pods changed has them all read again.
 #[derive(Debug, Default)]
 pub struct PodReadings {
     by_uid: HashMap<String, (String, Result<Pod, String>)>,
     seen: HashSet<String>,
-    /// Node name → a fingerprint of its bound pods' uids and resourceVersions, and their readings.
+    /// Node name → a fingerprint of its bound pods' resourceVersions, and their readings.
     by_node: HashMap<String, (u64, NodePods)>,
+    /// Nodes as read, by name, with the resourceVersion they were read at.
+    nodes: FxMap<String, (String, Arc<Node>)>,
 }
 
 /// The readings of the pods bound to one node.
@@ -206,11 +210,22 @@ impl PodReadings {
     /// The readings of the unfinished pods bound to `node` (sorted by key), shared with the last observation when
     /// the node holds the very same pods at the same resourceVersions.
     pub fn read_node(&mut self, node: &str, pods: &[&core::Pod]) -> NodePods {
+        // The resourceVersions alone tell the pods apart: every write of any object gets a new one. Summed, so the
+        // order the cache lists pods in does not matter; each hash is mixed first, so that sums of the fast hash's
+        // values do not collide.
         let fingerprint = pods.iter().fold(pods.len() as u64, |sum, p| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&p.metadata.uid, &p.metadata.resource_version).hash(&mut h);
-            // Order-independent: caches list pods in no particular order.
-            sum.wrapping_add(h.finish())
+            let mut h = Fx::default();
+            match p.metadata.resource_version.as_deref() {
+                Some(rv) if !rv.is_empty() => h.write(rv.as_bytes()),
+                // Objects not from an API server (tests, files) may have none: their identity then.
+                _ => {
+                    for part in [&p.metadata.uid, &p.metadata.namespace, &p.metadata.name] {
+                        h.write(part.as_deref().unwrap_or_default().as_bytes());
+                        h.write_u8(0xff);
+                    }
+                }
+            }
+            sum.wrapping_add(mix(h.finish()))
         });
         if let Some((at, readings)) = self.by_node.get(node) {
             if *at == fingerprint {
@@ -219,8 +234,10 @@ impl PodReadings {
         }
         let mut readings = Vec::with_capacity(pods.len());
         let mut unreadable = Vec::new();
+        // Read afresh rather than through `by_uid`: the node's list is the cache for its pods, and keeping 30,000
+        // bound pods' readings by uid as well only to drop them at the next sweep took a third of a pass.
         for p in pods.iter().filter(|p| !finished(p)) {
-            match self.read(p) {
+            match Pod::from_k8s(p).map_err(|e| e.to_string()) {
                 Ok(pod) => readings.push(pod),
                 Err(e) => unreadable.push((
                     format!(
@@ -252,7 +269,33 @@ impl PodReadings {
         let seen = std::mem::take(&mut self.seen);
         self.by_uid.retain(|uid, _| seen.contains(uid));
         self.by_node.retain(|name, _| nodes.contains(name.as_str()));
+        self.nodes.retain(|name, _| nodes.contains(name.as_str()));
     }
+
+    /// A node as the planner reads it, read again only when its resourceVersion changed; `None` if it cannot be
+    /// read (the planner leaves such a node out).
+    pub fn read_node_object(&mut self, k8s: &core::Node) -> Option<Arc<Node>> {
+        let name = k8s.metadata.name.as_deref()?;
+        let rv = k8s.metadata.resource_version.as_deref().unwrap_or_default();
+        if let Some((at, node)) = self.nodes.get(name) {
+            if at == rv && !rv.is_empty() {
+                return Some(node.clone());
+            }
+        }
+        let node = Arc::new(Node::from_k8s(k8s).ok()?);
+        self.nodes
+            .insert(name.to_string(), (rv.to_string(), node.clone()));
+        Some(node)
+    }
+}
+
+/// Murmur3's 64-bit finalizer: spreads a hash's bits before fingerprints add them up.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Pods in the order the plan reads them: caches hand objects out in no particular order, and the plan must not
@@ -394,7 +437,8 @@ pub fn observe_with(
 
     // Pods: bound ones by node (finished ones too: their binding tells when the scheduler last acted), unschedulable
     // ones pending.
-    let mut bound: HashMap<&str, Vec<&core::Pod>> = HashMap::new();
+    let mut bound: FxMap<&str, Vec<&core::Pod>> = FxMap::default();
+    bound.reserve(objects.nodes.len());
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
     for k8s_pod in &objects.pods {
@@ -443,7 +487,7 @@ pub fn observe_with(
         if k8s_node.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Ok(mut node) = Node::from_k8s(k8s_node) else {
+        let Some(mut node) = readings.read_node_object(k8s_node) else {
             continue;
         };
         if let Some(p) = &node.provider_id {
@@ -480,7 +524,9 @@ pub fn observe_with(
             .get(labels::MACHINE_DEPLOYMENT)
             .and_then(|g| startup.get(g.as_str()))
         {
-            node.mark_startup_taints(t);
+            if !t.is_empty() {
+                Arc::make_mut(&mut node).mark_startup_taints(t);
+            }
         }
         let pods = readings
             .read_node(
@@ -488,10 +534,7 @@ pub fn observe_with(
                 bound.get(node.name.as_str()).map_or(&[][..], Vec::as_slice),
             )
             .pods;
-        nodes.push(ExistingNode {
-            node: Arc::new(node),
-            pods,
-        });
+        nodes.push(ExistingNode { node, pods });
     }
     readings.sweep(objects);
 
