@@ -403,7 +403,10 @@ pub fn track_update(
     for r in raw {
         let is_writer = takes_fields
             && r.get("manager").and_then(Value::as_str).unwrap_or("") == manager
-            && r.get("operation").and_then(Value::as_str).unwrap_or("Update") == "Update"
+            && r.get("operation")
+                .and_then(Value::as_str)
+                .unwrap_or("Update")
+                == "Update"
             && r.get("subresource").and_then(Value::as_str).unwrap_or("") == subresource;
         let loses_fields = takes_fields
             && r.get("fieldsV1").is_some_and(|f| {
@@ -707,11 +710,23 @@ mod tests {
         assert_eq!(entries[1]["manager"], "binder");
         assert_eq!(entries[1]["subresource"], "status");
         assert_eq!(entries[1]["time"], t1);
-        assert!(owners(&b)["binder/Update"].contains(&vec!["f:status".to_string(), "f:phase".into()]));
+        assert!(
+            owners(&b)["binder/Update"].contains(&vec!["f:status".to_string(), "f:phase".into()])
+        );
         // Writing the same again changes no owner; the time of the last change stays.
         let mut c = b.clone();
-        track_update(Some(&b), &mut c, "binder", "v1", "2024-01-03T00:00:00Z", "status");
-        assert_eq!(c["metadata"]["managedFields"], b["metadata"]["managedFields"]);
+        track_update(
+            Some(&b),
+            &mut c,
+            "binder",
+            "v1",
+            "2024-01-03T00:00:00Z",
+            "status",
+        );
+        assert_eq!(
+            c["metadata"]["managedFields"],
+            b["metadata"]["managedFields"]
+        );
         // A field taken by another manager leaves the creator's entry; its other fields stay its own.
         let mut d = c.clone();
         d["data"]["y"] = json!("3");
@@ -724,6 +739,10 @@ mod tests {
         let mut e = d.clone();
         e["status"] = json!({"phase": "Gone"});
         track_update(Some(&d), &mut e, "other", "v1", t1, "status");
-        assert!(!owners(&e).contains_key("binder/Update"), "{:?}", owners(&e));
+        assert!(
+            !owners(&e).contains_key("binder/Update"),
+            "{:?}",
+            owners(&e)
+        );
     }
 }

@@ -112,7 +112,10 @@ struct Slot {
 
 impl Slot {
     fn ready_node(&self) -> Option<&Node> {
-        self.node.as_ref().filter(|(_, ready)| *ready).map(|(n, _)| n)
+        self.node
+            .as_ref()
+            .filter(|(_, ready)| *ready)
+            .map(|(n, _)| n)
     }
 }
 
@@ -174,7 +177,9 @@ impl View {
             self.changed = true;
             let o = &e.object;
             match (e.resource.as_str(), e.kind) {
-                ("pods", EventType::Deleted) => self.remove_pod(&(o.namespace.clone(), o.name.clone())),
+                ("pods", EventType::Deleted) => {
+                    self.remove_pod(&(o.namespace.clone(), o.name.clone()))
+                }
                 ("pods", _) => self.put_pod(o.clone()),
                 ("nodes", EventType::Deleted) => self.remove_node(&o.name),
                 _ => self.put_node(o),
@@ -257,7 +262,13 @@ impl View {
 
 fn resource_types(
     store: &super::store::Store,
-) -> Result<(Arc<super::resources::ResourceType>, Arc<super::resources::ResourceType>), ApiError> {
+) -> Result<
+    (
+        Arc<super::resources::ResourceType>,
+        Arc<super::resources::ResourceType>,
+    ),
+    ApiError,
+> {
     let pods = store
         .resource_type("", "pods")
         .ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
@@ -329,7 +340,7 @@ impl Binder {
             .filter_map(|key| view.pods.get(key).cloned())
             .collect();
         let priority = |p: &Parsed| p.pod.as_ref().map(|p| p.spec.priority).unwrap_or(0);
-        pending.sort_by(|(_, a), (_, b)| priority(b).cmp(&priority(a)));
+        pending.sort_by_key(|(_, p)| std::cmp::Reverse(priority(p)));
         // Pods with equal scheduling specs are interchangeable, and a pod that fits nowhere changes nothing: until
         // the next binding, a spec that failed fails again with the same message. (A burst of a few shapes into a
         // full cluster is then a few scans, not one per pod and node.)
@@ -368,7 +379,8 @@ impl Binder {
                             .saturating_sub(&slot.used)
                             .saturating_sub(&pod.spec.requests);
                         let score = (
-                            free.cpu_millis.saturating_mul(1000) / node.allocatable.cpu_millis.max(1),
+                            free.cpu_millis.saturating_mul(1000)
+                                / node.allocatable.cpu_millis.max(1),
                             free.memory_bytes.saturating_mul(1000)
                                 / node.allocatable.memory_bytes.max(1),
                         );
@@ -517,7 +529,11 @@ impl Binder {
 ///
 /// Reasons are static where they can be: a pending pod in a full cluster is checked against every node on every
 /// pass, and allocating a message per node made the binder (kube-scheduler's stand-in) the slowest part of a burst.
-fn feasible(pod: &Pod, slot: &Slot, slots: &BTreeMap<String, Slot>) -> Result<(), Cow<'static, str>> {
+fn feasible(
+    pod: &Pod,
+    slot: &Slot,
+    slots: &BTreeMap<String, Slot>,
+) -> Result<(), Cow<'static, str>> {
     let Some((node, ready)) = &slot.node else {
         return Err(Cow::Borrowed("node(s) were not found"));
     };

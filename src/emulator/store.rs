@@ -314,9 +314,9 @@ fn meta_str(obj: &Value, field: &str) -> String {
 /// place: every write asks, and copying both objects to compare them was a third of a status update's cost.
 fn same_but_volatile(a: &Value, b: &Value) -> bool {
     same_object_except(a, b, &[], |key, a, b| match key {
-        "metadata" => {
-            same_object_except(a, b, &["resourceVersion", "managedFields"], |_, a, b| a == b)
-        }
+        "metadata" => same_object_except(a, b, &["resourceVersion", "managedFields"], |_, a, b| {
+            a == b
+        }),
         _ => a == b,
     })
 }
@@ -338,8 +338,7 @@ fn same_object_except(
     };
     let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
     kept(a) == kept(b)
-        && a
-            .iter()
+        && a.iter()
             .filter(|(k, _)| !skip.contains(&k.as_str()))
             .all(|(k, va)| b.get(k).is_some_and(|vb| equal(k, va, vb)))
 }

@@ -26,6 +26,7 @@ use crate::api::{Cluster, Machine, MachineDeployment, MachinePhase};
 use crate::clock::from_k8s;
 use crate::controllers::keys;
 use crate::controllers::machine_set::{read_shape_queue, LaunchShapeEntry};
+use crate::fx::{Fx, FxMap};
 use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::node::Node;
 use crate::model::pod::{OwnerRef, Pod};
@@ -39,7 +40,6 @@ use crate::scheduling::{
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1 as core;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use crate::fx::{Fx, FxMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
