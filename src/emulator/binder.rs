@@ -190,11 +190,9 @@ impl View {
     }
 
     fn put_node(&mut self, s: &Stored) {
-        let parsed = s.value().ok().and_then(|raw| {
-            let k8s = decode::<k8s_openapi::api::core::v1::Node>(s)?;
+        let parsed = decode::<k8s_openapi::api::core::v1::Node>(s).and_then(|k8s| {
             let node = Node::from_k8s(&k8s).ok()?;
-            let ready = is_ready(&raw) && raw.pointer("/metadata/deletionTimestamp").is_none();
-            Some((node, ready))
+            Some((node, is_ready(&k8s) && !s.deleting))
         });
         let Some(parsed) = parsed else {
             // A node that does not parse is no place for a pod.
@@ -285,13 +283,12 @@ pub struct Binder {
     view: Arc<Mutex<View>>,
 }
 
-fn is_ready(node: &Value) -> bool {
-    node.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+/// Whether the node's Ready condition says True (a node without one is not ready).
+fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(s: &Stored) -> Option<T> {

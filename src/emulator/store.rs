@@ -309,7 +309,6 @@ fn meta_str(obj: &Value, field: &str) -> String {
         .to_string()
 }
 
-/// Compares two objects ignoring what every write changes anyway.
 /// Whether two objects are equal but for `metadata.resourceVersion` and `metadata.managedFields`. Compared in
 /// place: every write asks, and copying both objects to compare them was a third of a status update's cost.
 fn same_but_volatile(a: &Value, b: &Value) -> bool {
@@ -440,6 +439,19 @@ impl State {
         let _ = tx.send(ev);
     }
 
+    /// The events after `rv` (exclusive), in order; 410 Gone when history no longer reaches back that far.
+    fn history_after(&self, rv: u64) -> Result<impl Iterator<Item = &Arc<WatchEvent>>, ApiError> {
+        if rv < self.compacted_rv {
+            return Err(ApiError::Gone(format!(
+                "too old resource version: {rv} ({})",
+                self.compacted_rv + 1
+            )));
+        }
+        // History is in resourceVersion order: skip what the reader has seen without looking at it.
+        let first = self.history.partition_point(|e| e.object.rv <= rv);
+        Ok(self.history.range(first..))
+    }
+
     fn index(&mut self, key: &ObjectKey, old: Option<&Stored>, new: Option<&Stored>) {
         if let Some(o) = old {
             for owner in &o.owner_uids {
@@ -463,15 +475,15 @@ impl State {
         }
     }
 
-    /// Stores `obj` with a fresh resourceVersion and records the event; returns it both stored and as a value
-    /// (what the write answers, without parsing the stored bytes again).
+    /// Stores `obj` with a fresh resourceVersion and records the event; returns the object as stored (what the write
+    /// answers, without parsing the stored bytes again).
     fn put(
         &mut self,
         tx: &broadcast::Sender<Arc<WatchEvent>>,
         rt: &ResourceType,
         mut obj: Value,
         kind: EventType,
-    ) -> Result<(Arc<Stored>, Value), ApiError> {
+    ) -> Result<Value, ApiError> {
         let rv = self.rv + 1;
         metadata_mut(&mut obj)?.insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = Arc::new(Stored::from_value(&obj, rv)?);
@@ -499,7 +511,7 @@ impl State {
             previous,
         });
         self.push_history(ev, tx);
-        Ok((stored, obj))
+        Ok(obj)
     }
 }
 
@@ -726,18 +738,7 @@ impl Store {
     /// Events after `rv` (exclusive) from history, or 410 when history no longer reaches back that far.
     pub fn history_since(&self, rv: u64) -> Result<HistoryResume, ApiError> {
         let st = self.lock();
-        if rv < st.compacted_rv {
-            return Err(ApiError::Gone(format!(
-                "too old resource version: {rv} ({})",
-                st.compacted_rv + 1
-            )));
-        }
-        let events = st
-            .history
-            .iter()
-            .filter(|e| e.object.rv > rv)
-            .cloned()
-            .collect();
+        let events = st.history_after(rv)?.cloned().collect();
         Ok((events, self.events.subscribe(), st.rv))
     }
 
@@ -750,17 +751,8 @@ impl Store {
         collections: &[(&str, &str)],
     ) -> Result<(Vec<Arc<WatchEvent>>, u64), ApiError> {
         let st = self.lock();
-        if rv < st.compacted_rv {
-            return Err(ApiError::Gone(format!(
-                "too old resource version: {rv} ({})",
-                st.compacted_rv + 1
-            )));
-        }
-        // History is in resourceVersion order: skip what the reader has seen without looking at it.
-        let first = st.history.partition_point(|e| e.object.rv <= rv);
         let events = st
-            .history
-            .range(first..)
+            .history_after(rv)?
             .filter(|e| {
                 collections
                     .iter()
@@ -1035,7 +1027,7 @@ impl Store {
         if opts.dry_run {
             return Ok(obj);
         }
-        let (_, obj) = st.put(&self.events, rt, obj, EventType::Added)?;
+        let obj = st.put(&self.events, rt, obj, EventType::Added)?;
         if rt.group == "apiextensions.k8s.io" {
             if let Ok(new_type) = from_crd(&obj) {
                 st.registry.insert(new_type);
@@ -1308,7 +1300,7 @@ impl Store {
             self.remove_and_collect(st, key)?;
             return Ok(new);
         }
-        let (_, new) = st.put(&self.events, rt, new, EventType::Modified)?;
+        let new = st.put(&self.events, rt, new, EventType::Modified)?;
         if rt.group == "apiextensions.k8s.io" {
             if let Ok(t) = from_crd(&new) {
                 st.registry.insert(t);

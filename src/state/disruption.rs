@@ -27,7 +27,6 @@ use crate::disruption::{
 use crate::model::duration::parse_duration;
 use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::label_selector::Selector;
-use crate::model::node::Node;
 use crate::model::pod::Pod;
 use crate::model::resources::Resources;
 use crate::scheduling::{ExistingNode, NodeGroup};
@@ -425,12 +424,12 @@ pub fn build(
     // problem) when something cannot be read.
     let mut existing =
         |n: &core::Node, problems: &mut Vec<Problem>| -> Option<(ExistingNode, BTreeSet<String>)> {
-            let node = match Node::from_k8s(n) {
+            let node = match readings.read_node_object(n) {
                 Ok(node) => node,
-                Err(e) => {
+                Err(message) => {
                     problems.push(Problem {
                         object: format!("Node {}", n.name_any()),
-                        message: e.to_string(),
+                        message,
                     });
                     return None;
                 }
@@ -453,7 +452,7 @@ pub fn build(
                 .collect();
             Some((
                 ExistingNode {
-                    node: Arc::new(node),
+                    node,
                     pods: read.pods,
                 },
                 protected,

@@ -165,8 +165,9 @@ pub struct Observation {
 /// few of them between two passes, and reading every one again cost a second a pass.
 ///
 /// Pending pods are kept by uid and resourceVersion. A node's bound pods are kept as a whole, by a fingerprint of
-/// their uids and resourceVersions: most nodes hold the same pods from one pass to the next, and the snapshot then
-/// shares the list instead of copying every pod into it; a node whose pods changed has them all read again.
+/// their resourceVersions: most nodes hold the same pods from one pass to the next, and the snapshot then
+/// shares the list instead of copying every pod into it; a node whose pods changed has them all read again. Nodes
+/// themselves are kept by resourceVersion.
 #[derive(Debug, Default)]
 pub struct PodReadings {
     by_uid: HashMap<String, (String, Result<Pod, String>)>,
@@ -272,20 +273,20 @@ impl PodReadings {
         self.nodes.retain(|name, _| nodes.contains(name.as_str()));
     }
 
-    /// A node as the planner reads it, read again only when its resourceVersion changed; `None` if it cannot be
-    /// read (the planner leaves such a node out).
-    pub fn read_node_object(&mut self, k8s: &core::Node) -> Option<Arc<Node>> {
-        let name = k8s.metadata.name.as_deref()?;
+    /// A node as the planners read it, read again only when its resourceVersion changed; the error says why it
+    /// cannot be read.
+    pub fn read_node_object(&mut self, k8s: &core::Node) -> Result<Arc<Node>, String> {
+        let name = k8s.metadata.name.as_deref().unwrap_or_default();
         let rv = k8s.metadata.resource_version.as_deref().unwrap_or_default();
         if let Some((at, node)) = self.nodes.get(name) {
             if at == rv && !rv.is_empty() {
-                return Some(node.clone());
+                return Ok(node.clone());
             }
         }
-        let node = Arc::new(Node::from_k8s(k8s).ok()?);
+        let node = Arc::new(Node::from_k8s(k8s).map_err(|e| e.to_string())?);
         self.nodes
             .insert(name.to_string(), (rv.to_string(), node.clone()));
-        Some(node)
+        Ok(node)
     }
 }
 
@@ -487,7 +488,7 @@ pub fn observe_with(
         if k8s_node.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(mut node) = readings.read_node_object(k8s_node) else {
+        let Ok(mut node) = readings.read_node_object(k8s_node) else {
             continue;
         };
         if let Some(p) = &node.provider_id {
