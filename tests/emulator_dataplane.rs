@@ -444,3 +444,80 @@ async fn the_binder_follows_deletions_readiness_and_a_lost_history_between_passe
         "{condition:?}"
     );
 }
+
+/// Pods that fit nowhere are looked at again when something they are checked against changes (a node comes, so the
+/// message names the new count) or when they change themselves (a toleration added), and a new pod in a cluster
+/// that did not change is decided on its own.
+#[tokio::test]
+async fn waiting_pods_are_looked_at_again_when_nodes_or_they_change() {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    let kubelet = KubeletSimulator::new(emu.clone());
+    let taint = |value: &str| -> Taint {
+        serde_json::from_value(json!({"key": "dedicated", "value": value, "effect": "NoSchedule"}))
+            .unwrap()
+    };
+    kubelet
+        .register(&instance(
+            "i-a",
+            "us-west-2a",
+            "1",
+            vec![taint("gpu")],
+            Duration::ZERO,
+        ))
+        .unwrap();
+    let binder = Binder::new(emu.clone());
+    pods.create(&PostParams::default(), &pod("early", "100m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(report.unschedulable, vec!["default/early".to_string()]);
+    binder.run_once().unwrap();
+    pods.create(&PostParams::default(), &pod("late", "100m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(report.unschedulable, vec!["default/late".to_string()]);
+    binder.run_once().unwrap();
+
+    kubelet
+        .register(&instance(
+            "i-b",
+            "us-west-2b",
+            "1",
+            vec![taint("db")],
+            Duration::ZERO,
+        ))
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.unschedulable,
+        vec!["default/early".to_string(), "default/late".to_string()]
+    );
+    let message = |p: Pod| {
+        p.status.unwrap().conditions.unwrap()[0]
+            .message
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        message(pods.get("late").await.unwrap()).starts_with("0/2 nodes are available"),
+        "the message names the new node count"
+    );
+    binder.run_once().unwrap();
+
+    let tolerate = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}});
+    pods.patch(
+        "late",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&tolerate),
+    )
+    .await
+    .unwrap();
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/late".to_string(), "i-b".to_string())]
+    );
+    assert!(message(pods.get("early").await.unwrap()).starts_with("0/2 nodes are available"));
+}

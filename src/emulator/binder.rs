@@ -13,9 +13,10 @@ use super::clock::format_time;
 use super::error::ApiError;
 use super::store::{set_condition, EventType, ListQuery, Stored, WriteOptions};
 use super::Emulator;
+use crate::fx::FxMap;
 use crate::model::instance_type::labels::ZONE;
 use crate::model::node::Node;
-use crate::model::pod::{HostPort, Pod, WhenUnsatisfiable};
+use crate::model::pod::{HostPort, Pod, SchedulingSpec, WhenUnsatisfiable};
 use crate::model::resources::Resources;
 use crate::model::taints::first_blocking_taint;
 use crate::scheduling::predicates::{
@@ -138,6 +139,15 @@ struct View {
     pending: BTreeSet<PodKey>,
     /// Bound pods still in phase Pending, not deleting.
     unstarted: BTreeSet<PodKey>,
+    /// Pending pods put since the last pass: the only ones a pass must look at while placements stay as they were.
+    fresh: BTreeSet<PodKey>,
+    /// Whether what a pending pod is checked against (the nodes, and the pods placed on them) changed since the
+    /// last pass. Until it does, a pod that fit nowhere fits nowhere still, with the same message: kube-scheduler's
+    /// unschedulable queue waits for such a cluster event too.
+    placements_changed: bool,
+    /// Scheduling specs that fit nowhere since placements last changed, with their message. Pods with equal specs
+    /// are interchangeable: a burst of a few shapes into a full cluster is a few scans, not one per pod and node.
+    failed: FxMap<SchedulingSpec, String>,
 }
 
 const WATCHED: &[(&str, &str)] = &[("", "pods"), ("", "nodes")];
@@ -203,17 +213,20 @@ impl View {
             self.node_count += 1;
         }
         slot.node = Some(parsed);
+        self.note_placement_change();
     }
 
     fn remove_node(&mut self, name: &str) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        if slot.node.take().is_some() {
-            self.node_count -= 1;
-        }
+        let removed = slot.node.take().is_some();
         if slot.pods.is_empty() {
             self.slots.remove(name);
+        }
+        if removed {
+            self.node_count -= 1;
+            self.note_placement_change();
         }
     }
 
@@ -229,14 +242,21 @@ impl View {
                 let slot = self.slots.entry(s.node_name.clone()).or_default();
                 slot.used.add(&pod.spec.requests);
                 slot.pods.insert(key.clone(), parsed.clone());
+                self.note_placement_change();
                 if s.phase == "Pending" && !parsed.deleting {
                     self.unstarted.insert(key.clone());
                 }
             }
         } else if !parsed.deleting && parsed.default_scheduler {
             self.pending.insert(key.clone());
+            self.fresh.insert(key.clone());
         }
         self.pods.insert(key, (s, parsed));
+    }
+
+    fn note_placement_change(&mut self) {
+        self.placements_changed = true;
+        self.failed.clear();
     }
 
     fn remove_pod(&mut self, key: &PodKey) {
@@ -244,16 +264,20 @@ impl View {
             return;
         };
         self.pending.remove(key);
+        self.fresh.remove(key);
         self.unstarted.remove(key);
-        if let Some(slot) = self.slots.get_mut(&old.node_name) {
-            if let Some(p) = slot.pods.remove(key) {
-                if let Ok(pod) = &p.pod {
-                    slot.used = slot.used.saturating_sub(&pod.spec.requests);
-                }
-            }
-            if slot.node.is_none() && slot.pods.is_empty() {
-                self.slots.remove(&old.node_name);
-            }
+        let Some(slot) = self.slots.get_mut(&old.node_name) else {
+            return;
+        };
+        let placed = slot.pods.remove(key);
+        if let Some(Ok(pod)) = placed.as_ref().map(|p| &p.pod) {
+            slot.used = slot.used.saturating_sub(&pod.spec.requests);
+        }
+        if slot.node.is_none() && slot.pods.is_empty() {
+            self.slots.remove(&old.node_name);
+        }
+        if placed.is_some() {
+            self.note_placement_change();
         }
     }
 }
@@ -313,6 +337,21 @@ impl Binder {
         if !view.changed {
             return Ok(BindReport::default());
         }
+        let result = self.pass(store, &pods_rt, &mut view);
+        if result.is_err() {
+            // A pass cut short may have left fresh pods unlooked-at: the next one looks at every pending pod.
+            view.changed = true;
+            view.note_placement_change();
+        }
+        result
+    }
+
+    fn pass(
+        &self,
+        store: &super::store::Store,
+        pods_rt: &super::resources::ResourceType,
+        view: &mut View,
+    ) -> Result<BindReport, ApiError> {
         // This pass's own writes come back as changes: the next pass looks once more, after them.
         view.changed = false;
         let mut report = BindReport::default();
@@ -330,18 +369,20 @@ impl Binder {
                 report.started.push(format!("{}/{}", s.namespace, s.name));
             }
         }
+        // Every pending pod when placements changed, else only those new or changed since the last pass.
         // Higher priority first, then by namespace and name (the set's order; the sort is stable).
-        let mut pending: Vec<(Arc<Stored>, Arc<Parsed>)> = view
-            .pending
+        let candidates = if std::mem::take(&mut view.placements_changed) {
+            view.fresh.clear();
+            &view.pending
+        } else {
+            &std::mem::take(&mut view.fresh)
+        };
+        let mut pending: Vec<(Arc<Stored>, Arc<Parsed>)> = candidates
             .iter()
             .filter_map(|key| view.pods.get(key).cloned())
             .collect();
         let priority = |p: &Parsed| p.pod.as_ref().map(|p| p.spec.priority).unwrap_or(0);
         pending.sort_by_key(|(_, p)| std::cmp::Reverse(priority(p)));
-        // Pods with equal scheduling specs are interchangeable, and a pod that fits nowhere changes nothing: until
-        // the next binding, a spec that failed fails again with the same message. (A burst of a few shapes into a
-        // full cluster is then a few scans, not one per pod and node.)
-        let mut failed: HashMap<crate::model::pod::SchedulingSpec, String> = HashMap::new();
         for (s, parsed) in pending {
             let key = format!("{}/{}", s.namespace, s.name);
             let pod = match &parsed.pod {
@@ -357,7 +398,7 @@ impl Binder {
                     continue;
                 }
             };
-            if let Some(msg) = failed.get(&pod.spec) {
+            if let Some(msg) = view.failed.get(&pod.spec) {
                 if self.mark_unschedulable(&s, &parsed, msg)? {
                     report.unschedulable.push(key);
                 }
@@ -397,11 +438,10 @@ impl Binder {
                         Err(ApiError::NotFound(_)) | Err(ApiError::Conflict(_)) => continue,
                         Err(e) => return Err(e),
                     }
-                    failed.clear();
                     report.bound.push((key.clone(), node));
                     // The view takes the binding now (the pods after this one see it); replaying the change later
                     // leaves it as it is.
-                    if let Ok(bound) = store.get(&pods_rt, &s.namespace, &s.name) {
+                    if let Ok(bound) = store.get(pods_rt, &s.namespace, &s.name) {
                         view.put_pod(bound.clone());
                         if self.mark_running(&bound)? {
                             report.started.push(key);
@@ -423,7 +463,7 @@ impl Binder {
                     if self.mark_unschedulable(&s, &parsed, &msg)? {
                         report.unschedulable.push(key);
                     }
-                    failed.insert(pod.spec.clone(), msg);
+                    view.failed.insert(pod.spec.clone(), msg);
                 }
             }
         }
