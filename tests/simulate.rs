@@ -165,6 +165,10 @@ fn chromium() -> Option<PathBuf> {
 #[test]
 fn the_report_renders_in_headless_chromium() {
     let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var("BERTH_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "chromium is not installed, and BERTH_REQUIRE_TOOLS=1"
+        );
         eprintln!(
             "SKIPPED: chromium is not installed (scripts/test.sh installs the Debian package)"
         );

@@ -90,7 +90,13 @@ pub async fn start_in_process() -> InProcess {
     }
 }
 
-/// True when kubectl is on PATH; prints why a test is skipped otherwise.
+/// Whether a missing tool fails the test instead of skipping it: scripts/test.sh (and so CI) installs every tool
+/// and sets this, so a test there can never pass by not running.
+pub fn tools_required() -> bool {
+    std::env::var("BERTH_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// True when kubectl is on PATH; prints why a test is skipped otherwise (or fails it, under `tools_required`).
 pub fn kubectl_available(test: &str) -> bool {
     let ok = Command::new("kubectl")
         .arg("version")
@@ -100,6 +106,10 @@ pub fn kubectl_available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
+        assert!(
+            !tools_required(),
+            "{test}: kubectl is not on PATH, and BERTH_REQUIRE_TOOLS=1"
+        );
         eprintln!("SKIPPED {test}: kubectl is not on PATH");
     }
     ok
