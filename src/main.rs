@@ -5,6 +5,11 @@ use berth::cli::{BenchCommand, Cli, Command};
 use berth::telemetry::logging;
 use clap::Parser;
 
+// The controller and the emulator allocate many small, short-lived objects (JSON trees, readings, watch events);
+// mimalloc serves them with per-thread free lists, where glibc's malloc spent about 40% of a B3 run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // One clear line, never a backtrace: these are operator-facing errors (bad flags, missing credentials, an
     // unreachable API server), not bugs.
