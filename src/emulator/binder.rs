@@ -212,8 +212,10 @@ impl View {
         if slot.node.is_none() {
             self.node_count += 1;
         }
-        slot.node = Some(parsed);
-        self.note_placement_change();
+        if slot.node.as_ref() != Some(&parsed) {
+            slot.node = Some(parsed);
+            self.note_placement_change();
+        }
     }
 
     fn remove_node(&mut self, name: &str) {
@@ -232,17 +234,21 @@ impl View {
 
     fn put_pod(&mut self, s: Arc<Stored>) {
         let key = (s.namespace.clone(), s.name.clone());
-        self.remove_pod(&key);
+        let was_placed = self.take_pod(&key);
         if matches!(s.phase.as_str(), "Succeeded" | "Failed") {
+            if was_placed.is_some() {
+                self.note_placement_change();
+            }
             return;
         }
         let parsed = Arc::new(Parsed::of(&s));
+        let mut placed = None;
         if !s.node_name.is_empty() {
             if let Ok(pod) = &parsed.pod {
                 let slot = self.slots.entry(s.node_name.clone()).or_default();
                 slot.used.add(&pod.spec.requests);
                 slot.pods.insert(key.clone(), parsed.clone());
-                self.note_placement_change();
+                placed = Some((s.node_name.clone(), parsed.clone()));
                 if s.phase == "Pending" && !parsed.deleting {
                     self.unstarted.insert(key.clone());
                 }
@@ -252,6 +258,14 @@ impl View {
             self.fresh.insert(key.clone());
         }
         self.pods.insert(key, (s, parsed));
+        // A status write (Running, say) leaves what pending pods are checked against as it was.
+        fn placement(p: &Option<(String, Arc<Parsed>)>) -> Option<(&str, &Result<Pod, String>)> {
+            p.as_ref()
+                .map(|(node, parsed)| (node.as_str(), &parsed.pod))
+        }
+        if placement(&placed) != placement(&was_placed) {
+            self.note_placement_change();
+        }
     }
 
     fn note_placement_change(&mut self) {
@@ -260,15 +274,19 @@ impl View {
     }
 
     fn remove_pod(&mut self, key: &PodKey) {
-        let Some((old, _)) = self.pods.remove(key) else {
-            return;
-        };
+        if self.take_pod(key).is_some() {
+            self.note_placement_change();
+        }
+    }
+
+    /// Takes a pod out of the view; returns its node and spec if it was placed (what other pods are checked
+    /// against), for the caller to say whether placements changed.
+    fn take_pod(&mut self, key: &PodKey) -> Option<(String, Arc<Parsed>)> {
+        let (old, _) = self.pods.remove(key)?;
         self.pending.remove(key);
         self.fresh.remove(key);
         self.unstarted.remove(key);
-        let Some(slot) = self.slots.get_mut(&old.node_name) else {
-            return;
-        };
+        let slot = self.slots.get_mut(&old.node_name)?;
         let placed = slot.pods.remove(key);
         if let Some(Ok(pod)) = placed.as_ref().map(|p| &p.pod) {
             slot.used = slot.used.saturating_sub(&pod.spec.requests);
@@ -276,9 +294,7 @@ impl View {
         if slot.node.is_none() && slot.pods.is_empty() {
             self.slots.remove(&old.node_name);
         }
-        if placed.is_some() {
-            self.note_placement_change();
-        }
+        placed.map(|parsed| (old.node_name.clone(), parsed))
     }
 }
 
