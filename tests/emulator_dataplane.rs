@@ -34,6 +34,7 @@ fn instance(
         capacity: res.clone(),
         allocatable: res,
         boot_delay: boot,
+        ready_delay: Duration::ZERO,
     }
 }
 
@@ -517,4 +518,127 @@ async fn waiting_pods_are_looked_at_again_when_nodes_or_they_change() {
         vec![("default/late".to_string(), "i-b".to_string())]
     );
     assert!(message(pods.get("early").await.unwrap()).starts_with("0/2 nodes are available"));
+}
+
+/// Sets a pending pod's status.nominatedNodeName, as an autoscaler that launched a node for it does.
+async fn nominate(pods: &Api<Pod>, name: &str, node: &str) {
+    let patch = json!({"status": {"nominatedNodeName": node}});
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+fn nominated(p: Pod) -> Option<String> {
+    p.status.and_then(|s| s.nominated_node_name)
+}
+
+#[tokio::test]
+async fn a_nominated_pods_room_is_held_against_pods_of_equal_priority_and_binding_clears_the_nomination(
+) {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    KubeletSimulator::new(emu.clone())
+        .register(&instance("i-a", "us-west-2a", "2", vec![], Duration::ZERO))
+        .unwrap();
+    // "other" comes first in the queue (same priority, name order) and would take the room "planned" needs.
+    for (name, cpu) in [("other", "1"), ("planned", "1500m")] {
+        pods.create(&PostParams::default(), &pod(name, cpu, json!({})))
+            .await
+            .unwrap();
+    }
+    nominate(&pods, "planned", "i-a").await;
+    let report = Binder::new(emu.clone()).run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/planned".to_string(), "i-a".to_string())]
+    );
+    assert_eq!(report.unschedulable, vec!["default/other".to_string()]);
+    let planned = pods.get("planned").await.unwrap();
+    assert_eq!(
+        planned.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("i-a")
+    );
+    assert_eq!(nominated(planned), None, "binding clears the nomination");
+}
+
+#[tokio::test]
+async fn a_higher_priority_pod_ignores_the_held_room_and_the_nomination_stays() {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    KubeletSimulator::new(emu.clone())
+        .register(&instance("i-a", "us-west-2a", "2", vec![], Duration::ZERO))
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("held", "1500m", json!({})))
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("vip", "1", json!({"priority": 1000})),
+    )
+    .await
+    .unwrap();
+    nominate(&pods, "held", "i-a").await;
+    let report = Binder::new(emu.clone()).run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/vip".to_string(), "i-a".to_string())]
+    );
+    assert_eq!(report.unschedulable, vec!["default/held".to_string()]);
+    // The scheduler never clears a nomination it cannot honour: its author does.
+    assert_eq!(
+        nominated(pods.get("held").await.unwrap()).as_deref(),
+        Some("i-a")
+    );
+}
+
+#[tokio::test]
+async fn a_nominated_pod_takes_its_node_over_an_emptier_one() {
+    let emu = Emulator::new();
+    let pods: Api<Pod> = Api::namespaced(emu.client(), "default");
+    let nodes: Api<Node> = Api::all(emu.client());
+    let kubelet = KubeletSimulator::new(emu.clone());
+    kubelet
+        .register(&instance(
+            "i-big",
+            "us-west-2a",
+            "8",
+            vec![],
+            Duration::ZERO,
+        ))
+        .unwrap();
+    // A node with a ready delay registers NotReady (its network plugin is not up yet).
+    let mut small = instance("i-small", "us-west-2a", "2", vec![], Duration::ZERO);
+    small.ready_delay = Duration::from_secs(3600);
+    kubelet.register(&small).unwrap();
+    let ready = nodes
+        .get("i-small")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .unwrap();
+    assert!(ready
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False"));
+    for name in ["free", "loyal"] {
+        pods.create(&PostParams::default(), &pod(name, "500m", json!({})))
+            .await
+            .unwrap();
+    }
+    nominate(&pods, "loyal", "i-small").await;
+    kubelet.set_ready("i-small", true).unwrap();
+    let report = Binder::new(emu.clone()).run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![
+            ("default/free".to_string(), "i-big".to_string()),
+            ("default/loyal".to_string(), "i-small".to_string()),
+        ],
+        "least allocated for the pod without a nomination, its own node for the nominated one"
+    );
 }

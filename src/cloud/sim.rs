@@ -73,6 +73,8 @@ pub struct SimConfig {
     pub node_groups: Vec<SimNodeGroup>,
     /// From launch to the kubelet registering.
     pub boot_delay: Duration,
+    /// From the kubelet registering to its Node turning Ready (zero: it registers Ready).
+    pub ready_delay: Duration,
     /// Most instances alive at once per offering; offerings not listed are unlimited.
     pub capacity_limits: HashMap<OfferingKey, u32>,
     /// Enforce EC2's request and resource buckets on the server side.
@@ -138,6 +140,7 @@ impl SimConfig {
             images,
             node_groups: Vec::new(),
             boot_delay: Duration::from_secs(30),
+            ready_delay: Duration::ZERO,
             capacity_limits: HashMap::new(),
             ec2_rate_limits: true,
             client_rate_limits: true,
@@ -261,6 +264,8 @@ pub struct SimInstanceLaunched {
     pub allocatable: BTreeMap<String, String>,
     /// How long after this event the kubelet registers.
     pub boot_delay: Duration,
+    /// How long after registering the Node turns Ready.
+    pub ready_delay: Duration,
     /// False when a BootFailure fault hit it: the instance runs but never becomes a Node.
     pub joins_cluster: bool,
     pub machine: Option<MachineRef>,
@@ -829,6 +834,7 @@ impl SimulatedCloud {
                 .into_iter()
                 .collect(),
             boot_delay: self.config.boot_delay,
+            ready_delay: self.config.ready_delay,
             joins_cluster: joins,
             machine: i.machine(),
         };
@@ -1535,6 +1541,7 @@ pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubele
                 capacity: l.capacity.clone(),
                 allocatable: l.allocatable.clone(),
                 boot_delay: l.boot_delay,
+                ready_delay: l.ready_delay,
             })))
         }
         SimInstanceEvent::Launched(_) => None,

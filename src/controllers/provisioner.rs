@@ -20,11 +20,13 @@ use crate::cloud::CloudProvider;
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::scheduling::{solve, NewMachine, Plan};
 use crate::state::cluster::ClusterCache;
+use crate::state::nomination::nomination_writes;
 use crate::state::snapshot::{
     add_auto_scaling_groups, observe_with, GroupTarget, Observation, ObserveSettings, PodReadings,
     HEADROOM_NAMESPACE,
 };
-use k8s_openapi::api::core::v1::ObjectReference;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +35,8 @@ use std::time::Duration;
 
 const CONTROLLER: &str = "provisioner";
 const FLEET_METRICS_PERIOD: Duration = Duration::from_secs(5);
+/// Nomination writes sent at once: a burst's nodes register together, with hundreds of pods to nominate.
+const NOMINATION_WRITES_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionerError {
@@ -107,6 +111,8 @@ pub struct PassReport {
 struct Memory {
     /// Pending pods (`namespace/name`) → the in-flight machine (shape id) planned for them.
     nominations: HashMap<String, String>,
+    /// Pending pods → the node berth last wrote in their `status.nominatedNodeName` (the only ones it may change).
+    nominated_nodes: HashMap<String, String>,
     /// Pods told they triggered a scale-up: the group, and when they became unschedulable (for the
     /// pending-to-scheduled histogram once they are bound).
     triggered: HashMap<String, (String, chrono::DateTime<chrono::Utc>)>,
@@ -280,6 +286,9 @@ async fn pass(
     for (namespace, name, why) in &observation.invalid_groups {
         announce_invalid_group(ctx, announced, namespace, name, why);
     }
+    if !config.dry_run {
+        nominate(ctx, &observation, announced).await;
+    }
     let real_pending = observation
         .snapshot
         .pending
@@ -437,6 +446,49 @@ async fn pass(
     Ok(report)
 }
 
+/// Makes pending pods' `status.nominatedNodeName` say which registered node berth expects them on (see
+/// `state::nomination`), before the node turns Ready and the scheduler fills it in its own order. A write refused
+/// because the pod changed or was bound meanwhile is dropped: the next pass reads the pod again.
+async fn nominate(ctx: &Context, observation: &Observation, announced: &mut Memory) {
+    let writes = nomination_writes(
+        &observation.expected_nodes,
+        &observation.pending_objects,
+        &announced.nominated_nodes,
+    );
+    if writes.is_empty() {
+        return;
+    }
+    let results: Vec<_> = futures::stream::iter(writes)
+        .map(|w| async move {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": w.resource_version},
+                "status": {"nominatedNodeName": w.node},
+            });
+            let result = api
+                .patch_status(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            (w, result)
+        })
+        .buffer_unordered(NOMINATION_WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    for (w, result) in results {
+        let key = format!("{}/{}", w.namespace, w.name);
+        match result {
+            Ok(_) => match w.node {
+                Some(node) => announced.nominated_nodes.insert(key, node),
+                None => announced.nominated_nodes.remove(&key),
+            },
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => None,
+            Err(e) => {
+                tracing::warn!(pod = %key, error = %e, "cannot write the pod's nominated node");
+                None
+            }
+        };
+    }
+}
+
 /// Pods no longer pending need no memory; those that triggered a scale-up and are now bound are timed (the last
 /// pass of a burst usually has no pending pod left, so this runs on that path too).
 fn forget_settled(
@@ -455,6 +507,10 @@ fn forget_settled(
     announced
         .nominations
         .retain(|p, _| pending.contains(p) || observation.riding.contains(p));
+    // A pod bound since has its nomination cleared by the API server.
+    announced
+        .nominated_nodes
+        .retain(|p, _| observation.pending_objects.contains_key(p));
     let mut gone = Vec::new();
     announced.triggered.retain(|p, v| {
         let keep = pending.contains(p) || observation.riding.contains(p);

@@ -6,6 +6,11 @@
 //! affinity, taints and tolerations, host ports, volume zones) and `crate::model` (resources); required pod affinity
 //! and anti-affinity and topology spread with `DoNotSchedule` are checked here over the placed pods, because the
 //! scheduling module exposes those only inside its solver's indexed engine. Among feasible nodes it picks the least allocated (CPU then memory fraction), ties by name.
+//!
+//! A pending pod's `status.nominatedNodeName` (set by an autoscaler that launched a node for it, KEP-5278) is honoured
+//! as kube-scheduler does: the pod tries that node first, and the room it needs there is held against pods of equal
+//! or lower priority (pods of higher priority ignore it). Binding clears it, as the API server does.
+//!
 //! Not modelled: preferred (soft) terms, the symmetric anti-affinity of already running pods, preemption,
 //! scheduling gates, volumes.
 
@@ -46,6 +51,8 @@ struct Parsed {
     deleting: bool,
     /// The message of its `PodScheduled=False/Unschedulable` condition, if it has one.
     unschedulable_message: Option<String>,
+    /// `status.nominatedNodeName`: where an autoscaler (or a preemption) expects the pod to go.
+    nominated_node: Option<String>,
 }
 
 impl Parsed {
@@ -76,6 +83,10 @@ impl Parsed {
                 })
                 .filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
                 .map(|c| c.message.unwrap_or_default()),
+            nominated_node: k8s
+                .as_ref()
+                .and_then(|p| p.status.as_ref()?.nominated_node_name.clone())
+                .filter(|n| !n.is_empty()),
         }
     }
 
@@ -101,6 +112,15 @@ impl Parsed {
 /// `(namespace, name)` of a pod.
 type PodKey = (String, String);
 
+/// Where a pod holds room that pending pods are checked against.
+#[derive(PartialEq)]
+enum Holds {
+    /// Bound to this node.
+    Bound(String),
+    /// Pending, nominated to this node.
+    Nominated(String),
+}
+
 /// A node name as the binder sees it: the node (once it exists and parses) and the pods bound to it.
 #[derive(Default)]
 struct Slot {
@@ -109,9 +129,29 @@ struct Slot {
     /// The pods bound to it whose specs parse, and what they request in sum.
     pods: BTreeMap<PodKey, Arc<Parsed>>,
     used: Resources,
+    /// Pending pods nominated to this node (their specs parse): the room they hold here.
+    nominated: BTreeMap<PodKey, Arc<Parsed>>,
 }
 
 impl Slot {
+    /// What the pods nominated here hold against `pod`: those of equal or higher priority, `pod` itself aside.
+    fn reserved_against(&self, key: &PodKey, pod: &Pod) -> Resources {
+        let mut held = Resources::default();
+        for (k, p) in &self.nominated {
+            if let Ok(other) = &p.pod {
+                if k != key && other.spec.priority >= pod.spec.priority {
+                    held.add(&other.spec.requests);
+                }
+            }
+        }
+        held
+    }
+
+    /// Whether the slot can go: no node, no pods and no nominations name it.
+    fn is_vacant(&self) -> bool {
+        self.node.is_none() && self.pods.is_empty() && self.nominated.is_empty()
+    }
+
     fn ready_node(&self) -> Option<&Node> {
         self.node
             .as_ref()
@@ -223,7 +263,7 @@ impl View {
             return;
         };
         let removed = slot.node.take().is_some();
-        if slot.pods.is_empty() {
+        if slot.is_vacant() {
             self.slots.remove(name);
         }
         if removed {
@@ -248,7 +288,7 @@ impl View {
                 let slot = self.slots.entry(s.node_name.clone()).or_default();
                 slot.used.add(&pod.spec.requests);
                 slot.pods.insert(key.clone(), parsed.clone());
-                placed = Some((s.node_name.clone(), parsed.clone()));
+                placed = Some((Holds::Bound(s.node_name.clone()), parsed.clone()));
                 if s.phase == "Pending" && !parsed.deleting {
                     self.unstarted.insert(key.clone());
                 }
@@ -256,12 +296,16 @@ impl View {
         } else if !parsed.deleting && parsed.default_scheduler {
             self.pending.insert(key.clone());
             self.fresh.insert(key.clone());
+            if let (Some(node), Ok(_)) = (&parsed.nominated_node, &parsed.pod) {
+                let slot = self.slots.entry(node.clone()).or_default();
+                slot.nominated.insert(key.clone(), parsed.clone());
+                placed = Some((Holds::Nominated(node.clone()), parsed.clone()));
+            }
         }
         self.pods.insert(key, (s, parsed));
         // A status write (Running, say) leaves what pending pods are checked against as it was.
-        fn placement(p: &Option<(String, Arc<Parsed>)>) -> Option<(&str, &Result<Pod, String>)> {
-            p.as_ref()
-                .map(|(node, parsed)| (node.as_str(), &parsed.pod))
+        fn placement(p: &Option<(Holds, Arc<Parsed>)>) -> Option<(&Holds, &Result<Pod, String>)> {
+            p.as_ref().map(|(holds, parsed)| (holds, &parsed.pod))
         }
         if placement(&placed) != placement(&was_placed) {
             self.note_placement_change();
@@ -279,22 +323,31 @@ impl View {
         }
     }
 
-    /// Takes a pod out of the view; returns its node and spec if it was placed (what other pods are checked
-    /// against), for the caller to say whether placements changed.
-    fn take_pod(&mut self, key: &PodKey) -> Option<(String, Arc<Parsed>)> {
-        let (old, _) = self.pods.remove(key)?;
+    /// Takes a pod out of the view; returns where it was placed or nominated, and its spec (what other pods are
+    /// checked against), for the caller to say whether placements changed.
+    fn take_pod(&mut self, key: &PodKey) -> Option<(Holds, Arc<Parsed>)> {
+        let (old, parsed) = self.pods.remove(key)?;
         self.pending.remove(key);
         self.fresh.remove(key);
         self.unstarted.remove(key);
+        if old.node_name.is_empty() {
+            let node = parsed.nominated_node.as_ref()?;
+            let slot = self.slots.get_mut(node)?;
+            let held = slot.nominated.remove(key)?;
+            if slot.is_vacant() {
+                self.slots.remove(node);
+            }
+            return Some((Holds::Nominated(node.clone()), held));
+        }
         let slot = self.slots.get_mut(&old.node_name)?;
         let placed = slot.pods.remove(key);
         if let Some(Ok(pod)) = placed.as_ref().map(|p| &p.pod) {
             slot.used = slot.used.saturating_sub(&pod.spec.requests);
         }
-        if slot.node.is_none() && slot.pods.is_empty() {
+        if slot.is_vacant() {
             self.slots.remove(&old.node_name);
         }
-        placed.map(|parsed| (old.node_name.clone(), parsed))
+        placed.map(|parsed| (Holds::Bound(old.node_name.clone()), parsed))
     }
 }
 
@@ -414,19 +467,29 @@ impl Binder {
                     continue;
                 }
             };
-            if let Some(msg) = view.failed.get(&pod.spec) {
-                if self.mark_unschedulable(&s, &parsed, msg)? {
-                    report.unschedulable.push(key);
+            // A nominated pod sees its own node without its own reservation: unlike its spec's twins.
+            let nominated = parsed.nominated_node.as_deref();
+            if nominated.is_none() {
+                if let Some(msg) = view.failed.get(&pod.spec) {
+                    if self.mark_unschedulable(&s, &parsed, msg)? {
+                        report.unschedulable.push(key);
+                    }
+                    continue;
                 }
-                continue;
             }
+            let pod_key = (s.namespace.clone(), s.name.clone());
             let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
             let mut best: Option<(&str, (u64, u64))> = None;
-            for (name, slot) in &view.slots {
+            // kube-scheduler tries the nominated node first, and takes it when the pod fits there.
+            let nominated_fit = nominated
+                .and_then(|n| view.slots.get_key_value(n))
+                .filter(|(_, slot)| feasible(&pod_key, pod, slot, &view.slots).is_ok())
+                .map(|(n, _)| (n.as_str(), (0, 0)));
+            for (name, slot) in view.slots.iter().filter(|_| nominated_fit.is_none()) {
                 let Some((node, _)) = &slot.node else {
                     continue;
                 };
-                match feasible(pod, slot, &view.slots) {
+                match feasible(&pod_key, pod, slot, &view.slots) {
                     Ok(()) => {
                         let free = node
                             .allocatable
@@ -445,7 +508,7 @@ impl Binder {
                     Err(reason) => *reasons.entry(reason).or_default() += 1,
                 }
             }
-            match best.map(|(name, _)| name.to_string()) {
+            match nominated_fit.or(best).map(|(name, _)| name.to_string()) {
                 Some(node) => {
                     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": s.name, "namespace": s.namespace},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
@@ -479,7 +542,9 @@ impl Binder {
                     if self.mark_unschedulable(&s, &parsed, &msg)? {
                         report.unschedulable.push(key);
                     }
-                    view.failed.insert(pod.spec.clone(), msg);
+                    if nominated.is_none() {
+                        view.failed.insert(pod.spec.clone(), msg);
+                    }
                 }
             }
         }
@@ -583,6 +648,7 @@ impl Binder {
 /// Reasons are static where they can be: a pending pod in a full cluster is checked against every node on every
 /// pass, and allocating a message per node made the binder (kube-scheduler's stand-in) the slowest part of a burst.
 fn feasible(
+    key: &PodKey,
     pod: &Pod,
     slot: &Slot,
     slots: &BTreeMap<String, Slot>,
@@ -613,7 +679,10 @@ fn feasible(
     if !volume_zone_ok(&pod.spec, node.labels.get(ZONE).map(String::as_str)) {
         return Err("node(s) had volume node affinity conflict".into());
     }
-    let free = node.allocatable.saturating_sub(&slot.used);
+    let mut free = node.allocatable.saturating_sub(&slot.used);
+    if !slot.nominated.is_empty() {
+        free = free.saturating_sub(&slot.reserved_against(key, pod));
+    }
     if let Some(r) = pod.spec.requests.first_exceeding(&free) {
         return Err(match r {
             "cpu" => Cow::Borrowed("Insufficient cpu"),

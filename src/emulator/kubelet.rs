@@ -1,5 +1,6 @@
 //! The simulated kubelets: when the (simulated) cloud reports an instance launched, a Node registers after the
-//! instance's boot delay, with the labels, providerID, taints, capacity and Ready condition a real EKS node has; when
+//! instance's boot delay, with the labels, providerID, taints, capacity and conditions a real EKS node has, and
+//! turns Ready after its ready delay (a real node registers NotReady until its network plugin is up); when
 //! the instance terminates, the Node goes away, and with it the pods bound there (as the pod garbage collector
 //! does for pods of a deleted node).
 //!
@@ -39,8 +40,10 @@ pub struct InstanceLaunched {
     pub capacity: BTreeMap<String, String>,
     /// Resource name -> quantity string.
     pub allocatable: BTreeMap<String, String>,
-    /// Time from launch to the Node registering Ready.
+    /// Time from launch to the Node registering.
     pub boot_delay: Duration,
+    /// Time from registering to Ready (zero: it registers Ready).
+    pub ready_delay: Duration,
 }
 
 /// The cloud terminated an instance.
@@ -59,8 +62,8 @@ pub enum InstanceEvent {
     Terminated(InstanceTerminated),
 }
 
-/// The Node object a kubelet on this instance registers.
-pub fn node_object(i: &InstanceLaunched, now: &str) -> Value {
+/// The Node object a kubelet on this instance registers, Ready or not yet.
+pub fn node_object(i: &InstanceLaunched, ready: bool, now: &str) -> Value {
     let mut labels: BTreeMap<String, String> = i.labels.clone();
     for (k, v) in [
         ("kubernetes.io/hostname", i.instance_id.as_str()),
@@ -91,7 +94,11 @@ pub fn node_object(i: &InstanceLaunched, now: &str) -> Value {
                 condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID"),
-                condition("Ready", "True", "KubeletReady"),
+                if ready {
+                    condition("Ready", "True", "KubeletReady")
+                } else {
+                    condition("Ready", "False", "KubeletNotReady")
+                },
             ],
             "addresses": [{"type": "Hostname", "address": i.instance_id}],
             "nodeInfo": {"architecture": i.arch, "operatingSystem": "linux", "kubeletVersion": "v1.33.0-eks", "kubeProxyVersion": "v1.33.0-eks",
@@ -117,13 +124,15 @@ impl KubeletSimulator {
         }
     }
 
-    /// Registers the Node now (the boot delay already elapsed). An already registered node is left alone.
+    /// Registers the Node now (the boot delay already elapsed), Ready unless it has a ready delay. An already
+    /// registered node is left alone.
     pub fn register(&self, instance: &InstanceLaunched) -> Result<(), ApiError> {
         let store = self.emu.store();
         let rt = store
             .resource_type("", "nodes")
             .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
-        let node = node_object(instance, &format_time(store.clock().now()));
+        let ready = instance.ready_delay.is_zero();
+        let node = node_object(instance, ready, &format_time(store.clock().now()));
         let opts = WriteOptions {
             field_manager: "kubelet".into(),
             ..Default::default()
@@ -170,25 +179,35 @@ impl KubeletSimulator {
         Ok(())
     }
 
-    /// Handles one event: a launch registers after its boot delay (on tokio time, so paused or virtual clocks work);
-    /// a termination takes effect at once. Must be called inside a tokio runtime.
+    /// Handles one event: a launch registers after its boot delay and turns Ready after its ready delay (on tokio
+    /// time, so paused or virtual clocks work); a termination takes effect at once. Must be called inside a tokio
+    /// runtime.
     pub fn handle(&self, event: InstanceEvent) -> Result<(), ApiError> {
         match event {
             InstanceEvent::Launched(i) => {
                 let i = *i;
-                if i.boot_delay.is_zero() {
+                if i.boot_delay.is_zero() && i.ready_delay.is_zero() {
                     return self.register(&i);
                 }
                 let me = self.clone();
                 let id = i.instance_id.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(i.boot_delay).await;
+                    let registered = me.register(&i);
+                    // Still in `booting` while not Ready: a termination meanwhile cancels the readiness too.
+                    if registered.is_ok() && !i.ready_delay.is_zero() {
+                        tokio::time::sleep(i.ready_delay).await;
+                    }
                     me.booting
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&i.instance_id);
-                    if let Err(e) = me.register(&i) {
-                        tracing::warn!(instance = %i.instance_id, error = %e, "simulated kubelet could not register its node");
+                    let result = registered.and_then(|()| match i.ready_delay.is_zero() {
+                        true => Ok(()),
+                        false => me.set_ready(&i.instance_id, true),
+                    });
+                    if let Err(e) = result {
+                        tracing::warn!(instance = %i.instance_id, error = %e, "simulated kubelet could not register its node or make it Ready");
                     }
                 });
                 self.booting
@@ -215,7 +234,7 @@ impl KubeletSimulator {
         })
     }
 
-    /// Instances launched whose nodes have not registered yet.
+    /// Instances launched whose nodes have not registered, or not turned Ready, yet.
     pub fn booting(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .booting

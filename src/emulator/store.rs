@@ -1690,6 +1690,10 @@ impl Store {
         }
         let mut v = current.value()?;
         v["spec"]["nodeName"] = json!(node);
+        // The API server clears a nomination on binding (KEP-5278): the pod is where it is, not where expected.
+        if let Some(status) = v.get_mut("status").and_then(Value::as_object_mut) {
+            status.remove("nominatedNodeName");
+        }
         set_condition(&mut v, "PodScheduled", "True", None, None, &self.now());
         st.put(&self.events, &rt, v, EventType::Modified)?;
         Ok(())

@@ -4,4 +4,5 @@ pub mod class;
 pub mod cluster;
 pub mod cluster_check;
 pub mod disruption;
+pub mod nomination;
 pub mod snapshot;

@@ -152,6 +152,12 @@ pub struct Observation {
     pub pending_since: HashMap<String, DateTime<Utc>>,
     /// Unschedulable pods held on the machine nominated for them, not planned for now (see the module's doc).
     pub riding: HashSet<String>,
+    /// Riding pods whose machine's Node has registered: pod → node name, where berth expects the scheduler to put
+    /// them (it says so in their `status.nominatedNodeName`).
+    pub expected_nodes: HashMap<String, String>,
+    /// The unschedulable pods as the API has them, by `namespace/name` (what berth writes to them is conditioned on
+    /// the version read).
+    pub pending_objects: HashMap<String, Arc<core::Pod>>,
     /// When a pod riding a Ready node will be planned again if nothing changes before: the scheduler settled, or
     /// the node's grace over. Nothing in the cluster changes at that moment, so the provisioner must look itself.
     pub revisit_at: Option<DateTime<Utc>>,
@@ -442,6 +448,7 @@ pub fn observe_with(
     bound.reserve(objects.nodes.len());
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
+    let mut pending_objects = HashMap::new();
     for k8s_pod in &objects.pods {
         let node_name = k8s_pod
             .spec
@@ -460,6 +467,7 @@ pub fn observe_with(
                 if let Some(since) = unschedulable_since(k8s_pod) {
                     pending_since.insert(p.key(), since);
                 }
+                pending_objects.insert(p.key(), k8s_pod.clone());
                 pending.push(p);
             }
             Err(e) => skipped.push(SkippedPod {
@@ -601,6 +609,7 @@ pub fn observe_with(
     in_flight.retain(|m| catalog.get(&m.instance_type).is_some());
     pending.sort_by(by_key);
     let mut riding = HashSet::new();
+    let mut expected_nodes = HashMap::new();
     let mut revisit_at: Option<DateTime<Utc>> = None;
     let mut revisit = |t: DateTime<Utc>| revisit_at = Some(revisit_at.map_or(t, |r| r.min(t)));
     if !nominations.is_empty() {
@@ -633,12 +642,14 @@ pub fn observe_with(
             match nominations.get(&key).and_then(|n| ride.get(n.as_str())) {
                 Some(Ride::InFlight(i)) => on_machines[*i].push(pod),
                 Some(Ride::Node(n, NewNode::Booting)) => {
+                    expected_nodes.insert(key.clone(), nodes[*n].node.name.clone());
                     Arc::make_mut(&mut nodes[*n].pods).push(pod)
                 }
                 Some(Ride::Node(n, NewNode::Ready(grace_over)))
                     if still_holds(&nodes[*n], &pod) =>
                 {
                     revisit(*grace_over);
+                    expected_nodes.insert(key.clone(), nodes[*n].node.name.clone());
                     Arc::make_mut(&mut nodes[*n].pods).push(pod)
                 }
                 // Crowded off while the scheduler is still placing pods: neither planned nor holding room.
@@ -691,6 +702,8 @@ pub fn observe_with(
         invalid_groups,
         pending_since,
         riding,
+        expected_nodes,
+        pending_objects,
         revisit_at,
         cluster,
         auto_scaling_groups: BTreeMap::new(),
