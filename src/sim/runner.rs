@@ -184,6 +184,7 @@ async fn play(
         cloud_metrics,
     );
     config.boot_delay = scenario.boot_delay;
+    config.ready_delay = scenario.ready_delay;
     config.jitter_seed = scenario.seed;
     let cloud = Arc::new(SimulatedCloud::new(config));
 

@@ -63,6 +63,8 @@ struct ScenarioFile {
     #[serde(default)]
     boot_delay: Option<String>,
     #[serde(default)]
+    ready_delay: Option<String>,
+    #[serde(default)]
     region: Option<String>,
     #[serde(default)]
     catalog: Option<String>,
@@ -330,7 +332,10 @@ pub struct Scenario {
     pub seed: u64,
     pub duration: Duration,
     pub sample_interval: Duration,
+    /// From launch to the kubelet registering its Node.
     pub boot_delay: Duration,
+    /// From registering to Ready (the network plugin starting): berth nominates pods to the node meanwhile.
+    pub ready_delay: Duration,
     pub region: String,
     pub catalog: CatalogSource,
     /// The cluster's name (instance tags, the Cluster object).
@@ -407,6 +412,12 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
         .map(|s| cx.duration("bootDelay", s))
         .transpose()?
         .unwrap_or(Duration::from_secs(30));
+    let ready_delay = raw
+        .ready_delay
+        .as_deref()
+        .map(|s| cx.duration("readyDelay", s))
+        .transpose()?
+        .unwrap_or(Duration::ZERO);
     let region = raw
         .region
         .clone()
@@ -500,6 +511,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
         duration,
         sample_interval,
         boot_delay,
+        ready_delay,
         region,
         catalog,
         cluster_name,
@@ -859,6 +871,23 @@ timeline:
     fn the_default_scenario_parses() {
         let s = default_scenario().unwrap();
         assert!(s.timeline.len() >= 5);
+        assert_eq!(s.ready_delay, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn nodes_register_ready_unless_a_ready_delay_is_given_and_a_bad_one_is_named() {
+        assert_eq!(
+            parse("s.yaml", GOOD, None).unwrap().ready_delay,
+            Duration::ZERO
+        );
+        let with = GOOD.replace("duration: 10m\n", "duration: 10m\nreadyDelay: 12s\n");
+        assert_eq!(
+            parse("s.yaml", &with, None).unwrap().ready_delay,
+            Duration::from_secs(12)
+        );
+        let (line, field, _) =
+            err(&GOOD.replace("duration: 10m\n", "duration: 10m\nreadyDelay: soon\n"));
+        assert_eq!((line, field.as_str()), (3, "readyDelay"));
     }
 
     #[test]
