@@ -1,6 +1,6 @@
 //! The benchmarks run at a small size and their plans pass the independent verifier (timing is not checked here).
 
-use berth::bench::{packing, scheduling};
+use berth::bench::{packing, reaction, scheduling};
 use berth::scheduling::{solve, verify::verify};
 use chrono::Utc;
 
@@ -64,4 +64,17 @@ fn packing_dumps_and_stays_near_the_bound() {
         let text = std::fs::read_to_string(dir.path().join(&name).join(f)).unwrap();
         serde_json::from_str::<serde_json::Value>(&text).unwrap();
     }
+}
+
+/// B3 at a small size: every burst pod runs on a machine berth launched for it, and each has its latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_measures_every_burst_pod_against_the_launch_it_runs_on() {
+    let report = reaction::measure(40, 10, 120, 7).await.unwrap();
+    assert_eq!((report.nodes, report.pending), (40, 120));
+    assert_eq!(report.measured, 120, "{report:?}");
+    assert!(report.machines >= 1, "{report:?}");
+    assert!(
+        0.0 < report.p50_ms && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms,
+        "{report:?}"
+    );
 }
