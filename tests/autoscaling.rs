@@ -208,6 +208,15 @@ impl Harness {
             .collect()
     }
 
+    /// The messages of the Events with this reason (what a failed assertion shows).
+    async fn event_messages(&self, reason: &str) -> Vec<String> {
+        self.events(reason)
+            .await
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect()
+    }
+
     /// What berth's planner makes of the cluster as it is now (the same reading the provisioner does).
     async fn offline_plan(&self) -> berth::scheduling::Plan {
         let mut objects = berth::state::cluster::ClusterObjects::default();
@@ -427,12 +436,7 @@ async fn a_burst_of_mixed_pods_gets_the_planned_machines() {
         "cost {cost} vs plan {}: {planned:#?} {launched:#?}",
         plan.new_cost_per_hour()
     );
-    let scaled: Vec<String> = h
-        .events("ScaledUp")
-        .await
-        .into_iter()
-        .filter_map(|e| e.message)
-        .collect();
+    let scaled = h.event_messages("ScaledUp").await;
     assert!(
         machines.len() <= plan.new_machines.len() * 115 / 100 + 1,
         "{} machines for a plan of {}: {scaled:#?}",
@@ -525,12 +529,7 @@ async fn nodes_turning_ready_one_by_one_take_the_pods_planned_for_them() {
         }
         assert_eq!(nomination(&p), None, "binding cleared {name}'s nomination");
     }
-    let scaled: Vec<String> = h
-        .events("ScaledUp")
-        .await
-        .into_iter()
-        .filter_map(|e| e.message)
-        .collect();
+    let scaled = h.event_messages("ScaledUp").await;
     assert_eq!(
         h.machines().await.len(),
         plan.new_machines.len(),
