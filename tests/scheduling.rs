@@ -318,6 +318,53 @@ fn taints_route_pods_and_startup_taints_are_ignored() {
     let _ = Toleration::new("", "Exists", "", "").unwrap();
 }
 
+/// A PreferNoSchedule taint is avoided while an untainted group can take the pod (as Karpenter does, and as
+/// kube-scheduler's scoring would among the nodes that result), tolerated when nothing else can, and ignored by a pod
+/// that tolerates it.
+#[test]
+fn prefer_no_schedule_taints_are_avoided_then_relaxed() {
+    let cat = catalog();
+    let mut soft = group("soft");
+    soft.taints = vec![Taint::new("spot", "x", TaintEffect::PreferNoSchedule).unwrap()];
+    // The untainted group offers only the dearest type: cost alone would choose the tainted one.
+    let plain = NodeGroup::new("plain", vec!["t-8".into()]);
+    let groups_of = |plan: &Plan| -> Vec<String> {
+        plan.new_machines.iter().map(|m| m.group.clone()).collect()
+    };
+    let avoiding = solve_ok(
+        &Snapshot {
+            pending: pods(2, "1", json!({})),
+            groups: vec![soft.clone(), plain.clone()],
+            ..Default::default()
+        },
+        &cat,
+    );
+    assert_eq!(groups_of(&avoiding), ["plain"], "{avoiding:#?}");
+    let tolerating = solve_ok(
+        &Snapshot {
+            pending: pods(
+                2,
+                "1",
+                json!({"tolerations": [{"key": "spot", "operator": "Exists"}]}),
+            ),
+            groups: vec![soft.clone(), plain],
+            ..Default::default()
+        },
+        &cat,
+    );
+    assert_eq!(groups_of(&tolerating), ["soft"], "{tolerating:#?}");
+    let only_tainted = solve_ok(
+        &Snapshot {
+            pending: pods(2, "1", json!({})),
+            groups: vec![soft],
+            ..Default::default()
+        },
+        &cat,
+    );
+    assert!(only_tainted.unschedulable.is_empty(), "{only_tainted:#?}");
+    assert_eq!(groups_of(&only_tainted), ["soft"]);
+}
+
 #[test]
 fn preferred_zone_is_honoured_then_relaxed() {
     let cat = catalog();

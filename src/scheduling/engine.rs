@@ -24,7 +24,7 @@ use crate::model::pod::{
     HostPort, InclusionPolicy, NamespaceScope, SchedulingSpec, WhenUnsatisfiable, NODE_NAME_FIELD,
 };
 use crate::model::quantity::{format_bytes, format_cpu_millis};
-use crate::model::taints::{first_blocking_taint, Taint, TaintEffect};
+use crate::model::taints::{first_blocking_taint, untolerated_preferences, Taint, TaintEffect};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -217,6 +217,16 @@ pub fn solve(
     Ok(e.into_plan())
 }
 
+/// What a topology key's universe of domains depends on: the class's node-affinity terms, its tolerations (as
+/// text), the key, and whether affinity and taints are honoured (the spread policies).
+type UniverseKey = (usize, Vec<String>, u16, bool, bool);
+/// What a class's list of admitting fixed nodes depends on: its node-affinity terms, tolerations and volume zones.
+type FixedListKey = (
+    usize,
+    Vec<crate::model::taints::Toleration>,
+    Option<std::collections::BTreeSet<String>>,
+);
+
 struct Engine<'a> {
     snap: &'a Snapshot,
     catalog: &'a Catalog,
@@ -239,15 +249,8 @@ struct Engine<'a> {
     classes: Vec<Class<'a>>,
     terms_ids: HashMap<Vec<Requirements>, usize>,
     compat: FxMap<(usize, usize), Rc<Vec<Bits>>>,
-    universes: HashMap<(usize, Vec<String>, u16, bool, bool), Rc<Vec<u32>>>,
-    fixed_lists: HashMap<
-        (
-            usize,
-            Vec<crate::model::taints::Toleration>,
-            Option<std::collections::BTreeSet<String>>,
-        ),
-        Rc<Vec<usize>>,
-    >,
+    universes: HashMap<UniverseKey, Rc<Vec<u32>>>,
+    fixed_lists: HashMap<FixedListKey, Rc<Vec<usize>>>,
     placed_on: Vec<Option<usize>>,
     reasons: Vec<Option<String>>,
     rem_sum: Vec<f64>,
@@ -496,14 +499,14 @@ impl<'a> Engine<'a> {
 
     fn bin_doms(&mut self, name: &str, labels: &BTreeMap<String, String>) -> Vec<Option<u32>> {
         let mut doms = vec![None; self.keys.len()];
-        for k in 0..self.keys.len() {
+        for (k, dom) in doms.iter_mut().enumerate() {
             let value = labels.get(&self.keys[k]).map(String::as_str).or(if k == 0 {
                 Some(name)
             } else {
                 None
             });
             if let Some(v) = value {
-                doms[k] = Some(self.domain(k as u16, v));
+                *dom = Some(self.domain(k as u16, v));
             }
         }
         doms
@@ -1235,16 +1238,11 @@ impl<'a> Engine<'a> {
                 Pref::NodeTerm(t) if !t.matches(|k| b.labels.get(k).map(String::as_str)) => {
                     return Check::Never
                 }
+                // PreferNoSchedule taints, treated as blocking while the preference holds.
                 Pref::PreferNoSchedule
-                    if first_blocking_taint(&b.prefer_taints, &c.spec.tolerations).is_some() =>
+                    if untolerated_preferences(&b.prefer_taints, &c.spec.tolerations) > 0 =>
                 {
-                    // PreferNoSchedule taints, treated as blocking while the preference holds.
-                    if b.prefer_taints
-                        .iter()
-                        .any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t)))
-                    {
-                        return Check::Never;
-                    }
+                    return Check::Never;
                 }
                 _ => {}
             }
@@ -1475,15 +1473,9 @@ impl<'a> Engine<'a> {
                 && c.prefs[level..]
                     .iter()
                     .any(|p| matches!(p, Pref::PreferNoSchedule))
-                && first_blocking_taint(&g.prefer_taints, &c.spec.tolerations).is_some()
+                && untolerated_preferences(&g.prefer_taints, &c.spec.tolerations) > 0
             {
-                let untolerated = g
-                    .prefer_taints
-                    .iter()
-                    .any(|t| !c.spec.tolerations.iter().any(|tol| tol.tolerates(t)));
-                if untolerated {
-                    continue;
-                }
+                continue;
             }
             if g.spec.current_replicas.saturating_add(g.launched) >= g.spec.max_replicas {
                 why(format!(
@@ -1859,8 +1851,8 @@ impl<'a> Engine<'a> {
                 let mut sum = vec![0.0; 4];
                 let mut count = 0.0;
                 let mut take = |c: &Class, n: usize| {
-                    for d in 0..4 {
-                        sum[d] += c.req[d] as f64 * n as f64;
+                    for (s, r) in sum.iter_mut().zip(&c.req) {
+                        *s += *r as f64 * n as f64;
                     }
                     count += n as f64;
                 };
