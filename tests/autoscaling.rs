@@ -219,10 +219,12 @@ impl Harness {
 
     /// What berth's planner makes of the cluster as it is now (the same reading the provisioner does).
     async fn offline_plan(&self) -> berth::scheduling::Plan {
-        let mut objects = berth::state::cluster::ClusterObjects::default();
-        objects.pods = self.pods().await.into_iter().map(Arc::new).collect();
-        objects.nodes = self.nodes().await.into_iter().map(Arc::new).collect();
-        objects.machines = self.machines().await.into_iter().map(Arc::new).collect();
+        let mut objects = berth::state::cluster::ClusterObjects {
+            pods: self.pods().await.into_iter().map(Arc::new).collect(),
+            nodes: self.nodes().await.into_iter().map(Arc::new).collect(),
+            machines: self.machines().await.into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        };
         objects.machine_deployments = Api::<MachineDeployment>::all(self.client.clone())
             .list(&ListParams::default())
             .await

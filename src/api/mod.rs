@@ -4,6 +4,10 @@
 //! `spec.template`, the `berth.dev/delete-machine` annotation). Every field's doc comment becomes its
 //! `kubectl explain` text, and cross-field rules are CEL `x-kubernetes-validations` the API server enforces.
 
+// kube-derive's `printcolumn(...)` attributes each carry their own `type_ = ...`; clippy reads the repeats as one
+// attribute given twice.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod cluster;
 pub mod common;
 pub mod machine;

@@ -6,6 +6,7 @@ use crate::model::aws_catalog::{bundled_catalog, CatalogFilter};
 use crate::model::instance_type::{labels, Catalog, DEFAULT_ROOT_VOLUME_BYTES};
 use crate::model::pod::Pod;
 use crate::model::requirements::Requirements;
+use crate::scheduling::lp::max_packing;
 use crate::scheduling::{solve, NodeGroup, Plan, Snapshot};
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
@@ -85,72 +86,8 @@ pub fn integral_bound(types: &[BoundType], cpu: f64, mem: f64, classes: &[SizeCl
         }
     }
     let prices: Vec<f64> = types.iter().map(|t| t.price).collect();
-    max_packing_lp(&rows, &prices, &demand)
-}
-
-/// max c·y s.t. A y ≤ b, y ≥ 0 with b ≥ 0, by the simplex method on a dense dictionary with Bland's rule (no
-/// cycling). Infinite when unbounded.
-fn max_packing_lp(a: &[Vec<f64>], b: &[f64], c: &[f64]) -> f64 {
-    const EPS: f64 = 1e-9;
-    let (m, n) = (a.len(), c.len());
-    // d[i][0..n] holds the coefficients of the non-basic variables in row i, d[i][n] its right-hand side; row m is
-    // the objective (negated reduced costs, value in d[m][n]).
-    let mut d = vec![vec![0.0; n + 1]; m + 1];
-    for i in 0..m {
-        d[i][..n].copy_from_slice(&a[i][..n]);
-        d[i][n] = b[i].max(0.0);
-    }
-    for j in 0..n {
-        d[m][j] = -c[j];
-    }
-    let mut basic: Vec<usize> = (n..n + m).collect();
-    let mut nonbasic: Vec<usize> = (0..n).collect();
-    loop {
-        let mut s = None;
-        for j in 0..n {
-            if d[m][j] < -EPS && s.is_none_or(|s: usize| nonbasic[j] < nonbasic[s]) {
-                s = Some(j);
-            }
-        }
-        let Some(s) = s else { return d[m][n] };
-        let mut r: Option<usize> = None;
-        for i in 0..m {
-            if d[i][s] <= EPS {
-                continue;
-            }
-            let better = match r {
-                None => true,
-                Some(r) => {
-                    let (q, qr) = (d[i][n] / d[i][s], d[r][n] / d[r][s]);
-                    q < qr - EPS || (q <= qr + EPS && basic[i] < basic[r])
-                }
-            };
-            if better {
-                r = Some(i);
-            }
-        }
-        let Some(r) = r else { return f64::INFINITY };
-        let inv = 1.0 / d[r][s];
-        for i in 0..=m {
-            if i == r || d[i][s] == 0.0 {
-                continue;
-            }
-            let f = d[i][s] * inv;
-            for j in 0..=n {
-                if j != s {
-                    d[i][j] -= d[r][j] * f;
-                }
-            }
-            d[i][s] = -f;
-        }
-        for j in 0..=n {
-            if j != s {
-                d[r][j] *= inv;
-            }
-        }
-        d[r][s] = inv;
-        std::mem::swap(&mut basic[r], &mut nonbasic[s]);
-    }
+    // None when some class fits no type (the LP is unbounded): no finite bound.
+    max_packing(&rows, &prices, &demand).map_or(f64::INFINITY, |o| o.value)
 }
 
 /// A seeded workload: deployments as (name, replicas, cpu millis, memory MiB) with an optional constraint.

@@ -254,7 +254,7 @@ pub fn format_bytes(bytes: u64) -> String {
     }
     for (suffix, shift) in UNITS {
         let unit = 1u64 << shift;
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{}", bytes / unit, suffix);
         }
     }

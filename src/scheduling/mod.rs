@@ -14,6 +14,7 @@
 //! are first treated as requirements and relaxed one by one when they cannot be met.
 
 mod engine;
+pub mod lp;
 pub mod predicates;
 mod repack;
 pub mod verify;

@@ -504,96 +504,16 @@ fn generate_patterns(
 }
 
 /// Solves min Σ price_j · x_j s.t. Σ_j take_jk · x_j ≥ demand_k, x ≥ 0, through its dual
-/// max Σ demand_k · y_k s.t. Σ_k take_jk · y_k ≤ price_j, y ≥ 0 (feasible at y = 0, so one simplex phase does),
-/// on a dense dictionary. Returns (x per pattern, y per shape), or None when some demanded shape is in no
-/// pattern (the dual is unbounded) or the pivot budget runs out.
+/// max Σ demand_k · y_k s.t. Σ_k take_jk · y_k ≤ price_j, y ≥ 0 (see [`super::lp`]). Returns (x per pattern,
+/// y per shape), or None when some demanded shape is in no pattern or the pivot budget runs out.
 fn cover_lp(cols: &[Pattern], demand: &[f64]) -> Option<(Vec<f64>, Vec<f64>)> {
-    const EPS: f64 = 1e-9;
-    let (m, n) = (cols.len(), demand.len());
-    let mut d = vec![vec![0.0; n + 1]; m + 1];
-    for (row, c) in d.iter_mut().zip(cols) {
-        for (k, &t) in c.take.iter().enumerate() {
-            row[k] = t as f64;
-        }
-        row[n] = c.price.max(0.0);
-    }
-    for k in 0..n {
-        d[m][k] = -demand[k];
-    }
-    let mut basic: Vec<usize> = (n..n + m).collect();
-    let mut nonbasic: Vec<usize> = (0..n).collect();
-    // Dantzig's rule, then Bland's (which cannot cycle) once the pivots run long on a degenerate vertex.
-    let budget = 50 * (m + n) + 1000;
-    for pivot in 0..budget {
-        let bland = pivot > 10 * (m + n) + 100;
-        let mut s: Option<usize> = None;
-        for j in 0..n {
-            if d[m][j] < -EPS {
-                let better = match s {
-                    None => true,
-                    Some(s) if bland => nonbasic[j] < nonbasic[s],
-                    Some(s) => d[m][j] < d[m][s],
-                };
-                if better {
-                    s = Some(j);
-                }
-            }
-        }
-        let Some(s) = s else {
-            let mut x = vec![0.0; m];
-            let mut y = vec![0.0; n];
-            for (j, &v) in nonbasic.iter().enumerate() {
-                if v >= n {
-                    x[v - n] = d[m][j].max(0.0);
-                }
-            }
-            for (i, &v) in basic.iter().enumerate() {
-                if v < n {
-                    y[v] = d[i][n].max(0.0);
-                }
-            }
-            return Some((x, y));
-        };
-        let mut r: Option<usize> = None;
-        for i in 0..m {
-            if d[i][s] <= EPS {
-                continue;
-            }
-            let better = match r {
-                None => true,
-                Some(r) => {
-                    let (q, qr) = (d[i][n] / d[i][s], d[r][n] / d[r][s]);
-                    q < qr - EPS || (q <= qr + EPS && basic[i] < basic[r])
-                }
-            };
-            if better {
-                r = Some(i);
-            }
-        }
-        let r = r?;
-        let inv = 1.0 / d[r][s];
-        let pivot_row = d[r].clone();
-        for (i, row) in d.iter_mut().enumerate() {
-            if i == r || row[s] == 0.0 {
-                continue;
-            }
-            let f = row[s] * inv;
-            for j in 0..=n {
-                if j != s {
-                    row[j] -= pivot_row[j] * f;
-                }
-            }
-            row[s] = -f;
-        }
-        for j in 0..=n {
-            if j != s {
-                d[r][j] *= inv;
-            }
-        }
-        d[r][s] = inv;
-        std::mem::swap(&mut basic[r], &mut nonbasic[s]);
-    }
-    None
+    let take: Vec<Vec<f64>> = cols
+        .iter()
+        .map(|c| c.take.iter().map(|&t| t as f64).collect())
+        .collect();
+    let price: Vec<f64> = cols.iter().map(|c| c.price).collect();
+    let optimum = super::lp::max_packing(&take, &price, demand)?;
+    Some((optimum.row_duals, optimum.y))
 }
 
 fn pack_with(
