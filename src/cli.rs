@@ -79,6 +79,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// B4: berth's resident memory and time to a first scale-up decision, run as a child process against an
+    /// emulated cluster of 5,000 nodes and 100,000 pods, then 10,000 and 200,000.
+    Footprint {
+        /// One cluster size instead of both: this many nodes ...
+        #[arg(long, requires = "pods")]
+        nodes: Option<usize>,
+        /// ... and this many running pods spread over them.
+        #[arg(long, requires = "nodes")]
+        pods: Option<usize>,
+    },
     /// B1: the Karpenter-shaped scheduling benchmark.
     Scheduling {
         /// One diverse size (or, with --preference, the preference pod count) instead of all sizes.

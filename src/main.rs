@@ -102,6 +102,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             berth::bench::reaction::main(nodes, pods_per_node, pods, seed)?;
             Ok(())
         }
+        Command::Bench(BenchCommand::Footprint { nodes, pods }) => {
+            logging::init(cli.log_format, &cli.log)?;
+            let sizes = match (nodes, pods) {
+                (Some(nodes), Some(pods)) => vec![(nodes, pods)],
+                _ => berth::bench::footprint::DEFAULT_SIZES.to_vec(),
+            };
+            berth::bench::footprint::main(&sizes)?;
+            Ok(())
+        }
         Command::Run(args) => {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -1,6 +1,6 @@
 //! The benchmarks run at a small size and their plans pass the independent verifier (timing is not checked here).
 
-use berth::bench::{packing, reaction, scheduling};
+use berth::bench::{footprint, packing, reaction, scheduling};
 use berth::scheduling::{solve, verify::verify};
 use chrono::Utc;
 
@@ -76,5 +76,24 @@ async fn reaction_measures_every_burst_pod_against_the_launch_it_runs_on() {
     assert!(
         0.0 < report.p50_ms && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms,
         "{report:?}"
+    );
+}
+
+/// B4 at a small size: berth runs as its own process against the emulator's socket, syncs, reports its memory and
+/// makes its first scale-up decision for the pods no resident node can hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footprint_runs_berth_as_a_process_to_its_first_decision() {
+    let berth = std::path::Path::new(env!("CARGO_BIN_EXE_berth"));
+    let r = footprint::measure(berth, 60, 900).await.unwrap();
+    assert_eq!((r.nodes, r.pods), (60, 900));
+    assert!(
+        0.0 < r.sync_seconds && r.sync_seconds <= r.first_decision_seconds,
+        "{r:?}"
+    );
+    assert!(0.0 < r.rss_mib && r.rss_mib <= r.peak_rss_mib, "{r:?}");
+    let bad = footprint::measure(berth, 10, 5).await.unwrap_err();
+    assert_eq!(
+        bad.to_string(),
+        "a size needs nodes > 0 and pods >= nodes, got 10 nodes and 5 pods"
     );
 }

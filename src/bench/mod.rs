@@ -3,8 +3,10 @@
 //! - [`scheduling`]: B1, the Karpenter-shaped scheduling benchmark on a synthetic 400-type catalog;
 //! - [`packing`]: B2, plan cost against the fractional lower bound on the bundled us-east-1 catalog;
 //! - [`launch`]: a burst of machine launches against the simulated cloud with EC2's real rate limits;
-//! - [`reaction`]: B3, pending pod to launch call with the controllers, the emulator and the simulated cloud.
+//! - [`reaction`]: B3, pending pod to launch call with the controllers, the emulator and the simulated cloud;
+//! - [`footprint`]: B4, berth's memory and time to a first decision in a large emulated cluster.
 
+pub mod footprint;
 pub mod launch;
 pub mod packing;
 pub mod reaction;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const CLUSTER: &str = "bench";
+pub(super) const CLUSTER: &str = "bench";
 /// Requests of the pending pods (cpu, memory), drawn uniformly.
 const SHAPES: &[(&str, &str)] = &[
     ("250m", "512Mi"),
@@ -308,7 +308,8 @@ fn pod_object(name: &str, cpu: &str, memory: &str, node: Option<&str>) -> Pod {
     .expect("a static pod shape")
 }
 
-async fn install_berth_objects(client: &kube::Client) -> Result<(), kube::Error> {
+/// berth's CRDs, the Cluster `bench`, a MachineClass and the MachineDeployment `general` (0 to 2,000 replicas).
+pub(super) async fn install_berth_objects(client: &kube::Client) -> Result<(), kube::Error> {
     use crate::api::{Cluster, MachineClass, MachineDeployment};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
