@@ -24,14 +24,7 @@ fn divisor() -> usize {
 }
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    berth::bench::footprint::memory_mib("self", "VmRSS:")
 }
 
 async fn reflect<K>(api: Api<K>) -> (usize, std::time::Duration)

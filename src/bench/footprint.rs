@@ -198,17 +198,8 @@ impl Berth {
         }
     }
 
-    /// A memory figure of /proc/PID/status (`VmRSS:`, `VmHWM:`) in MiB; 0 where /proc has none.
     fn memory_mib(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
-            .unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        memory_mib(&self.process.id().to_string(), field)
     }
 
     fn log_tail(&self) -> String {
@@ -227,6 +218,19 @@ impl Drop for Berth {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A memory figure of `/proc/PROCESS/status` (`VmRSS:`, `VmHWM:`) in MiB, for a pid or `self`; 0 where /proc has
+/// none.
+pub fn memory_mib(process: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 /// A local address free now, for berth's operations endpoint.

@@ -86,7 +86,7 @@ pub fn integral_bound(types: &[BoundType], cpu: f64, mem: f64, classes: &[SizeCl
         }
     }
     let prices: Vec<f64> = types.iter().map(|t| t.price).collect();
-    // None when some class fits no type (the LP is unbounded): no finite bound.
+    // None when some class fits no type (the LP is unbounded) or the solver's pivot budget runs out: no finite bound.
     max_packing(&rows, &prices, &demand).map_or(f64::INFINITY, |o| o.value)
 }
 
