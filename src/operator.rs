@@ -335,6 +335,12 @@ pub async fn run_controllers(
             ctx.disruption.clone(),
             signal(rx.clone()),
         )));
+        tasks.push(tokio::spawn(crate::controllers::health::run(
+            ctx.base.clone(),
+            cache.clone(),
+            crate::controllers::health::HealthConfig::default(),
+            signal(rx.clone()),
+        )));
         if let Some(cloud) = ctx.cloud.clone() {
             tasks.push(tokio::spawn(machine::run(
                 ctx.base.clone(),

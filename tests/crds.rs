@@ -195,6 +195,36 @@ fn cross_field_rules_are_in_the_schema() {
     );
 }
 
+/// A health check's bad values are refused by the API server with the field named: maxUnhealthy by its CEL rule
+/// (a negative count, a percentage over 100%), every timeout by its pattern.
+#[test]
+fn health_check_fields_are_validated_by_the_schema() {
+    let md = schema_of("MachineDeployment");
+    let hc = &md["properties"]["spec"]["properties"]["healthCheck"]["properties"];
+    let max = &hc["maxUnhealthy"];
+    assert_eq!(max["x-kubernetes-int-or-string"], true, "{max}");
+    let rule = max["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+    assert!(
+        rule.contains("self >= 0") && rule.contains("<= 100"),
+        "{rule}"
+    );
+    for field in ["nodeStartupTimeout", "nodeMissingTimeout", "drainTimeout"] {
+        assert!(
+            hc[field]["pattern"]
+                .as_str()
+                .is_some_and(|p| p.contains("ms|s|m|h")),
+            "{field}: {}",
+            hc[field]
+        );
+    }
+    let condition = &hc["unhealthyNodeConditions"]["items"]["properties"];
+    assert!(condition["timeout"]["pattern"].is_string(), "{condition}");
+    assert_eq!(
+        condition["status"]["enum"],
+        serde_json::json!(["True", "False", "Unknown"])
+    );
+}
+
 #[test]
 fn machine_phases_are_an_enum() {
     let schema = schema_of("Machine");

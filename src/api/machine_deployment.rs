@@ -80,6 +80,11 @@ pub struct MachineDeploymentSpec {
     /// at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<DisruptionSpec>,
+    /// When a Machine counts as unhealthy and how berth remediates it (replaces it through its MachineSet).
+    /// Unset: the defaults of every field below apply, so a dead node is replaced after 5 minutes; set
+    /// `maxUnhealthy: 0` to turn remediation off for the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 fn one() -> u32 {
@@ -196,6 +201,57 @@ pub struct DisruptionBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
     pub duration: Option<String>,
+}
+
+/// A group's health check, in the shape of Cluster API's MachineHealthCheck, scoped to the group it is declared on.
+///
+/// A Machine whose Node was once Ready is unhealthy when one of `unhealthyNodeConditions` has held for its timeout,
+/// or when its Node has been missing for `nodeMissingTimeout`. Unhealthy Machines are remediated (marked
+/// `HealthCheckSucceeded=False`, drained, terminated, replaced) only while no more than `maxUnhealthy` of the group
+/// are unhealthy at once, and never while the cluster's own heartbeats or berth's view of the cluster are stale.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// Node conditions that make a Machine unhealthy once they have held for their timeout. Unset: Ready=False for
+    /// 5m and Ready=Unknown for 5m. An empty list checks no condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_node_conditions: Option<Vec<UnhealthyNodeCondition>>,
+    /// How long a launched Machine's Node may take to register and turn Ready before the Machine fails and is
+    /// replaced. Unset: the MachineClass's nodeStartupTimeout (default 15m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
+    pub node_startup_timeout: Option<String>,
+    /// How long the Node of a Machine that was Running may be missing before the Machine is unhealthy (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
+    pub node_missing_timeout: Option<String>,
+    /// While more of the group's Machines than this are unhealthy at once, none is remediated: so many failing
+    /// together points at something a new machine would not fix. A count or a percentage of the group's Machines
+    /// (default 40%; a percentage allows at least one; 0 turns remediation off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": PERCENT_RULE, "message": "must be a non-negative integer or a percentage from 0% to 100%"}]))]
+    pub max_unhealthy: Option<IntOrString>,
+    /// How long the drain of a remediated Machine may take before its instance is terminated with pods left
+    /// (default 5m). Evictions from an unreachable node cannot complete gracefully: pods whose deletion has begun
+    /// are not waited for, and PodDisruptionBudgets are honoured only until this timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
+    pub drain_timeout: Option<String>,
+}
+
+/// A node condition that, held for `timeout`, makes its Machine unhealthy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnhealthyNodeCondition {
+    /// The condition's type (Ready, MemoryPressure, a node-problem-detector condition, ...).
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1))]
+    pub type_: String,
+    /// The status that is unhealthy: True, False or Unknown.
+    pub status: crate::api::common::ConditionStatus,
+    /// How long the condition must hold (a Go duration, such as 5m).
+    #[schemars(regex(pattern = super::common::DURATION_PATTERN))]
+    pub timeout: String,
 }
 
 /// The observed state of the group.

@@ -26,12 +26,13 @@ use crate::api::common::{
     find_condition, set_condition, Condition, ConditionStatus, TaintEffectSpec, TaintSpec,
 };
 use crate::api::machine_class::{CapacityTypeSpec, ImageFamily, MachineClassSpec};
-use crate::api::{Cluster, Machine, MachineClass, MachinePhase, MachineStatus};
+use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, MachineStatus};
 use crate::clock::{from_k8s, to_k8s};
 use crate::cloud::{
     self, Bootstrap, BootstrapFormat, ClassRevision, CloudError, CloudProvider, Instance,
     InstanceState, InstanceTypeChoice, LaunchRequest, MachineRef,
 };
+use crate::health::HealthPolicy;
 use crate::lifecycle::{
     next_step, InstanceStatus, LifecyclePolicy, MachineObservation, NodeObservation, Observation,
     Step,
@@ -287,10 +288,12 @@ pub async fn reconcile(
     let class = Api::<MachineClass>::all(base.client.clone())
         .get_opt(&machine.spec.class_ref.name)
         .await?;
-    let policy = class
+    let mut policy = class
         .as_ref()
         .map(|c| policy_of(&c.spec))
         .unwrap_or_default();
+    let remediation = machine.annotations().get(keys::REMEDIATION).cloned();
+    let was_running = status.phase == MachinePhase::Running;
     let deleting = machine.metadata.deletion_timestamp.is_some();
     let find = |inventory: &[Instance]| -> Option<Instance> {
         match &status.instance_id {
@@ -336,6 +339,29 @@ pub async fn reconcile(
             .filter(|n| carries(n, p))
             .map(Arc::new);
     }
+    // The group's health check may set the startup timeout, and sets the drain timeout of a remediated Machine.
+    // Only then is the MachineDeployment read: most reconciles need neither.
+    let node_ready = node
+        .as_ref()
+        .is_some_and(|n| node_view(n, &machine, 0).ready);
+    let starting = !deleting && !was_running && !node_ready && instance.is_some();
+    if starting || (deleting && remediation.is_some()) {
+        if let Some(health) = group_health(base, &machine, &namespace).await? {
+            if let Some(timeout) = health.node_startup_timeout {
+                policy.node_startup_timeout = timeout;
+            }
+            if remediation.is_some() {
+                // An unreachable node cannot confirm evictions: after the health check's drain timeout the
+                // instance goes with whatever is left (Cluster API's choice too).
+                policy.drain_timeout = Some(
+                    policy
+                        .drain_timeout
+                        .map_or(health.drain_timeout, |d| d.min(health.drain_timeout)),
+                );
+                policy.terminate_after_drain_timeout = true;
+            }
+        }
+    }
     let pods_to_evict: Vec<Pod> = match (&node, deleting) {
         (Some(n), true) => Api::<Pod>::all(base.client.clone())
             .list(&ListParams::default().fields(&format!("spec.nodeName={}", n.name_any())))
@@ -372,6 +398,7 @@ pub async fn reconcile(
                 .map(|t| from_k8s(t.0)),
             termination_requested: find_condition(&status.conditions, "InstanceTerminated")
                 .is_some_and(|c| c.status == ConditionStatus::True),
+            was_running,
         },
         instance: instance
             .as_ref()
@@ -389,6 +416,20 @@ pub async fn reconcile(
     // Apply, then write status once.
     let mut new_status = status.clone();
     let mut requeue = Duration::from_secs(60);
+    if let Some(note) = &remediation {
+        let (reason, message) = note
+            .split_once(": ")
+            .unwrap_or(("Unhealthy", note.as_str()));
+        condition(
+            base,
+            &mut new_status,
+            &machine,
+            "HealthCheckSucceeded",
+            false,
+            reason,
+            message,
+        );
+    }
     match step {
         Step::AddFinalizer => {
             let mut finalizers = machine.finalizers().to_vec();
@@ -656,6 +697,28 @@ pub async fn reconcile(
                 "",
             );
             requeue = Duration::from_secs(300);
+        }
+        Step::NodeUnhealthy { reason, message } => {
+            let was_ready = find_condition(&status.conditions, "Ready")
+                .is_some_and(|c| c.status == ConditionStatus::True);
+            if was_ready {
+                base.events.publish(
+                    &machine.object_ref(&()),
+                    EventKind::Warning,
+                    reason,
+                    &message,
+                );
+            }
+            condition(
+                base,
+                &mut new_status,
+                &machine,
+                "Ready",
+                false,
+                reason,
+                &message,
+            );
+            requeue = Duration::from_secs(30);
         }
         Step::Fail { reason, message } => {
             new_status.phase = MachinePhase::Failed;
@@ -951,6 +1014,22 @@ fn capacity_spec(c: CapacityType) -> CapacityTypeSpec {
         CapacityType::Spot => CapacityTypeSpec::Spot,
         CapacityType::OnDemand => CapacityTypeSpec::OnDemand,
     }
+}
+
+/// The health check of the Machine's MachineDeployment (defaults when it declares none); None when the Machine has
+/// no group, or its group's check does not parse (the health controller reports that on the group).
+async fn group_health(
+    base: &Context,
+    machine: &Machine,
+    namespace: &str,
+) -> Result<Option<HealthPolicy>, ControllerError> {
+    let Some(group) = machine.labels().get(keys::MACHINE_DEPLOYMENT) else {
+        return Ok(None);
+    };
+    let md = Api::<MachineDeployment>::namespaced(base.client.clone(), namespace)
+        .get_opt(group)
+        .await?;
+    Ok(md.and_then(|md| crate::health::policy_of(md.spec.health_check.as_ref()).ok()))
 }
 
 fn policy_of(spec: &MachineClassSpec) -> LifecyclePolicy {

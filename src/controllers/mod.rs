@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod disruption;
 pub mod events;
 pub mod expectations;
+pub mod health;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
@@ -47,6 +48,10 @@ pub mod keys {
     pub const REPLACED_BY: &str = "berth.dev/replaced-by";
     /// On Machines berth chose to remove: the disruption reason (empty, underutilized, consolidation_...).
     pub const DISRUPTION_REASON: &str = "berth.dev/disruption-reason";
+    /// On Machines the health check remediates: "<Reason>: <message>", written before the Machine is deleted. The
+    /// Machine controller, the only writer of a Machine's status, turns it into `HealthCheckSucceeded=False` and
+    /// drains with the health check's drain timeout.
+    pub const REMEDIATION: &str = "berth.dev/remediation";
 }
 
 /// What every controller shares.

@@ -29,8 +29,8 @@
 //! - Built-in kinds are checked by decoding into the k8s-openapi types (type errors are 400) plus a few field
 //!   validations (pod containers need name and image); unknown fields of built-ins are kept, not pruned or refused.
 //! - CRD schemas: required, type, enum, min/max, length, items, additionalProperties, defaults, pruning and strict
-//!   field validation are enforced; `pattern` supports literal prefixes/suffixes only (other regexes are
-//!   accepted); CEL `x-kubernetes-validations` are not evaluated. Multi-version CRDs use conversion `None`.
+//!   field validation are enforced; `pattern` is a regular expression (regex-lite's syntax, which RE2's patterns in
+//!   CRDs fit); CEL `x-kubernetes-validations` are not evaluated. Multi-version CRDs use conversion `None`.
 //! - Strategic merge patch and server-side apply know merge keys from a fixed table of field names (containers,
 //!   env, ports, volumes, volumeMounts, conditions, ownerReferences, ...), not from the OpenAPI extensions; CRD lists
 //!   are atomic unless their field name is in that table.

@@ -1,7 +1,7 @@
 //! Enforcement of a CRD's structural openAPIV3Schema on create and update: pruning of unknown fields (or their
 //! rejection under `fieldValidation=Strict`), defaulting, and the checks `required`, `type`, `enum`, `minimum`,
-//! `maximum` (with exclusive variants), `minLength`, `maxLength`, `minItems`, `maxItems`, `pattern` (literal
-//! prefix/suffix anchors only, see module docs of `emulator`), `nullable` and `x-kubernetes-int-or-string`.
+//! `maximum` (with exclusive variants), `minLength`, `maxLength`, `minItems`, `maxItems`, `pattern` (a regular
+//! expression, as the API server's RE2 reads it), `nullable` and `x-kubernetes-int-or-string`.
 //! `x-kubernetes-validations` (CEL) rules are not evaluated.
 
 use serde_json::{Map, Value};
@@ -53,27 +53,20 @@ fn type_matches(expected: &str, v: &Value) -> bool {
     }
 }
 
-/// A deliberately small pattern matcher: supports `^literal`, `literal$`, `^literal$`, and falls back to
-/// accepting anything else (reported in the module docs as a difference).
+/// Whether `s` matches the schema's `pattern`. Compiled patterns are kept per thread (a CRD has a handful). A
+/// pattern that does not compile matches nothing, so a broken schema refuses values instead of waving them through.
 fn pattern_matches(pattern: &str, s: &str) -> bool {
-    let meta = |p: &str| p.chars().any(|c| "[](){}*+?.|\\".contains(c));
-    let anchored_start = pattern.starts_with('^');
-    let anchored_end = pattern.ends_with('$') && !pattern.ends_with("\\$");
-    let body = pattern.trim_start_matches('^');
-    let body = if anchored_end {
-        &body[..body.len().saturating_sub(1)]
-    } else {
-        body
-    };
-    if meta(body) {
-        return true;
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, Option<regex_lite::Regex>>> =
+            std::cell::RefCell::default();
     }
-    match (anchored_start, anchored_end) {
-        (true, true) => s == body,
-        (true, false) => s.starts_with(body),
-        (false, true) => s.ends_with(body),
-        (false, false) => s.contains(body),
-    }
+    COMPILED.with(|c| {
+        let mut cache = c.borrow_mut();
+        let re = cache
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex_lite::Regex::new(pattern).ok());
+        re.as_ref().is_some_and(|re| re.is_match(s))
+    })
 }
 
 /// Validates `value` (at `path`) against `schema`, pruning unknown fields and applying defaults.

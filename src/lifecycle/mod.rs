@@ -13,7 +13,12 @@
 //!
 //! Phases: Pending → Provisioning (launch requested) → Provisioned (instance running) → Running (Node Ready, and
 //! its startup taints removed when the class tells berth to remove them) → Deleting; Failed when the Node never
-//! registers within the class's nodeStartupTimeout or the instance vanished.
+//! registers within the nodeStartupTimeout or the instance vanished.
+//!
+//! A Machine that has been Running is never failed here for what its Node shows: a Node that turns NotReady or
+//! Unknown, or disappears, may be a dead machine or a control plane that stopped hearing a healthy one. That
+//! judgement needs the whole group and the whole cluster, so it belongs to the health check (`crate::health`),
+//! which remediates within its guards; this planner only reports [`Step::NodeUnhealthy`].
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -58,6 +63,8 @@ pub struct MachineObservation {
     pub drain_started: Option<DateTime<Utc>>,
     /// Termination was requested (the InstanceTerminated condition is set): the instance is shutting down.
     pub termination_requested: bool,
+    /// The Machine has been Running (its Node was Ready once): the startup timeout no longer applies.
+    pub was_running: bool,
 }
 
 /// The class's timeouts and duties.
@@ -110,6 +117,12 @@ pub enum Step {
     RemoveStartupTaints { node: String },
     /// The Node is Ready (phase Running). Nothing to do until something changes.
     Running,
+    /// The Machine was Running and its Node is now not Ready, or gone: report it (the Ready condition) and leave
+    /// the verdict to the health check.
+    NodeUnhealthy {
+        reason: &'static str,
+        message: String,
+    },
     /// The Machine cannot become Running; its MachineSet replaces it.
     Fail {
         reason: &'static str,
@@ -170,6 +183,17 @@ pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
                 }
             }
             Some(node) if node.ready => Step::Running,
+            Some(node) if o.machine.was_running => Step::NodeUnhealthy {
+                reason: "NodeNotReady",
+                message: format!("Node {} is not Ready", node.name),
+            },
+            None if o.machine.was_running => Step::NodeUnhealthy {
+                reason: "NodeNotFound",
+                message: match &o.machine.recorded_node {
+                    Some(name) => format!("Node {name} is gone"),
+                    None => "the Machine's Node is gone".into(),
+                },
+            },
             _ => {
                 let since = o.machine.launched_at.unwrap_or(o.machine.created);
                 if now - since > o.policy.node_startup_timeout {
@@ -256,6 +280,7 @@ mod tests {
                 failed: false,
                 drain_started: None,
                 termination_requested: false,
+                was_running: false,
             },
             instance: None,
             node: None,
@@ -359,6 +384,35 @@ mod tests {
         ));
         o.machine.failed = true;
         assert_eq!(next_step(&o, t(20 * 60)), Step::StayFailed);
+    }
+
+    #[test]
+    fn a_running_machine_whose_node_turns_not_ready_or_vanishes_is_never_failed_here() {
+        let mut o = fresh();
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.machine.recorded_node = Some("ip-10-0-0-1".into());
+        o.machine.launched_at = Some(t(0));
+        o.machine.was_running = true;
+        o.node = node(false, false, 0);
+        // Hours past the startup timeout: the health check, not the lifecycle, decides.
+        assert!(matches!(
+            next_step(&o, t(5 * 3600)),
+            Step::NodeUnhealthy {
+                reason: "NodeNotReady",
+                ..
+            }
+        ));
+        o.node = None;
+        assert!(matches!(
+            next_step(&o, t(5 * 3600)),
+            Step::NodeUnhealthy {
+                reason: "NodeNotFound",
+                ..
+            }
+        ));
+        o.node = node(true, false, 0);
+        assert_eq!(next_step(&o, t(5 * 3600)), Step::Running);
     }
 
     #[test]

@@ -62,7 +62,45 @@ pub struct ClusterCache {
     /// poll it (a oneshot receiver behind a shared lock), so one task waits there and every other reader waits here;
     /// three controllers waiting on the stores directly left the provisioner asleep forever.
     synced: signal::Sender<bool>,
+    /// Whether each watch is steady: see [`ClusterCache::view`].
+    health: Arc<WatchHealth>,
     tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// How steady the watches are: how many are re-listing now, and how many errors (a stream cut, a 410 Gone, a
+/// failed list) they have met since they started.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    relisting: std::sync::atomic::AtomicUsize,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+/// berth's view of the cluster as a whole, for decisions that must never rest on a missing observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewHealth {
+    pub synced: bool,
+    /// Watches re-listing now (after an error or a 410 Gone their objects may be stale until they finish).
+    pub relisting: usize,
+    /// Errors the watches have met so far; a caller compares it with its last look to see a restart in between.
+    pub errors: u64,
+}
+
+impl ViewHealth {
+    /// Why this view is not to be trusted, comparing with the error count of the caller's last look.
+    pub fn stale_since(&self, errors_before: u64) -> Option<String> {
+        if !self.synced {
+            Some("caches not synced".into())
+        } else if self.relisting > 0 {
+            Some(format!("{} watches re-listing", self.relisting))
+        } else if self.errors != errors_before {
+            Some(format!(
+                "{} watch errors since the last look",
+                self.errors - errors_before.min(self.errors)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl ClusterCache {
@@ -71,6 +109,7 @@ impl ClusterCache {
     pub fn start(client: &Client) -> ClusterCache {
         let (changed, _) = signal::channel(0u64);
         let mut tasks = Vec::new();
+        let health = Arc::new(WatchHealth::default());
         let on_pod = {
             let changed = changed.clone();
             move |pod: &Pod| {
@@ -92,48 +131,61 @@ impl ClusterCache {
                 }
             }
         };
-        let pods = watch(Api::all(client.clone()), trim_pod, on_pod, &mut tasks);
+        let pods = watch(
+            Api::all(client.clone()),
+            trim_pod,
+            on_pod,
+            &mut tasks,
+            &health,
+        );
         let nodes = watch(
             Api::all(client.clone()),
             trim_meta::<Node>,
             |_: &Node| {},
             &mut tasks,
+            &health,
         );
         let machines = watch(
             Api::all(client.clone()),
             trim_meta::<Machine>,
             on_machine,
             &mut tasks,
+            &health,
         );
         let machine_deployments = watch(
             Api::all(client.clone()),
             trim_meta::<MachineDeployment>,
             |_: &MachineDeployment| {},
             &mut tasks,
+            &health,
         );
         let machine_classes = watch(
             Api::all(client.clone()),
             trim_meta::<MachineClass>,
             |_: &MachineClass| {},
             &mut tasks,
+            &health,
         );
         let clusters = watch(
             Api::all(client.clone()),
             trim_meta::<Cluster>,
             |_: &Cluster| {},
             &mut tasks,
+            &health,
         );
         let daemon_sets = watch(
             Api::all(client.clone()),
             trim_meta::<DaemonSet>,
             |_: &DaemonSet| {},
             &mut tasks,
+            &health,
         );
         let pdbs = watch(
             Api::all(client.clone()),
             trim_meta::<PodDisruptionBudget>,
             |_: &PodDisruptionBudget| {},
             &mut tasks,
+            &health,
         );
         let (synced, _) = signal::channel(false);
         let stores = (
@@ -171,6 +223,7 @@ impl ClusterCache {
             pdbs,
             changed,
             synced,
+            health,
             tasks: Arc::new(tasks),
         }
     }
@@ -178,6 +231,16 @@ impl ClusterCache {
     /// Waits until every kind has been listed once. Any number of tasks may wait.
     pub async fn wait_synced(&self) {
         let _ = self.synced.subscribe().wait_for(|s| *s).await;
+    }
+
+    /// Whether the caches can be trusted now.
+    pub fn view(&self) -> ViewHealth {
+        use std::sync::atomic::Ordering;
+        ViewHealth {
+            synced: *self.synced.borrow(),
+            relisting: self.health.relisting.load(Ordering::SeqCst),
+            errors: self.health.errors.load(Ordering::SeqCst),
+        }
     }
 
     /// The objects as cached now.
@@ -212,6 +275,7 @@ fn watch<K>(
     trim: fn(&mut K),
     on_applied: impl Fn(&K) + Send + Sync + 'static,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    health: &Arc<WatchHealth>,
 ) -> Store<K>
 where
     K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -221,14 +285,33 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .map_ok(move |event| event.modify(trim));
-    let task = reflector::reflector(writer, stream)
-        .applied_objects()
-        .for_each(move |r| {
-            if let Ok(o) = r {
-                on_applied(&o);
+    let health = health.clone();
+    // The first list is not a re-list: `synced` covers it. A re-list cut short starts again without finishing, so
+    // the shared count moves only on this watch's own transitions.
+    let mut listed_once = false;
+    let mut relisting = false;
+    let task = reflector::reflector(writer, stream).for_each(move |r| {
+        use std::sync::atomic::Ordering;
+        match r {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on_applied(&o),
+            Ok(watcher::Event::Init) if listed_once && !relisting => {
+                relisting = true;
+                health.relisting.fetch_add(1, Ordering::SeqCst);
             }
-            async {}
-        });
+            Ok(watcher::Event::InitDone) => {
+                if relisting {
+                    relisting = false;
+                    health.relisting.fetch_sub(1, Ordering::SeqCst);
+                }
+                listed_once = true;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                health.errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        async {}
+    });
     tasks.push(tokio::spawn(task));
     store
 }

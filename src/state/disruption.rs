@@ -353,7 +353,11 @@ pub fn build(
                 .filter(|m| m.metadata.deletion_timestamp.is_none())
                 .count() as u32,
             budgets,
-            disrupting: members.iter().filter(|m| leaving(m)).count() as u32,
+            // A Machine the health check remediates is involuntary: it takes nothing from the voluntary budget.
+            disrupting: members
+                .iter()
+                .filter(|m| leaving(m) && !m.annotations().contains_key(keys::REMEDIATION))
+                .count() as u32,
             last_scale_up,
             rolling_out: owning_sets(&members) > 1,
         });

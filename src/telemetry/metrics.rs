@@ -52,6 +52,9 @@ pub struct Metrics {
     pub requested_memory_bytes: GaugeVec,
     pub disruption_decisions: IntCounterVec,
     pub nodes_disrupted: IntCounterVec,
+    pub machines_unhealthy: IntGaugeVec,
+    pub remediations: IntCounterVec,
+    pub remediations_held: IntCounterVec,
     pub deployment_replicas: IntGaugeVec,
     pub rollout_progress_ratio: GaugeVec,
     pub drain_duration_seconds: HistogramVec,
@@ -118,6 +121,9 @@ impl Metrics {
                 &["reason"]
             )?),
             nodes_disrupted: reg!(IntCounterVec::new(Opts::new("berth_nodes_disrupted_total", "Nodes removed or replaced, by group and reason."), &["group", "reason"])?),
+            machines_unhealthy: reg!(IntGaugeVec::new(Opts::new("berth_machines_unhealthy", "Machines the group's health check finds unhealthy now (remediated or held), by group."), &["group"])?),
+            remediations: reg!(IntCounterVec::new(Opts::new("berth_remediations_total", "Unhealthy Machines remediated (drained, terminated, replaced), by group and reason (UnhealthyNode, NodeNotFound)."), &["group", "reason"])?),
+            remediations_held: reg!(IntCounterVec::new(Opts::new("berth_remediations_held_total", "Times a group's unhealthy Machines were held from remediation, by group and reason (TooManyUnhealthy, HeartbeatsStale, ClusterViewStale, InvalidHealthCheck)."), &["group", "reason"])?),
             deployment_replicas: reg!(IntGaugeVec::new(
                 Opts::new("berth_machinedeployment_replicas", "MachineDeployment replicas by state (desired, current, updated, ready, available)."),
                 &["namespace", "deployment", "state"]

@@ -13,9 +13,10 @@ use berth::cloud::metrics::CloudMetrics;
 use berth::cloud::rate_limit::Action;
 use berth::cloud::sim::{SimConfig, SimInstanceEvent, SimulatedCloud};
 use berth::cloud::CloudProvider;
-use berth::controllers::{machine, machine_deployment, machine_set, Context};
+use berth::controllers::{health, machine, machine_deployment, machine_set, Context};
 use berth::emulator::binder::Binder;
 use berth::emulator::Emulator;
+use berth::state::cluster::ClusterCache;
 use berth::telemetry::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -153,7 +154,25 @@ impl Harness {
         ));
         let never = std::future::pending::<()>;
         let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
+        let cache = ClusterCache::start(&self.client);
+        let health_ctx = ctx.clone();
+        // The health controller and its caches stop together, however the task ends (a kill aborts it).
+        let health = async move {
+            struct StopOnDrop(ClusterCache);
+            impl Drop for StopOnDrop {
+                fn drop(&mut self) {
+                    self.0.stop();
+                }
+            }
+            let guard = StopOnDrop(cache.clone());
+            let config = health::HealthConfig {
+                interval: Duration::from_millis(300),
+            };
+            health::run(health_ctx, cache, config, never()).await;
+            drop(guard);
+        };
         self.controllers = vec![
+            Task(tokio::spawn(health)),
             Task(tokio::spawn(machine_deployment::run(ctx.clone(), never()))),
             Task(tokio::spawn(machine_set::run(ctx.clone(), never()))),
             Task(tokio::spawn(machine::run(
