@@ -648,11 +648,12 @@ async fn cluster_limits_stop_the_scale_up_with_an_event() {
     h.kill_berth();
 }
 
-/// An invalid Cluster (an unreadable cpu limit, which must not read as "no limit") keeps berth running and not
-/// launching, with the reason in the Cluster's Ready condition, an Event on it and on the pods; fixed, berth acts.
+/// An invalid Cluster (a negative cpu limit, which the schema's quantity pattern lets through as the API server's
+/// does, and which must not read as "no limit") keeps berth running and not launching, with the reason in the
+/// Cluster's Ready condition, an Event on it and on the pods; fixed, berth acts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_cluster_stops_berth_acting_until_it_is_fixed() {
-    let mut h = Harness::new(200, serde_json::json!({"maxCpu": "lots"})).await;
+    let mut h = Harness::new(200, serde_json::json!({"maxCpu": "-4"})).await;
     h.create_pods("web", 6, "1", "2Gi").await;
     all_unschedulable(&h, 6).await;
     h.start_berth();

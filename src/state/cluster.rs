@@ -330,3 +330,39 @@ fn trim_pod(pod: &mut Pod) {
         status.ephemeral_container_statuses = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ViewHealth;
+
+    #[test]
+    fn a_view_is_trusted_only_synced_steady_and_without_new_errors() {
+        let steady = ViewHealth {
+            synced: true,
+            relisting: 0,
+            errors: 3,
+        };
+        assert_eq!(steady.stale_since(3), None);
+        let unsynced = ViewHealth {
+            synced: false,
+            ..steady
+        };
+        assert_eq!(
+            unsynced.stale_since(3).as_deref(),
+            Some("caches not synced")
+        );
+        let relisting = ViewHealth {
+            relisting: 2,
+            ..steady
+        };
+        assert_eq!(
+            relisting.stale_since(3).as_deref(),
+            Some("2 watches re-listing")
+        );
+        assert_eq!(
+            steady.stale_since(1).as_deref(),
+            Some("2 watch errors since the last look"),
+            "a watch that failed and came back between two looks may have missed changes"
+        );
+    }
+}
