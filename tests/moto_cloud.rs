@@ -459,9 +459,19 @@ async fn launch_templates_of_dead_revisions_are_deleted() {
     let mut r = request(&f, "m-2", &["m5.large"]);
     r.class.revision = "2".into();
     cloud.launch(&r).await.unwrap();
+    // A cut-off before the templates were made keeps them all (moto stamps CreateTime with its own clock).
+    let before = chrono::Utc::now() - chrono::Duration::minutes(10);
     assert_eq!(
         cloud
-            .garbage_collect_launch_templates(&[r.class.clone()])
+            .garbage_collect_launch_templates(&[r.class.clone()], before)
+            .await
+            .unwrap(),
+        0
+    );
+    let after = chrono::Utc::now() + chrono::Duration::minutes(10);
+    assert_eq!(
+        cloud
+            .garbage_collect_launch_templates(&[r.class.clone()], after)
             .await
             .unwrap(),
         1
@@ -698,4 +708,38 @@ async fn through_the_fault_proxy_throttles_and_5xx_are_retried_with_backoff() {
             attempts: 4
         }
     );
+}
+
+/// Looked up by id, whatever the tags: a terminated instance and an unknown id are gone (the unknown one fails its
+/// batch with InvalidInstanceID.NotFound, so the batch is asked again id by id), a running one is found running.
+#[tokio::test]
+async fn instances_are_looked_up_by_id_and_unknown_ids_are_gone() {
+    use berth::cloud::{InstanceLookup, InstanceState};
+    let cluster = unique("look");
+    let cloud = connect(&moto::endpoint(), &cluster).await;
+    let f = fixture(&cloud, &cluster).await;
+    let running = cloud
+        .launch(&request(&f, "m-1", &["m5.large"]))
+        .await
+        .unwrap()
+        .instance
+        .instance_id;
+    let dead = cloud
+        .launch(&request(&f, "m-2", &["m5.large"]))
+        .await
+        .unwrap()
+        .instance
+        .instance_id;
+    cloud.terminate(std::slice::from_ref(&dead)).await.unwrap();
+    let unknown = "i-0fedcba9876543210".to_string();
+    let answers = cloud
+        .lookup_instances(&[running.clone(), dead.clone(), unknown.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(
+        answers[&running],
+        InstanceLookup::Found(InstanceState::Running | InstanceState::Pending)
+    ));
+    assert!(answers[&dead].is_gone(), "{:?}", answers[&dead]);
+    assert_eq!(answers[&unknown], InstanceLookup::NotFound);
 }
