@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod disruption;
 pub mod events;
 pub mod expectations;
+pub mod garbage_collector;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;

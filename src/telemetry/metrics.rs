@@ -52,6 +52,7 @@ pub struct Metrics {
     pub requested_memory_bytes: GaugeVec,
     pub disruption_decisions: IntCounterVec,
     pub nodes_disrupted: IntCounterVec,
+    pub garbage_collected: IntCounterVec,
     pub deployment_replicas: IntGaugeVec,
     pub rollout_progress_ratio: GaugeVec,
     pub drain_duration_seconds: HistogramVec,
@@ -118,6 +119,10 @@ impl Metrics {
                 &["reason"]
             )?),
             nodes_disrupted: reg!(IntCounterVec::new(Opts::new("berth_nodes_disrupted_total", "Nodes removed or replaced, by group and reason."), &["group", "reason"])?),
+            garbage_collected: reg!(IntCounterVec::new(
+                Opts::new("berth_garbage_collected_total", "Leftovers removed by the garbage collector, by kind (instance, node, launch_template)."),
+                &["kind"]
+            )?),
             deployment_replicas: reg!(IntGaugeVec::new(
                 Opts::new("berth_machinedeployment_replicas", "MachineDeployment replicas by state (desired, current, updated, ready, available)."),
                 &["namespace", "deployment", "state"]
@@ -157,6 +162,10 @@ impl Metrics {
         // The reasons are a fixed set: each exists from the start at zero, so "no decision yet" reads as 0.
         for reason in crate::disruption::Reason::ALL {
             m.disruption_decisions.with_label_values(&[reason.as_str()]);
+        }
+        // And the garbage kinds, so a dashboard reads 0 rather than nothing before the first collection.
+        for kind in ["instance", "node", "launch_template"] {
+            m.garbage_collected.with_label_values(&[kind]);
         }
         // Likewise the solves, so the first solve is an increase a rate sees.
         m.solve_duration_seconds.with_label_values(&["scale_up"]);
