@@ -335,6 +335,7 @@ pub async fn run_controllers(
             cache.clone(),
             ctx.catalog.clone(),
             ctx.disruption.clone(),
+            ctx.cloud.clone(),
             signal(rx.clone()),
         )));
         if let Some(cloud) = ctx.cloud.clone() {

@@ -600,6 +600,38 @@ async fn auto_scaling_groups_are_discovered_scaled_and_shrunk_with_decrement() {
     let g = &cloud.node_groups().await.unwrap()[0];
     assert_eq!(g.desired_capacity, 2);
     assert!(g.instances.iter().all(|i| i.instance_id != victim));
+
+    // Down to the minimum (1), then never below it: the last decrement is refused before any call.
+    let next = g.instances[0].instance_id.clone();
+    cloud
+        .terminate_node_group_instance(&ours, &next)
+        .await
+        .unwrap();
+    let g = &cloud.node_groups().await.unwrap()[0];
+    assert_eq!(g.desired_capacity, 1);
+    let last = g.instances[0].instance_id.clone();
+    let calls = cloud.metrics().calls(
+        Action::TerminateInstanceInAutoScalingGroup,
+        Outcome::Success,
+    );
+    assert_eq!(
+        cloud
+            .terminate_node_group_instance(&ours, &last)
+            .await
+            .unwrap_err()
+            .category(),
+        "invalid-configuration"
+    );
+    assert_eq!(
+        cloud.metrics().calls(
+            Action::TerminateInstanceInAutoScalingGroup,
+            Outcome::Success
+        ),
+        calls
+    );
+    let g = &cloud.node_groups().await.unwrap()[0];
+    assert_eq!(g.desired_capacity, 1);
+    assert!(g.instances.iter().any(|i| i.instance_id == last));
 }
 
 #[tokio::test]

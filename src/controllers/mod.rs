@@ -46,8 +46,11 @@ pub mod keys {
     /// On Machines being consolidated: the launch-shape id of the Machine that replaces them; they are removed once
     /// that Machine's Node is Ready.
     pub const REPLACED_BY: &str = "berth.dev/replaced-by";
-    /// On Machines berth chose to remove: the disruption reason (empty, underutilized, consolidation_...).
+    /// On Machines berth chose to remove, and on the Nodes of Auto Scaling groups it is draining: the disruption
+    /// reason (empty, underutilized, consolidation_...).
     pub const DISRUPTION_REASON: &str = "berth.dev/disruption-reason";
+    /// On the Nodes of Auto Scaling groups berth is draining: when it cordoned them (RFC 3339).
+    pub const DRAIN_STARTED: &str = "berth.dev/drain-started";
 }
 
 /// What every controller shares.
