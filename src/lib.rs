@@ -15,6 +15,7 @@ pub mod controllers;
 pub mod disruption;
 pub mod emulator;
 pub mod fx;
+pub mod garbage;
 pub mod health;
 pub mod lifecycle;
 pub mod model;

@@ -1,6 +1,7 @@
 //! `berth run`: the controller process. It connects to the cluster, refuses to act until berth's CRDs are
 //! installed, reports what it finds, and then runs the controllers (only while it leads, when elected): the
-//! provisioner (scale-up), disruption (scale-down and consolidation), MachineDeployment, MachineSet and Machine. `berth simulate` starts the same
+//! provisioner (scale-up), disruption (scale-down and consolidation), MachineDeployment, MachineSet, Machine and
+//! the garbage collector. `berth simulate` starts the same
 //! controllers through [`run_controllers`].
 
 use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachineSet};
@@ -10,6 +11,7 @@ use crate::cloud::aws::{AwsCloud, AwsConfig};
 use crate::cloud::metrics::CloudMetrics;
 use crate::cloud::CloudProvider;
 use crate::controllers::disruption::{self, DisruptionConfig};
+use crate::controllers::garbage_collector::{self, GarbageCollectorConfig};
 use crate::controllers::provisioner::{self, ProvisionerConfig};
 use crate::controllers::{machine, machine_deployment, machine_set, Context};
 use crate::model::instance_type::Catalog;
@@ -333,6 +335,7 @@ pub async fn run_controllers(
             cache.clone(),
             ctx.catalog.clone(),
             ctx.disruption.clone(),
+            ctx.cloud.clone(),
             signal(rx.clone()),
         )));
         tasks.push(tokio::spawn(crate::controllers::health::run(
@@ -344,8 +347,14 @@ pub async fn run_controllers(
         if let Some(cloud) = ctx.cloud.clone() {
             tasks.push(tokio::spawn(machine::run(
                 ctx.base.clone(),
-                cloud,
+                cloud.clone(),
                 ctx.cluster_name.clone(),
+                signal(rx.clone()),
+            )));
+            tasks.push(tokio::spawn(garbage_collector::run(
+                ctx.base.clone(),
+                cloud,
+                GarbageCollectorConfig::new(&ctx.cluster_name),
                 signal(rx.clone()),
             )));
         }

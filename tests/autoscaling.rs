@@ -807,6 +807,114 @@ async fn an_auto_scaling_group_grows_through_desired_capacity() {
     h.kill_berth();
 }
 
+/// Scale-down of an Auto Scaling group: its empty nodes are cordoned and marked, then their instances terminated
+/// with TerminateInstanceInAutoScalingGroup (desired capacity decremented), one at a time, down to the group's
+/// minimum and never below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_scaling_group_shrinks_to_its_minimum_and_never_below() {
+    let mut h = Harness::with_cloud(0, serde_json::json!({}), |config| {
+        config.node_groups.push(berth::cloud::sim::SimNodeGroup {
+            name: "legacy-workers".into(),
+            min_size: 1,
+            max_size: 10,
+            // Empty at first, then grown through the API below, so every instance's kubelet registers a Node.
+            desired_capacity: 0,
+            instance_type: "m7i.xlarge".into(),
+            zones: vec!["us-east-1a".into()],
+            tags: [
+                ("berth.dev/enabled".to_string(), "true".to_string()),
+                ("berth.dev/cluster".to_string(), CLUSTER.to_string()),
+            ]
+            .into(),
+        });
+    })
+    .await;
+    // Nodes are not young and no scale-up just happened: the empty nodes may go at once.
+    Api::<Cluster>::all(h.client.clone())
+        .patch(
+            CLUSTER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"scaleDown": {
+                "minNodeAge": "0s", "delayAfterScaleUp": "0s", "unneededTime": "0s"
+            }}})),
+        )
+        .await
+        .unwrap();
+    // Grown by hand to 3.
+    h.cloud
+        .set_node_group_desired_capacity("legacy-workers", 3)
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    let ready_nodes = || async {
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count()
+    };
+    eventually("three group nodes Ready", 60, || async {
+        ready_nodes().await == 3
+    })
+    .await;
+    h.start_berth();
+    let terminations = |h: &Harness| {
+        h.cloud
+            .calls()
+            .iter()
+            // Every attempt, refused or not: berth never even tries to go below the minimum.
+            .filter(|c| format!("{:?}", c.action) == "TerminateInstanceInAutoScalingGroup")
+            .count()
+    };
+    eventually("the group shrinks to its minimum", 180, || async {
+        h.cloud.node_groups().await.unwrap()[0].desired_capacity == 1
+    })
+    .await;
+    assert_eq!(terminations(&h), 2);
+    eventually("an Event on each removed node", 30, || async {
+        Api::<Event>::namespaced(h.client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("NodeRemoved"))
+            .count()
+            == 2
+    })
+    .await;
+    // Two more disruption rounds (10 s apart) change nothing: the group is at its minimum.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let g = &h.cloud.node_groups().await.unwrap()[0];
+    assert_eq!(g.desired_capacity, 1);
+    assert_eq!(g.instances.len(), 1);
+    assert_eq!(terminations(&h), 2);
+    // The node left is not cordoned.
+    let left = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .is_some_and(|p| p.ends_with(&g.instances[0].instance_id))
+        })
+        .unwrap();
+    assert_ne!(left.spec.unwrap().unschedulable, Some(true));
+    h.kill_berth();
+}
+
 /// `--dry-run`: berth plans and says what it would do (an Event on the MachineDeployment), and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_plans_and_tells_but_changes_nothing() {

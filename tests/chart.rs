@@ -364,3 +364,45 @@ fn installs_into_the_emulator_with_kubectl() {
         "{clusters}"
     );
 }
+
+/// The README's IAM policy is valid JSON and allows exactly the calls garbage collection and the Auto Scaling
+/// group scale-down make, each destructive one only on resources carrying this cluster's tag.
+#[test]
+fn the_iam_policy_allows_garbage_collection_and_group_scale_down_on_this_clusters_resources_only() {
+    let readme = std::fs::read_to_string(root().join("charts/berth/README.md")).unwrap();
+    let start = readme.find("```json\n").unwrap() + "```json\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&readme[start..end]).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let actions = |s: &serde_json::Value| -> Vec<String> {
+        match &s["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(a) => {
+                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            }
+            other => panic!("Action {other:?}"),
+        }
+    };
+    let granting = |action: &str| -> Vec<&serde_json::Value> {
+        statements
+            .iter()
+            .filter(|s| actions(s).iter().any(|a| a == action))
+            .collect()
+    };
+    for read in ["ec2:DescribeInstances", "ec2:DescribeLaunchTemplates"] {
+        assert_eq!(granting(read).len(), 1, "{read}");
+    }
+    for destructive in [
+        "ec2:TerminateInstances",
+        "ec2:DeleteLaunchTemplate",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ] {
+        let grants = granting(destructive);
+        assert_eq!(grants.len(), 1, "{destructive}");
+        assert_eq!(
+            grants[0]["Condition"]["StringEquals"]["aws:ResourceTag/berth.dev/cluster"],
+            "production",
+            "{destructive} must be limited to this cluster's resources"
+        );
+    }
+}

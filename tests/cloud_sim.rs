@@ -570,8 +570,19 @@ async fn launch_templates_of_dead_class_revisions_are_collected() {
         .launch_template_names()
         .iter()
         .all(|n| n.starts_with("berth/test-cluster/general/")));
+    // Templates younger than the cut-off are kept, whatever their revision (a launch may be about to use them).
+    let launched_at = c.all_instances()[0].launch_time.unwrap();
+    let kept = c
+        .garbage_collect_launch_templates(&[r.class.clone()], launched_at)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    assert_eq!(c.launch_template_names().len(), 2);
     let deleted = c
-        .garbage_collect_launch_templates(&[r.class.clone()])
+        .garbage_collect_launch_templates(
+            &[r.class.clone()],
+            launched_at + chrono::Duration::seconds(1),
+        )
         .await
         .unwrap();
     assert_eq!(deleted, 1);

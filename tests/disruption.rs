@@ -126,6 +126,7 @@ impl Harness {
             cache,
             catalog,
             config,
+            Some(self.cloud.clone() as Arc<dyn CloudProvider>),
             self.signal(),
         ));
     }

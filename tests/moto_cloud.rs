@@ -459,9 +459,19 @@ async fn launch_templates_of_dead_revisions_are_deleted() {
     let mut r = request(&f, "m-2", &["m5.large"]);
     r.class.revision = "2".into();
     cloud.launch(&r).await.unwrap();
+    // A cut-off before the templates were made keeps them all (moto stamps CreateTime with its own clock).
+    let before = chrono::Utc::now() - chrono::Duration::minutes(10);
     assert_eq!(
         cloud
-            .garbage_collect_launch_templates(&[r.class.clone()])
+            .garbage_collect_launch_templates(&[r.class.clone()], before)
+            .await
+            .unwrap(),
+        0
+    );
+    let after = chrono::Utc::now() + chrono::Duration::minutes(10);
+    assert_eq!(
+        cloud
+            .garbage_collect_launch_templates(&[r.class.clone()], after)
             .await
             .unwrap(),
         1
@@ -590,6 +600,38 @@ async fn auto_scaling_groups_are_discovered_scaled_and_shrunk_with_decrement() {
     let g = &cloud.node_groups().await.unwrap()[0];
     assert_eq!(g.desired_capacity, 2);
     assert!(g.instances.iter().all(|i| i.instance_id != victim));
+
+    // Down to the minimum (1), then never below it: the last decrement is refused before any call.
+    let next = g.instances[0].instance_id.clone();
+    cloud
+        .terminate_node_group_instance(&ours, &next)
+        .await
+        .unwrap();
+    let g = &cloud.node_groups().await.unwrap()[0];
+    assert_eq!(g.desired_capacity, 1);
+    let last = g.instances[0].instance_id.clone();
+    let calls = cloud.metrics().calls(
+        Action::TerminateInstanceInAutoScalingGroup,
+        Outcome::Success,
+    );
+    assert_eq!(
+        cloud
+            .terminate_node_group_instance(&ours, &last)
+            .await
+            .unwrap_err()
+            .category(),
+        "invalid-configuration"
+    );
+    assert_eq!(
+        cloud.metrics().calls(
+            Action::TerminateInstanceInAutoScalingGroup,
+            Outcome::Success
+        ),
+        calls
+    );
+    let g = &cloud.node_groups().await.unwrap()[0];
+    assert_eq!(g.desired_capacity, 1);
+    assert!(g.instances.iter().any(|i| i.instance_id == last));
 }
 
 #[tokio::test]
@@ -698,4 +740,202 @@ async fn through_the_fault_proxy_throttles_and_5xx_are_retried_with_backoff() {
             attempts: 4
         }
     );
+}
+
+/// The garbage collector's round against moto through the SDK, with the emulator as the API server: a stray
+/// instance (this cluster's tag, its Machine gone) is terminated, the instance of an existing Machine and another
+/// cluster's instance are not; the launch template of a revision no MachineClass has is deleted, the current one's
+/// is kept; a Node whose instance EC2 does not know is deleted after its grace, one whose instance runs is not.
+#[tokio::test]
+async fn the_garbage_collector_collects_through_the_sdk_and_spares_what_is_not_garbage() {
+    use berth::api::{Machine, MachineClass};
+    use berth::clock::ManualClock;
+    use berth::controllers::garbage_collector::{self, GarbageCollectorConfig, Memory};
+    use berth::controllers::Context;
+    use berth::garbage::GarbageSettings;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, PostParams};
+    use kube::ResourceExt;
+
+    let cluster = unique("gcr");
+    let cloud = connect(&moto::endpoint(), &cluster).await;
+    let f = fixture(&cloud, &cluster).await;
+    let emulator = berth::emulator::Emulator::new();
+    let client = emulator.client();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in berth::api::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    // MachineClass "general" at generation 1: revision "1" is live, "2" is not.
+    let class: MachineClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
+        "spec": {"image": {"id": f.image}, "instanceRequirements": {"families": ["m5"]}, "subnets": {"ids": f.subnets},
+                 "securityGroups": {"ids": [f.security_group]}, "instanceProfile": "node"}
+    }))
+    .unwrap();
+    Api::<MachineClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let machine: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Machine", "metadata": {"name": "kept", "namespace": "default"},
+        "spec": {"classRef": {"name": "general"}}
+    }))
+    .unwrap();
+    let machine = Api::<Machine>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &machine)
+        .await
+        .unwrap();
+
+    // An instance whose Machine exists (no status yet: the Machine controller could still adopt it)...
+    let mut owned = request(&f, "kept", &["m5.large"]);
+    owned.machine.uid = machine.uid().unwrap();
+    let owned = cloud.launch(&owned).await.unwrap().instance.instance_id;
+    // ... one whose Machine is gone, launched with a revision no class has any more ...
+    let mut stray = request(&f, "gone", &["m5.large"]);
+    stray.class.revision = "2".into();
+    stray.bootstrap.labels.insert("v".into(), "2".into());
+    let stray = cloud.launch(&stray).await.unwrap().instance.instance_id;
+    // ... and another cluster's.
+    let foreign = cloud
+        .ec2_client()
+        .run_instances()
+        .image_id(&f.image)
+        .instance_type(t::InstanceType::M5Large)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            t::TagSpecification::builder()
+                .resource_type(t::ResourceType::Instance)
+                .tags(
+                    t::Tag::builder()
+                        .key(tags::CLUSTER)
+                        .value("another-cluster")
+                        .build(),
+                )
+                .tags(
+                    t::Tag::builder()
+                        .key(tags::MACHINE_UID)
+                        .value("nobody")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    // Nodes: one whose instance EC2 does not know, one on the owned (running) instance with no Machine naming it.
+    for (name, id) in [("orphan", "i-0123456789abcdef0"), ("alive", owned.as_str())] {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"providerID": format!("aws:///us-east-1a/{id}")}
+        }))
+        .unwrap();
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+    }
+
+    // The collector's clock is an hour ahead, so every instance and template is past its grace.
+    let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
+    let ctx = Context::new(
+        client.clone(),
+        Arc::new(clock.clone()),
+        berth::telemetry::metrics::Metrics::new().unwrap(),
+    );
+    let mut config = GarbageCollectorConfig::new(&cluster);
+    config.settings = GarbageSettings {
+        node_grace: chrono::Duration::seconds(30),
+        ..GarbageSettings::default()
+    };
+    let mut memory = Memory::default();
+    let first = garbage_collector::round(&ctx, &cloud, &config, &mut memory)
+        .await
+        .unwrap();
+    assert_eq!(first.instances, vec![stray.clone()]);
+    assert_eq!(first.launch_templates, 1);
+    assert!(first.nodes.is_empty(), "the orphan waits for its grace");
+    let state = |i: t::Instance| i.state().unwrap().name().unwrap().as_str().to_string();
+    assert!(
+        ["shutting-down", "terminated"].contains(&state(instance(&cloud, &stray).await).as_str())
+    );
+    assert_eq!(state(instance(&cloud, &owned).await), "running");
+    assert_eq!(state(instance(&cloud, &foreign).await), "running");
+    let lts = cloud
+        .ec2_client()
+        .describe_launch_templates()
+        .filters(
+            t::Filter::builder()
+                .name(format!("tag:{}", tags::CLUSTER))
+                .values(&cluster)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lts.launch_templates().len(), 1);
+
+    clock.advance(chrono::Duration::seconds(30));
+    let second = garbage_collector::round(&ctx, &cloud, &config, &mut memory)
+        .await
+        .unwrap();
+    assert_eq!(second.nodes, vec!["orphan".to_string()]);
+    assert!(second.instances.is_empty());
+    let names: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    assert_eq!(names, vec!["alive".to_string()]);
+    assert_eq!(state(instance(&cloud, &owned).await), "running");
+    assert_eq!(
+        ctx.metrics
+            .garbage_collected
+            .with_label_values(&["instance"])
+            .get(),
+        1
+    );
+}
+
+/// Looked up by id, whatever the tags: a terminated instance and an unknown id are gone (the unknown one fails its
+/// batch with InvalidInstanceID.NotFound, so the batch is asked again id by id), a running one is found running.
+#[tokio::test]
+async fn instances_are_looked_up_by_id_and_unknown_ids_are_gone() {
+    use berth::cloud::{InstanceLookup, InstanceState};
+    let cluster = unique("look");
+    let cloud = connect(&moto::endpoint(), &cluster).await;
+    let f = fixture(&cloud, &cluster).await;
+    let running = cloud
+        .launch(&request(&f, "m-1", &["m5.large"]))
+        .await
+        .unwrap()
+        .instance
+        .instance_id;
+    let dead = cloud
+        .launch(&request(&f, "m-2", &["m5.large"]))
+        .await
+        .unwrap()
+        .instance
+        .instance_id;
+    cloud.terminate(std::slice::from_ref(&dead)).await.unwrap();
+    let unknown = "i-0fedcba9876543210".to_string();
+    let answers = cloud
+        .lookup_instances(&[running.clone(), dead.clone(), unknown.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(
+        answers[&running],
+        InstanceLookup::Found(InstanceState::Running | InstanceState::Pending)
+    ));
+    assert!(answers[&dead].is_gone(), "{:?}", answers[&dead]);
+    assert_eq!(answers[&unknown], InstanceLookup::NotFound);
 }

@@ -369,6 +369,26 @@ pub struct TerminateOutcome {
     pub not_owned_or_missing: Vec<String>,
 }
 
+/// What EC2 answers about one instance id when asked by id, whatever the instance's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceLookup {
+    /// EC2 knows the instance (terminated ones stay visible for about an hour).
+    Found(InstanceState),
+    /// EC2 answered that no such instance exists (`InvalidInstanceID.NotFound`): a positive observation that it is
+    /// gone, unlike an instance missing from a tag-filtered listing.
+    NotFound,
+}
+
+impl InstanceLookup {
+    /// Terminated, or unknown to EC2.
+    pub fn is_gone(self) -> bool {
+        matches!(
+            self,
+            InstanceLookup::NotFound | InstanceLookup::Found(InstanceState::Terminated)
+        )
+    }
+}
+
 /// An Auto Scaling group berth may scale.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeGroup {
@@ -398,6 +418,10 @@ pub trait CloudProvider: Send + Sync {
     /// A short name for logs and metrics (`aws`, `sim`).
     fn name(&self) -> &'static str;
 
+    /// The region the provider acts in (its zones start with it): a provider ID in another region's zone is not
+    /// this provider's to judge.
+    fn region(&self) -> &str;
+
     /// Launches one instance for one Machine. Idempotent per (machine uid, attempt, parameters).
     async fn launch(&self, request: &LaunchRequest) -> Result<LaunchOutcome, CloudError>;
 
@@ -406,6 +430,13 @@ pub trait CloudProvider: Send + Sync {
 
     /// Every instance tagged for this cluster and not terminated.
     async fn describe_instances(&self) -> Result<Vec<Instance>, CloudError>;
+
+    /// What EC2 says about each of `instance_ids`, whatever their tags (batched). An id missing from the answer got
+    /// no usable answer (a malformed id, say): never take that for "gone".
+    async fn lookup_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeMap<String, InstanceLookup>, CloudError>;
 
     /// Instance types with their offerings and prices; offerings in the unavailable cache are marked unavailable.
     async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError>;
@@ -430,10 +461,13 @@ pub trait CloudProvider: Send + Sync {
         instance_id: &str,
     ) -> Result<(), CloudError>;
 
-    /// Deletes the launch templates berth made for class revisions not in `live` (a no-op for clouds without them).
+    /// Deletes the launch templates berth made for class revisions not in `live` and created before
+    /// `created_before` (a template made for a launch in flight may name a revision the caller did not see yet);
+    /// a no-op for clouds without them.
     async fn garbage_collect_launch_templates(
         &self,
         live: &[ClassRevision],
+        created_before: DateTime<Utc>,
     ) -> Result<usize, CloudError>;
 }
 

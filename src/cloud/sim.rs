@@ -23,9 +23,9 @@ use crate::cloud::resolve::{newest_image, tags_match, wildcard_match, ImageInfo}
 use crate::cloud::retry::{ApiCaller, Backoff, Failure};
 use crate::cloud::unavailable::{UnavailableOfferings, DEFAULT_TTL};
 use crate::cloud::{
-    tags, ClassRevision, CloudProvider, ImageSpec, Instance, InstanceState, LaunchOutcome,
-    LaunchRequest, LaunchedInstance, MachineRef, NodeGroup, NodeGroupInstance, OfferingKey,
-    ResourceSelector, TerminateOutcome,
+    tags, ClassRevision, CloudProvider, ImageSpec, Instance, InstanceLookup, InstanceState,
+    LaunchOutcome, LaunchRequest, LaunchedInstance, MachineRef, NodeGroup, NodeGroupInstance,
+    OfferingKey, ResourceSelector, TerminateOutcome,
 };
 use crate::model::instance_type::{labels, Arch, CapacityType, Catalog};
 use crate::model::taints::Taint;
@@ -334,6 +334,8 @@ struct SimState {
     next_id: u64,
     tokens: HashMap<String, TokenRecord>,
     launch_templates: BTreeMap<String, LaunchTemplateSpec>,
+    /// When each launch template was created.
+    launch_template_created: BTreeMap<String, DateTime<Utc>>,
     faults: Vec<ScriptedFault>,
     calls: Vec<SimCall>,
     request_buckets: HashMap<&'static str, ServerBucket>,
@@ -1133,6 +1135,10 @@ impl CloudProvider for SimulatedCloud {
         "sim"
     }
 
+    fn region(&self) -> &str {
+        &self.config.region
+    }
+
     async fn launch(&self, request: &LaunchRequest) -> Result<LaunchOutcome, CloudError> {
         let subnets: Vec<SubnetInfo> = self
             .resolve_ids_or_tags(
@@ -1170,9 +1176,10 @@ impl CloudProvider for SimulatedCloud {
         let exists = self.lock().launch_templates.contains_key(&name);
         if !exists {
             self.call(Action::CreateLaunchTemplate, 1, &name, || {
-                self.lock()
-                    .launch_templates
-                    .insert(name.clone(), spec.clone());
+                let mut st = self.lock();
+                st.launch_templates.insert(name.clone(), spec.clone());
+                st.launch_template_created
+                    .insert(name.clone(), self.config.clock.now());
                 Ok(())
             })
             .await?;
@@ -1265,6 +1272,39 @@ impl CloudProvider for SimulatedCloud {
             },
         )
         .await
+    }
+
+    async fn lookup_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeMap<String, InstanceLookup>, CloudError> {
+        let mut out = BTreeMap::new();
+        // One DescribeInstances by InstanceIds per batch of 100, as the AWS provider asks.
+        for chunk in instance_ids.chunks(100) {
+            let answers = self
+                .call(
+                    Action::DescribeInstances,
+                    1,
+                    &format!("instance-ids={}", chunk.join(",")),
+                    || {
+                        let mut st = self.lock();
+                        self.refresh_states(&mut st);
+                        Ok(chunk
+                            .iter()
+                            .map(|id| {
+                                let answer =
+                                    st.instances.get(id).map_or(InstanceLookup::NotFound, |i| {
+                                        InstanceLookup::Found(i.instance.state)
+                                    });
+                                (id.clone(), answer)
+                            })
+                            .collect::<Vec<_>>())
+                    },
+                )
+                .await?;
+            out.extend(answers);
+        }
+        Ok(out)
     }
 
     async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError> {
@@ -1366,19 +1406,36 @@ impl CloudProvider for SimulatedCloud {
     async fn garbage_collect_launch_templates(
         &self,
         live: &[ClassRevision],
+        created_before: DateTime<Utc>,
     ) -> Result<usize, CloudError> {
         let stale: Vec<String> = self
-            .lock()
-            .launch_templates
-            .iter()
-            .filter(|(_, spec)| {
-                spec.cluster_name == self.config.cluster_name && !live.contains(&spec.class)
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+            .call(
+                Action::DescribeLaunchTemplates,
+                1,
+                "tag:berth.dev/cluster",
+                || {
+                    let st = self.lock();
+                    Ok(st
+                        .launch_templates
+                        .iter()
+                        .filter(|(name, spec)| {
+                            spec.cluster_name == self.config.cluster_name
+                                && !live.contains(&spec.class)
+                                && st
+                                    .launch_template_created
+                                    .get(*name)
+                                    .is_some_and(|t| *t < created_before)
+                        })
+                        .map(|(n, _)| n.clone())
+                        .collect())
+                },
+            )
+            .await?;
         for name in &stale {
             self.call(Action::DeleteLaunchTemplate, 1, name, || {
-                self.lock().launch_templates.remove(name);
+                let mut st = self.lock();
+                st.launch_templates.remove(name);
+                st.launch_template_created.remove(name);
                 Ok(())
             })
             .await?;

@@ -18,6 +18,16 @@
 //! (its Node Ready), or gives up (removes the annotation) when that Machine failed or never came within
 //! `replacement_timeout`; the surplus node, if any, is then empty and goes the ordinary way.
 //!
+//! Auto Scaling groups (berth-enabled, discovered through the cloud each round) shrink too: their empty and
+//! underutilized nodes are candidates (never replaced, see `GroupState::replaceable`), within the group's minimum
+//! size and the default one-node-at-a-time budget. There is no Machine to carry the drain, so the controller does
+//! it: the Node is cordoned and marked (`berth.dev/disruption-reason`, `berth.dev/drain-started`) in one patch, and
+//! each later round evicts its pods through the Eviction API (PodDisruptionBudgets apply: a refused eviction is
+//! tried again next round) and, once none is left, calls TerminateInstanceInAutoScalingGroup with the desired
+//! capacity decremented. The mark makes it crash safe (a restarted berth carries on with the marked Node) and
+//! counts against the group's budget. A drain that has not finished after `drain_timeout` is abandoned: the Node is
+//! uncordoned and unmarked, as is one whose group would go below its minimum.
+//!
 //! The underutilization clock (`node → first seen underutilized`) lives in memory only: a restart starts it again,
 //! which can delay a scale-down but never cause one.
 
@@ -28,12 +38,15 @@ use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{
     Cluster, Machine, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION,
 };
+use crate::cloud::{CloudProvider, NodeGroup};
 use crate::disruption::{plan, Command, DisruptionInput, DisruptionPlan, Reason};
 use crate::model::instance_type::{CapacityType, Catalog};
 use crate::state::cluster::{ClusterCache, ClusterObjects};
 use crate::state::disruption::build;
-use crate::state::snapshot::PodReadings;
+use crate::state::snapshot::{PodReadings, ASG_GROUP_PREFIX};
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{EvictParams, ListParams};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -54,6 +67,8 @@ pub struct DisruptionConfig {
     pub replacement_timeout: chrono::Duration,
     /// The Cluster object whose `spec.clusterName` this is supplies the policy (empty: the first Cluster).
     pub cluster_name: String,
+    /// How long an Auto Scaling group node's drain may take before berth gives up and uncordons it.
+    pub drain_timeout: chrono::Duration,
 }
 
 impl Default for DisruptionConfig {
@@ -63,6 +78,7 @@ impl Default for DisruptionConfig {
             validation_delay: Duration::from_secs(5),
             replacement_timeout: chrono::Duration::minutes(15),
             cluster_name: String::new(),
+            drain_timeout: chrono::Duration::minutes(15),
         }
     }
 }
@@ -83,6 +99,7 @@ pub async fn run(
     cache: ClusterCache,
     catalog: Arc<Catalog>,
     config: DisruptionConfig,
+    cloud: Option<Arc<dyn CloudProvider>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let mut rounds = Rounds::default();
@@ -101,7 +118,14 @@ pub async fn run(
             .reconcile_duration_seconds
             .with_label_values(&[CONTROLLER])
             .start_timer();
-        let round = round(&ctx, &cache, &catalog, &config, &mut rounds);
+        let round = round(
+            &ctx,
+            &cache,
+            &catalog,
+            &config,
+            cloud.as_deref(),
+            &mut rounds,
+        );
         tokio::select! {
             _ = &mut shutdown => return,
             result = round => if let Err(e) = result {
@@ -145,6 +169,7 @@ fn observe_and_plan(
     cache: &ClusterCache,
     catalog: &Catalog,
     config: &DisruptionConfig,
+    auto_scaling_groups: &[NodeGroup],
     rounds: &mut Rounds,
 ) -> Result<Option<Planned>, ControllerError> {
     let (objects, cluster) = observe(cache, config);
@@ -162,6 +187,7 @@ fn observe_and_plan(
         &objects,
         Some(&cluster),
         catalog,
+        auto_scaling_groups,
         &rounds.since,
         now,
         &mut rounds.readings,
@@ -196,12 +222,30 @@ async fn round(
     cache: &ClusterCache,
     catalog: &Catalog,
     config: &DisruptionConfig,
+    cloud: Option<&dyn CloudProvider>,
     rounds: &mut Rounds,
 ) -> Result<(), ControllerError> {
     let (objects, _) = observe(cache, config);
     finish_replacements(ctx, &objects, config).await?;
+    // The berth-enabled Auto Scaling groups; when they cannot be read, their nodes are neither planned nor drained
+    // further this round (they are then only places pods may go).
+    let auto_scaling_groups = match cloud {
+        Some(c) => match c.node_groups().await {
+            Ok(groups) => groups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Auto Scaling groups: their nodes are left alone this round");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    if let Some(c) = cloud {
+        finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
+    }
 
-    let Some((_, _, first)) = observe_and_plan(ctx, cache, catalog, config, rounds)? else {
+    let Some((_, _, first)) =
+        observe_and_plan(ctx, cache, catalog, config, &auto_scaling_groups, rounds)?
+    else {
         return Ok(());
     };
     for k in &first.kept {
@@ -212,7 +256,7 @@ async fn round(
     }
     tokio::time::sleep(config.validation_delay).await;
     let Some((objects, namespaces, second)) =
-        observe_and_plan(ctx, cache, catalog, config, rounds)?
+        observe_and_plan(ctx, cache, catalog, config, &auto_scaling_groups, rounds)?
     else {
         return Ok(());
     };
@@ -227,6 +271,14 @@ async fn round(
             .inc();
         tracing::info!(reason = command.reason().as_str(), nodes = ?command.nodes(), "{}", command.message());
         match command {
+            Command::Delete {
+                node,
+                group,
+                reason,
+                ..
+            } if group.starts_with(ASG_GROUP_PREFIX) => {
+                start_group_drain(ctx, &objects, node, *reason, &command.message()).await?;
+            }
             Command::Delete {
                 node,
                 machine,
@@ -606,4 +658,163 @@ async fn clear_replaced_by(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Cordons an Auto Scaling group's Node and marks it for removal, in one patch (the mark is what a later round, or a
+/// restarted berth, drains and terminates).
+async fn start_group_drain(
+    ctx: &Context,
+    objects: &ClusterObjects,
+    node: &str,
+    reason: Reason,
+    message: &str,
+) -> Result<(), ControllerError> {
+    let now = ctx.clock.now();
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {
+            keys::DISRUPTION_REASON: reason.as_str(),
+            keys::DRAIN_STARTED: now.to_rfc3339(),
+        }},
+        "spec": {"unschedulable": true}
+    });
+    match Api::<Node>::all(ctx.client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    publish(
+        ctx,
+        objects,
+        &[node.to_string()],
+        &[],
+        "",
+        EventKind::Normal,
+        event_reason(reason),
+        message,
+    );
+    Ok(())
+}
+
+/// Removes berth's mark from a Node and uncordons it.
+async fn abandon_group_drain(ctx: &Context, node: &str) -> Result<(), ControllerError> {
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {keys::DISRUPTION_REASON: null, keys::DRAIN_STARTED: null}},
+        "spec": {"unschedulable": false}
+    });
+    match Api::<Node>::all(ctx.client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Carries on with every marked Auto Scaling group Node: evicts what is left on it, or terminates its instance
+/// with a decrement once it is empty, or gives up after `drain_timeout`.
+async fn finish_group_drains(
+    ctx: &Context,
+    cloud: &dyn CloudProvider,
+    objects: &ClusterObjects,
+    groups: &[NodeGroup],
+    config: &DisruptionConfig,
+) -> Result<(), ControllerError> {
+    let now = ctx.clock.now();
+    for n in &objects.nodes {
+        let Some(reason) = n.annotations().get(keys::DISRUPTION_REASON) else {
+            continue;
+        };
+        let Some(provider) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) else {
+            continue;
+        };
+        // Only Nodes of a group read this round: a Machine's Node never carries the mark, and a Node whose
+        // instance left its group already is the garbage collector's.
+        let Some((group, instance)) = groups.iter().find_map(|g| {
+            g.instances
+                .iter()
+                .find(|i| crate::cloud::provider_id(&i.zone, &i.instance_id) == provider)
+                .map(|i| (g, i))
+        }) else {
+            continue;
+        };
+        let name = n.name_any();
+        let started = n
+            .annotations()
+            .get(keys::DRAIN_STARTED)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or(now, |t| t.with_timezone(&Utc));
+        // Fresh from the API, not the cache: a pod the cache has not seen yet must not go down with the node.
+        let pods: Vec<Pod> = Api::<Pod>::all(ctx.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+            .await?
+            .items
+            .into_iter()
+            .filter(super::machine::evictable)
+            .collect();
+        let group_label = format!("{ASG_GROUP_PREFIX}{}", group.name);
+        if !pods.is_empty() {
+            if now - started > config.drain_timeout {
+                let message = format!(
+                    "Drain of {name} abandoned after {} min: {} pods could not be evicted; uncordoned",
+                    config.drain_timeout.num_minutes(),
+                    pods.len()
+                );
+                tracing::warn!(node = %name, group = %group.name, "{message}");
+                abandon_group_drain(ctx, &name).await?;
+                ctx.events.publish(
+                    &n.object_ref(&()),
+                    EventKind::Warning,
+                    "DrainAbandoned",
+                    &message,
+                );
+                continue;
+            }
+            for pod in &pods {
+                let api: Api<Pod> =
+                    Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+                match api.evict(&pod.name_any(), &EvictParams::default()).await {
+                    Ok(_) => {}
+                    // A PodDisruptionBudget refuses it now, or it is gone: next round.
+                    Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            continue;
+        }
+        match cloud
+            .terminate_node_group_instance(&group.name, &instance.instance_id)
+            .await
+        {
+            Ok(()) => {
+                let message = format!(
+                    "Terminated {} of Auto Scaling group {} ({reason}); desired capacity decremented",
+                    instance.instance_id, group.name
+                );
+                tracing::info!(node = %name, group = %group.name, "{message}");
+                ctx.events.publish(
+                    &n.object_ref(&()),
+                    EventKind::Normal,
+                    "NodeRemoved",
+                    &message,
+                );
+                ctx.metrics
+                    .nodes_disrupted
+                    .with_label_values(&[group_label.as_str(), reason.as_str()])
+                    .inc();
+            }
+            // Its group would go below its minimum (it changed since the plan), or the instance left it: stop.
+            Err(e) if matches!(e.category(), "invalid-configuration" | "not-found") => {
+                tracing::info!(node = %name, group = %group.name, error = %e, "not removing the node: uncordoning it");
+                abandon_group_drain(ctx, &name).await?;
+            }
+            Err(e) => {
+                tracing::warn!(node = %name, group = %group.name, error = %e, "cannot terminate the node's instance; trying again next round");
+            }
+        }
+    }
+    Ok(())
 }

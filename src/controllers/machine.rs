@@ -250,7 +250,7 @@ fn effect_name(effect: TaintEffectSpec) -> &'static str {
 }
 
 /// Pods a drain must evict: not DaemonSet pods, not mirror pods, not finished or already terminating.
-fn evictable(pod: &Pod) -> bool {
+pub(crate) fn evictable(pod: &Pod) -> bool {
     let daemon = pod.owner_references().iter().any(|o| o.kind == "DaemonSet");
     let mirror = pod
         .annotations()

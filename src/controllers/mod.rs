@@ -9,6 +9,7 @@ pub mod disruption;
 pub mod events;
 pub mod expectations;
 pub mod health;
+pub mod garbage_collector;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
@@ -46,12 +47,15 @@ pub mod keys {
     /// On Machines being consolidated: the launch-shape id of the Machine that replaces them; they are removed once
     /// that Machine's Node is Ready.
     pub const REPLACED_BY: &str = "berth.dev/replaced-by";
-    /// On Machines berth chose to remove: the disruption reason (empty, underutilized, consolidation_...).
+    /// On Machines berth chose to remove, and on the Nodes of Auto Scaling groups it is draining: the disruption
+    /// reason (empty, underutilized, consolidation_...).
     pub const DISRUPTION_REASON: &str = "berth.dev/disruption-reason";
     /// On Machines the health check remediates: "<Reason>: <message>", written before the Machine is deleted. The
     /// Machine controller, the only writer of a Machine's status, turns it into `HealthCheckSucceeded=False` and
     /// drains with the health check's drain timeout.
     pub const REMEDIATION: &str = "berth.dev/remediation";
+    /// On the Nodes of Auto Scaling groups berth is draining: when it cordoned them (RFC 3339).
+    pub const DRAIN_STARTED: &str = "berth.dev/drain-started";
 }
 
 /// What every controller shares.

@@ -165,6 +165,10 @@ pub struct GroupState {
     /// replicas between the sets, so a replica berth removes now could be taken from the old set while the Machine
     /// berth marked stays in the new one, marked forever and holding the budget. The rollout goes first.
     pub rolling_out: bool,
+    /// Its nodes may be replaced by consolidation. False for Auto Scaling groups: berth removes their empty and
+    /// underutilized nodes (TerminateInstanceInAutoScalingGroup with a decrement) but cannot launch a node of a
+    /// chosen shape into them, and a replacement elsewhere would leave the group's desired capacity to refill it.
+    pub replaceable: bool,
 }
 
 /// A PodDisruptionBudget's view.
@@ -1002,6 +1006,10 @@ impl<'a> Planner<'a> {
             }
             if let Some(b) = self.facts[i].blocker.clone() {
                 self.kept.insert(i, b);
+                continue;
+            }
+            let group = self.cand(i).group.as_str();
+            if !self.groups.get(group).is_some_and(|g| g.replaceable) {
                 continue;
             }
             list.push(i);

@@ -155,6 +155,7 @@ fn group(replicas: u32) -> GroupState {
         disrupting: 0,
         last_scale_up: None,
         rolling_out: false,
+        replaceable: true,
     }
 }
 
@@ -601,6 +602,40 @@ fn three_half_empty_nodes_become_one_cheaper_node() {
         "the whole set first, then a binary search, not every subset: {}",
         p.simulations
     );
+}
+
+#[test]
+fn auto_scaling_group_nodes_are_removed_when_empty_or_underutilized_but_never_replaced() {
+    // The three half-empty nodes above, in a group berth cannot launch a chosen shape into.
+    let mut i = input(
+        (0..3)
+            .map(|n| {
+                candidate(
+                    &format!("half{n}"),
+                    "s.xlarge",
+                    vec![pod(&format!("p{n}"), 1800, 7)],
+                )
+            })
+            .collect(),
+    );
+    i.underutilized_since.clear();
+    i.groups[0].budgets = vec![Budget::always(NodeLimit::Percent(100))];
+    i.groups[0].replaceable = false;
+    let p = run(&i);
+    assert!(p.commands.is_empty(), "{p:#?}");
+    // Empty nodes still go, within the group's minimum and the default one-at-a-time budget.
+    let mut i = input(vec![
+        candidate("e1", "s.xlarge", vec![daemon("agent-1")]),
+        candidate("e2", "s.xlarge", vec![]),
+        candidate("e3", "s.xlarge", vec![]),
+    ]);
+    i.groups[0].replaceable = false;
+    i.groups[0].min_replicas = 1;
+    let p = run(&i);
+    assert_eq!(deleted(&p).len(), 1, "one at a time by default: {p:#?}");
+    i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(5))];
+    let p = run(&i);
+    assert_eq!(deleted(&p).len(), 2, "3 nodes, minimum 1: {p:#?}");
 }
 
 #[test]

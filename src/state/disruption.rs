@@ -243,7 +243,7 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
     })
 }
 
-use super::snapshot::{taint_of, PodReadings};
+use super::snapshot::{taint_of, PodReadings, ASG_GROUP_PREFIX};
 
 fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
     match spec {
@@ -253,10 +253,15 @@ fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
 }
 
 /// Builds the planner's input. An error only for an invalid scale-down policy (nothing can be decided then).
+///
+/// `auto_scaling_groups` are the cloud's berth-enabled groups: each becomes a group (its bounds, the default
+/// one-node-at-a-time budget, not replaceable) whose Ready nodes are candidates named by instance id, and whose
+/// nodes berth already marked ([`keys::DISRUPTION_REASON`] on the Node) count as leaving.
 pub fn build(
     objects: &ClusterObjects,
     cluster: Option<&Cluster>,
     catalog: &Catalog,
+    auto_scaling_groups: &[crate::cloud::NodeGroup],
     underutilized_since: &BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
     readings: &mut PodReadings,
@@ -360,6 +365,7 @@ pub fn build(
                 .count() as u32,
             last_scale_up,
             rolling_out: owning_sets(&members) > 1,
+            replaceable: true,
         });
         namespaces.insert(name.clone(), namespace.clone());
         let class_name = &md.spec.template.spec.class_ref.name;
@@ -542,6 +548,89 @@ pub fn build(
             created_at,
             do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
             do_not_disrupt_pods: protected,
+        });
+    }
+    // Auto Scaling groups: their live instances' Nodes, by provider ID.
+    for asg in auto_scaling_groups {
+        let group = format!("{ASG_GROUP_PREFIX}{}", asg.name);
+        let live: Vec<_> = asg
+            .instances
+            .iter()
+            .filter(|i| !i.lifecycle_state.starts_with("Terminat"))
+            .collect();
+        let mut disrupting = 0;
+        for i in &live {
+            let provider = crate::cloud::provider_id(&i.zone, &i.instance_id);
+            let Some(n) = objects.nodes.iter().find(|n| {
+                n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider.as_str())
+            }) else {
+                continue;
+            };
+            let name = n.name_any();
+            if claimed.contains(&name) {
+                continue;
+            }
+            if n.annotations().contains_key(keys::DISRUPTION_REASON) {
+                disrupting += 1;
+                leaving_nodes.insert(name);
+                continue;
+            }
+            if !ready(n) || n.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            claimed.insert(name.clone());
+            let Some((node, protected)) = existing(n, &mut problems) else {
+                continue;
+            };
+            let instance_type = i
+                .instance_type
+                .clone()
+                .or_else(|| n.labels().get(labels::INSTANCE_TYPE).cloned())
+                .unwrap_or_default();
+            let Some(price) = catalog
+                .get(&instance_type)
+                .and_then(|t| {
+                    t.offerings
+                        .iter()
+                        .find(|o| o.zone == i.zone && o.capacity_type == CapacityType::OnDemand)
+                })
+                .map(|o| o.price)
+            else {
+                problems.push(Problem {
+                    object: format!("Node {name}"),
+                    message: format!("no price known for {instance_type} in {}", i.zone),
+                });
+                continue;
+            };
+            candidates.push(Candidate {
+                node,
+                group: group.clone(),
+                machine: i.instance_id.clone(),
+                instance_type,
+                zone: i.zone.clone(),
+                capacity_type: CapacityType::OnDemand,
+                price,
+                created_at: n
+                    .metadata
+                    .creation_timestamp
+                    .clone()
+                    .map(|t| from_k8s(t.0))
+                    .unwrap_or(now),
+                do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
+                do_not_disrupt_pods: protected,
+            });
+        }
+        groups.push(GroupState {
+            name: group,
+            min_replicas: asg.min_size,
+            replicas: asg.desired_capacity,
+            nodes: live.len() as u32,
+            // No budget field on a group: the default, one node at a time.
+            budgets: vec![],
+            disrupting,
+            last_scale_up: None,
+            rolling_out: false,
+            replaceable: false,
         });
     }
     let mut others = vec![];

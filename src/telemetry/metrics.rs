@@ -55,6 +55,7 @@ pub struct Metrics {
     pub machines_unhealthy: IntGaugeVec,
     pub remediations: IntCounterVec,
     pub remediations_held: IntCounterVec,
+    pub garbage_collected: IntCounterVec,
     pub deployment_replicas: IntGaugeVec,
     pub rollout_progress_ratio: GaugeVec,
     pub drain_duration_seconds: HistogramVec,
@@ -124,6 +125,10 @@ impl Metrics {
             machines_unhealthy: reg!(IntGaugeVec::new(Opts::new("berth_machines_unhealthy", "Machines the group's health check finds unhealthy now (remediated or held), by group."), &["group"])?),
             remediations: reg!(IntCounterVec::new(Opts::new("berth_remediations_total", "Unhealthy Machines remediated (drained, terminated, replaced), by group and reason (UnhealthyNode, NodeNotFound)."), &["group", "reason"])?),
             remediations_held: reg!(IntCounterVec::new(Opts::new("berth_remediations_held_total", "Times a group's unhealthy Machines were held from remediation, by group and reason (TooManyUnhealthy, HeartbeatsStale, ClusterViewStale, InvalidHealthCheck)."), &["group", "reason"])?),
+            garbage_collected: reg!(IntCounterVec::new(
+                Opts::new("berth_garbage_collected_total", "Leftovers removed by the garbage collector, by kind (instance, node, launch_template)."),
+                &["kind"]
+            )?),
             deployment_replicas: reg!(IntGaugeVec::new(
                 Opts::new("berth_machinedeployment_replicas", "MachineDeployment replicas by state (desired, current, updated, ready, available)."),
                 &["namespace", "deployment", "state"]
@@ -163,6 +168,10 @@ impl Metrics {
         // The reasons are a fixed set: each exists from the start at zero, so "no decision yet" reads as 0.
         for reason in crate::disruption::Reason::ALL {
             m.disruption_decisions.with_label_values(&[reason.as_str()]);
+        }
+        // And the garbage kinds, so a dashboard reads 0 rather than nothing before the first collection.
+        for kind in ["instance", "node", "launch_template"] {
+            m.garbage_collected.with_label_values(&[kind]);
         }
         // Likewise the solves, so the first solve is an increase a rate sees.
         m.solve_duration_seconds.with_label_values(&["scale_up"]);

@@ -56,6 +56,8 @@ pub struct Harness {
     pub emulator: Emulator,
     ledger: Arc<Mutex<Ledger>>,
     controllers: Vec<Task>,
+    /// The garbage collector, when a test started it: it runs on when the controllers are killed.
+    garbage_collector: Option<Task>,
     _data_plane: Vec<Task>,
 }
 
@@ -109,6 +111,7 @@ impl Harness {
             emulator,
             ledger,
             controllers: Vec::new(),
+            garbage_collector: None,
             _data_plane: vec![Task(ledger_task), Task(kubelets), Task(binder)],
         };
         let cluster: Cluster = serde_json::from_value(json!({
@@ -182,6 +185,30 @@ impl Harness {
                 never(),
             ))),
         ];
+    }
+
+    /// Starts the garbage collector beside the controllers (it is not killed with them: a test stops berth's other
+    /// controllers while it runs); returns its metrics, whose `reconcile_duration_seconds{controller="garbage_collector"}` counts its rounds.
+    pub fn start_garbage_collector(
+        &mut self,
+        config: berth::controllers::garbage_collector::GarbageCollectorConfig,
+    ) -> Metrics {
+        let metrics = Metrics::new().unwrap();
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            Arc::new(SystemClock),
+            metrics.clone(),
+        ));
+        let cloud: Arc<dyn CloudProvider> = self.cloud.clone();
+        self.garbage_collector = Some(Task(tokio::spawn(
+            berth::controllers::garbage_collector::run(
+                ctx,
+                cloud,
+                config,
+                std::future::pending::<()>(),
+            ),
+        )));
+        metrics
     }
 
     /// Kills the controllers as a crash would: their tasks are aborted wherever they are (a launch or a drain in

@@ -11,8 +11,8 @@ use crate::cloud::resolve::{newest_image, ImageInfo};
 use crate::cloud::retry::Failure;
 use crate::cloud::unavailable::is_capacity_error;
 use crate::cloud::{
-    tags, ClassRevision, ImageSpec, Instance, InstanceState, LaunchedInstance, OfferingKey,
-    ResourceSelector, TerminateOutcome,
+    tags, ClassRevision, ImageSpec, Instance, InstanceLookup, InstanceState, LaunchedInstance,
+    OfferingKey, ResourceSelector, TerminateOutcome,
 };
 use crate::model::instance_type::{Arch, CapacityType};
 use async_trait::async_trait;
@@ -208,6 +208,94 @@ impl AwsCloud {
             tracing::warn!(ids = ?outcome.not_owned_or_missing, cluster = %self.config.cluster_name, "not terminating instances without this cluster's tag");
         }
         Ok(outcome)
+    }
+
+    /// DescribeInstances by InstanceIds, whatever the tags, in batches. EC2 fails a whole batch with
+    /// `InvalidInstanceID.NotFound` when one id is unknown; that batch is then asked id by id, so each unknown id
+    /// gets its own positive answer. Ids EC2 refuses otherwise (`InvalidInstanceID.Malformed`) get no answer.
+    pub(super) async fn lookup_by_id(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeMap<String, InstanceLookup>, CloudError> {
+        let mut out = BTreeMap::new();
+        for chunk in instance_ids.chunks(LOOKUP_BATCH) {
+            match self.describe_ids(chunk).await? {
+                Lookup::Found(found) => {
+                    for id in chunk {
+                        // Asked by id and answered without it: EC2 does not know it.
+                        let answer = found
+                            .get(id)
+                            .map_or(InstanceLookup::NotFound, |s| InstanceLookup::Found(*s));
+                        out.insert(id.clone(), answer);
+                    }
+                }
+                Lookup::NotFound | Lookup::Refused if chunk.len() > 1 => {
+                    for id in chunk {
+                        match self.describe_ids(std::slice::from_ref(id)).await? {
+                            Lookup::Found(found) => {
+                                let answer = found.get(id).map_or(InstanceLookup::NotFound, |s| {
+                                    InstanceLookup::Found(*s)
+                                });
+                                out.insert(id.clone(), answer);
+                            }
+                            Lookup::NotFound => {
+                                out.insert(id.clone(), InstanceLookup::NotFound);
+                            }
+                            Lookup::Refused => {}
+                        }
+                    }
+                }
+                Lookup::NotFound => {
+                    out.insert(chunk[0].clone(), InstanceLookup::NotFound);
+                }
+                Lookup::Refused => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// One DescribeInstances by InstanceIds (every page).
+    async fn describe_ids(&self, ids: &[String]) -> Result<Lookup, CloudError> {
+        let mut found = BTreeMap::new();
+        let mut next: Option<String> = None;
+        loop {
+            let token = next.clone();
+            let r = self
+                .caller
+                .call(Action::DescribeInstances, 1, || {
+                    self.ec2
+                        .describe_instances()
+                        .set_instance_ids(Some(ids.to_vec()))
+                        .set_next_token(token.clone())
+                        .send()
+                        .map_err_classify()
+                })
+                .await;
+            let page = match r {
+                Ok(page) => page,
+                Err(e) if e.failure.code() == "InvalidInstanceID.NotFound" => {
+                    return Ok(Lookup::NotFound)
+                }
+                Err(e) if e.failure.code().starts_with("InvalidInstanceID") => {
+                    tracing::warn!(ids = ?ids, code = e.failure.code(), "instance ids refused");
+                    return Ok(Lookup::Refused);
+                }
+                Err(e) => return Err(self.map_err(e)),
+            };
+            for r in page.reservations() {
+                for i in r.instances().iter().filter_map(instance_from) {
+                    found.insert(i.instance_id, i.state);
+                }
+            }
+            next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if next.is_none() {
+                break;
+            }
+        }
+        Ok(Lookup::Found(found))
     }
 
     pub(super) async fn resolve_subnets(
@@ -519,10 +607,12 @@ impl AwsCloud {
         Ok(name)
     }
 
-    /// Deletes this cluster's templates whose class revision is not live.
+    /// Deletes this cluster's templates whose class revision is not live and that were created before
+    /// `created_before` (a template without a creation time is kept: it cannot be shown old).
     pub(super) async fn collect_launch_templates(
         &self,
         live: &[ClassRevision],
+        created_before: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, CloudError> {
         let filters = vec![filter(
             &format!("tag:{}", tags::CLUSTER),
@@ -556,7 +646,11 @@ impl AwsCloud {
                         .cloned()
                         .unwrap_or_default(),
                 };
-                if !live.contains(&class) {
+                let old = lt
+                    .create_time()
+                    .and_then(to_chrono)
+                    .is_some_and(|t| t < created_before);
+                if !live.contains(&class) && old {
                     if let (Some(id), Some(name)) =
                         (lt.launch_template_id(), lt.launch_template_name())
                     {
@@ -615,6 +709,19 @@ impl AwsCloud {
             launch_time: self.clock.now(),
         }
     }
+}
+
+/// Ids per DescribeInstances by id (a batch with an unknown id is asked again id by id, so keep it modest).
+const LOOKUP_BATCH: usize = 100;
+
+/// One describe-by-id's answer.
+enum Lookup {
+    /// Ids EC2 returned, with their states.
+    Found(BTreeMap<String, InstanceState>),
+    /// `InvalidInstanceID.NotFound`: at least one id is unknown.
+    NotFound,
+    /// Another `InvalidInstanceID.*` refusal (malformed): no answer about these ids.
+    Refused,
 }
 
 fn instance_tag_specs(

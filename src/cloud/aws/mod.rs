@@ -20,8 +20,8 @@ use crate::cloud::rate_limit::RateLimits;
 use crate::cloud::retry::{is_throttle_code, ApiCaller, Backoff, Failure};
 use crate::cloud::unavailable::{is_capacity_error, UnavailableOfferings, DEFAULT_TTL};
 use crate::cloud::{
-    ClassRevision, CloudProvider, Instance, LaunchOutcome, LaunchRequest, NodeGroup,
-    TerminateOutcome,
+    ClassRevision, CloudProvider, Instance, InstanceLookup, LaunchOutcome, LaunchRequest,
+    NodeGroup, TerminateOutcome,
 };
 use crate::model::instance_type::Catalog;
 use async_trait::async_trait;
@@ -262,6 +262,10 @@ impl CloudProvider for AwsCloud {
         "aws"
     }
 
+    fn region(&self) -> &str {
+        &self.region
+    }
+
     async fn launch(&self, request: &LaunchRequest) -> Result<LaunchOutcome, CloudError> {
         if request.cluster_name != self.config.cluster_name {
             return Err(CloudError::invalid(format!(
@@ -301,6 +305,13 @@ impl CloudProvider for AwsCloud {
 
     async fn describe_instances(&self) -> Result<Vec<Instance>, CloudError> {
         self.describe_cluster_instances(Vec::new()).await
+    }
+
+    async fn lookup_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, InstanceLookup>, CloudError> {
+        self.lookup_by_id(instance_ids).await
     }
 
     async fn instance_types(&self) -> Result<Arc<Catalog>, CloudError> {
@@ -348,7 +359,8 @@ impl CloudProvider for AwsCloud {
     async fn garbage_collect_launch_templates(
         &self,
         live: &[ClassRevision],
+        created_before: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, CloudError> {
-        self.collect_launch_templates(live).await
+        self.collect_launch_templates(live, created_before).await
     }
 }
