@@ -583,7 +583,7 @@ fn stray_tags(
         (tags::CLUSTER.to_string(), cluster.to_string()),
         (tags::MANAGED.to_string(), "true".to_string()),
     ]);
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let group = machine_deployment.unwrap_or("stray");
         let name = format!("{group}-{:05x}", a & 0xf_ffff);
         let uid = format!(
