@@ -1,10 +1,12 @@
 //! The simulated data plane: kubelets registering Nodes for launched instances, and the binder scheduling pods.
 
+use berth::clock::ManualClock;
 use berth::emulator::binder::Binder;
 use berth::emulator::kubelet::{
-    InstanceEvent, InstanceLaunched, InstanceTerminated, KubeletSimulator,
+    InstanceEvent, InstanceLaunched, InstanceTerminated, KubeletFailure, KubeletSimulator,
 };
-use berth::emulator::Emulator;
+use berth::emulator::node_lifecycle::{LifecycleReport, NodeLifecycle, UNREACHABLE_TAINT};
+use berth::emulator::{Config, Emulator};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -641,4 +643,267 @@ async fn a_nominated_pod_takes_its_node_over_an_emptier_one() {
         ],
         "least allocated for the pod without a nomination, its own node for the nominated one"
     );
+}
+
+// ---- failing kubelets and the node lifecycle controller, on a clock moved by hand ----
+
+fn t0() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap() // 2026-01-01T00:00:00Z
+}
+
+fn at(seconds: i64) -> String {
+    (t0() + chrono::Duration::seconds(seconds))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+struct Failing {
+    emu: Emulator,
+    clock: ManualClock,
+    kubelet: KubeletSimulator,
+    lifecycle: NodeLifecycle,
+    nodes: Api<Node>,
+}
+
+/// Nodes registered (Ready at once) at t0.
+fn failing_cluster(names: &[&str]) -> Failing {
+    let clock = ManualClock::new(t0());
+    let emu = Emulator::with_clock(std::sync::Arc::new(clock.clone()), Config::default());
+    let kubelet = KubeletSimulator::new(emu.clone());
+    for n in names {
+        kubelet
+            .register(&instance(n, "us-west-2a", "4", vec![], Duration::ZERO))
+            .unwrap();
+    }
+    let lifecycle = NodeLifecycle::new(emu.clone(), kubelet.clone());
+    let nodes = Api::all(emu.client());
+    Failing {
+        emu,
+        clock,
+        kubelet,
+        lifecycle,
+        nodes,
+    }
+}
+
+impl Failing {
+    /// Moves the clock to `seconds` after t0 (forward only).
+    fn move_to(&self, seconds: i64) {
+        use berth::clock::Clock;
+        let by = t0() + chrono::Duration::seconds(seconds) - self.clock.now();
+        assert!(
+            by >= chrono::Duration::zero(),
+            "the clock only moves forward"
+        );
+        self.clock.advance(by);
+    }
+
+    /// Moves the clock to `seconds` after t0 and runs the lifecycle controller once.
+    fn pass_at(&self, seconds: i64) -> LifecycleReport {
+        self.move_to(seconds);
+        self.lifecycle.run_once().unwrap()
+    }
+
+    async fn ready(&self, node: &str) -> k8s_openapi::api::core::v1::NodeCondition {
+        let n = self.nodes.get(node).await.unwrap();
+        n.status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+    }
+
+    async fn unreachable_taints(&self, node: &str) -> Vec<(String, Option<String>)> {
+        let n = self.nodes.get(node).await.unwrap();
+        n.spec
+            .unwrap()
+            .taints
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key == UNREACHABLE_TAINT)
+            .map(|t| (t.effect, t.time_added.map(|x| x.0.to_string())))
+            .collect()
+    }
+}
+
+fn time(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    t.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_kubelet_that_stops_posting_turns_its_node_unknown_and_unreachable_after_40s_and_back_when_it_resumes(
+) {
+    let c = failing_cluster(&["i-a", "i-b"]);
+    assert_eq!(time(&c.ready("i-a").await.last_heartbeat_time), at(0));
+    assert_eq!(time(&c.ready("i-a").await.last_transition_time), at(0));
+    // Stopped at 25 s: its last renewal reached the API at 20 s.
+    c.move_to(25);
+    assert_eq!(
+        c.kubelet
+            .fail(&["i-a".to_string()], KubeletFailure::Unknown)
+            .unwrap(),
+        vec!["i-a".to_string()]
+    );
+    assert_eq!(
+        c.pass_at(60),
+        LifecycleReport::default(),
+        "40 s old is not yet stale"
+    );
+    assert_eq!(c.ready("i-a").await.status, "True");
+    let report = c.pass_at(61);
+    assert_eq!(report.marked_unknown, vec!["i-a".to_string()]);
+    assert_eq!(report.tainted, vec!["i-a".to_string()]);
+    let ready = c.ready("i-a").await;
+    assert_eq!(ready.status, "Unknown");
+    assert_eq!(ready.reason.as_deref(), Some("NodeStatusUnknown"));
+    assert_eq!(
+        ready.message.as_deref(),
+        Some("Kubelet stopped posting node status.")
+    );
+    assert_eq!(time(&ready.last_transition_time), at(61));
+    assert_eq!(
+        time(&ready.last_heartbeat_time),
+        at(0),
+        "left at the kubelet's last post"
+    );
+    assert_eq!(
+        c.unreachable_taints("i-a").await,
+        vec![
+            ("NoSchedule".to_string(), Some(at(61))),
+            ("NoExecute".to_string(), Some(at(61)))
+        ]
+    );
+    assert_eq!(c.ready("i-b").await.status, "True", "the other node posts");
+    assert!(c.unreachable_taints("i-b").await.is_empty());
+    assert_eq!(
+        c.pass_at(120),
+        LifecycleReport::default(),
+        "marked and tainted once"
+    );
+    // The kubelet comes back: it posts Ready, and the controller's next pass removes the taints.
+    c.move_to(130);
+    c.kubelet.recover(&["i-a".to_string()]).unwrap();
+    let ready = c.ready("i-a").await;
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("KubeletReady"))
+    );
+    assert_eq!(time(&ready.last_transition_time), at(130));
+    assert_eq!(time(&ready.last_heartbeat_time), at(130));
+    let report = c.pass_at(131);
+    assert_eq!(report.untainted, vec!["i-a".to_string()]);
+    assert!(c.unreachable_taints("i-a").await.is_empty());
+    assert_eq!(
+        c.pass_at(300),
+        LifecycleReport::default(),
+        "its heartbeat is fresh again"
+    );
+    assert_eq!(c.ready("i-a").await.status, "True");
+}
+
+#[tokio::test]
+async fn a_not_ready_kubelet_keeps_its_heartbeat_and_reports_false() {
+    let c = failing_cluster(&["i-a"]);
+    c.move_to(5);
+    c.kubelet
+        .fail(&["i-a".to_string()], KubeletFailure::NotReady)
+        .unwrap();
+    let ready = c.ready("i-a").await;
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("KubeletNotReady"))
+    );
+    assert_eq!(time(&ready.last_transition_time), at(5));
+    assert!(c.kubelet.healthy_nodes().is_empty());
+    assert_eq!(c.pass_at(600), LifecycleReport::default());
+    let heartbeat = c.kubelet.heartbeats()["i-a"];
+    assert!(
+        heartbeat >= t0() + chrono::Duration::seconds(590),
+        "renewed every 10 s: {heartbeat}"
+    );
+    assert_eq!(c.ready("i-a").await.status, "False");
+    assert!(c.unreachable_taints("i-a").await.is_empty());
+    c.kubelet.recover(&["i-a".to_string()]).unwrap();
+    let ready = c.ready("i-a").await;
+    assert_eq!(ready.status, "True");
+    assert_eq!(time(&ready.last_transition_time), at(600));
+    assert_eq!(c.kubelet.healthy_nodes(), vec!["i-a".to_string()]);
+}
+
+#[tokio::test]
+async fn a_control_plane_outage_turns_every_node_unknown_and_only_the_failed_ones_stay_so() {
+    let c = failing_cluster(&["i-a", "i-b", "i-c"]);
+    c.move_to(10);
+    c.kubelet
+        .fail(&["i-c".to_string()], KubeletFailure::Unknown)
+        .unwrap();
+    c.move_to(100);
+    c.kubelet.set_control_plane_reachable(false).unwrap();
+    // i-c went stale long ago; the others' last renewal was at 100 s.
+    assert_eq!(c.pass_at(100).marked_unknown, vec!["i-c".to_string()]);
+    assert_eq!(c.pass_at(140), LifecycleReport::default());
+    let report = c.pass_at(145);
+    assert_eq!(
+        report.marked_unknown,
+        vec!["i-a".to_string(), "i-b".to_string()]
+    );
+    for n in ["i-a", "i-b", "i-c"] {
+        assert_eq!(c.ready(n).await.status, "Unknown", "{n}");
+        assert_eq!(c.unreachable_taints(n).await.len(), 2, "{n}");
+    }
+    c.move_to(700);
+    c.kubelet.set_control_plane_reachable(true).unwrap();
+    let report = c.pass_at(700);
+    assert_eq!(report.untainted, vec!["i-a".to_string(), "i-b".to_string()]);
+    assert_eq!(c.ready("i-a").await.status, "True");
+    assert_eq!(
+        c.ready("i-c").await.status,
+        "Unknown",
+        "its own kubelet is still down"
+    );
+    assert_eq!(c.unreachable_taints("i-c").await.len(), 2);
+    assert_eq!(c.pass_at(800), LifecycleReport::default());
+}
+
+#[tokio::test]
+async fn the_binder_places_nothing_on_unknown_not_ready_or_unreachable_nodes() {
+    let c = failing_cluster(&["i-gone", "i-sick"]);
+    let pods: Api<Pod> = Api::namespaced(c.emu.client(), "default");
+    let binder = Binder::new(c.emu.clone());
+    c.kubelet
+        .fail(&["i-gone".to_string()], KubeletFailure::Unknown)
+        .unwrap();
+    c.kubelet
+        .fail(&["i-sick".to_string()], KubeletFailure::NotReady)
+        .unwrap();
+    assert_eq!(c.pass_at(41).marked_unknown, vec!["i-gone".to_string()]);
+    pods.create(&PostParams::default(), &pod("web", "500m", json!({})))
+        .await
+        .unwrap();
+    let report = binder.run_once().unwrap();
+    assert!(report.bound.is_empty(), "{report:?}");
+    assert_eq!(report.unschedulable, vec!["default/web".to_string()]);
+    // Back to Ready=True but still tainted until the controller's next pass: the taint alone keeps pods off.
+    c.move_to(50);
+    c.kubelet.recover(&["i-gone".to_string()]).unwrap();
+    assert_eq!(c.ready("i-gone").await.status, "True");
+    assert_eq!(c.unreachable_taints("i-gone").await.len(), 2);
+    let report = binder.run_once().unwrap();
+    assert!(report.bound.is_empty(), "{report:?}");
+    assert_eq!(c.pass_at(50).untainted, vec!["i-gone".to_string()]);
+    let report = binder.run_once().unwrap();
+    assert_eq!(
+        report.bound,
+        vec![("default/web".to_string(), "i-gone".to_string())]
+    );
+    // Bound pods stay bound on a node that fails (no taint-based eviction).
+    c.move_to(60);
+    c.kubelet
+        .fail(&["i-gone".to_string()], KubeletFailure::Unknown)
+        .unwrap();
+    assert_eq!(c.pass_at(200).marked_unknown, vec!["i-gone".to_string()]);
+    let web = pods.get("web").await.unwrap();
+    assert_eq!(web.spec.unwrap().node_name.as_deref(), Some("i-gone"));
 }

@@ -482,6 +482,30 @@ impl SimulatedCloud {
         zone: &str,
         tags: BTreeMap<String, String>,
     ) -> String {
+        self.add_running_instance(instance_type, zone, "ami-foreign", tags)
+    }
+
+    /// Adds a running on-demand instance with these tags that no launch call of this cloud made, as a crashed
+    /// launch leaves one behind (with berth's tags, for a Machine that never recorded it): what a garbage
+    /// collector must find. It never joins the cluster (no kubelet event): a crash between the launch call and
+    /// the Machine's status write would leave a Node too, but a Node without a Machine would also perturb
+    /// scheduling, and the instance is what costs money and what the collector is for.
+    pub fn add_stray_instance(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        tags: BTreeMap<String, String>,
+    ) -> String {
+        self.add_running_instance(instance_type, zone, "ami-stray", tags)
+    }
+
+    fn add_running_instance(
+        &self,
+        instance_type: &str,
+        zone: &str,
+        image_id: &str,
+        tags: BTreeMap<String, String>,
+    ) -> String {
         let now = self.config.clock.now();
         let mut st = self.lock();
         let id = next_instance_id(&mut st);
@@ -494,7 +518,7 @@ impl SimulatedCloud {
                     zone: zone.into(),
                     capacity_type: CapacityType::OnDemand,
                     state: InstanceState::Running,
-                    image_id: "ami-foreign".into(),
+                    image_id: image_id.into(),
                     private_dns_name: None,
                     launch_time: Some(now),
                     tags,

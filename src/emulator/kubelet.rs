@@ -6,11 +6,21 @@
 //!
 //! The events are plain structs so that the simulated cloud can produce them without depending on the emulator's
 //! internals. Node names are the instance ids (real EKS nodes are named after the private DNS name).
+//!
+//! Kubelets can fail ([`KubeletSimulator::fail`]): one stops posting (its heartbeat ages until the node lifecycle
+//! controller, [`super::node_lifecycle`], marks the Node `Ready=Unknown`), or keeps posting but reports
+//! `Ready=False`; and the control plane can lose every kubelet at once
+//! ([`KubeletSimulator::set_control_plane_reachable`]). A real kubelet renews a Lease in `kube-node-lease` every
+//! 10 s; here the heartbeat is an in-process record per node ([`Heartbeat`]) from which the time of the last
+//! renewal is computed, so that thousands of simulated nodes cost no API writes (and no watch events waking berth
+//! and the binder) every 10 s. The Node's own status is written when the kubelet registers and whenever what it
+//! reports changes, as a real kubelet writes it when a condition changes.
 
 use super::clock::format_time;
 use super::error::ApiError;
 use super::store::{DeleteOptions, ListQuery, PatchKind, WriteOptions};
 use super::Emulator;
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Taint;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -77,7 +87,6 @@ pub fn node_object(i: &InstanceLaunched, ready: bool, now: &str) -> Value {
     ] {
         labels.insert(k.to_string(), v.to_string());
     }
-    let condition = |t: &str, status: &str, reason: &str| json!({"type": t, "status": status, "reason": reason, "message": reason, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let mut spec = json!({"providerID": format!("aws:///{}/{}", i.zone, i.instance_id)});
     if !i.taints.is_empty() {
         spec["taints"] = serde_json::to_value(&i.taints).unwrap_or(Value::Null);
@@ -90,16 +99,7 @@ pub fn node_object(i: &InstanceLaunched, ready: bool, now: &str) -> Value {
         "status": {
             "capacity": i.capacity,
             "allocatable": i.allocatable,
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID"),
-                if ready {
-                    condition("Ready", "True", "KubeletReady")
-                } else {
-                    condition("Ready", "False", "KubeletNotReady")
-                },
-            ],
+            "conditions": kubelet_conditions(ready, now, &[]),
             "addresses": [{"type": "Hostname", "address": i.instance_id}],
             "nodeInfo": {"architecture": i.arch, "operatingSystem": "linux", "kubeletVersion": "v1.33.0-eks", "kubeProxyVersion": "v1.33.0-eks",
                          "containerRuntimeVersion": "containerd://1.7.0", "osImage": "Amazon Linux 2023", "kernelVersion": "6.1.0",
@@ -108,11 +108,133 @@ pub fn node_object(i: &InstanceLaunched, ready: bool, now: &str) -> Value {
     })
 }
 
+/// The conditions a kubelet posts: no pressure, and Ready as it reports it. Every condition carries the time of
+/// this post as its lastHeartbeatTime; lastTransitionTime moves only when the status differs from the one in
+/// `previous` (the Node's current conditions; a condition the node lifecycle controller set to Unknown counts as
+/// a change).
+pub fn kubelet_conditions(ready: bool, now: &str, previous: &[Value]) -> Vec<Value> {
+    let (ready_status, ready_reason, ready_message) = if ready {
+        ("True", "KubeletReady", "kubelet is posting ready status")
+    } else {
+        (
+            "False",
+            "KubeletNotReady",
+            "container runtime network not ready: NetworkReady=false",
+        )
+    };
+    [
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "KubeletHasSufficientMemory",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "KubeletHasNoDiskPressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "KubeletHasSufficientPID",
+        ),
+        ("Ready", ready_status, ready_reason, ready_message),
+    ]
+    .into_iter()
+    .map(|(t, status, reason, message)| {
+        let transition = previous
+            .iter()
+            .find(|c| c["type"] == t && c["status"] == status)
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or(now);
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now, "lastTransitionTime": transition})
+    })
+    .collect()
+}
+
+/// How often a kubelet renews its heartbeat (its Lease: a quarter of the 40 s lease duration).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a node's kubelet fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeletFailure {
+    /// The kubelet is up and keeps its heartbeat, but reports `Ready=False` (reason KubeletNotReady).
+    NotReady,
+    /// The kubelet stops posting: its heartbeat ages and the node lifecycle controller marks the Node Unknown.
+    Unknown,
+}
+
+impl KubeletFailure {
+    /// The scenario file's spelling (the Ready condition's status each ends in).
+    pub fn parse(s: &str) -> Option<KubeletFailure> {
+        match s {
+            "NotReady" => Some(KubeletFailure::NotReady),
+            "Unknown" => Some(KubeletFailure::Unknown),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KubeletFailure::NotReady => "NotReady",
+            KubeletFailure::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A kubelet's heartbeat: renewed every [`HEARTBEAT_INTERVAL`] from `since` while its posts reach the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// When its renewals (last) began to reach the API: registration, a recovery, the end of an outage.
+    pub since: DateTime<Utc>,
+    /// When they stopped reaching it; None while they do.
+    pub stopped: Option<DateTime<Utc>>,
+}
+
+impl Heartbeat {
+    /// The last renewal the API received by `now`.
+    pub fn last(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let end = self.stopped.map_or(now, |s| s.min(now));
+        let elapsed = (end - self.since).num_seconds().max(0);
+        let interval = HEARTBEAT_INTERVAL.as_secs() as i64;
+        self.since + chrono::Duration::seconds(elapsed - elapsed % interval)
+    }
+}
+
+/// One registered node's kubelet.
+#[derive(Debug, Clone)]
+struct KubeletState {
+    heartbeat: Heartbeat,
+    /// The kubelet is down (a failure "Unknown"): nothing it would post reaches the API.
+    down: bool,
+    /// What it reports when it posts: false while its network plugin starts, or under a NotReady failure.
+    ready: bool,
+}
+
+/// The kubelets' shared record, and whether the control plane hears them at all.
+#[derive(Debug, Default)]
+struct Kubelets {
+    nodes: BTreeMap<String, KubeletState>,
+    /// Since when no kubelet's post reaches the API (a control-plane outage); None while they do.
+    unreachable_since: Option<DateTime<Utc>>,
+}
+
+impl Kubelets {
+    fn posting(&self, k: &KubeletState) -> bool {
+        !k.down && self.unreachable_since.is_none()
+    }
+}
+
 /// Kubelets of all simulated instances of one emulator.
 #[derive(Clone)]
 pub struct KubeletSimulator {
     emu: Emulator,
     booting: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    kubelets: Arc<Mutex<Kubelets>>,
 }
 
 impl KubeletSimulator {
@@ -121,7 +243,168 @@ impl KubeletSimulator {
         KubeletSimulator {
             emu,
             booting: Arc::new(Mutex::new(HashMap::new())),
+            kubelets: Arc::new(Mutex::new(Kubelets::default())),
         }
+    }
+
+    fn kubelets(&self) -> std::sync::MutexGuard<'_, Kubelets> {
+        self.kubelets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.emu.store().clock().now()
+    }
+
+    /// Each registered node's last heartbeat the API received by now, by node name.
+    pub fn heartbeats(&self) -> BTreeMap<String, DateTime<Utc>> {
+        let now = self.now();
+        self.kubelets()
+            .nodes
+            .iter()
+            .map(|(n, k)| (n.clone(), k.heartbeat.last(now)))
+            .collect()
+    }
+
+    /// Registered nodes whose kubelet is up, posting and reporting Ready: those a failure can hit. Sorted.
+    pub fn healthy_nodes(&self) -> Vec<String> {
+        let k = self.kubelets();
+        k.nodes
+            .iter()
+            .filter(|(_, s)| s.ready && k.posting(s))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Fails these nodes' kubelets; answers the nodes it knew (registered, not terminated). A `NotReady` kubelet
+    /// posts `Ready=False` at once (if its posts reach the API); an `Unknown` one just stops posting.
+    pub fn fail(&self, nodes: &[String], failure: KubeletFailure) -> Result<Vec<String>, ApiError> {
+        let now = self.now();
+        let mut known = Vec::new();
+        let mut post = Vec::new();
+        {
+            let mut k = self.kubelets();
+            let unreachable = k.unreachable_since.is_some();
+            for n in nodes {
+                let Some(s) = k.nodes.get_mut(n) else {
+                    continue;
+                };
+                known.push(n.clone());
+                match failure {
+                    KubeletFailure::Unknown => {
+                        if !s.down && !unreachable {
+                            s.heartbeat.stopped = Some(now);
+                        }
+                        s.down = true;
+                    }
+                    KubeletFailure::NotReady => {
+                        s.ready = false;
+                        if !s.down && !unreachable {
+                            post.push(n.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for n in post {
+            self.post_status(&n, false)?;
+        }
+        Ok(known)
+    }
+
+    /// The failed kubelets of these nodes come back up and report Ready; answers the nodes it knew.
+    pub fn recover(&self, nodes: &[String]) -> Result<Vec<String>, ApiError> {
+        let now = self.now();
+        let mut known = Vec::new();
+        let mut post = Vec::new();
+        {
+            let mut k = self.kubelets();
+            let unreachable = k.unreachable_since.is_some();
+            for n in nodes {
+                let Some(s) = k.nodes.get_mut(n) else {
+                    continue;
+                };
+                known.push(n.clone());
+                let was_silent = s.down;
+                s.down = false;
+                s.ready = true;
+                if unreachable {
+                    continue;
+                }
+                if was_silent {
+                    s.heartbeat = Heartbeat {
+                        since: now,
+                        stopped: None,
+                    };
+                }
+                post.push(n.clone());
+            }
+        }
+        for n in post {
+            self.post_status(&n, true)?;
+        }
+        Ok(known)
+    }
+
+    /// Whether the kubelets' posts reach the API server (false: a control-plane outage, or a partition between
+    /// the nodes and the control plane; the API itself stays up). When they reach it again, every kubelet that is
+    /// up posts its status and its heartbeat resumes.
+    pub fn set_control_plane_reachable(&self, reachable: bool) -> Result<(), ApiError> {
+        let now = self.now();
+        let mut post = Vec::new();
+        {
+            let mut k = self.kubelets();
+            match (reachable, k.unreachable_since.is_some()) {
+                (false, false) => {
+                    k.unreachable_since = Some(now);
+                    for s in k.nodes.values_mut().filter(|s| !s.down) {
+                        s.heartbeat.stopped = Some(now);
+                    }
+                }
+                (true, true) => {
+                    k.unreachable_since = None;
+                    for (n, s) in k.nodes.iter_mut().filter(|(_, s)| !s.down) {
+                        s.heartbeat = Heartbeat {
+                            since: now,
+                            stopped: None,
+                        };
+                        post.push((n.clone(), s.ready));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (n, ready) in post {
+            match self.post_status(&n, ready) {
+                // Terminated meanwhile: nothing to post.
+                Ok(()) | Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The kubelet posts its conditions (Ready as given) to the Node's status.
+    fn post_status(&self, node: &str, ready: bool) -> Result<(), ApiError> {
+        let store = self.emu.store();
+        let rt = store
+            .resource_type("", "nodes")
+            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
+        let current = store.get(&rt, "", node)?.value()?;
+        let previous = current
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let now = format_time(store.clock().now());
+        let patch = json!({"status": {"conditions": kubelet_conditions(ready, &now, &previous)}});
+        let opts = WriteOptions {
+            field_manager: "kubelet".into(),
+            subresource: Some("status".into()),
+            ..Default::default()
+        };
+        store
+            .patch(&rt, "", node, PatchKind::Merge, &patch, &opts)
+            .map(|_| ())
     }
 
     /// Registers the Node now (the boot delay already elapsed), Ready unless it has a ready delay. An already
@@ -132,13 +415,29 @@ impl KubeletSimulator {
             .resource_type("", "nodes")
             .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
         let ready = instance.ready_delay.is_zero();
-        let node = node_object(instance, ready, &format_time(store.clock().now()));
+        let now = store.clock().now();
+        let node = node_object(instance, ready, &format_time(now));
         let opts = WriteOptions {
             field_manager: "kubelet".into(),
             ..Default::default()
         };
         match store.create(&rt, "", node, &opts) {
-            Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
+            Ok(_) | Err(ApiError::AlreadyExists(_)) => {
+                let mut k = self.kubelets();
+                // A node registering during an outage: its later renewals do not reach the API either.
+                let stopped = k.unreachable_since.map(|_| now);
+                k.nodes
+                    .entry(instance.instance_id.clone())
+                    .or_insert(KubeletState {
+                        heartbeat: Heartbeat {
+                            since: now,
+                            stopped,
+                        },
+                        down: false,
+                        ready,
+                    });
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -153,6 +452,7 @@ impl KubeletSimulator {
         {
             h.abort();
         }
+        self.kubelets().nodes.remove(instance_id);
         let store = self.emu.store();
         let nodes = store
             .resource_type("", "nodes")
@@ -247,39 +547,25 @@ impl KubeletSimulator {
         v
     }
 
-    /// Sets a Node's Ready condition (tests of NotReady nodes).
+    /// The kubelet reports Ready (or not) from now on and posts it, unless its posts do not reach the API (it is
+    /// down, or the control plane is unreachable). A node no kubelet of this simulator registered gets the post
+    /// all the same (tests make nodes NotReady by hand).
     pub fn set_ready(&self, node: &str, ready: bool) -> Result<(), ApiError> {
-        let store = self.emu.store();
-        let rt = store
-            .resource_type("", "nodes")
-            .ok_or_else(|| ApiError::Internal("nodes are not registered".into()))?;
-        let current = store.get(&rt, "", node)?.value()?;
-        let mut conditions = current
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let now = format_time(store.clock().now());
-        let status = if ready { "True" } else { "False" };
-        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
-            if c["status"] != status {
-                c["lastTransitionTime"] = json!(now);
+        let posting = {
+            let mut k = self.kubelets();
+            let unreachable = k.unreachable_since.is_some();
+            match k.nodes.get_mut(node) {
+                Some(s) => {
+                    s.ready = ready;
+                    !s.down && !unreachable
+                }
+                None => true,
             }
-            c["status"] = json!(status);
-            c["reason"] = json!(if ready {
-                "KubeletReady"
-            } else {
-                "KubeletNotReady"
-            });
-        }
-        let patch = json!({"status": {"conditions": conditions}});
-        let opts = WriteOptions {
-            field_manager: "kubelet".into(),
-            subresource: Some("status".into()),
-            ..Default::default()
         };
-        store
-            .patch(&rt, "", node, PatchKind::Merge, &patch, &opts)
-            .map(|_| ())
+        if posting {
+            self.post_status(node, ready)
+        } else {
+            Ok(())
+        }
     }
 }

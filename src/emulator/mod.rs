@@ -52,6 +52,9 @@
 //!   their instance ids; a terminated instance's pods are deleted at once (the pod garbage collector waits);
 //!   the binder ignores preferred terms, the symmetric anti-affinity of running pods, preemption and volumes, and
 //!   marks bound pods Running immediately (no image pulls, no probes).
+//! - Kubelet heartbeats are in-process records, not Leases; [`node_lifecycle`] plays kube-controller-manager's
+//!   node lifecycle controller over them (Unknown after 40 s, the unreachable taints) without taint-based
+//!   eviction and without the not-ready taints (see there).
 //! - Generated names and uids are deterministic (a counter through a mixing function), not random.
 //! - Timestamps come from the injectable [`clock::Clock`], never the system clock directly.
 
@@ -63,6 +66,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod kubelet;
+pub mod node_lifecycle;
 pub mod openapi;
 pub mod patch;
 pub mod proto;

@@ -18,8 +18,17 @@ pub fn connect_observed(
     emulator: Emulator,
     observe: impl Fn(&InstanceEvent) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    connect_kubelets(cloud, KubeletSimulator::new(emulator), observe)
+}
+
+/// [`connect_observed`] through these kubelets, so the caller can fail and recover them (a simulation's node
+/// failures and control-plane outages).
+pub fn connect_kubelets(
+    cloud: &SimulatedCloud,
+    kubelets: KubeletSimulator,
+    observe: impl Fn(&InstanceEvent) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let mut events = cloud.subscribe();
-    let kubelets = KubeletSimulator::new(emulator);
     tokio::spawn(async move {
         loop {
             match events.recv().await {

@@ -7,7 +7,7 @@
 //! the cloud write comes from one [`TokioClock`] that follows it.
 
 use super::scenario::{Action, Scenario, ScenarioError};
-use super::summary::{Outcome, RolloutRecord, Sample};
+use super::summary::{GarbageCollected, Outcome, RolloutRecord, Sample};
 use super::workload::{Workloads, NAMESPACE, WORKLOAD_LABEL};
 use crate::api::crds;
 use crate::clock::{SharedClock, TokioClock};
@@ -16,7 +16,8 @@ use crate::cloud::sim::{Fault, SimConfig, SimulatedCloud};
 use crate::cloud::{tags, CloudProvider};
 use crate::emulator::binder::Binder;
 use crate::emulator::error::ApiError;
-use crate::emulator::kubelet::InstanceEvent;
+use crate::emulator::kubelet::{InstanceEvent, KubeletSimulator};
+use crate::emulator::node_lifecycle::{NodeLifecycle, NODE_MONITOR_PERIOD};
 use crate::emulator::store::{ListQuery, PatchKind, Store, WriteOptions};
 use crate::emulator::{Config, Emulator};
 use crate::model::instance_type::{labels, CapacityType, Catalog};
@@ -212,7 +213,11 @@ async fn play(
             }
         }
     };
-    crate::sim::dataplane::connect_observed(&cloud, emulator.clone(), observer);
+    let kubelets = KubeletSimulator::new(emulator.clone());
+    crate::sim::dataplane::connect_kubelets(&cloud, kubelets.clone(), observer);
+    // kube-controller-manager's node lifecycle controller: it reads only stale or tainted nodes, so a healthy
+    // cluster costs it nothing and plays exactly as without it.
+    let node_lifecycle = NodeLifecycle::new(emulator.clone(), kubelets.clone());
 
     let metrics = Metrics::new().map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
     let provider: Arc<dyn CloudProvider> = cloud.clone();
@@ -237,6 +242,10 @@ async fn play(
     let mut rollouts: Vec<RolloutRecord> = Vec::new();
     let mut shortages: Vec<Shortage> = Vec::new();
     let mut spot_interruptions = 0u64;
+    // Failed nodes to recover at a time; the end of a control-plane outage; the stray instances injected.
+    let mut recoveries: Vec<(Duration, Vec<String>)> = Vec::new();
+    let mut outage_until: Option<Duration> = None;
+    let mut strays: BTreeSet<String> = BTreeSet::new();
     let mut events_log: Vec<(u64, String)> = Vec::new();
     let mut next_event = 0usize;
     let progress = Progress::new(options.progress, scenario.duration);
@@ -342,7 +351,77 @@ async fn play(
                     }
                     berth_restart_at = Some(now + *down_for);
                 }
+                Action::NodeFailure {
+                    count,
+                    machine_deployment,
+                    condition,
+                    recover_after,
+                } => {
+                    let in_group: Option<BTreeSet<String>> = machine_deployment.as_ref().map(|g| {
+                        cloud
+                            .all_instances()
+                            .into_iter()
+                            .filter(|i| {
+                                !i.state.is_terminal()
+                                    && i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g)
+                            })
+                            .map(|i| i.instance_id)
+                            .collect()
+                    });
+                    let candidates: Vec<String> = kubelets
+                        .healthy_nodes()
+                        .into_iter()
+                        .filter(|n| in_group.as_ref().is_none_or(|g| g.contains(n)))
+                        .collect();
+                    let mut rng = seeded(scenario.seed ^ (second << 20) ^ next_event as u64);
+                    let victims = pick(candidates, *count as usize, &mut rng);
+                    if victims.len() < *count as usize {
+                        events_log.push((
+                            second,
+                            format!("node failure: only {} Ready nodes to fail", victims.len()),
+                        ));
+                    }
+                    let failed = kubelets.fail(&victims, *condition)?;
+                    if let Some(after) = recover_after {
+                        recoveries.push((now + *after, failed));
+                    }
+                }
+                Action::ControlPlaneOutage { duration } => {
+                    kubelets.set_control_plane_reachable(false)?;
+                    outage_until =
+                        Some(outage_until.map_or(now + *duration, |u| u.max(now + *duration)));
+                }
+                Action::StrayInstances { count } => {
+                    let (instance_type, zone) = cheapest_on_demand(catalog).ok_or_else(|| {
+                        err("no on-demand offering in the catalog to run stray instances on".into())
+                    })?;
+                    let group = scenario.machine_deployments.first();
+                    let md = group.and_then(|d| d["metadata"]["name"].as_str());
+                    let class = group
+                        .and_then(|d| d.pointer("/spec/template/spec/classRef/name"))
+                        .and_then(Value::as_str);
+                    let mut rng = seeded(scenario.seed ^ (second << 20) ^ next_event as u64);
+                    for n in 0..*count {
+                        let t = stray_tags(&scenario.cluster_name, n, md, class, &mut rng);
+                        strays.insert(cloud.add_stray_instance(&instance_type, &zone, t));
+                    }
+                }
             }
+        }
+        let due: Vec<Vec<String>> = {
+            let (due, later): (Vec<_>, Vec<_>) = recoveries.drain(..).partition(|(t, _)| *t <= now);
+            recoveries = later;
+            due.into_iter().map(|(_, nodes)| nodes).collect()
+        };
+        for nodes in due {
+            kubelets.recover(&nodes)?;
+        }
+        if outage_until.is_some_and(|t| t <= now) {
+            kubelets.set_control_plane_reachable(true)?;
+            outage_until = None;
+        }
+        if second % NODE_MONITOR_PERIOD.as_secs() == 0 {
+            node_lifecycle.run_once()?;
         }
         if berth.is_none() && berth_restart_at.is_some_and(|t| t <= now) {
             berth = Some(launch_berth());
@@ -378,7 +457,10 @@ async fn play(
 
     let instances = cloud.all_instances();
     let mut machines_launched: BTreeMap<String, u32> = BTreeMap::new();
-    for i in &instances {
+    for i in instances
+        .iter()
+        .filter(|i| !strays.contains(&i.instance_id))
+    {
         if let Some(uid) = i.tags.get(tags::MACHINE_UID) {
             *machines_launched.entry(uid.clone()).or_default() += 1;
         }
@@ -395,6 +477,15 @@ async fn play(
         .values()
         .sum();
     disruptions.retain(|_, v| *v > 0);
+    // The health and garbage-collection controllers' counters; absent ones (an older berth) read as 0.
+    let collected = counter_by_label(&exposition, "berth_garbage_collected_total", "kind");
+    let garbage_collected = GarbageCollected {
+        instances: collected.get("instance").copied().unwrap_or(0),
+        nodes: collected.get("node").copied().unwrap_or(0),
+        launch_templates: collected.get("launch_template").copied().unwrap_or(0),
+    };
+    let owners = machine_owners(&store)?;
+    let instances_leaked_at_end = leaked_instances(&instances, &scenario.cluster_name, &owners);
     if spot_interruptions > 0 {
         disruptions.insert("spot interruption".into(), spot_interruptions);
     }
@@ -412,14 +503,20 @@ async fn play(
         pods_created: workloads.pods_created,
         launch_failures,
         warnings,
+        // berth's launches: the stray instances the scenario injected are not.
         nodes_launched: instances
             .iter()
-            .filter(|i| i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name))
+            .filter(|i| {
+                i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name)
+                    && !strays.contains(&i.instance_id)
+            })
             .count() as u64,
         nodes_removed: instances
             .iter()
             .filter(|i| {
-                i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name) && i.state.is_terminal()
+                i.tags.get(tags::CLUSTER) == Some(&scenario.cluster_name)
+                    && i.state.is_terminal()
+                    && !strays.contains(&i.instance_id)
             })
             .count() as u64,
         duplicate_launches: machines_launched
@@ -435,7 +532,146 @@ async fn play(
         pods_lost_to_interruptions: t.pods_lost_to_interruptions,
         jobs: workloads.job_progress(),
         events: events_log,
+        machines_remediated: counter_sum(&exposition, "berth_remediations_total"),
+        remediations_held: counter_sum(&exposition, "berth_remediations_held_total"),
+        garbage_collected,
+        instances_leaked_at_end,
     })
+}
+
+/// Up to `n` of the candidates (sorted), chosen by the seeded generator.
+fn pick(mut candidates: Vec<String>, n: usize, rng: &mut impl FnMut() -> u64) -> Vec<String> {
+    candidates.sort();
+    let mut out = Vec::new();
+    for _ in 0..n.min(candidates.len()) {
+        out.push(candidates.remove((rng() % candidates.len() as u64) as usize));
+    }
+    out
+}
+
+/// The cheapest on-demand offering of the catalog (type, zone): where stray instances run.
+fn cheapest_on_demand(catalog: &Catalog) -> Option<(String, String)> {
+    catalog
+        .instance_types
+        .iter()
+        .flat_map(|t| {
+            t.offerings
+                .iter()
+                .filter(|o| o.capacity_type == CapacityType::OnDemand)
+                .map(move |o| (o.price, t.name.clone(), o.zone.clone()))
+        })
+        .min_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2)))
+        })
+        .map(|(_, t, z)| (t, z))
+}
+
+/// The tags of the `n`th stray instance, as `cloud::instance_tags` writes them for a launch: even ones carry a
+/// whole Machine's tags (a namespace, a name and a uid of a Machine that does not exist, as a Machine deleted while
+/// its launch was in flight leaves them), odd ones only the cluster's and the managed tag (a hand-made instance
+/// with berth's tags).
+fn stray_tags(
+    cluster: &str,
+    n: u32,
+    machine_deployment: Option<&str>,
+    class: Option<&str>,
+    rng: &mut impl FnMut() -> u64,
+) -> BTreeMap<String, String> {
+    let (a, b) = (rng(), rng());
+    let mut t = BTreeMap::from([
+        (tags::CLUSTER.to_string(), cluster.to_string()),
+        (tags::MANAGED.to_string(), "true".to_string()),
+    ]);
+    if n.is_multiple_of(2) {
+        let group = machine_deployment.unwrap_or("stray");
+        let name = format!("{group}-{:05x}", a & 0xf_ffff);
+        let uid = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            b & 0xfff,
+            (b >> 12) & 0xfff,
+            (b >> 16) & 0xffff_ffff_ffff
+        );
+        t.insert(tags::MACHINE_NAMESPACE.into(), NAMESPACE.into());
+        t.insert(tags::MACHINE_NAME.into(), name.clone());
+        t.insert(tags::MACHINE_UID.into(), uid);
+        if let Some(c) = class {
+            t.insert(tags::MACHINE_CLASS.into(), c.into());
+        }
+        if let Some(g) = machine_deployment {
+            t.insert(tags::MACHINE_DEPLOYMENT.into(), g.into());
+        }
+        t.insert(tags::NAME.into(), format!("{NAMESPACE}/{name}"));
+    } else {
+        t.insert(tags::NAME.into(), format!("{cluster}-stray-{n}"));
+    }
+    t
+}
+
+/// What the Machines claim: the instance ids they recorded (status.instanceId, a providerID's last segment) and
+/// their uids (an instance tagged with a Machine's uid is that Machine's, recorded or not: it adopts it).
+#[derive(Debug, Default)]
+struct MachineOwners {
+    instance_ids: BTreeSet<String>,
+    uids: BTreeSet<String>,
+}
+
+fn machine_owners(store: &Store) -> Result<MachineOwners, SimError> {
+    let mut owners = MachineOwners::default();
+    let Some(rt) = store.resource_type("berth.dev", "machines") else {
+        return Ok(owners);
+    };
+    for m in store.list(&rt, None, &ListQuery::default())?.items {
+        let v = m.value()?;
+        if let Some(uid) = v.pointer("/metadata/uid").and_then(Value::as_str) {
+            owners.uids.insert(uid.to_string());
+        }
+        for p in [
+            "/status/instanceId",
+            "/status/providerID",
+            "/spec/providerID",
+        ] {
+            if let Some(id) = v.pointer(p).and_then(Value::as_str) {
+                owners
+                    .instance_ids
+                    .insert(id.rsplit('/').next().unwrap_or(id).to_string());
+            }
+        }
+    }
+    Ok(owners)
+}
+
+/// Instances tagged as the cluster's, not terminated, that no Machine owns: what a crash leaked and nothing
+/// collected.
+fn leaked_instances(
+    instances: &[crate::cloud::Instance],
+    cluster: &str,
+    owners: &MachineOwners,
+) -> u64 {
+    instances
+        .iter()
+        .filter(|i| i.tags.get(tags::CLUSTER).map(String::as_str) == Some(cluster))
+        .filter(|i| !i.state.is_terminal())
+        .filter(|i| !owners.instance_ids.contains(&i.instance_id))
+        .filter(|i| {
+            i.tags
+                .get(tags::MACHINE_UID)
+                .is_none_or(|uid| !owners.uids.contains(uid))
+        })
+        .count() as u64
+}
+
+/// A counter of berth's summed over all its series (0 when berth does not export it).
+fn counter_sum(exposition: &str, metric: &str) -> u64 {
+    let (labelled, bare) = (format!("{metric}{{"), format!("{metric} "));
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&labelled) || l.starts_with(&bare))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Warning Events (berth's and the emulator's) by reason, with their repeat counts: why something did not happen.
@@ -685,5 +921,116 @@ impl Progress {
         if self.on {
             let _ = writeln!(std::io::stderr());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{Instance, InstanceState};
+
+    #[test]
+    fn counters_are_summed_over_every_series_and_absent_ones_are_zero() {
+        let exposition = "\
+# TYPE berth_remediations_total counter
+berth_remediations_total{group=\"a\",reason=\"NotReady\"} 2
+berth_remediations_total{group=\"b\",reason=\"Unknown\"} 1
+berth_remediations_held_total{group=\"a\",reason=\"MaxUnhealthy\"} 4
+berth_garbage_collected_total{kind=\"instance\"} 4
+berth_garbage_collected_total{kind=\"node\"} 1
+";
+        assert_eq!(counter_sum(exposition, "berth_remediations_total"), 3);
+        assert_eq!(counter_sum(exposition, "berth_remediations_held_total"), 4);
+        assert_eq!(counter_sum(exposition, "berth_nothing_total"), 0);
+        let gc = counter_by_label(exposition, "berth_garbage_collected_total", "kind");
+        assert_eq!((gc["instance"], gc["node"]), (4, 1));
+        assert!(!gc.contains_key("launch_template"));
+    }
+
+    fn instance(id: &str, state: InstanceState, tags: &[(&str, &str)]) -> Instance {
+        Instance {
+            instance_id: id.into(),
+            instance_type: "m5.large".into(),
+            zone: "us-east-1a".into(),
+            capacity_type: CapacityType::OnDemand,
+            state,
+            image_id: "ami-1".into(),
+            private_dns_name: None,
+            launch_time: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn leaked_instances_are_the_clusters_live_ones_no_machine_owns() {
+        let owners = MachineOwners {
+            instance_ids: BTreeSet::from(["i-recorded".to_string()]),
+            uids: BTreeSet::from(["uid-adopting".to_string()]),
+        };
+        let ours = (tags::CLUSTER, "sim");
+        let instances = [
+            instance("i-recorded", InstanceState::Running, &[ours]),
+            instance(
+                "i-adoptable",
+                InstanceState::Running,
+                &[ours, (tags::MACHINE_UID, "uid-adopting")],
+            ),
+            instance("i-gone", InstanceState::Terminated, &[ours]),
+            instance(
+                "i-other",
+                InstanceState::Running,
+                &[(tags::CLUSTER, "other")],
+            ),
+            instance("i-untagged", InstanceState::Running, &[]),
+            instance(
+                "i-leak-1",
+                InstanceState::Running,
+                &[ours, (tags::MACHINE_UID, "uid-deleted")],
+            ),
+            instance("i-leak-2", InstanceState::Pending, &[ours]),
+        ];
+        assert_eq!(leaked_instances(&instances, "sim", &owners), 2);
+    }
+
+    #[test]
+    fn stray_tags_look_like_berths_for_a_machine_that_does_not_exist() {
+        let mut rng = seeded(7);
+        let full = stray_tags("sim", 0, Some("general"), Some("m6i"), &mut rng);
+        assert_eq!(full[tags::CLUSTER], "sim");
+        assert_eq!(full[tags::MANAGED], "true");
+        assert_eq!(full[tags::MACHINE_DEPLOYMENT], "general");
+        assert_eq!(full[tags::MACHINE_CLASS], "m6i");
+        assert!(full[tags::MACHINE_NAME].starts_with("general-"));
+        let uid = &full[tags::MACHINE_UID];
+        assert_eq!(
+            uid.split('-').map(str::len).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12],
+            "{uid}"
+        );
+        let bare = stray_tags("sim", 1, Some("general"), Some("m6i"), &mut rng);
+        assert_eq!(
+            bare.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![tags::NAME, tags::CLUSTER, tags::MANAGED]
+        );
+        // The same seed, the same tags.
+        assert_eq!(
+            stray_tags("sim", 0, Some("general"), Some("m6i"), &mut seeded(7)),
+            full
+        );
+    }
+
+    #[test]
+    fn picks_are_distinct_seeded_and_bounded_by_the_candidates() {
+        let nodes: Vec<String> = (0..10).map(|i| format!("i-{i:02}")).collect();
+        let a = pick(nodes.clone(), 3, &mut seeded(1));
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.iter().collect::<BTreeSet<_>>().len(), 3);
+        let mut shuffled = nodes.clone();
+        shuffled.reverse();
+        assert_eq!(pick(shuffled, 3, &mut seeded(1)), a, "order-independent");
+        assert_eq!(pick(nodes[..2].to_vec(), 5, &mut seeded(1)).len(), 2);
     }
 }

@@ -5,6 +5,7 @@
 //! [`locate`](super::locate).
 
 use super::locate::{locate, parse_path};
+use crate::emulator::kubelet::KubeletFailure;
 use crate::model::duration::parse_duration;
 use crate::model::instance_type::{CapacityType, Catalog, InstanceType};
 use crate::model::quantity::{parse_cpu_millis, parse_units};
@@ -109,6 +110,9 @@ struct EntryFile {
     spot_interruption: Option<SpotInterruptionEvent>,
     insufficient_capacity: Option<ShortageEvent>,
     restart_berth: Option<RestartEvent>,
+    node_failure: Option<NodeFailureEvent>,
+    control_plane_outage: Option<OutageEvent>,
+    stray_instances: Option<StrayInstancesEvent>,
 }
 
 /// A pod template: what each pod of a workload asks for.
@@ -254,6 +258,36 @@ pub struct RestartEvent {
     pub down_for: Option<String>,
 }
 
+/// `count` Ready nodes (of one group, or any), chosen by the scenario's seed, fail: their kubelets stop posting
+/// (`condition: Unknown`, the default) or report NotReady; with `for`, they recover after that long.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeFailureEvent {
+    /// Signed so that a negative count gets this file's message rather than serde's.
+    pub count: i64,
+    #[serde(default)]
+    pub machine_deployment: Option<String>,
+    #[serde(default)]
+    pub condition: Option<String>,
+    #[serde(default, rename = "for")]
+    pub duration: Option<String>,
+}
+
+/// No kubelet's heartbeat reaches the API server for `for` (the API itself stays up).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutageEvent {
+    #[serde(rename = "for")]
+    pub duration: String,
+}
+
+/// `count` instances tagged as the cluster's appear that no Machine owns, as a crashed launch leaves them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StrayInstancesEvent {
+    pub count: i64,
+}
+
 // ---- the validated scenario ----
 
 /// Where the instance types come from.
@@ -290,6 +324,19 @@ pub enum Action {
     RestartBerth {
         down_for: Duration,
     },
+    NodeFailure {
+        count: u32,
+        machine_deployment: Option<String>,
+        condition: KubeletFailure,
+        /// None: the nodes stay failed.
+        recover_after: Option<Duration>,
+    },
+    ControlPlaneOutage {
+        duration: Duration,
+    },
+    StrayInstances {
+        count: u32,
+    },
 }
 
 impl Action {
@@ -312,6 +359,13 @@ impl Action {
                 format!("capacity shortage for {}s", duration.as_secs())
             }
             Action::RestartBerth { .. } => "berth restart".to_string(),
+            Action::NodeFailure {
+                count, condition, ..
+            } => format!("node failure of {count} ({})", condition.as_str()),
+            Action::ControlPlaneOutage { duration } => {
+                format!("control plane outage for {}s", duration.as_secs())
+            }
+            Action::StrayInstances { count } => format!("{count} stray instances"),
         }
     }
 }
@@ -639,11 +693,80 @@ fn entry_action(
             .unwrap_or(Duration::ZERO);
         actions.push(Action::RestartBerth { down_for });
     }
+    if let Some(f) = e.node_failure {
+        actions.push(node_failure(cx, &format!("{path}.nodeFailure"), f, mds)?);
+    }
+    if let Some(o) = e.control_plane_outage {
+        let field = format!("{path}.controlPlaneOutage.for");
+        let duration = cx.duration(&field, &o.duration)?;
+        if duration.is_zero() {
+            return Err(cx.err(&field, "must be more than 0s"));
+        }
+        actions.push(Action::ControlPlaneOutage { duration });
+    }
+    if let Some(st) = e.stray_instances {
+        let count = positive_count(cx, &format!("{path}.strayInstances.count"), st.count)?;
+        actions.push(Action::StrayInstances { count });
+    }
     match actions.len() {
         1 => Ok(actions.remove(0)),
-        0 => Err(cx.err(path, "an event needs one action (deployment, scale, job, daemonSet, pdb, templateChange, scaleMachineDeployment, spotInterruption, insufficientCapacity or restartBerth)")),
+        0 => Err(cx.err(path, "an event needs one action (deployment, scale, job, daemonSet, pdb, templateChange, scaleMachineDeployment, spotInterruption, insufficientCapacity, restartBerth, nodeFailure, controlPlaneOutage or strayInstances)")),
         _ => Err(cx.err(path, "an event has exactly one action; split it into several events at the same time")),
     }
+}
+
+/// A count of at least 1 (and at most u32::MAX).
+fn positive_count(cx: &Ctx, field: &str, n: i64) -> Result<u32, ScenarioError> {
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(cx.err(field, format!("{n} is not a count of at least 1"))),
+    }
+}
+
+fn node_failure(
+    cx: &Ctx,
+    path: &str,
+    f: NodeFailureEvent,
+    mds: &[Value],
+) -> Result<Action, ScenarioError> {
+    let count = positive_count(cx, &format!("{path}.count"), f.count)?;
+    if let Some(md) = &f.machine_deployment {
+        if !mds.iter().any(|m| m["metadata"]["name"] == md.as_str()) {
+            return Err(cx.err(
+                &format!("{path}.machineDeployment"),
+                format!("no MachineDeployment {md:?} in berth.machineDeployments"),
+            ));
+        }
+    }
+    let condition = match f.condition.as_deref() {
+        None => KubeletFailure::Unknown,
+        Some(c) => KubeletFailure::parse(c).ok_or_else(|| {
+            cx.err(
+                &format!("{path}.condition"),
+                format!("{c:?} is neither NotReady (the kubelet reports Ready=False) nor Unknown (it stops posting)"),
+            )
+        })?,
+    };
+    let recover_after = match f.duration.as_deref() {
+        None => None,
+        Some(d) => {
+            let field = format!("{path}.for");
+            let after = cx.duration(&field, d)?;
+            if after.is_zero() {
+                return Err(cx.err(
+                    &field,
+                    "must be more than 0s (leave it out for nodes that stay failed)",
+                ));
+            }
+            Some(after)
+        }
+    };
+    Ok(Action::NodeFailure {
+        count,
+        machine_deployment: f.machine_deployment,
+        condition,
+        recover_after,
+    })
 }
 
 /// serde_yaml's message already names the field path (`timeline[2].scale: unknown field ...`); add file and line.
@@ -801,6 +924,9 @@ impl Scenario {
                     job.parallelism = f(job.parallelism);
                 }
                 Action::SpotInterruption(s) => s.count = f(s.count),
+                // A share of the fleet fails, as with spot interruptions; stray instances are what crashes leave,
+                // whatever the workload's size, so their count stays.
+                Action::NodeFailure { count, .. } => *count = f(*count),
                 Action::ScaleMachineDeployment(s) => s.replicas = f(s.replicas),
                 _ => {}
             }
@@ -957,5 +1083,126 @@ timeline:
                 }
             })
         );
+    }
+
+    fn with_event(event: &str) -> String {
+        format!("{GOOD}  - at: 6m\n    {event}\n")
+    }
+
+    #[test]
+    fn failure_events_parse_with_their_defaults() {
+        let s = parse(
+            "s.yaml",
+            &format!(
+                "{}  - at: 7m\n    controlPlaneOutage: {{for: 10m}}\n  - at: 8m\n    strayInstances: {{count: 4}}\n  - at: 9m\n    nodeFailure: {{count: 2, machineDeployment: general, condition: NotReady, for: 90s}}\n",
+                with_event("nodeFailure: {count: 3}")
+            ),
+            None,
+        )
+        .unwrap();
+        let actions: Vec<&Action> = s.timeline.iter().skip(2).map(|e| &e.action).collect();
+        assert_eq!(
+            actions,
+            vec![
+                &Action::NodeFailure {
+                    count: 3,
+                    machine_deployment: None,
+                    condition: KubeletFailure::Unknown,
+                    recover_after: None
+                },
+                &Action::ControlPlaneOutage {
+                    duration: Duration::from_secs(600)
+                },
+                &Action::StrayInstances { count: 4 },
+                &Action::NodeFailure {
+                    count: 2,
+                    machine_deployment: Some("general".into()),
+                    condition: KubeletFailure::NotReady,
+                    recover_after: Some(Duration::from_secs(90))
+                },
+            ]
+        );
+        // Scaling shrinks the share of the fleet that fails, not what crashes leave behind.
+        let scaled = s.scaled(0.1);
+        assert!(matches!(
+            scaled.timeline[2].action,
+            Action::NodeFailure { count: 1, .. }
+        ));
+        assert_eq!(
+            scaled.timeline[4].action,
+            Action::StrayInstances { count: 4 }
+        );
+    }
+
+    #[test]
+    fn bad_failure_events_name_the_field() {
+        let cases = [
+            (
+                "nodeFailure: {count: 0}",
+                "timeline[2].nodeFailure.count",
+                "0 is not a count",
+            ),
+            (
+                "nodeFailure: {count: -2}",
+                "timeline[2].nodeFailure.count",
+                "-2 is not a count",
+            ),
+            (
+                "nodeFailure: {count: 1, condition: Dead}",
+                "timeline[2].nodeFailure.condition",
+                "\"Dead\" is neither NotReady",
+            ),
+            (
+                "nodeFailure: {count: 1, for: soon}",
+                "timeline[2].nodeFailure.for",
+                "soon",
+            ),
+            (
+                "nodeFailure: {count: 1, for: 0s}",
+                "timeline[2].nodeFailure.for",
+                "more than 0s",
+            ),
+            (
+                "nodeFailure: {count: 1, machineDeployment: gpu}",
+                "timeline[2].nodeFailure.machineDeployment",
+                "no MachineDeployment \"gpu\"",
+            ),
+            (
+                "nodeFailure: {count: 1, colour: red}",
+                "timeline[2].nodeFailure",
+                "unknown field `colour`",
+            ),
+            (
+                "controlPlaneOutage: {for: ages}",
+                "timeline[2].controlPlaneOutage.for",
+                "ages",
+            ),
+            (
+                "controlPlaneOutage: {for: 0s}",
+                "timeline[2].controlPlaneOutage.for",
+                "more than 0s",
+            ),
+            (
+                "controlPlaneOutage: {}",
+                "timeline[2].controlPlaneOutage",
+                "missing field `for`",
+            ),
+            (
+                "strayInstances: {count: 0}",
+                "timeline[2].strayInstances.count",
+                "0 is not a count",
+            ),
+            (
+                "strayInstances: {count: many}",
+                "timeline[2].strayInstances.count",
+                "invalid type",
+            ),
+        ];
+        for (event, want_field, want_message) in cases {
+            let (line, field, message) = err(&with_event(event));
+            assert_eq!(field, want_field, "{event}: {message}");
+            assert!(message.contains(want_message), "{event}: {message}");
+            assert_eq!(line, 24, "{event}: the event's line");
+        }
     }
 }

@@ -34,6 +34,14 @@ pub struct RolloutRecord {
     pub finished_s: Option<u64>,
 }
 
+/// What berth's garbage collector removed (berth_garbage_collected_total by kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GarbageCollected {
+    pub instances: u64,
+    pub nodes: u64,
+    pub launch_templates: u64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
@@ -72,6 +80,13 @@ pub struct Outcome {
     pub jobs: BTreeMap<String, (u32, u32)>,
     /// The timeline as played: (second, what).
     pub events: Vec<(u64, String)>,
+    /// Machines berth's health checks remediated (berth_remediations_total, every group and reason).
+    pub machines_remediated: u64,
+    /// Remediations berth held back (berth_remediations_held_total): too many unhealthy at once, stale heartbeats.
+    pub remediations_held: u64,
+    pub garbage_collected: GarbageCollected,
+    /// Instances tagged as the cluster's, not terminated, that no Machine owns at the end of the run.
+    pub instances_leaked_at_end: u64,
 }
 
 /// The figures of one run.
@@ -106,6 +121,10 @@ pub struct Summary {
     pub pdb_bypassed: u64,
     pub duplicate_launches: u64,
     pub jobs_complete: bool,
+    pub machines_remediated: u64,
+    pub remediations_held: u64,
+    pub garbage_collected: GarbageCollected,
+    pub instances_leaked_at_end: u64,
 }
 
 /// The `q`-quantile (nearest rank) of sorted values.
@@ -172,6 +191,10 @@ pub fn summarize(o: &Outcome) -> Summary {
         pdb_bypassed: o.pdb_bypassed,
         duplicate_launches: o.duplicate_launches,
         jobs_complete: o.jobs.values().all(|(done, want)| done >= want),
+        machines_remediated: o.machines_remediated,
+        remediations_held: o.remediations_held,
+        garbage_collected: o.garbage_collected,
+        instances_leaked_at_end: o.instances_leaked_at_end,
     }
 }
 
@@ -248,6 +271,20 @@ pub fn rows(s: &Summary) -> Vec<(String, String)> {
     r.push((
         "duplicate launches".into(),
         s.duplicate_launches.to_string(),
+    ));
+    r.push((
+        "machines remediated".into(),
+        s.machines_remediated.to_string(),
+    ));
+    r.push(("remediations held".into(), s.remediations_held.to_string()));
+    let gc = &s.garbage_collected;
+    r.push((
+        "garbage collected: instances / nodes / LTs".into(),
+        format!("{} / {} / {}", gc.instances, gc.nodes, gc.launch_templates),
+    ));
+    r.push((
+        "instances leaked at the end".into(),
+        s.instances_leaked_at_end.to_string(),
     ));
     r
 }
@@ -349,6 +386,14 @@ mod tests {
             pods_lost_to_interruptions: 0,
             jobs: BTreeMap::new(),
             events: vec![],
+            machines_remediated: 3,
+            remediations_held: 2,
+            garbage_collected: GarbageCollected {
+                instances: 4,
+                nodes: 1,
+                launch_templates: 0,
+            },
+            instances_leaked_at_end: 0,
         }
     }
 
@@ -391,6 +436,32 @@ mod tests {
         let t = compare_table(&outcome(), &b);
         let line = t.lines().find(|l| l.contains("nodes launched")).unwrap();
         assert!(line.contains('4') && line.contains('9'), "{line}");
+    }
+
+    #[test]
+    fn health_and_garbage_figures_reach_the_table_and_the_json() {
+        let o = outcome();
+        let t = table(&o);
+        for (row, value) in [
+            ("machines remediated", "3"),
+            ("remediations held", "2"),
+            ("garbage collected: instances / nodes / LTs", "4 / 1 / 0"),
+            ("instances leaked at the end", "0"),
+        ] {
+            let line = t
+                .lines()
+                .find(|l| l.contains(row))
+                .unwrap_or_else(|| panic!("{row}: {t}"));
+            assert!(line.trim_end().ends_with(value), "{line}");
+        }
+        let json = serde_json::to_value(summarize(&o)).unwrap();
+        assert_eq!(json["machines_remediated"], 3);
+        assert_eq!(json["remediations_held"], 2);
+        assert_eq!(
+            json["garbage_collected"],
+            serde_json::json!({"instances": 4, "nodes": 1, "launch_templates": 0})
+        );
+        assert_eq!(json["instances_leaked_at_end"], 0);
     }
 
     #[test]
