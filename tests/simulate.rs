@@ -495,9 +495,8 @@ fn failure_events_play_and_the_summary_has_their_fields() {
 }
 
 /// The end-to-end expectations of the simulation, which need berth's health checks (remediation with its
-/// guards) and its garbage collector: un-ignore once both are merged.
+/// guards) and its garbage collector.
 #[test]
-#[ignore = "needs the health and GC controllers"]
 fn health_checks_and_gc_handle_failure_scenarios_end_to_end() {
     // Every kubelet silent for 10 minutes: nothing is remediated or terminated, remediations are held.
     let (o, _) = play(&failure_scenario(
