@@ -120,6 +120,7 @@ fn renders_every_object_with_options_on() {
             "BerthPodsPendingTooLong",
             "BerthLaunchFailures",
             "BerthCloudThrottled",
+            "BerthMachinesUnhealthy",
             "BerthLeaderMissing"
         ]
     );

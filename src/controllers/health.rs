@@ -212,7 +212,18 @@ async fn pass(
             }
         }
 
-        // Status.
+        // Status. Every reason's series exists from the first pass, at 0, so a rate or an increase over the first
+        // remediation is right and a dashboard shows 0 rather than no data.
+        for reason in ["UnhealthyNode", "NodeNotFound"] {
+            ctx.metrics
+                .remediations
+                .with_label_values(&[&group, reason]);
+        }
+        for reason in Hold::REASONS {
+            ctx.metrics
+                .remediations_held
+                .with_label_values(&[&group, reason]);
+        }
         ctx.metrics
             .machines_unhealthy
             .with_label_values(&[&group])

@@ -339,6 +339,17 @@ pub async fn reconcile(
             .filter(|n| carries(n, p))
             .map(Arc::new);
     }
+    // A Running Machine's Node vanished: most often its instance was terminated (a spot interruption), which the
+    // cached inventory may not show yet. Look afresh, so the Machine fails and is replaced now rather than waiting
+    // as NodeNotFound for the health check.
+    if node.is_none() && was_running && !deleting && instance.is_some() {
+        instance = find(
+            &ctx.inventory
+                .refresh(ctx.cloud.as_ref(), now)
+                .await
+                .map_err(cloud_error)?,
+        );
+    }
     // The group's health check may set the startup timeout, and sets the drain timeout of a remediated Machine.
     // Only then is the MachineDeployment read: most reconciles need neither.
     let node_ready = node

@@ -229,6 +229,14 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// Every reason [`Hold::reason`] gives.
+    pub const REASONS: [&'static str; 4] = [
+        "ClusterViewStale",
+        "HeartbeatsStale",
+        "TooManyUnhealthy",
+        "InvalidHealthCheck",
+    ];
+
     /// A CamelCase reason, for conditions, Events and the `reason` label.
     pub fn reason(&self) -> &'static str {
         match self {
