@@ -344,7 +344,7 @@ async fn all_unschedulable(h: &Harness, count: usize) {
         h.pods()
             .await
             .iter()
-            .filter(|p| berth::state::snapshot::is_unschedulable(p))
+            .filter(|p| berth::model::pod::is_unschedulable(p))
             .count()
             == count
     })

@@ -1,8 +1,8 @@
 //! The simulated cloud through the `CloudProvider` trait: the launch sequence and every error path.
 
+use berth::cloud::action::Action;
 use berth::cloud::clock::{SharedClock, TokioClock};
 use berth::cloud::metrics::{CloudMetrics, Outcome};
-use berth::cloud::rate_limit::Action;
 use berth::cloud::sim::fixtures::{request, small_catalog};
 use berth::cloud::sim::{Fault, SimConfig, SimInstanceEvent, SimNodeGroup, SimulatedCloud};
 use berth::cloud::{

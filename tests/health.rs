@@ -120,7 +120,7 @@ async fn every_kubelet_silent_replaces_nothing_and_says_why() {
         .cloud
         .calls()
         .iter()
-        .all(|c| c.action != berth::cloud::rate_limit::Action::TerminateInstances));
+        .all(|c| c.action != berth::cloud::action::Action::TerminateInstances));
     // Heartbeats resume: the hold lifts and still nothing happens.
     for node in node_names(&h).await {
         set_ready(&h, &node, "True").await;

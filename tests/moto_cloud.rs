@@ -7,10 +7,10 @@ mod fault_proxy;
 mod moto;
 
 use aws_sdk_ec2::types as t;
+use berth::cloud::action::Action;
 use berth::cloud::aws::{AwsCloud, AwsConfig};
 use berth::cloud::clock::{SharedClock, SystemClock};
 use berth::cloud::metrics::{CloudMetrics, Outcome};
-use berth::cloud::rate_limit::Action;
 use berth::cloud::retry::Backoff;
 use berth::cloud::sim::fixtures;
 use berth::cloud::{

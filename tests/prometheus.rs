@@ -267,7 +267,7 @@ fn promtool_accepts_metrics_and_prometheus_evaluates_every_query() {
 /// so each panel has something real to show, and each must: an empty result is a panel a user would see blank.
 #[test]
 fn every_dashboard_panel_shows_data_after_a_burst_a_rollout_and_a_scale_down() {
-    use berth::cloud::rate_limit::Action;
+    use berth::cloud::action::Action;
     use berth::cloud::sim::{Fault, SimConfig, SimulatedCloud};
     use berth::telemetry::server::{serve, OpsState};
     use k8s_openapi::api::core::v1::Pod;

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod common;
+pub mod launch_shapes;
 pub mod machine;
 pub mod machine_class;
 pub mod machine_deployment;

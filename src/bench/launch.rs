@@ -6,10 +6,10 @@
 //! Time is tokio's paused clock by default, so the figure is the time EC2's limits impose, independent of this
 //! machine's speed; `--real-time` runs on the wall clock instead (and takes as long).
 
+use crate::cloud::action::Action;
 use crate::cloud::clock::{SharedClock, TokioClock};
 use crate::cloud::error::CloudError;
 use crate::cloud::metrics::{CloudMetrics, Outcome};
-use crate::cloud::rate_limit::Action;
 use crate::cloud::sim::{fixtures, SimConfig, SimulatedCloud};
 use crate::cloud::{ClassRevision, CloudProvider, InstanceTypeChoice};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! limiter made a call wait. Labels are bounded: `action` is one of [`Action`]'s names, `outcome` one of
 //! [`Outcome`]'s.
 
-use crate::cloud::rate_limit::Action;
+use crate::cloud::action::Action;
 use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 
 /// How one API call ended.

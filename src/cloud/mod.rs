@@ -8,6 +8,7 @@
 //! The launch inputs here are plain data, independent of the CRD types, so the machine controller maps a
 //! MachineClass and a Machine onto a [`LaunchRequest`] and this module never depends on `api`.
 
+pub mod action;
 pub mod aws;
 pub mod bootstrap;
 pub mod clock;

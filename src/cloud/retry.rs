@@ -3,9 +3,10 @@
 //! between 0 and min(cap, base·2^n)), as EC2's throttling guide advises. A 4xx other than a throttle is returned at
 //! once: repeating an unchanged bad request cannot help.
 
+use crate::cloud::action::Action;
 use crate::cloud::error::CloudError;
 use crate::cloud::metrics::{CloudMetrics, Outcome};
-use crate::cloud::rate_limit::{Action, RateLimits};
+use crate::cloud::rate_limit::RateLimits;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //!
 //! Time: waits use tokio time (tests may pause it); timestamps come from the injected clock.
 
+use crate::cloud::action::{Action, BucketSize};
 use crate::cloud::bootstrap::BootstrapError;
 use crate::cloud::clock::SharedClock;
 use crate::cloud::error::{CloudError, OfferingFailure};
@@ -18,7 +19,7 @@ use crate::cloud::launcher::{
     self, FleetApi, FleetCall, FleetResponse, LaunchTemplateSpec, RunCall,
 };
 use crate::cloud::metrics::CloudMetrics;
-use crate::cloud::rate_limit::{Action, BucketSize, RateLimits};
+use crate::cloud::rate_limit::RateLimits;
 use crate::cloud::resolve::{newest_image, tags_match, wildcard_match, ImageInfo};
 use crate::cloud::retry::{ApiCaller, Backoff, Failure};
 use crate::cloud::unavailable::{UnavailableOfferings, DEFAULT_TTL};

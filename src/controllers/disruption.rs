@@ -32,8 +32,8 @@
 //! which can delay a scale-down but never cause one.
 
 use super::events::EventKind;
-use super::machine_set::{read_shape_queue, LaunchShapeEntry};
 use super::{keys, stable_hash, Context, ControllerError};
+use crate::api::launch_shapes::{read_shape_queue, LaunchShapeEntry};
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{
     Cluster, Machine, MachineDeployment, MachinePhase, MachineShape, DELETE_MACHINE_ANNOTATION,

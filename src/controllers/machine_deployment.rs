@@ -1,9 +1,9 @@
 //! The MachineDeployment controller: one MachineSet per template revision (the template's hash in its name and
 //! labels), rolled between with the pure planner `rollout::plan`.
 
-use super::machine_set::read_shape_queue;
 use super::{error_backoff, keys, stable_hash, Context, ControllerError};
 use crate::api::common::{set_condition, Condition, ConditionStatus, MachineTemplate};
+use crate::api::launch_shapes::read_shape_queue;
 use crate::api::machine_deployment::StrategyType;
 use crate::api::{
     MachineClass, MachineDeployment, MachineDeploymentStatus, MachineSet, MachineSetSpec,

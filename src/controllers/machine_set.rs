@@ -18,6 +18,7 @@
 use super::expectations::{Expectations, Readiness, SeenMachines};
 use super::{error_backoff, keys, Context, ControllerError};
 use crate::api::common::{find_condition, set_condition, Condition, ConditionStatus};
+use crate::api::launch_shapes::{read_shape_queue, LaunchShapeEntry};
 use crate::api::{Machine, MachinePhase, MachineSet, MachineSetStatus, MachineShape, MachineSpec};
 use crate::clock::from_k8s;
 use crate::controllers::events::EventKind;
@@ -31,37 +32,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch as signal;
 
 const CONTROLLER: &str = "machine_set";
-
-/// One queued launch shape, as stored in the `berth.dev/launch-shapes` annotation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LaunchShapeEntry {
-    pub id: String,
-    #[serde(flatten)]
-    pub shape: MachineShape,
-}
-
-/// Reads the queue; a malformed annotation is treated as empty (it only steers sizes) and reported by the caller.
-pub fn read_shape_queue(
-    annotations: &BTreeMap<String, String>,
-) -> Result<Vec<LaunchShapeEntry>, String> {
-    match annotations.get(keys::LAUNCH_SHAPES) {
-        None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            format!(
-                "annotation {} is not a list of shapes: {e}",
-                keys::LAUNCH_SHAPES
-            )
-        }),
-    }
-}
 
 /// What the MachineSet controller reads beyond the shared context.
 pub struct SetContext {
@@ -551,33 +526,5 @@ fn new_machine(set: &MachineSet, shape: Option<&QueuedShape<MachineShape>>) -> M
             provider_id: None,
         },
         status: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shape_queue_round_trips_and_rejects_garbage() {
-        let entries = vec![LaunchShapeEntry {
-            id: "p1-0".into(),
-            shape: MachineShape {
-                instance_types: vec!["m6i.large".into()],
-                zones: vec!["us-east-1a".into()],
-                capacity_types: vec![],
-            },
-        }];
-        let mut annotations = BTreeMap::new();
-        annotations.insert(
-            keys::LAUNCH_SHAPES.to_string(),
-            serde_json::to_string(&entries).unwrap(),
-        );
-        assert_eq!(read_shape_queue(&annotations).unwrap(), entries);
-        annotations.insert(keys::LAUNCH_SHAPES.to_string(), "{not json".into());
-        assert!(read_shape_queue(&annotations)
-            .unwrap_err()
-            .contains(keys::LAUNCH_SHAPES));
-        assert!(read_shape_queue(&BTreeMap::new()).unwrap().is_empty());
     }
 }

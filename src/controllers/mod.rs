@@ -34,7 +34,7 @@ pub mod keys {
     /// On MachineSets: the revision number of their template.
     pub const REVISION: &str = "berth.dev/revision";
     /// On MachineDeployments and MachineSets: queued launch shapes (JSON), written by the autoscaler.
-    pub const LAUNCH_SHAPES: &str = "berth.dev/launch-shapes";
+    pub const LAUNCH_SHAPES: &str = crate::api::launch_shapes::LAUNCH_SHAPES_ANNOTATION;
     /// On Machines: the id of the launch shape the Machine was created for.
     pub const SHAPE_ID: &str = "berth.dev/shape-id";
     /// On MachineDeployments: when the provisioner last raised replicas (RFC 3339); scale-down waits after it.

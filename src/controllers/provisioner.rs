@@ -12,8 +12,8 @@
 //! from fresher objects instead of being added on top.
 
 use super::events::EventKind;
-use super::machine_set::LaunchShapeEntry;
 use super::{keys, Context};
+use crate::api::launch_shapes::LaunchShapeEntry;
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{MachineDeployment, MachineShape};
 use crate::cloud::CloudProvider;

@@ -612,6 +612,35 @@ fn container_requests(pod: &str, c: &core::Container) -> Result<Resources, PodEr
     })
 }
 
+/// Whether kube-scheduler gave up on this pod (PodScheduled=False, reason Unschedulable) and berth may help:
+/// not bound, not being deleted, not a DaemonSet's (a new node brings its own daemon pods).
+pub fn is_unschedulable(pod: &core::Pod) -> bool {
+    let spec_ok = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
+    let daemon = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    let status = pod.status.as_ref();
+    let pending = status
+        .and_then(|s| s.phase.as_deref())
+        .is_none_or(|p| p == "Pending");
+    let marked = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        });
+    spec_ok && !daemon && pending && marked && pod.metadata.deletion_timestamp.is_none()
+}
+
 /// The pod's effective requests as the scheduler computes them (see the module docs), with `pods = 1`.
 pub fn pod_requests(pod: &str, spec: &core::PodSpec) -> Result<Resources, PodError> {
     let mut total = Resources::default();

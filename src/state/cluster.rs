@@ -113,7 +113,7 @@ impl ClusterCache {
         let on_pod = {
             let changed = changed.clone();
             move |pod: &Pod| {
-                if crate::state::snapshot::is_unschedulable(pod) {
+                if crate::model::pod::is_unschedulable(pod) {
                     changed.send_modify(|generation| *generation += 1);
                 }
             }

@@ -21,14 +21,15 @@
 
 use super::cluster::ClusterObjects;
 use crate::api::common::{TaintEffectSpec, TaintSpec};
+use crate::api::launch_shapes::{read_shape_queue, LaunchShapeEntry};
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{Cluster, Machine, MachineDeployment, MachinePhase};
 use crate::clock::from_k8s;
 use crate::controllers::keys;
-use crate::controllers::machine_set::{read_shape_queue, LaunchShapeEntry};
 use crate::fx::{Fx, FxMap};
 use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::node::Node;
+use crate::model::pod::is_unschedulable;
 use crate::model::pod::{OwnerRef, Pod};
 use crate::model::quantity::{parse_cpu_millis, parse_units};
 use crate::model::requirements::{Operator, Requirement, Requirements};
@@ -52,35 +53,6 @@ pub const SCHEDULER_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
 
 /// Namespace of the placeholder pods that stand for headroom; they never exist in the cluster.
 pub const HEADROOM_NAMESPACE: &str = "berth-headroom";
-
-/// Whether kube-scheduler gave up on this pod (PodScheduled=False, reason Unschedulable) and berth may help:
-/// not bound, not being deleted, not a DaemonSet's (a new node brings its own daemon pods).
-pub fn is_unschedulable(pod: &core::Pod) -> bool {
-    let spec_ok = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
-    let daemon = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-    let status = pod.status.as_ref();
-    let pending = status
-        .and_then(|s| s.phase.as_deref())
-        .is_none_or(|p| p == "Pending");
-    let marked = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })
-        });
-    spec_ok && !daemon && pending && marked && pod.metadata.deletion_timestamp.is_none()
-}
 
 /// When the pod became unschedulable (the condition's transition time, else its creation).
 pub fn unschedulable_since(pod: &core::Pod) -> Option<DateTime<Utc>> {

@@ -9,8 +9,8 @@ use berth::api::{
     crds, Cluster, Machine, MachineClass, MachineDeployment, MachinePhase, MachineSet,
 };
 use berth::clock::{SharedClock, SystemClock};
+use berth::cloud::action::Action;
 use berth::cloud::metrics::CloudMetrics;
-use berth::cloud::rate_limit::Action;
 use berth::cloud::sim::{SimConfig, SimInstanceEvent, SimulatedCloud};
 use berth::cloud::CloudProvider;
 use berth::controllers::{health, machine, machine_deployment, machine_set, Context};

@@ -5,8 +5,8 @@
 
 use super::ec2::ClassifyExt;
 use super::AwsCloud;
+use crate::cloud::action::Action;
 use crate::cloud::error::CloudError;
-use crate::cloud::rate_limit::Action;
 use crate::cloud::{tags, NodeGroup, NodeGroupInstance};
 use aws_sdk_autoscaling::types as t;
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,8 +5,8 @@
 
 use super::ec2::ClassifyExt;
 use super::AwsCloud;
+use crate::cloud::action::Action;
 use crate::cloud::error::CloudError;
-use crate::cloud::rate_limit::Action;
 use crate::model::instance_type::{Arch, CapacityType, Catalog, InstanceType, Offering};
 use aws_sdk_ec2::types as t;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

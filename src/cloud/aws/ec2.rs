@@ -3,10 +3,10 @@
 //! security groups and AMIs by id or selector.
 
 use super::{cache_get, cache_put, classify, AwsCloud};
+use crate::cloud::action::Action;
 use crate::cloud::error::{CloudError, OfferingFailure};
 use crate::cloud::launch_plan::SubnetInfo;
 use crate::cloud::launcher::{FleetApi, FleetCall, FleetResponse, LaunchTemplateSpec, RunCall};
-use crate::cloud::rate_limit::Action;
 use crate::cloud::resolve::{newest_image, ImageInfo};
 use crate::cloud::retry::Failure;
 use crate::cloud::unavailable::is_capacity_error;
