@@ -146,7 +146,14 @@ struct Rounds {
     quiet: Option<(DisruptionInput, DateTime<Utc>)>,
     /// Pod readings kept from one round to the next (most pods do not change between two rounds).
     readings: PodReadings,
+    /// The Auto Scaling groups as last read, and when: see [`GROUPS_MAX_AGE`].
+    auto_scaling_groups: Option<(DateTime<Utc>, Vec<crate::cloud::NodeGroup>)>,
 }
+
+/// How long a read of the Auto Scaling groups serves the rounds. Groups change rarely and their nodes are scale-down
+/// candidates only after minutes of underutilization, while a read every 10 s round is 360 DescribeAutoScalingGroups
+/// calls an hour against a bucket the provisioner needs for scale-ups. A group drain in progress reads afresh.
+const GROUPS_MAX_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// How long a quiet answer stands at most, whatever the input: a safety net, not a rule.
 const QUIET_AT_MOST: chrono::Duration = chrono::Duration::minutes(5);
@@ -229,18 +236,32 @@ async fn round(
     finish_replacements(ctx, &objects, config).await?;
     // The berth-enabled Auto Scaling groups; when they cannot be read, their nodes are neither planned nor drained
     // further this round (they are then only places pods may go).
-    let auto_scaling_groups = match cloud {
-        Some(c) => match c.node_groups().await {
-            Ok(groups) => groups,
+    let now = ctx.clock.now();
+    let draining = objects
+        .nodes
+        .iter()
+        .any(|n| n.annotations().contains_key(keys::DRAIN_STARTED));
+    let auto_scaling_groups = match (cloud, &rounds.auto_scaling_groups) {
+        (Some(_), Some((at, groups))) if now - *at < GROUPS_MAX_AGE && !draining => groups.clone(),
+        (Some(c), _) => match c.node_groups().await {
+            Ok(groups) => {
+                rounds.auto_scaling_groups = Some((now, groups.clone()));
+                groups
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the Auto Scaling groups: their nodes are left alone this round");
+                rounds.auto_scaling_groups = None;
                 Vec::new()
             }
         },
-        None => Vec::new(),
+        (None, _) => Vec::new(),
     };
     if let Some(c) = cloud {
         finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
+    }
+    if draining {
+        // A drain may have just ended in a termination: the next round reads the groups' sizes afresh.
+        rounds.auto_scaling_groups = None;
     }
 
     let Some((_, _, first)) =
