@@ -286,7 +286,8 @@ pub struct MachineDeploymentStatus {
     /// progressDeadlineSeconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_time: Option<Time>,
-    /// Available, Progressing, ScalingLimited, Valid.
+    /// Available, Progressing, ScalingLimited, Valid; RemediationAllowed once the health check has held remediation
+    /// (absent means allowed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The generation last acted on.

@@ -8,7 +8,8 @@
 //! - **apply**: a Machine to remediate gets the `berth.dev/remediation` annotation (the Machine controller, sole
 //!   writer of its status, turns it into `HealthCheckSucceeded=False` and drains with the health check's drain
 //!   timeout) and is deleted, guarded by its uid; its MachineSet replaces it;
-//! - **status**: the `RemediationAllowed` condition on each MachineDeployment, Events, and the metrics
+//! - **status**: the `RemediationAllowed` condition on each MachineDeployment once it has been held (absent means
+//!   allowed), Events, and the metrics
 //!   `berth_machines_unhealthy`, `berth_remediations_total` and `berth_remediations_held_total`.
 //!
 //! Nothing here is remembered that a restart could not lose safely: a restart starts every "no news" clock over.
@@ -381,9 +382,14 @@ async fn write_condition(
         ),
     };
     let mut md_status = md.status.clone().unwrap_or_default();
-    if find_condition(&md_status.conditions, "RemediationAllowed")
-        .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
-    {
+    let shown = find_condition(&md_status.conditions, "RemediationAllowed");
+    if shown.is_some_and(|c| c.status == status && c.reason == reason && c.message == message) {
+        return Ok(());
+    }
+    // Absent reads as allowed: a group that was never held is not written to. Every write of a MachineDeployment
+    // bumps its resourceVersion and fails the provisioner's guarded replica patch of that moment, which then waits a
+    // pass: a first True on every group right at start-up delayed the first scale-up.
+    if shown.is_none() && hold.is_none() {
         return Ok(());
     }
     set_condition(
