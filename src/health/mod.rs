@@ -507,8 +507,8 @@ mod tests {
     fn three_of_five_with_forty_percent_holds_all() {
         let policy = HealthPolicy::default();
         let mut group = fleet(5);
-        for i in 0..3 {
-            group[i] = machine(&format!("m{i}"), ready("False", 0));
+        for (i, m) in group.iter_mut().enumerate().take(3) {
+            *m = machine(&format!("m{i}"), ready("False", 0));
         }
         let plan = plan_group(&policy, &group, None, t(0), t(1000));
         assert_eq!(plan.unhealthy.len(), 3);
@@ -599,8 +599,10 @@ mod tests {
 
     #[test]
     fn in_flight_remediations_are_capped_by_max_unhealthy() {
-        let mut policy = HealthPolicy::default();
-        policy.max_unhealthy = MaxUnhealthy::Count(2);
+        let policy = HealthPolicy {
+            max_unhealthy: MaxUnhealthy::Count(2),
+            ..Default::default()
+        };
         let mut group = fleet(10);
         group[0] = machine("m0", ready("False", 0));
         group[1] = machine("m1", ready("False", 10));
@@ -639,8 +641,10 @@ mod tests {
         assert_eq!(MaxUnhealthy::Percent(40).allowed(1), 1);
         assert_eq!(MaxUnhealthy::Percent(0).allowed(100), 0);
         assert_eq!(MaxUnhealthy::Count(0).allowed(100), 0);
-        let mut policy = HealthPolicy::default();
-        policy.max_unhealthy = MaxUnhealthy::Count(0);
+        let policy = HealthPolicy {
+            max_unhealthy: MaxUnhealthy::Count(0),
+            ..Default::default()
+        };
         let mut group = fleet(3);
         group[0] = machine("m0", ready("False", 0));
         assert!(plan_group(&policy, &group, None, t(0), t(1000))
