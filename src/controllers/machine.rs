@@ -137,12 +137,15 @@ pub async fn run(
 ) {
     // The Node cache the reconciler reads (by providerID); it stops with the controller, however that ends.
     let (nodes, writer) = reflector::store();
+    // With a backoff: a watch that fails at once (the API gone, as at a test's runtime shutdown) would otherwise
+    // retry in a loop that never yields, spinning a worker thread and blocking the runtime's shutdown.
     let node_cache = reflector::reflector(
         writer,
         watcher(
             Api::<Node>::all(base.client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .default_backoff(),
     )
     .applied_objects()
     .for_each(|_| async {});
