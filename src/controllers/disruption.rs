@@ -155,6 +155,36 @@ struct Rounds {
 /// calls an hour against a bucket the provisioner needs for scale-ups. A group drain in progress reads afresh.
 const GROUPS_MAX_AGE: chrono::Duration = chrono::Duration::seconds(60);
 
+/// The berth-enabled Auto Scaling groups, from the last read while it is younger than [`GROUPS_MAX_AGE`] and
+/// `fresh` is false, else read now. When they cannot be read, their nodes are neither planned nor drained further
+/// this round (they are then only places pods may go).
+async fn read_groups(
+    cloud: Option<&dyn CloudProvider>,
+    rounds: &mut Rounds,
+    now: DateTime<Utc>,
+    fresh: bool,
+) -> Vec<NodeGroup> {
+    let Some(cloud) = cloud else {
+        return Vec::new();
+    };
+    if let Some((at, groups)) = &rounds.auto_scaling_groups {
+        if now - *at < GROUPS_MAX_AGE && !fresh {
+            return groups.clone();
+        }
+    }
+    match cloud.node_groups().await {
+        Ok(groups) => {
+            rounds.auto_scaling_groups = Some((now, groups.clone()));
+            groups
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the Auto Scaling groups: their nodes are left alone this round");
+            rounds.auto_scaling_groups = None;
+            Vec::new()
+        }
+    }
+}
+
 /// How long a quiet answer stands at most, whatever the input: a safety net, not a rule.
 const QUIET_AT_MOST: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -234,33 +264,22 @@ async fn round(
 ) -> Result<(), ControllerError> {
     let (objects, _) = observe(cache, config);
     finish_replacements(ctx, &objects, config).await?;
-    // The berth-enabled Auto Scaling groups; when they cannot be read, their nodes are neither planned nor drained
-    // further this round (they are then only places pods may go).
     let now = ctx.clock.now();
     let draining = objects
         .nodes
         .iter()
         .any(|n| n.annotations().contains_key(keys::DRAIN_STARTED));
-    let auto_scaling_groups = match (cloud, &rounds.auto_scaling_groups) {
-        (Some(_), Some((at, groups))) if now - *at < GROUPS_MAX_AGE && !draining => groups.clone(),
-        (Some(c), _) => match c.node_groups().await {
-            Ok(groups) => {
-                rounds.auto_scaling_groups = Some((now, groups.clone()));
-                groups
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the Auto Scaling groups: their nodes are left alone this round");
-                rounds.auto_scaling_groups = None;
-                Vec::new()
-            }
-        },
-        (None, _) => Vec::new(),
-    };
+    let mut auto_scaling_groups = read_groups(cloud, rounds, now, draining).await;
     if let Some(c) = cloud {
-        finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
+        let terminated = finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
+        if terminated {
+            // The sizes just read are stale: planning on them would see a group one node larger than it is, pick
+            // another of its nodes and cordon it, only for the termination to be refused at the group's minimum.
+            auto_scaling_groups = read_groups(cloud, rounds, now, true).await;
+        }
     }
     if draining {
-        // A drain may have just ended in a termination: the next round reads the groups' sizes afresh.
+        // A drain may end in a termination next round too: that round reads the groups' sizes afresh.
         rounds.auto_scaling_groups = None;
     }
 
@@ -736,15 +755,17 @@ async fn abandon_group_drain(ctx: &Context, node: &str) -> Result<(), Controller
 }
 
 /// Carries on with every marked Auto Scaling group Node: evicts what is left on it, or terminates its instance
-/// with a decrement once it is empty, or gives up after `drain_timeout`.
+/// with a decrement once it is empty, or gives up after `drain_timeout`. True when it terminated an instance (a
+/// group's size changed).
 async fn finish_group_drains(
     ctx: &Context,
     cloud: &dyn CloudProvider,
     objects: &ClusterObjects,
     groups: &[NodeGroup],
     config: &DisruptionConfig,
-) -> Result<(), ControllerError> {
+) -> Result<bool, ControllerError> {
     let now = ctx.clock.now();
+    let mut terminated = false;
     for n in &objects.nodes {
         let Some(reason) = n.annotations().get(keys::DISRUPTION_REASON) else {
             continue;
@@ -811,6 +832,7 @@ async fn finish_group_drains(
             .await
         {
             Ok(()) => {
+                terminated = true;
                 let message = format!(
                     "Terminated {} of Auto Scaling group {} ({reason}); desired capacity decremented",
                     instance.instance_id, group.name
@@ -837,5 +859,5 @@ async fn finish_group_drains(
             }
         }
     }
-    Ok(())
+    Ok(terminated)
 }
