@@ -162,6 +162,12 @@ pub struct RunArgs {
     /// account's budget to other tools.
     #[arg(long, env = "BERTH_RATE_LIMIT_SHARE", default_value_t = 1.0, value_parser = parse_share)]
     pub rate_limit_share: f64,
+    /// The SQS queue (a name or a URL) EventBridge feeds with spot interruption warnings, rebalance
+    /// recommendations, scheduled maintenance and instance state changes (see deploy/interruption-queue.yaml);
+    /// the Cluster's spec.interruptionQueue wins over it. Without either, berth learns of an interruption only
+    /// when the instance is gone.
+    #[arg(long, env = "BERTH_INTERRUPTION_QUEUE")]
+    pub interruption_queue: Option<String>,
 }
 
 /// A Go-style duration flag (200ms, 2s, 1m30s).

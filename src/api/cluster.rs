@@ -61,6 +61,13 @@ pub struct ClusterSpec {
     /// Spare capacity kept across the cluster, so bursts land without waiting for machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headroom: Option<ClusterHeadroom>,
+    /// The SQS queue (a name in berth's account and region, or a queue URL) that EventBridge feeds with EC2 spot
+    /// interruption warnings, rebalance recommendations, AWS Health scheduled changes and instance state changes
+    /// (deploy/interruption-queue.yaml creates both). berth drains an interrupted node within EC2's two-minute
+    /// warning and launches its replacement at once. Overrides berth run --interruption-queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub interruption_queue: Option<String>,
 }
 
 /// Global limits. A scale-up that would cross one is refused with an Event naming the limit.
