@@ -11,12 +11,17 @@ mkdir -p "$tools"
 log() { printf '\n==> %s\n' "$*"; }
 
 # --- Python venv with moto (EC2 and Auto Scaling for the integration tests, which start moto_server themselves
-#     on 127.0.0.1) and kubernetes-validate ------------------------------------------------------------------------
-log "python venv (.venv): moto[server], kubernetes-validate"
+#     on 127.0.0.1), kubernetes-validate and cfn-lint --------------------------------------------------------------
+log "python venv (.venv): moto[server], kubernetes-validate, cfn-lint"
 bash scripts/moto.sh install
 if [ ! -x "$root/.venv/bin/kubernetes-validate" ]; then
   log "installing kubernetes-validate into .venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
+fi
+# cfn-lint checks deploy/interruption-queue.yaml (tests/interruption_queue.rs).
+if [ ! -x "$root/.venv/bin/cfn-lint" ]; then
+  log "installing cfn-lint into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'cfn-lint==1.*'
 fi
 
 # --- Prometheus and promtool, and headless Chromium for the simulate report (Debian packages) ----------------------
