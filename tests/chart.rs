@@ -66,6 +66,25 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+/// The Deployment's container args, and `berth run`'s arguments parsed from them by berth's own clap definition.
+fn run_args(docs: &[Value]) -> (Vec<String>, berth::cli::RunArgs) {
+    let container = &find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mut argv = vec!["berth".to_string()];
+    argv.extend(
+        container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    let cli = berth::cli::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("chart args {argv:?} do not parse: {e}"));
+    let berth::cli::Command::Run(run) = cli.command else {
+        panic!("chart does not run `berth run`")
+    };
+    (argv, run)
+}
+
 #[test]
 fn lint_strict() {
     let out = helm(&[
@@ -162,19 +181,7 @@ fn deployment_is_hardened_and_its_args_parse() {
         container["readinessProbe"]["httpGet"]["path"].as_str(),
         Some("/readyz")
     );
-    let mut argv = vec!["berth".to_string()];
-    argv.extend(
-        container["args"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string()),
-    );
-    let cli = berth::cli::Cli::try_parse_from(&argv)
-        .unwrap_or_else(|e| panic!("chart args {argv:?} do not parse: {e}"));
-    let berth::cli::Command::Run(run) = cli.command else {
-        panic!("chart does not run `berth run`")
-    };
+    let (_, run) = run_args(&docs);
     assert_eq!(run.cluster_name.as_deref(), Some("prod"));
     assert!(run.leader_elect);
     assert_eq!(run.namespace, "berth-system");
@@ -187,6 +194,32 @@ fn deployment_is_hardened_and_its_args_parse() {
         find(&docs, "PodDisruptionBudget")["spec"]["minAvailable"].as_u64(),
         Some(1)
     );
+}
+
+/// The value interruptionQueue becomes `berth run --interruption-queue` (a name or a URL, as the stack's outputs give
+/// it); left empty, the flag is not rendered at all.
+#[test]
+fn interruption_queue_is_passed_to_berth_run_only_when_set() {
+    let (argv, run) = run_args(&render(&[]));
+    assert!(
+        !argv.iter().any(|a| a.starts_with("--interruption-queue")),
+        "{argv:?}"
+    );
+    assert_eq!(run.interruption_queue, None);
+    for queue in [
+        "berth-prod-interruptions",
+        "https://sqs.us-east-1.amazonaws.com/111122223333/berth-prod-interruptions",
+    ] {
+        let (argv, run) = run_args(&render(&["--set", &format!("interruptionQueue={queue}")]));
+        assert_eq!(
+            argv.iter()
+                .filter(|a| a.starts_with("--interruption-queue"))
+                .count(),
+            1,
+            "{argv:?}"
+        );
+        assert_eq!(run.interruption_queue.as_deref(), Some(queue));
+    }
 }
 
 #[test]
@@ -367,7 +400,8 @@ fn installs_into_the_emulator_with_kubectl() {
 }
 
 /// The README's IAM policy is valid JSON and allows exactly the calls garbage collection and the Auto Scaling
-/// group scale-down make, each destructive one only on resources carrying this cluster's tag.
+/// group scale-down make, each destructive one only on resources carrying this cluster's tag, and reads the
+/// interruption queue, that queue only.
 #[test]
 fn the_iam_policy_allows_garbage_collection_and_group_scale_down_on_this_clusters_resources_only() {
     let readme = std::fs::read_to_string(root().join("charts/berth/README.md")).unwrap();
@@ -406,4 +440,26 @@ fn the_iam_policy_allows_garbage_collection_and_group_scale_down_on_this_cluster
             "{destructive} must be limited to this cluster's resources"
         );
     }
+    // The interruption queue: exactly what the consumer calls, on that one queue, and nothing else of SQS.
+    let receive = [
+        "sqs:GetQueueUrl",
+        "sqs:GetQueueAttributes",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+    ];
+    for action in receive {
+        let grants = granting(action);
+        assert_eq!(grants.len(), 1, "{action}");
+        assert_eq!(
+            grants[0]["Resource"],
+            "arn:aws:sqs:us-east-1:111122223333:berth-production-interruptions",
+            "{action} must be limited to this cluster's interruption queue"
+        );
+    }
+    let sqs: Vec<String> = statements
+        .iter()
+        .flat_map(actions)
+        .filter(|a| a.starts_with("sqs:"))
+        .collect();
+    assert_eq!(sqs, receive, "no other SQS action");
 }
