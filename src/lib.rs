@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod fx;
 pub mod garbage;
 pub mod health;
+pub mod interruption;
 pub mod lifecycle;
 pub mod model;
 pub mod operator;

@@ -256,6 +256,7 @@ pub async fn run(
             cluster_name: args.cluster_name.clone().unwrap_or_default(),
             ..DisruptionConfig::default()
         },
+        interruption_queue: args.interruption_queue.clone(),
         dry_run: args.dry_run,
     });
     if args.leader_elect {
@@ -291,6 +292,8 @@ pub struct Controllers {
     pub catalog: Arc<Catalog>,
     pub provisioner: ProvisionerConfig,
     pub disruption: DisruptionConfig,
+    /// The interruption queue (`--interruption-queue`); the Cluster's spec.interruptionQueue wins.
+    pub interruption_queue: Option<String>,
     /// Only the provisioner runs, and it writes nothing.
     pub dry_run: bool,
 }
@@ -349,6 +352,16 @@ pub async fn run_controllers(
                 ctx.base.clone(),
                 cloud.clone(),
                 ctx.cluster_name.clone(),
+                signal(rx.clone()),
+            )));
+            tasks.push(tokio::spawn(crate::controllers::interruption::run(
+                ctx.base.clone(),
+                cache.clone(),
+                cloud.clone(),
+                crate::controllers::interruption::InterruptionConfig {
+                    queue: ctx.interruption_queue.clone(),
+                    cluster_name: ctx.cluster_name.clone(),
+                },
                 signal(rx.clone()),
             )));
             tasks.push(tokio::spawn(garbage_collector::run(

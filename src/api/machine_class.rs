@@ -88,6 +88,50 @@ pub struct MachineClassSpec {
     /// driver installer) removes them when it has done its work.
     #[serde(default)]
     pub remove_startup_taints_when_ready: bool,
+    /// What berth does when EC2 recommends rebalancing a spot instance of this class away from its pool (an EC2
+    /// Instance Rebalance Recommendation, often minutes before an interruption warning, sometimes with none).
+    #[serde(default, skip_serializing_if = "RebalanceSpec::is_default")]
+    pub rebalance: RebalanceSpec,
+}
+
+/// The answer to a rebalance recommendation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// Ignore (the default: an Event and berth_interruptions_total, nothing more) or Replace: launch a replacement
+    /// in another pool first, wait until it is Ready, then drain the recommended node, never more at once than the
+    /// group's disruption budget allows.
+    #[serde(default)]
+    pub action: RebalanceAction,
+    /// Replace only when the replacement costs at most this many percent more per hour than the node it replaces
+    /// (default 0: never more). A recommendation is a risk, not a certainty; a spot interruption warning, when it
+    /// comes, is acted on whatever the price.
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub max_price_increase_percent: u32,
+}
+
+impl RebalanceSpec {
+    fn is_default(&self) -> bool {
+        *self == RebalanceSpec::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RebalanceAction {
+    #[default]
+    Ignore,
+    Replace,
+}
+
+impl MachineClassSpec {
+    /// The class's answer to a rebalance recommendation, for the pure interruption planner.
+    pub fn rebalance_policy(&self) -> crate::interruption::RebalancePolicy {
+        match self.rebalance.action {
+            RebalanceAction::Ignore => crate::interruption::RebalancePolicy::Ignore,
+            RebalanceAction::Replace => crate::interruption::RebalancePolicy::Replace,
+        }
+    }
 }
 
 fn default_capacity_types() -> Vec<CapacityTypeSpec> {

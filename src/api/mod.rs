@@ -36,6 +36,10 @@ pub const GROUP: &str = "berth.dev";
 pub const VERSION: &str = "v1alpha1";
 /// Annotation that marks a Machine to be deleted first when its set scales down.
 pub const DELETE_MACHINE_ANNOTATION: &str = "berth.dev/delete-machine";
+/// Annotation on a Machine EC2 is reclaiming (a spot interruption warning): "<Reason>: <message>", written before the
+/// Machine is deleted. From then on its node counts as gone and its pods as pending to the scheduling snapshot, so
+/// their capacity is launched while they still run.
+pub const INTERRUPTION_ANNOTATION: &str = "berth.dev/interruption";
 /// Annotation on a pod (or node) that forbids voluntary disruption of its node.
 pub const DO_NOT_DISRUPT_ANNOTATION: &str = "berth.dev/do-not-disrupt";
 

@@ -140,7 +140,8 @@ pub async fn measure(
             ..Default::default()
         },
         disruption: Default::default(),
-        dry_run: false,
+        interruption_queue: None,
+            dry_run: false,
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let berth = tokio::spawn(run_controllers(controllers, async move {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod launch_plan;
 pub mod launcher;
 pub mod metrics;
+pub mod queue;
 pub mod rate_limit;
 pub mod resolve;
 pub mod retry;
@@ -470,6 +471,12 @@ pub trait CloudProvider: Send + Sync {
         live: &[ClassRevision],
         created_before: DateTime<Utc>,
     ) -> Result<usize, CloudError>;
+
+    /// Opens the interruption queue `queue` (a name or a URL), checking that it exists and may be read.
+    async fn interruption_queue(
+        &self,
+        queue: &str,
+    ) -> Result<Arc<dyn queue::InterruptionQueue>, queue::QueueError>;
 }
 
 #[cfg(test)]

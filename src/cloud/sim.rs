@@ -19,6 +19,7 @@ use crate::cloud::launcher::{
     self, FleetApi, FleetCall, FleetResponse, LaunchTemplateSpec, RunCall,
 };
 use crate::cloud::metrics::CloudMetrics;
+use crate::cloud::queue::{InterruptionQueue, MemoryQueue, QueueError};
 use crate::cloud::rate_limit::RateLimits;
 use crate::cloud::resolve::{newest_image, tags_match, wildcard_match, ImageInfo};
 use crate::cloud::retry::{ApiCaller, Backoff, Failure};
@@ -354,6 +355,8 @@ pub struct SimulatedCloud {
     state: Mutex<SimState>,
     events: broadcast::Sender<SimInstanceEvent>,
     origin: tokio::time::Instant,
+    /// EC2's interruption events, as EventBridge would put them on the interruption queue (whatever its name).
+    interruptions: Arc<MemoryQueue>,
 }
 
 impl SimulatedCloud {
@@ -391,6 +394,7 @@ impl SimulatedCloud {
             state: Mutex::new(state),
             events,
             origin: tokio::time::Instant::now(),
+            interruptions: Arc::new(MemoryQueue::new("sim-interruptions")),
         };
         {
             let mut st = cloud.lock();
@@ -474,6 +478,34 @@ impl SimulatedCloud {
             self.terminate_locked(&mut st, instance_id);
         }
         live_spot
+    }
+
+    /// EC2 warns that it will reclaim a spot instance in two minutes: the warning goes to the interruption queue; the
+    /// caller reclaims it later with [`SimulatedCloud::interrupt`]. False when the instance is no live spot instance.
+    pub fn warn_interruption(&self, instance_id: &str) -> bool {
+        let live_spot = self.lock().instances.get(instance_id).is_some_and(|i| {
+            i.instance.capacity_type == CapacityType::Spot && !i.instance.state.is_terminal()
+        });
+        if live_spot {
+            self.interruptions
+                .send(crate::interruption::events::spot_interruption_warning(
+                    &self.config.region,
+                    instance_id,
+                    self.config.clock.now(),
+                ));
+        }
+        live_spot
+    }
+
+    /// Puts any EventBridge event on the interruption queue (tests: rebalance recommendations, scheduled changes,
+    /// malformed messages).
+    pub fn send_interruption_event(&self, body: String) {
+        self.interruptions.send(body);
+    }
+
+    /// The interruption queue itself (what is left in it, what was deleted).
+    pub fn interruption_events(&self) -> &MemoryQueue {
+        &self.interruptions
     }
 
     /// Adds an instance that is not berth's (another cluster's or hand-made), for ownership tests.
@@ -1467,6 +1499,13 @@ impl CloudProvider for SimulatedCloud {
         }
         Ok(stale.len())
     }
+    async fn interruption_queue(
+        &self,
+        _queue: &str,
+    ) -> Result<Arc<dyn InterruptionQueue>, QueueError> {
+        Ok(self.interruptions.clone())
+    }
+
 }
 
 pub(crate) fn bootstrap_error(e: BootstrapError) -> CloudError {

@@ -4,6 +4,7 @@
 //! provisioner and the disruption controller do nothing for it meanwhile (see `state::cluster_check`).
 
 use super::events::EventKind;
+use super::interruption::QueueStatus;
 use super::Context;
 use crate::api::common::{set_condition, Condition, ConditionStatus};
 use crate::api::{Cluster, ClusterStatus, MachinePhase};
@@ -25,6 +26,7 @@ pub fn desired_status(
     cluster: &Cluster,
     objects: &ClusterObjects,
     catalog: &Catalog,
+    interruption_queue: Option<&QueueStatus>,
     now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 ) -> ClusterStatus {
     let mut status = cluster.status.clone().unwrap_or_default();
@@ -134,7 +136,20 @@ pub fn desired_status(
             format!("scale-ups stop here: {}", reached.join(", ")),
         )
     };
-    set_condition(&mut status.conditions, limit, now);
+    set_condition(&mut status.conditions, limit, now.clone());
+    // Whether interruption events can be read; no condition when no queue is configured.
+    match interruption_queue {
+        Some(q) => {
+            set_condition(
+                &mut status.conditions,
+                condition("InterruptionQueueReady", q.ready, &q.reason, q.message.clone()),
+                now,
+            );
+        }
+        None => status
+            .conditions
+            .retain(|c| c.type_ != "InterruptionQueueReady"),
+    }
     status
 }
 
@@ -177,7 +192,12 @@ async fn reconcile(
     catalog: &Catalog,
 ) -> Result<(), kube::Error> {
     let before = cluster.status.clone().unwrap_or_default();
-    let after = desired_status(cluster, objects, catalog, ctx.now_k8s());
+    let queue = ctx
+        .interruption_queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let after = desired_status(cluster, objects, catalog, queue.as_ref(), ctx.now_k8s());
     if after == before {
         return Ok(());
     }

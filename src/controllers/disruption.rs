@@ -795,7 +795,7 @@ async fn finish_group_drains(
             .await?
             .items
             .into_iter()
-            .filter(super::machine::evictable)
+            .filter(crate::model::pod::is_evictable)
             .collect();
         let group_label = format!("{ASG_GROUP_PREFIX}{}", group.name);
         if !pods.is_empty() {

@@ -82,13 +82,16 @@ impl InstanceInventory {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The cached inventory while it is younger than `max_age` and no older than `not_before` (news of a change
+    /// at that time: an answer from before it cannot show the change), else a fresh one.
     async fn get(
         &self,
         cloud: &dyn CloudProvider,
         now: chrono::DateTime<chrono::Utc>,
+        not_before: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Arc<Vec<Instance>>, CloudError> {
         if let Some((at, list)) = self.lock().list.as_ref() {
-            if now - *at < self.max_age {
+            if now - *at < self.max_age && not_before.is_none_or(|t| *at >= t) {
                 return Ok(list.clone());
             }
         }
@@ -252,18 +255,6 @@ fn effect_name(effect: TaintEffectSpec) -> &'static str {
     }
 }
 
-/// Pods a drain must evict: not DaemonSet pods, not mirror pods, not finished or already terminating.
-pub(crate) fn evictable(pod: &Pod) -> bool {
-    let daemon = pod.owner_references().iter().any(|o| o.kind == "DaemonSet");
-    let mirror = pod
-        .annotations()
-        .contains_key("kubernetes.io/config.mirror");
-    let finished = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    !daemon && !mirror && !finished && pod.metadata.deletion_timestamp.is_none()
-}
 
 pub async fn reconcile(
     machine: Arc<Machine>,
@@ -307,23 +298,20 @@ pub async fn reconcile(
                 .cloned(),
         }
     };
+    // EC2 said the instance is stopping, stopped, shutting down or terminated (the interruption queue): an inventory
+    // from before that news cannot be trusted to show it.
+    let state_notice = machine
+        .annotations()
+        .get(keys::INSTANCE_STATE_NOTICE)
+        .and_then(|n| n.split_once(": "))
+        .and_then(|(t, _)| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
     let mut instance = find(
         &ctx.inventory
-            .get(ctx.cloud.as_ref(), now)
+            .get(ctx.cloud.as_ref(), now, state_notice)
             .await
             .map_err(cloud_error)?,
     );
-    // Before concluding that a recorded instance is gone, or that a Machine being deleted has none to terminate
-    // (a previous process may have launched it and died before recording it), look afresh: a wrong answer here
-    // fails a healthy Machine or leaks an instance.
-    if instance.is_none() && (status.instance_id.is_some() || deleting) {
-        instance = find(
-            &ctx.inventory
-                .refresh(ctx.cloud.as_ref(), now)
-                .await
-                .map_err(cloud_error)?,
-        );
-    }
     let provider_id = instance
         .as_ref()
         .map(|i| i.provider_id())
@@ -342,10 +330,15 @@ pub async fn reconcile(
             .filter(|n| carries(n, p))
             .map(Arc::new);
     }
-    // A Running Machine's Node vanished: most often its instance was terminated (a spot interruption), which the
-    // cached inventory may not show yet. Look afresh, so the Machine fails and is replaced now rather than waiting
-    // as NodeNotFound for the health check.
-    if node.is_none() && was_running && !deleting && instance.is_some() {
+    // Look afresh before concluding what the cached inventory suggests, where a wrong answer costs:
+    // - a recorded instance missing, or a Machine being deleted with none to terminate (a previous process may have
+    //   launched it and died before recording it): a healthy Machine failed, or an instance leaked;
+    // - a Running Machine whose Node vanished: most often its instance was terminated (a spot interruption), which
+    //   the cache may not show yet; fresh, the Machine fails and is replaced now rather than waiting as
+    //   NodeNotFound for the health check.
+    let missing = instance.is_none() && (status.instance_id.is_some() || deleting);
+    let node_vanished = node.is_none() && was_running && !deleting && instance.is_some();
+    if missing || node_vanished {
         instance = find(
             &ctx.inventory
                 .refresh(ctx.cloud.as_ref(), now)
@@ -382,7 +375,7 @@ pub async fn reconcile(
             .await?
             .items
             .into_iter()
-            .filter(evictable)
+            .filter(crate::model::pod::is_evictable)
             .collect(),
         _ => Vec::new(),
     };
@@ -440,6 +433,20 @@ pub async fn reconcile(
             &machine,
             "HealthCheckSucceeded",
             false,
+            reason,
+            message,
+        );
+    }
+    if let Some(note) = machine.annotations().get(keys::INTERRUPTION) {
+        let (reason, message) = note
+            .split_once(": ")
+            .unwrap_or(("Interrupted", note.as_str()));
+        condition(
+            base,
+            &mut new_status,
+            &machine,
+            "Interrupted",
+            true,
             reason,
             message,
         );

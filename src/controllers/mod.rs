@@ -10,6 +10,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod health;
+pub mod interruption;
 pub mod machine;
 pub mod machine_deployment;
 pub mod machine_set;
@@ -54,6 +55,16 @@ pub mod keys {
     /// Machine controller, the only writer of a Machine's status, turns it into `HealthCheckSucceeded=False` and
     /// drains with the health check's drain timeout.
     pub const REMEDIATION: &str = "berth.dev/remediation";
+    /// On Machines EC2 is reclaiming: see [`crate::api::INTERRUPTION_ANNOTATION`]. The Machine controller turns it
+    /// into the `Interrupted` condition.
+    pub const INTERRUPTION: &str = crate::api::INTERRUPTION_ANNOTATION;
+    /// On Machines EC2 recommends moving (a rebalance recommendation on a `Replace` class) or will retire or
+    /// maintain (an AWS Health scheduled change): JSON `{reason, detail, deadline, since}`. The disruption
+    /// controller replaces them first and drains them after, within the group's budget.
+    pub const AT_RISK: &str = "berth.dev/at-risk";
+    /// On Machines whose instance EC2 says is stopping, stopped, shutting down or terminated: "<time>: <state>".
+    /// The Machine controller looks at the instance afresh when it sees a notice newer than its last look.
+    pub const INSTANCE_STATE_NOTICE: &str = "berth.dev/instance-state-notice";
     /// On the Nodes of Auto Scaling groups berth is draining: when it cordoned them (RFC 3339).
     pub const DRAIN_STARTED: &str = "berth.dev/drain-started";
 }
@@ -66,6 +77,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub events: EventPublisher,
     pub start_order: Arc<StartOrder>,
+    /// What the interruption controller last found of its queue, for the Cluster's status.
+    pub interruption_queue: interruption::QueueStatusCell,
 }
 
 impl Context {
@@ -77,6 +90,7 @@ impl Context {
             metrics,
             events,
             start_order: Arc::default(),
+            interruption_queue: Arc::default(),
         }
     }
 

@@ -612,6 +612,26 @@ fn container_requests(pod: &str, c: &core::Container) -> Result<Resources, PodEr
     })
 }
 
+/// Whether a drain must evict this pod: not a DaemonSet's, not a mirror pod, not finished, not already terminating.
+pub fn is_evictable(pod: &core::Pod) -> bool {
+    let daemon = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet");
+    let mirror = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    !daemon && !mirror && !finished && pod.metadata.deletion_timestamp.is_none()
+}
+
 /// Whether kube-scheduler gave up on this pod (PodScheduled=False, reason Unschedulable) and berth may help:
 /// not bound, not being deleted, not a DaemonSet's (a new node brings its own daemon pods).
 pub fn is_unschedulable(pod: &core::Pod) -> bool {

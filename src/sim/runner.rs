@@ -107,6 +107,8 @@ pub fn start_berth(
             cluster_name: cluster_name.to_string(),
             ..Default::default()
         },
+        // The simulated cloud serves its interruption queue whatever the name.
+        interruption_queue: Some("sim-interruptions".into()),
         dry_run: false,
     });
     let (tx, mut rx) = tokio::sync::watch::channel(false);

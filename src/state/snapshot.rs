@@ -421,12 +421,43 @@ pub fn observe_with(
     let mut pending = Vec::new();
     let mut pending_since = HashMap::new();
     let mut pending_objects = HashMap::new();
+    // Nodes EC2 is reclaiming (a spot interruption warning): gone already as far as planning goes, and their pods
+    // pending, so the capacity they need is launched within the warning rather than after the pods die.
+    let interrupted: HashMap<&str, DateTime<Utc>> = objects
+        .machines
+        .iter()
+        .filter(|m| {
+            m.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(crate::api::INTERRUPTION_ANNOTATION))
+        })
+        .filter_map(|m| {
+            let node = m.status.as_ref()?.node_ref.as_ref()?.name.as_str();
+            let since = m
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map_or(now, |t| from_k8s(t.0));
+            Some((node, since))
+        })
+        .collect();
     for k8s_pod in &objects.pods {
         let node_name = k8s_pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .unwrap_or_default();
+        if let Some(since) = interrupted.get(node_name) {
+            if crate::model::pod::is_evictable(k8s_pod) {
+                if let Ok(mut p) = readings.read(k8s_pod) {
+                    p.node_name = None;
+                    pending_since.insert(p.key(), *since);
+                    pending.push(p);
+                }
+            }
+            continue;
+        }
         if !node_name.is_empty() {
             bound.entry(node_name).or_default().push(k8s_pod);
             continue;
@@ -465,7 +496,13 @@ pub fn observe_with(
     // The last time the scheduler changed what the Ready new nodes hold (a binding, or a node turning Ready).
     let mut scheduler_active: Option<DateTime<Utc>> = None;
     for k8s_node in &objects.nodes {
-        if k8s_node.metadata.deletion_timestamp.is_some() {
+        if k8s_node.metadata.deletion_timestamp.is_some()
+            || k8s_node
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| interrupted.contains_key(n))
+        {
             continue;
         }
         let Ok(mut node) = readings.read_node_object(k8s_node) else {

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub remediations: IntCounterVec,
     pub remediations_held: IntCounterVec,
     pub garbage_collected: IntCounterVec,
+    pub interruptions: IntCounterVec,
+    pub interruption_messages: IntCounterVec,
     pub deployment_replicas: IntGaugeVec,
     pub rollout_progress_ratio: GaugeVec,
     pub drain_duration_seconds: HistogramVec,
@@ -125,6 +127,14 @@ impl Metrics {
             machines_unhealthy: reg!(IntGaugeVec::new(Opts::new("berth_machines_unhealthy", "Machines the group's health check finds unhealthy now (remediated or held), by group."), &["group"])?),
             remediations: reg!(IntCounterVec::new(Opts::new("berth_remediations_total", "Unhealthy Machines remediated (drained, terminated, replaced), by group and reason (UnhealthyNode, NodeNotFound)."), &["group", "reason"])?),
             remediations_held: reg!(IntCounterVec::new(Opts::new("berth_remediations_held_total", "Times a group's unhealthy Machines were held from remediation, by group and reason (TooManyUnhealthy, HeartbeatsStale, ClusterViewStale, InvalidHealthCheck)."), &["group", "reason"])?),
+            interruptions: reg!(IntCounterVec::new(
+                Opts::new("berth_interruptions_total", "Interruption notices acted on for berth's Machines, by kind (spot_interruption, rebalance_recommendation, scheduled_change, state_change)."),
+                &["kind"]
+            )?),
+            interruption_messages: reg!(IntCounterVec::new(
+                Opts::new("berth_interruption_messages_total", "Messages read from the interruption queue, by result (acted, ignored, not_ours, malformed, unknown_kind, failed: left for redelivery)."),
+                &["result"]
+            )?),
             garbage_collected: reg!(IntCounterVec::new(
                 Opts::new("berth_garbage_collected_total", "Leftovers removed by the garbage collector, by kind (instance, node, launch_template)."),
                 &["kind"]

@@ -10,6 +10,7 @@
 mod asg;
 mod catalog;
 mod ec2;
+mod sqs;
 
 use crate::cloud::clock::SharedClock;
 use crate::cloud::error::CloudError;
@@ -79,6 +80,7 @@ struct Cached<V> {
 pub struct AwsCloud {
     ec2: aws_sdk_ec2::Client,
     asg: aws_sdk_autoscaling::Client,
+    sqs: aws_sdk_sqs::Client,
     region: String,
     config: AwsConfig,
     caller: ApiCaller,
@@ -138,6 +140,7 @@ impl AwsCloud {
         })?;
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let asg = aws_sdk_autoscaling::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
         let caller = ApiCaller::new(
             RateLimits::ec2_share(metrics.clone(), config.rate_limit_share),
             metrics,
@@ -148,6 +151,7 @@ impl AwsCloud {
         Ok(AwsCloud {
             ec2,
             asg,
+            sqs,
             region,
             config,
             caller,
@@ -362,5 +366,12 @@ impl CloudProvider for AwsCloud {
         created_before: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, CloudError> {
         self.collect_launch_templates(live, created_before).await
+    }
+
+    async fn interruption_queue(
+        &self,
+        queue: &str,
+    ) -> Result<Arc<dyn crate::cloud::queue::InterruptionQueue>, crate::cloud::queue::QueueError> {
+        Ok(Arc::new(sqs::SqsQueue::open(self.sqs.clone(), queue).await?))
     }
 }
