@@ -132,6 +132,7 @@ impl Harness {
                 ..ProvisionerConfig::default()
             },
             disruption: Default::default(),
+            interruption_queue: None,
             dry_run,
         });
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -947,5 +948,155 @@ async fn a_dry_run_plans_and_tells_but_changes_nothing() {
         "a dry run called the cloud: {:?}",
         h.cloud.calls().first()
     );
+    h.kill_berth();
+}
+
+/// The Cluster names an interruption queue and the class launches spot: berth is running with pods placed.
+async fn spot_cluster_with_pods(h: &mut Harness, pods: usize) {
+    let classes: Api<MachineClass> = Api::all(h.client.clone());
+    classes
+        .patch(
+            "general",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"capacityTypes": ["spot"]}})),
+        )
+        .await
+        .unwrap();
+    Api::<Cluster>::all(h.client.clone())
+        .patch(
+            CLUSTER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"interruptionQueue": "test-interruptions"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    h.create_pods("web", pods, "1", "1Gi").await;
+    h.start_berth();
+    eventually("every pod running", 60, || async {
+        h.running_pods().await == pods
+    })
+    .await;
+    eventually("the Cluster says the queue is readable", 30, || async {
+        Api::<Cluster>::all(h.client.clone())
+            .get(CLUSTER)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "InterruptionQueueReady" && format!("{:?}", c.status) == "True")
+    })
+    .await;
+}
+
+/// A spot interruption warning, two minutes before EC2 reclaims the instance: the pool is marked unavailable, the
+/// Machine is marked Interrupted and deleted, its node drained through evictions, and its replacement launched
+/// and Ready, all before the reclaim; the message is deleted from the queue; nothing is launched twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_warning_drains_the_node_and_replaces_it_before_the_reclaim() {
+    let mut h = Harness::new(10, serde_json::json!({})).await;
+    spot_cluster_with_pods(&mut h, 6).await;
+    let before = h.machines().await;
+    let victim = before
+        .iter()
+        .find(|m| m.status.as_ref().is_some_and(|s| s.node_ref.is_some()))
+        .expect("a Machine with a Node")
+        .clone();
+    let status = victim.status.clone().unwrap();
+    let instance = status.instance_id.clone().unwrap();
+    let node = status.node_ref.clone().unwrap().name;
+    let on_node: Vec<String> = h
+        .pods()
+        .await
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node))
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!on_node.is_empty(), "the victim runs pods");
+    assert!(h.cloud.warn_interruption(&instance), "a live spot instance");
+
+    // Well within the two minutes: the node is drained and the replacement is Running.
+    let victim_name = victim.metadata.name.clone().unwrap();
+    eventually("the interrupted Machine gone and a replacement Running", 60, || async {
+        let machines = h.machines().await;
+        let gone = machines.iter().all(|m| m.metadata.name.as_ref() != Some(&victim_name));
+        let running = machines
+            .iter()
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| format!("{:?}", s.phase) == "Running")
+            })
+            .count();
+        gone && running == before.len()
+    })
+    .await;
+    let pods = h.pods().await;
+    assert!(
+        pods.iter()
+            .all(|p| !on_node.contains(p.metadata.name.as_ref().unwrap())),
+        "every pod of the interrupted node was evicted before the reclaim"
+    );
+    let warned = h.event_messages("SpotInterrupted").await;
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains(&instance), "{warned:?}");
+    // The pool EC2 reclaims from gets no replacement.
+    let unavailable = h.cloud.unavailable_offerings().current();
+    assert!(
+        unavailable.iter().any(|o| Some(&o.instance_type) == status.instance_type.as_ref()
+            && Some(&o.zone) == status.zone.as_ref()
+            && o.capacity_type == CapacityType::Spot),
+        "{unavailable:?}"
+    );
+    // The message was acted on once and deleted.
+    assert_eq!(h.cloud.interruption_events().deleted(), 1);
+    assert!(h.cloud.interruption_events().is_empty());
+    // EC2 reclaims it now (berth terminated it already): nothing more happens, nothing was launched twice.
+    h.cloud.interrupt(&instance);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.machines().await.len(), before.len());
+    h.assert_no_duplicate_or_leak().await;
+    h.kill_berth();
+}
+
+/// Malformed messages, unknown events and events for instances this cluster does not own are deleted and change
+/// nothing; a state change for a Machine's instance makes berth look again and changes nothing while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_foreign_interruption_messages_are_deleted_and_change_nothing() {
+    let mut h = Harness::new(10, serde_json::json!({})).await;
+    spot_cluster_with_pods(&mut h, 3).await;
+    let before = h.machines().await;
+    let own = before[0].status.as_ref().unwrap().instance_id.clone().unwrap();
+    let now = chrono::Utc::now();
+    let foreign = h.cloud.add_foreign_instance("m7i.large", "us-east-1a", BTreeMap::new());
+    use berth::interruption::events;
+    for body in [
+        "not json at all".to_string(),
+        r#"{"source":"aws.ec2","detail-type":"EC2 Spot Instance Interruption Warning","time":"2026-12-08T10:00:00Z","detail":{"instance-id":7}}"#.to_string(),
+        r#"{"source":"aws.s3","detail-type":"Object Created","time":"2026-12-08T10:00:00Z","detail":{}}"#.to_string(),
+        events::spot_interruption_warning("us-east-1", &foreign, now),
+        events::spot_interruption_warning("us-east-1", "i-0123456789abcdef0", now),
+        // A running instance said to be running: news of nothing.
+        events::state_change("us-east-1", &own, "running", now),
+        // Said to be stopping while it runs: berth looks afresh, and the Machine stays.
+        events::state_change("us-east-1", &own, "stopping", now),
+    ] {
+        h.cloud.send_interruption_event(body);
+    }
+    eventually("every message handled and deleted", 30, || async {
+        h.cloud.interruption_events().deleted() == 7 && h.cloud.interruption_events().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = h.machines().await;
+    assert_eq!(after.len(), before.len());
+    assert!(after.iter().all(|m| m.metadata.deletion_timestamp.is_none()
+        && m.status.as_ref().is_some_and(|s| format!("{:?}", s.phase) == "Running")));
+    assert!(h.events("SpotInterrupted").await.is_empty());
+    assert!(h.cloud.unavailable_offerings().current().is_empty());
+    assert_eq!(h.running_pods().await, 3);
     h.kill_berth();
 }
