@@ -1020,19 +1020,25 @@ async fn a_spot_interruption_warning_drains_the_node_and_replaces_it_before_the_
 
     // Well within the two minutes: the node is drained and the replacement is Running.
     let victim_name = victim.metadata.name.clone().unwrap();
-    eventually("the interrupted Machine gone and a replacement Running", 60, || async {
-        let machines = h.machines().await;
-        let gone = machines.iter().all(|m| m.metadata.name.as_ref() != Some(&victim_name));
-        let running = machines
-            .iter()
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| format!("{:?}", s.phase) == "Running")
-            })
-            .count();
-        gone && running == before.len()
-    })
+    eventually(
+        "the interrupted Machine gone and a replacement Running",
+        60,
+        || async {
+            let machines = h.machines().await;
+            let gone = machines
+                .iter()
+                .all(|m| m.metadata.name.as_ref() != Some(&victim_name));
+            let running = machines
+                .iter()
+                .filter(|m| {
+                    m.status
+                        .as_ref()
+                        .is_some_and(|s| format!("{:?}", s.phase) == "Running")
+                })
+                .count();
+            gone && running == before.len()
+        },
+    )
     .await;
     let pods = h.pods().await;
     assert!(
@@ -1046,9 +1052,11 @@ async fn a_spot_interruption_warning_drains_the_node_and_replaces_it_before_the_
     // The pool EC2 reclaims from gets no replacement.
     let unavailable = h.cloud.unavailable_offerings().current();
     assert!(
-        unavailable.iter().any(|o| Some(&o.instance_type) == status.instance_type.as_ref()
-            && Some(&o.zone) == status.zone.as_ref()
-            && o.capacity_type == CapacityType::Spot),
+        unavailable
+            .iter()
+            .any(|o| Some(&o.instance_type) == status.instance_type.as_ref()
+                && Some(&o.zone) == status.zone.as_ref()
+                && o.capacity_type == CapacityType::Spot),
         "{unavailable:?}"
     );
     // The message was acted on once and deleted.
@@ -1069,9 +1077,17 @@ async fn bad_and_foreign_interruption_messages_are_deleted_and_change_nothing() 
     let mut h = Harness::new(10, serde_json::json!({})).await;
     spot_cluster_with_pods(&mut h, 3).await;
     let before = h.machines().await;
-    let own = before[0].status.as_ref().unwrap().instance_id.clone().unwrap();
+    let own = before[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .instance_id
+        .clone()
+        .unwrap();
     let now = chrono::Utc::now();
-    let foreign = h.cloud.add_foreign_instance("m7i.large", "us-east-1a", BTreeMap::new());
+    let foreign = h
+        .cloud
+        .add_foreign_instance("m7i.large", "us-east-1a", BTreeMap::new());
     use berth::interruption::events;
     for body in [
         "not json at all".to_string(),
@@ -1094,7 +1110,9 @@ async fn bad_and_foreign_interruption_messages_are_deleted_and_change_nothing() 
     let after = h.machines().await;
     assert_eq!(after.len(), before.len());
     assert!(after.iter().all(|m| m.metadata.deletion_timestamp.is_none()
-        && m.status.as_ref().is_some_and(|s| format!("{:?}", s.phase) == "Running")));
+        && m.status
+            .as_ref()
+            .is_some_and(|s| format!("{:?}", s.phase) == "Running")));
     assert!(h.events("SpotInterrupted").await.is_empty());
     assert!(h.cloud.unavailable_offerings().current().is_empty());
     assert_eq!(h.running_pods().await, 3);

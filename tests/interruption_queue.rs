@@ -324,3 +324,310 @@ fn the_stack_routes_each_interruption_event_to_the_queue_as_eventbridges_envelop
         .unwrap()
         .starts_with("arn:aws:health:us-east-1::event/EC2/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED/"));
 }
+
+mod berth_consumes {
+    //! The whole path with berth at its end: the stack's rules → PutEvents → the SQS queue → berth's interruption
+    //! controller (the AWS provider against moto) → the Machine in the emulator. The Machine controller, the drain
+    //! and the replacement are tested against the simulated cloud (tests/autoscaling.rs); here what matters is that
+    //! real SQS messages from real EventBridge routing are read, acted on once and deleted.
+
+    use super::{fixture, moto, unique, REGION};
+    use berth::api::{crds, Cluster, Machine};
+    use berth::cloud::aws::{AwsCloud, AwsConfig};
+    use berth::cloud::clock::{SharedClock, SystemClock};
+    use berth::cloud::metrics::CloudMetrics;
+    use berth::cloud::CloudProvider;
+    use berth::controllers::interruption::InterruptionConfig;
+    use berth::controllers::Context;
+    use berth::emulator::Emulator;
+    use berth::model::instance_type::CapacityType;
+    use berth::state::cluster::ClusterCache;
+    use berth::telemetry::metrics::Metrics;
+    use k8s_openapi::api::core::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn eventually<F, Fut>(what: &str, seconds: u64, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    struct Setup {
+        client: kube::Client,
+        cloud: Arc<AwsCloud>,
+        metrics: Metrics,
+        _emulator: Emulator,
+        stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    /// An emulated cluster whose Cluster names `queue`, a spot Machine owning `instance`, and berth's interruption
+    /// and Cluster controllers running against moto.
+    async fn start(cluster: &str, queue: &str, instance: &str) -> Setup {
+        let emulator = Emulator::new();
+        let client = emulator.client();
+        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crds() {
+            crd_api.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let object = |v: serde_json::Value| serde_json::from_value::<serde_json::Value>(v).unwrap();
+        Api::<Cluster>::all(client.clone())
+            .create(&PostParams::default(), &serde_json::from_value(object(serde_json::json!({
+                "apiVersion": "berth.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": cluster},
+                "spec": {"clusterName": cluster, "apiServerEndpoint": "https://example.invalid",
+                         "certificateAuthority": "Q0E=", "serviceCidr": "10.100.0.0/16", "interruptionQueue": queue}
+            }))).unwrap())
+            .await
+            .unwrap();
+        let machines: Api<Machine> = Api::namespaced(client.clone(), "default");
+        machines
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "apiVersion": "berth.dev/v1alpha1", "kind": "Machine",
+                    "metadata": {"name": "spot-1", "namespace": "default"},
+                    "spec": {"classRef": {"name": "general"}}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        machines
+            .patch_status(
+                "spot-1",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": {
+                    "phase": "Running", "instanceID": instance, "instanceType": "m7i.large",
+                    "zone": "us-east-1a", "capacityType": "spot",
+                    "providerID": format!("aws:///us-east-1a/{instance}")
+                }})),
+            )
+            .await
+            .unwrap();
+        let mut config = AwsConfig::new(cluster);
+        config.region = Some(REGION.into());
+        config.endpoint_url = Some(moto::endpoint());
+        let clock: SharedClock = Arc::new(SystemClock);
+        let cloud = Arc::new(
+            AwsCloud::connect(config, clock.clone(), CloudMetrics::unregistered().unwrap())
+                .await
+                .expect("connect to moto"),
+        );
+        let metrics = Metrics::new().unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), clock, metrics.clone()));
+        let cache = ClusterCache::start(&client);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let signal = |rx: tokio::sync::watch::Receiver<bool>| async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(berth::controllers::interruption::run(
+            ctx.clone(),
+            cache.clone(),
+            cloud.clone(),
+            InterruptionConfig {
+                queue: None,
+                cluster_name: cluster.into(),
+            },
+            signal(rx.clone()),
+        ));
+        tokio::spawn(berth::controllers::cluster::run(
+            ctx,
+            cache,
+            Arc::new(berth::model::aws_catalog::bundled_catalog("us-east-1").unwrap()),
+            cluster.into(),
+            signal(rx),
+        ));
+        Setup {
+            client,
+            cloud,
+            metrics,
+            _emulator: emulator,
+            stop,
+        }
+    }
+
+    fn counter(metrics: &Metrics, family: &str, label: &str) -> f64 {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(family) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spot_warning_routed_by_eventbridge_is_acted_on_once_and_deleted() {
+        let endpoint = moto::endpoint();
+        let cluster = unique("e2e");
+        let stack = fixture(&endpoint, &["create-stack", "--cluster-name", &cluster]);
+        let queue = stack["QueueName"].as_str().unwrap().to_string();
+        let instance = format!("i-0{:016x}", std::process::id() as u64 * 7919 + 17);
+        let s = start(&cluster, &queue, &instance).await;
+        let clusters: Api<Cluster> = Api::all(s.client.clone());
+        eventually("InterruptionQueueReady=True on the Cluster", 30, || async {
+            clusters
+                .get(&cluster)
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default()
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "InterruptionQueueReady" && format!("{:?}", c.status) == "True")
+        })
+        .await;
+
+        // A state change first: the Machine is told to look again, and stays.
+        fixture(
+            &endpoint,
+            &[
+                "put-event",
+                "state-change",
+                &instance,
+                "--state",
+                "stopping",
+            ],
+        );
+        let machines: Api<Machine> = Api::namespaced(s.client.clone(), "default");
+        eventually("the state-change notice on the Machine", 60, || async {
+            machines
+                .get("spot-1")
+                .await
+                .unwrap()
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get("berth.dev/instance-state-notice")
+                .is_some_and(|n| n.ends_with("instance stopping"))
+        })
+        .await;
+
+        // The warning: the Machine is marked and deleted, the pool unavailable, the message gone from the queue.
+        fixture(&endpoint, &["put-event", "spot-interruption", &instance]);
+        eventually("the interrupted Machine deleted", 60, || async {
+            machines.get_opt("spot-1").await.unwrap().is_none()
+        })
+        .await;
+        let events: Vec<Event> = Api::<Event>::all(s.client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        assert!(events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SpotInterrupted")
+                && e.message.as_deref().unwrap_or_default().contains(&instance)));
+        assert!(s
+            .cloud
+            .unavailable_offerings()
+            .current()
+            .iter()
+            .any(|o| o.instance_type == "m7i.large"
+                && o.zone == "us-east-1a"
+                && o.capacity_type == CapacityType::Spot));
+        eventually("both messages deleted from the queue", 60, || async {
+            counter(
+                &s.metrics,
+                "berth_interruption_messages_total",
+                "result=\"acted\"",
+            ) >= 2.0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let left = fixture(&endpoint, &["receive", stack["QueueUrl"].as_str().unwrap()]);
+        assert_eq!(left, serde_json::json!([]), "the queue is empty");
+        assert_eq!(
+            counter(
+                &s.metrics,
+                "berth_interruptions_total",
+                "kind=\"spot_interruption\""
+            ),
+            1.0
+        );
+        let _ = s.stop.send(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_queue_is_told_on_the_cluster_and_berth_keeps_trying() {
+        let cluster = unique("nq");
+        let s = start(
+            &cluster,
+            &format!("berth-{cluster}-does-not-exist"),
+            "i-0abc",
+        )
+        .await;
+        let clusters: Api<Cluster> = Api::all(s.client.clone());
+        eventually(
+            "InterruptionQueueReady=False, QueueNotFound",
+            30,
+            || async {
+                clusters
+                    .get(&cluster)
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap_or_default()
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "InterruptionQueueReady" && c.reason == "QueueNotFound")
+            },
+        )
+        .await;
+        eventually("a Warning Event on the Cluster", 10, || async {
+            Api::<Event>::all(s.client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("InterruptionQueueUnavailable"))
+        })
+        .await;
+        // The queue appears (the stack is deployed late): berth finds it on its next try.
+        let stack = fixture(
+            &moto::endpoint(),
+            &["create-stack", "--cluster-name", &cluster],
+        );
+        clusters
+            .patch(
+                &cluster,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({
+                    "spec": {"interruptionQueue": stack["QueueName"]}
+                })),
+            )
+            .await
+            .unwrap();
+        eventually(
+            "InterruptionQueueReady=True once the queue exists",
+            60,
+            || async {
+                clusters
+                    .get(&cluster)
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap_or_default()
+                    .conditions
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "InterruptionQueueReady" && format!("{:?}", c.status) == "True"
+                    })
+            },
+        )
+        .await;
+        let _ = s.stop.send(true);
+    }
+}

@@ -362,6 +362,7 @@ fn every_dashboard_panel_shows_data_after_a_burst_a_rollout_and_a_scale_down() {
                 cluster_name: cluster.into(),
                 ..Default::default()
             },
+            interruption_queue: None,
             dry_run: false,
         });
         tokio::spawn(berth::operator::run_controllers(controllers, std::future::pending::<()>()));

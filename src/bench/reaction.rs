@@ -141,7 +141,7 @@ pub async fn measure(
         },
         disruption: Default::default(),
         interruption_queue: None,
-            dry_run: false,
+        dry_run: false,
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let berth = tokio::spawn(run_controllers(controllers, async move {

@@ -1505,7 +1505,6 @@ impl CloudProvider for SimulatedCloud {
     ) -> Result<Arc<dyn InterruptionQueue>, QueueError> {
         Ok(self.interruptions.clone())
     }
-
 }
 
 pub(crate) fn bootstrap_error(e: BootstrapError) -> CloudError {

@@ -142,7 +142,12 @@ pub fn desired_status(
         Some(q) => {
             set_condition(
                 &mut status.conditions,
-                condition("InterruptionQueueReady", q.ready, &q.reason, q.message.clone()),
+                condition(
+                    "InterruptionQueueReady",
+                    q.ready,
+                    &q.reason,
+                    q.message.clone(),
+                ),
                 now,
             );
         }

@@ -271,7 +271,8 @@ async fn round(
         .any(|n| n.annotations().contains_key(keys::DRAIN_STARTED));
     let mut auto_scaling_groups = read_groups(cloud, rounds, now, draining).await;
     if let Some(c) = cloud {
-        let terminated = finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
+        let terminated =
+            finish_group_drains(ctx, c, &objects, &auto_scaling_groups, config).await?;
         if terminated {
             // The sizes just read are stale: planning on them would see a group one node larger than it is, pick
             // another of its nodes and cordon it, only for the termination to be refused at the group's minimum.

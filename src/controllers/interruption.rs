@@ -34,8 +34,7 @@ use crate::api::{Cluster, Machine, MachineClass};
 use crate::cloud::queue::{InterruptionQueue, QueueError};
 use crate::cloud::{CloudProvider, OfferingKey};
 use crate::interruption::{
-    decide, parse, Decision, InterruptionError, Notice, NoticeKind, OwnedInstance,
-    RebalancePolicy,
+    decide, parse, Decision, InterruptionError, Notice, NoticeKind, OwnedInstance, RebalancePolicy,
 };
 use crate::model::instance_type::CapacityType;
 use crate::state::cluster::{ClusterCache, ClusterObjects};
@@ -202,7 +201,9 @@ async fn failed(
         Some(QueueStatus {
             ready: false,
             reason: e.reason().into(),
-            message: format!("{e}; berth learns of interruptions only when instances are gone, and tries again"),
+            message: format!(
+                "{e}; berth learns of interruptions only when instances are gone, and tries again"
+            ),
         }),
     );
     let wait = *retry;
@@ -255,7 +256,12 @@ impl Owners {
         let classes: HashMap<(String, String), &MachineClass> = objects
             .machine_classes
             .iter()
-            .map(|c| ((c.namespace().unwrap_or_default(), c.name_any()), c.as_ref()))
+            .map(|c| {
+                (
+                    (c.namespace().unwrap_or_default(), c.name_any()),
+                    c.as_ref(),
+                )
+            })
             .collect();
         let mut by_instance = HashMap::new();
         let mut machines = HashMap::new();
@@ -329,10 +335,7 @@ async fn handle(
 }
 
 fn truncate(body: &str) -> &str {
-    let end = body
-        .char_indices()
-        .nth(200)
-        .map_or(body.len(), |(i, _)| i);
+    let end = body.char_indices().nth(200).map_or(body.len(), |(i, _)| i);
     &body[..end]
 }
 
@@ -443,7 +446,11 @@ async fn apply(
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &owned.machine_namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {annotation.0: annotation.1}}});
     match api
-        .patch(&owned.machine, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            &owned.machine,
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
         .await
     {
         Ok(_) => {}

@@ -255,7 +255,6 @@ fn effect_name(effect: TaintEffectSpec) -> &'static str {
     }
 }
 
-
 pub async fn reconcile(
     machine: Arc<Machine>,
     ctx: Arc<MachineContext>,

@@ -81,7 +81,10 @@ pub fn scheduled_change(
         "aws.health",
         "AWS Health Event",
         region,
-        instance_ids.iter().map(|i| instance_arn(region, i)).collect(),
+        instance_ids
+            .iter()
+            .map(|i| instance_arn(region, i))
+            .collect(),
         time,
         json!({
             "eventArn": format!("arn:aws:health:{region}::event/EC2/{code}/{code}_{}", time.timestamp()),

@@ -105,7 +105,11 @@ pub fn parse(body: &str) -> Result<Option<Notice>, InterruptionError> {
     }
     let source = text(&v, "source")?;
     let detail_type = text(&v, "detail-type")?;
-    let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let time = timestamp(text(&v, "time")?, "time")?;
     let detail = v
         .get("detail")
@@ -287,18 +291,15 @@ pub enum Decision {
 }
 
 /// Decides, per instance of the notice, from the Machines that own them (`owner_of` answers by instance id).
-pub fn decide(
-    notice: &Notice,
-    owner_of: impl Fn(&str) -> Option<OwnedInstance>,
-) -> Vec<Decision> {
+pub fn decide(notice: &Notice, owner_of: impl Fn(&str) -> Option<OwnedInstance>) -> Vec<Decision> {
     notice
         .instance_ids
         .iter()
         .map(|id| {
             // A Machine being deleted is drained already; only a state change still matters to it (its instance
             // may be gone before the drain ends).
-            let owner = owner_of(id)
-                .filter(|m| !m.deleting || notice.kind == NoticeKind::StateChange);
+            let owner =
+                owner_of(id).filter(|m| !m.deleting || notice.kind == NoticeKind::StateChange);
             let Some(machine) = owner else {
                 return Decision::NotOurs {
                     instance_id: id.clone(),

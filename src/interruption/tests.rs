@@ -97,14 +97,21 @@ fn each_kind_is_read_and_uninteresting_events_are_ignored() {
 
 #[test]
 fn malformed_and_unknown_messages_say_what_is_wrong() {
-    assert!(matches!(parse("not json"), Err(InterruptionError::NotJson(_))));
+    assert!(matches!(
+        parse("not json"),
+        Err(InterruptionError::NotJson(_))
+    ));
     assert!(matches!(parse("[1,2]"), Err(InterruptionError::NotJson(_))));
     assert_eq!(
         parse(r#"{"source":"aws.ec2","time":"2026-12-08T10:00:00Z","detail":{}}"#),
         Err(InterruptionError::Missing("detail-type"))
     );
     assert_eq!(
-        parse(&envelope("aws.ec2", "EC2 Spot Instance Interruption Warning", serde_json::json!({}))),
+        parse(&envelope(
+            "aws.ec2",
+            "EC2 Spot Instance Interruption Warning",
+            serde_json::json!({})
+        )),
         Err(InterruptionError::Missing("instance-id"))
     );
     assert!(matches!(
@@ -113,7 +120,10 @@ fn malformed_and_unknown_messages_say_what_is_wrong() {
             "EC2 Spot Instance Interruption Warning",
             serde_json::json!({"instance-id": "../etc/passwd"}),
         )),
-        Err(InterruptionError::Invalid { field: "instance-id", .. })
+        Err(InterruptionError::Invalid {
+            field: "instance-id",
+            ..
+        })
     ));
     assert!(matches!(
         parse(&envelope(
@@ -169,12 +179,30 @@ fn decisions_follow_the_kind_the_owner_and_the_class() {
         "i-3" => Some(owned(id, RebalancePolicy::Replace, true)),
         _ => None,
     };
-    let d = decide(&notice(NoticeKind::SpotInterruption, &["i-1", "i-9", "i-3"]), owner);
-    assert!(matches!(&d[0], Decision::Interrupt { deadline, .. } if *deadline == at("2026-12-08T10:02:00Z")));
-    assert_eq!(d[1], Decision::NotOurs { instance_id: "i-9".into() });
+    let d = decide(
+        &notice(NoticeKind::SpotInterruption, &["i-1", "i-9", "i-3"]),
+        owner,
+    );
+    assert!(
+        matches!(&d[0], Decision::Interrupt { deadline, .. } if *deadline == at("2026-12-08T10:02:00Z"))
+    );
+    assert_eq!(
+        d[1],
+        Decision::NotOurs {
+            instance_id: "i-9".into()
+        }
+    );
     // Already being deleted: a warning changes nothing.
-    assert_eq!(d[2], Decision::NotOurs { instance_id: "i-3".into() });
-    let d = decide(&notice(NoticeKind::RebalanceRecommendation, &["i-1", "i-2"]), owner);
+    assert_eq!(
+        d[2],
+        Decision::NotOurs {
+            instance_id: "i-3".into()
+        }
+    );
+    let d = decide(
+        &notice(NoticeKind::RebalanceRecommendation, &["i-1", "i-2"]),
+        owner,
+    );
     assert!(matches!(&d[0], Decision::Record { .. }));
     assert!(matches!(&d[1], Decision::MarkAtRisk { deadline: None, .. }));
     // Scheduled changes are acted on whatever the class says of rebalancing.
@@ -188,11 +216,20 @@ fn decisions_follow_the_kind_the_owner_and_the_class() {
 #[test]
 fn the_events_berth_builds_read_back_as_what_they_announce() {
     let t = at("2026-12-08T10:00:00Z");
-    let n = parse(&events::spot_interruption_warning("us-east-1", "i-0a1", t)).unwrap().unwrap();
-    assert_eq!((n.kind, n.deadline), (NoticeKind::SpotInterruption, Some(t + SPOT_WARNING)));
-    let n = parse(&events::rebalance_recommendation("us-east-1", "i-0a1", t)).unwrap().unwrap();
+    let n = parse(&events::spot_interruption_warning("us-east-1", "i-0a1", t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.kind, n.deadline),
+        (NoticeKind::SpotInterruption, Some(t + SPOT_WARNING))
+    );
+    let n = parse(&events::rebalance_recommendation("us-east-1", "i-0a1", t))
+        .unwrap()
+        .unwrap();
     assert_eq!(n.kind, NoticeKind::RebalanceRecommendation);
-    let n = parse(&events::state_change("us-east-1", "i-0a1", "terminated", t)).unwrap().unwrap();
+    let n = parse(&events::state_change("us-east-1", "i-0a1", "terminated", t))
+        .unwrap()
+        .unwrap();
     assert_eq!(n.kind, NoticeKind::StateChange);
     let start = at("2026-12-10T04:00:00Z");
     let n = parse(&events::scheduled_change(

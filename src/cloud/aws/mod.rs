@@ -371,7 +371,10 @@ impl CloudProvider for AwsCloud {
     async fn interruption_queue(
         &self,
         queue: &str,
-    ) -> Result<Arc<dyn crate::cloud::queue::InterruptionQueue>, crate::cloud::queue::QueueError> {
-        Ok(Arc::new(sqs::SqsQueue::open(self.sqs.clone(), queue).await?))
+    ) -> Result<Arc<dyn crate::cloud::queue::InterruptionQueue>, crate::cloud::queue::QueueError>
+    {
+        Ok(Arc::new(
+            sqs::SqsQueue::open(self.sqs.clone(), queue).await?,
+        ))
     }
 }

@@ -59,8 +59,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
                 queue: queue.into(),
             }
         }
-        "AccessDenied" | "AccessDeniedException" | "KMS.AccessDeniedException"
-        | "InvalidClientTokenId" | "UnrecognizedClientException" => QueueError::Denied {
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "KMS.AccessDeniedException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException" => QueueError::Denied {
             queue: queue.into(),
             message,
         },
