@@ -140,6 +140,7 @@ fn renders_every_object_with_options_on() {
             "BerthLaunchFailures",
             "BerthCloudThrottled",
             "BerthMachinesUnhealthy",
+            "BerthInterruptionQueueUnavailable",
             "BerthLeaderMissing"
         ]
     );
