@@ -385,6 +385,9 @@ fn event_reason(reason: Reason) -> &'static str {
         Reason::Empty => "NodeEmpty",
         Reason::Underutilized => "NodeUnderutilized",
         Reason::ConsolidationSingle | Reason::ConsolidationMulti => "Consolidation",
+        // As the interruption controller's Event on the Machine that marked it at risk.
+        Reason::RebalanceRecommended => "RebalanceRecommended",
+        Reason::ScheduledChange => "ScheduledChange",
     }
 }
 
@@ -508,7 +511,7 @@ async fn start_replacement(
         .as_ref()
         .is_some_and(|a| current >= a.max_replicas)
     {
-        tracing::info!(group = %replacement.group, "consolidation skipped: the group is at its maximum");
+        tracing::info!(group = %replacement.group, reason = reason.as_str(), "replacement skipped: the group is at its maximum");
         return Ok(());
     }
     // Drop entries some Machine already took, then queue ours.
@@ -624,13 +627,15 @@ async fn finish_replacements(
             .iter()
             .find(|m| m.annotations().get(keys::SHAPE_ID) == Some(&shape));
         let phase = replacement.and_then(|m| m.status.as_ref()).map(|s| s.phase);
-        let reason = match pending.reason.as_str() {
-            "consolidation_multi" => Reason::ConsolidationMulti,
-            _ => Reason::ConsolidationSingle,
+        let reason = Reason::parse(&pending.reason).unwrap_or(Reason::ConsolidationSingle);
+        let what = if reason.at_risk() {
+            "Moving off an at-risk node"
+        } else {
+            "Consolidating"
         };
         if phase == Some(MachinePhase::Running) {
             let message = format!(
-                "Consolidating: replacement {} is Running; removing {}",
+                "{what}: replacement {} is Running; removing {}",
                 replacement.map(|m| m.name_any()).unwrap_or_default(),
                 old.join(", ")
             );
@@ -660,10 +665,25 @@ async fn finish_replacements(
         } else if phase == Some(MachinePhase::Failed)
             || (replacement.is_none() && now - pending.since > config.replacement_timeout)
         {
-            let message = format!(
-                "Consolidation abandoned: the replacement for {} did not become Running",
-                old.join(", ")
-            );
+            // Unmarked, the old Machines are candidates again: an at-risk one (its annotation stays) is planned
+            // afresh next round, and a surplus node, if the replacement comes after all, goes as empty.
+            let (message, event) = if reason.at_risk() {
+                (
+                    format!(
+                        "Replacement abandoned: the replacement for at-risk {} did not become Running; trying again",
+                        old.join(", ")
+                    ),
+                    "ReplacementAbandoned",
+                )
+            } else {
+                (
+                    format!(
+                        "Consolidation abandoned: the replacement for {} did not become Running",
+                        old.join(", ")
+                    ),
+                    "ConsolidationAbandoned",
+                )
+            };
             tracing::warn!(group = %group, "{message}");
             for m in &old {
                 clear_replaced_by(ctx, &namespace, m).await?;
@@ -675,7 +695,7 @@ async fn finish_replacements(
                 std::slice::from_ref(&group),
                 &namespace,
                 EventKind::Warning,
-                "ConsolidationAbandoned",
+                event,
                 &message,
             );
         }

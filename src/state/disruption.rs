@@ -548,6 +548,7 @@ pub fn build(
             created_at,
             do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
             do_not_disrupt_pods: protected,
+            at_risk: None,
         });
     }
     // Auto Scaling groups: their live instances' Nodes, by provider ID.
@@ -618,6 +619,7 @@ pub fn build(
                     .unwrap_or(now),
                 do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
                 do_not_disrupt_pods: protected,
+                at_risk: None,
             });
         }
         groups.push(GroupState {
