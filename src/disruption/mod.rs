@@ -980,11 +980,10 @@ impl<'a> Planner<'a> {
             groups,
             ..Default::default()
         };
-        let result = scheduling::solve(&snapshot, catalog, self.now).map_err(|e| {
-            Blocker::PodsDoNotFit {
+        let result =
+            scheduling::solve(&snapshot, catalog, self.now).map_err(|e| Blocker::PodsDoNotFit {
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         if let Some(u) = result.unschedulable.first() {
             return Err(Blocker::PodsDoNotFit {
                 detail: format!("{}: {}", u.pod, u.reason),
@@ -1168,12 +1167,11 @@ impl<'a> Planner<'a> {
             })?;
         let mut replacement = match result.new_machines.as_slice() {
             [one] => one.clone(),
-            [] if only_new => {
-                return Err(Blocker::NoReplacement {
-                    detail: "its group is at its minimum and the node has no pods to size a replacement by"
+            [] if only_new => return Err(Blocker::NoReplacement {
+                detail:
+                    "its group is at its minimum and the node has no pods to size a replacement by"
                         .into(),
-                })
-            }
+            }),
             [] => {
                 return Err(Blocker::NoReplacement {
                     detail: "the simulation placed its pods without a new node".into(),

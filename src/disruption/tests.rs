@@ -810,7 +810,10 @@ fn rebalance(max_price_increase_percent: u32) -> Option<AtRisk> {
 }
 
 fn scheduled(in_minutes: i64) -> Option<AtRisk> {
-    at_risk(AtRiskKind::ScheduledChange, Some(now() + minutes(in_minutes)))
+    at_risk(
+        AtRiskKind::ScheduledChange,
+        Some(now() + minutes(in_minutes)),
+    )
 }
 
 /// A full s.xlarge (its pod fits nowhere else, and no cheaper node holds it).
@@ -967,7 +970,11 @@ fn a_scheduled_change_acts_whatever_the_scale_down_policy() {
         i.policy.consolidation = consolidation;
         let p = run(&i);
         let r = replaced(&p);
-        assert_eq!(r.len(), 1, "enabled {enabled}, consolidation {consolidation}: {p:#?}");
+        assert_eq!(
+            r.len(),
+            1,
+            "enabled {enabled}, consolidation {consolidation}: {p:#?}"
+        );
         assert_eq!(r[0].0, ["a"]);
         assert_eq!(r[0].1, Reason::ScheduledChange);
         let b = blocker_of(&p, "b").as_str();
@@ -1011,12 +1018,17 @@ fn an_at_risk_node_whose_pods_fit_elsewhere_is_deleted_and_not_consolidated_too(
         "{p:#?}"
     );
     assert_eq!(p.commands.len(), 1, "{p:#?}");
-    assert!(p.commands[0].message().contains("its pods fit on other nodes"));
+    assert!(p.commands[0]
+        .message()
+        .contains("its pods fit on other nodes"));
     // An empty one too.
     let mut empty = candidate("empty", "s.xlarge", vec![daemon("agent")]);
     empty.at_risk = scheduled(10);
     let p = run(&input(vec![empty]));
-    assert_eq!(deleted(&p), [("empty".to_string(), Reason::ScheduledChange)]);
+    assert_eq!(
+        deleted(&p),
+        [("empty".to_string(), Reason::ScheduledChange)]
+    );
     assert_eq!(p.commands.len(), 1);
 }
 
@@ -1033,7 +1045,10 @@ fn an_at_risk_node_of_a_group_at_its_minimum_is_replaced_not_deleted() {
     let r = replaced(&p);
     assert_eq!(r.len(), 1, "{p:#?}");
     assert_eq!(r[0].0, ["small"]);
-    assert_eq!(r[0].2.instance_type, "s.large", "the cheapest that holds it");
+    assert_eq!(
+        r[0].2.instance_type, "s.large",
+        "the cheapest that holds it"
+    );
     // Same group: its replicas go up by one before the old node goes, so the minimum holds.
 }
 
