@@ -454,16 +454,19 @@ async fn rebalance_replace_never_exceeds_the_budget() {
             .await;
     }
     // EC2 recommends rebalancing all three (as the interruption controller marks them).
-    let mark = serde_json::json!({"reason": "RebalanceRecommended", "detail": "test", "deadline": null,
+    let mark =
+        serde_json::json!({"reason": "RebalanceRecommended", "detail": "test", "deadline": null,
                                   "since": "2026-12-01T12:00:00Z"})
-    .to_string();
+        .to_string();
     let machines = Api::<Machine>::namespaced(h.client.clone(), "default");
     for n in &names {
         machines
             .patch(
                 n,
                 &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"berth.dev/at-risk": mark}}})),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": {"berth.dev/at-risk": mark}}}),
+                ),
             )
             .await
             .unwrap();
@@ -476,8 +479,12 @@ async fn rebalance_replace_never_exceeds_the_budget() {
     let waited = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let monitor = {
-        let (api, most, waited, watching) =
-            (machines.clone(), most.clone(), waited.clone(), watching.clone());
+        let (api, most, waited, watching) = (
+            machines.clone(),
+            most.clone(),
+            waited.clone(),
+            watching.clone(),
+        );
         tokio::spawn(async move {
             while watching.load(std::sync::atomic::Ordering::SeqCst) {
                 let list = api.list(&ListParams::default()).await.unwrap().items;
@@ -534,7 +541,12 @@ async fn rebalance_replace_never_exceeds_the_budget() {
             .iter()
             .find(|m| m.annotations().get("berth.dev/shape-id") == Some(shape))
             .unwrap_or_else(|| panic!("the replacement of {} runs", old.name_any()));
-        assert_ne!(pool(new), pool(old), "{} replaced in its own pool", old.name_any());
+        assert_ne!(
+            pool(new),
+            pool(old),
+            "{} replaced in its own pool",
+            old.name_any()
+        );
         assert!(!new.annotations().contains_key("berth.dev/at-risk"));
     }
     assert_eq!(

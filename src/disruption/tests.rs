@@ -979,7 +979,7 @@ fn a_scheduled_change_acts_whatever_the_scale_down_policy() {
         assert_eq!(r[0].1, Reason::ScheduledChange);
         let b = blocker_of(&p, "b").as_str();
         assert!(
-            (b == "disabled") == !enabled,
+            (b == "disabled") != enabled,
             "the node not at risk follows the policy: {b}"
         );
     }
