@@ -1,4 +1,4 @@
-//! The disruption controller: scale-down and consolidation, over the pure `disruption::plan`.
+//! The disruption controller: scale-down, consolidation and at-risk nodes, over the pure `disruption::plan`.
 //!
 //! Every `interval` it reads the cluster from the autoscaler's shared caches (`state::cluster`; listing every pod
 //! through the API each round cost seconds of CPU in a 30,000-pod cluster), finishes consolidations whose replacement is Ready,
@@ -17,6 +17,13 @@
 //! the time. A later round, reading only objects, deletes them once the Machine created for that shape is Running
 //! (its Node Ready), or gives up (removes the annotation) when that Machine failed or never came within
 //! `replacement_timeout`; the surplus node, if any, is then empty and goes the ordinary way.
+//!
+//! At-risk Machines (`berth.dev/at-risk`, written by the interruption controller for a rebalance recommendation on
+//! a `Replace` class or a scheduled change) take the same two paths with the reasons `rebalance_recommended` and
+//! `scheduled_change` (the metric's labels and the Events' reasons `RebalanceRecommended`, `ScheduledChange`): a
+//! deletion when their pods fit elsewhere, else a replacement first, the old Machine drained only once the new one
+//! is Running, within the group's budget (a Machine waiting for its replacement counts against it). An abandoned
+//! replacement (`ReplacementAbandoned`) unmarks the Machine; its at-risk mark stays, so it is planned again.
 //!
 //! Auto Scaling groups (berth-enabled, discovered through the cloud each round) shrink too: their empty and
 //! underutilized nodes are candidates (never replaced, see `GroupState::replaceable`), within the group's minimum

@@ -1,4 +1,5 @@
-//! Scale-down and consolidation: which nodes to remove, and which to replace with one cheaper node.
+//! Scale-down and consolidation: which nodes to remove, and which to replace with one cheaper node; and at-risk
+//! nodes, which to move off first.
 //!
 //! [`plan`] is a pure, deterministic function of plain data ([`DisruptionInput`]), the instance-type [`Catalog`]
 //! and `now`. It imports nothing from kube or tokio, so every rule is a table test, a decision can be re-checked
@@ -7,6 +8,17 @@
 //!
 //! # Candidates, in order
 //!
+//! 0. **At risk** (EC2 sent a rebalance recommendation for a node of a `Replace` class, or AWS Health a scheduled
+//!    change: [`Candidate::at_risk`]), the earliest deadline first, before everything else and whatever the policy
+//!    (scale-down or consolidation disabled included: the node goes anyway). Each is deleted when its pods fit on
+//!    the other nodes, else replaced by the one new node the solver picks for its pods with the node's own pool
+//!    (instance type, zone and capacity type) made unavailable; for a rebalance only if that node costs at most
+//!    `price × (1 + maxPriceIncreasePercent/100)`, and its launch keeps only the alternatives within that bound, so
+//!    whatever EC2 picks respects it (a scheduled change has no bound: the solver's cheapest). Within the group's
+//!    budget (these use it first) and minimum (at the minimum a node is replaced one for one); the node's age and
+//!    the delay after a scale-up do not hold it, the do-not-disrupt, pod and PDB rules do. A node that cannot go
+//!    is kept with the reason ([`Blocker::NoReplacement`], [`Blocker::ReplacementTooExpensive`], ...), and no later
+//!    rule looks at an at-risk node.
 //! 1. **Empty** nodes (no pods but DaemonSet and mirror pods) are deleted at once, most expensive first.
 //! 2. **Underutilized** nodes (requested cpu and memory both below `utilization_threshold_percent` of
 //!    allocatable, DaemonSet pods included as the cluster autoscaler counts them) for at least `unneeded_time`,

@@ -4,7 +4,8 @@
 //! (groups without it are left alone, as the API promises) and the Machine is not already leaving: deleted,
 //! annotated `berth.dev/delete-machine`, or waiting for its consolidation replacement (`berth.dev/replaced-by`).
 //! Leaving Machines count against their group's budget and their nodes take no pods in the simulation. Every other
-//! Ready, schedulable node is somewhere pods may go.
+//! Ready, schedulable node is somewhere pods may go. A candidate is at risk when its Machine carries
+//! `berth.dev/at-risk` ([`at_risk_of`]).
 //!
 //! What cannot be read (a malformed pod, an invalid budget) never widens what berth may do: the node or group
 //! concerned is kept out (an invalid budget becomes a budget of zero), and the problem is returned for an Event.
