@@ -14,7 +14,7 @@ use berth::emulator::Emulator;
 use berth::telemetry::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -132,6 +132,17 @@ impl Harness {
     }
 
     async fn create_deployment(&self, name: &str, replicas: u32, budgets: serde_json::Value) {
+        self.create_deployment_with_min(name, replicas, 0, budgets)
+            .await
+    }
+
+    async fn create_deployment_with_min(
+        &self,
+        name: &str,
+        replicas: u32,
+        min: u32,
+        budgets: serde_json::Value,
+    ) {
         let md: MachineDeployment = serde_json::from_value(serde_json::json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
             "metadata": {"name": name, "namespace": "default"},
@@ -139,7 +150,7 @@ impl Harness {
                 "replicas": replicas,
                 "selector": {"matchLabels": {"group": name}},
                 "template": {"metadata": {"labels": {"group": name}}, "spec": {"classRef": {"name": "general"}}},
-                "autoscaling": {"minReplicas": 0, "maxReplicas": 6},
+                "autoscaling": {"minReplicas": min, "maxReplicas": 6},
                 "disruption": {"budgets": budgets}
             }
         }))
@@ -405,4 +416,159 @@ async fn three_busy_small_nodes_become_one_cheaper_node() {
         3
     );
     assert!(h.event_reasons().await.iter().any(|r| r == "Consolidation"));
+}
+
+/// Whether a Machine is being disrupted: waiting for its replacement, marked for deletion, or being deleted.
+fn disrupted(m: &Machine) -> bool {
+    let a = m.annotations();
+    m.metadata.deletion_timestamp.is_some()
+        || a.contains_key("berth.dev/replaced-by")
+        || a.contains_key("berth.dev/delete-machine")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_replace_never_exceeds_the_budget() {
+    let h = Harness::new().await;
+    // The class answers a rebalance recommendation with Replace, at no higher price.
+    Api::<MachineClass>::all(h.client.clone())
+        .patch(
+            "general",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"rebalance": {"action": "Replace"}}})),
+        )
+        .await
+        .unwrap();
+    // Three nodes, a minimum of three (so each at-risk node is replaced one for one, never simply deleted) and a
+    // budget of one node at a time.
+    h.create_deployment_with_min("general", 3, 3, serde_json::json!([{"nodes": 1}]))
+        .await;
+    eventually("3 running machines", 60, || async {
+        h.running().await.len() == 3
+    })
+    .await;
+    let at_risk = h.running().await;
+    let names: Vec<String> = at_risk.iter().map(|m| m.name_any()).collect();
+    // 60% used each: no node has room for another's pod.
+    for (i, m) in at_risk.iter().enumerate() {
+        h.bind_pod(&format!("web-{i}"), &node_of(m), "1150m", BTreeMap::new())
+            .await;
+    }
+    // EC2 recommends rebalancing all three (as the interruption controller marks them).
+    let mark =
+        serde_json::json!({"reason": "RebalanceRecommended", "detail": "test", "deadline": null,
+                                  "since": "2026-12-01T12:00:00Z"})
+        .to_string();
+    let machines = Api::<Machine>::namespaced(h.client.clone(), "default");
+    for n in &names {
+        machines
+            .patch(
+                n,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": {"berth.dev/at-risk": mark}}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Watch every Machine from now on: how many are being disrupted at once, and that each at-risk one waited for
+    // its replacement (replaced-by) before it went.
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Old Machine → the launch-shape id of its replacement.
+    let waited = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let monitor = {
+        let (api, most, waited, watching) = (
+            machines.clone(),
+            most.clone(),
+            waited.clone(),
+            watching.clone(),
+        );
+        tokio::spawn(async move {
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let list = api.list(&ListParams::default()).await.unwrap().items;
+                let now = list.iter().filter(|m| disrupted(m)).count();
+                most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                for m in &list {
+                    if let Some(v) = m.annotations().get("berth.dev/replaced-by") {
+                        let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                        let shape = v["shape"].as_str().unwrap().to_string();
+                        waited.lock().unwrap().insert(m.name_any(), shape);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    h.start_disruption().await;
+
+    eventually(
+        "the three at-risk machines replaced and gone",
+        180,
+        || async {
+            let ms = h.machines().await;
+            ms.len() == 3
+                && ms.iter().all(|m| !names.contains(&m.name_any()))
+                && h.running().await.len() == 3
+        },
+    )
+    .await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    monitor.await.unwrap();
+
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never more than the budget of one Machine disrupted at once"
+    );
+    let waited = waited.lock().unwrap().clone();
+    assert!(
+        names.iter().all(|n| waited.contains_key(n)),
+        "each at-risk Machine waited for its replacement: {waited:?} of {names:?}"
+    );
+    assert_eq!(h.replicas("general").await, 3);
+    assert_eq!(h.cloud.live_instance_count(), 3);
+    // Each replacement left its at-risk pool: never the same instance type in the same zone.
+    let pool = |m: &Machine| {
+        let s = m.status.as_ref().unwrap();
+        (s.instance_type.clone().unwrap(), s.zone.clone().unwrap())
+    };
+    let now_running = h.running().await;
+    for old in &at_risk {
+        let shape = &waited[&old.name_any()];
+        let new = now_running
+            .iter()
+            .find(|m| m.annotations().get("berth.dev/shape-id") == Some(shape))
+            .unwrap_or_else(|| panic!("the replacement of {} runs", old.name_any()));
+        assert_ne!(
+            pool(new),
+            pool(old),
+            "{} replaced in its own pool",
+            old.name_any()
+        );
+        assert!(!new.annotations().contains_key("berth.dev/at-risk"));
+    }
+    assert_eq!(
+        h.ctx
+            .metrics
+            .disruption_decisions
+            .with_label_values(&["rebalance_recommended"])
+            .get(),
+        3,
+        "one decision per at-risk node"
+    );
+    assert_eq!(
+        h.ctx
+            .metrics
+            .nodes_disrupted
+            .with_label_values(&["general", "rebalance_recommended"])
+            .get(),
+        3
+    );
+    assert!(h
+        .event_reasons()
+        .await
+        .iter()
+        .any(|r| r == "RebalanceRecommended"));
 }

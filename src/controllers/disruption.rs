@@ -1,4 +1,4 @@
-//! The disruption controller: scale-down and consolidation, over the pure `disruption::plan`.
+//! The disruption controller: scale-down, consolidation and at-risk nodes, over the pure `disruption::plan`.
 //!
 //! Every `interval` it reads the cluster from the autoscaler's shared caches (`state::cluster`; listing every pod
 //! through the API each round cost seconds of CPU in a 30,000-pod cluster), finishes consolidations whose replacement is Ready,
@@ -17,6 +17,13 @@
 //! the time. A later round, reading only objects, deletes them once the Machine created for that shape is Running
 //! (its Node Ready), or gives up (removes the annotation) when that Machine failed or never came within
 //! `replacement_timeout`; the surplus node, if any, is then empty and goes the ordinary way.
+//!
+//! At-risk Machines (`berth.dev/at-risk`, written by the interruption controller for a rebalance recommendation on
+//! a `Replace` class or a scheduled change) take the same two paths with the reasons `rebalance_recommended` and
+//! `scheduled_change` (the metric's labels and the Events' reasons `RebalanceRecommended`, `ScheduledChange`): a
+//! deletion when their pods fit elsewhere, else a replacement first, the old Machine drained only once the new one
+//! is Running, within the group's budget (a Machine waiting for its replacement counts against it). An abandoned
+//! replacement (`ReplacementAbandoned`) unmarks the Machine; its at-risk mark stays, so it is planned again.
 //!
 //! Auto Scaling groups (berth-enabled, discovered through the cloud each round) shrink too: their empty and
 //! underutilized nodes are candidates (never replaced, see `GroupState::replaceable`), within the group's minimum
@@ -386,6 +393,9 @@ fn event_reason(reason: Reason) -> &'static str {
         Reason::Empty => "NodeEmpty",
         Reason::Underutilized => "NodeUnderutilized",
         Reason::ConsolidationSingle | Reason::ConsolidationMulti => "Consolidation",
+        // As the interruption controller's Event on the Machine that marked it at risk.
+        Reason::RebalanceRecommended => "RebalanceRecommended",
+        Reason::ScheduledChange => "ScheduledChange",
     }
 }
 
@@ -509,7 +519,7 @@ async fn start_replacement(
         .as_ref()
         .is_some_and(|a| current >= a.max_replicas)
     {
-        tracing::info!(group = %replacement.group, "consolidation skipped: the group is at its maximum");
+        tracing::info!(group = %replacement.group, reason = reason.as_str(), "replacement skipped: the group is at its maximum");
         return Ok(());
     }
     // Drop entries some Machine already took, then queue ours.
@@ -625,13 +635,15 @@ async fn finish_replacements(
             .iter()
             .find(|m| m.annotations().get(keys::SHAPE_ID) == Some(&shape));
         let phase = replacement.and_then(|m| m.status.as_ref()).map(|s| s.phase);
-        let reason = match pending.reason.as_str() {
-            "consolidation_multi" => Reason::ConsolidationMulti,
-            _ => Reason::ConsolidationSingle,
+        let reason = Reason::parse(&pending.reason).unwrap_or(Reason::ConsolidationSingle);
+        let what = if reason.at_risk() {
+            "Moving off an at-risk node"
+        } else {
+            "Consolidating"
         };
         if phase == Some(MachinePhase::Running) {
             let message = format!(
-                "Consolidating: replacement {} is Running; removing {}",
+                "{what}: replacement {} is Running; removing {}",
                 replacement.map(|m| m.name_any()).unwrap_or_default(),
                 old.join(", ")
             );
@@ -661,10 +673,25 @@ async fn finish_replacements(
         } else if phase == Some(MachinePhase::Failed)
             || (replacement.is_none() && now - pending.since > config.replacement_timeout)
         {
-            let message = format!(
-                "Consolidation abandoned: the replacement for {} did not become Running",
-                old.join(", ")
-            );
+            // Unmarked, the old Machines are candidates again: an at-risk one (its annotation stays) is planned
+            // afresh next round, and a surplus node, if the replacement comes after all, goes as empty.
+            let (message, event) = if reason.at_risk() {
+                (
+                    format!(
+                        "Replacement abandoned: the replacement for at-risk {} did not become Running; trying again",
+                        old.join(", ")
+                    ),
+                    "ReplacementAbandoned",
+                )
+            } else {
+                (
+                    format!(
+                        "Consolidation abandoned: the replacement for {} did not become Running",
+                        old.join(", ")
+                    ),
+                    "ConsolidationAbandoned",
+                )
+            };
             tracing::warn!(group = %group, "{message}");
             for m in &old {
                 clear_replaced_by(ctx, &namespace, m).await?;
@@ -676,7 +703,7 @@ async fn finish_replacements(
                 std::slice::from_ref(&group),
                 &namespace,
                 EventKind::Warning,
-                "ConsolidationAbandoned",
+                event,
                 &message,
             );
         }

@@ -45,8 +45,8 @@ pub mod keys {
     pub const REPLACE_MACHINES: &str = "berth.dev/replace-machines";
     /// berth's finalizer on Machines: the instance is terminated before the Machine goes.
     pub const MACHINE_FINALIZER: &str = "berth.dev/machine";
-    /// On Machines being consolidated: the launch-shape id of the Machine that replaces them; they are removed once
-    /// that Machine's Node is Ready.
+    /// On Machines being consolidated or moved off at risk: JSON with the launch-shape id of the Machine that
+    /// replaces them; they are removed once that Machine's Node is Ready.
     pub const REPLACED_BY: &str = "berth.dev/replaced-by";
     /// On Machines berth chose to remove, and on the Nodes of Auto Scaling groups it is draining: the disruption
     /// reason (empty, underutilized, consolidation_...).

@@ -1,4 +1,5 @@
-//! Scale-down and consolidation: which nodes to remove, and which to replace with one cheaper node.
+//! Scale-down and consolidation: which nodes to remove, and which to replace with one cheaper node; and at-risk
+//! nodes, which to move off first.
 //!
 //! [`plan`] is a pure, deterministic function of plain data ([`DisruptionInput`]), the instance-type [`Catalog`]
 //! and `now`. It imports nothing from kube or tokio, so every rule is a table test, a decision can be re-checked
@@ -7,6 +8,17 @@
 //!
 //! # Candidates, in order
 //!
+//! 0. **At risk** (EC2 sent a rebalance recommendation for a node of a `Replace` class, or AWS Health a scheduled
+//!    change: [`Candidate::at_risk`]), the earliest deadline first, before everything else and whatever the policy
+//!    (scale-down or consolidation disabled included: the node goes anyway). Each is deleted when its pods fit on
+//!    the other nodes, else replaced by the one new node the solver picks for its pods with the node's own pool
+//!    (instance type, zone and capacity type) made unavailable; for a rebalance only if that node costs at most
+//!    `price × (1 + maxPriceIncreasePercent/100)`, and its launch keeps only the alternatives within that bound, so
+//!    whatever EC2 picks respects it (a scheduled change has no bound: the solver's cheapest). Within the group's
+//!    budget (these use it first) and minimum (at the minimum a node is replaced one for one); the node's age and
+//!    the delay after a scale-up do not hold it, the do-not-disrupt, pod and PDB rules do. A node that cannot go
+//!    is kept with the reason ([`Blocker::NoReplacement`], [`Blocker::ReplacementTooExpensive`], ...), and no later
+//!    rule looks at an at-risk node.
 //! 1. **Empty** nodes (no pods but DaemonSet and mirror pods) are deleted at once, most expensive first.
 //! 2. **Underutilized** nodes (requested cpu and memory both below `utilization_threshold_percent` of
 //!    allocatable, DaemonSet pods included as the cluster autoscaler counts them) for at least `unneeded_time`,
@@ -72,6 +84,9 @@ pub const MIN_SPOT_TO_SPOT_TYPES: usize = 15;
 pub const DEFAULT_MAX_SIMULATIONS: usize = 64;
 /// The namespace whose pods need a PDB before their node may go (when `skip_nodes_with_system_pods`).
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
+/// Prices are compared with this much slack (USD per hour): a bound computed in floating point never refuses the
+/// price it was computed from.
+const PRICE_EPSILON: f64 = 1e-9;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DisruptionError {
@@ -140,6 +155,34 @@ pub struct Candidate {
     pub do_not_disrupt: bool,
     /// `namespace/name` of its pods annotated `berth.dev/do-not-disrupt: "true"`.
     pub do_not_disrupt_pods: BTreeSet<String>,
+    /// EC2 warned about it (`berth.dev/at-risk`): it is moved away first, see [`AtRisk`].
+    pub at_risk: Option<AtRisk>,
+}
+
+/// Why a node is at risk, from its Machine's `berth.dev/at-risk` annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtRisk {
+    pub kind: AtRiskKind,
+    /// When EC2 acts (a scheduled change's start); None for a rebalance recommendation.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AtRiskKind {
+    /// An EC2 rebalance recommendation on a class whose `spec.rebalance.action` is Replace. A replacement may cost
+    /// at most this many percent more per hour than the node (the class's `maxPriceIncreasePercent`).
+    Rebalance { max_price_increase_percent: u32 },
+    /// An AWS Health scheduled change (maintenance, retirement): no price bound.
+    ScheduledChange,
+}
+
+impl AtRiskKind {
+    pub fn reason(self) -> Reason {
+        match self {
+            AtRiskKind::Rebalance { .. } => Reason::RebalanceRecommended,
+            AtRiskKind::ScheduledChange => Reason::ScheduledChange,
+        }
+    }
 }
 
 impl Candidate {
@@ -223,14 +266,20 @@ pub enum Reason {
     Underutilized,
     ConsolidationSingle,
     ConsolidationMulti,
+    /// At risk: EC2 recommended rebalancing it away from its spot pool.
+    RebalanceRecommended,
+    /// At risk: an AWS Health scheduled change (maintenance, retirement).
+    ScheduledChange,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Empty,
         Reason::Underutilized,
         Reason::ConsolidationSingle,
         Reason::ConsolidationMulti,
+        Reason::RebalanceRecommended,
+        Reason::ScheduledChange,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -239,7 +288,19 @@ impl Reason {
             Reason::Underutilized => "underutilized",
             Reason::ConsolidationSingle => "consolidation_single",
             Reason::ConsolidationMulti => "consolidation_multi",
+            Reason::RebalanceRecommended => "rebalance_recommended",
+            Reason::ScheduledChange => "scheduled_change",
         }
+    }
+
+    /// The reason `as_str` wrote.
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// The node is at risk (EC2 warned): it goes whatever it costs or saves.
+    pub fn at_risk(self) -> bool {
+        matches!(self, Reason::RebalanceRecommended | Reason::ScheduledChange)
     }
 }
 
@@ -260,9 +321,10 @@ pub enum Command {
         machines: Vec<String>,
         groups: Vec<String>,
         reason: Reason,
-        /// The node to launch first; its `instance_types` are only those that keep the replacement cheaper.
+        /// The node to launch first; its `instance_types` are only those that keep the replacement cheaper (for
+        /// an at-risk node: those within the class's price bound, never the node's own pool).
         replacement: NewMachine,
-        /// USD per hour saved at the replacement's price.
+        /// USD per hour saved at the replacement's price (negative when an at-risk node's replacement costs more).
         savings: f64,
         /// What the replaced nodes cost together.
         replaced_price: f64,
@@ -298,6 +360,10 @@ impl Command {
     /// A one-line explanation for an Event.
     pub fn message(&self) -> String {
         match self {
+            Command::Delete { node, instance_type, price, reason, .. } if reason.at_risk() => format!(
+                "Moving off an at-risk node: node {node} ({instance_type}, ${price:.3}/h) {}; its pods fit on other nodes",
+                at_risk_why(*reason)
+            ),
             Command::Delete { node, instance_type, price, reason, .. } => {
                 let why = match reason {
                     Reason::Empty => "is empty".to_string(),
@@ -305,6 +371,15 @@ impl Command {
                 };
                 format!("Consolidating: node {node} ({instance_type}, ${price:.3}/h) {why}")
             }
+            Command::Replace { nodes, replacement, replaced_price, reason, .. } if reason.at_risk() => format!(
+                "Replacing at-risk node {} (${replaced_price:.3}/h, {}) with one {} in {} ({}, ${:.3}/h) first; it is drained once the replacement is Ready",
+                nodes.join(", "),
+                at_risk_why(*reason),
+                replacement.instance_type,
+                replacement.zone,
+                replacement.capacity_type,
+                replacement.price
+            ),
             Command::Replace { nodes, replacement, savings, replaced_price, .. } => format!(
                 "Consolidating: replacing {} (${replaced_price:.3}/h) with one {} in {} ({}, ${:.3}/h), saving ${savings:.3}/h",
                 nodes.join(", "),
@@ -314,6 +389,13 @@ impl Command {
                 replacement.price
             ),
         }
+    }
+}
+
+fn at_risk_why(reason: Reason) -> &'static str {
+    match reason {
+        Reason::RebalanceRecommended => "EC2 recommends rebalancing it",
+        _ => "EC2 scheduled a maintenance or retirement",
     }
 }
 
@@ -371,6 +453,17 @@ pub enum Blocker {
     SimulationLimit,
     /// Nothing to gain: not empty, not underutilized, and no cheaper replacement.
     Utilized,
+    /// At risk, but its pods fit neither on other nodes nor on one new node outside its own pool.
+    NoReplacement {
+        detail: String,
+    },
+    /// At risk (rebalance), but the cheapest replacement outside its pool costs more than the class allows.
+    ReplacementTooExpensive {
+        instance_type: String,
+        price: f64,
+        bound: f64,
+        max_price_increase_percent: u32,
+    },
 }
 
 impl Blocker {
@@ -395,6 +488,8 @@ impl Blocker {
             Blocker::SpotToSpotTooFewTypes { .. } => "spot_to_spot_too_few_types",
             Blocker::SimulationLimit => "simulation_limit",
             Blocker::Utilized => "utilized",
+            Blocker::NoReplacement { .. } => "no_replacement",
+            Blocker::ReplacementTooExpensive { .. } => "replacement_too_expensive",
         }
     }
 }
@@ -441,6 +536,19 @@ impl fmt::Display for Blocker {
             }
             Blocker::SimulationLimit => write!(f, "not examined this round (simulation limit)"),
             Blocker::Utilized => write!(f, "utilized and no cheaper replacement"),
+            Blocker::NoReplacement { detail } => write!(
+                f,
+                "at risk, but no replacement outside its pool holds its pods: {detail}"
+            ),
+            Blocker::ReplacementTooExpensive {
+                instance_type,
+                price,
+                bound,
+                max_price_increase_percent,
+            } => write!(
+                f,
+                "at risk, but the cheapest replacement outside its pool, {instance_type} at ${price:.4}/h, costs more than ${bound:.4}/h (maxPriceIncreasePercent {max_price_increase_percent})"
+            ),
         }
     }
 }
@@ -469,9 +577,16 @@ pub struct DisruptionPlan {
 /// Plans one round of scale-down and consolidation.
 pub fn plan(input: &DisruptionInput, catalog: &Catalog, now: DateTime<Utc>) -> DisruptionPlan {
     let mut planner = Planner::new(input, catalog, now);
+    // At-risk nodes first, and whatever the policy says: EC2 is taking them away anyway (a rebalance recommendation
+    // usually comes before an interruption, a scheduled change has a date), so disabling scale-down or
+    // consolidation cannot keep them; it would only turn an orderly move, replacement first and within the budget,
+    // into an abrupt one. The budget and the group's minimum still apply, and they use the budget first.
+    planner.move_at_risk();
     if !input.policy.enabled {
         for i in planner.order.clone() {
-            planner.kept.insert(i, Blocker::Disabled);
+            if planner.open(i) {
+                planner.kept.insert(i, Blocker::Disabled);
+            }
         }
         return planner.finish();
     }
@@ -614,7 +729,7 @@ impl<'a> Planner<'a> {
         let utilization_percent = utilization(&c.node);
         let underutilized =
             movable.is_empty() || utilization_percent < p.utilization_threshold_percent as f64;
-        let blocker = self.static_blocker(c, &movable);
+        let blocker = self.static_blocker(c, &movable, c.at_risk.is_some());
         Facts {
             movable,
             utilization_percent,
@@ -623,8 +738,9 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Rules that depend on the candidate alone, most fundamental first.
-    fn static_blocker(&self, c: &Candidate, movable: &[Pod]) -> Option<Blocker> {
+    /// Rules that depend on the candidate alone, most fundamental first. An `at_risk` node is not held for its age
+    /// or its group's last scale-up: those guard against removing capacity just launched, and it goes anyway.
+    fn static_blocker(&self, c: &Candidate, movable: &[Pod], at_risk: bool) -> Option<Blocker> {
         let p = &self.input.policy;
         let Some(group) = self.groups.get(c.group.as_str()) else {
             return Some(Blocker::UnknownGroup {
@@ -641,12 +757,12 @@ impl<'a> Planner<'a> {
             return Some(Blocker::PodDoNotDisrupt { pod: pod.key() });
         }
         let age = self.now - c.created_at;
-        if age < p.min_node_age {
+        if age < p.min_node_age && !at_risk {
             return Some(Blocker::TooYoung {
                 age_seconds: age.num_seconds(),
             });
         }
-        if let Some(at) = group.last_scale_up {
+        if let Some(at) = group.last_scale_up.filter(|_| !at_risk) {
             let ago = self.now - at;
             if ago < p.delay_after_scale_up {
                 return Some(Blocker::RecentScaleUp {
@@ -823,6 +939,18 @@ impl<'a> Planner<'a> {
 
     /// Simulates moving the nodes' pods to the remaining nodes, plus the node groups when `allow_new`.
     fn simulate(&mut self, nodes: &[usize], allow_new: bool) -> Result<scheduling::Plan, Blocker> {
+        self.simulate_in(nodes, allow_new, true, self.catalog)
+    }
+
+    /// [`Planner::simulate`] against another catalog (one with an offering made unavailable), and with the
+    /// remaining nodes as destinations only when `existing`.
+    fn simulate_in(
+        &mut self,
+        nodes: &[usize],
+        allow_new: bool,
+        existing: bool,
+        catalog: &Catalog,
+    ) -> Result<scheduling::Plan, Blocker> {
         if self.simulations >= self.input.max_simulations {
             return Err(Blocker::SimulationLimit);
         }
@@ -840,7 +968,7 @@ impl<'a> Planner<'a> {
             .pool
             .iter()
             .enumerate()
-            .filter(|(k, _)| !self.leaving[*k] && !excluded.contains(k))
+            .filter(|(k, _)| existing && !self.leaving[*k] && !excluded.contains(k))
             .map(|(_, n)| n.clone())
             .collect();
         let groups = if allow_new {
@@ -864,11 +992,10 @@ impl<'a> Planner<'a> {
             groups,
             ..Default::default()
         };
-        let result = scheduling::solve(&snapshot, self.catalog, self.now).map_err(|e| {
-            Blocker::PodsDoNotFit {
+        let result =
+            scheduling::solve(&snapshot, catalog, self.now).map_err(|e| Blocker::PodsDoNotFit {
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         if let Some(u) = result.unschedulable.first() {
             return Err(Blocker::PodsDoNotFit {
                 detail: format!("{}: {}", u.pod, u.reason),
@@ -882,7 +1009,7 @@ impl<'a> Planner<'a> {
             .order
             .iter()
             .copied()
-            .filter(|i| self.facts[*i].movable.is_empty())
+            .filter(|i| self.open(*i) && self.facts[*i].movable.is_empty())
             .collect();
         // The most expensive first: the budget goes where it saves most.
         empty.sort_by(|a, b| {
@@ -912,6 +1039,221 @@ impl<'a> Planner<'a> {
             let left = self.pdb_left.clone();
             self.commit(&[i], left, &[], None, command);
         }
+    }
+
+    /// At-risk nodes, the earliest deadline first (a rebalance recommendation has none: last), each deleted when
+    /// its pods fit on the other nodes, else replaced first by one new node outside its own pool. Every at-risk
+    /// node leaves this stage chosen or kept, so no later stage looks at it again.
+    fn move_at_risk(&mut self) {
+        let mut list: Vec<usize> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|i| self.cand(*i).at_risk.is_some())
+            .collect();
+        let deadline = |i: usize| self.cand(i).at_risk.as_ref().and_then(|r| r.deadline);
+        list.sort_by(|a, b| match (deadline(*a), deadline(*b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        for i in list {
+            let Some(risk) = self.cand(i).at_risk.clone() else {
+                continue;
+            };
+            if let Some(b) = self.facts[i].blocker.clone() {
+                self.kept.insert(i, b);
+                continue;
+            }
+            // Budget and rollout refuse both a deletion and a replacement; the group's minimum only a deletion.
+            let delete = self.group_check(&[i], None);
+            if let Err(
+                b @ (Blocker::BudgetExhausted { .. }
+                | Blocker::RolloutInProgress { .. }
+                | Blocker::UnknownGroup { .. }),
+            ) = &delete
+            {
+                self.kept.insert(i, b.clone());
+                continue;
+            }
+            let left = match self.pdb_take(&[i]) {
+                Ok(left) => left,
+                Err(b) => {
+                    self.kept.insert(i, b);
+                    continue;
+                }
+            };
+            let reason = risk.kind.reason();
+            if delete.is_ok() {
+                let fits = if self.facts[i].movable.is_empty() {
+                    Ok(vec![])
+                } else if self.room_for(&[i]) {
+                    match self.simulate(&[i], false) {
+                        Ok(result) if result.new_machines.is_empty() => Ok(result.assignments),
+                        Err(Blocker::SimulationLimit) => Err(Some(Blocker::SimulationLimit)),
+                        _ => Err(None),
+                    }
+                } else {
+                    Err(None)
+                };
+                match fits {
+                    Ok(assignments) => {
+                        let c = self.cand(i);
+                        let command = Command::Delete {
+                            node: c.name().to_string(),
+                            machine: c.machine.clone(),
+                            group: c.group.clone(),
+                            reason,
+                            instance_type: c.instance_type.clone(),
+                            price: c.price,
+                        };
+                        self.commit(&[i], left, &assignments, None, command);
+                        continue;
+                    }
+                    Err(Some(b)) => {
+                        self.kept.insert(i, b);
+                        continue;
+                    }
+                    Err(None) => {}
+                }
+            }
+            let group = self.cand(i).group.as_str();
+            if !self.groups.get(group).is_some_and(|g| g.replaceable) {
+                let b = match delete {
+                    Err(b) => b,
+                    Ok(()) => Blocker::NoReplacement {
+                        detail: format!("its pods do not fit on other nodes and berth cannot launch into group {group}"),
+                    },
+                };
+                self.kept.insert(i, b);
+                continue;
+            }
+            // At its group's minimum the node is replaced one for one, even when its pods would fit elsewhere.
+            let at_minimum = matches!(delete, Err(Blocker::GroupAtMinimum { .. }));
+            match self.at_risk_replacement(i, &risk, at_minimum) {
+                Ok((command, assignments, group)) => {
+                    self.commit(&[i], left, &assignments, Some(&group), command)
+                }
+                Err(b) => {
+                    self.kept.insert(i, b);
+                }
+            }
+        }
+    }
+
+    /// The at-risk node's replacement: the solver's own choice for its pods, with the node's pool (its instance
+    /// type in its zone and capacity type) unavailable, and for a rebalance only if it costs at most
+    /// `price × (1 + maxPriceIncreasePercent/100)`. The launch keeps only the alternatives within that bound (all
+    /// of them for a scheduled change), cheapest first, so whatever EC2 picks among them respects it. With
+    /// `only_new`, the pods may go nowhere but the new node (the group must keep its size).
+    fn at_risk_replacement(
+        &mut self,
+        i: usize,
+        risk: &AtRisk,
+        only_new: bool,
+    ) -> Result<(Command, Vec<scheduling::Assignment>, String), Blocker> {
+        let c = self.cand(i);
+        let own_pool = |t: &str, zone: &str, capacity: CapacityType| {
+            t == c.instance_type && zone == c.zone && capacity == c.capacity_type
+        };
+        let mut catalog = self.catalog.clone();
+        for t in catalog
+            .instance_types
+            .iter_mut()
+            .filter(|t| t.name == c.instance_type)
+        {
+            for o in t
+                .offerings
+                .iter_mut()
+                .filter(|o| o.zone == c.zone && o.capacity_type == c.capacity_type)
+            {
+                o.available = false;
+            }
+        }
+        let result = self
+            .simulate_in(&[i], true, !only_new, &catalog)
+            .map_err(|b| match b {
+                Blocker::PodsDoNotFit { detail } => Blocker::NoReplacement { detail },
+                other => other,
+            })?;
+        let mut replacement = match result.new_machines.as_slice() {
+            [one] => one.clone(),
+            [] if only_new => return Err(Blocker::NoReplacement {
+                detail:
+                    "its group is at its minimum and the node has no pods to size a replacement by"
+                        .into(),
+            }),
+            [] => {
+                return Err(Blocker::NoReplacement {
+                    detail: "the simulation placed its pods without a new node".into(),
+                })
+            }
+            more => {
+                return Err(Blocker::NoReplacement {
+                    detail: format!("its pods need {} new nodes", more.len()),
+                })
+            }
+        };
+        self.group_check(&[i], Some(&replacement.group))?;
+        let bound = match risk.kind {
+            AtRiskKind::Rebalance {
+                max_price_increase_percent,
+            } => {
+                let bound = c.price * (1.0 + f64::from(max_price_increase_percent) / 100.0);
+                if replacement.price > bound + PRICE_EPSILON {
+                    return Err(Blocker::ReplacementTooExpensive {
+                        instance_type: replacement.instance_type.clone(),
+                        price: replacement.price,
+                        bound,
+                        max_price_increase_percent,
+                    });
+                }
+                Some(bound)
+            }
+            AtRiskKind::ScheduledChange => None,
+        };
+        let price_of = |t: &str| {
+            self.catalog
+                .get(t)
+                .and_then(|it| {
+                    it.offerings.iter().find(|o| {
+                        o.zone == replacement.zone && o.capacity_type == replacement.capacity_type
+                    })
+                })
+                .map(|o| o.price)
+        };
+        let mut allowed: Vec<(f64, String)> = replacement
+            .instance_types
+            .iter()
+            .filter(|t| !own_pool(t, &replacement.zone, replacement.capacity_type))
+            .filter_map(|t| {
+                price_of(t)
+                    .filter(|p| bound.is_none_or(|b| *p <= b + PRICE_EPSILON))
+                    .map(|p| (p, t.clone()))
+            })
+            .collect();
+        allowed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        replacement.instance_types = allowed.into_iter().map(|(_, t)| t).collect();
+        if !replacement
+            .instance_types
+            .contains(&replacement.instance_type)
+        {
+            replacement
+                .instance_types
+                .insert(0, replacement.instance_type.clone());
+        }
+        let group = replacement.group.clone();
+        let command = Command::Replace {
+            nodes: vec![c.name().to_string()],
+            machines: vec![c.machine.clone()],
+            groups: vec![c.group.clone()],
+            reason: risk.kind.reason(),
+            savings: c.price - replacement.price,
+            replaced_price: c.price,
+            replacement,
+        };
+        Ok((command, result.assignments, group))
     }
 
     fn by_utilization(&self, list: &mut [usize]) {

@@ -142,6 +142,7 @@ fn candidate_in(
         created_at: now() - minutes(60),
         do_not_disrupt: false,
         do_not_disrupt_pods: BTreeSet::new(),
+        at_risk: None,
     }
 }
 
@@ -793,4 +794,269 @@ fn simulations_stay_bounded_on_a_large_cluster() {
         .kept
         .iter()
         .any(|k| k.blocker.as_str() == "simulation_limit"));
+}
+
+fn at_risk(kind: AtRiskKind, deadline: Option<DateTime<Utc>>) -> Option<AtRisk> {
+    Some(AtRisk { kind, deadline })
+}
+
+fn rebalance(max_price_increase_percent: u32) -> Option<AtRisk> {
+    at_risk(
+        AtRiskKind::Rebalance {
+            max_price_increase_percent,
+        },
+        None,
+    )
+}
+
+fn scheduled(in_minutes: i64) -> Option<AtRisk> {
+    at_risk(
+        AtRiskKind::ScheduledChange,
+        Some(now() + minutes(in_minutes)),
+    )
+}
+
+/// A full s.xlarge (its pod fits nowhere else, and no cheaper node holds it).
+fn full(name: &str) -> Candidate {
+    candidate(name, "s.xlarge", vec![pod(&format!("{name}-pod"), 3500, 8)])
+}
+
+fn replaced(plan: &DisruptionPlan) -> Vec<(Vec<String>, Reason, NewMachine)> {
+    plan.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Replace {
+                nodes,
+                reason,
+                replacement,
+                ..
+            } => Some((nodes.clone(), *reason, replacement.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn at_risk_nodes_are_replaced_one_budget_at_a_time() {
+    // Three full nodes EC2 recommends rebalancing; the only place for their pods is a new s.2xlarge ($0.25, 25% above
+    // $0.20: allowed at 25%). The group's budget is the default, one node at a time.
+    let mut i = input(vec![full("a"), full("b"), full("c")]);
+    for c in &mut i.candidates {
+        c.at_risk = rebalance(25);
+    }
+    let p = run(&i);
+    let r = replaced(&p);
+    assert_eq!(p.commands.len(), 1, "one node at a time: {p:#?}");
+    assert_eq!(r[0].0, ["a"]);
+    assert_eq!(r[0].1, Reason::RebalanceRecommended);
+    assert_eq!(r[0].2.instance_type, "s.2xlarge");
+    for n in ["b", "c"] {
+        assert_eq!(blocker_of(&p, n).as_str(), "budget_exhausted");
+    }
+    assert!(
+        p.commands[0].message().contains("Replacing at-risk node a"),
+        "{}",
+        p.commands[0].message()
+    );
+    // One already waiting for its replacement uses the budget.
+    i.groups[0].disrupting = 1;
+    assert!(run(&i).commands.is_empty());
+    // A budget of two: two commands.
+    i.groups[0].disrupting = 0;
+    i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(2))];
+    assert_eq!(replaced(&run(&i)).len(), 2);
+}
+
+#[test]
+fn a_rebalance_replacement_costs_at_most_what_the_class_allows() {
+    // Outside its own pool (s.xlarge in z1, on demand) the node's pod needs a s.2xlarge: $0.25 against $0.20.
+    let mut i = input(vec![full("a")]);
+    i.candidates[0].at_risk = rebalance(0);
+    let p = run(&i);
+    assert!(p.commands.is_empty(), "{p:#?}");
+    let b = blocker_of(&p, "a");
+    assert_eq!(b.as_str(), "replacement_too_expensive");
+    assert!(b.to_string().contains("s.2xlarge"), "{b}");
+    i.candidates[0].at_risk = rebalance(24);
+    assert_eq!(
+        blocker_of(&run(&i), "a").as_str(),
+        "replacement_too_expensive",
+        "$0.248 is the bound"
+    );
+    i.candidates[0].at_risk = rebalance(25);
+    let p = run(&i);
+    let r = replaced(&p);
+    assert_eq!(r.len(), 1, "{p:#?}");
+    assert_eq!(r[0].2.instance_types, ["s.2xlarge"]);
+    // Consolidation is not involved: it stays off, and the price goes up.
+    match &p.commands[0] {
+        Command::Replace { savings, .. } => assert!((savings + 0.05).abs() < 1e-9),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_at_risk_pool_is_never_the_replacement_and_the_launch_keeps_to_the_bound() {
+    // s.xlarge in two zones: the replacement of a node in z1 is the same type in z2, the cheapest elsewhere.
+    use CapacityType::OnDemand as OD;
+    let mut xl = instance("s.xlarge", 4, 16, &[(OD, 0.20)]);
+    xl.offerings.push(Offering {
+        zone: "z2".into(),
+        capacity_type: OD,
+        price: 0.21,
+        available: true,
+    });
+    let mut xl2 = instance("m.xlarge", 4, 16, &[(OD, 0.30)]);
+    xl2.offerings.push(Offering {
+        zone: "z2".into(),
+        capacity_type: OD,
+        price: 0.215,
+        available: true,
+    });
+    let catalog = Catalog {
+        instance_types: vec![
+            instance("s.large", 2, 8, &[(OD, 0.10)]),
+            xl,
+            xl2,
+            instance("s.2xlarge", 8, 32, &[(OD, 0.25)]),
+        ],
+    };
+    let mut c = candidate_in(&catalog, "a", "s.xlarge", OD, vec![pod("p", 3500, 8)]);
+    c.at_risk = rebalance(6);
+    let mut i = input(vec![c]);
+    i.node_groups = vec![node_group(&catalog)];
+    let p = plan(&i, &catalog, now());
+    let r = replaced(&p);
+    assert_eq!(r.len(), 1, "{p:#?}");
+    let shape = &r[0].2;
+    assert_eq!(
+        (shape.instance_type.as_str(), shape.zone.as_str()),
+        ("s.xlarge", "z2")
+    );
+    assert_eq!(
+        shape.instance_types,
+        ["s.xlarge"],
+        "m.xlarge in z2 ($0.215) is above the bound of $0.212"
+    );
+    // A scheduled change has no bound: every alternative the solver found stays, cheapest first.
+    i.candidates[0].at_risk = scheduled(60);
+    let p = plan(&i, &catalog, now());
+    let r = replaced(&p);
+    assert_eq!(r[0].1, Reason::ScheduledChange);
+    assert_eq!(r[0].2.instance_types, ["s.xlarge", "m.xlarge"]);
+
+    // In a single zone, the pool's own type never appears in the launch.
+    let mut i = input(vec![full("a")]);
+    i.candidates[0].at_risk = scheduled(60);
+    let r = replaced(&run(&i));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].2.instance_type, "s.2xlarge");
+    assert!(
+        !r[0].2.instance_types.contains(&"s.xlarge".to_string()),
+        "{:?}",
+        r[0].2.instance_types
+    );
+}
+
+#[test]
+fn a_scheduled_change_acts_whatever_the_scale_down_policy() {
+    let mut young = full("a");
+    young.at_risk = scheduled(30);
+    young.created_at = now() - minutes(1);
+    let mut i = input(vec![young, full("b")]);
+    i.groups[0].last_scale_up = Some(now() - minutes(1));
+    for (enabled, consolidation) in [(true, false), (false, false), (false, true)] {
+        i.policy.enabled = enabled;
+        i.policy.consolidation = consolidation;
+        let p = run(&i);
+        let r = replaced(&p);
+        assert_eq!(
+            r.len(),
+            1,
+            "enabled {enabled}, consolidation {consolidation}: {p:#?}"
+        );
+        assert_eq!(r[0].0, ["a"]);
+        assert_eq!(r[0].1, Reason::ScheduledChange);
+        let b = blocker_of(&p, "b").as_str();
+        assert!(
+            (b == "disabled") != enabled,
+            "the node not at risk follows the policy: {b}"
+        );
+    }
+    // Safety rules still hold: a do-not-disrupt node stays.
+    i.candidates[0].do_not_disrupt = true;
+    let p = run(&i);
+    assert!(p.commands.is_empty());
+    assert_eq!(blocker_of(&p, "a").as_str(), "node_do_not_disrupt");
+}
+
+#[test]
+fn the_earliest_deadline_goes_first() {
+    let mut i = input(vec![full("a"), full("b"), full("c")]);
+    i.candidates[0].at_risk = rebalance(100);
+    i.candidates[1].at_risk = scheduled(120);
+    i.candidates[2].at_risk = scheduled(30);
+    let r = replaced(&run(&i));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, ["c"]);
+}
+
+#[test]
+fn an_at_risk_node_whose_pods_fit_elsewhere_is_deleted_and_not_consolidated_too() {
+    // "small" is underutilized long enough and its pod fits on "roomy": the underutilized rule would delete it too.
+    let mut small = candidate("small", "s.xlarge", vec![pod("a", 400, 1)]);
+    small.at_risk = rebalance(0);
+    let mut i = input(vec![
+        small,
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
+    i.groups[0].budgets = vec![Budget::always(NodeLimit::Count(5))];
+    let p = run(&i);
+    assert_eq!(
+        deleted(&p),
+        [("small".to_string(), Reason::RebalanceRecommended)],
+        "{p:#?}"
+    );
+    assert_eq!(p.commands.len(), 1, "{p:#?}");
+    assert!(p.commands[0]
+        .message()
+        .contains("its pods fit on other nodes"));
+    // An empty one too.
+    let mut empty = candidate("empty", "s.xlarge", vec![daemon("agent")]);
+    empty.at_risk = scheduled(10);
+    let p = run(&input(vec![empty]));
+    assert_eq!(
+        deleted(&p),
+        [("empty".to_string(), Reason::ScheduledChange)]
+    );
+    assert_eq!(p.commands.len(), 1);
+}
+
+#[test]
+fn an_at_risk_node_of_a_group_at_its_minimum_is_replaced_not_deleted() {
+    let mut small = candidate("small", "s.xlarge", vec![pod("a", 400, 1)]);
+    small.at_risk = scheduled(10);
+    let mut i = input(vec![
+        small,
+        candidate("roomy", "s.xlarge", vec![pod("b", 2500, 9)]),
+    ]);
+    i.groups[0].min_replicas = 2;
+    let p = run(&i);
+    let r = replaced(&p);
+    assert_eq!(r.len(), 1, "{p:#?}");
+    assert_eq!(r[0].0, ["small"]);
+    assert_eq!(
+        r[0].2.instance_type, "s.large",
+        "the cheapest that holds it"
+    );
+    // Same group: its replicas go up by one before the old node goes, so the minimum holds.
+}
+
+#[test]
+fn at_risk_reasons_are_labels() {
+    for r in Reason::ALL {
+        assert_eq!(Reason::parse(r.as_str()), Some(r));
+    }
+    assert!(Reason::RebalanceRecommended.at_risk() && Reason::ScheduledChange.at_risk());
+    assert!(!Reason::Empty.at_risk());
 }

@@ -4,7 +4,8 @@
 //! (groups without it are left alone, as the API promises) and the Machine is not already leaving: deleted,
 //! annotated `berth.dev/delete-machine`, or waiting for its consolidation replacement (`berth.dev/replaced-by`).
 //! Leaving Machines count against their group's budget and their nodes take no pods in the simulation. Every other
-//! Ready, schedulable node is somewhere pods may go.
+//! Ready, schedulable node is somewhere pods may go. A candidate is at risk when its Machine carries
+//! `berth.dev/at-risk` ([`at_risk_of`]).
 //!
 //! What cannot be read (a malformed pod, an invalid budget) never widens what berth may do: the node or group
 //! concerned is kept out (an invalid budget becomes a budget of zero), and the problem is returned for an Event.
@@ -21,7 +22,7 @@ use crate::controllers::keys;
 use crate::disruption::budget::{Budget, NodeLimit, Window};
 use crate::disruption::cron::Schedule;
 use crate::disruption::{
-    Candidate, DisruptionError, DisruptionInput, GroupState, PdbView, Policy,
+    AtRisk, AtRiskKind, Candidate, DisruptionError, DisruptionInput, GroupState, PdbView, Policy,
     DEFAULT_MAX_SIMULATIONS,
 };
 use crate::model::duration::parse_duration;
@@ -244,6 +245,56 @@ pub fn pdb_view(pdb: &PodDisruptionBudget, pods: &[Arc<core::Pod>]) -> Result<Pd
 }
 
 use super::snapshot::{taint_of, PodReadings, ASG_GROUP_PREFIX};
+
+/// What the planner reads of `berth.dev/at-risk` (the interruption controller writes `{reason, detail, deadline,
+/// since}`; `detail` and `since` are for people).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+struct AtRiskAnnotation {
+    reason: String,
+    #[serde(default)]
+    deadline: Option<String>,
+}
+
+/// Reads a Machine's `berth.dev/at-risk` annotation: None when it has none, or (with the problem) when it cannot be
+/// read; an unreadable mark never makes a node at risk. A rebalance takes its price bound from the Machine's class,
+/// and counts only while that class still says `Replace` (setting it back to Ignore stops the replacements).
+pub fn at_risk_of(
+    machine: &Machine,
+    class: Option<&crate::api::MachineClass>,
+) -> Result<Option<AtRisk>, String> {
+    use crate::api::machine_class::RebalanceAction;
+    let Some(text) = machine.annotations().get(keys::AT_RISK) else {
+        return Ok(None);
+    };
+    let value: AtRiskAnnotation =
+        serde_json::from_str(text).map_err(|e| format!("annotation {}: {e}", keys::AT_RISK))?;
+    let deadline = value
+        .deadline
+        .as_deref()
+        .map(|d| {
+            DateTime::parse_from_rfc3339(d)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| format!("annotation {}: deadline {d:?}: {e}", keys::AT_RISK))
+        })
+        .transpose()?;
+    let kind = match value.reason.as_str() {
+        "RebalanceRecommended" => match class.map(|c| &c.spec.rebalance) {
+            Some(r) if r.action == RebalanceAction::Replace => AtRiskKind::Rebalance {
+                max_price_increase_percent: r.max_price_increase_percent,
+            },
+            // The class is gone or says Ignore now.
+            _ => return Ok(None),
+        },
+        "ScheduledChange" => AtRiskKind::ScheduledChange,
+        other => {
+            return Err(format!(
+                "annotation {}: unknown reason {other:?} (RebalanceRecommended or ScheduledChange)",
+                keys::AT_RISK
+            ))
+        }
+    };
+    Ok(Some(AtRisk { kind, deadline }))
+}
 
 fn capacity_type_of(spec: &CapacityTypeSpec) -> CapacityType {
     match spec {
@@ -537,6 +588,21 @@ pub fn build(
             .clone()
             .map(|t| from_k8s(t.0))
             .unwrap_or(now);
+        let class = objects
+            .machine_classes
+            .iter()
+            .find(|c| c.name_any() == m.spec.class_ref.name);
+        let at_risk = at_risk_of(m, class.map(|c| c.as_ref())).unwrap_or_else(|message| {
+            problems.push(Problem {
+                object: format!(
+                    "Machine {}/{}",
+                    m.namespace().unwrap_or_default(),
+                    m.name_any()
+                ),
+                message,
+            });
+            None
+        });
         candidates.push(Candidate {
             node,
             group,
@@ -548,6 +614,7 @@ pub fn build(
             created_at,
             do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
             do_not_disrupt_pods: protected,
+            at_risk,
         });
     }
     // Auto Scaling groups: their live instances' Nodes, by provider ID.
@@ -618,6 +685,8 @@ pub fn build(
                     .unwrap_or(now),
                 do_not_disrupt: annotated_true(n.annotations(), DO_NOT_DISRUPT_ANNOTATION),
                 do_not_disrupt_pods: protected,
+                // Interruption notices name Machines' instances only.
+                at_risk: None,
             });
         }
         groups.push(GroupState {
@@ -799,6 +868,150 @@ mod tests {
         assert!(
             !none.covers(&Pod::from_k8s(&pods[0]).unwrap()),
             "no selector selects nothing"
+        );
+    }
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn class(rebalance: serde_json::Value) -> Arc<crate::api::MachineClass> {
+        from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineClass", "metadata": {"name": "general"},
+            "spec": {"image": {"id": "ami-1"}, "instanceRequirements": {"families": ["m7i"]}, "capacityTypes": ["on-demand"],
+                     "subnets": {"ids": ["subnet-1"]}, "securityGroups": {"ids": ["sg-1"]}, "instanceProfile": "node",
+                     "rebalance": rebalance}
+        }))
+    }
+
+    /// A Running Machine of group "general" on Ready node `n-<name>`, with `berth.dev/at-risk` set to `mark`.
+    fn machine(name: &str, mark: Option<&str>) -> Arc<Machine> {
+        let annotations = mark.map_or(json!({}), |m| json!({keys::AT_RISK: m}));
+        from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Machine",
+            "metadata": {"name": name, "namespace": "default", "labels": {keys::MACHINE_DEPLOYMENT: "general"},
+                         "annotations": annotations},
+            "spec": {"classRef": {"name": "general"}},
+            "status": {"phase": "Running", "instanceType": "m7i.large", "zone": "us-east-1a", "capacityType": "on-demand",
+                       "price": "0.1008", "nodeRef": {"name": format!("n-{name}")}}
+        }))
+    }
+
+    fn node(name: &str) -> Arc<core::Node> {
+        from(json!({
+            "metadata": {"name": name, "creationTimestamp": "2026-12-01T10:00:00Z"},
+            "status": {"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+    }
+
+    const REBALANCE: &str = r#"{"reason": "RebalanceRecommended", "detail": "rebalance recommendation", "deadline": null, "since": "2026-12-01T11:00:00Z"}"#;
+    const RETIREMENT: &str = r#"{"reason": "ScheduledChange", "detail": "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED", "deadline": "2026-12-03T09:00:00Z", "since": "2026-12-01T11:00:00Z"}"#;
+
+    #[test]
+    fn the_at_risk_mark_is_read_with_its_class_price_bound() {
+        let replace = class(json!({"action": "Replace", "maxPriceIncreasePercent": 20}));
+        let ignore = class(json!({}));
+        assert_eq!(
+            at_risk_of(&machine("m", Some(REBALANCE)), Some(&replace)).unwrap(),
+            Some(AtRisk {
+                kind: AtRiskKind::Rebalance {
+                    max_price_increase_percent: 20
+                },
+                deadline: None
+            })
+        );
+        assert_eq!(
+            at_risk_of(&machine("m", Some(REBALANCE)), Some(&ignore)).unwrap(),
+            None,
+            "the class says Ignore now"
+        );
+        assert_eq!(
+            at_risk_of(&machine("m", Some(REBALANCE)), None).unwrap(),
+            None,
+            "no class: no price bound to go by"
+        );
+        let retirement = at_risk_of(&machine("m", Some(RETIREMENT)), Some(&ignore))
+            .unwrap()
+            .unwrap();
+        assert_eq!(retirement.kind, AtRiskKind::ScheduledChange);
+        assert_eq!(
+            retirement.deadline.map(|d| d.to_rfc3339()).as_deref(),
+            Some("2026-12-03T09:00:00+00:00")
+        );
+        assert_eq!(
+            at_risk_of(&machine("m", None), Some(&replace)).unwrap(),
+            None
+        );
+        for bad in [
+            "not json",
+            r#"{"reason": "Mystery", "deadline": null, "since": "2026-12-01T11:00:00Z"}"#,
+            r#"{"reason": "ScheduledChange", "deadline": "tomorrow", "since": "2026-12-01T11:00:00Z"}"#,
+            r#"{"detail": "no reason"}"#,
+        ] {
+            let e = at_risk_of(&machine("m", Some(bad)), Some(&replace)).unwrap_err();
+            assert!(e.contains(keys::AT_RISK), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_at_risk_mark_is_a_problem_and_the_node_is_not_at_risk() {
+        let md: Arc<crate::api::MachineDeployment> = from(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "MachineDeployment",
+            "metadata": {"name": "general", "namespace": "default"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"g": "general"}},
+                     "template": {"metadata": {"labels": {"g": "general"}}, "spec": {"classRef": {"name": "general"}}},
+                     "autoscaling": {"minReplicas": 0, "maxReplicas": 10}}
+        }));
+        let objects = ClusterObjects {
+            machine_classes: vec![class(json!({"action": "Replace"}))],
+            machine_deployments: vec![md],
+            machines: vec![
+                machine("good", Some(REBALANCE)),
+                machine("bad", Some("{broken")),
+                machine("plain", None),
+            ],
+            nodes: vec![node("n-good"), node("n-bad"), node("n-plain")],
+            ..Default::default()
+        };
+        let catalog = crate::model::aws_catalog::bundled_catalog("us-east-1").unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let built = build(
+            &objects,
+            None,
+            &catalog,
+            &[],
+            &BTreeMap::new(),
+            now,
+            &mut PodReadings::default(),
+        )
+        .unwrap();
+        let risk: BTreeMap<&str, Option<AtRisk>> = built
+            .input
+            .candidates
+            .iter()
+            .map(|c| (c.machine.as_str(), c.at_risk.clone()))
+            .collect();
+        assert_eq!(risk.len(), 3, "every node stays a candidate: {risk:?}");
+        assert_eq!(
+            risk["good"],
+            Some(AtRisk {
+                kind: AtRiskKind::Rebalance {
+                    max_price_increase_percent: 0
+                },
+                deadline: None
+            })
+        );
+        assert_eq!(risk["bad"], None);
+        assert_eq!(risk["plain"], None);
+        assert_eq!(built.problems.len(), 1, "{:?}", built.problems);
+        assert_eq!(built.problems[0].object, "Machine default/bad");
+        assert!(
+            built.problems[0].message.contains(keys::AT_RISK),
+            "{:?}",
+            built.problems[0]
         );
     }
 }

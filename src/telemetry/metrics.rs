@@ -120,7 +120,7 @@ impl Metrics {
             allocatable_memory_bytes: reg!(GaugeVec::new(Opts::new("berth_allocatable_memory_bytes", "Allocatable memory of berth's nodes, by group."), &["group"])?),
             requested_memory_bytes: reg!(GaugeVec::new(Opts::new("berth_requested_memory_bytes", "Memory requested by pods on berth's nodes, by group."), &["group"])?),
             disruption_decisions: reg!(IntCounterVec::new(
-                Opts::new("berth_disruption_decisions_total", "Disruption decisions, by reason (empty, underutilized, consolidation_single, consolidation_multi)."),
+                Opts::new("berth_disruption_decisions_total", "Disruption decisions, by reason (empty, underutilized, consolidation_single, consolidation_multi, rebalance_recommended, scheduled_change)."),
                 &["reason"]
             )?),
             nodes_disrupted: reg!(IntCounterVec::new(Opts::new("berth_nodes_disrupted_total", "Nodes removed or replaced, by group and reason."), &["group", "reason"])?),
