@@ -1,5 +1,6 @@
 //! The command line, parsed by clap. In the library so tests can check that what the Helm chart passes parses.
 
+use crate::operator::RunArgs;
 use crate::telemetry::logging::LogFormat;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -116,85 +117,4 @@ pub enum BenchCommand {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// Path to a kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
-    #[arg(long, env = "BERTH_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The cluster's name: berth acts on the Cluster object whose spec.clusterName is this, tags instances with it,
-    /// and launches and terminates instances only when it is given.
-    #[arg(long, env = "BERTH_CLUSTER_NAME")]
-    pub cluster_name: Option<String>,
-    /// AWS region; default: AWS_REGION, the profile, then the instance's own region (IMDS).
-    #[arg(long, env = "BERTH_REGION")]
-    pub region: Option<String>,
-    /// A custom EC2 and Auto Scaling endpoint (a proxy, or moto in tests); default: AWS.
-    #[arg(long, env = "BERTH_AWS_ENDPOINT")]
-    pub aws_endpoint: Option<String>,
-    /// berth's own namespace (its leader Lease lives there).
-    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-system")]
-    pub namespace: String,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "BERTH_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
-    pub metrics_address: String,
-    /// Elect a leader among replicas with a Lease; only the leader acts.
-    #[arg(long, env = "BERTH_LEADER_ELECT")]
-    pub leader_elect: bool,
-    /// Name of the leader Lease.
-    #[arg(long, env = "BERTH_LEASE_NAME", default_value = "berth-leader")]
-    pub lease_name: String,
-    /// This replica's identity in the Lease (the pod name in Kubernetes).
-    #[arg(long, env = "BERTH_POD_NAME")]
-    pub identity: Option<String>,
-    /// The scale-up batch window closes after this long without a new unschedulable pod (a Go duration).
-    #[arg(long, env = "BERTH_BATCH_IDLE", default_value = "200ms", value_parser = parse_flag_duration)]
-    pub batch_idle: std::time::Duration,
-    /// ... or after this long at most.
-    #[arg(long, env = "BERTH_BATCH_MAX", default_value = "2s", value_parser = parse_flag_duration)]
-    pub batch_max: std::time::Duration,
-    /// Plan and log (and publish Events) but never call the cloud or change Machines, MachineSets or
-    /// MachineDeployments.
-    #[arg(long, env = "BERTH_DRY_RUN")]
-    pub dry_run: bool,
-    /// The share of EC2's documented API rate limits berth uses (0 < share <= 1), leaving the rest of the
-    /// account's budget to other tools.
-    #[arg(long, env = "BERTH_RATE_LIMIT_SHARE", default_value_t = 1.0, value_parser = parse_share)]
-    pub rate_limit_share: f64,
-    /// The SQS queue (a name or a URL) EventBridge feeds with spot interruption warnings, rebalance
-    /// recommendations, scheduled maintenance and instance state changes (see deploy/interruption-queue.yaml);
-    /// the Cluster's spec.interruptionQueue wins over it. Without either, berth learns of an interruption only
-    /// when the instance is gone.
-    #[arg(long, env = "BERTH_INTERRUPTION_QUEUE")]
-    pub interruption_queue: Option<String>,
-}
-
-/// A Go-style duration flag (200ms, 2s, 1m30s).
-fn parse_flag_duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::model::duration::parse_duration(text).map_err(|e| e.to_string())
-}
-
-fn parse_share(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
-        Ok(v) => Err(format!("{v} is not in (0, 1]")),
-        Err(e) => Err(format!("{text:?} is not a number: {e}")),
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -24,6 +24,7 @@ pub mod operator;
 pub mod rollout;
 pub mod rollout_cli;
 pub mod scheduling;
+pub mod shutdown;
 pub mod sim;
 pub mod state;
 pub mod telemetry;

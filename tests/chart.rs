@@ -67,7 +67,7 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 }
 
 /// The Deployment's container args, and `berth run`'s arguments parsed from them by berth's own clap definition.
-fn run_args(docs: &[Value]) -> (Vec<String>, berth::cli::RunArgs) {
+fn run_args(docs: &[Value]) -> (Vec<String>, berth::operator::RunArgs) {
     let container = &find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let mut argv = vec!["berth".to_string()];
     argv.extend(

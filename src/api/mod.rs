@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod common;
+pub mod keys;
 pub mod launch_shapes;
 pub mod machine;
 pub mod machine_class;

@@ -35,7 +35,7 @@ pub async fn run(args: EmulateArgs) -> Result<(), EmulatorError> {
         "berth emulator listening on {url}; kubeconfig written to {}",
         args.kubeconfig.display()
     );
-    crate::cli::shutdown_signal().await;
+    crate::shutdown::shutdown_signal().await;
     running.stop();
     if let Some(t) = binder_task {
         t.abort();

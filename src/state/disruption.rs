@@ -18,7 +18,7 @@ use crate::api::{
     Cluster, Machine, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION,
 };
 use crate::clock::from_k8s;
-use crate::controllers::keys;
+use crate::api::keys;
 use crate::disruption::budget::{Budget, NodeLimit, Window};
 use crate::disruption::cron::Schedule;
 use crate::disruption::{
