@@ -544,3 +544,105 @@ fn health_checks_and_gc_handle_failure_scenarios_end_to_end() {
         "node-failures.yaml: {sum:?}"
     );
 }
+
+/// Ten 2-vCPU spot nodes, one pod each, and three spot interruptions at 7m (`{extra}` added to the event).
+fn spot_scenario(extra: &str) -> Scenario {
+    let text = format!(
+        "\
+name: spot
+seed: 3
+duration: 14m
+bootDelay: 30s
+berth:
+  machineClasses:
+    - name: spot
+      spec:
+        instanceRequirements:
+          families: [m6a, m7a, c6a, c7a]
+          vcpu: {{min: 2, max: 2}}
+        capacityTypes: [spot, on-demand]
+        spotFallbackToOnDemand: true
+  machineDeployments:
+    - name: spot
+      spec:
+        replicas: 0
+        autoscaling: {{minReplicas: 0, maxReplicas: 30}}
+        template:
+          spec:
+            classRef: {{name: spot}}
+timeline:
+  - at: 0s
+    deployment:
+      name: web
+      replicas: 10
+      pod: {{cpu: 1200m, memory: 2Gi}}
+  - at: 7m
+    spotInterruption: {{count: 3{extra}}}
+"
+    );
+    scenario::parse("spot.yaml", &text, None).unwrap()
+}
+
+/// With EC2's two-minute warning berth drains the interrupted nodes through evictions and their replacements are
+/// Ready before EC2 reclaims them; without it (`warning: false`) the pods go down with their nodes.
+#[test]
+fn spot_warnings_let_berth_drain_before_ec2_reclaims() {
+    let (o, _) = play(&spot_scenario(""));
+    let sum = summarize(&o);
+    assert_eq!(sum.spot_interruptions, 3, "{sum:?}");
+    assert_eq!(sum.interrupted_pods, 3, "one pod a node: {sum:?}");
+    assert_eq!(
+        sum.interrupted_pods_evicted_before_termination, sum.interrupted_pods,
+        "{sum:?}"
+    );
+    assert_eq!(sum.pods_lost_to_interruptions, 0, "{sum:?}");
+    assert_eq!(
+        sum.interruptions_terminated_by_berth, 3,
+        "drained and terminated by berth before the deadline: {:?}",
+        o.interruptions
+    );
+    // berth drains at once (no PodDisruptionBudget holds it) and terminates in the warning's second, before any
+    // replacement can boot: the replacements are Ready well within EC2's deadline, not before the termination.
+    assert_eq!(
+        sum.replacements_ready_before_deadline, 3,
+        "{:?}",
+        o.interruptions
+    );
+    for r in &o.interruptions {
+        assert_eq!(r.terminated_s, Some(r.warned_s), "{r:?}");
+    }
+    assert_eq!(sum.rebalance_recommendations, 2, "half of three, rounded");
+    assert!(
+        sum.interrupted_pods_pending_p99_s <= 30 + 30,
+        "the replacements' pods wait at most a boot (and the provisioner's batch): {sum:?}"
+    );
+    assert_eq!(sum.pods_unscheduled_at_end, 0, "{sum:?}");
+    let html = report::html(&o, None);
+    assert!(html.contains("class=\"marker warning\""), "warnings marked");
+    assert!(
+        html.contains("class=\"marker termination\""),
+        "terminations marked"
+    );
+
+    let (o, _) = play(&spot_scenario(", warning: false"));
+    let sum = summarize(&o);
+    assert_eq!(sum.spot_interruptions, 3, "{sum:?}");
+    assert_eq!(sum.interrupted_pods, 3, "{sum:?}");
+    assert_eq!(
+        sum.interrupted_pods_evicted_before_termination, 0,
+        "{sum:?}"
+    );
+    assert_eq!(sum.pods_lost_to_interruptions, 3, "{sum:?}");
+    assert_eq!(sum.interruptions_terminated_by_berth, 0, "{sum:?}");
+    assert_eq!(sum.replacements_ready_before_termination, 0, "{sum:?}");
+    assert_eq!(
+        sum.replacements_ready_before_deadline, 0,
+        "no deadline: {sum:?}"
+    );
+    assert_eq!(sum.rebalance_recommendations, 0, "{sum:?}");
+    assert!(
+        sum.interrupted_pods_pending_p50_s >= 30,
+        "lost pods wait for a boot: {sum:?}"
+    );
+    assert_eq!(sum.pods_unscheduled_at_end, 0, "{sum:?}");
+}

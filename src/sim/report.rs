@@ -3,7 +3,7 @@
 //! outcome, with fixed number formats, so the same run gives the same bytes.
 
 use super::summary::{rows, summarize, Outcome};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 240.0;
@@ -43,6 +43,69 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// A vertical line on a chart at a moment of the run, with a tooltip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    pub t_s: u64,
+    pub what: String,
+    /// The line's style: the timeline's events, spot interruption warnings, terminations of interrupted instances.
+    pub kind: MarkerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerKind {
+    Event,
+    InterruptionWarning,
+    InterruptionTermination,
+}
+
+impl MarkerKind {
+    fn class(self) -> &'static str {
+        match self {
+            MarkerKind::Event => "marker",
+            MarkerKind::InterruptionWarning => "marker warning",
+            MarkerKind::InterruptionTermination => "marker termination",
+        }
+    }
+}
+
+/// The markers of a run: the timeline's events, then one per second at which EC2 warned of spot interruptions and
+/// one per second at which interrupted instances terminated (saying how many, and how many berth terminated first).
+pub fn markers(o: &Outcome) -> Vec<Marker> {
+    let mut out: Vec<Marker> = o
+        .events
+        .iter()
+        .map(|(t, what)| Marker {
+            t_s: *t,
+            what: what.clone(),
+            kind: MarkerKind::Event,
+        })
+        .collect();
+    let mut warned: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut terminated: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for r in &o.interruptions {
+        if r.warning {
+            *warned.entry(r.warned_s).or_default() += 1;
+        }
+        if let Some(t) = r.terminated_s {
+            let e = terminated.entry(t).or_default();
+            e.0 += 1;
+            e.1 += u32::from(r.terminated_by_berth);
+        }
+    }
+    out.extend(warned.into_iter().map(|(t, n)| Marker {
+        t_s: t,
+        what: format!("EC2 warns of {n} spot interruptions"),
+        kind: MarkerKind::InterruptionWarning,
+    }));
+    out.extend(terminated.into_iter().map(|(t, (n, berth))| Marker {
+        t_s: t,
+        what: format!("{n} interrupted instances terminated ({berth} by berth after draining)"),
+        kind: MarkerKind::InterruptionTermination,
+    }));
+    out
+}
+
 /// A line chart as inline SVG: one `<path class="series">` per series, x in seconds.
 pub fn line_chart(
     id: &str,
@@ -50,7 +113,7 @@ pub fn line_chart(
     unit: &str,
     xs: &[u64],
     series: &[(String, Vec<f64>)],
-    markers: &[(u64, String)],
+    markers: &[Marker],
 ) -> String {
     let x_max = xs.last().copied().unwrap_or(1).max(1) as f64;
     let y_max = nice_max(
@@ -95,13 +158,14 @@ pub fn line_chart(
         HEIGHT - 4.0,
         escape(unit)
     ));
-    for (t, what) in markers {
-        let x = px(*t as f64);
+    for m in markers {
+        let x = px(m.t_s as f64);
         svg.push_str(&format!(
-            "<line class=\"marker\" x1=\"{x:.1}\" y1=\"{TOP:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\"><title>{}s: {}</title></line>\n",
+            "<line class=\"{}\" x1=\"{x:.1}\" y1=\"{TOP:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\"><title>{}s: {}</title></line>\n",
+            m.kind.class(),
             HEIGHT - BOTTOM,
-            t,
-            escape(what)
+            m.t_s,
+            escape(&m.what)
         ));
     }
     for (k, (name, values)) in series.iter().enumerate() {
@@ -190,7 +254,7 @@ pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
             String::new()
         };
         let xs: Vec<u64> = r.samples.iter().map(|s| s.t_s).collect();
-        let markers = &r.events;
+        let markers = &markers(r);
         body.push_str(&line_chart(
             &format!("pending-{n}"),
             &format!("Pending pods{suffix}"),
@@ -278,8 +342,15 @@ pub fn html(main: &Outcome, other: Option<&Outcome>) -> String {
             "<h2>Timeline{}</h2>\n<ul class=\"events\">\n",
             escape(&suffix)
         ));
-        for (t, what) in &r.events {
-            body.push_str(&format!("<li><code>{t:>5}s</code> {}</li>\n", escape(what)));
+        let mut timeline = markers.clone();
+        timeline.sort_by_key(|m| m.t_s);
+        for m in &timeline {
+            body.push_str(&format!(
+                "<li class=\"{}\"><code>{:>5}s</code> {}</li>\n",
+                m.kind.class(),
+                m.t_s,
+                escape(&m.what)
+            ));
         }
         body.push_str("</ul>\n");
     }
@@ -299,6 +370,9 @@ svg.chart{background:#fafafa;border:1px solid #e4e4e4}
 .tick,.unit,.legend{font-size:11px;fill:#555}
 .series{fill:none;stroke-width:1.8}
 .marker{stroke:#999;stroke-dasharray:3 3}
+.marker.warning{stroke:#ff7f0e;stroke-dasharray:6 3}
+.marker.termination{stroke:#d62728;stroke-dasharray:none}
+li.marker.warning code{color:#ff7f0e}li.marker.termination code{color:#d62728}
 ul.events{font-size:13px}
 ";
 
@@ -317,7 +391,18 @@ mod tests {
                 ("a".into(), vec![0.0, 5.0, 3.0]),
                 ("b".into(), vec![1.0, 1.0, 1.0]),
             ],
-            &[(10, "x".into())],
+            &[
+                Marker {
+                    t_s: 10,
+                    what: "x".into(),
+                    kind: MarkerKind::Event,
+                },
+                Marker {
+                    t_s: 15,
+                    what: "w".into(),
+                    kind: MarkerKind::InterruptionWarning,
+                },
+            ],
         );
         assert_eq!(svg.matches("<path class=\"series\"").count(), 2);
         let d = svg
@@ -329,6 +414,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.matches('L').count(), 2, "{d}");
         assert!(svg.contains("class=\"marker\""));
+        assert!(svg.contains("class=\"marker warning\""));
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! next timer, so an hour of cluster time costs only the work done in it. Every timestamp berth, the emulator and
 //! the cloud write comes from one [`TokioClock`] that follows it.
 
-use super::scenario::{Action, Scenario, ScenarioError};
-use super::summary::{GarbageCollected, Outcome, RolloutRecord, Sample};
+use super::scenario::{Action, Scenario, ScenarioError, SpotInterruption, SPOT_WARNING};
+use super::summary::{
+    match_replacements, GarbageCollected, InterruptionRecord, NodeTimes, Outcome, RolloutRecord,
+    Sample,
+};
 use super::workload::{Workloads, NAMESPACE, WORKLOAD_LABEL};
 use crate::api::crds;
 use crate::clock::{SharedClock, TokioClock};
@@ -138,14 +141,46 @@ pub fn run_blocking(
 /// What terminations took down with them, counted before the kubelets delete the Node's pods.
 #[derive(Default)]
 struct Terminations {
-    /// Instances EC2 reclaimed (spot interruptions): their pods are lost, not disrupted by berth.
-    interrupted: BTreeSet<String>,
+    /// Instances EC2 warned of or reclaimed (spot interruptions), with the workload pods running on them at the
+    /// warning: what is still running at the termination is lost, not disrupted by berth.
+    interrupted: BTreeMap<String, (InterruptionRecord, BTreeSet<String>)>,
     /// Workloads a PodDisruptionBudget protects.
     protected: BTreeSet<String>,
+    /// DaemonSets: their pods are the node's own, neither evicted nor lost with it.
+    daemonsets: BTreeSet<String>,
     /// Protected running pods berth's terminations removed without an eviction.
     pdb_bypassed: u64,
-    /// Pods lost to spot interruptions.
-    pods_lost_to_interruptions: u64,
+}
+
+impl Terminations {
+    /// An instance terminated at `second`: counts its interrupted pods evicted before and lost at the termination.
+    fn terminated(&mut self, instance_id: &str, second: u64, on_node: &[NodePod]) {
+        let workload_pods: Vec<&NodePod> = on_node
+            .iter()
+            .filter(|p| !self.daemonsets.contains(&p.workload))
+            .collect();
+        if let Some((record, at_warning)) = self.interrupted.get_mut(instance_id) {
+            if record.terminated_s.is_some() {
+                return;
+            }
+            record.terminated_s = Some(second);
+            let present: BTreeSet<&str> = workload_pods.iter().map(|p| p.name.as_str()).collect();
+            record.pods_evicted = at_warning
+                .iter()
+                .filter(|n| !present.contains(n.as_str()))
+                .count() as u64;
+            record.pods_lost = workload_pods
+                .iter()
+                .filter(|p| p.phase == "Running")
+                .count() as u64;
+        } else {
+            let bypassed = on_node
+                .iter()
+                .filter(|p| p.phase == "Running" && self.protected.contains(&p.workload))
+                .count() as u64;
+            self.pdb_bypassed += bypassed;
+        }
+    }
 }
 
 struct Shortage {
@@ -176,6 +211,9 @@ async fn play(
     let store = emulator.store().clone();
     let client = emulator.client();
     apply_objects(&store, scenario)?;
+    let nodes_rt = store
+        .resource_type("", "nodes")
+        .ok_or_else(|| SimError::Setup("no Node kind".into()))?;
 
     let cloud_metrics =
         CloudMetrics::unregistered().map_err(|e| SimError::Setup(format!("cloud metrics: {e}")))?;
@@ -198,20 +236,11 @@ async fn play(
         move |e: &InstanceEvent| {
             if let InstanceEvent::Terminated(t) = e {
                 let on_node = pods_on_node(&store, &t.instance_id);
-                let mut st = terminations.lock().unwrap_or_else(|p| p.into_inner());
-                let running: Vec<&(String, String)> = on_node
-                    .iter()
-                    .filter(|(_, phase)| phase == "Running")
-                    .collect();
-                if st.interrupted.contains(&t.instance_id) {
-                    st.pods_lost_to_interruptions += running.len() as u64;
-                } else {
-                    let bypassed = running
-                        .iter()
-                        .filter(|(w, _)| st.protected.contains(w))
-                        .count() as u64;
-                    st.pdb_bypassed += bypassed;
-                }
+                let second = tokio::time::Instant::now().duration_since(start).as_secs();
+                terminations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .terminated(&t.instance_id, second, &on_node);
             }
         }
     };
@@ -244,6 +273,13 @@ async fn play(
     let mut rollouts: Vec<RolloutRecord> = Vec::new();
     let mut shortages: Vec<Shortage> = Vec::new();
     let mut spot_interruptions = 0u64;
+    // Spot interruptions: instances chosen ahead of their warning (by timeline index), EC2's deadlines, when each
+    // Node was first seen registered and Ready (to find the interruptions' replacements).
+    let mut chosen: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut deadlines: Vec<(Duration, String)> = Vec::new();
+    let mut node_times: BTreeMap<String, NodeTimes> = BTreeMap::new();
+    let mut nodes_version: Option<u64> = None;
+    let mut rebalance_recommendations = 0u64;
     // Failed nodes to recover at a time; the end of a control-plane outage; the stray instances injected.
     let mut recoveries: Vec<(Duration, Vec<String>)> = Vec::new();
     let mut outage_until: Option<Duration> = None;
@@ -256,6 +292,39 @@ async fn play(
     for second in 0..=total {
         tokio::time::sleep_until(start + Duration::from_secs(second)).await;
         let now = Duration::from_secs(second);
+        // Spot interruptions whose rebalance recommendations go out before their warning: choose them now.
+        for (i, e) in scenario.timeline.iter().enumerate().skip(next_event) {
+            let Action::SpotInterruption(s) = &e.action else {
+                continue;
+            };
+            if e.at <= now || s.choose_at(e.at) > now || chosen.contains_key(&i) {
+                continue;
+            }
+            let victims = choose_victims(
+                &cloud,
+                s,
+                s.count as usize,
+                &[],
+                scenario.seed,
+                e.at.as_secs(),
+                i + 1,
+            );
+            let k = s.rebalanced(victims.len());
+            for id in &victims[..k] {
+                cloud.send_interruption_event(
+                    crate::interruption::events::rebalance_recommendation(
+                        &scenario.region,
+                        id,
+                        clock.now(),
+                    ),
+                );
+            }
+            if k > 0 {
+                rebalance_recommendations += k as u64;
+                events_log.push((second, format!("rebalance recommendation for {k}")));
+            }
+            chosen.insert(i, victims);
+        }
         while let Some(e) = scenario.timeline.get(next_event).filter(|e| e.at <= now) {
             next_event += 1;
             events_log.push((second, e.action.label()));
@@ -272,7 +341,14 @@ async fn play(
                     }
                 }
                 Action::Job { job, run_for } => workloads.add_job(job, *run_for),
-                Action::DaemonSet(d) => workloads.add_daemonset(&store, d)?,
+                Action::DaemonSet(d) => {
+                    workloads.add_daemonset(&store, d)?;
+                    terminations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .daemonsets
+                        .insert(d.name.clone());
+                }
                 Action::Pdb(p) => {
                     workloads.add_pdb(&store, p)?;
                     terminations
@@ -305,28 +381,58 @@ async fn play(
                     )?;
                 }
                 Action::SpotInterruption(s) => {
-                    let mut victims: Vec<String> = cloud
-                        .all_instances()
-                        .into_iter()
-                        .filter(|i| i.capacity_type == CapacityType::Spot && !i.state.is_terminal())
-                        .filter(|i| {
-                            s.machine_deployment
-                                .as_ref()
-                                .is_none_or(|g| i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g))
-                        })
-                        .map(|i| i.instance_id)
-                        .collect();
-                    victims.sort();
-                    let mut rng = seeded(scenario.seed ^ (second << 20) ^ next_event as u64);
-                    for _ in 0..(s.count as usize).min(victims.len()) {
-                        let id = victims.remove((rng() % victims.len() as u64) as usize);
-                        terminations
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .interrupted
-                            .insert(id.clone());
-                        if cloud.interrupt(&id) {
-                            spot_interruptions += 1;
+                    // Chosen ahead (those gone since are spared: a rebalance may have replaced them), topped up to
+                    // the count when fewer spot instances ran then.
+                    let mut victims = chosen.remove(&(next_event - 1)).unwrap_or_default();
+                    let more = (s.count as usize).saturating_sub(victims.len());
+                    victims.extend(choose_victims(
+                        &cloud,
+                        s,
+                        more,
+                        &victims,
+                        scenario.seed,
+                        second,
+                        next_event,
+                    ));
+                    for id in victims {
+                        // The pods on it now, and the record, before EC2 acts: the termination's observer reads both.
+                        let on_node = pods_on_node(&store, &id);
+                        let mut st = terminations.lock().unwrap_or_else(|p| p.into_inner());
+                        let at_warning: BTreeSet<String> = on_node
+                            .into_iter()
+                            .filter(|p| {
+                                p.phase == "Running" && !st.daemonsets.contains(&p.workload)
+                            })
+                            .map(|p| p.name)
+                            .collect();
+                        let record = InterruptionRecord {
+                            instance_id: id.clone(),
+                            warning: s.warning,
+                            warned_s: second,
+                            pods: at_warning.len() as u64,
+                            ..Default::default()
+                        };
+                        st.interrupted
+                            .insert(id.clone(), (record, at_warning.clone()));
+                        drop(st);
+                        let reclaimed = if s.warning {
+                            cloud.warn_interruption(&id)
+                        } else {
+                            cloud.interrupt(&id)
+                        };
+                        if !reclaimed {
+                            // Gone since it was chosen (before a late warning): no interruption.
+                            terminations
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .interrupted
+                                .remove(&id);
+                            continue;
+                        }
+                        spot_interruptions += 1;
+                        workloads.mark_interrupted(at_warning);
+                        if s.warning {
+                            deadlines.push((now + SPOT_WARNING, id));
                         }
                     }
                 }
@@ -410,6 +516,26 @@ async fn play(
                 }
             }
         }
+        let (reclaim, later): (Vec<_>, Vec<_>) = deadlines.drain(..).partition(|(t, _)| *t <= now);
+        deadlines = later;
+        for (_, id) in reclaim {
+            if !cloud.interrupt(&id) {
+                // berth drained and terminated it before the deadline.
+                if let Some((record, _)) = terminations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .interrupted
+                    .get_mut(&id)
+                {
+                    record.terminated_by_berth = true;
+                }
+            }
+        }
+        let version = store.collection_version(&nodes_rt);
+        if nodes_version != Some(version) {
+            nodes_version = Some(version);
+            observe_nodes(&store, &nodes_rt, second, &mut node_times)?;
+        }
         let due: Vec<Vec<String>> = {
             let (due, later): (Vec<_>, Vec<_>) = recoveries.drain(..).partition(|(t, _)| *t <= now);
             recoveries = later;
@@ -492,8 +618,26 @@ async fn play(
         disruptions.insert("spot interruption".into(), spot_interruptions);
     }
     let warnings = warning_events(&store)?;
-    let t = terminations.lock().unwrap_or_else(|p| p.into_inner());
     let end = Duration::from_secs(total);
+    let mut t = terminations.lock().unwrap_or_else(|p| p.into_inner());
+    // Instances still running at the end (a deadline after it): their pods evicted so far, none lost.
+    let running: Vec<String> = t
+        .interrupted
+        .iter()
+        .filter(|(_, (r, _))| r.terminated_s.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in running {
+        let on_node = pods_on_node(&store, &id);
+        t.terminated(&id, total, &on_node);
+        if let Some((r, _)) = t.interrupted.get_mut(&id) {
+            (r.terminated_s, r.pods_lost) = (None, 0);
+        }
+    }
+    let mut interruptions: Vec<InterruptionRecord> =
+        t.interrupted.values().map(|(r, _)| r.clone()).collect();
+    interruptions.sort_by(|a, b| (a.warned_s, &a.instance_id).cmp(&(b.warned_s, &b.instance_id)));
+    match_replacements(&mut interruptions, &node_times);
     Ok(Outcome {
         scenario: scenario.name.clone(),
         label: options.label.clone(),
@@ -531,7 +675,10 @@ async fn play(
         rollouts,
         pdbs: workloads.pdbs.clone(),
         pdb_bypassed: t.pdb_bypassed,
-        pods_lost_to_interruptions: t.pods_lost_to_interruptions,
+        interruptions,
+        interrupted_pending_seconds: workloads.replacement_pending_seconds.clone(),
+        interrupted_still_waiting_seconds: workloads.replacements_still_waiting(end),
+        rebalance_recommendations,
         jobs: workloads.job_progress(),
         events: events_log,
         machines_remediated: counter_sum(&exposition, "berth_remediations_total"),
@@ -539,6 +686,52 @@ async fn play(
         garbage_collected,
         instances_leaked_at_end,
     })
+}
+
+/// Up to `count` live spot instances (of the event's group, or any; not in `exclude`) EC2 reclaims, chosen by the
+/// seed, the event's time and its place in the timeline (1-based), whenever they are chosen.
+fn choose_victims(
+    cloud: &SimulatedCloud,
+    s: &SpotInterruption,
+    count: usize,
+    exclude: &[String],
+    seed: u64,
+    at_second: u64,
+    place: usize,
+) -> Vec<String> {
+    let candidates: Vec<String> = cloud
+        .all_instances()
+        .into_iter()
+        .filter(|i| i.capacity_type == CapacityType::Spot && !i.state.is_terminal())
+        .filter(|i| {
+            s.machine_deployment
+                .as_ref()
+                .is_none_or(|g| i.tags.get(tags::MACHINE_DEPLOYMENT) == Some(g))
+        })
+        .map(|i| i.instance_id)
+        .filter(|id| !exclude.contains(id))
+        .collect();
+    let mut rng = seeded(seed ^ (at_second << 20) ^ place as u64);
+    pick(candidates, count, &mut rng)
+}
+
+/// Records when each Node was first seen registered and first seen Ready.
+fn observe_nodes(
+    store: &Store,
+    nodes_rt: &crate::emulator::resources::ResourceType,
+    second: u64,
+    times: &mut BTreeMap<String, NodeTimes>,
+) -> Result<(), SimError> {
+    for n in store.list(nodes_rt, None, &ListQuery::default())?.items {
+        let t = times.entry(n.name.clone()).or_insert(NodeTimes {
+            registered_s: second,
+            ready_s: None,
+        });
+        if n.ready && t.ready_s.is_none() {
+            t.ready_s = Some(second);
+        }
+    }
+    Ok(())
 }
 
 /// Up to `n` of the candidates (sorted), chosen by the seeded generator.
@@ -771,8 +964,15 @@ fn rollout_complete(store: &Store, name: &str, generation: i64) -> Result<bool, 
         && n("/status/replicas") == want)
 }
 
-/// Workload name and phase of each pod bound to a node.
-fn pods_on_node(store: &Store, node: &str) -> Vec<(String, String)> {
+/// A pod bound to a node.
+struct NodePod {
+    name: String,
+    workload: String,
+    phase: String,
+}
+
+/// Name, workload and phase of each pod bound to a node.
+fn pods_on_node(store: &Store, node: &str) -> Vec<NodePod> {
     let Some(rt) = store.resource_type("", "pods") else {
         return Vec::new();
     };
@@ -782,15 +982,15 @@ fn pods_on_node(store: &Store, node: &str) -> Vec<(String, String)> {
     page.items
         .iter()
         .filter(|p| p.node_name == node)
-        .map(|p| {
-            (
-                p.labels
-                    .iter()
-                    .find(|(k, _)| k == WORKLOAD_LABEL)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default(),
-                p.phase.clone(),
-            )
+        .map(|p| NodePod {
+            name: p.name.clone(),
+            workload: p
+                .labels
+                .iter()
+                .find(|(k, _)| k == WORKLOAD_LABEL)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            phase: p.phase.clone(),
         })
         .collect()
 }

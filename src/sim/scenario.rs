@@ -227,13 +227,69 @@ pub struct ScaleGroupEvent {
     pub replicas: u32,
 }
 
-/// EC2 reclaims `count` spot instances (of one group, or any), chosen by the scenario's seed.
+/// EC2 reclaims `count` spot instances (of one group, or any), chosen by the scenario's seed. As the file says it;
+/// [`SpotInterruption`] is the validated form.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SpotInterruptionEvent {
-    pub count: u32,
+struct SpotInterruptionEvent {
+    count: u32,
     #[serde(default)]
+    machine_deployment: Option<String>,
+    #[serde(default)]
+    warning: Option<bool>,
+    #[serde(default)]
+    rebalance_share: Option<f64>,
+    #[serde(default)]
+    rebalance_lead: Option<String>,
+}
+
+/// How long before it reclaims a spot instance EC2 warns (the "EC2 Spot Instance Interruption Warning").
+pub const SPOT_WARNING: Duration = Duration::from_secs(120);
+/// The default share of interrupted instances that get a rebalance recommendation first.
+pub const DEFAULT_REBALANCE_SHARE: f64 = 0.5;
+/// The default lead of a rebalance recommendation over the interruption warning.
+pub const DEFAULT_REBALANCE_LEAD: Duration = Duration::from_secs(300);
+
+/// A spot interruption, validated. The event's time is the time of the **warning**:
+///
+/// - `warning: true` (the default): at the event's time EC2 puts an "EC2 Spot Instance Interruption Warning" for
+///   each chosen instance on the interruption queue, and reclaims (terminates) the ones still running
+///   [`SPOT_WARNING`] (two minutes) later. An instance berth terminated itself before then (after draining it)
+///   counts as terminated by berth before the deadline.
+/// - `warning: false`: today's behaviour before the queue existed: the instances are terminated at the event's
+///   time, no message is sent (to compare the two).
+/// - `rebalanceShare` (0 to 1, default 0.5; with warnings only): that share of the chosen instances (rounded to the
+///   nearest count) also gets an "EC2 Instance Rebalance Recommendation" `rebalanceLead` (default 5m) before the
+///   warning. To send them early the simulation chooses the instances at `at - rebalanceLead` (at 0s if the event
+///   is earlier than the lead); an instance chosen then and gone by the warning is spared (a rebalance may have
+///   replaced it), and when fewer than `count` spot instances ran then, the rest are chosen at the warning, without
+///   a recommendation. With a share of 0 the instances are chosen at the warning, as without warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpotInterruption {
+    pub count: u32,
     pub machine_deployment: Option<String>,
+    pub warning: bool,
+    pub rebalance_share: f64,
+    pub rebalance_lead: Duration,
+}
+
+impl SpotInterruption {
+    /// How many of `chosen` instances get a rebalance recommendation first.
+    pub fn rebalanced(&self, chosen: usize) -> usize {
+        if !self.warning {
+            return 0;
+        }
+        ((self.rebalance_share * chosen as f64).round() as usize).min(chosen)
+    }
+
+    /// When the instances are chosen, for an event at `at`: early enough to send the rebalance recommendations.
+    pub fn choose_at(&self, at: Duration) -> Duration {
+        if self.warning && self.rebalance_share > 0.0 {
+            at.saturating_sub(self.rebalance_lead)
+        } else {
+            at
+        }
+    }
 }
 
 /// A window in which matching offerings have no capacity (launches get InsufficientInstanceCapacity).
@@ -314,7 +370,7 @@ pub enum Action {
         patch: Value,
     },
     ScaleMachineDeployment(ScaleGroupEvent),
-    SpotInterruption(SpotInterruptionEvent),
+    SpotInterruption(SpotInterruption),
     InsufficientCapacity {
         instance_type: Option<String>,
         zone: Option<String>,
@@ -353,6 +409,9 @@ impl Action {
             } => format!("template change of {machine_deployment}"),
             Action::ScaleMachineDeployment(s) => {
                 format!("scale group {} to {}", s.machine_deployment, s.replicas)
+            }
+            Action::SpotInterruption(s) if s.warning => {
+                format!("spot interruption warning for {}", s.count)
             }
             Action::SpotInterruption(s) => format!("spot interruption of {}", s.count),
             Action::InsufficientCapacity { duration, .. } => {
@@ -664,7 +723,12 @@ fn entry_action(
         actions.push(Action::ScaleMachineDeployment(s));
     }
     if let Some(s) = e.spot_interruption {
-        actions.push(Action::SpotInterruption(s));
+        actions.push(spot_interruption(
+            cx,
+            &format!("{path}.spotInterruption"),
+            s,
+            mds,
+        )?);
     }
     if let Some(s) = e.insufficient_capacity {
         let duration = cx.duration(&format!("{path}.insufficientCapacity.for"), &s.duration)?;
@@ -721,6 +785,56 @@ fn positive_count(cx: &Ctx, field: &str, n: i64) -> Result<u32, ScenarioError> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(cx.err(field, format!("{n} is not a count of at least 1"))),
     }
+}
+
+fn spot_interruption(
+    cx: &Ctx,
+    path: &str,
+    s: SpotInterruptionEvent,
+    mds: &[Value],
+) -> Result<Action, ScenarioError> {
+    if let Some(md) = &s.machine_deployment {
+        if !mds.iter().any(|m| m["metadata"]["name"] == md.as_str()) {
+            return Err(cx.err(
+                &format!("{path}.machineDeployment"),
+                format!("no MachineDeployment {md:?} in berth.machineDeployments"),
+            ));
+        }
+    }
+    let warning = s.warning.unwrap_or(true);
+    if !warning {
+        for (field, given) in [
+            ("rebalanceShare", s.rebalance_share.is_some()),
+            ("rebalanceLead", s.rebalance_lead.is_some()),
+        ] {
+            if given {
+                return Err(cx.err(
+                    &format!("{path}.{field}"),
+                    "with warning: false EC2 sends no message at all; leave it out or drop warning: false",
+                ));
+            }
+        }
+    }
+    let rebalance_share = s.rebalance_share.unwrap_or(DEFAULT_REBALANCE_SHARE);
+    if !(0.0..=1.0).contains(&rebalance_share) {
+        return Err(cx.err(
+            &format!("{path}.rebalanceShare"),
+            format!("{rebalance_share} is not a share between 0 and 1"),
+        ));
+    }
+    let rebalance_lead = s
+        .rebalance_lead
+        .as_deref()
+        .map(|d| cx.duration(&format!("{path}.rebalanceLead"), d))
+        .transpose()?
+        .unwrap_or(DEFAULT_REBALANCE_LEAD);
+    Ok(Action::SpotInterruption(SpotInterruption {
+        count: s.count,
+        machine_deployment: s.machine_deployment,
+        warning,
+        rebalance_share: if warning { rebalance_share } else { 0.0 },
+        rebalance_lead,
+    }))
 }
 
 fn node_failure(
@@ -1132,6 +1246,116 @@ timeline:
             scaled.timeline[4].action,
             Action::StrayInstances { count: 4 }
         );
+    }
+
+    #[test]
+    fn spot_interruptions_warn_by_default_and_their_fields_are_checked() {
+        let s = parse(
+            "s.yaml",
+            &format!(
+                "{}  - at: 7m\n    spotInterruption: {{count: 2, warning: false}}\n  - at: 8m\n    spotInterruption: {{count: 3, machineDeployment: general, rebalanceShare: 1, rebalanceLead: 10m}}\n",
+                with_event("spotInterruption: {count: 4}")
+            ),
+            None,
+        )
+        .unwrap();
+        let spot: Vec<&SpotInterruption> = s
+            .timeline
+            .iter()
+            .filter_map(|e| match &e.action {
+                Action::SpotInterruption(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            spot,
+            vec![
+                &SpotInterruption {
+                    count: 4,
+                    machine_deployment: None,
+                    warning: true,
+                    rebalance_share: 0.5,
+                    rebalance_lead: Duration::from_secs(300)
+                },
+                &SpotInterruption {
+                    count: 2,
+                    machine_deployment: None,
+                    warning: false,
+                    rebalance_share: 0.0,
+                    rebalance_lead: Duration::from_secs(300)
+                },
+                &SpotInterruption {
+                    count: 3,
+                    machine_deployment: Some("general".into()),
+                    warning: true,
+                    rebalance_share: 1.0,
+                    rebalance_lead: Duration::from_secs(600)
+                },
+            ]
+        );
+        // Half of 4 get a recommendation, chosen 5 minutes ahead; without warnings none, chosen at the event;
+        // a lead longer than the event's time chooses at the start.
+        assert_eq!(spot[0].rebalanced(4), 2);
+        assert_eq!(spot[0].rebalanced(3), 2, "rounded to the nearest count");
+        assert_eq!(
+            spot[0].choose_at(Duration::from_secs(360)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(spot[1].rebalanced(2), 0);
+        assert_eq!(
+            spot[1].choose_at(Duration::from_secs(420)),
+            Duration::from_secs(420)
+        );
+        assert_eq!(spot[2].choose_at(Duration::from_secs(480)), Duration::ZERO);
+        assert_eq!(
+            s.timeline[2].action.label(),
+            "spot interruption warning for 4"
+        );
+        assert_eq!(s.timeline[3].action.label(), "spot interruption of 2");
+
+        let cases = [
+            (
+                "spotInterruption: {count: 1, rebalanceShare: 1.5}",
+                "timeline[2].spotInterruption.rebalanceShare",
+                "1.5 is not a share between 0 and 1",
+            ),
+            (
+                "spotInterruption: {count: 1, rebalanceShare: -0.1}",
+                "timeline[2].spotInterruption.rebalanceShare",
+                "not a share",
+            ),
+            (
+                "spotInterruption: {count: 1, rebalanceLead: soon}",
+                "timeline[2].spotInterruption.rebalanceLead",
+                "soon",
+            ),
+            (
+                "spotInterruption: {count: 1, warning: false, rebalanceShare: 0.5}",
+                "timeline[2].spotInterruption.rebalanceShare",
+                "with warning: false",
+            ),
+            (
+                "spotInterruption: {count: 1, warning: false, rebalanceLead: 1m}",
+                "timeline[2].spotInterruption.rebalanceLead",
+                "with warning: false",
+            ),
+            (
+                "spotInterruption: {count: 1, warning: maybe}",
+                "timeline[2].spotInterruption.warning",
+                "invalid type",
+            ),
+            (
+                "spotInterruption: {count: 1, machineDeployment: gpu}",
+                "timeline[2].spotInterruption.machineDeployment",
+                "no MachineDeployment \"gpu\"",
+            ),
+        ];
+        for (event, want_field, want_message) in cases {
+            let (line, field, message) = err(&with_event(event));
+            assert_eq!(field, want_field, "{event}: {message}");
+            assert!(message.contains(want_message), "{event}: {message}");
+            assert_eq!(line, 24, "{event}: the event's line");
+        }
     }
 
     #[test]

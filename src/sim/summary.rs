@@ -42,6 +42,63 @@ pub struct GarbageCollected {
     pub launch_templates: u64,
 }
 
+/// One spot instance EC2 reclaimed, as played.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InterruptionRecord {
+    pub instance_id: String,
+    /// Whether EC2 warned two minutes ahead (the scenario's `warning`).
+    pub warning: bool,
+    /// When EC2 warned (without a warning: when it reclaimed the instance).
+    pub warned_s: u64,
+    /// When the instance terminated; None if it still ran at the end.
+    pub terminated_s: Option<u64>,
+    /// berth terminated it (after draining it) before EC2's deadline.
+    pub terminated_by_berth: bool,
+    /// Workload pods (DaemonSet pods are the node's own) running on its node at the warning.
+    pub pods: u64,
+    /// Of those, pods gone from the node before it terminated: evicted by berth's drain (the only other deleter of
+    /// a running pod in a simulation is a scenario's scale-down of its deployment).
+    pub pods_evicted: u64,
+    /// Workload pods still running on its node when it terminated.
+    pub pods_lost: u64,
+    /// When its replacement Node became Ready (see [`match_replacements`]).
+    pub replacement_ready_s: Option<u64>,
+}
+
+/// When a Node was first seen registered and first seen Ready, in seconds since the scenario began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTimes {
+    pub registered_s: u64,
+    pub ready_s: Option<u64>,
+}
+
+/// Gives each interruption its replacement Node: in the order of the warnings (then instance ids), each takes the
+/// Node that became Ready first among those that registered after its warning, are not themselves interrupted and
+/// no earlier interruption took. A Node replaces at most one interruption and an interruption has at most one
+/// replacement. (Any Node counts, whatever group it joins and whatever pods it takes: berth plans the interrupted
+/// pods' capacity as a whole, not node for node. A Node launched for other pods after a warning counts too.)
+pub fn match_replacements(records: &mut [InterruptionRecord], nodes: &BTreeMap<String, NodeTimes>) {
+    let interrupted: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.instance_id.as_str()).collect();
+    let mut candidates: Vec<(u64, u64, &str)> = nodes
+        .iter()
+        .filter(|(name, _)| !interrupted.contains(name.as_str()))
+        .filter_map(|(name, t)| t.ready_s.map(|r| (r, t.registered_s, name.as_str())))
+        .collect();
+    candidates.sort();
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by(|a, b| {
+        (records[*a].warned_s, &records[*a].instance_id)
+            .cmp(&(records[*b].warned_s, &records[*b].instance_id))
+    });
+    for i in order {
+        let warned = records[i].warned_s;
+        if let Some(k) = candidates.iter().position(|(_, reg, _)| *reg > warned) {
+            records[i].replacement_ready_s = Some(candidates.remove(k).0);
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
@@ -75,7 +132,14 @@ pub struct Outcome {
     pub pdbs: BTreeMap<String, String>,
     /// Running pods a PodDisruptionBudget protects that berth's terminations took down without an eviction.
     pub pdb_bypassed: u64,
-    pub pods_lost_to_interruptions: u64,
+    /// Every spot interruption played, in the order of the warnings.
+    pub interruptions: Vec<InterruptionRecord>,
+    /// Seconds each replacement of an interrupted pod waited from its creation to running.
+    pub interrupted_pending_seconds: Vec<u64>,
+    /// Replacements of interrupted pods still waiting at the end, with how long each had waited.
+    pub interrupted_still_waiting_seconds: Vec<u64>,
+    /// Rebalance recommendations sent ahead of warnings.
+    pub rebalance_recommendations: u64,
     /// Per job: (completions done, completions wanted).
     pub jobs: BTreeMap<String, (u32, u32)>,
     /// The timeline as played: (second, what).
@@ -119,6 +183,27 @@ pub struct Summary {
     /// Seconds per rollout, None for one that did not finish.
     pub rollout_seconds: Vec<Option<u64>>,
     pub pdb_bypassed: u64,
+    /// Spot instances EC2 reclaimed (warned or not).
+    pub spot_interruptions: u64,
+    /// Of those, instances berth drained and terminated itself before EC2's two-minute deadline.
+    pub interruptions_terminated_by_berth: u64,
+    /// Workload pods running on interrupted nodes at the warning (without one: at the termination).
+    pub interrupted_pods: u64,
+    /// Of those, pods evicted (by berth's drain) before their node terminated.
+    pub interrupted_pods_evicted_before_termination: u64,
+    /// Workload pods still running on interrupted nodes when they terminated.
+    pub pods_lost_to_interruptions: u64,
+    /// Interruptions whose replacement Node (a Node registered after the warning, matched one to one by
+    /// [`match_replacements`]) was Ready no later than the interrupted instance terminated.
+    pub replacements_ready_before_termination: u64,
+    /// Interruptions (with a warning) whose replacement Node was Ready no later than EC2's deadline, two minutes
+    /// after the warning, whenever the instance terminated (berth may terminate it sooner, once drained).
+    pub replacements_ready_before_deadline: u64,
+    /// Pending time (creation to running) of the replacements of interrupted pods; those still waiting count with
+    /// the wait so far.
+    pub interrupted_pods_pending_p50_s: u64,
+    pub interrupted_pods_pending_p99_s: u64,
+    pub rebalance_recommendations: u64,
     pub duplicate_launches: u64,
     pub jobs_complete: bool,
     pub machines_remediated: u64,
@@ -160,7 +245,36 @@ pub fn summarize(o: &Outcome) -> Summary {
         .windows(2)
         .map(|w| w[0].hourly_cost * (w[1].t_s - w[0].t_s) as f64 / 3600.0)
         .sum();
+    let mut interrupted_waits: Vec<u64> = o
+        .interrupted_pending_seconds
+        .iter()
+        .chain(o.interrupted_still_waiting_seconds.iter())
+        .copied()
+        .collect();
+    interrupted_waits.sort_unstable();
+    let sum = |f: &dyn Fn(&InterruptionRecord) -> u64| o.interruptions.iter().map(f).sum::<u64>();
     Summary {
+        spot_interruptions: o.interruptions.len() as u64,
+        interruptions_terminated_by_berth: sum(&|r| u64::from(r.terminated_by_berth)),
+        interrupted_pods: sum(&|r| r.pods),
+        interrupted_pods_evicted_before_termination: sum(&|r| r.pods_evicted),
+        pods_lost_to_interruptions: sum(&|r| r.pods_lost),
+        replacements_ready_before_termination: sum(&|r| {
+            u64::from(
+                matches!((r.replacement_ready_s, r.terminated_s), (Some(ready), Some(t)) if ready <= t),
+            )
+        }),
+        replacements_ready_before_deadline: sum(&|r| {
+            u64::from(
+                r.warning
+                    && r.replacement_ready_s.is_some_and(|ready| {
+                        ready <= r.warned_s + super::scenario::SPOT_WARNING.as_secs()
+                    }),
+            )
+        }),
+        interrupted_pods_pending_p50_s: quantile(&interrupted_waits, 0.50),
+        interrupted_pods_pending_p99_s: quantile(&interrupted_waits, 0.99),
+        rebalance_recommendations: o.rebalance_recommendations,
         pods_created: o.pods_created,
         pods_scheduled: o.pending_seconds.len() as u64,
         pods_unscheduled_at_end: o.still_waiting_seconds.len() as u64,
@@ -262,6 +376,51 @@ pub fn rows(s: &Summary) -> Vec<(String, String)> {
         r.push((
             format!("rollout {} duration", i + 1),
             d.map_or_else(|| "did not finish".into(), |d| format!("{d}s")),
+        ));
+    }
+    if s.spot_interruptions > 0 {
+        r.push((
+            "spot interruptions / terminated by berth first".into(),
+            format!(
+                "{} / {}",
+                s.spot_interruptions, s.interruptions_terminated_by_berth
+            ),
+        ));
+        r.push((
+            "interrupted pods / evicted before termination".into(),
+            format!(
+                "{} / {}",
+                s.interrupted_pods, s.interrupted_pods_evicted_before_termination
+            ),
+        ));
+        r.push((
+            "pods lost to interruptions".into(),
+            s.pods_lost_to_interruptions.to_string(),
+        ));
+        r.push((
+            "replacements Ready before termination".into(),
+            format!(
+                "{} / {}",
+                s.replacements_ready_before_termination, s.spot_interruptions
+            ),
+        ));
+        r.push((
+            "replacements Ready before EC2's deadline".into(),
+            format!(
+                "{} / {}",
+                s.replacements_ready_before_deadline, s.spot_interruptions
+            ),
+        ));
+        r.push((
+            "interrupted pods pending p50 / p99".into(),
+            format!(
+                "{}s / {}s",
+                s.interrupted_pods_pending_p50_s, s.interrupted_pods_pending_p99_s
+            ),
+        ));
+        r.push((
+            "rebalance recommendations".into(),
+            s.rebalance_recommendations.to_string(),
         ));
     }
     r.push((
@@ -383,7 +542,10 @@ mod tests {
             }],
             pdbs: BTreeMap::new(),
             pdb_bypassed: 0,
-            pods_lost_to_interruptions: 0,
+            interruptions: vec![],
+            interrupted_pending_seconds: vec![],
+            interrupted_still_waiting_seconds: vec![],
+            rebalance_recommendations: 0,
             jobs: BTreeMap::new(),
             events: vec![],
             machines_remediated: 3,
@@ -462,6 +624,89 @@ mod tests {
             serde_json::json!({"instances": 4, "nodes": 1, "launch_templates": 0})
         );
         assert_eq!(json["instances_leaked_at_end"], 0);
+    }
+
+    fn record(id: &str, warned: u64, terminated: Option<u64>) -> InterruptionRecord {
+        InterruptionRecord {
+            instance_id: id.into(),
+            warning: true,
+            warned_s: warned,
+            terminated_s: terminated,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_interruption_gets_at_most_one_replacement_registered_after_its_warning() {
+        let node = |registered_s, ready_s| NodeTimes {
+            registered_s,
+            ready_s,
+        };
+        let nodes = BTreeMap::from([
+            ("i-old".to_string(), node(10, Some(10))),
+            ("i-a".to_string(), node(20, Some(20))),
+            ("i-b".to_string(), node(25, Some(25))),
+            ("i-new1".to_string(), node(150, Some(160))),
+            ("i-new2".to_string(), node(170, Some(200))),
+            ("i-never".to_string(), node(180, None)),
+            ("i-late".to_string(), node(400, Some(410))),
+        ]);
+        let mut records = vec![
+            record("i-b", 100, Some(220)),
+            record("i-a", 100, Some(180)),
+            record("i-c", 300, Some(420)),
+        ];
+        match_replacements(&mut records, &nodes);
+        let ready: Vec<Option<u64>> = records.iter().map(|r| r.replacement_ready_s).collect();
+        // i-a (first by id among equal warnings) takes the first Ready new node, i-b the next; i-c only the late one.
+        assert_eq!(ready, vec![Some(200), Some(160), Some(410)]);
+        let mut o = outcome();
+        o.interruptions = records;
+        o.interruptions[0].pods = 10;
+        o.interruptions[0].pods_evicted = 10;
+        o.interruptions[1].pods = 5;
+        o.interruptions[1].pods_evicted = 3;
+        o.interruptions[1].pods_lost = 2;
+        o.interruptions[2].terminated_by_berth = true;
+        o.interrupted_pending_seconds = vec![30, 40, 50];
+        o.interrupted_still_waiting_seconds = vec![500];
+        let s = summarize(&o);
+        assert_eq!(s.spot_interruptions, 3);
+        assert_eq!(s.interruptions_terminated_by_berth, 1);
+        assert_eq!(
+            (
+                s.interrupted_pods,
+                s.interrupted_pods_evicted_before_termination,
+                s.pods_lost_to_interruptions
+            ),
+            (15, 13, 2)
+        );
+        assert_eq!(s.replacements_ready_before_termination, 3);
+        assert_eq!(
+            s.replacements_ready_before_deadline, 3,
+            "Ready 100s, 60s and 110s after their warnings"
+        );
+        assert_eq!(
+            (
+                s.interrupted_pods_pending_p50_s,
+                s.interrupted_pods_pending_p99_s
+            ),
+            (40, 500)
+        );
+        let t = table(&o);
+        assert!(
+            t.contains("interrupted pods / evicted before termination"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["interrupted_pods_evicted_before_termination"], 13);
+        assert_eq!(json["replacements_ready_before_termination"], 3);
+        // A replacement Ready after the termination does not count, nor one Ready after EC2's deadline.
+        o.interruptions[0].terminated_s = Some(190);
+        o.interruptions[2].replacement_ready_s = Some(421);
+        let s = summarize(&o);
+        assert_eq!(s.replacements_ready_before_termination, 1);
+        assert_eq!(s.replacements_ready_before_deadline, 2);
     }
 
     #[test]

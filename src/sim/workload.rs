@@ -11,7 +11,7 @@ use crate::emulator::store::{DeleteOptions, ListQuery, PatchKind, Store, Stored,
 use crate::model::quantity::{parse_cpu_millis, parse_units};
 use crate::model::resources::Resources;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,8 +58,17 @@ pub struct Workloads {
     /// running job pod completes: until one of them changes (or a workload is added or scaled, which clears it), a
     /// reconcile would find exactly what the last one found and do nothing.
     settled: Option<Settled>,
+    /// Pods running on spot-interrupted nodes at the warning, not gone yet: when one goes (evicted or lost), the
+    /// pod its controller creates in its place in the same pass is its replacement.
+    interrupted: BTreeSet<String>,
+    /// Replacement pods of interrupted pods, not yet running.
+    replacements: BTreeSet<String>,
+    /// Interrupted pods gone in this pass, by workload, not yet replaced.
+    owed: BTreeMap<String, u32>,
     /// Seconds each pod waited from creation to running, in the order they started.
     pub pending_seconds: Vec<u64>,
+    /// Of those, the replacements of interrupted pods.
+    pub replacement_pending_seconds: Vec<u64>,
     pub pods_created: u64,
     /// PodDisruptionBudgets by name: (deployment, minAvailable or maxUnavailable as given).
     pub pdbs: BTreeMap<String, String>,
@@ -278,6 +287,10 @@ impl Workloads {
             }
             None => {
                 self.waiting.insert(name.clone(), now);
+                if let Some(n) = self.owed.get_mut(workload).filter(|n| **n > 0) {
+                    *n -= 1;
+                    self.replacements.insert(name.clone());
+                }
             }
         }
         self.pods_created += 1;
@@ -309,8 +322,11 @@ impl Workloads {
         for p in &pods {
             if p.phase == "Running" && !p.node_name.is_empty() {
                 if let Some(created) = self.waiting.remove(&p.name) {
-                    self.pending_seconds
-                        .push(now.saturating_sub(created).as_secs());
+                    let waited = now.saturating_sub(created).as_secs();
+                    self.pending_seconds.push(waited);
+                    if self.replacements.remove(&p.name) {
+                        self.replacement_pending_seconds.push(waited);
+                    }
                 }
                 if !self.started.contains_key(&p.name) {
                     self.started.insert(p.name.clone(), now);
@@ -323,6 +339,21 @@ impl Workloads {
         // Pods deleted while waiting (scale-down, a lost node) never ran: forget them.
         self.waiting.retain(|n, _| alive.contains(n.as_str()));
         self.started.retain(|n, _| alive.contains(n.as_str()));
+        self.replacements.retain(|n| alive.contains(n.as_str()));
+        // Interrupted pods gone since the last pass: their controllers replace them in this one.
+        self.owed.clear();
+        let gone: Vec<String> = self
+            .interrupted
+            .iter()
+            .filter(|n| !alive.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.interrupted.remove(&n);
+            if let Some((workload, _)) = n.rsplit_once('-') {
+                *self.owed.entry(workload.to_string()).or_default() += 1;
+            }
+        }
         let mut creates: Vec<Value> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
 
@@ -452,6 +483,20 @@ impl Workloads {
             next_completion,
         });
         Ok(())
+    }
+
+    /// Marks pods that run on a node EC2 is reclaiming: the pods created in their place are their replacements.
+    pub fn mark_interrupted(&mut self, pods: impl IntoIterator<Item = String>) {
+        self.interrupted.extend(pods);
+    }
+
+    /// Replacements of interrupted pods created and still waiting to run, with how long each has waited.
+    pub fn replacements_still_waiting(&self, now: Duration) -> Vec<u64> {
+        self.replacements
+            .iter()
+            .filter_map(|n| self.waiting.get(n))
+            .map(|c| now.saturating_sub(*c).as_secs())
+            .collect()
     }
 
     /// Pods created and still waiting to run, with how long each has waited.
