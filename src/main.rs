@@ -115,7 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(cli.log_format, &cli.log)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime
-                .block_on(berth::operator::run(args, berth::shutdown::shutdown_signal()))
+                .block_on(berth::operator::run(
+                    args,
+                    berth::shutdown::shutdown_signal(),
+                ))
                 .map_err(Into::into)
         }
     }

@@ -31,6 +31,12 @@ pub const REMEDIATION: &str = "berth.dev/remediation";
 /// On Machines EC2 is reclaiming: see [`crate::api::INTERRUPTION_ANNOTATION`]. The Machine controller turns it
 /// into the `Interrupted` condition.
 pub const INTERRUPTION: &str = crate::api::INTERRUPTION_ANNOTATION;
+/// On Machines EC2 is reclaiming: when (RFC 3339). The Machine controller keeps the cordoned node's pods running
+/// until their new capacity is Ready, and evicts them a margin before this at the latest.
+pub const INTERRUPTION_DEADLINE: &str = "berth.dev/interruption-deadline";
+/// On MachineDeployments: the uids (comma-separated, the last 50) of interrupted Machines the group's replicas
+/// were lowered for, written with the decrement, so a retried interruption never lowers them twice.
+pub const SHRUNK_FOR_INTERRUPTIONS: &str = "berth.dev/shrunk-for-interruptions";
 /// On Machines EC2 recommends moving (a rebalance recommendation on a `Replace` class) or will retire or
 /// maintain (an AWS Health scheduled change): JSON `{reason, detail, deadline, since}`. The disruption
 /// controller replaces them first and drains them after, within the group's budget.

@@ -30,7 +30,7 @@
 use super::events::EventKind;
 use super::{keys, Context, ControllerError};
 use crate::api::machine_class::CapacityTypeSpec;
-use crate::api::{Cluster, Machine, MachineClass};
+use crate::api::{Cluster, Machine, MachineClass, MachineDeployment};
 use crate::cloud::queue::{InterruptionQueue, QueueError};
 use crate::cloud::{CloudProvider, OfferingKey};
 use crate::interruption::{
@@ -245,6 +245,67 @@ fn report(ctx: &Context, cluster: Option<&Cluster>, status: Option<QueueStatus>)
     }
 }
 
+/// How many interrupted Machines' uids a MachineDeployment remembers having shrunk for (a retry comes within
+/// minutes; the list only has to outlive it).
+const SHRUNK_FOR_KEPT: usize = 50;
+
+/// Lowers the group's replicas by one for the interrupted Machine `uid`, once: the uid goes into the group's
+/// `berth.dev/shrunk-for-interruptions` in the same resourceVersion-guarded write, so a message handled again
+/// after a failure half-way (the queue gives it back) never lowers them twice. Never below the group's minimum.
+async fn shrink_once(
+    ctx: &Context,
+    namespace: &str,
+    group: &str,
+    uid: &str,
+) -> Result<(), ControllerError> {
+    let mds: Api<MachineDeployment> = Api::namespaced(ctx.client.clone(), namespace);
+    for attempt in 0..2 {
+        let Some(md) = mds.get_opt(group).await? else {
+            return Ok(());
+        };
+        let mut shrunk_for: Vec<&str> = md
+            .annotations()
+            .get(keys::SHRUNK_FOR_INTERRUPTIONS)
+            .map(|v| v.split(',').filter(|u| !u.is_empty()).collect())
+            .unwrap_or_default();
+        if shrunk_for.contains(&uid) {
+            return Ok(());
+        }
+        let min = md.spec.autoscaling.as_ref().map_or(0, |a| a.min_replicas);
+        let current = md.spec.replicas.unwrap_or(1);
+        let to = current.saturating_sub(1).max(min);
+        if to == current {
+            return Ok(());
+        }
+        shrunk_for.push(uid);
+        let keep = shrunk_for.len().saturating_sub(SHRUNK_FOR_KEPT);
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": md.resource_version(),
+                "annotations": {keys::SHRUNK_FOR_INTERRUPTIONS: shrunk_for[keep..].join(",")},
+            },
+            "spec": {"replicas": to},
+        });
+        match mds
+            .patch(group, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    group,
+                    from = current,
+                    to,
+                    "shrunk for an interrupted machine"
+                );
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The Machines that own instances, by instance id, with what a decision needs to know of their class.
 struct Owners {
     by_instance: HashMap<String, OwnedInstance>,
@@ -346,7 +407,7 @@ async fn apply(
     notice: &Notice,
     decision: &Decision,
 ) -> Result<(), ControllerError> {
-    let (owned, annotation, reason, event_type, message) = match decision {
+    let (owned, annotations, reason, event_type, message) = match decision {
         Decision::NotOurs { .. } => return Ok(()),
         Decision::Interrupt { machine, deadline } => {
             if let (true, Some(t), Some(z)) = (machine.spot, &machine.instance_type, &machine.zone)
@@ -359,13 +420,18 @@ async fn apply(
                 });
             }
             let message = format!(
-                "EC2 reclaims instance {} at {}: draining now, its pods' capacity is being launched",
+                "EC2 reclaims instance {} at {}: its pods' capacity is being launched; they are evicted once it is Ready, a minute before at the latest",
                 machine.instance_id,
                 deadline.to_rfc3339()
             );
             (
                 machine,
-                (keys::INTERRUPTION, format!("SpotInterruption: {message}")),
+                vec![
+                    (keys::INTERRUPTION, format!("SpotInterruption: {message}")),
+                    (keys::INTERRUPTION_DEADLINE, deadline.to_rfc3339()),
+                    // The MachineSet removes this one first when its group shrinks below.
+                    (crate::api::DELETE_MACHINE_ANNOTATION, "true".into()),
+                ],
                 "SpotInterrupted",
                 EventKind::Warning,
                 message,
@@ -394,7 +460,7 @@ async fn apply(
             .to_string();
             (
                 machine,
-                (keys::AT_RISK, value),
+                vec![(keys::AT_RISK, value)],
                 reason,
                 EventKind::Warning,
                 message,
@@ -426,10 +492,10 @@ async fn apply(
             );
             (
                 machine,
-                (
+                vec![(
                     keys::INSTANCE_STATE_NOTICE,
                     format!("{}: {}", notice.time.to_rfc3339(), notice.detail),
-                ),
+                )],
                 "InstanceStateChanged",
                 EventKind::Normal,
                 message,
@@ -439,12 +505,23 @@ async fn apply(
     let Some(m) = owners.machines.get(&owned.instance_id) else {
         return Ok(());
     };
-    if m.annotations().get(annotation.0) == Some(&annotation.1) {
+    // An interruption is done once its Machine is being deleted (decide() passes those by): a retry after a
+    // failure half-way must carry on from the annotations to the deletion.
+    let interrupt = matches!(decision, Decision::Interrupt { .. });
+    if !interrupt
+        && annotations
+            .iter()
+            .all(|(k, v)| m.annotations().get(*k) == Some(v))
+    {
         // Done already (a message delivered twice): nothing to write, nothing to tell again.
         return Ok(());
     }
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &owned.machine_namespace);
-    let patch = serde_json::json!({"metadata": {"annotations": {annotation.0: annotation.1}}});
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
     match api
         .patch(
             &owned.machine,
@@ -459,6 +536,12 @@ async fn apply(
         Err(e) => return Err(e.into()),
     }
     if matches!(decision, Decision::Interrupt { .. }) {
+        // The group shrinks by this Machine first, so the MachineSet does not replace it with a Machine of its
+        // default shape: the capacity its pods need is the provisioner's to plan (they count as pending from the
+        // annotation on), in a pool EC2 is not reclaiming. At the group's minimum the MachineSet replaces it.
+        if let (Some(group), Some(uid)) = (m.labels().get(keys::MACHINE_DEPLOYMENT), m.uid()) {
+            shrink_once(ctx, &owned.machine_namespace, group, &uid).await?;
+        }
         let delete = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: m.uid(),

@@ -405,6 +405,7 @@ pub async fn reconcile(
             termination_requested: find_condition(&status.conditions, "InstanceTerminated")
                 .is_some_and(|c| c.status == ConditionStatus::True),
             was_running,
+            reclaim: reclaim_of(&machine, &ctx.nodes.state(), node.as_deref()),
         },
         instance: instance
             .as_ref()
@@ -772,6 +773,14 @@ pub async fn reconcile(
                 .await?;
             requeue = Duration::ZERO;
         }
+        Step::HoldForReplacement { node: _, until } => {
+            new_status.phase = MachinePhase::Deleting;
+            // Look again soon: the capacity may turn Ready any moment.
+            requeue = (until - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(2));
+        }
         Step::Drain {
             node: node_name,
             remaining,
@@ -933,6 +942,36 @@ async fn blocked(
         write_status(machines, &machine.name_any(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The reclaim of a Machine EC2 interrupts: its deadline, and whether capacity launched since the warning (the
+/// Machine's deletion) is Ready: a schedulable Node, not this one, that registered after it and is Ready.
+fn reclaim_of(
+    machine: &Machine,
+    nodes: &[Arc<Node>],
+    own: Option<&Node>,
+) -> Option<crate::lifecycle::Reclaim> {
+    let deadline = machine
+        .annotations()
+        .get(keys::INTERRUPTION_DEADLINE)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?
+        .with_timezone(&chrono::Utc);
+    let warned = machine.metadata.deletion_timestamp.as_ref()?.0;
+    let own = own.map(|n| n.name_any());
+    let capacity_ready = nodes.iter().any(|n| {
+        Some(n.name_any()) != own
+            // Timestamps are whole seconds: a node that registered in the warning's second counts.
+            && n.metadata.creation_timestamp.as_ref().is_some_and(|t| t.0 >= warned)
+            && n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
+            && n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    });
+    Some(crate::lifecycle::Reclaim {
+        deadline,
+        capacity_ready,
+    })
 }
 
 fn condition(

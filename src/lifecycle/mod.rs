@@ -65,7 +65,23 @@ pub struct MachineObservation {
     pub termination_requested: bool,
     /// The Machine has been Running (its Node was Ready once): the startup timeout no longer applies.
     pub was_running: bool,
+    /// EC2 reclaims the instance (a spot interruption warning) at a known time.
+    pub reclaim: Option<Reclaim>,
 }
+
+/// A spot instance EC2 reclaims at `deadline`. Its pods' capacity is launched at the warning; until it is Ready
+/// they are better off running where they are than pending, so evictions wait for it, but never past
+/// `deadline - RECLAIM_DRAIN_MARGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaim {
+    pub deadline: DateTime<Utc>,
+    /// A node that registered after the warning is Ready and schedulable: the new capacity has arrived.
+    pub capacity_ready: bool,
+}
+
+/// What is left of EC2's two minutes for the drain when the replacement is late: the pods' termination grace
+/// (30 s by default) and evictions PodDisruptionBudgets pace, with room to spare.
+pub const RECLAIM_DRAIN_MARGIN: Duration = Duration::seconds(60);
 
 /// The class's timeouts and duties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +148,9 @@ pub enum Step {
     StayFailed,
     /// Deleting: mark the Node unschedulable.
     Cordon { node: String },
+    /// Deleting a Machine EC2 reclaims, cordoned: its pods keep running until their new capacity is Ready or
+    /// `until` (the reclaim less the drain margin), whichever comes first.
+    HoldForReplacement { node: String, until: DateTime<Utc> },
     /// Deleting: evict the Node's pods through the eviction API (PDBs respected; retried).
     Drain { node: String, remaining: usize },
     /// Deleting: terminate the instance.
@@ -228,6 +247,15 @@ fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
                     node: node.name.clone(),
                 };
             }
+            if let (Some(r), true) = (o.machine.reclaim, node.pods_to_evict > 0) {
+                let until = r.deadline - RECLAIM_DRAIN_MARGIN;
+                if !r.capacity_ready && now < until {
+                    return Step::HoldForReplacement {
+                        node: node.name.clone(),
+                        until,
+                    };
+                }
+            }
             if node.pods_to_evict > 0 {
                 let timed_out = match (o.policy.drain_timeout, o.machine.drain_started) {
                     (Some(limit), Some(started)) => now - started > limit,
@@ -281,6 +309,7 @@ mod tests {
                 drain_started: None,
                 termination_requested: false,
                 was_running: false,
+                reclaim: None,
             },
             instance: None,
             node: None,
@@ -522,5 +551,48 @@ mod tests {
         o.instance = Some(("i-1".into(), InstanceStatus::Running));
         o.node = node(true, true, 0);
         assert_eq!(next_step(&o, t(5)), Step::WaitForTermination);
+    }
+
+    #[test]
+    fn a_reclaimed_node_keeps_its_pods_until_their_capacity_is_ready_or_the_margin() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(0));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.instance = Some(("i-1".into(), InstanceStatus::Running));
+        o.node = node(true, true, 4);
+        let deadline = t(120);
+        o.machine.reclaim = Some(Reclaim {
+            deadline,
+            capacity_ready: false,
+        });
+        assert_eq!(
+            next_step(&o, t(10)),
+            Step::HoldForReplacement {
+                node: "ip-10-0-0-1".into(),
+                until: deadline - RECLAIM_DRAIN_MARGIN,
+            }
+        );
+        // Not cordoned yet: cordon first, whatever the reclaim.
+        let mut uncordoned = o.clone();
+        uncordoned.node = node(true, false, 4);
+        assert!(matches!(next_step(&uncordoned, t(10)), Step::Cordon { .. }));
+        // The margin reached: drain, capacity or not.
+        assert!(matches!(
+            next_step(&o, t(60)),
+            Step::Drain { remaining: 4, .. }
+        ));
+        // The capacity Ready: drain now.
+        o.machine.reclaim = Some(Reclaim {
+            deadline,
+            capacity_ready: true,
+        });
+        assert!(matches!(next_step(&o, t(10)), Step::Drain { .. }));
+        // Nothing left to evict: terminate.
+        o.node = node(true, true, 0);
+        o.machine.reclaim = Some(Reclaim {
+            deadline,
+            capacity_ready: false,
+        });
+        assert!(matches!(next_step(&o, t(10)), Step::Terminate { .. }));
     }
 }

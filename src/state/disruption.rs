@@ -12,13 +12,13 @@
 
 use super::cluster::ClusterObjects;
 use crate::api::cluster::ScaleDownPolicy;
+use crate::api::keys;
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::machine_deployment::DisruptionBudget;
 use crate::api::{
     Cluster, Machine, MachinePhase, DELETE_MACHINE_ANNOTATION, DO_NOT_DISRUPT_ANNOTATION,
 };
 use crate::clock::from_k8s;
-use crate::api::keys;
 use crate::disruption::budget::{Budget, NodeLimit, Window};
 use crate::disruption::cron::Schedule;
 use crate::disruption::{

@@ -21,11 +21,11 @@
 
 use super::cluster::ClusterObjects;
 use crate::api::common::{TaintEffectSpec, TaintSpec};
+use crate::api::keys;
 use crate::api::launch_shapes::{read_shape_queue, LaunchShapeEntry};
 use crate::api::machine_class::CapacityTypeSpec;
 use crate::api::{Cluster, Machine, MachineDeployment, MachinePhase};
 use crate::clock::from_k8s;
-use crate::api::keys;
 use crate::fx::{Fx, FxMap};
 use crate::model::instance_type::{labels, CapacityType, Catalog};
 use crate::model::node::Node;
