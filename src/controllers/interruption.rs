@@ -50,6 +50,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How often berth looks again for a queue to read when none is configured.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
+/// How often a wait after a failure looks whether the queue's name changed.
+const NAME_LOOK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Default)]
 pub struct InterruptionConfig {
@@ -103,13 +105,7 @@ pub async fn run(
     let mut retry = RETRY_FIRST;
     loop {
         // Observe: which queue, open, receive.
-        let objects = cache.objects();
-        let name = Some(config.cluster_name.as_str()).filter(|n| !n.is_empty());
-        let cluster = objects.cluster(name).cloned();
-        let wanted = cluster
-            .as_ref()
-            .and_then(|c| c.spec.interruption_queue.clone())
-            .or_else(|| config.queue.clone());
+        let (cluster, wanted) = wanted_queue(&cache.objects(), &config);
         let Some(wanted) = wanted else {
             report(&ctx, cluster.as_ref(), None);
             open = None;
@@ -130,7 +126,16 @@ pub async fn run(
                     q
                 }
                 Err(e) => {
-                    failed(&ctx, cluster.as_ref(), &e, &mut retry, &mut shutdown).await;
+                    failed(
+                        &ctx,
+                        &cache,
+                        &config,
+                        &wanted,
+                        &e,
+                        &mut retry,
+                        &mut shutdown,
+                    )
+                    .await;
                     continue;
                 }
             },
@@ -145,7 +150,16 @@ pub async fn run(
                 if !matches!(e, QueueError::Transient { .. }) {
                     open = None;
                 }
-                failed(&ctx, cluster.as_ref(), &e, &mut retry, &mut shutdown).await;
+                failed(
+                    &ctx,
+                    &cache,
+                    &config,
+                    &wanted,
+                    &e,
+                    &mut retry,
+                    &mut shutdown,
+                )
+                .await;
                 continue;
             }
         };
@@ -183,13 +197,33 @@ pub async fn run(
 }
 
 /// Tells a queue failure (condition and Event when it turns) and waits before the next try.
+/// The queue the configuration names now: the Cluster's spec.interruptionQueue, else the flag.
+fn wanted_queue(
+    objects: &ClusterObjects,
+    config: &InterruptionConfig,
+) -> (Option<Cluster>, Option<String>) {
+    let name = Some(config.cluster_name.as_str()).filter(|n| !n.is_empty());
+    let cluster = objects.cluster(name).cloned();
+    let wanted = cluster
+        .as_ref()
+        .and_then(|c| c.spec.interruption_queue.clone())
+        .or_else(|| config.queue.clone());
+    (cluster, wanted)
+}
+
+/// Tells a queue failure (condition and Event when it turns) and waits before the next try; a change of the
+/// queue's name (someone fixing it) ends the wait at once.
 async fn failed(
     ctx: &Context,
-    cluster: Option<&Cluster>,
+    cache: &ClusterCache,
+    config: &InterruptionConfig,
+    wanted: &str,
     e: &QueueError,
     retry: &mut Duration,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) {
+    let cluster = wanted_queue(&cache.objects(), config).0;
+    let cluster = cluster.as_ref();
     tracing::warn!(error = %e, retry_in = ?retry, "interruption queue unavailable: berth goes on without it");
     ctx.metrics
         .reconcile_errors
@@ -206,11 +240,17 @@ async fn failed(
             ),
         }),
     );
-    let wait = *retry;
+    let until = tokio::time::Instant::now() + *retry;
     *retry = (*retry * 2).min(RETRY_MAX);
-    tokio::select! {
-        _ = shutdown.as_mut() => {}
-        _ = tokio::time::sleep(wait) => {}
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            _ = shutdown.as_mut() => return,
+            _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + NAME_LOOK)) => {}
+        }
+        if wanted_queue(&cache.objects(), config).1.as_deref() != Some(wanted) {
+            *retry = RETRY_FIRST;
+            return;
+        }
     }
 }
 
