@@ -458,6 +458,28 @@ mod berth_consumes {
         }
     }
 
+    /// Whether the Cluster's InterruptionQueueReady condition has this status and, when given, reason.
+    async fn queue_condition(
+        clusters: &Api<Cluster>,
+        cluster: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> bool {
+        clusters
+            .get(cluster)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .any(|c| {
+                c.type_ == "InterruptionQueueReady"
+                    && format!("{:?}", c.status) == status
+                    && reason.is_none_or(|r| c.reason == r)
+            })
+    }
+
     fn counter(metrics: &Metrics, family: &str, label: &str) -> f64 {
         let text = metrics.encode().unwrap();
         text.lines()
@@ -477,15 +499,7 @@ mod berth_consumes {
         let s = start(&cluster, &queue, &instance).await;
         let clusters: Api<Cluster> = Api::all(s.client.clone());
         eventually("InterruptionQueueReady=True on the Cluster", 30, || async {
-            clusters
-                .get(&cluster)
-                .await
-                .unwrap()
-                .status
-                .unwrap_or_default()
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "InterruptionQueueReady" && format!("{:?}", c.status) == "True")
+            queue_condition(&clusters, &cluster, "True", None).await
         })
         .await;
 
@@ -572,17 +586,7 @@ mod berth_consumes {
         eventually(
             "InterruptionQueueReady=False, QueueNotFound",
             30,
-            || async {
-                clusters
-                    .get(&cluster)
-                    .await
-                    .unwrap()
-                    .status
-                    .unwrap_or_default()
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "InterruptionQueueReady" && c.reason == "QueueNotFound")
-            },
+            || async { queue_condition(&clusters, &cluster, "False", Some("QueueNotFound")).await },
         )
         .await;
         eventually("a Warning Event on the Cluster", 10, || async {
@@ -613,19 +617,7 @@ mod berth_consumes {
         eventually(
             "InterruptionQueueReady=True once the queue exists",
             60,
-            || async {
-                clusters
-                    .get(&cluster)
-                    .await
-                    .unwrap()
-                    .status
-                    .unwrap_or_default()
-                    .conditions
-                    .iter()
-                    .any(|c| {
-                        c.type_ == "InterruptionQueueReady" && format!("{:?}", c.status) == "True"
-                    })
-            },
+            || async { queue_condition(&clusters, &cluster, "True", None).await },
         )
         .await;
         let _ = s.stop.send(true);

@@ -117,36 +117,25 @@ pub async fn run(
         if open.as_ref().is_some_and(|(n, _)| *n != wanted) {
             open = None;
         }
-        let queue = match &open {
-            Some((_, q)) => q.clone(),
-            None => match cloud.interruption_queue(&wanted).await {
-                Ok(q) => {
-                    tracing::info!(queue = q.name(), "reading the interruption queue");
-                    open = Some((wanted.clone(), q.clone()));
-                    q
-                }
-                Err(e) => {
-                    failed(
-                        &ctx,
-                        &cache,
-                        &config,
-                        &wanted,
-                        &e,
-                        &mut retry,
-                        &mut shutdown,
-                    )
-                    .await;
-                    continue;
-                }
+        // Open (once) and receive; either failing is told the same way.
+        let opened = match &open {
+            Some((_, q)) => Ok(q.clone()),
+            None => cloud.interruption_queue(&wanted).await.inspect(|q| {
+                tracing::info!(queue = q.name(), "reading the interruption queue");
+                open = Some((wanted.clone(), q.clone()));
+            }),
+        };
+        let received = match opened {
+            Ok(queue) => tokio::select! {
+                _ = &mut shutdown => return,
+                r = queue.receive() => r.map(|m| (queue, m)),
             },
+            Err(e) => Err(e),
         };
-        let received = tokio::select! {
-            _ = &mut shutdown => return,
-            r = queue.receive() => r,
-        };
-        let messages = match received {
-            Ok(m) => m,
+        let (queue, messages) = match received {
+            Ok(got) => got,
             Err(e) => {
+                // A missing or denied queue is opened afresh next time (it may have been created, or allowed).
                 if !matches!(e, QueueError::Transient { .. }) {
                     open = None;
                 }

@@ -635,6 +635,35 @@ struct Planner<'a> {
     simulations: usize,
 }
 
+/// The replacement's launch shape: these types (priced, sorted cheapest first), with the one the solver chose
+/// among them whatever its price.
+fn set_launch_types(replacement: &mut scheduling::NewMachine, priced: Vec<(f64, String)>) {
+    replacement.instance_types = priced.into_iter().map(|(_, t)| t).collect();
+    if !replacement
+        .instance_types
+        .contains(&replacement.instance_type)
+    {
+        replacement
+            .instance_types
+            .insert(0, replacement.instance_type.clone());
+    }
+}
+
+/// The price of instance type `t` in `zone` as `capacity_type`, when the catalog offers it there.
+fn offering_price(
+    catalog: &Catalog,
+    t: &str,
+    zone: &str,
+    capacity_type: CapacityType,
+) -> Option<f64> {
+    catalog
+        .get(t)?
+        .offerings
+        .iter()
+        .find(|o| o.zone == zone && o.capacity_type == capacity_type)
+        .map(|o| o.price)
+}
+
 fn utilization(node: &ExistingNode) -> f64 {
     let mut used = Resources::default();
     for p in node.pods.iter() {
@@ -1214,14 +1243,12 @@ impl<'a> Planner<'a> {
             AtRiskKind::ScheduledChange => None,
         };
         let price_of = |t: &str| {
-            self.catalog
-                .get(t)
-                .and_then(|it| {
-                    it.offerings.iter().find(|o| {
-                        o.zone == replacement.zone && o.capacity_type == replacement.capacity_type
-                    })
-                })
-                .map(|o| o.price)
+            offering_price(
+                self.catalog,
+                t,
+                &replacement.zone,
+                replacement.capacity_type,
+            )
         };
         let mut allowed: Vec<(f64, String)> = replacement
             .instance_types
@@ -1234,15 +1261,7 @@ impl<'a> Planner<'a> {
             })
             .collect();
         allowed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        replacement.instance_types = allowed.into_iter().map(|(_, t)| t).collect();
-        if !replacement
-            .instance_types
-            .contains(&replacement.instance_type)
-        {
-            replacement
-                .instance_types
-                .insert(0, replacement.instance_type.clone());
-        }
+        set_launch_types(&mut replacement, allowed);
         let group = replacement.group.clone();
         let command = Command::Replace {
             nodes: vec![c.name().to_string()],
@@ -1396,14 +1415,12 @@ impl<'a> Planner<'a> {
         }
         // Launch only types that keep the replacement cheaper, whichever the cloud picks.
         let price_of = |t: &str| {
-            self.catalog
-                .get(t)
-                .and_then(|it| {
-                    it.offerings.iter().find(|o| {
-                        o.zone == replacement.zone && o.capacity_type == replacement.capacity_type
-                    })
-                })
-                .map(|o| o.price)
+            offering_price(
+                self.catalog,
+                t,
+                &replacement.zone,
+                replacement.capacity_type,
+            )
         };
         let mut cheaper: Vec<(f64, String)> = replacement
             .instance_types
@@ -1426,15 +1443,7 @@ impl<'a> Planner<'a> {
             }
             cheaper.truncate(MIN_SPOT_TO_SPOT_TYPES);
         }
-        replacement.instance_types = cheaper.into_iter().map(|(_, t)| t).collect();
-        if !replacement
-            .instance_types
-            .contains(&replacement.instance_type)
-        {
-            replacement
-                .instance_types
-                .insert(0, replacement.instance_type.clone());
-        }
+        set_launch_types(&mut replacement, cheaper);
         let group = replacement.group.clone();
         let command = Command::Replace {
             nodes: nodes
