@@ -109,22 +109,13 @@ pub async fn run(
     cloud: Option<Arc<dyn CloudProvider>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Some(mut every) =
+        super::Periodic::start(&cache, CONTROLLER, config.interval, shutdown).await
+    else {
+        return;
+    };
     let mut rounds = Rounds::default();
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => return,
-        _ = cache.wait_synced() => {}
-    }
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(config.interval) => {}
-        }
-        let _timer = ctx
-            .metrics
-            .reconcile_duration_seconds
-            .with_label_values(&[CONTROLLER])
-            .start_timer();
+    while every.tick().await {
         let round = round(
             &ctx,
             &cache,
@@ -133,12 +124,8 @@ pub async fn run(
             cloud.as_deref(),
             &mut rounds,
         );
-        tokio::select! {
-            _ = &mut shutdown => return,
-            result = round => if let Err(e) = result {
-                ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, e.category()]).inc();
-                tracing::warn!(error = %e, "disruption round failed");
-            }
+        if !every.pass(&ctx, round).await {
+            return;
         }
     }
 }

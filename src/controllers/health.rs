@@ -70,11 +70,12 @@ pub async fn run(
     config: HealthConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => return,
-        _ = cache.wait_synced() => {}
-    }
+    let Some(mut every) =
+        super::Periodic::start(&cache, CONTROLLER, config.interval, shutdown).await
+    else {
+        return;
+    };
+    // Made once the caches have synced: "no news" clocks start from a trustworthy view.
     let mut memory = Memory {
         trusted_since: ctx.clock.now(),
         held_cluster_wide: false,
@@ -82,23 +83,9 @@ pub async fn run(
         missing_since: BTreeMap::new(),
         held: BTreeMap::new(),
     };
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(config.interval) => {}
-        }
-        let _timer = ctx
-            .metrics
-            .reconcile_duration_seconds
-            .with_label_values(&[CONTROLLER])
-            .start_timer();
-        let pass = pass(&ctx, &cache, &mut memory);
-        tokio::select! {
-            _ = &mut shutdown => return,
-            result = pass => if let Err(e) = result {
-                ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, e.category()]).inc();
-                tracing::warn!(error = %e, "health pass failed");
-            }
+    while every.tick().await {
+        if !every.pass(&ctx, pass(&ctx, &cache, &mut memory)).await {
+            return;
         }
     }
 }

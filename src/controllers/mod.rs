@@ -29,6 +29,73 @@ use std::time::Duration;
 /// The annotation and label names (they live in `api`, below `state`, which reads them too).
 pub use crate::api::keys;
 
+/// The rhythm of a controller that works in periodic passes over the shared caches (disruption, health): wait
+/// for the caches to sync, then one pass every `interval`, until shutdown. Shutdown also cuts a pass short (it is
+/// dropped at an await point, as a crash would drop it; every pass is written to survive that). Each pass is timed
+/// in `berth_reconcile_duration_seconds{controller}`; a failed one is counted in `berth_reconcile_errors_total`
+/// and logged, and the next comes on time.
+pub(crate) struct Periodic {
+    controller: &'static str,
+    interval: Duration,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+}
+
+impl Periodic {
+    /// Once the caches have synced; None when shut down before.
+    pub(crate) async fn start(
+        cache: &crate::state::cluster::ClusterCache,
+        controller: &'static str,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ) -> Option<Periodic> {
+        let mut shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> =
+            Box::pin(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => return None,
+            _ = cache.wait_synced() => {}
+        }
+        Some(Periodic {
+            controller,
+            interval,
+            shutdown,
+        })
+    }
+
+    /// Waits one interval; false at shutdown.
+    pub(crate) async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = &mut self.shutdown => false,
+            _ = tokio::time::sleep(self.interval) => true,
+        }
+    }
+
+    /// Runs one pass; false at shutdown (the pass dropped where it was).
+    pub(crate) async fn pass(
+        &mut self,
+        ctx: &Context,
+        pass: impl std::future::Future<Output = Result<(), ControllerError>>,
+    ) -> bool {
+        let _timer = ctx
+            .metrics
+            .reconcile_duration_seconds
+            .with_label_values(&[self.controller])
+            .start_timer();
+        tokio::select! {
+            _ = &mut self.shutdown => false,
+            result = pass => {
+                if let Err(e) = result {
+                    ctx.metrics
+                        .reconcile_errors
+                        .with_label_values(&[self.controller, e.category()])
+                        .inc();
+                    tracing::warn!(controller = self.controller, error = %e, "pass failed");
+                }
+                true
+            }
+        }
+    }
+}
+
 /// What every controller shares.
 #[derive(Clone)]
 pub struct Context {
