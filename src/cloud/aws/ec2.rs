@@ -117,35 +117,30 @@ impl AwsCloud {
             ),
         ];
         filters.extend(extra);
-        let mut out = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let token = next.clone();
-            let page = self
-                .caller
-                .call(Action::DescribeInstances, 1, || {
-                    self.ec2
-                        .describe_instances()
-                        .set_filters(Some(filters.clone()))
-                        .set_next_token(token.clone())
-                        .max_results(1000)
-                        .send()
-                        .map_err_classify()
-                })
-                .await
-                .map_err(|e| self.map_err(e))?;
-            for r in page.reservations() {
-                out.extend(r.instances().iter().filter_map(instance_from));
-            }
-            next = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if next.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+        let filters = &filters;
+        let pages = all_pages(
+            |token| async move {
+                self.caller
+                    .call(Action::DescribeInstances, 1, || {
+                        self.ec2
+                            .describe_instances()
+                            .set_filters(Some(filters.clone()))
+                            .set_next_token(token.clone())
+                            .max_results(1000)
+                            .send()
+                            .map_err_classify()
+                    })
+                    .await
+            },
+            |page| page.next_token(),
+        )
+        .await
+        .map_err(|e| self.map_err(e))?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances().iter().filter_map(instance_from))
+            .collect())
     }
 
     pub(super) async fn terminate_owned(
@@ -256,46 +251,41 @@ impl AwsCloud {
 
     /// One DescribeInstances by InstanceIds (every page).
     async fn describe_ids(&self, ids: &[String]) -> Result<Lookup, CloudError> {
-        let mut found = BTreeMap::new();
-        let mut next: Option<String> = None;
-        loop {
-            let token = next.clone();
-            let r = self
-                .caller
-                .call(Action::DescribeInstances, 1, || {
-                    self.ec2
-                        .describe_instances()
-                        .set_instance_ids(Some(ids.to_vec()))
-                        .set_next_token(token.clone())
-                        .send()
-                        .map_err_classify()
-                })
-                .await;
-            let page = match r {
-                Ok(page) => page,
-                Err(e) if e.failure.code() == "InvalidInstanceID.NotFound" => {
-                    return Ok(Lookup::NotFound)
-                }
-                Err(e) if e.failure.code().starts_with("InvalidInstanceID") => {
-                    tracing::warn!(ids = ?ids, code = e.failure.code(), "instance ids refused");
-                    return Ok(Lookup::Refused);
-                }
-                Err(e) => return Err(self.map_err(e)),
-            };
-            for r in page.reservations() {
-                for i in r.instances().iter().filter_map(instance_from) {
-                    found.insert(i.instance_id, i.state);
-                }
+        let pages = all_pages(
+            |token| async move {
+                self.caller
+                    .call(Action::DescribeInstances, 1, || {
+                        self.ec2
+                            .describe_instances()
+                            .set_instance_ids(Some(ids.to_vec()))
+                            .set_next_token(token.clone())
+                            .send()
+                            .map_err_classify()
+                    })
+                    .await
+            },
+            |page| page.next_token(),
+        )
+        .await;
+        let pages = match pages {
+            Ok(pages) => pages,
+            Err(e) if e.failure.code() == "InvalidInstanceID.NotFound" => {
+                return Ok(Lookup::NotFound)
             }
-            next = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if next.is_none() {
-                break;
+            Err(e) if e.failure.code().starts_with("InvalidInstanceID") => {
+                tracing::warn!(ids = ?ids, code = e.failure.code(), "instance ids refused");
+                return Ok(Lookup::Refused);
             }
-        }
-        Ok(Lookup::Found(found))
+            Err(e) => return Err(self.map_err(e)),
+        };
+        Ok(Lookup::Found(
+            pages
+                .iter()
+                .flat_map(|p| p.reservations())
+                .flat_map(|r| r.instances().iter().filter_map(instance_from))
+                .map(|i| (i.instance_id, i.state))
+                .collect(),
+        ))
     }
 
     pub(super) async fn resolve_subnets(
@@ -618,22 +608,26 @@ impl AwsCloud {
             &format!("tag:{}", tags::CLUSTER),
             [self.config.cluster_name.clone()],
         )];
+        let filters = &filters;
+        let pages = all_pages(
+            |token| async move {
+                self.caller
+                    .call(Action::DescribeLaunchTemplates, 1, || {
+                        self.ec2
+                            .describe_launch_templates()
+                            .set_filters(Some(filters.clone()))
+                            .set_next_token(token.clone())
+                            .send()
+                            .map_err_classify()
+                    })
+                    .await
+            },
+            |page| page.next_token(),
+        )
+        .await
+        .map_err(|e| self.map_err(e))?;
         let mut stale = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let token = next.clone();
-            let page = self
-                .caller
-                .call(Action::DescribeLaunchTemplates, 1, || {
-                    self.ec2
-                        .describe_launch_templates()
-                        .set_filters(Some(filters.clone()))
-                        .set_next_token(token.clone())
-                        .send()
-                        .map_err_classify()
-                })
-                .await
-                .map_err(|e| self.map_err(e))?;
+        for page in &pages {
             for lt in page.launch_templates() {
                 let tags = tag_map(lt.tags());
                 if tags.get(tags::MANAGED).map(String::as_str) != Some("true") {
@@ -657,13 +651,6 @@ impl AwsCloud {
                         stale.push((id.to_string(), name.to_string()));
                     }
                 }
-            }
-            next = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if next.is_none() {
-                break;
             }
         }
         for (id, name) in &stale {
@@ -1016,5 +1003,27 @@ impl FleetApi for AwsCloud {
             )])
             .await?;
         Ok(found.into_iter().next())
+    }
+}
+
+/// Every page of a paged EC2 call: `fetch` gets the page after a token (None: the first), `next_of` reads a page's
+/// next token (absent or empty: the last page). The first failure ends it.
+async fn all_pages<P, E, F, Fut>(
+    mut fetch: F,
+    next_of: impl Fn(&P) -> Option<&str>,
+) -> Result<Vec<P>, E>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<P, E>>,
+{
+    let mut pages = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = fetch(token.take()).await?;
+        token = next_of(&page).filter(|t| !t.is_empty()).map(str::to_string);
+        pages.push(page);
+        if token.is_none() {
+            return Ok(pages);
+        }
     }
 }
