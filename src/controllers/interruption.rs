@@ -185,7 +185,6 @@ pub async fn run(
     }
 }
 
-/// Tells a queue failure (condition and Event when it turns) and waits before the next try.
 /// The queue the configuration names now: the Cluster's spec.interruptionQueue, else the flag.
 fn wanted_queue(
     objects: &ClusterObjects,
