@@ -1139,6 +1139,12 @@ async fn bad_and_foreign_interruption_messages_are_deleted_and_change_nothing() 
     let foreign = h
         .cloud
         .add_foreign_instance("m7i.large", "us-east-1a", BTreeMap::new());
+    // This cluster's instance that no Machine shows (as one launched a moment ago would be).
+    let unclaimed = h.cloud.add_stray_instance(
+        "m7i.large",
+        "us-east-1a",
+        [(berth::cloud::tags::CLUSTER.to_string(), CLUSTER.to_string())].into(),
+    );
     use berth::interruption::events;
     for body in [
         "not json at all".to_string(),
@@ -1150,13 +1156,29 @@ async fn bad_and_foreign_interruption_messages_are_deleted_and_change_nothing() 
         events::state_change("us-east-1", &own, "running", now),
         // Said to be stopping while it runs: berth looks afresh, and the Machine stays.
         events::state_change("us-east-1", &own, "stopping", now),
+        // A warning for this cluster's unclaimed instance from long ago: no Machine came for it; deleted.
+        events::spot_interruption_warning("us-east-1", &unclaimed, now - chrono::Duration::minutes(2)),
     ] {
         h.cloud.send_interruption_event(body);
     }
     eventually("every message handled and deleted", 30, || async {
-        h.cloud.interruption_events().deleted() == 7 && h.cloud.interruption_events().is_empty()
+        h.cloud.interruption_events().deleted() == 8 && h.cloud.interruption_events().is_empty()
     })
     .await;
+    // A fresh warning for it is kept for its Machine to appear (redelivered), not deleted as another's.
+    h.cloud
+        .send_interruption_event(events::spot_interruption_warning(
+            "us-east-1",
+            &unclaimed,
+            chrono::Utc::now(),
+        ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.cloud.interruption_events().deleted(), 8);
+    assert_eq!(
+        h.cloud.interruption_events().len(),
+        1,
+        "left in the queue for redelivery"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = h.machines().await;
     assert_eq!(after.len(), before.len());

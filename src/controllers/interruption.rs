@@ -6,7 +6,9 @@
 //! Machines in the shared caches), apply, and delete the messages acted on in one batch. A message whose action
 //! failed (the API server refused a write) is not deleted: the queue gives it back after its visibility timeout,
 //! and every action is idempotent. A malformed message, an unknown event, an event for an instance no Machine owns:
-//! logged, counted (`berth_interruption_messages_total{result}`) and deleted, never acted on.
+//! logged, counted (`berth_interruption_messages_total{result}`) and deleted, never acted on; except a young spot
+//! warning for an instance EC2 says is this cluster's but no Machine shows yet (launched a moment ago, the cache
+//! behind), which is left for redelivery rather than lost.
 //!
 //! Actions, per Machine:
 //! - spot interruption warning: the offering (type, zone, spot) goes into the unavailable-offerings cache, the
@@ -50,6 +52,9 @@ const RETRY_FIRST: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How often berth looks again for a queue to read when none is configured.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
+/// How long after its warning a spot warning for this cluster's instance that no Machine shows is kept for the
+/// Machine to appear (see `handle`).
+const OWNER_GRACE: chrono::Duration = chrono::Duration::seconds(60);
 /// How often a wait after a failure looks whether the queue's name changed.
 const NAME_LOOK: Duration = Duration::from_secs(2);
 
@@ -74,10 +79,11 @@ pub struct QueueStatus {
 pub type QueueStatusCell = Arc<Mutex<Option<QueueStatus>>>;
 
 /// The result label of `berth_interruption_messages_total`.
-const RESULTS: [&str; 6] = [
+const RESULTS: [&str; 7] = [
     "acted",
     "ignored",
     "not_ours",
+    "awaiting_machine",
     "malformed",
     "unknown_kind",
     "failed",
@@ -175,7 +181,8 @@ pub async fn run(
                 .interruption_messages
                 .with_label_values(&[result])
                 .inc();
-            if result != "failed" {
+            // What could not be acted on yet comes back after the queue's visibility timeout.
+            if !matches!(result, "failed" | "awaiting_machine") {
                 handled.push(m.receipt);
             }
         }
@@ -417,10 +424,34 @@ async fn handle(
         acted = true;
     }
     if acted {
-        "acted"
-    } else {
-        "not_ours"
+        return "acted";
     }
+    // A warning for an instance no Machine shows yet may be for one launched a moment ago, whose Machine's status
+    // the cache has not caught up with: when EC2 says the instance is this cluster's, the message is left for
+    // redelivery (30 s later, still 90 s before the reclaim) rather than lost. Only while the warning is young:
+    // an instance of this cluster no Machine ever claims is the garbage collector's.
+    let unowned: Vec<&String> = notice
+        .instance_ids
+        .iter()
+        .filter(|id| !owners.by_instance.contains_key(*id))
+        .collect();
+    if notice.kind == NoticeKind::SpotInterruption
+        && !unowned.is_empty()
+        && ctx.clock.now() - notice.time < OWNER_GRACE
+    {
+        match cloud.describe_instances().await {
+            Ok(ours) if ours.iter().any(|i| unowned.contains(&&i.instance_id)) => {
+                tracing::info!(event = %notice.id, instances = ?unowned, "a spot warning for this cluster's instance no Machine shows yet: it comes back");
+                return "awaiting_machine";
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(event = %notice.id, error = %e, "cannot tell whose instance a spot warning is for: it comes back");
+                return "failed";
+            }
+        }
+    }
+    "not_ours"
 }
 
 fn truncate(body: &str) -> &str {

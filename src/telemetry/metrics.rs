@@ -132,7 +132,7 @@ impl Metrics {
                 &["kind"]
             )?),
             interruption_messages: reg!(IntCounterVec::new(
-                Opts::new("berth_interruption_messages_total", "Messages read from the interruption queue, by result (acted, ignored, not_ours, malformed, unknown_kind, failed: left for redelivery)."),
+                Opts::new("berth_interruption_messages_total", "Messages read from the interruption queue, by result (acted, ignored, not_ours, malformed, unknown_kind; awaiting_machine and failed are left for redelivery)."),
                 &["result"]
             )?),
             garbage_collected: reg!(IntCounterVec::new(
