@@ -41,6 +41,7 @@ use crate::model::duration::parse_duration;
 use crate::model::instance_type::{labels, CapacityType};
 use crate::model::quantity::parse_units;
 use crate::model::taints::Taint;
+use crate::state::disruption::node_ready;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -212,14 +213,9 @@ fn error_policy(_m: Arc<Machine>, error: &ControllerError, ctx: Arc<MachineConte
 }
 
 fn node_view(node: &Node, machine: &Machine, pods_to_evict: usize) -> NodeObservation {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     NodeObservation {
         name: node.name_any(),
-        ready,
+        ready: node_ready(node),
         unschedulable: node
             .spec
             .as_ref()
@@ -405,7 +401,7 @@ pub async fn reconcile(
             termination_requested: find_condition(&status.conditions, "InstanceTerminated")
                 .is_some_and(|c| c.status == ConditionStatus::True),
             was_running,
-            reclaim: reclaim_of(&machine, &ctx.nodes.state(), node.as_deref()),
+            reclaim: reclaim_of(&machine, &ctx.nodes, node.as_deref()),
         },
         instance: instance
             .as_ref()
@@ -948,7 +944,7 @@ async fn blocked(
 /// Machine's deletion) is Ready: a schedulable Node, not this one, that registered after it and is Ready.
 fn reclaim_of(
     machine: &Machine,
-    nodes: &[Arc<Node>],
+    nodes: &Store<Node>,
     own: Option<&Node>,
 ) -> Option<crate::lifecycle::Reclaim> {
     let deadline = machine
@@ -958,15 +954,14 @@ fn reclaim_of(
         .with_timezone(&chrono::Utc);
     let warned = machine.metadata.deletion_timestamp.as_ref()?.0;
     let own = own.map(|n| n.name_any());
-    let capacity_ready = nodes.iter().any(|n| {
+    // The Node cache is read only here, for a Machine EC2 reclaims: not on every reconcile. A Node it does not
+    // show yet keeps the pods where they run, which the drain margin bounds.
+    let capacity_ready = nodes.state().iter().any(|n| {
         Some(n.name_any()) != own
             // Timestamps are whole seconds: a node that registered in the warning's second counts.
             && n.metadata.creation_timestamp.as_ref().is_some_and(|t| t.0 >= warned)
             && n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
-            && n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            && node_ready(n)
     });
     Some(crate::lifecycle::Reclaim {
         deadline,

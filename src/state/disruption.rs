@@ -129,7 +129,8 @@ pub fn budgets_from_api(budgets: &[DisruptionBudget]) -> Result<Vec<Budget>, Dis
         .collect()
 }
 
-fn ready(node: &core::Node) -> bool {
+/// The Node's Ready condition is True.
+pub(crate) fn node_ready(node: &core::Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -533,7 +534,7 @@ pub fn build(
             continue;
         };
         let status = m.status.clone().unwrap_or_default();
-        if status.phase != MachinePhase::Running || !ready(n) {
+        if status.phase != MachinePhase::Running || !node_ready(n) {
             continue;
         }
         claimed.insert(n.name_any());
@@ -642,7 +643,7 @@ pub fn build(
                 leaving_nodes.insert(name);
                 continue;
             }
-            if !ready(n) || n.metadata.deletion_timestamp.is_some() {
+            if !node_ready(n) || n.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             claimed.insert(name.clone());
@@ -707,7 +708,7 @@ pub fn build(
         let name = n.name_any();
         if claimed.contains(&name)
             || leaving_nodes.contains(&name)
-            || !ready(n)
+            || !node_ready(n)
             || n.metadata.deletion_timestamp.is_some()
         {
             continue;
