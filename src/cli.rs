@@ -56,6 +56,10 @@ pub struct RolloutArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// berth crashed at seeded random moments through a burst, scale-downs, a rollout and consolidations, under
+    /// optional API and cloud faults; a ledger of duplicate launches, leaks, double terminations, PDB bypasses,
+    /// unscheduled pods and stuck machines (all must be 0).
+    Chaos(crate::bench::chaos::ChaosArgs),
     /// A burst of machine launches against the simulated cloud with EC2's real rate limits.
     Launch {
         /// Machines launched at once.

@@ -74,6 +74,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(BenchCommand::Chaos(args)) => {
+            // Quiet by default, as `berth simulate` is: the crashes make berth's logs loud.
+            let filter = if cli.log == "info" {
+                "error".to_string()
+            } else {
+                cli.log.clone()
+            };
+            logging::init(cli.log_format, &filter)?;
+            let (out, ledger) = berth::bench::chaos::main(&args, true)?;
+            print!("{out}");
+            anyhow::ensure!(ledger.kept(), "the ledger is not clean: berth broke its promise");
+            Ok(())
+        }
         Command::Simulate(args) => {
             // Quiet by default: berth's own logs would bury the progress bar and the table.
             let filter = if cli.log == "info" {

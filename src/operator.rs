@@ -14,6 +14,7 @@ use crate::controllers::garbage_collector::{self, GarbageCollectorConfig};
 use crate::controllers::provisioner::{self, ProvisionerConfig};
 use crate::controllers::{machine, machine_deployment, machine_set, Context};
 use crate::model::instance_type::Catalog;
+use crate::shutdown::OwnedTask;
 use crate::state::cluster::ClusterCache;
 use crate::state::snapshot::ObserveSettings;
 use crate::telemetry::leader::{LeaderElector, LeaderTiming};
@@ -374,7 +375,7 @@ pub async fn run_controllers(
         let _ = rx.wait_for(|s| *s).await;
     };
     let cache = ClusterCache::start(&ctx.base.client);
-    let mut tasks = vec![tokio::spawn(provisioner::run(
+    let mut tasks = vec![OwnedTask::spawn(provisioner::run(
         ctx.base.clone(),
         cache.clone(),
         ctx.catalog.clone(),
@@ -383,22 +384,22 @@ pub async fn run_controllers(
         signal(rx.clone()),
     ))];
     if !ctx.dry_run {
-        tasks.push(tokio::spawn(machine_deployment::run(
+        tasks.push(OwnedTask::spawn(machine_deployment::run(
             ctx.base.clone(),
             signal(rx.clone()),
         )));
-        tasks.push(tokio::spawn(machine_set::run(
+        tasks.push(OwnedTask::spawn(machine_set::run(
             ctx.base.clone(),
             signal(rx.clone()),
         )));
-        tasks.push(tokio::spawn(crate::controllers::cluster::run(
+        tasks.push(OwnedTask::spawn(crate::controllers::cluster::run(
             ctx.base.clone(),
             cache.clone(),
             ctx.catalog.clone(),
             ctx.cluster_name.clone(),
             signal(rx.clone()),
         )));
-        tasks.push(tokio::spawn(disruption::run(
+        tasks.push(OwnedTask::spawn(disruption::run(
             ctx.base.clone(),
             cache.clone(),
             ctx.catalog.clone(),
@@ -406,20 +407,20 @@ pub async fn run_controllers(
             ctx.cloud.clone(),
             signal(rx.clone()),
         )));
-        tasks.push(tokio::spawn(crate::controllers::health::run(
+        tasks.push(OwnedTask::spawn(crate::controllers::health::run(
             ctx.base.clone(),
             cache.clone(),
             crate::controllers::health::HealthConfig::default(),
             signal(rx.clone()),
         )));
         if let Some(cloud) = ctx.cloud.clone() {
-            tasks.push(tokio::spawn(machine::run(
+            tasks.push(OwnedTask::spawn(machine::run(
                 ctx.base.clone(),
                 cloud.clone(),
                 ctx.cluster_name.clone(),
                 signal(rx.clone()),
             )));
-            tasks.push(tokio::spawn(crate::controllers::interruption::run(
+            tasks.push(OwnedTask::spawn(crate::controllers::interruption::run(
                 ctx.base.clone(),
                 cache.clone(),
                 cloud.clone(),
@@ -429,7 +430,7 @@ pub async fn run_controllers(
                 },
                 signal(rx.clone()),
             )));
-            tasks.push(tokio::spawn(garbage_collector::run(
+            tasks.push(OwnedTask::spawn(garbage_collector::run(
                 ctx.base.clone(),
                 cloud,
                 GarbageCollectorConfig::new(&ctx.cluster_name),
@@ -437,12 +438,23 @@ pub async fn run_controllers(
             )));
         }
     }
+    // Dropped mid-flight (a crash, in the chaos benchmark), this future drops `tasks` and `_watches`: every
+    // controller and watch stops with it.
+    let _watches = StopWatchesOnDrop(cache);
     stop.await;
     tx.send_replace(true);
     for t in tasks {
-        let _ = t.await;
+        t.join().await;
     }
-    cache.stop();
+}
+
+/// Stops the shared watches when run_controllers ends, however it ends.
+struct StopWatchesOnDrop(ClusterCache);
+
+impl Drop for StopWatchesOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Runs the controllers only while this replica leads: they stop the moment leadership is lost (so two replicas

@@ -628,3 +628,44 @@ async fn without_client_pacing_ec2_would_throttle() {
     }
     assert!(c.server_throttles() > 0, "the server-side buckets are real");
 }
+
+#[tokio::test(start_paused = true)]
+async fn eventual_consistency_hides_new_instances_and_shows_terminated_ones_for_a_while() {
+    let mut cfg = config();
+    cfg.consistency = berth::cloud::sim::Consistency {
+        launch_invisible_for: Duration::from_secs(60),
+        terminated_visible_for: Duration::from_secs(60),
+    };
+    // Seeds draw each instance's own delay: find one that hides this instance for at least a second.
+    let c = SimulatedCloud::new(cfg);
+    let out = c.launch(&request("m-1")).await.unwrap();
+    let id = out.instance.instance_id.clone();
+    let mut hidden_for = 0;
+    while c.describe_instances().await.unwrap().is_empty() {
+        let by_id = c.lookup_instances(std::slice::from_ref(&id)).await.unwrap();
+        assert_eq!(by_id[&id], berth::cloud::InstanceLookup::NotFound);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        hidden_for += 1;
+        assert!(hidden_for <= 61, "visible within the configured delay");
+    }
+    // The launch call's answer, and the ground truth, knew it all along.
+    assert_eq!(c.all_instances().len(), 1);
+
+    let outcome = c.terminate(std::slice::from_ref(&id)).await.unwrap();
+    assert_eq!(outcome.terminating, vec![id.clone()]);
+    let mut shown_for = 0;
+    loop {
+        let shown = c.describe_instances().await.unwrap();
+        if shown.is_empty() {
+            break;
+        }
+        assert_ne!(shown[0].state, berth::cloud::InstanceState::Terminated);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shown_for += 1;
+        assert!(shown_for <= 61, "shown as terminated within the configured delay");
+    }
+    assert!(
+        hidden_for + shown_for > 0,
+        "with up to 60 s each, the seed hid or kept the instance a while"
+    );
+}

@@ -4,8 +4,10 @@
 //! - [`packing`]: B2, plan cost against the fractional lower bound on the bundled us-east-1 catalog;
 //! - [`launch`]: a burst of machine launches against the simulated cloud with EC2's real rate limits;
 //! - [`reaction`]: B3, pending pod to launch call with the controllers, the emulator and the simulated cloud;
-//! - [`footprint`]: B4, berth's memory and time to a first decision in a large emulated cluster.
+//! - [`footprint`]: B4, berth's memory and time to a first decision in a large emulated cluster;
+//! - [`chaos`]: berth crashed at random moments, under API and cloud faults, and a ledger of what went wrong.
 
+pub mod chaos;
 pub mod footprint;
 pub mod launch;
 pub mod packing;

@@ -89,6 +89,20 @@ pub struct SimConfig {
     pub clock: SharedClock,
     pub metrics: CloudMetrics,
     pub event_capacity: usize,
+    /// EC2's eventual consistency (none by default).
+    pub consistency: Consistency,
+    /// A share of every kind of call (0 to 1) answered with a server error or a throttle, chosen by
+    /// `jitter_seed`: the chaos benchmark's cloud faults.
+    pub error_share: f64,
+}
+
+/// EC2's eventual consistency, as its documentation describes it: a new instance may be missing from
+/// DescribeInstances for a while (InvalidInstanceID.NotFound when asked by id), and a terminated one may still
+/// show as it was. Each instance draws its own delays, up to these, from the seed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Consistency {
+    pub launch_invisible_for: Duration,
+    pub terminated_visible_for: Duration,
 }
 
 /// The tag the default subnets and security groups carry, with the cluster's name as value.
@@ -152,6 +166,8 @@ impl SimConfig {
             clock,
             metrics,
             event_capacity: 16_384,
+            consistency: Consistency::default(),
+            error_share: 0.0,
         }
     }
 }
@@ -288,6 +304,10 @@ struct SimInstance {
     running_at: DateTime<Utc>,
     node_group: Option<String>,
     announced: bool,
+    /// Before this, DescribeInstances does not show it (eventual consistency).
+    visible_at: DateTime<Utc>,
+    /// Once terminated: until when DescribeInstances still shows it, and in what state.
+    shown_until: Option<(DateTime<Utc>, InstanceState)>,
 }
 
 /// EC2's discrete bucket: refilled once per whole second since the simulation began.
@@ -344,6 +364,7 @@ struct SimState {
     resource_buckets: HashMap<&'static str, ServerBucket>,
     server_throttles: u64,
     node_groups: BTreeMap<String, SimNodeGroup>,
+    error_rng: u64,
 }
 
 pub struct SimulatedCloud {
@@ -559,6 +580,8 @@ impl SimulatedCloud {
                 running_at: now,
                 node_group: None,
                 announced: true,
+                visible_at: now,
+                shown_until: None,
             },
         );
         id
@@ -586,6 +609,7 @@ impl SimulatedCloud {
         let fault = take_fault(&mut st, |f| {
             f.action() == Some(action) && !matches!(f, Fault::SlowCall { .. })
         });
+        let fault = fault.or_else(|| self.random_error(&mut st, action));
         let failure = match fault {
             Some(Fault::Throttle { .. }) => Some(Failure::Throttled {
                 code: "RequestLimitExceeded".into(),
@@ -644,6 +668,23 @@ impl SimulatedCloud {
             Some(f) => Err(f),
             None => Ok(()),
         }
+    }
+
+    /// With `error_share`: a throttle or a server error for this call, by the seeded generator.
+    fn random_error(&self, st: &mut SimState, action: Action) -> Option<Fault> {
+        if self.config.error_share <= 0.0 {
+            return None;
+        }
+        st.error_rng = splitmix(st.error_rng ^ self.config.jitter_seed);
+        let roll = st.error_rng;
+        let fraction = (roll >> 11) as f64 / (1u64 << 53) as f64;
+        (fraction < self.config.error_share).then(|| {
+            if roll & 1 == 0 {
+                Fault::Throttle { action }
+            } else {
+                Fault::ServerError { action }
+            }
+        })
     }
 
     async fn call<T>(
@@ -804,6 +845,8 @@ impl SimulatedCloud {
                 running_at: now + boot,
                 node_group: group,
                 announced: false,
+                visible_at: now + self.lag(&id, self.config.consistency.launch_invisible_for),
+                shown_until: None,
             },
         );
         LaunchedInstance {
@@ -904,8 +947,10 @@ impl SimulatedCloud {
     }
 
     fn terminate_locked(&self, st: &mut SimState, id: &str) {
+        let lag = self.lag(id, self.config.consistency.terminated_visible_for);
         if let Some(si) = st.instances.get_mut(id) {
             if !si.instance.state.is_terminal() {
+                si.shown_until = Some((self.config.clock.now() + lag, si.instance.state));
                 si.instance.state = InstanceState::Terminated;
                 let _ = self.events.send(SimInstanceEvent::Terminated {
                     instance_id: id.to_string(),
@@ -953,6 +998,34 @@ impl SimulatedCloud {
             }
         }
         started
+    }
+
+    /// This instance's own delay, up to `max`, drawn from the seed and its id.
+    fn lag(&self, id: &str, max: Duration) -> chrono::Duration {
+        if max.is_zero() {
+            return chrono::Duration::zero();
+        }
+        let mut h = self.config.jitter_seed ^ 0x5EED_C0DE;
+        for b in id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        let ms = splitmix(h) % (max.as_millis() as u64 + 1);
+        chrono::Duration::milliseconds(ms as i64)
+    }
+
+    /// What DescribeInstances shows of an instance now: nothing before it is visible, its former state for a
+    /// while after it terminated.
+    fn observed(&self, si: &SimInstance, now: DateTime<Utc>) -> Option<Instance> {
+        if now < si.visible_at {
+            return None;
+        }
+        let mut i = si.instance.clone();
+        if let Some((until, before)) = si.shown_until {
+            if now < until {
+                i.state = before;
+            }
+        }
+        Some(i)
     }
 
     fn refresh_states(&self, st: &mut SimState) {
@@ -1269,14 +1342,13 @@ impl CloudProvider for SimulatedCloud {
                 &format!("ids={}", instance_ids.len()),
                 || {
                     let st = self.lock();
+                    let now = self.config.clock.now();
                     Ok(instance_ids
                         .iter()
                         .filter_map(|id| {
-                            let i = st.instances.get(id)?;
-                            (i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
-                                .then(|| {
-                                    (id.clone(), i.instance.state == InstanceState::Terminated)
-                                })
+                            let i = self.observed(st.instances.get(id)?, now)?;
+                            (i.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
+                                .then(|| (id.clone(), i.state == InstanceState::Terminated))
                         })
                         .collect())
                 },
@@ -1317,14 +1389,13 @@ impl CloudProvider for SimulatedCloud {
             || {
                 let mut st = self.lock();
                 self.refresh_states(&mut st);
+                let now = self.config.clock.now();
                 Ok(st
                     .instances
                     .values()
-                    .filter(|i| {
-                        i.instance.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name)
-                    })
-                    .filter(|i| i.instance.state != InstanceState::Terminated)
-                    .map(|i| i.instance.clone())
+                    .filter_map(|i| self.observed(i, now))
+                    .filter(|i| i.tags.get(tags::CLUSTER) == Some(&self.config.cluster_name))
+                    .filter(|i| i.state != InstanceState::Terminated)
                     .collect())
             },
         )
@@ -1346,12 +1417,16 @@ impl CloudProvider for SimulatedCloud {
                     || {
                         let mut st = self.lock();
                         self.refresh_states(&mut st);
+                        let now = self.config.clock.now();
                         Ok(chunk
                             .iter()
                             .map(|id| {
-                                let answer =
-                                    st.instances.get(id).map_or(InstanceLookup::NotFound, |i| {
-                                        InstanceLookup::Found(i.instance.state)
+                                let answer = st
+                                    .instances
+                                    .get(id)
+                                    .and_then(|i| self.observed(i, now))
+                                    .map_or(InstanceLookup::NotFound, |i| {
+                                        InstanceLookup::Found(i.state)
                                     });
                                 (id.clone(), answer)
                             })
@@ -1671,4 +1746,11 @@ pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubele
             }))
         }
     }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

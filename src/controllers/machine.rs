@@ -50,6 +50,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,7 +131,14 @@ pub struct MachineContext {
     pub cluster_name: String,
     pub inventory: InstanceInventory,
     pub nodes: Store<Node>,
+    /// Instances this process asked EC2 to terminate, and when. The Machine records the request in its status, but
+    /// the next reconcile may start from a cache that has not seen that write yet; EC2, eventually consistent,
+    /// may still show the instance running then. Without this memory that reconcile terminates it again.
+    pub terminations: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
+
+/// How long a termination this process requested is remembered: far longer than a cache lags behind a write.
+const TERMINATION_MEMORY: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Runs the controller (and the Node reflector it reads) until `shutdown`.
 pub async fn run(
@@ -153,7 +161,7 @@ pub async fn run(
     )
     .applied_objects()
     .for_each(|_| async {});
-    let _node_cache = AbortOnDrop(tokio::spawn(node_cache));
+    let _node_cache = crate::shutdown::OwnedTask::spawn(node_cache);
     // Until the cache has listed every Node, a Machine's Node looks absent, and a Machine being deleted would be
     // terminated without its drain: a restarted controller must not reconcile before then.
     if nodes.wait_until_ready().await.is_err() {
@@ -165,6 +173,7 @@ pub async fn run(
         cluster_name,
         inventory: InstanceInventory::new(chrono::Duration::seconds(5)),
         nodes,
+        terminations: Mutex::default(),
     });
     let machines: Api<Machine> = Api::all(base.client.clone());
     let controller = Controller::new(machines, watcher::Config::default());
@@ -191,15 +200,6 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
-}
-
-/// Aborts a spawned task when dropped (the controller's future may be dropped mid-flight, as in a crash).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn error_policy(_m: Arc<Machine>, error: &ControllerError, ctx: Arc<MachineContext>) -> Action {
@@ -830,11 +830,22 @@ pub async fn reconcile(
                 "Drained",
                 "",
             );
-            ctx.cloud
-                .terminate(std::slice::from_ref(&instance_id))
-                .await
-                .map_err(cloud_error)?;
-            ctx.inventory.invalidate();
+            let requested_before = {
+                let mut asked = ctx.terminations.lock().unwrap_or_else(|p| p.into_inner());
+                asked.retain(|_, at| now - *at < TERMINATION_MEMORY);
+                asked.contains_key(&instance_id)
+            };
+            if !requested_before {
+                ctx.cloud
+                    .terminate(std::slice::from_ref(&instance_id))
+                    .await
+                    .map_err(cloud_error)?;
+                ctx.terminations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(instance_id.clone(), now);
+                ctx.inventory.invalidate();
+            }
             condition(
                 base,
                 &mut new_status,

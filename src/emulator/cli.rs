@@ -1,5 +1,6 @@
 //! `berth emulate`: serve the emulator on a local socket and write a kubeconfig for it.
 
+use super::faults::{parse_kinds, parse_share, ApiFaultKinds, ApiFaults};
 use super::{binder, server, Emulator, EmulatorError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,11 +17,34 @@ pub struct EmulateArgs {
     /// Also run the binder: a stand-in for kube-scheduler that binds pending pods and marks them Running.
     #[arg(long, default_value_t = false)]
     pub binder: bool,
+    /// Fail this share of requests (0 to 1, or a percentage: 0.05, 5%) with the kinds of --api-fault-kinds, to
+    /// see a controller converge under a struggling API server.
+    #[arg(long, value_name = "SHARE", value_parser = share)]
+    pub api_faults: Option<f64>,
+    /// The faults to serve, comma-separated: 500, 503, 429 (with Retry-After), timeout (30 s, then 504),
+    /// cut-watch (a watch stream cut after 5 s), gone (watch history expired: resumed watches get 410), or all.
+    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = kinds)]
+    pub api_fault_kinds: ApiFaultKinds,
+    /// The seed that chooses which requests fail.
+    #[arg(long, default_value_t = 1)]
+    pub fault_seed: u64,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    parse_share(s).map_err(|e| e.to_string())
+}
+
+fn kinds(s: &str) -> Result<ApiFaultKinds, String> {
+    parse_kinds(s).map(ApiFaultKinds).map_err(|e| e.to_string())
 }
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(args: EmulateArgs) -> Result<(), EmulatorError> {
     let emu = Emulator::new();
+    if let Some(share) = args.api_faults {
+        let kinds = args.api_fault_kinds.0.clone();
+        emu.set_api_faults(Some(ApiFaults::new(share, kinds, args.fault_seed)));
+    }
     let running = server::serve(emu.clone(), args.listen)
         .await
         .map_err(|e| EmulatorError::Bind(args.listen.to_string(), e.to_string()))?;

@@ -64,6 +64,7 @@ pub mod cli;
 pub mod clock;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod kubelet;
 pub mod node_lifecycle;
@@ -114,6 +115,8 @@ impl EmulatorError {
 pub struct Emulator {
     store: Arc<Store>,
     drop_watches: Arc<watch::Sender<u64>>,
+    /// API faults served to clients (none by default).
+    faults: Arc<std::sync::RwLock<Option<Arc<faults::FaultInjector>>>>,
 }
 
 impl Default for Emulator {
@@ -134,6 +137,7 @@ impl Emulator {
         Emulator {
             store: Arc::new(Store::new(clock, config)),
             drop_watches: Arc::new(tx),
+            faults: Arc::default(),
         }
     }
 
@@ -150,6 +154,24 @@ impl Emulator {
     /// Forgets the watch history, so resumed watches get 410 Gone (tests of relisting).
     pub fn compact(&self) {
         self.store.compact();
+    }
+
+    /// Serves these API faults from now on (None: none).
+    pub fn set_api_faults(&self, faults: Option<faults::ApiFaults>) {
+        *self.faults.write().unwrap_or_else(|p| p.into_inner()) =
+            faults.map(|f| Arc::new(faults::FaultInjector::new(f)));
+    }
+
+    /// The API faults served so far, by kind.
+    pub fn api_faults_served(&self) -> std::collections::BTreeMap<faults::ApiFaultKind, u64> {
+        self.injector().map(|i| i.served()).unwrap_or_default()
+    }
+
+    pub(crate) fn injector(&self) -> Option<Arc<faults::FaultInjector>> {
+        self.faults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Closes every open watch stream, as a dropped connection would.

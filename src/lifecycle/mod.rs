@@ -83,6 +83,13 @@ pub struct Reclaim {
 /// (30 s by default) and evictions PodDisruptionBudgets pace, with room to spare.
 pub const RECLAIM_DRAIN_MARGIN: Duration = Duration::seconds(60);
 
+/// How long after its launch a recorded instance that DescribeInstances does not find is taken to be still
+/// invisible rather than gone. EC2's API is eventually consistent: a new instance can be missing from
+/// DescribeInstances (InvalidInstanceID.NotFound by id) for seconds and, rarely, much longer; failing the Machine or
+/// releasing it then would launch a second instance or leak the first. A terminated instance is not missing (EC2
+/// shows it as terminated for about an hour), so an instance still absent after this is gone.
+pub const INSTANCE_VISIBILITY_GRACE: Duration = Duration::minutes(5);
+
 /// The class's timeouts and duties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LifecyclePolicy {
@@ -179,6 +186,7 @@ pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
     match (&o.instance, &o.machine.recorded_instance) {
         // Nothing launched yet (or the launch never reached the cloud): launch.
         (None, None) => Step::Launch,
+        (None, Some(_)) if recently_launched(o, now) => Step::WaitForInstance,
         // Recorded, but the cloud no longer has it: terminated behind our back.
         (None, Some(id)) | (Some((id, InstanceStatus::Gone)), Some(_)) => Step::Fail {
             reason: "InstanceTerminated",
@@ -231,9 +239,19 @@ pub fn next_step(o: &Observation, now: DateTime<Utc>) -> Step {
     }
 }
 
+/// The Machine's recorded instance was launched within [`INSTANCE_VISIBILITY_GRACE`].
+fn recently_launched(o: &Observation, now: DateTime<Utc>) -> bool {
+    o.machine.recorded_instance.is_some()
+        && now - o.machine.launched_at.unwrap_or(o.machine.created) < INSTANCE_VISIBILITY_GRACE
+}
+
 fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
     if !o.machine.has_finalizer {
         return Step::Nothing;
+    }
+    // A recorded instance not yet visible may well be running: releasing the Machine now would leak it.
+    if o.instance.is_none() && recently_launched(o, now) {
+        return Step::WaitForInstance;
     }
     let instance_alive = matches!(
         o.instance,
@@ -448,8 +466,12 @@ mod tests {
     fn instance_terminated_behind_our_back_fails_the_machine() {
         let mut o = fresh();
         o.machine.recorded_instance = Some("i-1".into());
+        o.machine.launched_at = Some(t(0));
+        // Missing just after its launch: EC2's eventual consistency, not a termination.
+        assert_eq!(next_step(&o, t(5)), Step::WaitForInstance);
+        let later = t(INSTANCE_VISIBILITY_GRACE.num_seconds() + 1);
         assert!(matches!(
-            next_step(&o, t(5)),
+            next_step(&o, later),
             Step::Fail {
                 reason: "InstanceTerminated",
                 ..
@@ -463,6 +485,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_machine_deleted_before_its_new_instance_shows_waits_for_it_instead_of_leaking_it() {
+        let mut o = fresh();
+        o.machine.deleting_since = Some(t(20));
+        o.machine.recorded_instance = Some("i-1".into());
+        o.machine.launched_at = Some(t(10));
+        assert_eq!(next_step(&o, t(30)), Step::WaitForInstance);
+        o.instance = Some(("i-1".into(), InstanceStatus::Pending));
+        assert_eq!(
+            next_step(&o, t(40)),
+            Step::Terminate {
+                instance_id: "i-1".into()
+            }
+        );
+        // Still missing long after: it is gone; the Machine is released.
+        o.instance = None;
+        assert_eq!(next_step(&o, t(10 + 301)), Step::RemoveFinalizer);
     }
 
     #[test]

@@ -76,14 +76,24 @@ pub fn epoch() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default() // 2026-01-01T00:00:00Z
 }
 
-/// berth's controllers, started the way `berth run` starts them, and a way to stop them as a crash would.
+/// berth's controllers, started the way `berth run` starts them: stopped as SIGTERM stops them, or as a crash
+/// would.
 pub struct Berth {
     stop: tokio::sync::watch::Sender<bool>,
+    task: crate::shutdown::OwnedTask,
 }
 
 impl Berth {
+    /// A graceful stop: every controller finishes the reconcile it is in.
     pub fn stop(self) {
         self.stop.send_replace(true);
+        // Dropping the task now would abort what the signal asks to finish: let it wind down by itself.
+        self.task.detach();
+    }
+
+    /// A crash: every task berth runs is dropped at whatever await point it is in, its writes half done.
+    pub fn crash(self) {
+        drop(self.task);
     }
 }
 
@@ -115,10 +125,10 @@ pub fn start_berth(
         dry_run: false,
     });
     let (tx, mut rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(run_controllers(ctx, async move {
+    let task = crate::shutdown::OwnedTask::spawn(run_controllers(ctx, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
-    Berth { stop: tx }
+    Berth { stop: tx, task }
 }
 
 /// Runs a scenario to its end on a fresh paused current-thread runtime (blocking).
@@ -227,7 +237,10 @@ async fn play(
     config.boot_delay = scenario.boot_delay;
     config.ready_delay = scenario.ready_delay;
     config.jitter_seed = scenario.seed;
+    config.consistency = scenario.faults.consistency;
+    config.error_share = scenario.faults.cloud_error_share;
     let cloud = Arc::new(SimulatedCloud::new(config));
+    emulator.set_api_faults(scenario.faults.api.clone());
 
     let terminations = Arc::new(Mutex::new(Terminations::default()));
     let observer = {
@@ -265,6 +278,12 @@ async fn play(
     };
     let mut berth = Some(launch_berth());
     let mut berth_restart_at: Option<Duration> = None;
+    // The chaos: crashes and restarts at their moments, between the whole seconds the rest of the world moves at.
+    let mut chaos = chaos_schedule(scenario.chaos.as_ref(), scenario.seed);
+    let mut kills = 0u64;
+    let mut last_kill: Option<Duration> = None;
+    let mut converged_s: Option<u64> = None;
+    let mut machine_phases: BTreeMap<String, (String, u64)> = BTreeMap::new();
 
     let binder = Binder::new(emulator.clone());
     let mut workloads = Workloads::new();
@@ -290,6 +309,26 @@ async fn play(
     let total = scenario.duration.as_secs();
 
     for second in 0..=total {
+        while let Some(&(at, step)) = chaos.first().filter(|(at, _)| *at < Duration::from_secs(second)) {
+            chaos.remove(0);
+            tokio::time::sleep_until(start + at).await;
+            match step {
+                ChaosStep::Crash => {
+                    if let Some(b) = berth.take() {
+                        b.crash();
+                        kills += 1;
+                        last_kill = Some(at);
+                        converged_s = None;
+                        events_log.push((at.as_secs(), "berth crashed".into()));
+                    }
+                }
+                ChaosStep::Start => {
+                    if berth.is_none() && berth_restart_at.is_none() {
+                        berth = Some(launch_berth());
+                    }
+                }
+            }
+        }
         tokio::time::sleep_until(start + Duration::from_secs(second)).await;
         let now = Duration::from_secs(second);
         // Spot interruptions whose rebalance recommendations go out before their warning: choose them now.
@@ -573,7 +612,13 @@ async fn play(
                 r.finished_s = Some(second);
             }
         }
+        if last_kill.is_some() && converged_s.is_none() && berth.is_some() {
+            if converged(&store, &workloads)? {
+                converged_s = Some(second);
+            }
+        }
         if second % scenario.sample_interval.as_secs().max(1) == 0 || second == total {
+            observe_machine_phases(&store, second, &mut machine_phases)?;
             samples.push(sample(&store, &workloads, &prices, second)?);
             progress.show(now, samples.last());
         }
@@ -594,9 +639,20 @@ async fn play(
         }
     }
     let mut api_calls: BTreeMap<String, u64> = BTreeMap::new();
-    for c in cloud.calls() {
+    let calls = cloud.calls();
+    for c in &calls {
         *api_calls.entry(c.action.name().to_string()).or_default() += 1;
     }
+    let double_terminations = double_terminations(&calls);
+    if std::env::var("BERTH_DEBUG_LEDGER").is_ok() {
+        for c in calls.iter().filter(|c| c.action == crate::cloud::action::Action::TerminateInstances || c.action == crate::cloud::action::Action::DescribeInstances && c.detail.starts_with("ids")) {
+            eprintln!("{} {:?} {} {}", c.at, c.action, c.detail, c.result);
+        }
+    }
+    let machines_stuck = machine_phases
+        .values()
+        .filter(|(phase, since)| phase != "Running" && total.saturating_sub(*since) >= MACHINE_STUCK_AFTER.as_secs())
+        .count() as u64;
     let exposition = metrics
         .encode()
         .map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
@@ -685,7 +741,117 @@ async fn play(
         remediations_held: counter_sum(&exposition, "berth_remediations_held_total"),
         garbage_collected,
         instances_leaked_at_end,
+        kills,
+        seconds_to_converge: last_kill
+            .map(|k| converged_s.map(|c| c.saturating_sub(k.as_secs()))),
+        machines_stuck,
+        double_terminations,
+        api_faults: emulator
+            .api_faults_served()
+            .into_iter()
+            .map(|(k, n)| (k.name().to_string(), n))
+            .collect(),
     })
+}
+
+/// A Machine whose phase has not moved for this long, other than Running, is stuck.
+pub const MACHINE_STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChaosStep {
+    Crash,
+    Start,
+}
+
+/// The crashes and restarts of a scenario's chaos, in time order: the window is cut into one slot per kill, and
+/// each kill falls at a seeded moment of its slot, early enough that berth is up again (after a seeded delay of
+/// up to `max_down_for`, at most half the slot) before the next slot begins. So every kill finds berth running.
+fn chaos_schedule(chaos: Option<&super::scenario::Chaos>, seed: u64) -> Vec<(Duration, ChaosStep)> {
+    let Some(c) = chaos.filter(|c| c.kills > 0) else {
+        return Vec::new();
+    };
+    let mut rng = seeded(seed ^ 0xC4A0_5EED);
+    let window = (c.until - c.from).as_millis() as u64;
+    let slot = window / u64::from(c.kills);
+    let max_down = (c.max_down_for.as_millis() as u64).min(slot / 2);
+    let mut out = Vec::new();
+    for i in 0..u64::from(c.kills) {
+        let down = 1 + rng() % max_down.max(1);
+        let offset = rng() % slot.saturating_sub(down).max(1);
+        let kill = c.from + Duration::from_millis(i * slot + offset);
+        out.push((kill, ChaosStep::Crash));
+        out.push((kill + Duration::from_millis(down), ChaosStep::Start));
+    }
+    out
+}
+
+/// Instances a TerminateInstances call terminated again after an earlier one had (EC2 answers the second call
+/// quietly; berth must not make it).
+fn double_terminations(calls: &[crate::cloud::sim::SimCall]) -> u64 {
+    let mut terminated: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in calls
+        .iter()
+        .filter(|c| c.action == crate::cloud::action::Action::TerminateInstances && c.result == "ok")
+    {
+        for id in c.detail.split(',').filter(|id| !id.is_empty()) {
+            *terminated.entry(id).or_default() += 1;
+        }
+    }
+    terminated.values().map(|n| n.saturating_sub(1)).sum()
+}
+
+/// Converged: no workload pod waits, and every Machine is Running.
+fn converged(store: &Store, workloads: &Workloads) -> Result<bool, SimError> {
+    if workloads.waiting() > 0 {
+        return Ok(false);
+    }
+    let Some(rt) = store.resource_type("berth.dev", "machines") else {
+        return Ok(true);
+    };
+    for m in store.list(&rt, None, &ListQuery::default())?.items {
+        let v = m.value()?;
+        if v.pointer("/status/phase").and_then(Value::as_str) != Some("Running")
+            || v.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Each Machine's phase and the second it was first seen in it.
+fn observe_machine_phases(
+    store: &Store,
+    second: u64,
+    phases: &mut BTreeMap<String, (String, u64)>,
+) -> Result<(), SimError> {
+    let Some(rt) = store.resource_type("berth.dev", "machines") else {
+        return Ok(());
+    };
+    let mut seen = BTreeSet::new();
+    for m in store.list(&rt, None, &ListQuery::default())?.items {
+        let v = m.value()?;
+        let phase = v
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let phase = if v.pointer("/metadata/deletionTimestamp").is_some() {
+            format!("{phase} (deleting)")
+        } else {
+            phase
+        };
+        seen.insert(m.name.clone());
+        match phases.get_mut(&m.name) {
+            Some((p, since)) if *p != phase => (*p, *since) = (phase, second),
+            Some(_) => {}
+            None => {
+                phases.insert(m.name.clone(), (phase, second));
+            }
+        }
+    }
+    phases.retain(|name, _| seen.contains(name));
+    Ok(())
 }
 
 /// Up to `count` live spot instances (of the event's group, or any; not in `exclude`) EC2 reclaims, chosen by the
@@ -1147,6 +1313,56 @@ berth_garbage_collected_total{kind=\"node\"} 1
         let gc = counter_by_label(exposition, "berth_garbage_collected_total", "kind");
         assert_eq!((gc["instance"], gc["node"]), (4, 1));
         assert!(!gc.contains_key("launch_template"));
+    }
+
+    #[test]
+    fn every_kill_of_the_chaos_finds_berth_running_and_falls_in_its_window() {
+        let chaos = crate::sim::scenario::Chaos {
+            kills: 50,
+            from: Duration::from_secs(60),
+            until: Duration::from_secs(55 * 60),
+            max_down_for: Duration::from_secs(30),
+        };
+        let steps = chaos_schedule(Some(&chaos), 7);
+        assert_eq!(steps.len(), 100);
+        let mut up = true;
+        let mut last = Duration::ZERO;
+        for (at, step) in &steps {
+            assert!(*at >= last, "in time order");
+            last = *at;
+            match step {
+                ChaosStep::Crash => {
+                    assert!(up, "a kill at {at:?} found berth down");
+                    assert!(*at >= chaos.from && *at < chaos.until);
+                    up = false;
+                }
+                ChaosStep::Start => up = true,
+            }
+        }
+        assert!(up);
+        // Down for at most maxDownFor each time; the seed moves the moments.
+        for pair in steps.chunks(2) {
+            assert!(pair[1].0 - pair[0].0 <= chaos.max_down_for);
+        }
+        assert_ne!(steps, chaos_schedule(Some(&chaos), 8));
+        assert!(chaos_schedule(None, 7).is_empty());
+    }
+
+    #[test]
+    fn an_instance_terminated_by_two_successful_calls_is_a_double_termination() {
+        let call = |detail: &str, result: &str| crate::cloud::sim::SimCall {
+            action: crate::cloud::action::Action::TerminateInstances,
+            at: epoch(),
+            detail: detail.into(),
+            result: result.into(),
+        };
+        let calls = vec![
+            call("i-1,i-2", "ok"),
+            call("i-2", "RequestLimitExceeded"),
+            call("i-3", "ok"),
+            call("i-2,i-3", "ok"),
+        ];
+        assert_eq!(double_terminations(&calls), 2);
     }
 
     fn instance(id: &str, state: InstanceState, tags: &[(&str, &str)]) -> Instance {

@@ -72,6 +72,77 @@ struct ScenarioFile {
     berth: BerthFile,
     #[serde(default)]
     timeline: Vec<EntryFile>,
+    #[serde(default)]
+    chaos: Option<ChaosFile>,
+    #[serde(default)]
+    faults: Option<FaultsFile>,
+}
+
+/// `chaos:`: berth stopped abruptly at seeded random moments.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ChaosFile {
+    kills: u32,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    max_down_for: Option<String>,
+}
+
+/// `faults:`: the API server's and the cloud's.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FaultsFile {
+    #[serde(default)]
+    api: Option<ApiFaultsFile>,
+    #[serde(default)]
+    cloud: Option<CloudFaultsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApiFaultsFile {
+    share: serde_yaml::Value,
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CloudFaultsFile {
+    #[serde(default)]
+    error_share: Option<serde_yaml::Value>,
+    #[serde(default)]
+    launch_invisible_for: Option<String>,
+    #[serde(default)]
+    terminated_visible_for: Option<String>,
+}
+
+/// berth's controllers stopped as a crash stops them (every task dropped at whatever await point it is in)
+/// `kills` times, at moments drawn from the seed in `[from, until)`, each followed by a restart after a random
+/// delay of up to `max_down_for`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chaos {
+    pub kills: u32,
+    pub from: Duration,
+    pub until: Duration,
+    pub max_down_for: Duration,
+}
+
+/// The most kills a scenario may ask for: one every few seconds of a long run is already more than any
+/// deployment sees; beyond it a run proves nothing more and only takes longer.
+pub const MAX_KILLS: u32 = 10_000;
+
+/// Faults on both sides of berth.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// The emulated API server's (see [`crate::emulator::faults`]).
+    pub api: Option<crate::emulator::faults::ApiFaults>,
+    /// The simulated cloud's: a share of calls throttled or failed, and eventual consistency.
+    pub cloud_error_share: f64,
+    pub consistency: crate::cloud::sim::Consistency,
 }
 
 fn one() -> u64 {
@@ -459,6 +530,8 @@ pub struct Scenario {
     pub machine_deployments: Vec<Value>,
     /// In time order.
     pub timeline: Vec<Event>,
+    pub chaos: Option<Chaos>,
+    pub faults: Faults,
 }
 
 struct Ctx<'a> {
@@ -616,7 +689,20 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
         let action = entry_action(&cx, &path, e, &machine_deployments, &schemas)?;
         timeline.push(Event { at, action });
     }
+    let chaos = raw
+        .chaos
+        .as_ref()
+        .map(|c| chaos(&cx, c, duration))
+        .transpose()?;
+    let faults = raw
+        .faults
+        .as_ref()
+        .map(|f| faults(&cx, f, raw.seed))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Scenario {
+        chaos,
+        faults,
         file: file.to_string(),
         name: raw.name,
         description: raw.description,
@@ -633,6 +719,89 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
         machine_deployments,
         timeline,
     })
+}
+
+fn chaos(cx: &Ctx, c: &ChaosFile, duration: Duration) -> Result<Chaos, ScenarioError> {
+    if c.kills > MAX_KILLS {
+        return Err(cx.err(
+            "chaos.kills",
+            format!("{} kills is more than the limit of {MAX_KILLS}", c.kills),
+        ));
+    }
+    let from = c
+        .from
+        .as_deref()
+        .map(|s| cx.duration("chaos.from", s))
+        .transpose()?
+        .unwrap_or(Duration::ZERO);
+    let until = c
+        .until
+        .as_deref()
+        .map(|s| cx.duration("chaos.until", s))
+        .transpose()?
+        .unwrap_or(duration);
+    if until > duration {
+        return Err(cx.err("chaos.until", "is after the scenario's duration"));
+    }
+    if from >= until && c.kills > 0 {
+        return Err(cx.err("chaos.until", "must be after chaos.from"));
+    }
+    let max_down_for = c
+        .max_down_for
+        .as_deref()
+        .map(|s| cx.duration("chaos.maxDownFor", s))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30));
+    Ok(Chaos {
+        kills: c.kills,
+        from,
+        until,
+        max_down_for,
+    })
+}
+
+/// A share written as a number (0.05) or a percentage ("5%").
+fn share(cx: &Ctx, path: &str, v: &serde_yaml::Value) -> Result<f64, ScenarioError> {
+    let text = match v {
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::String(s) => s.clone(),
+        _ => return Err(cx.err(path, "must be a number from 0 to 1 or a percentage")),
+    };
+    crate::emulator::faults::parse_share(&text).map_err(|e| cx.err(path, e.to_string()))
+}
+
+fn faults(cx: &Ctx, f: &FaultsFile, seed: u64) -> Result<Faults, ScenarioError> {
+    use crate::emulator::faults::{parse_kinds, ApiFaultKind, ApiFaults};
+    let api = f
+        .api
+        .as_ref()
+        .map(|a| -> Result<ApiFaults, ScenarioError> {
+            let share = share(cx, "faults.api.share", &a.share)?;
+            let kinds = match &a.kinds {
+                None => ApiFaultKind::ALL.to_vec(),
+                Some(k) => parse_kinds(&k.join(","))
+                    .map_err(|e| cx.err("faults.api.kinds", e.to_string()))?,
+            };
+            Ok(ApiFaults::new(share, kinds, seed))
+        })
+        .transpose()?;
+    let mut out = Faults {
+        api,
+        ..Faults::default()
+    };
+    if let Some(c) = &f.cloud {
+        if let Some(v) = &c.error_share {
+            out.cloud_error_share = share(cx, "faults.cloud.errorShare", v)?;
+        }
+        if let Some(d) = &c.launch_invisible_for {
+            out.consistency.launch_invisible_for = cx.duration("faults.cloud.launchInvisibleFor", d)?;
+        }
+        if let Some(d) = &c.terminated_visible_for {
+            out.consistency.terminated_visible_for =
+                cx.duration("faults.cloud.terminatedVisibleFor", d)?;
+        }
+    }
+    Ok(out)
 }
 
 fn entry_action(

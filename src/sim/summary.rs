@@ -151,6 +151,17 @@ pub struct Outcome {
     pub garbage_collected: GarbageCollected,
     /// Instances tagged as the cluster's, not terminated, that no Machine owns at the end of the run.
     pub instances_leaked_at_end: u64,
+    /// Times berth was stopped as a crash stops it (a scenario's `chaos`).
+    pub kills: u64,
+    /// Seconds from the last kill until no pod waited and every Machine was Running: None without kills, Some(None)
+    /// if that never happened.
+    pub seconds_to_converge: Option<Option<u64>>,
+    /// Machines whose phase, other than Running, had not moved for 15 minutes at the end.
+    pub machines_stuck: u64,
+    /// Instances a TerminateInstances call terminated again.
+    pub double_terminations: u64,
+    /// API faults the emulator served, by kind.
+    pub api_faults: BTreeMap<String, u64>,
 }
 
 /// The figures of one run.
@@ -210,6 +221,11 @@ pub struct Summary {
     pub remediations_held: u64,
     pub garbage_collected: GarbageCollected,
     pub instances_leaked_at_end: u64,
+    pub kills: u64,
+    pub seconds_to_converge: Option<Option<u64>>,
+    pub machines_stuck: u64,
+    pub double_terminations: u64,
+    pub api_faults: u64,
 }
 
 /// The `q`-quantile (nearest rank) of sorted values.
@@ -309,6 +325,11 @@ pub fn summarize(o: &Outcome) -> Summary {
         remediations_held: o.remediations_held,
         garbage_collected: o.garbage_collected,
         instances_leaked_at_end: o.instances_leaked_at_end,
+        kills: o.kills,
+        seconds_to_converge: o.seconds_to_converge,
+        machines_stuck: o.machines_stuck,
+        double_terminations: o.double_terminations,
+        api_faults: o.api_faults.values().sum(),
     }
 }
 
@@ -377,6 +398,31 @@ pub fn rows(s: &Summary) -> Vec<(String, String)> {
             format!("rollout {} duration", i + 1),
             d.map_or_else(|| "did not finish".into(), |d| format!("{d}s")),
         ));
+    }
+    if s.kills > 0 {
+        r.push(("berth crashes (chaos)".into(), s.kills.to_string()));
+        r.push((
+            "seconds to converge after the last crash".into(),
+            match s.seconds_to_converge {
+                Some(Some(t)) => format!("{t}s"),
+                _ => "never".into(),
+            },
+        ));
+    }
+    if s.kills > 0 || s.double_terminations > 0 {
+        r.push((
+            "instances terminated twice".into(),
+            s.double_terminations.to_string(),
+        ));
+    }
+    if s.kills > 0 || s.machines_stuck > 0 {
+        r.push((
+            "machines stuck 15 min in a phase".into(),
+            s.machines_stuck.to_string(),
+        ));
+    }
+    if s.api_faults > 0 {
+        r.push(("API faults served".into(), s.api_faults.to_string()));
     }
     if s.spot_interruptions > 0 {
         r.push((

@@ -499,6 +499,11 @@ impl Workloads {
             .collect()
     }
 
+    /// How many pods are created and not yet running.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Pods created and still waiting to run, with how long each has waited.
     pub fn still_waiting(&self, now: Duration) -> Vec<u64> {
         self.waiting
