@@ -19,15 +19,26 @@ struct Input {
     labels: BTreeMap<String, String>,
 }
 
-/// Label keys and values as the API server validates them: what a stored object can carry. The query syntax
-/// cannot quote, so only such names are expected to survive `to_query`.
-fn is_label_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
+/// A label name (a value, or a key's name part) as the API server validates it: what a stored object can carry.
+/// The query syntax cannot quote, so only such keys and values are expected to survive `to_query`.
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// A label key: a name, optionally after a DNS-subdomain prefix and a `/`.
+fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = s.split_once('/').unwrap_or(("", s));
+    !name.is_empty()
+        && is_label_value(name)
+        && prefix.len() <= 253
+        && (prefix.is_empty()
+            || prefix
+                .split('.')
+                .all(|part| !part.is_empty() && is_label_value(part)))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -62,9 +73,9 @@ fuzz_target!(|data: &[u8]| {
         api.match_labels
             .iter()
             .flatten()
-            .all(|(k, v)| is_label_name(k) && is_label_name(v))
+            .all(|(k, v)| is_label_key(k) && is_label_value(v))
             && api.match_expressions.iter().flatten().all(|e| {
-                is_label_name(&e.key) && e.values.iter().flatten().all(|v| is_label_name(v))
+                is_label_key(&e.key) && e.values.iter().flatten().all(|v| is_label_value(v))
             });
     if !names_valid {
         return;
