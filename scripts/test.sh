@@ -51,3 +51,26 @@ log "cargo test"
 # Every tool above is installed, so a test that finds one missing fails instead of skipping.
 export BERTH_REQUIRE_TOOLS=1
 cargo test --locked --all-targets -- --test-threads=2
+
+# --- Fuzzing: every target in fuzz/ for about 30 s each; a crash, a hang or an out-of-memory fails the run --------
+# cargo-fuzz's default sanitizer (ASan) needs nightly's -Zsanitizer, but berth forbids unsafe code, so ASan would
+# find nothing safe Rust does not already catch; `--sanitizer none` passes only stable codegen flags (the coverage
+# instrumentation), so the stable toolchain builds the targets without RUSTC_BOOTSTRAP. `--dev` keeps overflow
+# checks and debug assertions on and builds in minutes (fuzz/Cargo.toml says which crates are optimised).
+if [ ! -x "$tools/cargo-fuzz/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz into .tools"
+  cargo install --locked --quiet cargo-fuzz@0.13.2 --root "$tools/cargo-fuzz"
+fi
+export PATH="$tools/cargo-fuzz/bin:$PATH"
+# Its own target directory: the coverage flags would otherwise rebuild the main target directory's artifacts.
+fuzz_args=(--dev --sanitizer none --target-dir "$root/fuzz/target")
+log "cargo fuzz build"
+(cd fuzz && cargo fuzz build "${fuzz_args[@]}")
+fuzz_seconds=${BERTH_FUZZ_SECONDS:-30}
+for target in $(cd fuzz && cargo fuzz list); do
+  log "cargo fuzz run $target (${fuzz_seconds} s)"
+  # New corpus entries go to fuzz/out (ignored); fuzz/corpus/$target is the committed seed corpus, read only.
+  mkdir -p "fuzz/out/corpus/$target"
+  (cd fuzz && cargo fuzz run "${fuzz_args[@]}" "$target" "out/corpus/$target" "corpus/$target" -- \
+    -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+done

@@ -41,13 +41,15 @@ pub fn wildcard_match(pattern: &str, s: &str) -> bool {
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` is always a wildcard, even where the name itself has a `*` (tested first, or the literal match
+        // would consume it and lose the wildcard).
+        if pi < p.len() && p[pi] == '*' {
             star = Some(pi);
             mark = si;
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
         } else if let Some(st) = star {
             pi = st + 1;
             mark += 1;
@@ -87,6 +89,16 @@ mod tests {
         assert_eq!(newest_image(&images, Arch::Amd64).unwrap().id, "ami-2");
         assert_eq!(newest_image(&images, Arch::Arm64).unwrap().id, "ami-3");
         assert!(newest_image(&images[..2], Arch::Arm64).is_none());
+    }
+
+    /// Found by fuzz/fuzz_targets/cloud_response.rs: `*` matched a name starting with `*` as a literal and then
+    /// refused the rest of the name.
+    #[test]
+    fn a_star_stays_a_wildcard_where_the_name_has_a_star() {
+        assert!(wildcard_match("*", "*\0\0\023-ami-2023.6"));
+        assert!(wildcard_match("al2023-*-x86_64", "al2023-*-kernel-x86_64"));
+        assert!(wildcard_match("a*", "a*b"));
+        assert!(!wildcard_match("a*c", "a*b"));
     }
 
     #[test]

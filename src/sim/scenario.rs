@@ -578,7 +578,7 @@ pub fn default_scenario() -> Result<Scenario, ScenarioError> {
 /// Parses and validates scenario text; `base` resolves a relative catalog path.
 pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, ScenarioError> {
     let cx = Ctx { file, text };
-    let raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+    let raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
     let duration = cx.duration("duration", &raw.duration)?;
     if duration.is_zero() {
         return Err(cx.err("duration", "must be more than 0s"));
@@ -1053,7 +1053,7 @@ fn node_failure(
 }
 
 /// serde_yaml's message already names the field path (`timeline[2].scale: unknown field ...`); add file and line.
-fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
+fn yaml_error(file: &str, text: &str, e: &serde_yaml::Error) -> ScenarioError {
     let mut message = e.to_string();
     if let Some(i) = message.find(" at line ") {
         message.truncate(i);
@@ -1064,7 +1064,13 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
     };
     ScenarioError::Invalid {
         file: file.to_string(),
-        line: e.location().map(|l| l.line()).unwrap_or(1),
+        // The YAML parser can place an error at the end of the input (a missing field, say) past the file's last
+        // line; the error must name a line the file has.
+        line: e
+            .location()
+            .map(|l| l.line())
+            .unwrap_or(1)
+            .min(text.lines().count().max(1)),
         field,
         message,
     }
@@ -1093,24 +1099,29 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn crd_schemas() -> BTreeMap<String, Value> {
-    crate::api::crds()
-        .into_iter()
-        .filter_map(|crd| {
-            let schema = crd
-                .spec
-                .versions
-                .first()?
-                .schema
-                .as_ref()?
-                .open_api_v3_schema
-                .as_ref()?;
-            Some((
-                crd.spec.names.kind.clone(),
-                serde_json::to_value(schema).ok()?,
-            ))
-        })
-        .collect()
+/// Each kind's openAPIV3Schema. Generated once per process: the CRDs are constant, and generating them costs more
+/// than parsing a scenario (a fuzzer parsing scenarios ran at 5 a second).
+fn crd_schemas() -> &'static BTreeMap<String, Value> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<String, Value>> = std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        crate::api::crds()
+            .into_iter()
+            .filter_map(|crd| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .first()?
+                    .schema
+                    .as_ref()?
+                    .open_api_v3_schema
+                    .as_ref()?;
+                Some((
+                    crd.spec.names.kind.clone(),
+                    serde_json::to_value(schema).ok()?,
+                ))
+            })
+            .collect()
+    })
 }
 
 /// Checks an object against its CRD's schema, as the API server would with strict field validation; errors point
@@ -1179,7 +1190,7 @@ pub fn load_catalog(s: &Scenario) -> Result<Catalog, ScenarioError> {
                 reason: e.to_string(),
             })?;
             let types: Vec<InstanceType> = serde_yaml::from_str(&text)
-                .map_err(|e| yaml_error(&p.display().to_string(), &e))?;
+                .map_err(|e| yaml_error(&p.display().to_string(), &text, &e))?;
             Ok(Catalog {
                 instance_types: types,
             })
@@ -1246,6 +1257,15 @@ timeline:
   - at: 5m
     scale: {deployment: web, replicas: 1}
 ";
+
+    /// Found by fuzz/fuzz_targets/scenario.rs: a one-line file (a comment, no newline) got an error on line 2.
+    #[test]
+    fn an_error_at_the_end_of_the_file_names_its_last_line() {
+        let (line, field, _) = err("# The scenario `ber# Spot first: th osinem");
+        assert_eq!((line, field.as_str()), (1, "<document>"));
+        let (line, _, _) = err("name: x\nduration: [10m,\n");
+        assert!(line <= 2, "line {line} of a 2-line file");
+    }
 
     fn err(text: &str) -> (usize, String, String) {
         match parse("s.yaml", text, None) {
