@@ -644,11 +644,7 @@ async fn play(
         *api_calls.entry(c.action.name().to_string()).or_default() += 1;
     }
     let double_terminations = double_terminations(&calls);
-    if std::env::var("BERTH_DEBUG_LEDGER").is_ok() {
-        for c in calls.iter().filter(|c| c.action == crate::cloud::action::Action::TerminateInstances || c.action == crate::cloud::action::Action::DescribeInstances && c.detail.starts_with("ids")) {
-            eprintln!("{} {:?} {} {}", c.at, c.action, c.detail, c.result);
-        }
-    }
+
     let machines_stuck = machine_phases
         .values()
         .filter(|(phase, since)| phase != "Running" && total.saturating_sub(*since) >= MACHINE_STUCK_AFTER.as_secs())

@@ -602,6 +602,11 @@ mod tests {
                 launch_templates: 0,
             },
             instances_leaked_at_end: 0,
+            kills: 0,
+            seconds_to_converge: None,
+            machines_stuck: 0,
+            double_terminations: 0,
+            api_faults: BTreeMap::new(),
         }
     }
 
