@@ -85,7 +85,7 @@ fn bad_fault_options_are_refused_naming_the_option() {
             vec!["--api-faults", "0.1", "--api-fault-kinds", "503,teapot"],
             "unknown API fault kind \"teapot\"",
         ),
-        (vec!["--cloud-errors", "-0.2"], "'--cloud-errors <SHARE>'"),
+        (vec!["--cloud-errors=-0.2"], "'--cloud-errors <SHARE>'"),
         (vec!["--launch-invisible-for", "soon"], "'--launch-invisible-for <DURATION>'"),
         (vec!["--machines", "0"], "'--machines <MACHINES>'"),
     ] {

@@ -241,7 +241,7 @@ timeline:
       replicas: {web}
       pod: {{cpu: "1", memory: 2Gi, nodeSelector: {{workload: web}}}}
   - at: 0s
-    pdb: {{name: web, deployment: web, minAvailable: "90%"}}
+    pdb: {{name: web, deployment: web, maxUnavailable: "10%"}}
   - at: 0s
     deployment:
       name: batch

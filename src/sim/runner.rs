@@ -645,10 +645,17 @@ async fn play(
     }
     let double_terminations = double_terminations(&calls);
 
-    let machines_stuck = machine_phases
-        .values()
-        .filter(|(phase, since)| phase != "Running" && total.saturating_sub(*since) >= MACHINE_STUCK_AFTER.as_secs())
-        .count() as u64;
+    let stuck: Vec<(&String, &(String, u64))> = machine_phases
+        .iter()
+        .filter(|(_, (phase, since))| {
+            phase != "Running" && total.saturating_sub(*since) >= MACHINE_STUCK_AFTER.as_secs()
+        })
+        .collect();
+    for (name, (phase, since)) in &stuck {
+        let phase = if phase.is_empty() { "no phase" } else { phase };
+        events_log.push((total, format!("Machine {name} stuck in {phase} since {since}s")));
+    }
+    let machines_stuck = stuck.len() as u64;
     let exposition = metrics
         .encode()
         .map_err(|e| SimError::Setup(format!("metrics: {e}")))?;
