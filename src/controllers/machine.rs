@@ -30,7 +30,7 @@ use crate::api::{Cluster, Machine, MachineClass, MachineDeployment, MachinePhase
 use crate::clock::{from_k8s, to_k8s};
 use crate::cloud::{
     self, Bootstrap, BootstrapFormat, ClassRevision, CloudError, CloudProvider, Instance,
-    InstanceState, InstanceTypeChoice, LaunchRequest, MachineRef,
+    InstanceLookup, InstanceState, InstanceTypeChoice, LaunchRequest, MachineRef,
 };
 use crate::health::HealthPolicy;
 use crate::lifecycle::{
@@ -341,6 +341,21 @@ pub async fn reconcile(
                 .map_err(cloud_error)?,
         );
     }
+    // Still missing from the inventory (which lists live instances only): asked by id, EC2 tells a terminated
+    // instance (gone for sure) from one it does not show yet (eventual consistency: the planner waits for it).
+    let mut confirmed_gone: Option<String> = None;
+    if let (None, Some(id)) = (&instance, &status.instance_id) {
+        let answers = ctx
+            .cloud
+            .lookup_instances(std::slice::from_ref(id))
+            .await
+            .map_err(cloud_error)?;
+        if let Some(InstanceLookup::Found(state)) = answers.get(id) {
+            if instance_status(*state) == InstanceStatus::Gone {
+                confirmed_gone = Some(id.clone());
+            }
+        }
+    }
     // The group's health check may set the startup timeout, and sets the drain timeout of a remediated Machine.
     // Only then is the MachineDeployment read: most reconciles need neither.
     let node_ready = node
@@ -405,7 +420,8 @@ pub async fn reconcile(
         },
         instance: instance
             .as_ref()
-            .map(|i| (i.instance_id.clone(), instance_status(i.state))),
+            .map(|i| (i.instance_id.clone(), instance_status(i.state)))
+            .or(confirmed_gone.map(|id| (id, InstanceStatus::Gone))),
         node: node
             .as_ref()
             .map(|n| node_view(n, &machine, pods_to_evict.len())),

@@ -249,8 +249,9 @@ fn deletion_step(o: &Observation, now: DateTime<Utc>) -> Step {
     if !o.machine.has_finalizer {
         return Step::Nothing;
     }
-    // A recorded instance not yet visible may well be running: releasing the Machine now would leak it.
-    if o.instance.is_none() && recently_launched(o, now) {
+    // A recorded instance not yet visible may well be running: releasing the Machine now would leak it. (Once
+    // berth has asked for its termination, its absence from the live instances is that termination.)
+    if o.instance.is_none() && !o.machine.termination_requested && recently_launched(o, now) {
         return Step::WaitForInstance;
     }
     let instance_alive = matches!(

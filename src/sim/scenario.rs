@@ -1283,6 +1283,37 @@ timeline:
     }
 
     #[test]
+    fn chaos_and_faults_parse_and_bad_values_are_named() {
+        let with = |extra: &str| format!("{GOOD}{extra}");
+        let s = parse(
+            "s.yaml",
+            &with("chaos: {kills: 5, until: 8m, maxDownFor: 10s}\nfaults:\n  api: {share: 5%, kinds: [\"503\", gone]}\n  cloud: {errorShare: 0.02, launchInvisibleFor: 60s}\n"),
+            None,
+        )
+        .unwrap();
+        let chaos = s.chaos.unwrap();
+        assert_eq!((chaos.kills, chaos.until, chaos.max_down_for), (5, Duration::from_secs(480), Duration::from_secs(10)));
+        let api = s.faults.api.unwrap();
+        assert_eq!(api.share, 0.05);
+        assert_eq!(api.kinds.len(), 2);
+        assert_eq!(s.faults.cloud_error_share, 0.02);
+        assert_eq!(s.faults.consistency.launch_invisible_for, Duration::from_secs(60));
+
+        for (extra, field, says) in [
+            ("chaos: {kills: 5, until: 99h}\n", "chaos.until", "after the scenario's duration"),
+            ("chaos: {kills: 20000}\n", "chaos.kills", "limit of 10000"),
+            ("faults:\n  api: {share: 1.5}\n", "faults.api.share", "from 0 to 1"),
+            ("faults:\n  api: {share: 5%, kinds: [teapot]}\n", "faults.api.kinds", "teapot"),
+            ("faults:\n  cloud: {launchInvisibleFor: soon}\n", "faults.cloud.launchInvisibleFor", ""),
+        ] {
+            let (line, f, message) = err(&with(extra));
+            assert_eq!(f, field, "{extra}: {message}");
+            assert!(message.contains(says), "{extra}: {message}");
+            assert!(line > 20, "{extra}: line {line} is the field's own");
+        }
+    }
+
+    #[test]
     fn a_good_scenario_parses() {
         let s = parse("s.yaml", GOOD, None).unwrap();
         assert_eq!(s.timeline.len(), 2);
