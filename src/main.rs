@@ -84,7 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(cli.log_format, &filter)?;
             let (out, ledger) = berth::bench::chaos::main(&args, true)?;
             print!("{out}");
-            anyhow::ensure!(ledger.kept(), "the ledger is not clean: berth broke its promise");
+            anyhow::ensure!(
+                ledger.kept(),
+                "the ledger is not clean: berth broke its promise"
+            );
             Ok(())
         }
         Command::Simulate(args) => {

@@ -20,7 +20,12 @@ fn ledger(out: &std::process::Output) -> Value {
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line in:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON line in:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).unwrap()
 }
 
@@ -35,14 +40,26 @@ fn assert_kept(v: &Value, context: &str) {
     ] {
         assert_eq!(v[figure], 0, "{context}: {figure} in {v}");
     }
-    assert!(v["seconds_to_converge"].is_u64(), "{context}: never converged: {v}");
+    assert!(
+        v["seconds_to_converge"].is_u64(),
+        "{context}: never converged: {v}"
+    );
     assert_eq!(v["kept"], true, "{context}: {v}");
 }
 
 #[test]
 fn crashes_at_random_moments_launch_nothing_twice_and_leak_nothing() {
     for seed in ["1", "2"] {
-        let out = berth(&["bench", "chaos", "--machines", "8", "--kills", "4", "--seed", seed]);
+        let out = berth(&[
+            "bench",
+            "chaos",
+            "--machines",
+            "8",
+            "--kills",
+            "4",
+            "--seed",
+            seed,
+        ]);
         let v = ledger(&out);
         assert!(out.status.success(), "seed {seed}: {v}");
         assert_kept(&v, &format!("seed {seed}"));
@@ -73,7 +90,10 @@ fn crashes_under_api_faults_and_an_eventually_consistent_cloud_keep_the_promise(
     let v = ledger(&out);
     assert!(out.status.success(), "{v}");
     assert_kept(&v, "faults");
-    assert!(v["api_faults"].as_u64().unwrap() > 0, "faults were served: {v}");
+    assert!(
+        v["api_faults"].as_u64().unwrap() > 0,
+        "faults were served: {v}"
+    );
 }
 
 #[test]
@@ -86,7 +106,10 @@ fn bad_fault_options_are_refused_naming_the_option() {
             "unknown API fault kind \"teapot\"",
         ),
         (vec!["--cloud-errors=-0.2"], "'--cloud-errors <SHARE>'"),
-        (vec!["--launch-invisible-for", "soon"], "'--launch-invisible-for <DURATION>'"),
+        (
+            vec!["--launch-invisible-for", "soon"],
+            "'--launch-invisible-for <DURATION>'",
+        ),
         (vec!["--machines", "0"], "'--machines <MACHINES>'"),
     ] {
         let mut all = vec!["bench", "chaos"];
@@ -112,10 +135,18 @@ fn the_scenario_it_plays_plays_again_under_simulate() {
         "--write-scenario",
         path.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sim = berth(&["simulate", path.to_str().unwrap()]);
     let table = String::from_utf8_lossy(&sim.stdout);
-    assert!(sim.status.success(), "{table}{}", String::from_utf8_lossy(&sim.stderr));
+    assert!(
+        sim.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
     let row = table
         .lines()
         .find(|l| l.contains("berth crashes (chaos)"))

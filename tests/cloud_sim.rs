@@ -662,7 +662,10 @@ async fn eventual_consistency_hides_new_instances_and_shows_terminated_ones_for_
         assert_ne!(shown[0].state, berth::cloud::InstanceState::Terminated);
         tokio::time::sleep(Duration::from_secs(1)).await;
         shown_for += 1;
-        assert!(shown_for <= 61, "shown as terminated within the configured delay");
+        assert!(
+            shown_for <= 61,
+            "shown as terminated within the configured delay"
+        );
     }
     assert!(
         hidden_for + shown_for > 0,

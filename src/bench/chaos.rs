@@ -148,7 +148,12 @@ pub fn scenario_yaml(a: &ChaosArgs) -> String {
     let max_group = m + m / 2 + 5;
     let mut faults = String::new();
     if let Some(share) = a.api_faults {
-        let kinds: Vec<&str> = a.api_fault_kinds.0.iter().map(|k| ApiFaultKind::name(*k)).collect();
+        let kinds: Vec<&str> = a
+            .api_fault_kinds
+            .0
+            .iter()
+            .map(|k| ApiFaultKind::name(*k))
+            .collect();
         faults.push_str(&format!(
             "  api: {{share: {share}, kinds: [{}]}}\n",
             kinds
@@ -290,16 +295,24 @@ pub fn main(a: &ChaosArgs, progress: bool) -> Result<(String, Ledger), ChaosErro
     let summary = summarize(&outcome);
     let ledger = Ledger::from_summary(&summary);
     let mut out = String::new();
-    let faults = match (a.api_faults, a.cloud_errors, a.launch_invisible_for, a.terminated_visible_for) {
-        (None, None, None, None) => "none".to_string(),
-        _ => format!(
+    let faults =
+        match (
+            a.api_faults,
+            a.cloud_errors,
+            a.launch_invisible_for,
+            a.terminated_visible_for,
+        ) {
+            (None, None, None, None) => "none".to_string(),
+            _ => {
+                format!(
             "api {}, cloud errors {}, launch invisible up to {}, terminated visible up to {}",
             a.api_faults.map_or("0".into(), |s| format!("{:.1}%", s * 100.0)),
             a.cloud_errors.map_or("0".into(), |s| format!("{:.1}%", s * 100.0)),
             a.launch_invisible_for.map_or("0s".into(), |d| format!("{}s", d.as_secs())),
             a.terminated_visible_for.map_or("0s".into(), |d| format!("{}s", d.as_secs())),
-        ),
-    };
+        )
+            }
+        };
     out.push_str(&format!(
         "berth bench chaos: {} machines' worth of pods, {} kills, seed {}, faults: {faults}\n\n",
         a.machines, a.kills, a.seed
@@ -307,10 +320,22 @@ pub fn main(a: &ChaosArgs, progress: bool) -> Result<(String, Ledger), ChaosErro
     let rows: Vec<(&str, String)> = vec![
         ("duplicate launches", ledger.duplicate_launches.to_string()),
         ("instances leaked", ledger.instances_leaked.to_string()),
-        ("double terminations", ledger.double_terminations.to_string()),
-        ("PDB-protected pods removed without eviction", ledger.pdb_bypassed.to_string()),
-        ("pods unscheduled at the end", ledger.pods_unscheduled_at_end.to_string()),
-        ("machines stuck (15 min in one phase)", ledger.machines_stuck.to_string()),
+        (
+            "double terminations",
+            ledger.double_terminations.to_string(),
+        ),
+        (
+            "PDB-protected pods removed without eviction",
+            ledger.pdb_bypassed.to_string(),
+        ),
+        (
+            "pods unscheduled at the end",
+            ledger.pods_unscheduled_at_end.to_string(),
+        ),
+        (
+            "machines stuck (15 min in one phase)",
+            ledger.machines_stuck.to_string(),
+        ),
         ("kills", ledger.kills.to_string()),
         (
             "seconds to converge after the last kill",
@@ -339,7 +364,9 @@ pub fn main(a: &ChaosArgs, progress: bool) -> Result<(String, Ledger), ChaosErro
         "kept": ledger.kept(),
         "wall_seconds": wall.elapsed().as_secs_f64(),
     });
-    if let (Some(obj), Ok(serde_json::Value::Object(l))) = (line.as_object_mut(), serde_json::to_value(&ledger)) {
+    if let (Some(obj), Ok(serde_json::Value::Object(l))) =
+        (line.as_object_mut(), serde_json::to_value(&ledger))
+    {
         obj.extend(l);
     }
     out.push_str(&line.to_string());

@@ -678,13 +678,12 @@ impl SimulatedCloud {
         st.error_rng = splitmix(st.error_rng ^ self.config.jitter_seed);
         let roll = st.error_rng;
         let fraction = (roll >> 11) as f64 / (1u64 << 53) as f64;
-        (fraction < self.config.error_share).then(|| {
-            if roll & 1 == 0 {
-                Fault::Throttle { action }
-            } else {
-                Fault::ServerError { action }
-            }
-        })
+        let fault = if roll & 1 == 0 {
+            Fault::Throttle { action }
+        } else {
+            Fault::ServerError { action }
+        };
+        (fraction < self.config.error_share).then_some(fault)
     }
 
     async fn call<T>(

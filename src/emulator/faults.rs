@@ -63,7 +63,9 @@ impl fmt::Display for ApiFaultKind {
 /// A fault option that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultSpecError {
-    #[error("unknown API fault kind {0:?}: expected one of 500, 503, 429, timeout, cut-watch, gone")]
+    #[error(
+        "unknown API fault kind {0:?}: expected one of 500, 503, 429, timeout, cut-watch, gone"
+    )]
     UnknownKind(String),
     #[error("the share of requests to fail must be a number from 0 to 1, not {0:?}")]
     Share(String),
@@ -251,7 +253,9 @@ mod tests {
     fn about_the_share_of_requests_fail_and_the_same_seed_fails_the_same_ones() {
         let run = |seed| {
             let f = FaultInjector::new(ApiFaults::new(0.1, ApiFaultKind::ALL.to_vec(), seed));
-            (0..10_000).map(|i| f.decide(i % 2 == 0)).collect::<Vec<_>>()
+            (0..10_000)
+                .map(|i| f.decide(i % 2 == 0))
+                .collect::<Vec<_>>()
         };
         let a = run(7);
         assert_eq!(a, run(7));

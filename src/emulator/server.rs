@@ -66,24 +66,30 @@ async fn fault_response(
     bytes: Bytes,
 ) -> Response<Body> {
     match kind {
-        ApiFaultKind::InternalError => error_response(&ApiError::Internal(
-            "injected fault: internal error".into(),
-        )),
-        ApiFaultKind::Unavailable => {
-            status_response(503, "ServiceUnavailable", "injected fault: the server is unavailable")
+        ApiFaultKind::InternalError => {
+            error_response(&ApiError::Internal("injected fault: internal error".into()))
         }
+        ApiFaultKind::Unavailable => status_response(
+            503,
+            "ServiceUnavailable",
+            "injected fault: the server is unavailable",
+        ),
         ApiFaultKind::TooManyRequests => {
             let mut r = status_response(
                 429,
                 "TooManyRequests",
                 "injected fault: too many requests, please try again later",
             );
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
             r
         }
         ApiFaultKind::Timeout => {
-            let wait = emu.injector().map_or(std::time::Duration::from_secs(30), |i| i.faults().timeout);
+            let wait = emu
+                .injector()
+                .map_or(std::time::Duration::from_secs(30), |i| i.faults().timeout);
             tokio::time::sleep(wait).await;
             status_response(504, "Timeout", "injected fault: the request timed out")
         }
@@ -105,7 +111,8 @@ fn status_response(code: u16, reason: &str, message: &str) -> Response<Body> {
         "message": message, "reason": reason, "code": code,
     });
     let mut r = Response::new(Body::Full(Some(Bytes::from(status.to_string()))));
-    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -237,9 +244,7 @@ mod tests {
     use tower::Service;
 
     async fn get(emu: &Emulator, uri: &str) -> Response<Body> {
-        let req = Request::get(uri)
-            .body(kube::client::Body::empty())
-            .unwrap();
+        let req = Request::get(uri).body(kube::client::Body::empty()).unwrap();
         EmulatorService::new(emu.clone()).call(req).await.unwrap()
     }
 
@@ -287,11 +292,16 @@ mod tests {
         emu.set_api_faults(only(ApiFaultKind::ExpireWatches));
         assert_eq!(get(&emu, pods).await.status(), 200);
         emu.set_api_faults(None);
-        let (_, body) = drain(get(&emu, &format!("{pods}?watch=true&resourceVersion=1")).await).await;
+        let (_, body) =
+            drain(get(&emu, &format!("{pods}?watch=true&resourceVersion=1")).await).await;
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("\"ERROR\"") && text.contains("410"), "{text}");
 
         let served = emu.api_faults_served();
-        assert_eq!(served.values().sum::<u64>(), 0, "counts restart with new faults");
+        assert_eq!(
+            served.values().sum::<u64>(),
+            0,
+            "counts restart with new faults"
+        );
     }
 }

@@ -309,7 +309,10 @@ async fn play(
     let total = scenario.duration.as_secs();
 
     for second in 0..=total {
-        while let Some(&(at, step)) = chaos.first().filter(|(at, _)| *at < Duration::from_secs(second)) {
+        while let Some(&(at, step)) = chaos
+            .first()
+            .filter(|(at, _)| *at < Duration::from_secs(second))
+        {
             chaos.remove(0);
             tokio::time::sleep_until(start + at).await;
             match step {
@@ -612,10 +615,12 @@ async fn play(
                 r.finished_s = Some(second);
             }
         }
-        if last_kill.is_some() && converged_s.is_none() && berth.is_some() {
-            if converged(&store, &workloads)? {
-                converged_s = Some(second);
-            }
+        if last_kill.is_some()
+            && converged_s.is_none()
+            && berth.is_some()
+            && converged(&store, &workloads)?
+        {
+            converged_s = Some(second);
         }
         if second % scenario.sample_interval.as_secs().max(1) == 0 || second == total {
             observe_machine_phases(&store, second, &mut machine_phases)?;
@@ -653,7 +658,10 @@ async fn play(
         .collect();
     for (name, (phase, since)) in &stuck {
         let phase = if phase.is_empty() { "no phase" } else { phase };
-        events_log.push((total, format!("Machine {name} stuck in {phase} since {since}s")));
+        events_log.push((
+            total,
+            format!("Machine {name} stuck in {phase} since {since}s"),
+        ));
     }
     let machines_stuck = stuck.len() as u64;
     let exposition = metrics
@@ -745,8 +753,7 @@ async fn play(
         garbage_collected,
         instances_leaked_at_end,
         kills,
-        seconds_to_converge: last_kill
-            .map(|k| converged_s.map(|c| c.saturating_sub(k.as_secs()))),
+        seconds_to_converge: last_kill.map(|k| converged_s.map(|c| c.saturating_sub(k.as_secs()))),
         machines_stuck,
         double_terminations,
         api_faults: emulator
@@ -792,10 +799,9 @@ fn chaos_schedule(chaos: Option<&super::scenario::Chaos>, seed: u64) -> Vec<(Dur
 /// quietly; berth must not make it).
 fn double_terminations(calls: &[crate::cloud::sim::SimCall]) -> u64 {
     let mut terminated: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in calls
-        .iter()
-        .filter(|c| c.action == crate::cloud::action::Action::TerminateInstances && c.result == "ok")
-    {
+    for c in calls.iter().filter(|c| {
+        c.action == crate::cloud::action::Action::TerminateInstances && c.result == "ok"
+    }) {
         for id in c.detail.split(',').filter(|id| !id.is_empty()) {
             *terminated.entry(id).or_default() += 1;
         }

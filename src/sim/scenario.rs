@@ -632,7 +632,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
     merge(&mut cluster["spec"], &cluster_spec);
     check_schema(
         &cx,
-        &schemas,
+        schemas,
         "Cluster",
         &mut cluster.clone(),
         "berth.cluster",
@@ -650,7 +650,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
             "instanceProfile": "node"
         }});
         merge(&mut obj["spec"], &spec);
-        check_schema(&cx, &schemas, "MachineClass", &mut obj.clone(), &path)?;
+        check_schema(&cx, schemas, "MachineClass", &mut obj.clone(), &path)?;
         machine_classes.push(obj);
     }
     let mut machine_deployments = Vec::new();
@@ -661,7 +661,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
             "spec": {"selector": {"matchLabels": {GROUP_LABEL: d.name}},
                      "template": {"metadata": {"labels": {GROUP_LABEL: d.name}}}}});
         merge(&mut obj["spec"], &spec);
-        check_schema(&cx, &schemas, "MachineDeployment", &mut obj.clone(), &path)?;
+        check_schema(&cx, schemas, "MachineDeployment", &mut obj.clone(), &path)?;
         machine_deployments.push(obj);
     }
 
@@ -686,7 +686,7 @@ pub fn parse(file: &str, text: &str, base: Option<&Path>) -> Result<Scenario, Sc
             ));
         }
         last = at;
-        let action = entry_action(&cx, &path, e, &machine_deployments, &schemas)?;
+        let action = entry_action(&cx, &path, e, &machine_deployments, schemas)?;
         timeline.push(Event { at, action });
     }
     let chaos = raw
@@ -794,7 +794,8 @@ fn faults(cx: &Ctx, f: &FaultsFile, seed: u64) -> Result<Faults, ScenarioError> 
             out.cloud_error_share = share(cx, "faults.cloud.errorShare", v)?;
         }
         if let Some(d) = &c.launch_invisible_for {
-            out.consistency.launch_invisible_for = cx.duration("faults.cloud.launchInvisibleFor", d)?;
+            out.consistency.launch_invisible_for =
+                cx.duration("faults.cloud.launchInvisibleFor", d)?;
         }
         if let Some(d) = &c.terminated_visible_for {
             out.consistency.terminated_visible_for =
@@ -1292,19 +1293,41 @@ timeline:
         )
         .unwrap();
         let chaos = s.chaos.unwrap();
-        assert_eq!((chaos.kills, chaos.until, chaos.max_down_for), (5, Duration::from_secs(480), Duration::from_secs(10)));
+        assert_eq!(
+            (chaos.kills, chaos.until, chaos.max_down_for),
+            (5, Duration::from_secs(480), Duration::from_secs(10))
+        );
         let api = s.faults.api.unwrap();
         assert_eq!(api.share, 0.05);
         assert_eq!(api.kinds.len(), 2);
         assert_eq!(s.faults.cloud_error_share, 0.02);
-        assert_eq!(s.faults.consistency.launch_invisible_for, Duration::from_secs(60));
+        assert_eq!(
+            s.faults.consistency.launch_invisible_for,
+            Duration::from_secs(60)
+        );
 
         for (extra, field, says) in [
-            ("chaos: {kills: 5, until: 99h}\n", "chaos.until", "after the scenario's duration"),
+            (
+                "chaos: {kills: 5, until: 99h}\n",
+                "chaos.until",
+                "after the scenario's duration",
+            ),
             ("chaos: {kills: 20000}\n", "chaos.kills", "limit of 10000"),
-            ("faults:\n  api: {share: 1.5}\n", "faults.api.share", "from 0 to 1"),
-            ("faults:\n  api: {share: 5%, kinds: [teapot]}\n", "faults.api.kinds", "teapot"),
-            ("faults:\n  cloud: {launchInvisibleFor: soon}\n", "faults.cloud.launchInvisibleFor", ""),
+            (
+                "faults:\n  api: {share: 1.5}\n",
+                "faults.api.share",
+                "from 0 to 1",
+            ),
+            (
+                "faults:\n  api: {share: 5%, kinds: [teapot]}\n",
+                "faults.api.kinds",
+                "teapot",
+            ),
+            (
+                "faults:\n  cloud: {launchInvisibleFor: soon}\n",
+                "faults.cloud.launchInvisibleFor",
+                "",
+            ),
         ] {
             let (line, f, message) = err(&with(extra));
             assert_eq!(f, field, "{extra}: {message}");
