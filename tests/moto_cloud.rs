@@ -310,12 +310,28 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
     );
     // A restarted controller (a new provider, the launch template already there) launching the same Machine and
     // attempt sends the very same request: same ClientToken, same parameters, which EC2 answers with the instance
-    // it launched the first time. moto ignores ClientToken, so what is checked here is the request; the
-    // "no second instance" half is checked against the simulated cloud, which applies EC2's rule.
+    // it launched the first time. moto ignores ClientToken; the proxy applies EC2's rule in front of it.
     let restarted = connect(&proxy.endpoint, &cluster).await;
-    restarted.launch(&r).await.unwrap();
+    let again = restarted.launch(&r).await.unwrap();
+    assert_eq!(
+        again.instance.instance_id, a.instance.instance_id,
+        "the repeated token gets the first launch's instance"
+    );
+    let launches = proxy.launches();
+    assert_eq!(launches.len(), 2);
+    assert!(!launches[0].replayed && launches[1].replayed);
+    assert_eq!(launches[1].instance_ids, vec![a.instance.instance_id.clone()]);
+    // The same token with other parameters is EC2's IdempotentParameterMismatch, which berth reports as a
+    // conflict instead of launching.
+    let mut other = r.clone();
+    other.instance_types = vec![InstanceTypeChoice::new("c5.large")];
+    let e = restarted.launch(&other).await.unwrap_err();
+    assert!(
+        matches!(e, berth::cloud::CloudError::IdempotencyConflict { .. }),
+        "{e:?}"
+    );
     let bodies = proxy.bodies("RunInstances");
-    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies.len(), 3);
     assert_eq!(bodies[0], bodies[1]);
     let token = format!("ClientToken={}", r.machine.uid);
     assert!(bodies[0].contains(&token), "{}", bodies[0]);
