@@ -103,6 +103,7 @@ struct Idempotency {
 /// One launch call as the proxy saw it: its token, whether moto launched or the first answer was replayed, and
 /// the instance ids of the answer.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // each test binary reads a different part of it
 pub struct LaunchCall {
     pub action: String,
     pub client_token: String,
