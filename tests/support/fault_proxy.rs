@@ -328,7 +328,7 @@ async fn forward_idempotent(
                         "IdempotentParameterMismatch",
                         &format!("The client token {token} was used with different parameters."),
                     );
-                    return (mismatch, None);
+                    return mismatch;
                 }
                 (call.answer.clone(), true)
             }
@@ -352,13 +352,12 @@ async fn forward_idempotent(
             replayed,
             instance_ids: instance_ids_in(&String::from_utf8_lossy(&answer.body)),
         };
-        (answer.response(), Some(call))
-    });
-    let (response, call) = task.await.expect("the idempotent forward does not panic");
-    if let Some(call) = call {
+        // Logged here, not after the await below: a killed client drops that half, and the launch must be
+        // logged all the same.
         state.lock().unwrap().launches.push(call);
-    }
-    response
+        answer.response()
+    });
+    task.await.expect("the idempotent forward does not panic")
 }
 
 impl FaultProxy {
