@@ -576,7 +576,7 @@ async fn sigkill_at_random_points_of_a_burst() {
         }
         // Half the kills right after a launch call reached EC2 (berth may not have recorded the instance yet),
         // half at a random uptime (anywhere: starting, listing, patching, draining the batch window).
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let before = world.launch_requests();
             let deadline = Instant::now() + Duration::from_secs(8);
             while world.launch_requests() == before && Instant::now() < deadline {
