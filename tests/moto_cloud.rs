@@ -310,20 +310,38 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
     );
     // A restarted controller (a new provider, the launch template already there) launching the same Machine and
     // attempt sends the very same request: same ClientToken, same parameters, which EC2 answers with the instance
-    // it launched the first time. moto ignores ClientToken, so what is checked here is the request; the
-    // "no second instance" half is checked against the simulated cloud, which applies EC2's rule.
+    // it launched the first time. moto ignores ClientToken; the proxy applies EC2's rule in front of it.
     let restarted = connect(&proxy.endpoint, &cluster).await;
-    restarted.launch(&r).await.unwrap();
-    let bodies = proxy.bodies("RunInstances");
-    assert_eq!(bodies.len(), 2);
-    assert_eq!(bodies[0], bodies[1]);
-    let token = format!("ClientToken={}", r.machine.uid);
-    assert!(bodies[0].contains(&token), "{}", bodies[0]);
+    let again = restarted.launch(&r).await.unwrap();
+    assert_eq!(
+        again.instance.instance_id, a.instance.instance_id,
+        "the repeated token gets the first launch's instance"
+    );
+    let launches = proxy.launches();
+    assert_eq!(launches.len(), 2);
+    assert!(!launches[0].replayed && launches[1].replayed);
+    assert_eq!(launches[1].instance_ids, vec![a.instance.instance_id.clone()]);
     assert_eq!(
         proxy.bodies("CreateLaunchTemplate").len(),
         2,
         "the restarted provider found the template by name"
     );
+    // The same token with other parameters is EC2's IdempotentParameterMismatch. (Another instance type is
+    // another token: the offering is part of the call tag.) Other tags keep the token; EC2 refuses the call, and
+    // berth adopts the instance its Machine already has instead of launching a second one.
+    let mut other = r.clone();
+    other.tags.insert("extra".into(), "1".into());
+    let adopted = restarted.launch(&other).await.unwrap();
+    assert_eq!(
+        adopted.instance.instance_id, a.instance.instance_id,
+        "a parameter mismatch adopts the Machine's instance"
+    );
+    assert_eq!(proxy.launches().len(), 2, "the refused call launched nothing");
+    let bodies = proxy.bodies("RunInstances");
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[0], bodies[1]);
+    let token = format!("ClientToken={}", r.machine.uid);
+    assert!(bodies[0].contains(&token), "{}", bodies[0]);
     let vols = cloud
         .ec2_client()
         .describe_volumes()

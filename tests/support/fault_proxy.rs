@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of moto (which has no fault injection): for chosen EC2/Auto Scaling
 //! actions it answers RequestLimitExceeded, a 5xx, an InsufficientInstanceCapacity error, or a CreateFleet response
-//! whose `Errors` list every override; everything else is forwarded to moto unchanged.
+//! whose `Errors` list every override; everything else is forwarded to moto unchanged, except that RunInstances and
+//! CreateFleet get EC2's ClientToken idempotency, which moto lacks (see [`Idempotency`]).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -8,8 +9,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -42,12 +44,94 @@ struct State {
     log: Vec<(String, String)>,
     /// (action, form body) of every request.
     bodies: Vec<(String, String)>,
+    /// Every RunInstances and CreateFleet that reached idempotency handling (not faulted).
+    launches: Vec<LaunchCall>,
 }
 
 #[derive(Clone)]
 pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<Mutex<State>>,
+}
+
+/// How long EC2 remembers a client token: "the same token and parameters within 24 hours return the first call's
+/// result" (EC2 API reference, Ensuring idempotency).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The actions EC2 makes idempotent by ClientToken that berth launches with.
+const IDEMPOTENT_ACTIONS: [&str; 2] = ["RunInstances", "CreateFleet"];
+
+/// A response as moto gave it, kept so that a repeated request can be answered with it.
+#[derive(Clone)]
+struct Recorded {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Recorded {
+    fn response(&self) -> Response<Full<Bytes>> {
+        let mut b = Response::builder().status(self.status);
+        for (k, v) in &self.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        b.body(Full::new(self.body.clone())).unwrap()
+    }
+}
+
+/// The first call made with a client token: its parameters and moto's answer.
+struct FirstCall {
+    /// Every form field but the token itself (and the SDK's per-call fields, which none of EC2's are).
+    parameters: BTreeMap<String, String>,
+    answer: Recorded,
+    at: Instant,
+}
+
+/// EC2's ClientToken idempotency for RunInstances and CreateFleet, which moto ignores (it launches again for a
+/// repeated token). berth's crash safety rests on it: a Machine's launch uses a token derived from its uid, so a
+/// berth killed between sending a launch and recording the instance sends the same token again after a restart
+/// and must get the same instance back, not a second one. Without this, a test against moto would see duplicate
+/// launches that real EC2 never makes. Per EC2's documentation: the same token with the same parameters within
+/// 24 hours returns the first call's result without launching; the same token with other parameters is refused
+/// with `IdempotentParameterMismatch`. Calls with one token are serialised (a per-token lock), as EC2 answers a
+/// concurrent retry with the one launch.
+#[derive(Default)]
+struct Idempotency {
+    tokens: HashMap<String, Arc<tokio::sync::Mutex<Option<FirstCall>>>>,
+}
+
+/// One launch call as the proxy saw it: its token, whether moto launched or the first answer was replayed, and
+/// the instance ids of the answer.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // each test binary reads a different part of it
+pub struct LaunchCall {
+    pub action: String,
+    pub client_token: String,
+    pub replayed: bool,
+    pub instance_ids: Vec<String>,
+}
+
+/// The instance ids in a RunInstances or CreateFleet answer (`<instanceId>` elements, and CreateFleet's
+/// `<instanceIds><item>` lists).
+pub fn instance_ids_in(xml: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find("i-") {
+        // An id is "i-" then hex digits, delimited by a tag boundary on both sides.
+        let before = &rest[..at];
+        let tail = &rest[at..];
+        let end = tail[2..]
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .map_or(tail.len(), |e| e + 2);
+        if before.ends_with('>') && tail[end..].starts_with('<') && end > 2 {
+            let id = tail[..end].to_string();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        rest = &tail[end.max(2)..];
+    }
+    ids
 }
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
@@ -143,7 +227,7 @@ async fn forward(
     uri: &str,
     headers: &[(String, String)],
     body: &[u8],
-) -> Response<Full<Bytes>> {
+) -> Recorded {
     let addr = upstream.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(addr).await.expect("moto is reachable");
     let mut req = format!(
@@ -174,7 +258,7 @@ async fn forward(
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(502);
-    let mut builder = Response::builder().status(status);
+    let mut kept = Vec::new();
     let mut chunked = false;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
@@ -186,7 +270,7 @@ async fn forward(
             if lk == "content-length" || lk == "connection" {
                 continue;
             }
-            builder = builder.header(k.trim(), v.trim());
+            kept.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
     if chunked {
@@ -203,7 +287,77 @@ async fn forward(
         }
         payload = out;
     }
-    builder.body(Full::new(Bytes::from(payload))).unwrap()
+    Recorded {
+        status,
+        headers: kept,
+        body: Bytes::from(payload),
+    }
+}
+
+/// Forwards a RunInstances or CreateFleet with EC2's token semantics (see [`Idempotency`]). The forward runs in
+/// its own task: a client killed mid-call (SIGKILL) drops its connection, and with it this handler, but moto may
+/// already be launching, and EC2 would remember that launch under the token all the same.
+async fn forward_idempotent(
+    state: Arc<Mutex<State>>,
+    idempotency: Arc<Mutex<Idempotency>>,
+    upstream: String,
+    request: (String, String, Vec<(String, String)>, Bytes),
+    f: BTreeMap<String, String>,
+) -> Response<Full<Bytes>> {
+    let action = f.get("Action").cloned().unwrap_or_default();
+    let Some(token) = f.get("ClientToken").cloned() else {
+        let (method, uri, headers, body) = request;
+        return forward(&upstream, &method, &uri, &headers, &body).await.response();
+    };
+    let task = tokio::spawn(async move {
+        let slot = idempotency
+            .lock()
+            .unwrap()
+            .tokens
+            .entry(token.clone())
+            .or_default()
+            .clone();
+        let mut first = slot.lock().await;
+        let mut parameters = f.clone();
+        parameters.remove("ClientToken");
+        let (answer, replayed) = match first.as_ref() {
+            Some(call) if call.at.elapsed() < TOKEN_LIFETIME => {
+                if call.parameters != parameters {
+                    let mismatch = error_response(
+                        400,
+                        "IdempotentParameterMismatch",
+                        &format!("The client token {token} was used with different parameters."),
+                    );
+                    return mismatch;
+                }
+                (call.answer.clone(), true)
+            }
+            _ => {
+                let (method, uri, headers, body) = request;
+                let answer = forward(&upstream, &method, &uri, &headers, &body).await;
+                // Only a launch EC2 accepted binds the token; an error leaves it free for the retry.
+                if (200..300).contains(&answer.status) {
+                    *first = Some(FirstCall {
+                        parameters,
+                        answer: answer.clone(),
+                        at: Instant::now(),
+                    });
+                }
+                (answer, false)
+            }
+        };
+        let call = LaunchCall {
+            action,
+            client_token: token,
+            replayed,
+            instance_ids: instance_ids_in(&String::from_utf8_lossy(&answer.body)),
+        };
+        // Logged here, not after the await below: a killed client drops that half, and the launch must be
+        // logged all the same.
+        state.lock().unwrap().launches.push(call);
+        answer.response()
+    });
+    task.await.expect("the idempotent forward does not panic")
 }
 
 impl FaultProxy {
@@ -212,6 +366,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
+        let idempotency = Arc::new(Mutex::new(Idempotency::default()));
         let st = state.clone();
         tokio::spawn(async move {
             loop {
@@ -220,10 +375,12 @@ impl FaultProxy {
                 };
                 let st = st.clone();
                 let upstream = upstream.clone();
+                let idempotency = idempotency.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let st = st.clone();
                         let upstream = upstream.clone();
+                        let idempotency = idempotency.clone();
                         async move {
                             let method = req.method().to_string();
                             let uri = req
@@ -278,7 +435,10 @@ impl FaultProxy {
                                     "We currently do not have sufficient capacity in the Availability Zone you requested.",
                                 ),
                                 Some(FaultKind::FleetCapacityErrors) => fleet_errors_response(&f),
-                                None => forward(&upstream, &method, &uri, &headers, &body).await,
+                                None if IDEMPOTENT_ACTIONS.contains(&action.as_str()) => {
+                                    forward_idempotent(st.clone(), idempotency, upstream, (method, uri, headers, body), f).await
+                                }
+                                None => forward(&upstream, &method, &uri, &headers, &body).await.response(),
                             };
                             Ok::<_, std::convert::Infallible>(resp)
                         }
@@ -314,6 +474,11 @@ impl FaultProxy {
             .filter(|(a, _)| a == action)
             .map(|(_, b)| b.clone())
             .collect()
+    }
+
+    /// Every RunInstances and CreateFleet the proxy answered (forwarded or replayed), in order of answer.
+    pub fn launches(&self) -> Vec<LaunchCall> {
+        self.state.lock().unwrap().launches.clone()
     }
 
     /// How many requests of `action` got `what` ("forwarded" or a fault kind's debug name).

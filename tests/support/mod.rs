@@ -27,10 +27,18 @@ impl Drop for EmulatorProcess {
 
 /// Starts `berth emulate --listen 127.0.0.1:0` and waits until it has written its kubeconfig.
 pub fn start_emulator() -> EmulatorProcess {
+    start_emulator_with(&[])
+}
+
+/// Starts `berth emulate --listen 127.0.0.1:0` with `extra` arguments (e.g. `--binder`) and waits until it has
+/// written its kubeconfig.
+pub fn start_emulator_with(extra: &[&str]) -> EmulatorProcess {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["emulate", "--listen", "127.0.0.1:0", "--kubeconfig"])
+        .args(["emulate", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--kubeconfig")
         .arg(&kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
