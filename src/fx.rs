@@ -39,3 +39,14 @@ impl Hasher for Fx {
 
 /// A HashMap with the Fx hasher.
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// splitmix64: advances `state` and returns its next well-mixed value. berth's one seeded generator (the
+/// simulation's choices, the emulator's and the simulated cloud's faults): the same seed gives the same sequence on
+/// every machine.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -320,7 +320,10 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
     let launches = proxy.launches();
     assert_eq!(launches.len(), 2);
     assert!(!launches[0].replayed && launches[1].replayed);
-    assert_eq!(launches[1].instance_ids, vec![a.instance.instance_id.clone()]);
+    assert_eq!(
+        launches[1].instance_ids,
+        vec![a.instance.instance_id.clone()]
+    );
     assert_eq!(
         proxy.bodies("CreateLaunchTemplate").len(),
         2,
@@ -336,7 +339,11 @@ async fn a_single_type_uses_run_instances_and_a_restart_repeats_the_same_client_
         adopted.instance.instance_id, a.instance.instance_id,
         "a parameter mismatch adopts the Machine's instance"
     );
-    assert_eq!(proxy.launches().len(), 2, "the refused call launched nothing");
+    assert_eq!(
+        proxy.launches().len(),
+        2,
+        "the refused call launched nothing"
+    );
     let bodies = proxy.bodies("RunInstances");
     assert_eq!(bodies.len(), 3);
     assert_eq!(bodies[0], bodies[1]);

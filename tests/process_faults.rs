@@ -161,7 +161,11 @@ impl World {
         for crd in crds() {
             crd_api.create(&PostParams::default(), &crd).await.unwrap();
         }
-        create(&client, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "berth-system"}})).await;
+        create(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "berth-system"}}),
+        )
+        .await;
         create(&client, json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": cluster},
             "spec": {"clusterName": cluster, "apiServerEndpoint": "https://example.invalid", "certificateAuthority": "Q0E=",
@@ -301,7 +305,10 @@ impl World {
             by_uid.entry(uid).or_default().push(i.id.clone());
         }
         let twice: Vec<_> = by_uid.iter().filter(|(_, ids)| ids.len() > 1).collect();
-        assert!(twice.is_empty(), "Machines launched twice (uid -> instances): {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "Machines launched twice (uid -> instances): {twice:?}"
+        );
 
         let machine_uids: BTreeSet<String> = self
             .machines()
@@ -314,7 +321,10 @@ impl World {
             .filter(|i| i.live() && !machine_uids.contains(&i.tags[tags::MACHINE_UID]))
             .map(|i| (&i.id, &i.state))
             .collect();
-        assert!(leaked.is_empty(), "live instances no Machine owns: {leaked:?}");
+        assert!(
+            leaked.is_empty(),
+            "live instances no Machine owns: {leaked:?}"
+        );
 
         let mut terminations: BTreeMap<String, usize> = BTreeMap::new();
         for body in self.proxy.bodies("TerminateInstances") {
@@ -325,7 +335,10 @@ impl World {
             }
         }
         let double: Vec<_> = terminations.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(double.is_empty(), "instances terminated more than once: {double:?}");
+        assert!(
+            double.is_empty(),
+            "instances terminated more than once: {double:?}"
+        );
 
         let mut answers: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
         for call in self.proxy.launches() {
@@ -335,7 +348,10 @@ impl World {
                 .insert(call.instance_ids);
         }
         let split: Vec<_> = answers.iter().filter(|(_, a)| a.len() > 1).collect();
-        assert!(split.is_empty(), "a client token answered with different instances: {split:?}");
+        assert!(
+            split.is_empty(),
+            "a client token answered with different instances: {split:?}"
+        );
     }
 }
 
@@ -351,7 +367,10 @@ async fn create(client: &Client, object: serde_json::Value) {
     let obj: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
     let (group, version) = match obj.types.as_ref().unwrap().api_version.split_once('/') {
         Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), obj.types.as_ref().unwrap().api_version.clone()),
+        None => (
+            String::new(),
+            obj.types.as_ref().unwrap().api_version.clone(),
+        ),
     };
     let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &kind);
     let resource = kube::api::ApiResource::from_gvk(&gvk);
@@ -507,7 +526,11 @@ async fn play_kubelets(client: Client, ec2: aws_sdk_ec2::Client, cluster: String
     loop {
         let seen = cluster_instances(&ec2, &cluster).await;
         let existing: BTreeSet<String> = match nodes.list(&ListParams::default()).await {
-            Ok(l) => l.items.into_iter().filter_map(|n| n.metadata.name).collect(),
+            Ok(l) => l
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect(),
             Err(_) => BTreeSet::new(),
         };
         for i in &seen {
@@ -533,7 +556,8 @@ async fn play_kubelets(client: Client, ec2: aws_sdk_ec2::Client, cluster: String
                     ..InstanceLaunched::default()
                 };
                 let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-                let node: Node = serde_json::from_value(node_object(&launched, true, &now)).unwrap();
+                let node: Node =
+                    serde_json::from_value(node_object(&launched, true, &now)).unwrap();
                 // AlreadyExists (a race with berth's own reads is impossible, but a slow list is not) is fine.
                 let _ = nodes.create(&PostParams::default(), &node).await;
             } else if !i.live() && existing.contains(&i.id) {
@@ -545,13 +569,20 @@ async fn play_kubelets(client: Client, ec2: aws_sdk_ec2::Client, cluster: String
 }
 
 /// Waits (polling, generously) until `f` answers.
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return (v, start.elapsed());
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -638,7 +669,10 @@ async fn leader_failover_under_load() {
     // The standby may take the Lease once it is LEASE_DURATION old, and it looks every RETRY_PERIOD; five
     // seconds of slack for two loaded cores (the /metrics poll, the process's own scheduling).
     let bound = LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(5);
-    assert!(takeover <= bound, "takeover took {takeover:?}, more than {bound:?}");
+    assert!(
+        takeover <= bound,
+        "takeover took {takeover:?}, more than {bound:?}"
+    );
     world.wait_served(Duration::from_secs(120)).await;
     world.check_no_duplicate_leak_or_double_terminate().await;
     drop(standby);

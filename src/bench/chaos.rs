@@ -11,7 +11,7 @@
 //! no pod left pending, no Machine stuck. The run is an ordinary scenario (`--write-scenario` writes it, and
 //! `berth simulate` plays it the same way).
 
-use crate::emulator::faults::{parse_kinds, parse_share, ApiFaultKind};
+use crate::emulator::faults::{kinds_arg, share_arg, ApiFaultKind};
 use crate::model::duration::parse_duration;
 use crate::sim::runner::{self, RunOptions, SimError};
 use crate::sim::scenario;
@@ -39,13 +39,13 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub max_down_for: Duration,
     /// Fail this share of API requests (0 to 1, or a percentage) with --api-fault-kinds.
-    #[arg(long, value_name = "SHARE", value_parser = share)]
+    #[arg(long, value_name = "SHARE", value_parser = share_arg)]
     pub api_faults: Option<f64>,
     /// API fault kinds, comma-separated: 500, 503, 429, timeout, cut-watch, gone, or all.
-    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = kinds)]
+    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = kinds_arg)]
     pub api_fault_kinds: crate::emulator::faults::ApiFaultKinds,
     /// Throttle or fail this share of cloud calls (0 to 1, or a percentage).
-    #[arg(long, value_name = "SHARE", value_parser = share)]
+    #[arg(long, value_name = "SHARE", value_parser = share_arg)]
     pub cloud_errors: Option<f64>,
     /// EC2's eventual consistency: a new instance is missing from DescribeInstances for up to this long.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
@@ -56,16 +56,6 @@ pub struct ChaosArgs {
     /// Also write the scenario played here (play it again with `berth simulate`).
     #[arg(long)]
     pub write_scenario: Option<PathBuf>,
-}
-
-fn share(s: &str) -> Result<f64, String> {
-    parse_share(s).map_err(|e| e.to_string())
-}
-
-fn kinds(s: &str) -> Result<crate::emulator::faults::ApiFaultKinds, String> {
-    parse_kinds(s)
-        .map(crate::emulator::faults::ApiFaultKinds)
-        .map_err(|e| e.to_string())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -51,7 +51,7 @@ impl BenchError {
     }
 }
 
-/// Deterministic splitmix64, so runs with one seed are identical.
+/// Deterministic ([`crate::fx::splitmix64`]), so runs with one seed are identical.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -60,11 +60,7 @@ impl Rng {
         Rng(seed)
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        crate::fx::splitmix64(&mut self.0)
     }
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize

@@ -675,8 +675,9 @@ impl SimulatedCloud {
         if self.config.error_share <= 0.0 {
             return None;
         }
-        st.error_rng = splitmix(st.error_rng ^ self.config.jitter_seed);
-        let roll = st.error_rng;
+        let mut state = st.error_rng ^ self.config.jitter_seed;
+        let roll = crate::fx::splitmix64(&mut state);
+        st.error_rng = roll;
         let fraction = (roll >> 11) as f64 / (1u64 << 53) as f64;
         let fault = if roll & 1 == 0 {
             Fault::Throttle { action }
@@ -1008,7 +1009,7 @@ impl SimulatedCloud {
         for b in id.bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
         }
-        let ms = splitmix(h) % (max.as_millis() as u64 + 1);
+        let ms = crate::fx::splitmix64(&mut h) % (max.as_millis() as u64 + 1);
         chrono::Duration::milliseconds(ms as i64)
     }
 
@@ -1745,11 +1746,4 @@ pub fn kubelet_event(event: &SimInstanceEvent) -> Option<crate::emulator::kubele
             }))
         }
     }
-}
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -1,6 +1,6 @@
 //! `berth emulate`: serve the emulator on a local socket and write a kubeconfig for it.
 
-use super::faults::{parse_kinds, parse_share, ApiFaultKinds, ApiFaults};
+use super::faults::{kinds_arg, share_arg, ApiFaultKinds, ApiFaults};
 use super::{binder, server, Emulator, EmulatorError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,23 +19,15 @@ pub struct EmulateArgs {
     pub binder: bool,
     /// Fail this share of requests (0 to 1, or a percentage: 0.05, 5%) with the kinds of --api-fault-kinds, to
     /// see a controller converge under a struggling API server.
-    #[arg(long, value_name = "SHARE", value_parser = share)]
+    #[arg(long, value_name = "SHARE", value_parser = share_arg)]
     pub api_faults: Option<f64>,
     /// The faults to serve, comma-separated: 500, 503, 429 (with Retry-After), timeout (30 s, then 504),
     /// cut-watch (a watch stream cut after 5 s), gone (watch history expired: resumed watches get 410), or all.
-    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = kinds)]
+    #[arg(long, value_name = "KINDS", default_value = "all", value_parser = kinds_arg)]
     pub api_fault_kinds: ApiFaultKinds,
     /// The seed that chooses which requests fail.
     #[arg(long, default_value_t = 1)]
     pub fault_seed: u64,
-}
-
-fn share(s: &str) -> Result<f64, String> {
-    parse_share(s).map_err(|e| e.to_string())
-}
-
-fn kinds(s: &str) -> Result<ApiFaultKinds, String> {
-    parse_kinds(s).map(ApiFaultKinds).map_err(|e| e.to_string())
 }
 
 /// Serves until Ctrl-C or SIGTERM.

@@ -5,6 +5,7 @@
 //! same faults. Every request can be hit, reads and writes, lists and watches alike; a write answered with a fault
 //! is not applied (as kube-apiserver's 429 and 503 promise), so berth can retry it.
 
+use crate::fx::splitmix64;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -117,6 +118,16 @@ pub fn parse_kinds(s: &str) -> Result<Vec<ApiFaultKind>, FaultSpecError> {
     Ok(kinds)
 }
 
+/// [`parse_share`] as a clap value parser (`--api-faults`, `--cloud-errors`).
+pub fn share_arg(s: &str) -> Result<f64, String> {
+    parse_share(s).map_err(|e| e.to_string())
+}
+
+/// [`parse_kinds`] as a clap value parser (`--api-fault-kinds`).
+pub fn kinds_arg(s: &str) -> Result<ApiFaultKinds, String> {
+    parse_kinds(s).map(ApiFaultKinds).map_err(|e| e.to_string())
+}
+
 /// A list of fault kinds, as one command-line value (`--api-fault-kinds 503,429`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiFaultKinds(pub Vec<ApiFaultKind>);
@@ -185,7 +196,7 @@ impl FaultInjector {
         }
         let (roll, pick) = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (splitmix(&mut state), splitmix(&mut state))
+            (splitmix64(&mut state), splitmix64(&mut state))
         };
         // 53 random bits as a fraction in [0, 1).
         let fraction = (roll >> 11) as f64 / (1u64 << 53) as f64;
@@ -209,14 +220,6 @@ impl FaultInjector {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-}
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -199,15 +199,9 @@ struct Shortage {
 }
 
 fn seeded(seed: u64) -> impl FnMut() -> u64 {
-    // splitmix64: a seeded choice, the same on every machine.
+    // A seeded choice, the same on every machine.
     let mut state = seed;
-    move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+    move || crate::fx::splitmix64(&mut state)
 }
 
 async fn play(

@@ -307,7 +307,9 @@ async fn forward_idempotent(
     let action = f.get("Action").cloned().unwrap_or_default();
     let Some(token) = f.get("ClientToken").cloned() else {
         let (method, uri, headers, body) = request;
-        return forward(&upstream, &method, &uri, &headers, &body).await.response();
+        return forward(&upstream, &method, &uri, &headers, &body)
+            .await
+            .response();
     };
     let task = tokio::spawn(async move {
         let slot = idempotency
